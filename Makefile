@@ -1,0 +1,41 @@
+# carebed — developer entry points. `make demo` and `make test` do all the set-up themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit soak bench deps clean
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "carebed needs Python 3.11 or newer"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+deps: $(STAMP)
+	scripts/install-system-deps
+
+demo: deps
+	$(PY) -m drivers.sim.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: deps
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+soak: deps
+	CAREBED_SOAK=1 $(PY) -m pytest -q -m slow
+
+bench: deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
