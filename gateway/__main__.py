@@ -1,0 +1,72 @@
+"""Command line: parse args → load config → logging → asyncio.run(app.run(cfg)) → exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from gateway import config as config_module
+from gateway.errors import ConfigError, StoreVersionError
+from gateway.events import uplink_json_schema
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, so systemd does not loop on it
+DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carebed", description="Home-care bed gateway daemon")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG)
+    schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
+    schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
+    return parser
+
+
+def _config_failure(error: ConfigError) -> int:
+    print(f"carebed: configuration error in {error.path}:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
+        chosen = schemas if args.which == "all" else schemas[args.which]
+        print(json.dumps(chosen, indent=2))
+        return EXIT_OK
+    path = args.config if args.command == "run" else args.path
+    try:
+        cfg = config_module.load(path)
+    except ConfigError as error:
+        return _config_failure(error)
+    if args.command == "check-config":
+        print(
+            f"{path}: OK (gateway {cfg.gateway_id}, "
+            f"broker {cfg.mqtt.host}:{cfg.mqtt.effective_port})"
+        )
+        return EXIT_OK
+    from gateway import app, logs  # noqa: PLC0415 - keeps check-config and schema fast
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        return asyncio.run(app.run(cfg))
+    except StoreVersionError as exc:
+        print(f"carebed: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

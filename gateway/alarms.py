@@ -1,0 +1,80 @@
+"""The alarm state machine: received → delivered → acknowledged, and feedback to listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from drivers.base import AlarmListener, AlarmState
+from gateway.emitter import OutboxSink
+from gateway.events import is_alarm
+from gateway.outbox import HeldAlarm
+
+log = structlog.get_logger("gateway.alarms")
+
+
+class AlarmTracker:
+    """Raises alarms, follows them to the platform's acknowledgement and tells the listeners.
+
+    The durable part of the state (pending / delivered, attempt, next resend) lives in the outbox;
+    this object turns its transitions into feedback and audit events.
+    """
+
+    def __init__(self, sink: OutboxSink) -> None:
+        self.sink = sink
+        self.link_up = False
+        self._listeners: list[AlarmListener] = []
+
+    def subscribe(self, listener: AlarmListener) -> None:
+        self._listeners.append(listener)
+
+    def _tell(self, alarm_id: str, device: str | None, state: AlarmState) -> None:
+        for listener in self._listeners:
+            try:
+                listener.alarm_state_changed(alarm_id, device, state)
+            except Exception:
+                log.exception("alarm_listener_failed", alarm_id=alarm_id, state=state.value)
+
+    async def raise_alarm(self, kind: str, data: dict[str, Any], device: str | None) -> str:
+        """Store an alarm durably; when this returns the senior may be told it was received."""
+        if not is_alarm(kind):
+            raise ValueError(f"{kind!r} is not an alarm kind")
+        alarm_id = await self.sink.emit(kind, data, device)
+        log.info("alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
+        self._tell(alarm_id, device, AlarmState.RECEIVED)
+        if not self.link_up:
+            self._tell(alarm_id, device, AlarmState.UNDELIVERED)
+        return alarm_id
+
+    def delivered(self, alarms: Sequence[HeldAlarm]) -> None:
+        for alarm in alarms:
+            log.info("alarm_delivered", alarm_id=alarm.id, seq=alarm.seq, attempt=alarm.attempt)
+            self._tell(alarm.id, alarm.device, AlarmState.DELIVERED)
+
+    def resending(self, alarms: Sequence[HeldAlarm]) -> None:
+        """No acknowledgement came in time: the alarm goes out again with a higher attempt."""
+        for alarm in alarms:
+            log.warning("alarm_not_acknowledged", alarm_id=alarm.id, attempt=alarm.attempt)
+            self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+
+    def link_changed(self, up: bool, held: Sequence[HeldAlarm]) -> None:
+        self.link_up = up
+        if not up:
+            for alarm in held:
+                self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+
+    async def acknowledged(
+        self, found: Sequence[HeldAlarm], unknown: Sequence[str], by: str
+    ) -> None:
+        for alarm_id in unknown:
+            log.info("ack_for_unknown_alarm", alarm_id=alarm_id, by=by)
+        for alarm in found:
+            log.info("alarm_acknowledged", alarm_id=alarm.id, seq=alarm.seq, by=by)
+            self._tell(alarm.id, alarm.device, AlarmState.ACKNOWLEDGED)
+            await self.sink.emit(
+                "audit.alarm_acknowledged",
+                {"who": by, "what": "alarm acknowledged", "why": None, "alarm_id": alarm.id},
+                alarm.device,
+            )

@@ -1,0 +1,164 @@
+"""The composition root: builds every component from the configuration and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from importlib import metadata
+from typing import Any
+
+import structlog
+
+from drivers.sim.source import SimEventSource
+from gateway.alarms import AlarmTracker
+from gateway.clock import Clock, SystemClock, read_boot_id
+from gateway.commands import CommandProcessor, no_args
+from gateway.config import GatewayConfig
+from gateway.emitter import EventFactory, OutboxSink
+from gateway.events import NewEvent
+from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
+from gateway.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.supervisor import Supervisor
+from gateway.uplink import MqttUplink
+
+log = structlog.get_logger("gateway.app")
+
+SHUTDOWN_DRAIN_S = 3.0
+SHUTDOWN_TASKS_S = 3.0
+
+
+def version() -> str:
+    try:
+        return metadata.version("carebed")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class Gateway:
+    """Everything the daemon runs, wired together."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+        boot_id: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier.from_env()
+        self.boot_id = boot_id or read_boot_id()
+        self.version = version()
+        self.factory = EventFactory(self.clock, self.boot_id)
+        self.store = SqliteStore(
+            cfg.outbox_path,
+            max_bytes=cfg.outbox.max_bytes,
+            timing=AlarmTiming(
+                ack_timeout_s=cfg.alarms.ack_timeout_s,
+                resend_interval_s=cfg.alarms.resend_interval_s,
+                give_up_after_s=cfg.alarms.give_up_after_s,
+            ),
+            make_dropped=self._dropped_event,
+            now=self.clock.wall,
+        )
+        self.outbox = Outbox(self.store, group_commit_s=cfg.outbox.group_commit_s)
+        self.sink = OutboxSink(self.outbox, self.factory)
+        self.alarms = AlarmTracker(self.sink)
+        self.status = GatewayStatus(self.outbox, self.clock, cfg.gateway.state_dir, self.version)
+        self.commands = CommandProcessor(
+            self.outbox, self.sink, self.clock, max_age_s=cfg.commands.max_age_s
+        )
+        self.commands.register("ping", self._ping, audited=False)
+        self.commands.register("status", self._status, audited=False)
+        self.uplink = MqttUplink(
+            cfg.gateway_id,
+            cfg.mqtt,
+            self.outbox,
+            self.alarms,
+            self.commands.handle,
+            username=cfg.mqtt_username,
+            version=self.version,
+            boot_id=self.boot_id,
+            wall=self.clock.wall,
+        )
+        self.supervisor = Supervisor()
+        self.started = asyncio.Event()
+
+    def _dropped_event(self, count: int, ranges: list[tuple[int, int]], reason: str) -> NewEvent:
+        return self.factory.make(
+            "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
+        )
+
+    async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        no_args(args)
+        return {"pong": True}
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        no_args(args)
+        snapshot = await self.status.snapshot()
+        snapshot["devices"] = []
+        snapshot["alarms_held"] = len(await self.outbox.call(self.store.held_alarms))
+        snapshot["uplink"] = {
+            "connected": self.uplink.connected.is_set(),
+            "rejected_messages": self.uplink.stats.rejected_messages,
+        }
+        return snapshot
+
+    async def run(self, stop: asyncio.Event) -> int:
+        report = await self.outbox.open()
+        lifecycle = {"version": self.version, "boot_id": self.boot_id}
+        if report.moved_aside is not None and report.lost_ranges:
+            count = sum(last - first + 1 for first, last in report.lost_ranges)
+            await self.sink.emit(
+                "gateway.dropped",
+                {"count": count, "seq_ranges": report.lost_ranges, "reason": "store_corrupt"},
+            )
+        await self.sink.emit("gateway.started", lifecycle)
+        self.supervisor.start(f"uplink[{self.cfg.mqtt.host}]", self.uplink.run)
+        heartbeat = Heartbeat(self.status, self.sink, self.cfg.gateway.heartbeat_s)
+        self.supervisor.start("gateway.heartbeat", heartbeat.run)
+        watcher = ClockWatcher(self.clock, self.outbox, self.sink, self.boot_id)
+        self.supervisor.start("gateway.clock", watcher.run)
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None:
+            self.supervisor.start(
+                "systemd.watchdog", lambda: watchdog_loop(self.notifier, interval)
+            )
+        if self.cfg.sim.enabled:
+            sim = SimEventSource(
+                self.sink,
+                self.alarms,
+                telemetry_interval_s=self.cfg.sim.telemetry_interval_s,
+                alarm_interval_s=self.cfg.sim.alarm_interval_s,
+                burst=self.cfg.sim.burst,
+                seed=self.cfg.sim.seed,
+            )
+            self.supervisor.start("sim.source", sim.run)
+        log.info("gateway_started", gw=self.cfg.gateway_id, version=self.version)
+        self.notifier.ready(f"carebed {self.version} running")
+        self.started.set()
+        await stop.wait()
+        await self.shutdown(lifecycle)
+        return 0
+
+    async def shutdown(self, lifecycle: dict[str, Any]) -> None:
+        log.info("gateway_stopping")
+        self.notifier.stopping()
+        await self.supervisor.stop("sim.source")
+        await self.sink.emit("gateway.stopping", lifecycle)
+        await self.outbox.flush()
+        await self.uplink.stop(SHUTDOWN_DRAIN_S)
+        await self.supervisor.stop_all(SHUTDOWN_TASKS_S)
+        await self.outbox.close()
+        log.info("gateway_stopped")
+
+
+async def run(cfg: GatewayConfig) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await Gateway(cfg).run(stop)

@@ -1,0 +1,97 @@
+"""Wall time, monotonic time and the clock's synchronisation state, injectable for tests."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+from pathlib import Path
+from typing import Protocol
+
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+_TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+_TIMEX_BYTES = 512  # larger than struct timex on every Linux ABI; modes=0 reads only
+
+
+class Clock(Protocol):
+    """Where the gateway reads time from."""
+
+    def wall(self) -> float:
+        """Seconds since the Unix epoch (may be far off before the first sync)."""
+        ...
+
+    def monotonic_ns(self) -> int:
+        """Nanoseconds of a clock that never jumps, shared by every process of this boot."""
+        ...
+
+    def is_synced(self) -> bool:
+        """Whether the wall clock is known to be synchronised."""
+        ...
+
+
+def _adjtimex_synced() -> bool | None:
+    """Ask the kernel (adjtimex with modes=0, read-only); None when it cannot be asked."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        buffer = ctypes.create_string_buffer(_TIMEX_BYTES)
+        state = int(libc.adjtimex(buffer))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+class SystemClock:
+    """The host's clocks; synchronised when systemd-timesyncd says so or the kernel does."""
+
+    def __init__(self, flag_file: Path = TIMESYNC_FLAG) -> None:
+        self._flag_file = flag_file
+
+    def wall(self) -> float:
+        return time.time()
+
+    def monotonic_ns(self) -> int:
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def is_synced(self) -> bool:
+        if self._flag_file.exists():
+            return True
+        return bool(_adjtimex_synced())
+
+
+class ManualClock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, wall: float = 1_700_000_000.0, *, synced: bool = True) -> None:
+        self._wall = wall
+        self._mono_ns = 1_000_000_000
+        self.synced = synced
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic_ns(self) -> int:
+        return self._mono_ns
+
+    def is_synced(self) -> bool:
+        return self.synced
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._mono_ns += int(seconds * 1e9)
+
+    def set_wall(self, wall: float) -> None:
+        """A clock step, as NTP makes it: wall time jumps, monotonic time does not."""
+        self._wall = wall
+
+
+def read_boot_id(path: Path = BOOT_ID_FILE) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unknown"

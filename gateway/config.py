@@ -1,0 +1,232 @@
+"""The gateway's configuration: one TOML file validated into frozen pydantic models."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
+DEFAULT_STATE_DIR = Path("/var/lib/carebed")
+MIN_SESSION_EXPIRY_S = 24 * 3600
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    """Resolve a relative path against the directory of the configuration file."""
+    base = (info.context or {}).get("base_dir")
+    if isinstance(value, str) and base is not None and not Path(value).is_absolute():
+        return str(Path(base) / value)
+    return value
+
+
+def _existing_file(path: Path, info: ValidationInfo) -> Path:
+    if not path.is_file():
+        raise ValueError(
+            f"file not found: {path} (fix: give the path of an existing, readable file)"
+        )
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read {path}: {exc.strerror} (fix: make it readable by the carebed user)"
+        ) from exc
+    return path
+
+
+class GatewaySection(_Section):
+    id: Annotated[str, Field(pattern=GATEWAY_ID_PATTERN)]
+    state_dir: Path = DEFAULT_STATE_DIR
+    heartbeat_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+
+    _resolve_state_dir = field_validator("state_dir", mode="before")(_resolve)
+
+
+class TlsSection(_Section):
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    _resolve_paths = field_validator("ca_file", "cert_file", "key_file", mode="before")(_resolve)
+    _check_paths = field_validator("ca_file", "cert_file", "key_file", mode="after")(_existing_file)
+
+
+class MqttSection(_Section):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=MIN_SESSION_EXPIRY_S)] = MIN_SESSION_EXPIRY_S
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSection | None = None
+    plaintext: bool = False
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 32
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    backoff_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    backoff_cap_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    puback_timeout_s: Annotated[float, Field(gt=0, le=600)] | None = None
+
+    @model_validator(mode="after")
+    def _transport_is_explicit(self) -> MqttSection:
+        if self.tls is None and not self.plaintext:
+            raise ValueError(
+                "mqtt.tls: missing; production brokers need TLS with a client certificate "
+                "(fix: add a [mqtt.tls] table with ca_file, cert_file and key_file, or set "
+                "mqtt.plaintext = true for a lab or demo broker)"
+            )
+        if self.tls is not None and self.plaintext:
+            raise ValueError(
+                "mqtt.plaintext = true contradicts the [mqtt.tls] table (fix: remove one of them)"
+            )
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 1883 if self.plaintext else 8883
+
+    @property
+    def effective_puback_timeout_s(self) -> float:
+        """How long a PUBACK may be outstanding before the link counts as half-open."""
+        if self.puback_timeout_s is not None:
+            return self.puback_timeout_s
+        return float(2 * self.keepalive_s)
+
+
+class OutboxSection(_Section):
+    path: Path | None = None
+    max_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024 * 1024
+    group_commit_s: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    _resolve_path = field_validator("path", mode="before")(_resolve)
+
+
+class AlarmsSection(_Section):
+    ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    resend_interval_s: Annotated[float, Field(gt=0, le=60)] = 60.0
+    give_up_after_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class CommandsSection(_Section):
+    max_age_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+
+
+class SimSection(_Section):
+    """The simulated event source used by the demo and the tests."""
+
+    enabled: bool = False
+    telemetry_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    alarm_interval_s: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1, le=10000)] = 1
+    seed: int | None = None
+
+
+class GatewayConfig(_Section):
+    gateway: GatewaySection
+    mqtt: MqttSection
+    outbox: OutboxSection = OutboxSection()
+    alarms: AlarmsSection = AlarmsSection()
+    logging: LoggingSection = LoggingSection()
+    commands: CommandsSection = CommandsSection()
+    sim: SimSection = SimSection()
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway.id
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.gateway.state_dir / "outbox.sqlite3"
+
+    @property
+    def mqtt_username(self) -> str:
+        return self.mqtt.username or self.gateway.id
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling against config/carebed.example.toml",
+    "missing": "add it",
+    "string_pattern_mismatch": "use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter "
+    "or digit",
+    "literal_error": "use one of the values listed",
+}
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("function-after[]",)) or "(file)"
+
+
+def _problem(error: Any) -> str:
+    loc = tuple(error["loc"])
+    key = _key(loc)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith("mqtt."):
+        return message
+    fix: str | None = _FIXES.get(
+        error["type"], "see config/carebed.example.toml for the expected form"
+    )
+    if error["type"] == "value_error":
+        fix = None
+    secret = any("password" in str(part) for part in loc)
+    hidden = secret or error["type"] in ("missing", "value_error")
+    shown = "" if hidden else f" (got {json.dumps(error['input'], default=str)})"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    text = f"{key}: {message}{shown}"
+    return f"{text} (fix: {fix})" if fix else text
+
+
+def parse(
+    data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None
+) -> GatewayConfig:
+    """Validate a parsed TOML document."""
+    try:
+        return GatewayConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors(include_url=False)]
+        raise ConfigError(source, problems) from None
+
+
+def load(path: Path) -> GatewayConfig:
+    """Read and validate the configuration file at ``path``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            str(path), [f"cannot read the file: {exc.strerror} (fix: check the path)"]
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse(data, source=str(path), base_dir=path.parent.resolve())
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file."""
+    return GatewayConfig.model_json_schema()

@@ -1,0 +1,42 @@
+"""Turns what producers observed into events with ids and timestamps, and stores them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.events import NewEvent, new_event_id, normalise_data, ts_from_unix
+from gateway.outbox import Outbox
+
+
+class EventFactory:
+    """Stamps events with a UUIDv7, the wall time, its sync state and the monotonic time."""
+
+    def __init__(self, clock: Clock, boot_id: str) -> None:
+        self.clock = clock
+        self.boot_id = boot_id
+
+    def make(self, kind: str, data: dict[str, Any], device: str | None = None) -> NewEvent:
+        return NewEvent(
+            id=new_event_id(),
+            kind=kind,
+            device=device,
+            data_json=normalise_data(kind, data),
+            ts=ts_from_unix(self.clock.wall()),
+            ts_synced=self.clock.is_synced(),
+            mono_ns=self.clock.monotonic_ns(),
+            boot_id=self.boot_id,
+        )
+
+
+class OutboxSink:
+    """The ``EventSink`` that drivers write to: validate, stamp, store."""
+
+    def __init__(self, outbox: Outbox, factory: EventFactory) -> None:
+        self.outbox = outbox
+        self.factory = factory
+
+    async def emit(self, kind: str, data: dict[str, Any], device: str | None = None) -> str:
+        event = self.factory.make(kind, data, device)
+        await self.outbox.put(event)
+        return event.id

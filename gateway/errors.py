@@ -1,0 +1,68 @@
+"""The error tree of the gateway core, split by what the caller should do.
+
+::
+
+    CarebedError
+    ├── ConfigError            exit with a clear message (status 78); systemd must not restart
+    ├── StoreError             the outbox database
+    │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
+    │   └── StoreVersionError  schema newer than this build: stop and report (permanent)
+    ├── UplinkError            the MQTT link
+    │   ├── UplinkTransientError   retry with capped, jittered back-off
+    │   └── UplinkAuthError        refused credentials: retry at the back-off cap, report
+    └── CommandError           a platform command that cannot be run; carries the contract's code
+
+Frame errors of device codecs live in their driver packages (``drivers.*.codec``).
+"""
+
+from __future__ import annotations
+
+
+class CarebedError(Exception):
+    """Root of every error raised by the gateway core."""
+
+
+class ConfigError(CarebedError):
+    """The configuration is invalid. Each problem names the key, what is wrong and the fix."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class StoreError(CarebedError):
+    """The outbox database failed."""
+
+
+class StoreCorruptError(StoreError):
+    """The outbox database is damaged."""
+
+
+class StoreVersionError(StoreError):
+    """The outbox database was written by a newer carebed."""
+
+
+class UplinkError(CarebedError):
+    """The MQTT uplink failed."""
+
+
+class UplinkTransientError(UplinkError):
+    """A connection attempt or link failed in a way that may pass: retry with back-off."""
+
+
+class UplinkAuthError(UplinkError):
+    """The broker refused the gateway's credentials."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"broker refused the connection: {reason}")
+
+
+class CommandError(CarebedError):
+    """A platform command failed with one of the contract's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")

@@ -1,0 +1,332 @@
+"""The event envelope and kinds of the platform's MQTT contract (version 1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+import uuid6
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from gateway.config import GATEWAY_ID_PATTERN
+
+CONTRACT_VERSION = 1
+MAX_EVENTS_PER_MESSAGE = 500
+MAX_MESSAGE_BYTES = 256 * 1024
+TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+DEVICE_PATTERN = (
+    r"^(btn-[0-9A-F]{8}|rcv-[a-z0-9][a-z0-9-]{2,63}|watch-[0-9A-F]{12}|cam-[A-Za-z0-9_-]+)$"
+)
+EVENT_CLASSES = ("alarm", "telemetry", "device", "gateway", "camera", "audit", "cmdres")
+
+Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]
+
+
+def event_class(kind: str) -> str:
+    """The topic class of a kind: the part before the first dot; ``cmd.result`` goes to cmdres."""
+    return "cmdres" if kind == "cmd.result" else kind.split(".", 1)[0]
+
+
+def format_ts(moment: datetime) -> str:
+    """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def ts_from_unix(seconds: float) -> str:
+    return format_ts(datetime.fromtimestamp(seconds, UTC))
+
+
+def new_event_id() -> str:
+    """A UUIDv7: unique, time-ordered, the same on every retransmission of its event."""
+    return str(uuid6.uuid7())
+
+
+# ---------------------------------------------------------------------------- data of each kind
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmptyData(_Data):
+    pass
+
+
+class ButtonAlarmData(_Data):
+    press: Literal["short", "long"]
+    battery: Annotated[int, Field(ge=0, le=100)] | None
+    rssi: int | None
+    test: bool = False
+
+
+class CancelledData(_Data):
+    alarm_id: str | None
+
+
+class VitalsAlarmData(_Data):
+    metric: str
+    value: float
+    threshold: float
+    direction: Literal["above", "below"]
+    duration_s: float
+
+
+class VitalsData(_Data):
+    heart_rate: int | None = None
+    rr_ms: list[int] | None = None
+    contact: bool | None = None
+    spo2: float | None = None
+    pulse_rate: int | None = None
+    systolic: float | None = None
+    diastolic: float | None = None
+    map: float | None = None
+    temperature_c: float | None = None
+    steps: int | None = None
+
+
+class PresenceData(_Data):
+    reason: str
+    last_seen: Timestamp | None
+
+
+class BatteryData(_Data):
+    level: Annotated[int, Field(ge=0, le=100)]
+    low: bool
+
+
+class LifecycleData(_Data):
+    version: str
+    boot_id: str
+
+
+class HeartbeatData(_Data):
+    uptime_s: float
+    queued: dict[str, int]
+    oldest_queued_ts: Timestamp | None
+    disk_free_bytes: int
+    clock_synced: bool
+    version: str
+
+
+class PowerData(_Data):
+    mains: bool
+
+
+class DroppedData(_Data):
+    count: Annotated[int, Field(ge=1)]
+    seq_ranges: list[tuple[int, int]]
+    reason: str
+
+
+class ClockData(_Data):
+    synced: bool
+    corrected_events: int
+
+
+class CameraCallData(_Data):
+    state: Literal["requested", "started", "failed", "ended"]
+    alarm_id: str | None
+    error: str | None
+
+
+class AuditData(BaseModel):
+    """who/what/why of a security-relevant action; further detail fields are allowed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    who: str
+    what: str
+    why: str | None = None
+
+
+class CommandErrorBody(_Data):
+    code: Literal["unknown_command", "invalid_args", "expired", "busy", "forbidden", "internal"]
+    message: str
+
+
+class CmdResultData(_Data):
+    cmd_id: str
+    ok: bool
+    result: dict[str, Any] | None
+    error: CommandErrorBody | None
+
+
+KIND_DATA: dict[str, type[BaseModel]] = {
+    "alarm.button": ButtonAlarmData,
+    "alarm.cancelled": CancelledData,
+    "alarm.watch_sos": EmptyData,
+    "alarm.fall": EmptyData,
+    "alarm.vitals": VitalsAlarmData,
+    "telemetry.vitals": VitalsData,
+    "device.online": PresenceData,
+    "device.offline": PresenceData,
+    "device.battery": BatteryData,
+    "device.tamper": EmptyData,
+    "device.worn": EmptyData,
+    "device.not_worn": EmptyData,
+    "device.paired": EmptyData,
+    "device.unpaired": EmptyData,
+    "gateway.started": LifecycleData,
+    "gateway.stopping": LifecycleData,
+    "gateway.heartbeat": HeartbeatData,
+    "gateway.power": PowerData,
+    "gateway.dropped": DroppedData,
+    "gateway.clock": ClockData,
+    "camera.call": CameraCallData,
+    "audit.alarm_acknowledged": AuditData,
+    "audit.command": AuditData,
+    "audit.config_changed": AuditData,
+    "audit.camera_activated": AuditData,
+    "cmd.result": CmdResultData,
+}
+
+
+def is_alarm(kind: str) -> bool:
+    return event_class(kind) == "alarm"
+
+
+def normalise_data(kind: str, data: dict[str, Any]) -> str:
+    """Validate ``data`` for ``kind`` and return it as compact JSON, unset optional fields left out.
+
+    Raises ``ValueError`` (pydantic's ``ValidationError``) for an unknown kind or bad data.
+    """
+    model = KIND_DATA.get(kind)
+    if model is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    validated = model.model_validate(data)
+    return json.dumps(
+        validated.model_dump(mode="json", exclude_defaults=True), separators=(",", ":")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as a producer made it: everything but its ``seq``, which the outbox allocates."""
+
+    id: str
+    kind: str
+    device: str | None
+    data_json: str
+    ts: str
+    ts_synced: bool
+    mono_ns: int
+    boot_id: str
+
+    @property
+    def event_class(self) -> str:
+        return event_class(self.kind)
+
+    @property
+    def is_alarm(self) -> bool:
+        return is_alarm(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the outbox holds it, ready to be put on the wire."""
+
+    seq: int
+    id: str
+    kind: str
+    device: str | None
+    data_json: str
+    ts: str
+    ts_synced: bool
+    attempt: int
+
+    @property
+    def event_class(self) -> str:
+        return event_class(self.kind)
+
+    def wire_json(self) -> str:
+        """The EVENT object of the contract, as compact JSON."""
+        device = "null" if self.device is None else json.dumps(self.device)
+        synced = "true" if self.ts_synced else "false"
+        return (
+            f'{{"id":"{self.id}","seq":{self.seq},"kind":"{self.kind}","ts":"{self.ts}",'
+            f'"ts_synced":{synced},"device":{device},"data":{self.data_json},'
+            f'"attempt":{self.attempt}}}'
+        )
+
+
+def payload_prefix(gateway_id: str) -> str:
+    return f'{{"v":{CONTRACT_VERSION},"gw":"{gateway_id}","events":['
+
+
+def status_payload(gateway_id: str, state: str, **fields: Any) -> bytes:
+    body: dict[str, Any] = {"v": CONTRACT_VERSION, "gw": gateway_id, "state": state, **fields}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------------ JSON Schema export
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: Annotated[str, Field(min_length=1)]
+    seq: Annotated[int, Field(ge=1)]
+    ts: Timestamp
+    ts_synced: bool
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] | None
+    attempt: Annotated[int, Field(ge=1)]
+
+
+def _event_models() -> list[type[BaseModel]]:
+    models: list[type[BaseModel]] = []
+    for kind, data_model in KIND_DATA.items():
+        name = "Event_" + kind.replace(".", "_")
+        models.append(
+            create_model(
+                name,
+                __base__=_Envelope,
+                kind=(Literal[kind], ...),  # type: ignore[arg-type]
+                data=(data_model, ...),
+            )
+        )
+    return models
+
+
+if TYPE_CHECKING:
+    _EventUnion = BaseModel
+else:
+    _EventUnion = Annotated[Union[tuple(_event_models())], Field(discriminator="kind")]  # noqa: UP007
+
+
+class EventsPayload(BaseModel):
+    """What the gateway publishes on ``carebed/v1/GW/up/CLASS``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    gw: Annotated[str, Field(pattern=GATEWAY_ID_PATTERN)]
+    events: Annotated[list[_EventUnion], Field(min_length=1, max_length=MAX_EVENTS_PER_MESSAGE)]
+
+
+class StatusOnline(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    gw: Annotated[str, Field(pattern=GATEWAY_ID_PATTERN)]
+    state: Literal["online"]
+    since: Timestamp
+    version: str
+    boot_id: str
+
+
+class StatusOffline(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1]
+    gw: Annotated[str, Field(pattern=GATEWAY_ID_PATTERN)]
+    state: Literal["offline"]
+    reason: Literal["lost", "shutdown"]
+
+
+StatusPayload = TypeAdapter(Annotated[StatusOnline | StatusOffline, Field(discriminator="state")])
+
+
+def uplink_json_schema() -> dict[str, Any]:
+    """JSON Schemas of everything the gateway publishes."""
+    return {
+        "events": EventsPayload.model_json_schema(),
+        "status": StatusPayload.json_schema(),
+    }

@@ -1,0 +1,668 @@
+"""The durable outbox: events wait in SQLite until the broker has acknowledged them.
+
+``SqliteStore`` is synchronous and owned by one thread; ``Outbox`` is its asyncio face, which runs
+every store call on that thread and group-commits telemetry (alarms are committed with a full fsync
+before ``put`` returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
+from gateway.events import NewEvent, StoredEvent, event_class, ts_from_unix
+
+log = structlog.get_logger("gateway.outbox")
+
+SEQ_RESERVE_BLOCK = 4096
+EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
+EVICT_TO_FRACTION = 0.9
+EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
+_T = TypeVar("_T")
+
+DroppedFactory = Callable[[int, list[tuple[int, int]], str], NewEvent]
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("gateway") / "schema"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(version for version, _ in _migrations())
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Compress sequence numbers into inclusive ``[first, last]`` ranges."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmTiming:
+    ack_timeout_s: float = 30.0
+    resend_interval_s: float = 60.0
+    give_up_after_s: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAlarm:
+    """An alarm the outbox still holds, as reported to the alarm state machine."""
+
+    id: str
+    seq: int
+    kind: str
+    device: str | None
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    queued: dict[str, int]
+    oldest_queued_ts: str | None
+    stored_bytes: int
+    last_seq: int
+    alarms_held: int
+
+
+@dataclass(slots=True)
+class OpenReport:
+    """What happened when the store was opened."""
+
+    moved_aside: Path | None = None
+    lost_ranges: list[tuple[int, int]] = field(default_factory=list)
+    migrated_from: int | None = None
+
+
+class _SeqMark:
+    """A sidecar file holding an upper bound of every seq ever allocated.
+
+    It is written (with fsync) a block ahead of the allocations, so that a store that has to be
+    moved aside never makes the gateway reuse a sequence number.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.reserved = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            self.reserved = 0
+
+    def ensure(self, seq: int) -> None:
+        if seq <= self.reserved:
+            return
+        reserved = seq + SEQ_RESERVE_BLOCK
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as handle:
+            handle.write(f"{reserved}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.path)
+        _fsync_dir(self.path.parent)
+        self.reserved = reserved
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SqliteStore:
+    """The outbox database. Not thread-safe: one thread calls every method."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        timing: AlarmTiming,
+        make_dropped: DroppedFactory,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.timing = timing
+        self._make_dropped = make_dropped
+        self._now = now
+        self._db: sqlite3.Connection | None = None
+        self._seqmark = _SeqMark(path.with_name(path.name + ".seqmark"))
+        self._stored_bytes = 0
+        self._inflight: set[int] = set()
+        self._released: dict[int, float] = {}
+        self._cursor = 0
+
+    # ----------------------------------------------------------------------------- opening
+
+    def open(self) -> OpenReport:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        report = OpenReport()
+        try:
+            report.migrated_from = self._open_checked()
+        except StoreCorruptError as exc:
+            report.moved_aside, last_seq = self._move_aside(str(exc))
+            self._open_checked()
+            report.lost_ranges = self._restart_sequence_after_loss(last_seq)
+        return report
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _open_checked(self) -> int | None:
+        try:
+            db = self._connect()
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruptError(f"cannot open: {exc}") from exc
+        if check != "ok":
+            db.close()
+            raise StoreCorruptError(f"integrity check failed: {check}")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreVersionError(
+                f"{self.path} has schema version {version}, newer than this carebed's "
+                f"{SCHEMA_VERSION}: install the newer carebed again, or move the file aside"
+            )
+        migrated_from = None
+        for target, script in _migrations():
+            if target <= version:
+                continue
+            migrated_from = version if migrated_from is None else migrated_from
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={target}")
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                db.close()
+                raise StoreError(f"migration to schema {target} failed: {exc}") from exc
+        self._db = db
+        self._stored_bytes = int(
+            db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+        )
+        self._seqmark.ensure(self._last_seq())
+        return migrated_from
+
+    def _move_aside(self, why: str) -> tuple[Path, int | None]:
+        """Keep a damaged database for inspection; return where it went and its last seq."""
+        last_seq = None
+        with contextlib.suppress(sqlite3.Error):
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                last_seq = int(
+                    probe.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]
+                )
+            finally:
+                probe.close()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._now()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{target}{suffix}"))
+        log.error("store_moved_aside", path=str(self.path), moved_to=str(target), why=why)
+        return target, last_seq
+
+    def _restart_sequence_after_loss(self, last_seq: int | None) -> list[tuple[int, int]]:
+        """After a damaged store, continue above every seq that may have been allocated."""
+        reserved = max(self._seqmark.reserved, last_seq or 0)
+        if reserved == 0:
+            return []
+        db = self._require()
+        db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (reserved,))
+        self._seqmark.ensure(reserved)
+        # What the damaged store still held is unknown: every seq up to the mark may be lost.
+        return [(1, reserved)]
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the outbox is not open")
+        return self._db
+
+    def _last_seq(self) -> int:
+        row = self._require().execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        return int(row[0])
+
+    # ----------------------------------------------------------------------------- writing
+
+    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+        """Store events in one transaction with a full fsync; return their seqs."""
+        db = self._require()
+        now = self._now()
+        seqs: list[int] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            last = self._last_seq()
+            self._seqmark.ensure(last + len(events) + 1)
+            for event in events:
+                last += 1
+                self._insert_row(db, last, event, now)
+                seqs.append(last)
+            if self._stored_bytes > self.max_bytes:
+                last = self._evict(db, last, now)
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._stored_bytes = int(
+                db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+            )
+            raise
+        return seqs
+
+    def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
+        size = len(event.data_json) + EVENT_OVERHEAD_BYTES
+        alarm = event.is_alarm
+        db.execute(
+            "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
+            "boot_id, size, attempt, alarm_state, due_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?)",
+            (
+                seq,
+                event.id,
+                event.kind,
+                event_class(event.kind),
+                event.device,
+                event.data_json,
+                event.ts,
+                int(event.ts_synced),
+                event.mono_ns,
+                event.boot_id,
+                size,
+                "pending" if alarm else None,
+                now,
+            ),
+        )
+        self._stored_bytes += size
+
+    def _evict(self, db: sqlite3.Connection, last: int, now: float) -> int:
+        """Delete the oldest non-alarm events until under the quota; report them as dropped."""
+        target = int(self.max_bytes * EVICT_TO_FRACTION)
+        evicted: list[int] = []
+        for klass in EVICTION_ORDER:
+            cursor = 0
+            while self._stored_bytes > target:
+                rows = db.execute(
+                    "SELECT seq, size FROM events WHERE class=? AND seq>? ORDER BY seq LIMIT 256",
+                    (klass, cursor),
+                ).fetchall()
+                if not rows:
+                    break
+                cursor = rows[-1][0]
+                doomed = [(seq, size) for seq, size in rows if seq not in self._inflight]
+                db.executemany("DELETE FROM events WHERE seq=?", [(seq,) for seq, _ in doomed])
+                for seq, size in doomed:
+                    self._stored_bytes -= size
+                    self._released.pop(seq, None)
+                    evicted.append(seq)
+            if self._stored_bytes <= target:
+                break
+        if not evicted:
+            log.warning("quota_exceeded", stored_bytes=self._stored_bytes, max_bytes=self.max_bytes)
+            return last
+        ranges = seq_ranges(evicted)
+        dropped = self._make_dropped(len(evicted), ranges, "disk_quota")
+        last += 1
+        self._seqmark.ensure(last)
+        self._insert_row(db, last, dropped, now)
+        log.warning("events_evicted", count=len(evicted), seq_ranges=ranges, reason="disk_quota")
+        return last
+
+    # ----------------------------------------------------------------------------- delivery
+
+    def claim(self, max_events: int) -> list[StoredEvent]:
+        """Events to publish next: alarms first, then the rest in seq order. They stay stored."""
+        db = self._require()
+        now = self._now()
+        claimed = [
+            row
+            for row in db.execute(
+                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "
+                "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
+            )
+            if row[0] not in self._inflight
+        ]
+        room = max(0, max_events - len(claimed))
+        ready = [seq for seq, retry_at in self._released.items() if retry_at <= now][:room]
+        if ready:
+            marks = ",".join("?" * len(ready))
+            claimed += db.execute(
+                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "  # noqa: S608
+                f"WHERE seq IN ({marks}) ORDER BY seq",
+                ready,
+            ).fetchall()
+            for seq in ready:
+                del self._released[seq]
+            room = max(0, max_events - len(claimed))
+        if room > 0:
+            rows = db.execute(
+                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "
+                "WHERE seq>? AND class!='alarm' ORDER BY seq LIMIT ?",
+                (self._cursor, room),
+            ).fetchall()
+            if rows:
+                self._cursor = rows[-1][0]
+            claimed += rows
+        events = [
+            StoredEvent(
+                seq=row[0],
+                id=row[1],
+                kind=row[2],
+                device=row[3],
+                data_json=row[4],
+                ts=row[5],
+                ts_synced=bool(row[6]),
+                attempt=row[7],
+            )
+            for row in claimed
+        ]
+        self._inflight.update(event.seq for event in events)
+        return events
+
+    def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
+        """The broker has them: delete them, except alarms, which wait for the platform's ack.
+
+        Returns the alarms that became delivered.
+        """
+        db = self._require()
+        now = self._now()
+        delivered: list[HeldAlarm] = []
+        db.execute("PRAGMA synchronous=NORMAL")  # losing a delete only means a duplicate
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for seq in seqs:
+                self._inflight.discard(seq)
+                row = db.execute(
+                    "SELECT class, size, id, kind, device, attempt, alarm_state FROM events "
+                    "WHERE seq=?",
+                    (seq,),
+                ).fetchone()
+                if row is None:
+                    continue
+                klass, size, event_id, kind, device, attempt, state = row
+                if klass == "alarm":
+                    if state == "pending":
+                        wait = (
+                            self.timing.ack_timeout_s
+                            if attempt == 1
+                            else self.timing.resend_interval_s
+                        )
+                        db.execute(
+                            "UPDATE events SET alarm_state='delivered', due_at=? WHERE seq=?",
+                            (now + wait, seq),
+                        )
+                        delivered.append(HeldAlarm(event_id, seq, kind, device, attempt))
+                    continue
+                db.execute("DELETE FROM events WHERE seq=?", (seq,))
+                self._stored_bytes -= size
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+        return delivered
+
+    def release(self, seqs: Iterable[int], retry_at: float) -> None:
+        """Publication failed (refused by the broker): keep them and try again at ``retry_at``."""
+        for seq in seqs:
+            self._inflight.discard(seq)
+            self._released[seq] = retry_at
+
+    def release_all(self) -> None:
+        """The link is gone: nothing is in flight any more; start again from the oldest."""
+        self._inflight.clear()
+        self._released.clear()
+        self._cursor = 0
+
+    # ----------------------------------------------------------------------------- alarms
+
+    def promote_due_alarms(self) -> list[HeldAlarm]:
+        """Delivered alarms whose ack did not come in time: publish again with attempt + 1."""
+        db = self._require()
+        now = self._now()
+        rows = db.execute(
+            "SELECT seq, id, kind, device, attempt, created_at FROM events "
+            "WHERE class='alarm' AND alarm_state='delivered' AND due_at<=? ORDER BY seq",
+            (now,),
+        ).fetchall()
+        promoted: list[HeldAlarm] = []
+        if not rows:
+            return promoted
+        db.execute("BEGIN IMMEDIATE")
+        for seq, event_id, kind, device, attempt, created_at in rows:
+            if now - created_at >= self.timing.give_up_after_s:
+                db.execute("DELETE FROM events WHERE seq=?", (seq,))
+                log.error("alarm_given_up", alarm_id=event_id, seq=seq, attempts=attempt)
+                continue
+            db.execute(
+                "UPDATE events SET alarm_state='pending', attempt=attempt+1, due_at=NULL "
+                "WHERE seq=?",
+                (seq,),
+            )
+            promoted.append(HeldAlarm(event_id, seq, kind, device, attempt + 1))
+        db.execute("COMMIT")
+        return promoted
+
+    def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
+        """The platform acknowledged: forget these alarms. Returns those the store held."""
+        db = self._require()
+        found: list[HeldAlarm] = []
+        db.execute("BEGIN IMMEDIATE")
+        for event_id in ids:
+            row = db.execute(
+                "SELECT seq, kind, device, attempt, size FROM events WHERE id=? AND class='alarm'",
+                (event_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            seq, kind, device, attempt, size = row
+            db.execute("DELETE FROM events WHERE seq=?", (seq,))
+            self._stored_bytes -= size
+            self._inflight.discard(seq)
+            found.append(HeldAlarm(event_id, seq, kind, device, attempt))
+        db.execute("COMMIT")
+        return found
+
+    def held_alarms(self) -> list[HeldAlarm]:
+        return [
+            HeldAlarm(*row)
+            for row in self._require().execute(
+                "SELECT id, seq, kind, device, attempt FROM events WHERE class='alarm' ORDER BY seq"
+            )
+        ]
+
+    # ----------------------------------------------------------------------------- clock
+
+    def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
+        """Rewrite the unsynchronised timestamps taken during this boot from monotonic time."""
+        db = self._require()
+        rows = db.execute(
+            "SELECT seq, mono_ns FROM events WHERE ts_synced=0 AND boot_id=?", (boot_id,)
+        ).fetchall()
+        if not rows:
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "UPDATE events SET ts=?, ts_synced=1 WHERE seq=?",
+            [(ts_from_unix(wall_now - (mono_now_ns - mono) / 1e9), seq) for seq, mono in rows],
+        )
+        db.execute("COMMIT")
+        return len(rows)
+
+    # ----------------------------------------------------------------------------- commands
+
+    def command_result(self, cmd_id: str) -> str | None:
+        row = (
+            self._require().execute("SELECT result FROM commands WHERE id=?", (cmd_id,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def remember_command(self, cmd_id: str, result_json: str, max_age_s: float) -> None:
+        db = self._require()
+        now = self._now()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT OR REPLACE INTO commands (id, received_at, result) VALUES (?, ?, ?)",
+            (cmd_id, now, result_json),
+        )
+        db.execute("DELETE FROM commands WHERE received_at<?", (now - max_age_s,))
+        db.execute("COMMIT")
+
+    # ----------------------------------------------------------------------------- figures
+
+    def stats(self) -> StoreStats:
+        db = self._require()
+        queued = {
+            klass: count
+            for klass, count in db.execute("SELECT class, COUNT(*) FROM events GROUP BY class")
+        }
+        oldest = db.execute("SELECT ts FROM events ORDER BY seq LIMIT 1").fetchone()
+        held = sum(1 for _ in db.execute("SELECT 1 FROM events WHERE class='alarm'"))
+        return StoreStats(
+            queued=queued,
+            oldest_queued_ts=None if oldest is None else str(oldest[0]),
+            stored_bytes=self._stored_bytes,
+            last_seq=self._last_seq(),
+            alarms_held=held,
+        )
+
+
+def _statements(script: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def _log_failure(future: Future[object]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("store_call_failed", error=repr(exc))
+
+
+class Outbox:
+    """The asyncio face of the store: one worker thread, group commit for all but alarms."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        group_commit_s: float = 0.2,
+        max_buffered: int = 5000,
+    ) -> None:
+        self.store = store
+        self.group_commit_s = group_commit_s
+        self.max_buffered = max_buffered
+        self.changed = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._buffer: list[NewEvent] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._commits: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a store method on the store's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue a store call behind the others without waiting for it."""
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+
+    async def open(self) -> OpenReport:
+        return await self.call(self.store.open)
+
+    async def put(self, event: NewEvent) -> None:
+        """Store an event. An alarm is on disk (fsync) on return; others within the window."""
+        if self._closed:
+            raise StoreError("the outbox is closed")
+        self._buffer.append(event)
+        if event.is_alarm or self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
+            await self._commit()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.group_commit_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._commit_logged(), name="outbox.commit")
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _commit_logged(self) -> None:
+        try:
+            await self._commit()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error("store_write_failed", error=str(exc), waiting=len(self._buffer))  # noqa: TRY400
+            if self._timer is None and not self._closed:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(max(self.group_commit_s, 1.0), self._on_timer)
+
+    async def _commit(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            await self.call(self.store.insert, batch)
+        except BaseException:
+            self._buffer[:0] = batch  # keep them for the next attempt, in order
+            raise
+        self.changed.set()
+
+    async def flush(self) -> None:
+        """Commit whatever is buffered now."""
+        await self._commit()
+        if self._commits:
+            await asyncio.gather(*list(self._commits), return_exceptions=True)
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self.call(self.store.close)
+            self._executor.shutdown(wait=True)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

@@ -1,0 +1,134 @@
+"""Configuration: validation, clear errors, and the CLI's exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "carebed.example.toml"
+EXIT_CONFIG = 78
+
+GOOD_PLAIN = """
+[gateway]
+id = "gw-test"
+state_dir = "state"
+[mqtt]
+host = "127.0.0.1"
+plaintext = true
+"""
+
+
+def carebed(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "carebed.toml"
+    path.write_text(text)
+    return path
+
+
+def tls_config(tmp_path: Path, **files: str) -> str:
+    for name in ("ca.pem", "gw.pem", "gw.key"):
+        (tmp_path / name).write_text("-----BEGIN-----\n")
+    paths = {"ca_file": "ca.pem", "cert_file": "gw.pem", "key_file": "gw.key", **files}
+    lines = "\n".join(f'{key} = "{value}"' for key, value in paths.items())
+    return f'[gateway]\nid = "gw-test"\n[mqtt]\nhost = "broker"\n[mqtt.tls]\n{lines}\n'
+
+
+def test_good_config_loads_with_relative_paths_resolved(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, tls_config(tmp_path)))
+    assert cfg.mqtt.tls is not None
+    assert cfg.mqtt.tls.cert_file == tmp_path / "gw.pem"
+    assert cfg.mqtt.effective_port == 8883
+    assert cfg.mqtt_username == "gw-test"
+
+
+def test_example_config_parses_apart_from_its_certificate_files() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(EXAMPLE)
+    assert all("file not found" in problem for problem in caught.value.problems)
+
+
+def test_config_models_are_frozen(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD_PLAIN))
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.gateway.heartbeat_s = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (GOOD_PLAIN + "colour = 'red'\n", "mqtt.colour", "unknown key"),
+        (GOOD_PLAIN.replace("gw-test", "GW_1"), "gateway.id", "a-z, 0-9"),
+        (GOOD_PLAIN.replace("plaintext = true", ""), "mqtt.tls", "plaintext = true"),
+        (GOOD_PLAIN + "protocol = '4'\n", "mqtt.protocol", "'5' or '3.1.1'"),
+        (GOOD_PLAIN + "[outbox]\ngroup_commit_s = 5\n", "outbox.group_commit_s", "less than"),
+    ],
+    ids=["unknown-key", "bad-id", "plaintext-not-explicit", "bad-protocol", "commit-window"],
+)
+def test_bad_config_names_the_key_and_exits_78(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = carebed(*args)
+        assert result.returncode == EXIT_CONFIG, result.stderr
+        problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == 1, result.stderr
+        assert problems[0].startswith(f"  - {key}")
+        assert words in problems[0]
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_certificate_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, tls_config(tmp_path, cert_file="missing.pem"))
+    result = carebed("check-config", str(path))
+    assert result.returncode == EXIT_CONFIG
+    assert "mqtt.tls.cert_file: file not found" in result.stderr
+    assert str(tmp_path / "missing.pem") in result.stderr
+
+
+def test_secrets_are_never_printed(tmp_path: Path) -> None:
+    text = GOOD_PLAIN + 'password = ["hunter2-secret"]\n'
+    result = carebed("check-config", str(write(tmp_path, text)))
+    assert result.returncode == EXIT_CONFIG
+    assert "mqtt.password" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    result = carebed("check-config", str(tmp_path / "nope.toml"))
+    assert result.returncode == EXIT_CONFIG
+    assert "cannot read the file" in result.stderr
+    result = carebed("check-config", str(write(tmp_path, "[gateway\n")))
+    assert result.returncode == EXIT_CONFIG
+    assert "not valid TOML" in result.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    result = carebed("check-config", str(write(tmp_path, GOOD_PLAIN)))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_schema_command_prints_config_and_uplink_schemas() -> None:
+    result = carebed("schema")
+    assert result.returncode == 0
+    schemas = json.loads(result.stdout)
+    assert set(schemas) == {"config", "uplink"}
+    assert set(schemas["uplink"]) == {"events", "status"}
+    assert schemas["config"]["additionalProperties"] is False

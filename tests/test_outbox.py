@@ -1,0 +1,260 @@
+"""The durable outbox against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.clock import ManualClock
+from gateway.emitter import EventFactory
+from gateway.errors import StoreVersionError
+from gateway.events import NewEvent
+from gateway.outbox import AlarmTiming, Outbox, SqliteStore, seq_ranges
+
+BOOT = "boot-1"
+
+
+class Rig:
+    def __init__(self, path: Path, *, max_bytes: int = 10**9, clock: ManualClock | None = None):
+        self.clock = clock or ManualClock()
+        self.factory = EventFactory(self.clock, BOOT)
+        self.path = path
+        self.store = SqliteStore(
+            path,
+            max_bytes=max_bytes,
+            timing=AlarmTiming(ack_timeout_s=30, resend_interval_s=60, give_up_after_s=3600),
+            make_dropped=lambda count, ranges, reason: self.factory.make(
+                "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
+            ),
+            now=self.clock.wall,
+        )
+
+    def telemetry(self, hr: int = 70) -> NewEvent:
+        return self.factory.make("telemetry.vitals", {"heart_rate": hr}, "watch-AABBCCDDEEFF")
+
+    def alarm(self) -> NewEvent:
+        return self.factory.make(
+            "alarm.button", {"press": "short", "battery": 80, "rssi": -50}, "btn-00000001"
+        )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    r = Rig(tmp_path / "outbox.sqlite3")
+    r.store.open()
+    return r
+
+
+def test_seq_is_gapless_and_survives_reopen(tmp_path: Path) -> None:
+    first = Rig(tmp_path / "o.sqlite3")
+    first.store.open()
+    assert first.store.insert([first.telemetry() for _ in range(3)]) == [1, 2, 3]
+    first.store.close()
+    second = Rig(tmp_path / "o.sqlite3")
+    second.store.open()
+    assert second.store.insert([second.alarm()]) == [4]
+    second.store.ack(second.store.insert([second.telemetry()]))
+    assert second.store.insert([second.telemetry()]) == [6]
+
+
+def test_alarms_are_claimed_before_the_backlog(rig: Rig) -> None:
+    rig.store.insert([rig.telemetry() for _ in range(10)])
+    rig.store.insert([rig.alarm()])
+    claimed = rig.store.claim(5)
+    assert claimed[0].kind == "alarm.button"
+    assert [e.seq for e in claimed[1:]] == [1, 2, 3, 4]
+
+
+def test_events_stay_until_acknowledged_and_come_back_after_link_loss(rig: Rig) -> None:
+    rig.store.insert([rig.telemetry() for _ in range(4)])
+    assert [e.seq for e in rig.store.claim(2)] == [1, 2]
+    assert [e.seq for e in rig.store.claim(10)] == [3, 4]
+    assert rig.store.claim(10) == []
+    rig.store.ack([1])
+    rig.store.release_all()
+    assert [e.seq for e in rig.store.claim(10)] == [2, 3, 4]
+
+
+def test_rejected_events_wait_for_their_retry_time(rig: Rig) -> None:
+    rig.store.insert([rig.telemetry() for _ in range(3)])
+    rig.store.claim(10)
+    rig.store.release([2], retry_at=rig.clock.wall() + 10)
+    rig.store.ack([1, 3])
+    assert rig.store.claim(10) == []
+    rig.clock.advance(11)
+    assert [e.seq for e in rig.store.claim(10)] == [2]
+    assert rig.store.stats().queued == {"telemetry": 1}
+
+
+def test_alarm_resend_after_ack_timeout_then_every_interval(rig: Rig) -> None:
+    (seq,) = rig.store.insert([rig.alarm()])
+    (claimed,) = rig.store.claim(10)
+    assert claimed.attempt == 1
+    delivered = rig.store.ack([seq])
+    assert [a.seq for a in delivered] == [seq]
+    assert rig.store.claim(10) == []  # delivered: waits for the platform
+    rig.clock.advance(29)
+    assert rig.store.promote_due_alarms() == []
+    rig.clock.advance(2)
+    (promoted,) = rig.store.promote_due_alarms()
+    assert promoted.attempt == 2
+    (again,) = rig.store.claim(10)
+    assert (again.id, again.seq, again.attempt) == (claimed.id, seq, 2)
+    rig.store.ack([seq])
+    rig.clock.advance(59)
+    assert rig.store.promote_due_alarms() == []
+    rig.clock.advance(2)
+    assert [a.attempt for a in rig.store.promote_due_alarms()] == [3]
+
+
+def test_acknowledged_alarm_is_forgotten_and_unknown_ids_ignored(rig: Rig) -> None:
+    event = rig.alarm()
+    rig.store.insert([event])
+    found = rig.store.acknowledge_alarms([event.id, "no-such-id"])
+    assert [a.id for a in found] == [event.id]
+    assert rig.store.held_alarms() == []
+    assert rig.store.acknowledge_alarms([event.id]) == []
+
+
+def test_alarm_given_up_after_its_window(rig: Rig) -> None:
+    (seq,) = rig.store.insert([rig.alarm()])
+    rig.store.claim(1)
+    rig.store.ack([seq])
+    rig.clock.advance(3601)
+    assert rig.store.promote_due_alarms() == []
+    assert rig.store.held_alarms() == []
+
+
+def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig.store.open()
+    alarms = []
+    for i in range(400):
+        if i % 50 == 0:
+            event = rig.alarm()
+            alarms.append(event.id)
+            rig.store.insert([event])
+        else:
+            rig.store.insert([rig.telemetry(60 + i % 40)])
+    last_seq = rig.store.stats().last_seq
+    assert rig.store.stats().stored_bytes <= 8192
+    rows = rig.store.claim(100_000)
+    kept = {e.seq for e in rows}
+    assert {e.id for e in rows if e.kind == "alarm.button"} == set(alarms)
+    covered: set[int] = set()
+    for event in rows:
+        if event.kind == "gateway.dropped":
+            data = json.loads(event.data_json)
+            span = {s for first, last in data["seq_ranges"] for s in range(first, last + 1)}
+            assert data["count"] == len(span)
+            assert not span & covered
+            covered |= span
+    assert covered, "nothing was evicted: the quota did not act"
+    assert kept | covered == set(range(1, last_seq + 1))
+    assert not kept & covered
+
+
+def test_quota_never_evicts_events_in_flight(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig.store.open()
+    rig.store.insert([rig.telemetry() for _ in range(20)])
+    in_flight = {e.seq for e in rig.store.claim(20)}
+    rig.store.insert([rig.telemetry() for _ in range(200)])
+    rig.store.release_all()
+    still = {e.seq for e in rig.store.claim(100_000)}
+    assert in_flight <= still
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(StoreVersionError, match="newer"):
+        Rig(path).store.open()
+
+
+def test_damaged_store_is_moved_aside_and_seq_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    rig = Rig(path)
+    rig.store.open()
+    rig.store.insert([rig.telemetry() for _ in range(5)])
+    rig.store.close()
+    with path.open("r+b") as handle:
+        handle.seek(0)
+        handle.write(b"this is not a database" * 100)
+    again = Rig(path)
+    report = again.store.open()
+    assert report.moved_aside is not None
+    assert report.moved_aside.exists()
+    assert report.lost_ranges and report.lost_ranges[0][0] == 1
+    (seq,) = again.store.insert([again.telemetry()])
+    assert seq > report.lost_ranges[-1][1] >= 5
+
+
+def test_clock_correction_rewrites_only_this_boots_unsynced_events(tmp_path: Path) -> None:
+    clock = ManualClock(wall=1_000_000.0, synced=False)
+    rig = Rig(tmp_path / "c.sqlite3", clock=clock)
+    rig.store.open()
+    rig.store.insert([rig.telemetry()])
+    other_boot = EventFactory(clock, "boot-0").make("telemetry.vitals", {"heart_rate": 1})
+    rig.store.insert([other_boot])
+    clock.advance(10)
+    clock.set_wall(1_700_000_000.0)  # NTP steps the clock
+    clock.synced = True
+    assert rig.store.correct_timestamps(BOOT, clock.wall(), clock.monotonic_ns()) == 1
+    by_seq = {e.seq: e for e in rig.store.claim(10)}
+    assert by_seq[1].ts_synced
+    assert by_seq[1].ts == "2023-11-14T22:13:10.000Z"  # 10 s before the synced now
+    assert not by_seq[2].ts_synced
+
+
+@given(st.sets(st.integers(min_value=1, max_value=500)))
+def test_seq_ranges_cover_exactly_the_input(seqs: set[int]) -> None:
+    ranges = seq_ranges(seqs)
+    assert {s for a, b in ranges for s in range(a, b + 1)} == seqs
+    assert all(a <= b for a, b in ranges)
+    assert all(ranges[i][1] + 1 < ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+async def test_alarm_is_on_disk_when_put_returns_and_telemetry_within_the_window(
+    rig: Rig,
+) -> None:
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    reader = sqlite3.connect(rig.path)
+
+    def count() -> int:
+        return int(reader.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    await outbox.put(rig.telemetry())
+    assert count() == 0  # buffered in the group-commit window
+    await outbox.put(rig.alarm())
+    assert count() == 2  # the alarm commits what is buffered before it, then itself
+    await outbox.put(rig.telemetry())
+    async with asyncio.timeout(5):
+        await outbox.changed.wait()
+        while count() < 3:
+            outbox.changed.clear()
+            await outbox.changed.wait()
+    await outbox.close()
+    reader.close()
+
+
+async def test_close_flushes_the_buffer(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=1.0)
+    await outbox.open()
+    for _ in range(10):
+        await outbox.put(rig.telemetry())
+    await outbox.close()
+    again = Rig(tmp_path / "o.sqlite3")
+    again.store.open()
+    assert again.store.stats().queued == {"telemetry": 10}
