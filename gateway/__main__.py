@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     from gateway import app, logs  # noqa: PLC0415 - keeps check-config and schema fast
 
+    stop_request = app.StopRequest()
     logs.configure(cfg.logging.level, cfg.logging.format)
     try:
-        return asyncio.run(app.run(cfg))
+        return asyncio.run(app.run(cfg, stop_request))
     except StoreVersionError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_CONFIG

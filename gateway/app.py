@@ -155,10 +155,31 @@ class Gateway:
         log.info("gateway_stopped")
 
 
-async def run(cfg: GatewayConfig) -> int:
+class StopRequest:
+    """Records SIGTERM/SIGINT from the first moment of the process, before the loop exists."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._event: asyncio.Event | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._event is not None:
+            self._event.set()
+
+    def attach(self) -> asyncio.Event:
+        """An event set by the signals, handled from now on by the running loop."""
+        self._event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._event.set)
+        if self.requested:
+            self._event.set()
+        return self._event
+
+
+async def run(cfg: GatewayConfig, stop_request: StopRequest) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return await Gateway(cfg).run(stop)
+    return await Gateway(cfg).run(stop_request.attach())

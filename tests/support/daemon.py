@@ -1,0 +1,116 @@
+"""Run the real daemon (``python -m gateway run``) as a child process, and write its config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.broker import Mosquitto
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def gateway_config(
+    workdir: Path,
+    broker: Mosquitto,
+    *,
+    gateway_id: str = "gw-a",
+    sim: dict[str, Any] | None = None,
+    **overrides: dict[str, Any],
+) -> Path:
+    """A config for a gateway on ``broker`` (plain TCP, or TLS with ``gateway_id``'s cert)."""
+    mqtt: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "keepalive_s": 5,
+        "backoff_min_s": 0.1,
+        "backoff_cap_s": 1.0,
+        "connect_timeout_s": 3.0,
+    }
+    sections: dict[str, dict[str, Any]] = {
+        "gateway": {"id": gateway_id, "state_dir": workdir / "state", "heartbeat_s": 3600},
+        "mqtt": mqtt,
+        "logging": {"level": "info", "format": "json"},
+        "outbox": {"group_commit_s": 0.05},
+    }
+    if broker.pki is None:
+        mqtt["plaintext"] = True
+    if sim is not None:
+        sections["sim"] = {"enabled": True, **sim}
+    for name, values in overrides.items():
+        sections.setdefault(name, {}).update(values)
+    if broker.pki is not None:
+        cert = broker.pki.client(gateway_id)
+        sections["mqtt.tls"] = {
+            "ca_file": broker.pki.ca_cert,
+            "cert_file": cert.cert,
+            "key_file": cert.key,
+        }
+    return write_config(workdir / "carebed.toml", sections)
+
+
+class GatewayProcess:
+    """The daemon as systemd would run it: a child process, killed or stopped by signals."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        self.kill()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def last_seq(state_dir: Path) -> int:
+    """The last seq the gateway allocated, read from its outbox."""
+    db = sqlite3.connect(state_dir / "outbox.sqlite3")
+    try:
+        return int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+    finally:
+        db.close()

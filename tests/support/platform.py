@@ -1,0 +1,358 @@
+"""The city platform as the tests see it: a paho client that records everything gateways send."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from tests.support.broker import Mosquitto
+from tests.support.certs import ClientCert, client_ssl_context
+
+PLATFORM_CN = "platform"
+DEFAULT_SUBSCRIPTIONS = ("carebed/v1/+/up/#", "carebed/v1/+/status")
+SESSION_EXPIRY_S = 24 * 3600
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 10.0
+RECONNECT_MIN_DELAY_S = 0.1
+RECONNECT_MAX_DELAY_S = 1.0
+SUMMARY_LAST_MESSAGES = 8
+SUMMARY_PAYLOAD_CHARS = 160
+
+Validator = Callable[[str, dict[str, Any]], None]
+Predicate = Callable[["PlatformClient"], bool]
+
+
+class PlatformError(Exception):
+    """The platform stand-in could not connect, subscribe or publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as the platform received it. `payload` is None unless it is a JSON object."""
+
+    topic: str
+    payload: dict[str, Any] | None
+    raw: bytes
+    retain: bool
+    qos: int
+    t_mono: float
+
+
+def is_uplink(topic: str) -> bool:
+    """True for what gateways send: `carebed/v1/GW/up/...` and `carebed/v1/GW/status`."""
+    parts = topic.split("/")
+    return (
+        len(parts) >= 4
+        and parts[:2] == ["carebed", "v1"]
+        and (parts[3] == "up" or (parts[3] == "status" and len(parts) == 4))
+    )
+
+
+class PlatformClient:
+    """A persistent-session MQTT consumer of `carebed/v1/+/up/#` and `carebed/v1/+/status`.
+
+    Connects in the constructor and returns once subscribed. Paho's own thread handles traffic and
+    reconnects after a broker restart (same client id, clean start off, session expiry 24 h), so
+    QoS 1 messages queued for it while it was away are delivered when it comes back.
+
+    On a TLS broker it presents the `platform` certificate of the broker's PKI by default. The
+    test brokers set `use_username_as_clientid`, so two clients with the same certificate replace
+    each other whatever client ids they ask for.
+
+    Every message is recorded in arrival order. Uplink payloads (see `is_uplink`) must be JSON
+    objects and, when `validate` is given, pass it; failures are appended to `errors` (tests
+    assert it stays empty) rather than raised in paho's thread.
+    """
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        *,
+        client_id: str = "platform",
+        cert: ClientCert | None = None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+        validate: Validator | None = None,
+        subscriptions: Sequence[str] = DEFAULT_SUBSCRIPTIONS,
+        session_expiry_s: int = SESSION_EXPIRY_S,
+        keepalive_s: int = KEEPALIVE_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.protocol = protocol
+        self.errors: list[str] = []
+        self.connects = 0
+        self.disconnects = 0
+        self.connected = False
+        self.session_present: bool | None = None
+        self._validate = validate
+        self._subscriptions = tuple(subscriptions)
+        self._cond = threading.Condition(threading.RLock())
+        self._messages: list[Received] = []
+        self._pubacks: dict[int, ReasonCode] = {}
+        self._subscribed = False
+        self._refused: str | None = None
+        self._closed = False
+
+        v5 = protocol == MQTTProtocolVersion.MQTTv5
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if v5 else False,
+        )
+        if broker.pki is not None:
+            cert = broker.pki.client(PLATFORM_CN) if cert is None else cert
+            self._client.tls_set_context(client_ssl_context(broker.pki.ca_cert, cert))
+        # paho annotates the delays as int; it does arithmetic on them, floats work.
+        self._client.reconnect_delay_set(
+            min_delay=RECONNECT_MIN_DELAY_S,  # type: ignore[arg-type]
+            max_delay=RECONNECT_MAX_DELAY_S,  # type: ignore[arg-type]
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = session_expiry_s
+        try:
+            if v5:
+                self._client.connect(
+                    broker.host, broker.port, keepalive_s, clean_start=False, properties=properties
+                )
+            else:
+                self._client.connect(broker.host, broker.port, keepalive_s)
+            self._client.loop_start()
+            with self._cond:
+                ready = self._cond.wait_for(
+                    lambda: self._subscribed or self._refused is not None, connect_timeout_s
+                )
+        except BaseException:
+            self.close()
+            raise
+        if not ready or self._refused is not None:
+            reason = self._refused or f"not subscribed within {connect_timeout_s} s"
+            self.close()
+            raise PlatformError(
+                f"platform client {client_id!r} on {broker.host}:{broker.port}: {reason}\n"
+                f"{broker.log_tail()}"
+            )
+
+    # -- what was received -------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[Received]:
+        """A snapshot of every message received so far, in arrival order."""
+        with self._cond:
+            return list(self._messages)
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        """(topic, event) for each event of each `up/` message, flattened, in arrival order."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        with self._cond:
+            for msg in self._messages:
+                if msg.payload is None or "/up/" not in msg.topic:
+                    continue
+                events = msg.payload.get("events")
+                if isinstance(events, list):
+                    out.extend((msg.topic, ev) for ev in events if isinstance(ev, dict))
+        return out
+
+    def wait_for(self, predicate: Predicate, timeout: float, what: str) -> None:
+        """Block until `predicate(self)` holds; re-checked on every message and (re)connection.
+
+        Raises AssertionError naming `what`, with a summary of what did arrive, on timeout.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self), timeout):
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self}")
+
+    # -- downlink ----------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        qos: int = 1,
+        *,
+        retain: bool = False,
+        timeout: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
+        """Publish `payload` as JSON and return once the broker acknowledged it (for QoS > 0).
+
+        Raises PlatformError if paho cannot send it, the PUBACK does not come in time, or (MQTT 5)
+        the broker answers with a failure reason code such as 0x87 Not authorized.
+        """
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        info = self._client.publish(topic, data, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise PlatformError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise PlatformError(f"no PUBACK for {topic} (mid {info.mid}) within {timeout} s")
+        with self._cond:
+            reason = self._pubacks.pop(info.mid, None)
+        if reason is not None and reason.is_failure:
+            raise PlatformError(f"broker refused publish to {topic}: {reason} ({reason.value:#x})")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Disconnect (the session stays on the broker) and stop paho's thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        with self._cond:
+            msgs = list(self._messages)
+            head = (
+                f"PlatformClient {self.client_id!r}: connected={self.connected} "
+                f"connects={self.connects} disconnects={self.disconnects} "
+                f"messages={len(msgs)} errors={len(self.errors)}"
+            )
+            lines = [head]
+            counts = Counter(m.topic for m in msgs)
+            lines += [f"  {n:6d} x {topic}" for topic, n in counts.most_common()]
+            if msgs:
+                lines.append(f"  last {min(len(msgs), SUMMARY_LAST_MESSAGES)}:")
+            for m in msgs[-SUMMARY_LAST_MESSAGES:]:
+                text = m.raw[:SUMMARY_PAYLOAD_CHARS].decode("utf-8", "replace")
+                lines.append(f"    {m.topic} q{m.qos}{' retained' if m.retain else ''}: {text}")
+            lines += [f"  error: {e}" for e in self.errors[-SUMMARY_LAST_MESSAGES:]]
+        return "\n".join(lines)
+
+    # -- paho callbacks (paho's thread; never raise) ------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            if reason_code.is_failure:
+                self._refused = f"connection refused: {reason_code}"
+            else:
+                self.connected = True
+                self.connects += 1
+                self.session_present = flags.session_present
+                # Subscribe on our first connection; later only if the broker lost the session
+                # (killed before it saved). Resubscribing would replay retained status messages.
+                if self.connects == 1 or not flags.session_present:
+                    client.subscribe([(topic, 1) for topic in self._subscriptions])
+            self._cond.notify_all()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            if self.connected:
+                self.disconnects += 1
+            self.connected = False
+            self._cond.notify_all()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            refused = [
+                f"{topic}: {rc}"
+                for topic, rc in zip(self._subscriptions, reason_codes, strict=False)
+                if rc.is_failure or rc.value != 1
+            ]
+            if refused:
+                self._refused = "subscription not granted at QoS 1: " + "; ".join(refused)
+                self.errors.append(self._refused)
+            else:
+                self._subscribed = True
+            self._cond.notify_all()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._cond:
+            self._pubacks[mid] = reason_code
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        t_mono = time.monotonic()
+        problems: list[str] = []
+        payload: dict[str, Any] | None = None
+        try:
+            try:
+                decoded = json.loads(msg.payload)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict):
+                payload = decoded
+            if is_uplink(msg.topic):
+                if payload is None:
+                    problems.append(f"{msg.topic}: payload is not a JSON object: {msg.payload!r}")
+                elif self._validate is not None:
+                    try:
+                        self._validate(msg.topic, payload)
+                    except Exception as exc:
+                        problems.append(f"{msg.topic}: invalid: {exc!r}; payload {payload!r}")
+        except Exception as exc:
+            problems.append(f"{msg.topic}: error while recording: {exc!r}")
+        record = Received(
+            topic=msg.topic,
+            payload=payload,
+            raw=bytes(msg.payload),
+            retain=bool(msg.retain),
+            qos=int(msg.qos),
+            t_mono=t_mono,
+        )
+        # Record the message and its validation problems together: a test that waits for the
+        # message then asserts `errors == []` must not race the validator.
+        with self._cond:
+            self._messages.append(record)
+            self.errors.extend(problems)
+            self._cond.notify_all()
