@@ -12,13 +12,45 @@ import jsonschema
 from gateway.events import MAX_MESSAGE_BYTES, event_class, uplink_json_schema
 
 
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
 @cache
 def _validators() -> dict[str, jsonschema.protocols.Validator]:
     schemas = uplink_json_schema()
-    return {
-        name: jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-        for name, schema in schemas.items()
-    }
+    return {name: _validator(schema) for name, schema in schemas.items()}
+
+
+@cache
+def _event_validators() -> dict[str, jsonschema.protocols.Validator]:
+    """One validator per kind, chosen by the schema's discriminator mapping.
+
+    jsonschema ignores OpenAPI's ``discriminator`` and would try every branch of the ``oneOf``
+    for every event; choosing the branch by ``kind`` gives the same verdict much faster.
+    """
+    schema = uplink_json_schema()["events"]
+    mapping = schema["properties"]["events"]["items"]["discriminator"]["mapping"]
+    defs = schema["$defs"]
+    return {kind: _validator({"$ref": ref, "$defs": defs}) for kind, ref in mapping.items()}
+
+
+def _event_errors(payload: dict[str, Any]) -> list[Any]:
+    """Errors of the envelope with its events checked one by one against their own kind."""
+    events = payload.get("events")
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        return list(_validators()["events"].iter_errors(payload))
+    shell = {**payload, "events": [{"kind": "gateway.power"}] * len(events)}
+    errors = [
+        e for e in _validators()["events"].iter_errors(shell) if "events" not in e.absolute_path
+    ]
+    by_kind = _event_validators()
+    for event in events:
+        validator = by_kind.get(event.get("kind"))  # type: ignore[arg-type]
+        if validator is None:
+            raise ValueError(f"unknown event kind {event.get('kind')!r}")
+        errors.extend(validator.iter_errors(event))
+    return errors
 
 
 def validate_uplink(topic: str, payload: dict[str, Any]) -> None:
@@ -28,7 +60,7 @@ def validate_uplink(topic: str, payload: dict[str, Any]) -> None:
     if parts[-1] == "status" and len(parts) == 4:
         errors = list(validators["status"].iter_errors(payload))
     else:
-        errors = list(validators["events"].iter_errors(payload))
+        errors = _event_errors(payload)
         if not errors:
             klass = parts[4]
             for event in payload["events"]:

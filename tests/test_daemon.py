@@ -1,0 +1,110 @@
+"""The daemon as systemd runs it: notify protocol, watchdog, SIGTERM, logs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.daemon import GatewayProcess, gateway_config
+from tests.support.platform import PlatformClient
+
+SECRET = "hunter2-do-not-log"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(15)
+    yield sock
+    sock.close()
+
+
+def next_message(sock: socket.socket, wanted: str) -> list[str]:
+    """Datagrams until one containing ``wanted`` (each raises on timeout)."""
+    seen: list[str] = []
+    while True:
+        text = sock.recv(4096).decode()
+        seen.append(text)
+        if wanted in text.splitlines():
+            return seen
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[GatewayProcess]:
+    proc = GatewayProcess(tmp_path / "carebed.toml", tmp_path / "gateway.log")
+    yield proc
+    proc.close()
+
+
+def test_ready_watchdog_stopping_and_a_quick_clean_exit(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    platform: PlatformClient,
+    notify_socket: socket.socket,
+    daemon: GatewayProcess,
+) -> None:
+    gateway_config(tmp_path, mosquitto, mqtt={"password": SECRET}, logging={"level": "debug"})
+    address = notify_socket.getsockname()
+    daemon.start({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+    next_message(notify_socket, "READY=1")
+    for _ in range(3):  # pinged every 0.2 s from the event loop
+        next_message(notify_socket, "WATCHDOG=1")
+    platform.wait_for(
+        lambda p: any(e["kind"] == "gateway.started" for _, e in p.events()), 20, "started"
+    )
+    began = time.monotonic()
+    assert daemon.proc is not None
+    daemon.proc.terminate()
+    next_message(notify_socket, "STOPPING=1")
+    assert daemon.proc.wait(timeout=10) == 0
+    assert time.monotonic() - began < 5
+    platform.wait_for(
+        lambda p: any(
+            m.payload == {"v": 1, "gw": "gw-a", "state": "offline", "reason": "shutdown"}
+            for m in p.messages
+        ),
+        10,
+        "the orderly offline status",
+    )
+    log = daemon.log_text()
+    assert SECRET not in log
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert {"gateway_started", "uplink_connected", "gateway_stopped"} <= {
+        r["event"] for r in records
+    }
+
+
+def test_sigterm_with_the_broker_down_still_exits_quickly(
+    tmp_path: Path, mosquitto: Mosquitto, notify_socket: socket.socket, daemon: GatewayProcess
+) -> None:
+    mosquitto.stop()
+    gateway_config(tmp_path, mosquitto)
+    daemon.start({"NOTIFY_SOCKET": notify_socket.getsockname()})
+    next_message(notify_socket, "READY=1")
+    began = time.monotonic()
+    assert daemon.terminate(timeout=10) == 0
+    assert time.monotonic() - began < 5
+
+
+def test_store_of_a_newer_carebed_stops_with_status_78(
+    tmp_path: Path, mosquitto: Mosquitto, daemon: GatewayProcess
+) -> None:
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "outbox.sqlite3")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    gateway_config(tmp_path, mosquitto)
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=20) == 78
+    assert "newer than this carebed" in daemon.log_text()
