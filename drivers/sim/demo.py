@@ -16,9 +16,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from datetime import UTC, datetime
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 

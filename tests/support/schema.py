@@ -46,7 +46,7 @@ def _event_errors(payload: dict[str, Any]) -> list[Any]:
     ]
     by_kind = _event_validators()
     for event in events:
-        validator = by_kind.get(event.get("kind"))  # type: ignore[arg-type]
+        validator = by_kind.get(str(event.get("kind")))
         if validator is None:
             raise ValueError(f"unknown event kind {event.get('kind')!r}")
         errors.extend(validator.iter_errors(event))
