@@ -59,6 +59,12 @@ class AlarmTracker:
             log.warning("alarm_not_acknowledged", alarm_id=alarm.id, attempt=alarm.attempt)
             self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
 
+    def given_up(self, alarms: Sequence[HeldAlarm]) -> None:
+        """Resent for the whole give-up window without an acknowledgement: dropped."""
+        for alarm in alarms:
+            log.error("alarm_abandoned", alarm_id=alarm.id, attempt=alarm.attempt)
+            self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+
     def link_changed(self, up: bool, held: Sequence[HeldAlarm]) -> None:
         self.link_up = up
         if not up:

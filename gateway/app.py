@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.uplink import MqttUplink
 
 log = structlog.get_logger("gateway.app")
 
+GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_DRAIN_S = 3.0
 SHUTDOWN_TASKS_S = 3.0
 
@@ -62,6 +64,9 @@ class Gateway:
             ),
             make_dropped=self._dropped_event,
             now=self.clock.wall,
+            monotonic_ns=self.clock.monotonic_ns,
+            boot_id=self.boot_id,
+            clock_synced=self.clock.is_synced,
         )
         self.outbox = Outbox(self.store, group_commit_s=cfg.outbox.group_commit_s)
         self.sink = OutboxSink(self.outbox, self.factory)
@@ -107,13 +112,16 @@ class Gateway:
         return snapshot
 
     async def run(self, stop: asyncio.Event) -> int:
+        # The event loop, the store thread and paho's thread share the GIL; at the default 5 ms
+        # switch interval an alarm waits for whichever thread is busy with the backlog.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         report = await self.outbox.open()
         lifecycle = {"version": self.version, "boot_id": self.boot_id}
-        if report.moved_aside is not None and report.lost_ranges:
+        if report.lost_ranges:
             count = sum(last - first + 1 for first, last in report.lost_ranges)
             await self.sink.emit(
                 "gateway.dropped",
-                {"count": count, "seq_ranges": report.lost_ranges, "reason": "store_corrupt"},
+                {"count": count, "seq_ranges": report.lost_ranges, "reason": report.loss_reason},
             )
         await self.sink.emit("gateway.started", lifecycle)
         self.supervisor.start(f"uplink[{self.cfg.mqtt.host}]", self.uplink.run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -30,27 +31,36 @@ class Clock(Protocol):
         ...
 
 
-def _adjtimex_synced() -> bool | None:
-    """Ask the kernel (adjtimex with modes=0, read-only); None when it cannot be asked."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
+class _Adjtimex:
+    """The kernel's view (adjtimex with modes=0, read-only); libc is loaded once."""
+
+    def __init__(self) -> None:
+        self._call: Callable[[ctypes.Array[ctypes.c_char]], int] | None = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            self._call = libc.adjtimex
+        except (OSError, AttributeError):
+            self._call = None
+
+    def synced(self) -> bool | None:
+        if self._call is None:
+            return None
         buffer = ctypes.create_string_buffer(_TIMEX_BYTES)
-        state = int(libc.adjtimex(buffer))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != _TIME_ERROR
+        state = int(self._call(buffer))
+        if state < 0:
+            return None
+        return state != _TIME_ERROR
 
 
 class SystemClock:
     """The host's clocks; synchronised when systemd-timesyncd says so or the kernel does."""
 
-    def __init__(self, flag_file: Path = TIMESYNC_FLAG) -> None:
+    def __init__(self, flag_file: Path = TIMESYNC_FLAG, *, cache_s: float = 1.0) -> None:
         self._flag_file = flag_file
+        self._adjtimex = _Adjtimex()
+        self._cache_s = cache_s
+        self._checked_at = -float("inf")
+        self._synced = False
 
     def wall(self) -> float:
         return time.time()
@@ -59,9 +69,12 @@ class SystemClock:
         return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
     def is_synced(self) -> bool:
-        if self._flag_file.exists():
-            return True
-        return bool(_adjtimex_synced())
+        """Read at most once a second: every event asks, the answer changes once per boot."""
+        now = time.monotonic()
+        if now - self._checked_at >= self._cache_s:
+            self._synced = self._flag_file.exists() or bool(self._adjtimex.synced())
+            self._checked_at = now
+        return self._synced
 
 
 class ManualClock:

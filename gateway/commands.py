@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.clock import Clock
 from gateway.emitter import OutboxSink
 from gateway.errors import CommandError
+from gateway.events import CONTRACT_VERSION
 from gateway.outbox import Outbox
 
 log = structlog.get_logger("gateway.commands")
@@ -87,8 +88,13 @@ class CommandProcessor:
             return None
 
     async def _execute(self, message: CommandMessage) -> dict[str, Any]:
+        if message.v != CONTRACT_VERSION:
+            return _error(message.id, "invalid_args", f"contract version {message.v} unsupported")
         if message.expires_at is not None:
-            expires = message.expires_at.timestamp()
+            expires_at = message.expires_at
+            if expires_at.tzinfo is None:  # the contract's timestamps are UTC
+                expires_at = expires_at.replace(tzinfo=UTC)
+            expires = expires_at.timestamp()
             if self.clock.wall() > expires:
                 log.info("command_expired", cmd_id=message.id, name=message.name)
                 return _error(message.id, "expired", "the command expired before it arrived")

@@ -138,7 +138,7 @@ class AuditData(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     who: str
     what: str
-    why: str | None = None
+    why: str | None
 
 
 class CommandErrorBody(_Data):

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
+import json
 import os
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +35,8 @@ SEQ_RESERVE_BLOCK = 4096
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
+SQL_CHUNK = 500  # seqs per IN (...) list
+MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 
 DroppedFactory = Callable[[int, list[tuple[int, int]], str], NewEvent]
@@ -56,6 +63,17 @@ def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
         else:
             ranges.append((seq, seq))
     return ranges
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of inclusive ranges, sorted, adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +109,7 @@ class OpenReport:
 
     moved_aside: Path | None = None
     lost_ranges: list[tuple[int, int]] = field(default_factory=list)
+    loss_reason: str | None = None
     migrated_from: int | None = None
 
 
@@ -141,18 +160,30 @@ class SqliteStore:
         timing: AlarmTiming,
         make_dropped: DroppedFactory,
         now: Callable[[], float] = time.time,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+        boot_id: str = "",
+        clock_synced: Callable[[], bool] = lambda: True,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.timing = timing
         self._make_dropped = make_dropped
         self._now = now
+        self._monotonic_ns = monotonic_ns
+        self._boot_id = boot_id
+        self._clock_synced = clock_synced
         self._db: sqlite3.Connection | None = None
         self._seqmark = _SeqMark(path.with_name(path.name + ".seqmark"))
         self._stored_bytes = 0
+        # In memory only, on the monotonic clock (seconds): a restart starts them afresh.
         self._inflight: set[int] = set()
-        self._released: dict[int, float] = {}
+        self._released: dict[int, float] = {}  # seq -> when to try again
+        self._alarm_due: dict[int, float] = {}  # delivered alarm seq -> when to resend
         self._cursor = 0
+
+    def mono(self) -> float:
+        """Seconds on the store's monotonic clock (deadlines for ``release``)."""
+        return self._monotonic_ns() / 1e9
 
     # ----------------------------------------------------------------------------- opening
 
@@ -165,6 +196,13 @@ class SqliteStore:
             report.moved_aside, last_seq = self._move_aside(str(exc))
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
+            report.loss_reason = "store_corrupt"
+            return report
+        if report.migrated_from == 0 and self._seqmark.reserved > 0:
+            # A new, empty database where one existed before (deleted, or emptied by hand).
+            log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
+            report.lost_ranges = self._restart_sequence_after_loss(None)
+            report.loss_reason = "store_missing"
         return report
 
     def _connect(self) -> sqlite3.Connection:
@@ -175,6 +213,7 @@ class SqliteStore:
         return db
 
     def _open_checked(self) -> int | None:
+        """Open, check and migrate; return the schema version migrated from (0: a new file)."""
         try:
             db = self._connect()
             check = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -209,7 +248,8 @@ class SqliteStore:
         self._stored_bytes = int(
             db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
         )
-        self._seqmark.ensure(self._last_seq())
+        if migrated_from != 0:
+            self._seqmark.ensure(self._last_seq())
         return migrated_from
 
     def _move_aside(self, why: str) -> tuple[Path, int | None]:
@@ -238,7 +278,8 @@ class SqliteStore:
         if reserved == 0:
             return []
         db = self._require()
-        db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (reserved,))
+        with _transaction(db):
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (reserved,))
         self._seqmark.ensure(reserved)
         # What the damaged store still held is unknown: every seq up to the mark may be lost.
         return [(1, reserved)]
@@ -266,25 +307,25 @@ class SqliteStore:
         db = self._require()
         now = self._now()
         seqs: list[int] = []
+        evicted: list[int] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            last = self._last_seq()
-            self._seqmark.ensure(last + len(events) + 1)
-            for event in events:
-                last += 1
-                self._insert_row(db, last, event, now)
-                seqs.append(last)
-            if self._stored_bytes > self.max_bytes:
-                last = self._evict(db, last, now)
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
-            db.execute("COMMIT")
+            with _transaction(db):
+                last = self._last_seq()
+                self._seqmark.ensure(last + len(events) + 1)
+                for event in events:
+                    last += 1
+                    self._insert_row(db, last, event, now)
+                    seqs.append(last)
+                if self._stored_bytes > self.max_bytes:
+                    last = self._evict(db, last, now, evicted)
+                db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
             self._stored_bytes = int(
                 db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
             )
             raise
+        for seq in evicted:
+            self._released.pop(seq, None)
         return seqs
 
     def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
@@ -312,37 +353,47 @@ class SqliteStore:
         )
         self._stored_bytes += size
 
-    def _evict(self, db: sqlite3.Connection, last: int, now: float) -> int:
-        """Delete the oldest non-alarm events until under the quota; report them as dropped."""
+    def _evict(self, db: sqlite3.Connection, last: int, now: float, evicted: list[int]) -> int:
+        """Delete the oldest evictable events until under the quota; report them as dropped.
+
+        Never alarms, never events in flight. Earlier ``gateway.dropped`` events go last, and
+        when one goes, the gaps it explained move into the new one, so every gap stays explained.
+        """
         target = int(self.max_bytes * EVICT_TO_FRACTION)
-        evicted: list[int] = []
-        for klass in EVICTION_ORDER:
+        explained: list[tuple[int, int]] = []
+        passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
+        passes.append(("gateway", "kind='gateway.dropped'"))
+        for klass, which in passes:
             cursor = 0
             while self._stored_bytes > target:
                 rows = db.execute(
-                    "SELECT seq, size FROM events WHERE class=? AND seq>? ORDER BY seq LIMIT 256",
+                    f"SELECT seq, size, data FROM events WHERE class=? AND seq>? AND {which} "  # noqa: S608
+                    "ORDER BY seq LIMIT 256",
                     (klass, cursor),
                 ).fetchall()
                 if not rows:
                     break
                 cursor = rows[-1][0]
-                doomed = [(seq, size) for seq, size in rows if seq not in self._inflight]
-                db.executemany("DELETE FROM events WHERE seq=?", [(seq,) for seq, _ in doomed])
-                for seq, size in doomed:
+                doomed = [row for row in rows if row[0] not in self._inflight]
+                db.executemany("DELETE FROM events WHERE seq=?", [(row[0],) for row in doomed])
+                for seq, size, data in doomed:
                     self._stored_bytes -= size
-                    self._released.pop(seq, None)
                     evicted.append(seq)
+                    if klass == "gateway" and which.startswith("kind="):
+                        explained.extend(tuple(r) for r in json.loads(data)["seq_ranges"])
             if self._stored_bytes <= target:
                 break
         if not evicted:
             log.warning("quota_exceeded", stored_bytes=self._stored_bytes, max_bytes=self.max_bytes)
             return last
-        ranges = seq_ranges(evicted)
-        dropped = self._make_dropped(len(evicted), ranges, "disk_quota")
-        last += 1
-        self._seqmark.ensure(last)
-        self._insert_row(db, last, dropped, now)
-        log.warning("events_evicted", count=len(evicted), seq_ranges=ranges, reason="disk_quota")
+        ranges = merge_ranges([*seq_ranges(evicted), *explained])
+        for start in range(0, len(ranges), MAX_RANGES_PER_DROPPED):
+            chunk = ranges[start : start + MAX_RANGES_PER_DROPPED]
+            count = sum(b - a + 1 for a, b in chunk)
+            last += 1
+            self._seqmark.ensure(last)
+            self._insert_row(db, last, self._make_dropped(count, chunk, "disk_quota"), now)
+        log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason="disk_quota")
         return last
 
     # ----------------------------------------------------------------------------- delivery
@@ -350,17 +401,23 @@ class SqliteStore:
     def claim(self, max_events: int) -> list[StoredEvent]:
         """Events to publish next: alarms first, then the rest in seq order. They stay stored."""
         db = self._require()
-        now = self._now()
+        now = self.mono()
         claimed = [
             row
             for row in db.execute(
                 "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "
                 "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
             )
-            if row[0] not in self._inflight
+            if row[0] not in self._inflight and self._released.get(row[0], now) <= now
         ]
+        for row in claimed:
+            self._released.pop(row[0], None)
         room = max(0, max_events - len(claimed))
-        ready = [seq for seq, retry_at in self._released.items() if retry_at <= now][:room]
+        ready = [
+            seq
+            for seq, retry_at in self._released.items()
+            if retry_at <= now and seq not in self._inflight
+        ][:room]
         if ready:
             marks = ",".join("?" * len(ready))
             claimed += db.execute(
@@ -402,47 +459,53 @@ class SqliteStore:
         Returns the alarms that became delivered.
         """
         db = self._require()
-        now = self._now()
-        delivered: list[HeldAlarm] = []
+        pending: list[tuple[int, str, str, str | None, int]] = []
+        deleted = 0
         db.execute("PRAGMA synchronous=NORMAL")  # losing a delete only means a duplicate
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for seq in seqs:
-                self._inflight.discard(seq)
-                row = db.execute(
-                    "SELECT class, size, id, kind, device, attempt, alarm_state FROM events "
-                    "WHERE seq=?",
-                    (seq,),
-                ).fetchone()
-                if row is None:
-                    continue
-                klass, size, event_id, kind, device, attempt, state = row
-                if klass == "alarm":
-                    if state == "pending":
-                        wait = (
-                            self.timing.ack_timeout_s
-                            if attempt == 1
-                            else self.timing.resend_interval_s
-                        )
-                        db.execute(
-                            "UPDATE events SET alarm_state='delivered', due_at=? WHERE seq=?",
-                            (now + wait, seq),
-                        )
-                        delivered.append(HeldAlarm(event_id, seq, kind, device, attempt))
-                    continue
-                db.execute("DELETE FROM events WHERE seq=?", (seq,))
-                self._stored_bytes -= size
-            db.execute("COMMIT")
+            with _transaction(db):
+                for start in range(0, len(seqs), SQL_CHUNK):
+                    chunk = list(seqs[start : start + SQL_CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    pending += db.execute(
+                        "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
+                        f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
+                        chunk,
+                    ).fetchall()
+                    deleted += db.execute(
+                        "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
+                        f"WHERE seq IN ({marks}) AND class!='alarm'",
+                        chunk,
+                    ).fetchone()[0]
+                    db.execute(
+                        f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
+                        chunk,
+                    )
+                db.executemany(
+                    "UPDATE events SET alarm_state='delivered' WHERE seq=?",
+                    [(row[0],) for row in pending],
+                )
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+            self.release(seqs, self.mono())  # not recorded: publish them again
             raise
         finally:
             db.execute("PRAGMA synchronous=FULL")
+        self._stored_bytes -= deleted
+        self._inflight.difference_update(seqs)
+        now = self.mono()
+        delivered = [
+            HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
+        ]
+        for alarm in delivered:
+            wait = (
+                self.timing.ack_timeout_s if alarm.attempt == 1 else self.timing.resend_interval_s
+            )
+            self._alarm_due[alarm.seq] = now + wait
         return delivered
 
     def release(self, seqs: Iterable[int], retry_at: float) -> None:
-        """Publication failed (refused by the broker): keep them and try again at ``retry_at``."""
+        """Publication failed (refused by the broker): keep them and try again at ``retry_at``
+        (seconds on the store's monotonic clock, ``mono()``)."""
         for seq in seqs:
             self._inflight.discard(seq)
             self._released[seq] = retry_at
@@ -455,51 +518,82 @@ class SqliteStore:
 
     # ----------------------------------------------------------------------------- alarms
 
-    def promote_due_alarms(self) -> list[HeldAlarm]:
-        """Delivered alarms whose ack did not come in time: publish again with attempt + 1."""
+    def promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        """Delivered alarms whose ack did not come in time go out again with attempt + 1.
+
+        Returns (promoted, given_up): alarms older than the give-up window are dropped instead.
+        Deadlines are monotonic, so a clock step cannot make an alarm look 24 h old; a delivered
+        alarm found after a restart gets a fresh ack timeout.
+        """
         db = self._require()
-        now = self._now()
+        now = self.mono()
         rows = db.execute(
-            "SELECT seq, id, kind, device, attempt, created_at FROM events "
-            "WHERE class='alarm' AND alarm_state='delivered' AND due_at<=? ORDER BY seq",
-            (now,),
+            "SELECT seq, id, kind, device, attempt, created_at, mono_ns, boot_id, ts_synced "
+            "FROM events WHERE class='alarm' AND alarm_state='delivered' ORDER BY seq"
         ).fetchall()
+        due = []
+        for row in rows:
+            deadline = self._alarm_due.setdefault(row[0], now + self.timing.ack_timeout_s)
+            if deadline <= now:
+                due.append(row)
         promoted: list[HeldAlarm] = []
-        if not rows:
-            return promoted
-        db.execute("BEGIN IMMEDIATE")
-        for seq, event_id, kind, device, attempt, created_at in rows:
-            if now - created_at >= self.timing.give_up_after_s:
-                db.execute("DELETE FROM events WHERE seq=?", (seq,))
-                log.error("alarm_given_up", alarm_id=event_id, seq=seq, attempts=attempt)
-                continue
-            db.execute(
-                "UPDATE events SET alarm_state='pending', attempt=attempt+1, due_at=NULL "
-                "WHERE seq=?",
-                (seq,),
-            )
-            promoted.append(HeldAlarm(event_id, seq, kind, device, attempt + 1))
-        db.execute("COMMIT")
-        return promoted
+        given_up: list[HeldAlarm] = []
+        if not due:
+            return promoted, given_up
+        freed = 0
+        with _transaction(db):
+            for seq, event_id, kind, device, attempt, created_at, mono_ns, boot_id, synced in due:
+                if self._age_s(created_at, mono_ns, boot_id, bool(synced)) >= (
+                    self.timing.give_up_after_s
+                ):
+                    freed += self._delete_alarm(db, seq)
+                    given_up.append(HeldAlarm(event_id, seq, kind, device, attempt))
+                    continue
+                db.execute(
+                    "UPDATE events SET alarm_state='pending', attempt=attempt+1 WHERE seq=?", (seq,)
+                )
+                promoted.append(HeldAlarm(event_id, seq, kind, device, attempt + 1))
+        self._stored_bytes -= freed
+        for alarm in [*promoted, *given_up]:
+            self._alarm_due.pop(alarm.seq, None)
+        for alarm in given_up:
+            log.error("alarm_given_up", alarm_id=alarm.id, seq=alarm.seq, attempts=alarm.attempt)
+        return promoted, given_up
+
+    def _age_s(self, created_at: float, mono_ns: int, boot_id: str, synced: bool) -> float:
+        """How long ago an event was made; 0 when that cannot be known safely."""
+        if boot_id == self._boot_id:
+            return (self._monotonic_ns() - mono_ns) / 1e9
+        if synced and self._clock_synced():
+            return self._now() - created_at
+        return 0.0  # made in another boot with an unsynchronised clock: never give up early
+
+    def _delete_alarm(self, db: sqlite3.Connection, seq: int) -> int:
+        row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
+        db.execute("DELETE FROM events WHERE seq=?", (seq,))
+        return 0 if row is None else int(row[0])
 
     def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
         """The platform acknowledged: forget these alarms. Returns those the store held."""
         db = self._require()
         found: list[HeldAlarm] = []
-        db.execute("BEGIN IMMEDIATE")
-        for event_id in ids:
-            row = db.execute(
-                "SELECT seq, kind, device, attempt, size FROM events WHERE id=? AND class='alarm'",
-                (event_id,),
-            ).fetchone()
-            if row is None:
-                continue
-            seq, kind, device, attempt, size = row
-            db.execute("DELETE FROM events WHERE seq=?", (seq,))
-            self._stored_bytes -= size
-            self._inflight.discard(seq)
-            found.append(HeldAlarm(event_id, seq, kind, device, attempt))
-        db.execute("COMMIT")
+        freed = 0
+        with _transaction(db):
+            for event_id in ids:
+                row = db.execute(
+                    "SELECT seq, kind, device, attempt FROM events WHERE id=? AND class='alarm'",
+                    (event_id,),
+                ).fetchone()
+                if row is None:
+                    continue
+                seq, kind, device, attempt = row
+                freed += self._delete_alarm(db, seq)
+                found.append(HeldAlarm(event_id, seq, kind, device, attempt))
+        self._stored_bytes -= freed
+        for alarm in found:
+            self._inflight.discard(alarm.seq)
+            self._released.pop(alarm.seq, None)
+            self._alarm_due.pop(alarm.seq, None)
         return found
 
     def held_alarms(self) -> list[HeldAlarm]:
@@ -520,12 +614,15 @@ class SqliteStore:
         ).fetchall()
         if not rows:
             return 0
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(
-            "UPDATE events SET ts=?, ts_synced=1 WHERE seq=?",
-            [(ts_from_unix(wall_now - (mono_now_ns - mono) / 1e9), seq) for seq, mono in rows],
-        )
-        db.execute("COMMIT")
+        with _transaction(db):
+            db.executemany(
+                "UPDATE events SET ts=?, ts_synced=1, created_at=? WHERE seq=?",
+                [
+                    (ts_from_unix(wall), wall, seq)
+                    for seq, mono in rows
+                    for wall in (wall_now - (mono_now_ns - mono) / 1e9,)
+                ],
+            )
         return len(rows)
 
     # ----------------------------------------------------------------------------- commands
@@ -539,13 +636,12 @@ class SqliteStore:
     def remember_command(self, cmd_id: str, result_json: str, max_age_s: float) -> None:
         db = self._require()
         now = self._now()
-        db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "INSERT OR REPLACE INTO commands (id, received_at, result) VALUES (?, ?, ?)",
-            (cmd_id, now, result_json),
-        )
-        db.execute("DELETE FROM commands WHERE received_at<?", (now - max_age_s,))
-        db.execute("COMMIT")
+        with _transaction(db):
+            db.execute(
+                "INSERT OR REPLACE INTO commands (id, received_at, result) VALUES (?, ?, ?)",
+                (cmd_id, now, result_json),
+            )
+            db.execute("DELETE FROM commands WHERE received_at<?", (now - max_age_s,))
 
     # ----------------------------------------------------------------------------- figures
 
@@ -566,9 +662,62 @@ class SqliteStore:
         )
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error so no transaction is left open."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _statements(script: str) -> list[str]:
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+class _StoreWorker:
+    """The one thread that runs every store call, urgent calls (alarms) before the others.
+
+    A FIFO executor would make an alarm wait behind every telemetry commit, claim and ack
+    already queued while a backlog drains; here it waits at most for the call in progress.
+    """
+
+    _URGENT, _NORMAL, _STOP = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., _T], args: tuple[Any, ...], *, urgent: bool) -> Future[_T]:
+        future: Future[_T] = Future()
+        rank = self._URGENT if urgent else self._NORMAL
+        self._queue.put((rank, next(self._order), (future, fn, args)))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            rank, _, item = self._queue.get()
+            if rank == self._STOP:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop."""
+        self._queue.put((self._STOP, next(self._order), None))
+        self._thread.join()
 
 
 def _log_failure(future: Future[object]) -> None:
@@ -591,20 +740,19 @@ class Outbox:
         self.group_commit_s = group_commit_s
         self.max_buffered = max_buffered
         self.changed = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._worker = _StoreWorker()
         self._buffer: list[NewEvent] = []
         self._timer: asyncio.TimerHandle | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a store method on the store's thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+    async def call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
+        """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
+        return await asyncio.wrap_future(self._worker.submit(fn, args, urgent=urgent))
 
     def call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue a store call behind the others without waiting for it."""
-        future = self._executor.submit(fn, *args)
+        future = self._worker.submit(fn, args, urgent=False)
         future.add_done_callback(_log_failure)
 
     async def open(self) -> OpenReport:
@@ -614,8 +762,11 @@ class Outbox:
         """Store an event. An alarm is on disk (fsync) on return; others within the window."""
         if self._closed:
             raise StoreError("the outbox is closed")
+        if event.is_alarm:
+            await self._commit_alarm(event)
+            return
         self._buffer.append(event)
-        if event.is_alarm or self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
+        if self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
             await self._commit()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.group_commit_s, self._on_timer)
@@ -631,23 +782,53 @@ class Outbox:
             await self._commit()
         except (StoreError, sqlite3.Error, OSError) as exc:
             log.error("store_write_failed", error=str(exc), waiting=len(self._buffer))  # noqa: TRY400
-            if self._timer is None and not self._closed:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(max(self.group_commit_s, 1.0), self._on_timer)
 
-    async def _commit(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    async def _commit(self) -> None:
+        self._cancel_timer()
         batch, self._buffer = self._buffer, []
-        if not batch:
-            return
+        if batch:
+            await self._insert(batch)
+
+    async def _commit_alarm(self, alarm: NewEvent) -> None:
+        """Commit what waits and the alarm in one transaction; if that fails, the alarm alone."""
+        self._cancel_timer()
+        batch, self._buffer = self._buffer, []
         try:
-            await self.call(self.store.insert, batch)
-        except BaseException:
-            self._buffer[:0] = batch  # keep them for the next attempt, in order
-            raise
-        self.changed.set()
+            await self._insert([*batch, alarm])
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            if not batch:
+                raise
+            log.error("store_batch_failed", error=str(exc), alarm_id=alarm.id)  # noqa: TRY400
+            await self._insert([alarm])
+
+    async def _insert(self, batch: list[NewEvent]) -> None:
+        """Run one insert to its end even when the caller is cancelled meanwhile: the store
+        thread commits or rolls back regardless, and only its real outcome decides what happens
+        to the batch (a cancelled caller must not make committed events be stored twice)."""
+        urgent = any(event.is_alarm for event in batch)
+        future = asyncio.wrap_future(
+            self._worker.submit(self.store.insert, (batch,), urgent=urgent)
+        )
+        future.add_done_callback(functools.partial(self._inserted, batch))
+        await asyncio.shield(future)
+
+    def _inserted(self, batch: list[NewEvent], future: asyncio.Future[list[int]]) -> None:
+        exc = future.exception()
+        if exc is None:
+            self.changed.set()
+            return
+        waiting = [event for event in batch if not event.is_alarm]
+        self._buffer[:0] = waiting  # kept for the next attempt, in order
+        lost_alarms = [event.id for event in batch if event.is_alarm]
+        log.error("store_insert_failed", error=repr(exc), requeued=len(waiting), alarms=lost_alarms)
+        if self._buffer and self._timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(self.group_commit_s, 1.0), self._on_timer)
 
     async def flush(self) -> None:
         """Commit whatever is buffered now."""
@@ -661,7 +842,7 @@ class Outbox:
         finally:
             self._closed = True
             await self.call(self.store.close)
-            self._executor.shutdown(wait=True)
+            await asyncio.to_thread(self._worker.shutdown)
 
     @property
     def buffered(self) -> int:

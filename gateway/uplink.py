@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,7 @@ from gateway.backoff import Backoff
 from gateway.config import MqttSection
 from gateway.errors import UplinkAuthError, UplinkError, UplinkTransientError
 from gateway.events import (
+    CONTRACT_VERSION,
     MAX_EVENTS_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
     StoredEvent,
@@ -35,9 +38,11 @@ from gateway.outbox import Outbox
 log = structlog.get_logger("gateway.uplink")
 
 IDLE_WAKE_S = 1.0  # how often an idle link looks for alarms due again
-CLAIM_MESSAGES_PER_ROUND = 8
+CLAIM_MESSAGES_PER_ROUND = 1  # small claims keep the store thread free for alarms
+ACKS_PER_CALL = 500
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0
 ALARM_EXTRA_INFLIGHT = 16  # alarms are published even when the window is full
+RECEIVE_MAXIMUM_RESERVE = 4  # of the broker's Receive Maximum, kept for alarms and status
 AUTH_REASONS = {0x84, 0x85, 0x86, 0x87, 0x8C}  # MQTT 5 CONNACK codes that mean "credentials"
 
 
@@ -58,6 +63,15 @@ class _InFlight:
     sent_mono: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Downlink:
+    client: mqtt.Client
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
 @dataclass(slots=True)
 class UplinkStats:
     published_messages: int = 0
@@ -65,6 +79,7 @@ class UplinkStats:
     rejected_messages: int = 0
     connects: int = 0
     downlink_rejected: int = 0
+    subscribe_refused: int = 0
     last_rejection: str | None = None
     by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -157,8 +172,10 @@ class MqttUplink:
         self._stopping = False
         self._acks: list[int] = []
         self._ack_task: asyncio.Task[None] | None = None
-        self._downlink: set[asyncio.Task[None]] = set()
+        self._downlink: asyncio.Queue[_Downlink] = asyncio.Queue()
+        self._downlink_task: asyncio.Task[None] | None = None
         self._control: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._window = settings.max_inflight
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -194,6 +211,10 @@ class MqttUplink:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self._wait_drained()
         self._stopping = True
+        if self.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                    await self._downlink.join()
         client = self._client
         if client is not None and self.connected.is_set():
             offline = status_payload(self.gateway_id, "offline", reason="shutdown")
@@ -228,6 +249,7 @@ class MqttUplink:
             clean_session=None if v5 else False,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            manual_ack=True,  # PUBACK downlink only once it has been handled and stored
         )
         client.connect_timeout = self.settings.connect_timeout_s
         client.max_inflight_messages_set(self.settings.max_inflight + ALARM_EXTRA_INFLIGHT)
@@ -248,6 +270,7 @@ class MqttUplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def _session(self) -> None:
@@ -262,16 +285,20 @@ class MqttUplink:
             properties.SessionExpiryInterval = self.settings.session_expiry_s
             v5_options = {"clean_start": False, "properties": properties}
         host, port = self.settings.host, self.settings.effective_port
+        connect = loop.run_in_executor(
+            None,
+            functools.partial(client.connect, host, port, self.settings.keepalive_s, **v5_options),
+        )
         try:
+            # paho bounds the TCP connect and the TLS handshake by connect_timeout. The thread is
+            # never abandoned while it may still send a CONNECT that would take over the session.
+            try:
+                await asyncio.shield(connect)
+            except asyncio.CancelledError:
+                connect.add_done_callback(lambda _: _drop_socket(client))
+                raise
+            client.loop_start()
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await asyncio.to_thread(
-                    client.connect,
-                    host,
-                    port,
-                    self.settings.keepalive_s,
-                    **v5_options,
-                )
-                client.loop_start()
                 reason = await self._connack
         except ssl.SSLCertVerificationError as exc:
             raise UplinkAuthError(f"TLS verification failed: {exc.verify_message}") from exc
@@ -282,7 +309,14 @@ class MqttUplink:
                 raise UplinkAuthError(str(reason))
             raise UplinkTransientError(f"broker refused the connection: {reason}")
         self.stats.connects += 1
-        log.info("uplink_connected", host=host, port=port, protocol=self.settings.protocol)
+        self._backoff.reset()
+        log.info(
+            "uplink_connected",
+            host=host,
+            port=port,
+            protocol=self.settings.protocol,
+            window=self._window,
+        )
         online = status_payload(
             self.gateway_id,
             "online",
@@ -294,6 +328,7 @@ class MqttUplink:
         result, _ = client.subscribe(f"{self.root}/down/#", qos=1)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkTransientError(f"subscribe failed: {mqtt.error_string(result)}")
+        self._downlink_task = loop.create_task(self._downlink_worker(), name="uplink.downlink")
         self.connected.set()
         self.alarms.link_changed(True, [])
         await self._drain()
@@ -302,8 +337,15 @@ class MqttUplink:
         was_up = self.connected.is_set()
         self.connected.clear()
         client, self._client = self._client, None
+        if self._downlink_task is not None:
+            self._downlink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._downlink_task
+            self._downlink_task = None
+        self._downlink = asyncio.Queue()  # unacknowledged downlink comes again next session
         if client is not None:
-            client.disconnect()
+            if not self._stopping:
+                _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
             await asyncio.to_thread(client.loop_stop)
         for future in self._control.values():
             if not future.done():
@@ -319,15 +361,18 @@ class MqttUplink:
     async def _drain(self) -> None:
         assert self._lost is not None
         lost = self._lost
-        window = self.settings.max_inflight
         while not lost.done():
-            promoted = await self.outbox.call(self.outbox.store.promote_due_alarms)
+            promoted, given_up = await self.outbox.call(
+                self.outbox.store.promote_due_alarms, urgent=True
+            )
             if promoted:
                 self.alarms.resending(promoted)
+            if given_up:
+                self.alarms.given_up(given_up)
             self.outbox.changed.clear()
-            room = window - sum(1 for f in self._inflight.values() if not f.message.is_alarm)
+            room = self._window - sum(1 for f in self._inflight.values() if not f.message.is_alarm)
             claim = max(0, min(room, CLAIM_MESSAGES_PER_ROUND)) * MAX_EVENTS_PER_MESSAGE
-            events = await self.outbox.call(self.outbox.store.claim, max(claim, 0))
+            events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
             if events:
                 for message in build_messages(self.gateway_id, events):
                     self._publish_raw(message)
@@ -388,7 +433,15 @@ class MqttUplink:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        self._post(self._connected, client, reason)
+        receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self._post(self._connected, client, reason, receive_maximum)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [str(reason) for reason in reasons if reason.is_failure]
+        if refused:
+            self._post(self._subscribe_refused, refused)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -401,13 +454,26 @@ class MqttUplink:
         self._post(self._published, client, mid, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._post(self._received, client, msg.topic, bytes(msg.payload))
+        item = _Downlink(client, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._post(self._downlink.put_nowait, item)
 
     # --------------------------------------------------------------------------- event loop side
 
-    def _connected(self, client: mqtt.Client, reason: ReasonCode) -> None:
-        if client is self._client and self._connack is not None and not self._connack.done():
-            self._connack.set_result(reason)
+    def _connected(
+        self, client: mqtt.Client, reason: ReasonCode, receive_maximum: int | None
+    ) -> None:
+        if client is not self._client or self._connack is None or self._connack.done():
+            return
+        self._window = self.settings.max_inflight
+        if receive_maximum:
+            # The broker's Receive Maximum bounds what may be in flight (paho does not apply it,
+            # and cannot change its own limit once connected): leave room for alarms and status.
+            self._window = max(1, min(self._window, receive_maximum - RECEIVE_MAXIMUM_RESERVE))
+        self._connack.set_result(reason)
+
+    def _subscribe_refused(self, reasons: list[str]) -> None:
+        self.stats.subscribe_refused += 1
+        log.error("subscribe_refused", topic=f"{self.root}/down/#", reasons=reasons)
 
     def _disconnected(self, client: mqtt.Client, reason: str) -> None:
         if client is not self._client:
@@ -439,7 +505,7 @@ class MqttUplink:
             self.stats.rejected_messages += 1
             self.stats.last_rejection = str(reason)
             self.stats.by_reason[str(reason)] = self.stats.by_reason.get(str(reason), 0) + 1
-            retry_at = self.wall() + self._backoff.cap_s / 4
+            retry_at = self.outbox.store.mono() + self._backoff.cap_s / 4
             log.error(
                 "publish_rejected",
                 topic=flight.message.topic,
@@ -458,7 +524,7 @@ class MqttUplink:
 
     async def _flush_acks(self) -> None:
         while self._acks:
-            seqs, self._acks = self._acks, []
+            seqs, self._acks = self._acks[:ACKS_PER_CALL], self._acks[ACKS_PER_CALL:]
             delivered = await self.outbox.call(self.outbox.store.ack, seqs)
             if delivered:
                 self.alarms.delivered(delivered)
@@ -470,12 +536,16 @@ class MqttUplink:
                 await self._ack_task
         await self._flush_acks()
 
-    def _received(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._handle_downlink(topic, payload), name=f"uplink.downlink[{topic}]"
-        )
-        self._downlink.add(task)
-        task.add_done_callback(self._downlink.discard)
+    async def _downlink_worker(self) -> None:
+        """Handle downlink one message at a time, in order, and PUBACK each once handled."""
+        while True:
+            item = await self._downlink.get()
+            try:
+                await self._handle_downlink(item.topic, item.payload)
+                if item.qos > 0 and item.client is self._client:
+                    item.client.ack(item.mid, item.qos)
+            finally:
+                self._downlink.task_done()
 
     async def _handle_downlink(self, topic: str, payload: bytes) -> None:
         try:
@@ -496,6 +566,18 @@ class MqttUplink:
             self.stats.downlink_rejected += 1
             log.warning("ack_rejected", errors=exc.error_count())
             return
-        found = await self.outbox.call(self.outbox.store.acknowledge_alarms, ack.ids)
+        if ack.v != CONTRACT_VERSION:
+            self.stats.downlink_rejected += 1
+            log.warning("ack_rejected", version=ack.v)
+            return
+        found = await self.outbox.call(self.outbox.store.acknowledge_alarms, ack.ids, urgent=True)
         known = {alarm.id for alarm in found}
         await self.alarms.acknowledged(found, [i for i in ack.ids if i not in known], ack.by)
+
+
+def _drop_socket(client: mqtt.Client) -> None:
+    """Close a client's connection without DISCONNECT, so that the broker publishes its will."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

@@ -15,7 +15,7 @@ from gateway.clock import ManualClock
 from gateway.emitter import EventFactory
 from gateway.errors import StoreVersionError
 from gateway.events import NewEvent
-from gateway.outbox import AlarmTiming, Outbox, SqliteStore, seq_ranges
+from gateway.outbox import AlarmTiming, Outbox, SqliteStore, merge_ranges, seq_ranges
 
 BOOT = "boot-1"
 
@@ -33,6 +33,9 @@ class Rig:
                 "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
             ),
             now=self.clock.wall,
+            monotonic_ns=self.clock.monotonic_ns,
+            boot_id=BOOT,
+            clock_synced=self.clock.is_synced,
         )
 
     def telemetry(self, hr: int = 70) -> NewEvent:
@@ -84,7 +87,7 @@ def test_events_stay_until_acknowledged_and_come_back_after_link_loss(rig: Rig) 
 def test_rejected_events_wait_for_their_retry_time(rig: Rig) -> None:
     rig.store.insert([rig.telemetry() for _ in range(3)])
     rig.store.claim(10)
-    rig.store.release([2], retry_at=rig.clock.wall() + 10)
+    rig.store.release([2], retry_at=rig.store.mono() + 10)
     rig.store.ack([1, 3])
     assert rig.store.claim(10) == []
     rig.clock.advance(11)
@@ -100,17 +103,17 @@ def test_alarm_resend_after_ack_timeout_then_every_interval(rig: Rig) -> None:
     assert [a.seq for a in delivered] == [seq]
     assert rig.store.claim(10) == []  # delivered: waits for the platform
     rig.clock.advance(29)
-    assert rig.store.promote_due_alarms() == []
+    assert rig.store.promote_due_alarms() == ([], [])
     rig.clock.advance(2)
-    (promoted,) = rig.store.promote_due_alarms()
+    (promoted,), _ = rig.store.promote_due_alarms()
     assert promoted.attempt == 2
     (again,) = rig.store.claim(10)
     assert (again.id, again.seq, again.attempt) == (claimed.id, seq, 2)
     rig.store.ack([seq])
     rig.clock.advance(59)
-    assert rig.store.promote_due_alarms() == []
+    assert rig.store.promote_due_alarms() == ([], [])
     rig.clock.advance(2)
-    assert [a.attempt for a in rig.store.promote_due_alarms()] == [3]
+    assert [a.attempt for a in rig.store.promote_due_alarms()[0]] == [3]
 
 
 def test_acknowledged_alarm_is_forgotten_and_unknown_ids_ignored(rig: Rig) -> None:
@@ -127,8 +130,37 @@ def test_alarm_given_up_after_its_window(rig: Rig) -> None:
     rig.store.claim(1)
     rig.store.ack([seq])
     rig.clock.advance(3601)
-    assert rig.store.promote_due_alarms() == []
+    promoted, given_up = rig.store.promote_due_alarms()
+    assert promoted == []
+    assert [a.seq for a in given_up] == [seq]
     assert rig.store.held_alarms() == []
+    assert rig.store.stats().stored_bytes == 0
+
+
+def test_a_clock_step_neither_gives_up_nor_delays_an_alarm(rig: Rig) -> None:
+    (seq,) = rig.store.insert([rig.alarm()])
+    rig.store.claim(1)
+    rig.store.ack([seq])
+    rig.clock.set_wall(rig.clock.wall() + 3 * 86400)  # NTP steps a day-old clock forward
+    assert rig.store.promote_due_alarms() == ([], [])
+    rig.clock.advance(31)
+    promoted, given_up = rig.store.promote_due_alarms()
+    assert ([a.seq for a in promoted], given_up) == ([seq], [])
+    rig.store.claim(1)
+    rig.store.ack([seq])
+    rig.clock.set_wall(rig.clock.wall() - 7 * 86400)  # ...or backwards
+    rig.clock.advance(61)
+    assert [a.seq for a in rig.store.promote_due_alarms()[0]] == [seq]
+
+
+def test_a_rejected_alarm_waits_for_its_retry_time(rig: Rig) -> None:
+    (seq,) = rig.store.insert([rig.alarm()])
+    assert [e.seq for e in rig.store.claim(10)] == [seq]
+    rig.store.release([seq], retry_at=rig.store.mono() + 15)
+    assert rig.store.claim(10) == []
+    rig.clock.advance(16)
+    assert [e.seq for e in rig.store.claim(10)] == [seq]
+    assert rig.store.claim(10) == []  # in flight: not claimed twice
 
 
 def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
@@ -137,11 +169,13 @@ def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
     rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
     rig.store.open()
     alarms = []
-    for i in range(400):
+    for i in range(600):
         if i % 50 == 0:
             event = rig.alarm()
             alarms.append(event.id)
             rig.store.insert([event])
+        elif i % 3 == 0:
+            rig.store.insert([rig.factory.make("gateway.power", {"mains": i % 2 == 0})])
         else:
             rig.store.insert([rig.telemetry(60 + i % 40)])
     last_seq = rig.store.stats().last_seq
@@ -173,6 +207,22 @@ def test_quota_never_evicts_events_in_flight(tmp_path: Path) -> None:
     assert in_flight <= still
 
 
+def test_a_deleted_database_does_not_make_seqs_start_again(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    rig = Rig(path)
+    rig.store.open()
+    rig.store.insert([rig.telemetry() for _ in range(3)])
+    rig.store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    again = Rig(path)
+    report = again.store.open()
+    assert report.loss_reason == "store_missing"
+    assert report.lost_ranges and report.lost_ranges[-1][1] >= 3
+    (seq,) = again.store.insert([again.telemetry()])
+    assert seq > report.lost_ranges[-1][1]
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     db = sqlite3.connect(path)
@@ -193,6 +243,7 @@ def test_damaged_store_is_moved_aside_and_seq_never_reused(tmp_path: Path) -> No
         handle.write(b"this is not a database" * 100)
     again = Rig(path)
     report = again.store.open()
+    assert report.loss_reason == "store_corrupt"
     assert report.moved_aside is not None
     assert report.moved_aside.exists()
     assert report.lost_ranges and report.lost_ranges[0][0] == 1
@@ -258,3 +309,28 @@ async def test_close_flushes_the_buffer(tmp_path: Path) -> None:
     again = Rig(tmp_path / "o.sqlite3")
     again.store.open()
     assert again.store.stats().queued == {"telemetry": 10}
+
+
+async def test_a_cancelled_put_neither_loses_nor_doubles_the_alarm(rig: Rig) -> None:
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    await outbox.put(rig.telemetry())
+    first = rig.alarm()
+    task = asyncio.create_task(outbox.put(first))
+    await asyncio.sleep(0)  # the insert is on the store thread now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await outbox.put(rig.alarm())  # would fail on a duplicate id if the first were re-queued
+    await outbox.flush()
+    kinds = [e.kind for e in await outbox.call(rig.store.claim, 100)]
+    assert sorted(kinds) == ["alarm.button", "alarm.button", "telemetry.vitals"]
+    await outbox.close()
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), max_size=30))
+def test_merge_ranges_is_the_union(pairs: list[tuple[int, int]]) -> None:
+    ranges = [(a, a + n) for a, n in pairs]
+    merged = merge_ranges(ranges)
+    expand = lambda rs: {s for a, b in rs for s in range(a, b + 1)}  # noqa: E731
+    assert expand(merged) == expand(ranges)
+    assert all(merged[i][1] + 1 < merged[i + 1][0] for i in range(len(merged) - 1))

@@ -102,6 +102,8 @@ class PlatformClient:
         self._subscriptions = tuple(subscriptions)
         self._cond = threading.Condition(threading.RLock())
         self._messages: list[Received] = []
+        self._seq_ids: dict[str, dict[int, set[str]]] = {}
+        self._complete: dict[str, int] = {}
         self._pubacks: dict[int, ReasonCode] = {}
         self._subscribed = False
         self._refused: str | None = None
@@ -156,6 +158,27 @@ class PlatformClient:
             )
 
     # -- what was received -------------------------------------------------------------------
+
+    def _index(self, gw: str, payload: dict[str, Any]) -> None:
+        """Keep, per gateway, the ids seen for each seq and how far 1..N is complete."""
+        seen = self._seq_ids.setdefault(gw, {})
+        for event in payload.get("events") or []:
+            if isinstance(event, dict) and isinstance(event.get("seq"), int):
+                seen.setdefault(event["seq"], set()).add(str(event.get("id")))
+        complete = self._complete.get(gw, 0)
+        while complete + 1 in seen:
+            complete += 1
+        self._complete[gw] = complete
+
+    def complete_up_to(self, gw: str) -> int:
+        """The largest N such that every seq 1..N of gateway `gw` has arrived."""
+        with self._cond:
+            return self._complete.get(gw, 0)
+
+    def seq_ids(self, gw: str) -> dict[int, set[str]]:
+        """For each seq of gateway `gw` that arrived, the event ids it carried."""
+        with self._cond:
+            return {seq: set(ids) for seq, ids in self._seq_ids.get(gw, {}).items()}
 
     @property
     def messages(self) -> list[Received]:
@@ -355,4 +378,6 @@ class PlatformClient:
         with self._cond:
             self._messages.append(record)
             self.errors.extend(problems)
+            if payload is not None and "/up/" in msg.topic:
+                self._index(msg.topic.split("/")[2], payload)
             self._cond.notify_all()
