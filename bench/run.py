@@ -1,0 +1,731 @@
+"""The bench: one local Mosquitto, the gateway against plain paho, alarm latency, disk, memory.
+
+``python -m bench.run`` (``make bench``) starts its own Mosquitto on a free 127.0.0.1 port and a
+subscriber standing in for the platform, then measures, in rounds so that drift hits every figure
+alike:
+
+1. drain: a backlog of ``--events`` telemetry events, built through the gateway's EventFactory and
+   Outbox before the gateway starts, until the subscriber has every one (events/s), against the
+   baseline: the same events published by plain paho, one per QoS 1 message, until every PUBACK,
+   at each ``--inflight`` window (the best counts);
+2. alarm latency, ``raise_alarm`` → subscriber, with the broker idle and while a backlog drains;
+3. bytes written per telemetry event by a steady producer, group commit against one
+   transaction per event;
+4. the gateway process's peak RSS (VmHWM) during the drain.
+
+Every gateway, baseline publisher and producer is a child process (``bench.drain``,
+``bench.baseline``, ``bench.disk``), so CPU, bytes written and RSS are each one's own.
+Results go to ``bench/results/`` as JSON and a summary to stdout; see docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import queue
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt
+
+from bench.backlog import OUTBOX_NAME, build_backlog, copy_backlog
+from bench.common import REPO_ROOT, RESULTS_DIR, ensure_dir, median, percentile
+from bench.subscriber import EventCounter
+from gateway import logs
+from tests.support.broker import Mosquitto, mosquitto_binary
+
+PARTS = ("drain", "alarms", "disk", "diag")
+DRAIN_TARGET_RATIO = 3.0
+ALARM_TARGET_RATIO = 2.0
+CHILD_START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+LOG_TAIL_LINES = 30
+DISK_MIN_EVENTS = 200  # so that the closing checkpoint weighs little at a low rate
+
+
+class BenchError(Exception):
+    """A measurement could not be taken (a child failed, or what it sent did not arrive)."""
+
+
+# ------------------------------------------------------------------------------- options
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Gateway benchmarks against a local Mosquitto (see docs/PERFORMANCE.md).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast sanity run: 20k events, 1 repeat, short disk runs (explicit options win)",
+    )
+    parser.add_argument("--events", type=int, help="backlog size (default 100000; quick 20000)")
+    parser.add_argument("--alarms", type=int, default=200, help="alarms per latency run")
+    parser.add_argument("--repeats", type=int, help="runs of each figure (default 3; quick 1)")
+    parser.add_argument(
+        "--inflight",
+        default="20,100",
+        help="baseline max_inflight values, comma-separated (the best is the baseline)",
+    )
+    parser.add_argument("--alarm-spacing-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--disk-rates", default="500,20", help="steady producer rates, events/s, comma-separated"
+    )
+    parser.add_argument(
+        "--disk-seconds",
+        type=float,
+        help=f"per disk run, stretched to reach {DISK_MIN_EVENTS} events (default 3; quick 1.5)",
+    )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"which figures, comma-separated, of: {', '.join(PARTS)}",
+    )
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--output", type=Path, help="result JSON (default: bench/results/…)")
+    parser.add_argument("--note", default="", help="free text kept in the result JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a target (drain >= 3x, alarms <= 2x) is missed",
+    )
+    if argv is None:  # `make bench BENCH_ARGS=--quick` passes options through the environment
+        argv = [*sys.argv[1:], *shlex.split(os.environ.get("BENCH_ARGS", ""))]
+    args = parser.parse_args(argv)
+    if args.events is None:
+        args.events = 20_000 if args.quick else 100_000
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.disk_seconds is None:
+        args.disk_seconds = 1.5 if args.quick else 3.0
+    args.inflight = [int(v) for v in str(args.inflight).split(",") if v]
+    args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
+    args.parts = [p for p in str(args.parts).split(",") if p]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.events < 1 or args.alarms < 1 or args.repeats < 1:
+        parser.error("--events, --alarms and --repeats must be at least 1")
+    return args
+
+
+# ------------------------------------------------------------------------------- machine
+
+
+def machine_info(workdir: Path) -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mosquitto = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=10, check=False
+        )
+        mosquitto = (out.stdout or out.stderr).splitlines()[0].strip()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": _code_version(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "paho_mqtt": paho.mqtt.__version__,
+        "mosquitto": mosquitto,
+        "workdir_fs": _filesystem_of(workdir),
+    }
+
+
+def _code_version() -> str:
+    """The commit measured, and whether the gateway's code differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway", "drivers"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} (gateway/ or drivers/ modified)" if dirty else commit
+
+
+def _filesystem_of(path: Path) -> str:
+    best = ("", "unknown", "unknown")
+    with contextlib.suppress(OSError):
+        resolved = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[0]):
+                best = (mount, device, fstype)
+    return f"{best[2]} on {best[1]} (mounted at {best[0]})"
+
+
+# ------------------------------------------------------------------------------- children
+
+
+class Child:
+    """A bench child process speaking JSON lines on stdout; its stderr goes to ``log``."""
+
+    def __init__(self, module: str, args: Sequence[str], log: Path) -> None:
+        self.module = module
+        self.log = log
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
+        with log.open("ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=REPO_ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+            )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read(self, event: str, timeout_s: float) -> dict[str, Any]:
+        """The next JSON line, which must be ``event``."""
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise BenchError(
+                f"{self.module}: no {event!r} within {timeout_s} s\n{self.tail()}"
+            ) from None
+        if line is None:
+            code = self.proc.wait()
+            raise BenchError(f"{self.module} exited ({code}) before {event!r}\n{self.tail()}")
+        record: dict[str, Any] = json.loads(line)
+        if record.get("event") != event:
+            raise BenchError(f"{self.module}: expected {event!r}, got {record}")
+        return record
+
+    def stop(self) -> None:
+        """Ask the child to stop (a line on stdin)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+
+    def wait(self) -> None:
+        code = self.proc.wait(timeout=STOP_TIMEOUT_S)
+        if code != 0:
+            raise BenchError(f"{self.module} exited with {code}\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = self.log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            return f"--- {self.log} ---\n" + "\n".join(lines)
+        return ""
+
+
+@contextlib.contextmanager
+def child(module: str, args: Sequence[str], log: Path) -> Iterator[Child]:
+    proc = Child(module, args, log)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+# ------------------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.broker: Mosquitto | None = None
+        self.subscriber: EventCounter | None = None
+        # The platform's alarm desk consumes up/alarm on a connection of its own, as a platform
+        # with shared subscriptions does; alarm latency is measured there.
+        self.desk: EventCounter | None = None
+        self.backlog_dir = workdir / "backlog"
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+        self._serial = 0
+        self.wait_s = max(60.0, args.events / 1000)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _next(self, what: str) -> tuple[str, Path]:
+        """A fresh gateway id and scratch directory for one run."""
+        self._serial += 1
+        name = f"bench-{what}-{self._serial}"
+        return name, ensure_dir(self.workdir / "runs" / name)
+
+    def _record(self, figure: str, run: dict[str, Any]) -> dict[str, Any]:
+        self.runs.setdefault(figure, []).append(run)
+        return run
+
+    @property
+    def port(self) -> int:
+        assert self.broker is not None
+        return self.broker.port
+
+    @property
+    def sub(self) -> EventCounter:
+        assert self.subscriber is not None
+        return self.subscriber
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def build_backlog(self) -> None:
+        seconds = asyncio.run(build_backlog(self.backlog_dir, self.args.events))
+        size = (self.backlog_dir / OUTBOX_NAME).stat().st_size
+        self.say(
+            f"backlog: {self.args.events} telemetry events built in {seconds:.1f} s "
+            f"({size / 1e6:.1f} MB outbox)"
+        )
+
+    # -- 1. baseline and drain --------------------------------------------------------------
+
+    def baseline(self, inflight: int) -> dict[str, Any]:
+        events = self.args.events
+        gateway_id, folder = self._next(f"baseline{inflight}")
+        self.sub.track(gateway_id, telemetry=events)
+        argv = [
+            "--port",
+            str(self.port),
+            "--backlog",
+            str(self.backlog_dir / OUTBOX_NAME),
+            "--gateway-id",
+            gateway_id,
+            "--events",
+            str(events),
+            "--max-inflight",
+            str(inflight),
+            "--timeout",
+            str(self.wait_s),
+        ]
+        with child("bench.baseline", argv, folder / "child.log") as proc:
+            proc.read("ready", CHILD_START_TIMEOUT_S)
+            result = proc.read("result", self.wait_s + CHILD_START_TIMEOUT_S)
+            proc.wait()
+        received_ns = self.sub.wait(gateway_id, "telemetry", self.wait_s)
+        first = result["first_publish_ns"]
+        puback_s = (result["last_puback_ns"] - first) / 1e9
+        run = {
+            "max_inflight": inflight,
+            "events": events,
+            "seconds_to_last_puback": puback_s,
+            "events_per_s": events / puback_s,
+            "events_per_s_to_subscriber": events / ((received_ns - first) / 1e9),
+            "refused": result["refused"],
+            "cpu_s": result["cpu_s"],
+            "duplicates": self.sub.snapshot(gateway_id).duplicates("telemetry"),
+        }
+        self.sub.forget(gateway_id)
+        self.say(
+            f"  baseline max_inflight={inflight:<4} {run['events_per_s']:9.0f} events/s "
+            f"(to subscriber {run['events_per_s_to_subscriber']:.0f}/s, "
+            f"publisher CPU {run['cpu_s']:.1f} s)"
+        )
+        return self._record(f"baseline_inflight_{inflight}", run)
+
+    def gateway_run(
+        self, what: str, *, backlog: bool, alarms: int, clock: str = "system"
+    ) -> dict[str, Any]:
+        """One gateway child: drain the backlog (if any) and/or raise alarms; all measured."""
+        events = self.args.events if backlog else 0
+        gateway_id, folder = self._next(what)
+        state = folder / "state"
+        if backlog:
+            copy_backlog(self.backlog_dir, state)
+        targets: dict[str, int] = {}
+        if events:
+            targets["telemetry"] = events
+        if alarms:
+            targets["alarm"] = alarms
+        self.sub.track(gateway_id, **targets)
+        assert self.desk is not None
+        if alarms:
+            self.desk.track(gateway_id, alarm=alarms)
+        argv = [
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(state),
+            "--gateway-id",
+            gateway_id,
+            "--log",
+            str(folder / "gateway.log"),
+            "--clock",
+            clock,
+            "--alarms",
+            str(alarms),
+            "--alarm-spacing-ms",
+            str(self.args.alarm_spacing_ms),
+            # While draining, the first alarm goes once the first batch is out.
+            "--alarms-after-events",
+            "1" if backlog else "0",
+        ]
+        with child("bench.drain", argv, folder / "child.log") as proc:
+            started = proc.read("connected", CHILD_START_TIMEOUT_S)
+            if alarms:
+                proc.read("alarms_raised", self.wait_s)
+            done_ns = {klass: self.sub.wait(gateway_id, klass, self.wait_s) for klass in targets}
+            if alarms:
+                self.desk.wait(gateway_id, "alarm", self.wait_s)
+            proc.stop()
+            result = proc.read("result", STOP_TIMEOUT_S)
+            proc.wait()
+        tally = self.sub.snapshot(gateway_id)
+        run: dict[str, Any] = {
+            "clock": clock,
+            "events": events,
+            "cpu_s": result["cpu_s"],
+            "write_bytes": result["write_bytes"],
+            "vmhwm_kb": result["vmhwm_kb"],
+            "published_messages": result["published_messages"],
+            "rejected_messages": result["rejected_messages"],
+            "duplicates": tally.duplicates("telemetry"),
+        }
+        drained_ns = done_ns.get("telemetry")
+        if drained_ns is not None:
+            drain_s = (drained_ns - started["start_ns"]) / 1e9
+            run["seconds_to_subscriber"] = drain_s
+            run["events_per_s"] = events / drain_s
+            run["events_per_s_from_connected"] = events / (
+                (drained_ns - started["connected_ns"]) / 1e9
+            )
+            run["write_bytes_per_event"] = result["write_bytes"] / events
+        if alarms:
+            desk = self.desk.snapshot(gateway_id)
+            run["alarms"] = _alarm_figures(result["alarms"], desk.alarm_first_ns, drained_ns)
+            self.desk.forget(gateway_id)
+        self.sub.forget(gateway_id)
+        return run
+
+    def drain(self) -> dict[str, Any]:
+        run = self.gateway_run("drain", backlog=True, alarms=0)
+        self.say(
+            f"  gateway drain            {run['events_per_s']:9.0f} events/s "
+            f"({run['seconds_to_subscriber']:.2f} s, {run['published_messages']} messages, "
+            f"CPU {run['cpu_s']:.1f} s, VmHWM {run['vmhwm_kb'] / 1024:.1f} MiB)"
+        )
+        return self._record("drain", run)
+
+    # -- 2. alarms -------------------------------------------------------------------------
+
+    def alarms(self, *, draining: bool, clock: str = "system") -> dict[str, Any]:
+        figure = ("alarms_draining" if draining else "alarms_idle") + (
+            "" if clock == "system" else f"_{clock}_clock"
+        )
+        run = self.gateway_run(
+            figure.replace("_", "-"), backlog=draining, alarms=self.args.alarms, clock=clock
+        )
+        figures = run["alarms"]
+        latency = figures["latency_ms"]
+        self.say(
+            f"  alarms {'draining' if draining else 'idle':<8} clock={clock:<6} "
+            f"p50 {latency['p50']:6.2f} ms  p99 {latency['p99']:7.2f} ms  "
+            f"(over {figures['counted']} alarms; stored p50 {figures['stored_ms']['p50']:.2f} / "
+            f"p99 {figures['stored_ms']['p99']:.2f} ms, "
+            f"PUBACK p99 {figures['delivered_ms']['p99']:.2f} ms)"
+        )
+        return self._record(figure, run)
+
+    # -- 3. disk ---------------------------------------------------------------------------
+
+    def disk(self, group_commit_s: float, rate: float) -> dict[str, Any]:
+        _, folder = self._next("disk")
+        seconds = max(self.args.disk_seconds, DISK_MIN_EVENTS / rate)
+        argv = [
+            "--state-dir",
+            str(folder / "state"),
+            "--group-commit",
+            str(group_commit_s),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--log",
+            str(folder / "gateway.log"),
+        ]
+        with child("bench.disk", argv, folder / "child.log") as proc:
+            result = proc.read("result", seconds * 20 + CHILD_START_TIMEOUT_S)
+            proc.wait()
+        result.pop("event")
+        self.say(
+            f"  disk group_commit={group_commit_s:<4} rate={rate:5.0f}/s "
+            f"{result['bytes_per_event']:9.0f} B/event "
+            f"(achieved {result['rate_achieved']:.0f}/s over {result['events']} events)"
+        )
+        return self._record(f"disk_gc{group_commit_s}_rate{rate:g}", result)
+
+
+def _alarm_figures(
+    raised: list[list[Any]], received: dict[str, int], drained_ns: int | None
+) -> dict[str, Any]:
+    """Latencies in ms of the alarms that count: all, or, while draining, those raised before the
+    subscriber had the whole backlog."""
+    counted = [row for row in raised if drained_ns is None or row[1] < drained_ns]
+    missing = [row[0] for row in counted if row[0] not in received]
+    if missing:
+        raise BenchError(f"{len(missing)} alarms never reached the subscriber")
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {
+            "p50": percentile(values, 50),
+            "p99": percentile(values, 99),
+            "max": max(values) if values else float("nan"),
+        }
+
+    return {
+        "raised": len(raised),
+        "counted": len(counted),
+        "latency_ms": summary([(received[a] - before) / 1e6 for a, before, *_ in counted]),
+        "stored_ms": summary([(after - before) / 1e6 for _, before, after, _ in counted]),
+        "delivered_ms": summary(
+            [(delivered - before) / 1e6 for _, before, _, delivered in counted if delivered]
+        ),
+        "samples_ms": [round((received[a] - before) / 1e6, 3) for a, before, *_ in counted],
+    }
+
+
+# ------------------------------------------------------------------------------- summary
+
+
+def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def med(figure: str, *path: str) -> float:
+        values = []
+        for run in runs.get(figure, []):
+            value: Any = run
+            for key in path:
+                value = value[key]
+            values.append(float(value))
+        return median(values)
+
+    baselines = {n: med(f"baseline_inflight_{n}", "events_per_s") for n in args.inflight}
+    baselines = {n: v for n, v in baselines.items() if not math.isnan(v)}
+    if baselines and runs.get("drain"):
+        best = max(baselines, key=lambda n: baselines[n])
+        drain_rate = med("drain", "events_per_s")
+        out["drain"] = {
+            "events": args.events,
+            "gateway_events_per_s": drain_rate,
+            "gateway_events_per_s_from_connected": med("drain", "events_per_s_from_connected"),
+            "baseline_events_per_s": baselines,
+            "baseline_best_inflight": best,
+            "ratio": drain_rate / baselines[best],
+            "target_ratio": DRAIN_TARGET_RATIO,
+            "gateway_cpu_s": med("drain", "cpu_s"),
+            "gateway_write_bytes_per_event": med("drain", "write_bytes_per_event"),
+        }
+        out["drain"]["meets_target"] = out["drain"]["ratio"] >= DRAIN_TARGET_RATIO
+        out["rss"] = {
+            "drain_vmhwm_mib": med("drain", "vmhwm_kb") / 1024,
+            "drain_vmhwm_mib_max": max(r["vmhwm_kb"] for r in runs["drain"]) / 1024,
+        }
+        if runs.get("alarms_idle"):
+            out["rss"]["idle_gateway_vmhwm_mib"] = med("alarms_idle", "vmhwm_kb") / 1024
+    for clock_suffix in ("", "_cached_clock"):
+        idle, draining = f"alarms_idle{clock_suffix}", f"alarms_draining{clock_suffix}"
+        if not runs.get(idle) or not runs.get(draining):
+            continue
+        figures: dict[str, Any] = {}
+        for name, figure in (("idle", idle), ("draining", draining)):
+            figures[name] = {
+                stat: med(figure, "alarms", "latency_ms", stat) for stat in ("p50", "p99")
+            }
+            figures[name]["stored_p50"] = med(figure, "alarms", "stored_ms", "p50")
+            figures[name]["stored_p99"] = med(figure, "alarms", "stored_ms", "p99")
+            figures[name]["delivered_p99"] = med(figure, "alarms", "delivered_ms", "p99")
+            figures[name]["counted_per_run"] = [r["alarms"]["counted"] for r in runs[figure]]
+        figures["ratio_p50"] = figures["draining"]["p50"] / figures["idle"]["p50"]
+        figures["ratio_p99"] = figures["draining"]["p99"] / figures["idle"]["p99"]
+        figures["target_ratio"] = ALARM_TARGET_RATIO
+        figures["meets_target"] = max(figures["ratio_p50"], figures["ratio_p99"]) <= (
+            ALARM_TARGET_RATIO
+        )
+        out["alarms" + clock_suffix] = figures
+    disk: dict[str, Any] = {}
+    for rate in args.disk_rates:
+        grouped = med(f"disk_gc0.2_rate{rate:g}", "bytes_per_event")
+        single = med(f"disk_gc0.0_rate{rate:g}", "bytes_per_event")
+        if not (math.isnan(grouped) or math.isnan(single)):
+            disk[f"{rate:g}/s"] = {
+                "group_commit_0.2_bytes_per_event": grouped,
+                "group_commit_0_bytes_per_event": single,
+                "ratio": single / grouped,
+            }
+    if disk:
+        out["disk"] = disk
+    return out
+
+
+def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
+    print()
+    print(f"== carebed bench, {info['date']}: {info['nproc']} CPUs, {info['cpu_model']}")
+    drain = summary.get("drain")
+    if drain:
+        base = drain["baseline_events_per_s"]
+        best = drain["baseline_best_inflight"]
+        print(
+            f"drain of {drain['events']} events   gateway {drain['gateway_events_per_s']:8.0f}/s"
+            f"   plain paho (inflight {best}) {base[best]:8.0f}/s   ratio "
+            f"{drain['ratio']:.1f}x (target >= {DRAIN_TARGET_RATIO:g}x: "
+            f"{'ok' if drain['meets_target'] else 'MISSED'})"
+        )
+        others = ", ".join(f"inflight {n}: {v:.0f}/s" for n, v in base.items())
+        print(f"  baseline runs: {others}")
+    for key in ("alarms", "alarms_cached_clock"):
+        alarms = summary.get(key)
+        if not alarms:
+            continue
+        label = "alarm latency" if key == "alarms" else "alarm latency, is_synced cached"
+        print(
+            f"{label}: idle p50 {alarms['idle']['p50']:.2f} / p99 {alarms['idle']['p99']:.2f} ms"
+            f"   draining p50 {alarms['draining']['p50']:.2f} / p99 "
+            f"{alarms['draining']['p99']:.2f} ms   ratio p50 {alarms['ratio_p50']:.1f}x, "
+            f"p99 {alarms['ratio_p99']:.1f}x (target <= {ALARM_TARGET_RATIO:g}x: "
+            f"{'ok' if alarms['meets_target'] else 'MISSED'})"
+        )
+    for rate, disk in summary.get("disk", {}).items():
+        print(
+            f"disk per telemetry event at {rate}: group commit 0.2 s "
+            f"{disk['group_commit_0.2_bytes_per_event']:.0f} B, one transaction each "
+            f"{disk['group_commit_0_bytes_per_event']:.0f} B, ratio {disk['ratio']:.1f}x"
+        )
+    rss = summary.get("rss")
+    if rss:
+        idle = rss.get("idle_gateway_vmhwm_mib")
+        print(
+            f"gateway peak RSS (VmHWM) during the drain: {rss['drain_vmhwm_mib']:.1f} MiB"
+            + (f" (idle gateway: {idle:.1f} MiB)" if idle else "")
+        )
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    info = machine_info(workdir)
+    bench = Bench(args, workdir)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        log_stream = stack.enter_context((workdir / "bench.log").open("a"))
+        logs.configure("info", "json", stream=log_stream)
+        broker = Mosquitto(workdir / "mosquitto", persistence=False)
+        stack.callback(broker.close)
+        broker.start()
+        bench.broker = broker
+        bench.subscriber = EventCounter(broker.host, broker.port)
+        stack.callback(bench.subscriber.close)
+        bench.desk = EventCounter(
+            broker.host, broker.port, "bench-alarm-desk", "carebed/v1/+/up/alarm"
+        )
+        stack.callback(bench.desk.close)
+        print(f"bench: Mosquitto on 127.0.0.1:{broker.port}, work dir {workdir}", flush=True)
+        parts = set(args.parts)
+        if parts & {"drain", "alarms", "diag"}:
+            bench.build_backlog()
+        for round_no in range(1, args.repeats + 1):
+            print(f"round {round_no}/{args.repeats}", flush=True)
+            if "drain" in parts:
+                for inflight in args.inflight:
+                    bench.baseline(inflight)
+                bench.drain()
+            if "alarms" in parts:
+                bench.alarms(draining=False)
+                bench.alarms(draining=True)
+            if "disk" in parts:
+                for rate in args.disk_rates:
+                    for group_commit_s in (0.2, 0.0):
+                        bench.disk(group_commit_s, rate)
+        if "diag" in parts:
+            print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
+            bench.alarms(draining=False, clock="cached")
+            bench.alarms(draining=True, clock="cached")
+    return {
+        "machine": info,
+        "options": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+        },
+        "elapsed_s": time.monotonic() - started,
+        "summary": summarise(args, bench.runs),
+        "runs": bench.runs,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    temporary = args.workdir is None
+    workdir = ensure_dir(
+        Path(tempfile.mkdtemp(prefix="carebed-bench-")) if temporary else args.workdir
+    )
+    try:
+        report = run_bench(args, workdir)
+    except BaseException:
+        print(f"bench failed; its logs are in {workdir}", file=sys.stderr)
+        raise
+    if temporary and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = (
+        args.output
+        or ensure_dir(RESULTS_DIR) / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
+    )
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    shutil.copyfile(output, ensure_dir(RESULTS_DIR) / "latest.json")
+    print_summary(report["machine"], report["summary"])
+    print(f"results: {output} (took {report['elapsed_s']:.0f} s)")
+    summary = report["summary"]
+    missed = [
+        key for key in ("drain", "alarms") if key in summary and not summary[key]["meets_target"]
+    ]
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
