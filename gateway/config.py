@@ -79,7 +79,7 @@ class MqttSection(_Section):
     password: SecretStr | None = None
     tls: TlsSection | None = None
     plaintext: bool = False
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 8
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 4
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     backoff_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     backoff_cap_s: Annotated[float, Field(gt=0, le=600)] = 60.0

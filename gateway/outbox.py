@@ -740,6 +740,8 @@ class Outbox:
         self.group_commit_s = group_commit_s
         self.max_buffered = max_buffered
         self.changed = asyncio.Event()
+        self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
+        self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
         self._worker = _StoreWorker()
         self._buffer: list[NewEvent] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -798,6 +800,7 @@ class Outbox:
         """Commit what waits and the alarm in one transaction; if that fails, the alarm alone."""
         self._cancel_timer()
         batch, self._buffer = self._buffer, []
+        self.alarms_arriving += 1
         try:
             await self._insert([*batch, alarm])
         except (StoreError, sqlite3.Error, OSError) as exc:
@@ -805,6 +808,8 @@ class Outbox:
                 raise
             log.error("store_batch_failed", error=str(exc), alarm_id=alarm.id)  # noqa: TRY400
             await self._insert([alarm])
+        finally:
+            self.alarms_arriving -= 1
 
     async def _insert(self, batch: list[NewEvent]) -> None:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
@@ -821,6 +826,8 @@ class Outbox:
         exc = future.exception()
         if exc is None:
             self.changed.set()
+            if any(event.is_alarm for event in batch):
+                self.alarm_stored.set()
             return
         waiting = [event for event in batch if not event.is_alarm]
         self._buffer[:0] = waiting  # kept for the next attempt, in order

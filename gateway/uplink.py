@@ -174,6 +174,7 @@ class MqttUplink:
         self._ack_task: asyncio.Task[None] | None = None
         self._downlink: asyncio.Queue[_Downlink] = asyncio.Queue()
         self._downlink_task: asyncio.Task[None] | None = None
+        self._alarm_task: asyncio.Task[None] | None = None
         self._control: dict[int, asyncio.Future[ReasonCode]] = {}
         self._window = settings.max_inflight
 
@@ -329,6 +330,7 @@ class MqttUplink:
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkTransientError(f"subscribe failed: {mqtt.error_string(result)}")
         self._downlink_task = loop.create_task(self._downlink_worker(), name="uplink.downlink")
+        self._alarm_task = loop.create_task(self._alarm_path(), name="uplink.alarms")
         self.connected.set()
         self.alarms.link_changed(True, [])
         await self._drain()
@@ -337,11 +339,12 @@ class MqttUplink:
         was_up = self.connected.is_set()
         self.connected.clear()
         client, self._client = self._client, None
-        if self._downlink_task is not None:
-            self._downlink_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._downlink_task
-            self._downlink_task = None
+        for task in (self._downlink_task, self._alarm_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._downlink_task = self._alarm_task = None
         self._downlink = asyncio.Queue()  # unacknowledged downlink comes again next session
         if client is not None:
             if not self._stopping:
@@ -371,6 +374,8 @@ class MqttUplink:
                 self.alarms.given_up(given_up)
             self.outbox.changed.clear()
             room = self._window - sum(1 for f in self._inflight.values() if not f.message.is_alarm)
+            if self._alarm_on_its_way():
+                room = 0  # the backlog waits: the CPU, the store and the link go to the alarm
             claim = max(0, min(room, CLAIM_MESSAGES_PER_ROUND)) * MAX_EVENTS_PER_MESSAGE
             events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
             if events:
@@ -393,6 +398,26 @@ class MqttUplink:
         reason = lost.result()
         if reason != "shutdown":
             raise UplinkTransientError(reason)
+
+    def _alarm_on_its_way(self) -> bool:
+        """An alarm is being stored, or is stored and waits for its PUBACK."""
+        return (
+            self.outbox.alarms_arriving > 0
+            or self.outbox.alarm_stored.is_set()
+            or any(f.message.is_alarm for f in self._inflight.values())
+        )
+
+    async def _alarm_path(self) -> None:
+        """Publish a new alarm as soon as it is stored, without waiting for the drain loop's
+        next round (which may be busy with the backlog). ``claim(0)`` claims alarms only; the
+        store thread marks them in flight, so the drain loop never publishes them twice."""
+        self.outbox.alarm_stored.set()  # alarms stored while the link was down
+        while True:
+            await self.outbox.alarm_stored.wait()
+            self.outbox.alarm_stored.clear()
+            alarms = await self.outbox.call(self.outbox.store.claim, 0, urgent=True)
+            for message in build_messages(self.gateway_id, alarms):
+                self._publish_raw(message)
 
     def _check_half_open(self) -> None:
         if not self._inflight:

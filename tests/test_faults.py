@@ -21,8 +21,8 @@ from tests.support.platform import PlatformClient
 
 SOAK = os.environ.get("CAREBED_SOAK") == "1"
 KILL_CYCLES = 100 if SOAK else 20
-BROKER_RESTARTS = 10 if SOAK else 2
-FROZEN_BACKLOG = 50_000 if SOAK else 8_000
+BROKER_RESTARTS = 10 if SOAK else 3
+FROZEN_BACKLOG = 50_000 if SOAK else 20_000
 FLOOD = {"telemetry_interval_s": 0.01, "burst": 20, "alarm_interval_s": 0.25, "seed": 7}
 STREAM = {**FLOOD, "burst": 4}
 

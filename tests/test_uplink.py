@@ -225,3 +225,30 @@ def test_batches_respect_the_contract_limits() -> None:
     audit = [m for m in messages if m.topic.endswith("/up/audit")]
     assert len(audit) == 3  # 200 events of ~3 KiB do not fit 256 KiB twice
     assert sorted(s for m in messages for s in m.seqs) == sorted(e.seq for e in events)
+
+
+async def test_an_alarm_overtakes_a_draining_backlog(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    backlog = 30_000
+    mosquitto.stop()
+    async with running_gateway(tmp_path, mosquitto, outbox={"group_commit_s": 0.5}) as rig:
+        for i in range(backlog):
+            await rig.gateway.sink.emit("telemetry.vitals", {"heart_rate": i % 200}, None)
+        await rig.gateway.outbox.flush()
+        await asyncio.to_thread(mosquitto.start)
+        stats = rig.gateway.uplink.stats
+        await wait_until(lambda: stats.published_events >= 1000, 30, "the drain to begin")
+        alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        published_before_alarm = stats.published_events
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "telemetry.vitals")) == backlog, "the backlog", 60
+        )
+    assert published_before_alarm < backlog / 2
+    topics = [m.topic.rsplit("/", 1)[-1] for m in platform.messages if "/up/" in m.topic]
+    alarm_at = next(
+        i for i, m in enumerate(platform.messages) if m.payload and m.topic.endswith("/up/alarm")
+    )
+    telemetry_after = topics[alarm_at:].count("telemetry")
+    assert telemetry_after > 0, "the backlog was already out: nothing was overtaken"
+    assert kinds(platform, "alarm.button")[0]["id"] == alarm_id

@@ -3,6 +3,7 @@ rules that a schema cannot express (topic class, one event per alarm message, si
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from typing import Any
@@ -35,15 +36,20 @@ def _event_validators() -> dict[str, jsonschema.protocols.Validator]:
     return {kind: _validator({"$ref": ref, "$defs": defs}) for kind, ref in mapping.items()}
 
 
+@cache
+def _envelope_validator() -> jsonschema.protocols.Validator:
+    """The events payload's schema with each event only required to be an object."""
+    schema = copy.deepcopy(uplink_json_schema()["events"])
+    schema["properties"]["events"]["items"] = {"type": "object"}
+    return _validator(schema)
+
+
 def _event_errors(payload: dict[str, Any]) -> list[Any]:
-    """Errors of the envelope with its events checked one by one against their own kind."""
+    """Errors of the envelope, then of each event against the branch of its own kind."""
+    errors = list(_envelope_validator().iter_errors(payload))
     events = payload.get("events")
-    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        return list(_validators()["events"].iter_errors(payload))
-    shell = {**payload, "events": [{"kind": "gateway.power"}] * len(events)}
-    errors = [
-        e for e in _validators()["events"].iter_errors(shell) if "events" not in e.absolute_path
-    ]
+    if errors or not isinstance(events, list):
+        return errors
     by_kind = _event_validators()
     for event in events:
         validator = by_kind.get(str(event.get("kind")))
