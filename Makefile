@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak bench deps clean
+.PHONY: demo test lint typecheck unit soak bench hil-sim deps clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "carebed needs Python 3.11 or newer"; exit 1; }
@@ -35,7 +35,10 @@ soak: deps
 	CAREBED_SOAK=1 $(PY) -m pytest -q -m slow
 
 bench: deps
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+hil-sim: deps
+	$(PY) -m hil.uplink_smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

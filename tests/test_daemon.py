@@ -108,3 +108,25 @@ def test_store_of_a_newer_carebed_stops_with_status_78(
     assert daemon.proc is not None
     assert daemon.proc.wait(timeout=20) == 78
     assert "newer than this carebed" in daemon.log_text()
+
+
+def test_a_killed_daemon_is_announced_offline_by_its_will(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, daemon: GatewayProcess
+) -> None:
+    gateway_config(tmp_path, mosquitto)
+    daemon.start()
+    online = {"state": "online"}
+    platform.wait_for(
+        lambda p: any(m.payload and online.items() <= m.payload.items() for m in p.messages),
+        20,
+        "online",
+    )
+    daemon.kill()
+    platform.wait_for(
+        lambda p: any(
+            m.payload == {"v": 1, "gw": "gw-a", "state": "offline", "reason": "lost"}
+            for m in p.messages
+        ),
+        20,
+        "the last will",
+    )

@@ -1,4 +1,4 @@
-"""``make demo`` runs and shows the alarm chain end to end."""
+"""``make demo`` and the hil/ simulated rig run and show the alarm chain end to end."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
         "platform ← status offline",
     ):
         assert line in out, f"{line!r} missing from the demo's output:\n{out[-2000:]}"
+
+
+def test_hil_uplink_smoke_passes_on_the_simulated_rig() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.uplink_smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert result.stdout.count("ok   ") == 3

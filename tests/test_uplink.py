@@ -252,3 +252,24 @@ async def test_an_alarm_overtakes_a_draining_backlog(
     telemetry_after = topics[alarm_at:].count("telemetry")
     assert telemetry_after > 0, "the backlog was already out: nothing was overtaken"
     assert kinds(platform, "alarm.button")[0]["id"] == alarm_id
+
+
+async def test_a_half_open_link_is_detected_and_replaced(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    # A frozen broker keeps the TCP connection open and answers nothing: no PUBACK, no PINGRESP.
+    async with running_gateway(tmp_path, mosquitto, mqtt={"keepalive_s": 5}) as rig:
+        uplink = rig.gateway.uplink
+        await wait_until(uplink.connected.is_set, 10, "connection")
+        await asyncio.to_thread(mosquitto.freeze)
+        try:
+            alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+            await wait_until(lambda: not uplink.connected.is_set(), 20, "the half-open link to go")
+        finally:
+            await asyncio.to_thread(mosquitto.thaw)
+        await wait_until(lambda: uplink.stats.connects >= 2, 30, "a new connection")
+        await wait_platform(
+            platform,
+            lambda p: any(e["id"] == alarm_id for e in kinds(p, "alarm.button")),
+            "the alarm after the thaw",
+        )

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop scenarios (simulated rig by default)."""

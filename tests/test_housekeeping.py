@@ -1,0 +1,78 @@
+"""Heartbeat and timestamp correction when the clock becomes synchronised."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from gateway.clock import ManualClock
+from gateway.emitter import EventFactory, OutboxSink
+from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
+from gateway.outbox import AlarmTiming, Outbox, SqliteStore
+
+BOOT = "boot-7"
+
+
+def make_outbox(tmp_path: Path, clock: ManualClock) -> tuple[Outbox, OutboxSink]:
+    factory = EventFactory(clock, BOOT)
+    store = SqliteStore(
+        tmp_path / "o.sqlite3",
+        max_bytes=10**8,
+        timing=AlarmTiming(),
+        make_dropped=lambda count, ranges, reason: factory.make(
+            "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
+        ),
+        now=clock.wall,
+        monotonic_ns=clock.monotonic_ns,
+        boot_id=BOOT,
+    )
+    outbox = Outbox(store, group_commit_s=0)
+    return outbox, OutboxSink(outbox, factory)
+
+
+async def test_clock_sync_corrects_waiting_events_and_says_so(tmp_path: Path) -> None:
+    clock = ManualClock(wall=1_000.0, synced=False)  # a Pi without RTC: 1970
+    outbox, sink = make_outbox(tmp_path, clock)
+    await outbox.open()
+    await sink.emit("telemetry.vitals", {"heart_rate": 70}, "watch-AABBCCDDEEFF")
+    clock.advance(5)
+    await sink.emit("device.tamper", {}, "btn-00000001")
+    watcher = ClockWatcher(clock, outbox, sink, BOOT, poll_s=0.01)
+    task = asyncio.create_task(watcher.run())
+    await asyncio.sleep(0)  # the watcher has read the clock as unsynchronised
+    clock.advance(2)
+    clock.set_wall(1_800_000_000.0)
+    clock.synced = True
+    async with asyncio.timeout(10):
+        while (await outbox.call(outbox.store.stats)).queued.get("gateway", 0) == 0:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    events = {e.kind: e for e in await outbox.call(outbox.store.claim, 10)}
+    assert json.loads(events["gateway.clock"].data_json) == {"synced": True, "corrected_events": 2}
+    assert events["telemetry.vitals"].ts_synced
+    assert events["telemetry.vitals"].ts == "2027-01-15T07:59:53.000Z"  # 7 s before the sync
+    assert events["device.tamper"].ts == "2027-01-15T07:59:58.000Z"
+    assert events["gateway.clock"].ts_synced
+    await outbox.close()
+
+
+async def test_heartbeat_reports_the_queue(tmp_path: Path) -> None:
+    clock = ManualClock()
+    outbox, sink = make_outbox(tmp_path, clock)
+    await outbox.open()
+    await sink.emit("telemetry.vitals", {"heart_rate": 70}, "watch-AABBCCDDEEFF")
+    status = GatewayStatus(outbox, clock, tmp_path, "1.2.3")
+    task = asyncio.create_task(Heartbeat(status, sink, interval_s=0.01).run())
+    async with asyncio.timeout(10):
+        while (await outbox.call(outbox.store.stats)).queued.get("gateway", 0) == 0:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    beats = [e for e in await outbox.call(outbox.store.claim, 10) if e.kind == "gateway.heartbeat"]
+    data = json.loads(beats[0].data_json)
+    assert data["queued"] == {"telemetry": 1}
+    assert data["oldest_queued_ts"] is not None
+    assert data["disk_free_bytes"] > 0
+    assert data["version"] == "1.2.3"
+    assert data["clock_synced"] is True
+    await outbox.close()
