@@ -35,6 +35,7 @@ SEQ_RESERVE_BLOCK = 4096
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
+CHECKPOINT_INTERVAL_S = 1.0
 SQL_CHUNK = 500  # seqs per IN (...) list
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
@@ -210,6 +211,9 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        # Checkpoints run on a thread of their own (_Checkpointer): run here, inside a commit,
+        # one would stall an alarm behind copying megabytes into the database file.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         return db
 
     def _open_checked(self) -> int | None:
@@ -680,6 +684,39 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
+class _Checkpointer:
+    """Copies the WAL into the database file from a connection and thread of its own.
+
+    A PASSIVE checkpoint never blocks the writer, so an alarm's commit does not wait for it.
+    """
+
+    def __init__(self, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+        self._path = path
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox.checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.error("checkpointer_failed", error=str(exc))  # noqa: TRY400
+            return
+        try:
+            while not self._stop.wait(self._interval_s):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint_failed", error=str(exc))
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class _StoreWorker:
     """The one thread that runs every store call, urgent calls (alarms) before the others.
 
@@ -743,6 +780,7 @@ class Outbox:
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
         self._worker = _StoreWorker()
+        self._checkpointer: _Checkpointer | None = None
         self._buffer: list[NewEvent] = []
         self._timer: asyncio.TimerHandle | None = None
         self._commits: set[asyncio.Task[None]] = set()
@@ -758,7 +796,9 @@ class Outbox:
         future.add_done_callback(_log_failure)
 
     async def open(self) -> OpenReport:
-        return await self.call(self.store.open)
+        report = await self.call(self.store.open)
+        self._checkpointer = _Checkpointer(self.store.path)
+        return report
 
     async def put(self, event: NewEvent) -> None:
         """Store an event. An alarm is on disk (fsync) on return; others within the window."""
@@ -848,6 +888,8 @@ class Outbox:
             await self.flush()
         finally:
             self._closed = True
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.stop)
             await self.call(self.store.close)
             await asyncio.to_thread(self._worker.shutdown)
 
