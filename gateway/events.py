@@ -201,18 +201,11 @@ def normalise_data(kind: str, data: dict[str, Any]) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event as a producer made it: everything but its ``seq``, which the outbox allocates."""
+class _Kinded:
+    """What an event's kind tells about it."""
 
-    id: str
+    __slots__ = ()
     kind: str
-    device: str | None
-    data_json: str
-    ts: str
-    ts_synced: bool
-    mono_ns: int
-    boot_id: str
 
     @property
     def event_class(self) -> str:
@@ -224,7 +217,21 @@ class NewEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
+class NewEvent(_Kinded):
+    """An event as a producer made it: everything but its ``seq``, which the outbox allocates."""
+
+    id: str
+    kind: str
+    device: str | None
+    data_json: str
+    ts: str
+    ts_synced: bool
+    mono_ns: int
+    boot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent(_Kinded):
     """An event as the outbox holds it, ready to be put on the wire."""
 
     seq: int
@@ -235,10 +242,6 @@ class StoredEvent:
     ts: str
     ts_synced: bool
     attempt: int
-
-    @property
-    def event_class(self) -> str:
-        return event_class(self.kind)
 
     def wire_json(self) -> str:
         """The EVENT object of the contract, as compact JSON."""

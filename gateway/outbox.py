@@ -37,6 +37,7 @@ EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
 CHECKPOINT_INTERVAL_S = 1.0
 SQL_CHUNK = 500  # seqs per IN (...) list
+_WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 
@@ -409,7 +410,7 @@ class SqliteStore:
         claimed = [
             row
             for row in db.execute(
-                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "
+                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
                 "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
             )
             if row[0] not in self._inflight and self._released.get(row[0], now) <= now
@@ -425,8 +426,7 @@ class SqliteStore:
         if ready:
             marks = ",".join("?" * len(ready))
             claimed += db.execute(
-                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "  # noqa: S608
-                f"WHERE seq IN ({marks}) ORDER BY seq",
+                f"SELECT {_WIRE_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
                 ready,
             ).fetchall()
             for seq in ready:
@@ -434,7 +434,7 @@ class SqliteStore:
             room = max(0, max_events - len(claimed))
         if room > 0:
             rows = db.execute(
-                "SELECT seq, id, kind, device, data, ts, ts_synced, attempt FROM events "
+                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
                 "WHERE seq>? AND class!='alarm' ORDER BY seq LIMIT ?",
                 (self._cursor, room),
             ).fetchall()
@@ -442,17 +442,8 @@ class SqliteStore:
                 self._cursor = rows[-1][0]
             claimed += rows
         events = [
-            StoredEvent(
-                seq=row[0],
-                id=row[1],
-                kind=row[2],
-                device=row[3],
-                data_json=row[4],
-                ts=row[5],
-                ts_synced=bool(row[6]),
-                attempt=row[7],
-            )
-            for row in claimed
+            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
+            for seq, event_id, kind, device, data, ts, synced, attempt in claimed
         ]
         self._inflight.update(event.seq for event in events)
         return events
