@@ -46,7 +46,9 @@ class DeliveryStamps:
     def __init__(self) -> None:
         self.delivered_ns: dict[str, int] = {}
 
-    def alarm_state_changed(self, alarm_id: str, device: str | None, state: AlarmState) -> None:
+    def alarm_state_changed(
+        self, alarm_id: str, kind: str, device: str | None, state: AlarmState
+    ) -> None:
         if state is AlarmState.DELIVERED:
             self.delivered_ns.setdefault(alarm_id, now_ns())
 

@@ -26,7 +26,9 @@ class EventSink(Protocol):
 class AlarmListener(Protocol):
     """Told every time an alarm changes state."""
 
-    def alarm_state_changed(self, alarm_id: str, device: str | None, state: AlarmState) -> None: ...
+    def alarm_state_changed(
+        self, alarm_id: str, kind: str, device: str | None, state: AlarmState
+    ) -> None: ...
 
 
 class AlarmRaiser(Protocol):

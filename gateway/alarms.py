@@ -30,10 +30,10 @@ class AlarmTracker:
     def subscribe(self, listener: AlarmListener) -> None:
         self._listeners.append(listener)
 
-    def _tell(self, alarm_id: str, device: str | None, state: AlarmState) -> None:
+    def _tell(self, alarm_id: str, kind: str, device: str | None, state: AlarmState) -> None:
         for listener in self._listeners:
             try:
-                listener.alarm_state_changed(alarm_id, device, state)
+                listener.alarm_state_changed(alarm_id, kind, device, state)
             except Exception:
                 log.exception("alarm_listener_failed", alarm_id=alarm_id, state=state.value)
 
@@ -43,33 +43,33 @@ class AlarmTracker:
             raise ValueError(f"{kind!r} is not an alarm kind")
         alarm_id = await self.sink.emit(kind, data, device)
         log.info("alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
-        self._tell(alarm_id, device, AlarmState.RECEIVED)
+        self._tell(alarm_id, kind, device, AlarmState.RECEIVED)
         if not self.link_up:
-            self._tell(alarm_id, device, AlarmState.UNDELIVERED)
+            self._tell(alarm_id, kind, device, AlarmState.UNDELIVERED)
         return alarm_id
 
     def delivered(self, alarms: Sequence[HeldAlarm]) -> None:
         for alarm in alarms:
             log.info("alarm_delivered", alarm_id=alarm.id, seq=alarm.seq, attempt=alarm.attempt)
-            self._tell(alarm.id, alarm.device, AlarmState.DELIVERED)
+            self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.DELIVERED)
 
     def resending(self, alarms: Sequence[HeldAlarm]) -> None:
         """No acknowledgement came in time: the alarm goes out again with a higher attempt."""
         for alarm in alarms:
             log.warning("alarm_not_acknowledged", alarm_id=alarm.id, attempt=alarm.attempt)
-            self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+            self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
 
     def given_up(self, alarms: Sequence[HeldAlarm]) -> None:
         """Resent for the whole give-up window without an acknowledgement: dropped."""
         for alarm in alarms:
             log.error("alarm_abandoned", alarm_id=alarm.id, attempt=alarm.attempt)
-            self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+            self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
 
     def link_changed(self, up: bool, held: Sequence[HeldAlarm]) -> None:
         self.link_up = up
         if not up:
             for alarm in held:
-                self._tell(alarm.id, alarm.device, AlarmState.UNDELIVERED)
+                self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
 
     async def acknowledged(
         self, found: Sequence[HeldAlarm], unknown: Sequence[str], by: str
@@ -78,7 +78,7 @@ class AlarmTracker:
             log.info("ack_for_unknown_alarm", alarm_id=alarm_id, by=by)
         for alarm in found:
             log.info("alarm_acknowledged", alarm_id=alarm.id, seq=alarm.seq, by=by)
-            self._tell(alarm.id, alarm.device, AlarmState.ACKNOWLEDGED)
+            self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.ACKNOWLEDGED)
             await self.sink.emit(
                 "audit.alarm_acknowledged",
                 {"who": by, "what": "alarm acknowledged", "why": None, "alarm_id": alarm.id},

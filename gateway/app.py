@@ -10,12 +10,15 @@ from typing import Any
 
 import structlog
 
+from drivers.button.pairing import PairingStore
+from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.sim.source import SimEventSource
 from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
 from gateway.commands import CommandProcessor, no_args
 from gateway.config import GatewayConfig
 from gateway.emitter import EventFactory, OutboxSink
+from gateway.errors import CommandError
 from gateway.events import NewEvent
 from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
 from gateway.outbox import AlarmTiming, Outbox, SqliteStore
@@ -77,6 +80,20 @@ class Gateway:
         )
         self.commands.register("ping", self._ping, audited=False)
         self.commands.register("status", self._status, audited=False)
+        self.commands.register("test_alarm", self._test_alarm)
+        self.button: SerialButtonLink | None = None
+        if cfg.button.enabled:
+            self.button = SerialButtonLink(
+                cfg.button,
+                gateway_id=cfg.gateway_id,
+                sink=self.sink,
+                alarms=self.alarms,
+                pairing=PairingStore(cfg.pairing_path),
+                clock=self.clock,
+            )
+            self.alarms.subscribe(self.button)
+            self.commands.register("button.pair", self._button_pair)
+            self.commands.register("button.unpair", self._button_unpair)
         self.uplink = MqttUplink(
             cfg.gateway_id,
             cfg.mqtt,
@@ -103,13 +120,46 @@ class Gateway:
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         no_args(args)
         snapshot = await self.status.snapshot()
-        snapshot["devices"] = []
+        snapshot["devices"] = [] if self.button is None else [self.button.status()]
         snapshot["alarms_held"] = len(await self.outbox.call(self.store.held_alarms))
         snapshot["uplink"] = {
             "connected": self.uplink.connected.is_set(),
             "rejected_messages": self.uplink.stats.rejected_messages,
         }
         return snapshot
+
+    async def _test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The whole alarm chain with ``data.test: true``; no camera, no button is told."""
+        no_args(args)
+        data = {"press": "short", "battery": None, "rssi": None, "test": True}
+        alarm_id = await self.alarms.raise_alarm("alarm.button", data, f"rcv-{self.cfg.gateway_id}")
+        return {"alarm_id": alarm_id}
+
+    def _require_button(self) -> SerialButtonLink:
+        if self.button is None:
+            raise CommandError("forbidden", "no button receiver is configured on this gateway")
+        return self.button
+
+    async def _button_pair(self, args: dict[str, Any]) -> dict[str, Any]:
+        button = self._require_button()
+        duration = args.get("duration_s", 60)
+        if set(args) - {"duration_s"} or not isinstance(duration, int) or not 1 <= duration <= 255:
+            raise CommandError("invalid_args", "takes duration_s, an integer from 1 to 255")
+        try:
+            button.open_pairing(duration)
+        except ConnectionError as exc:
+            raise CommandError("busy", str(exc)) from exc
+        return {"duration_s": duration}
+
+    async def _button_unpair(self, args: dict[str, Any]) -> dict[str, Any]:
+        button = self._require_button()
+        if set(args) != {"device"}:
+            raise CommandError("invalid_args", "takes exactly one argument, device")
+        try:
+            bid = parse_device(str(args["device"]))
+        except ValueError as exc:
+            raise CommandError("invalid_args", f"{exc} (e.g. btn-00A1B2C3)") from exc
+        return {"unpaired": await button.unpair(bid)}
 
     async def run(self, stop: asyncio.Event) -> int:
         # The event loop, the store thread and paho's thread share the GIL; at the default 5 ms
@@ -134,6 +184,8 @@ class Gateway:
             self.supervisor.start(
                 "systemd.watchdog", lambda: watchdog_loop(self.notifier, interval)
             )
+        if self.button is not None:
+            self.supervisor.start(f"button[{self.cfg.button.port}]", self.button.run)
         if self.cfg.sim.enabled:
             sim = SimEventSource(
                 self.sink,

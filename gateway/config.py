@@ -136,6 +136,21 @@ class CommandsSection(_Section):
     max_age_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
 
 
+class ButtonSection(_Section):
+    """The emergency-button receiver on a serial line."""
+
+    enabled: bool = False
+    port: Annotated[str, Field(min_length=1)] = "/dev/carebed-button"  # a path, symlink or glob
+    baudrate: Annotated[int, Field(ge=300, le=921600)] = 9600
+    supervision_window_s: Annotated[float, Field(gt=0)] = 3 * 3600.0
+    supervision_check_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    low_battery_percent: Annotated[int, Field(ge=0, le=100)] = 20
+    reopen_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    pairing_file: Path | None = None
+
+    _resolve_pairing = field_validator("pairing_file", mode="before")(_resolve)
+
+
 class SimSection(_Section):
     """The simulated event source used by the demo and the tests."""
 
@@ -153,6 +168,7 @@ class GatewayConfig(_Section):
     alarms: AlarmsSection = AlarmsSection()
     logging: LoggingSection = LoggingSection()
     commands: CommandsSection = CommandsSection()
+    button: ButtonSection = ButtonSection()
     sim: SimSection = SimSection()
 
     @property
@@ -162,6 +178,10 @@ class GatewayConfig(_Section):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.gateway.state_dir / "outbox.sqlite3"
+
+    @property
+    def pairing_path(self) -> Path:
+        return self.button.pairing_file or self.gateway.state_dir / "buttons.json"
 
     @property
     def mqtt_username(self) -> str:

@@ -93,7 +93,7 @@ class PresenceData(_Data):
 
 
 class BatteryData(_Data):
-    level: Annotated[int, Field(ge=0, le=100)]
+    level: Annotated[int, Field(ge=0, le=100)] | None  # null: the device did not say
     low: bool
 
 

@@ -40,6 +40,7 @@ SQL_CHUNK = 500  # seqs per IN (...) list
 _WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes that mean a damaged file
 
 DroppedFactory = Callable[[int, list[tuple[int, int]], str], NewEvent]
 
@@ -223,7 +224,10 @@ class SqliteStore:
             db = self._connect()
             check = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreCorruptError(f"cannot open: {exc}") from exc
+            if getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise StoreCorruptError(f"cannot open: {exc}") from exc
+            # locked, unreadable, I/O error: not damage. Never move a healthy store aside.
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
         if check != "ok":
             db.close()
             raise StoreCorruptError(f"integrity check failed: {check}")
@@ -720,11 +724,15 @@ class _StoreWorker:
     def __init__(self) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[..., _T], args: tuple[Any, ...], *, urgent: bool) -> Future[_T]:
         future: Future[_T] = Future()
+        if self._stopped:
+            future.set_exception(StoreError("the outbox is closed"))
+            return future
         rank = self._URGENT if urgent else self._NORMAL
         self._queue.put((rank, next(self._order), (future, fn, args)))
         return future
@@ -744,6 +752,7 @@ class _StoreWorker:
 
     def shutdown(self) -> None:
         """Run what is queued, then stop."""
+        self._stopped = True
         self._queue.put((self._STOP, next(self._order), None))
         self._thread.join()
 
@@ -828,16 +837,10 @@ class Outbox:
             await self._insert(batch)
 
     async def _commit_alarm(self, alarm: NewEvent) -> None:
-        """Commit what waits and the alarm in one transaction; if that fails, the alarm alone."""
-        self._cancel_timer()
-        batch, self._buffer = self._buffer, []
+        """Commit the alarm alone, ahead of queued telemetry work (alarms are their own class, so
+        this reorders nothing within a class; the buffer keeps its normal path and order)."""
         self.alarms_arriving += 1
         try:
-            await self._insert([*batch, alarm])
-        except (StoreError, sqlite3.Error, OSError) as exc:
-            if not batch:
-                raise
-            log.error("store_batch_failed", error=str(exc), alarm_id=alarm.id)  # noqa: TRY400
             await self._insert([alarm])
         finally:
             self.alarms_arriving -= 1
@@ -846,7 +849,7 @@ class Outbox:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
         to the batch (a cancelled caller must not make committed events be stored twice)."""
-        urgent = any(event.is_alarm for event in batch)
+        urgent = all(event.is_alarm for event in batch)
         future = asyncio.wrap_future(
             self._worker.submit(self.store.insert, (batch,), urgent=urgent)
         )

@@ -38,6 +38,8 @@ from gateway.outbox import Outbox
 log = structlog.get_logger("gateway.uplink")
 
 IDLE_WAKE_S = 1.0  # how often an idle link looks for alarms due again
+BACKOFF_RESET_AFTER_S = 30.0
+DOWNLINK_FINISH_S = 5.0  # at teardown, the message being handled may finish (bounded)
 CLAIM_MESSAGES_PER_ROUND = 1  # small claims keep the store thread free for alarms
 ACKS_PER_CALL = 500
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0
@@ -172,11 +174,13 @@ class MqttUplink:
         self._stopping = False
         self._acks: list[int] = []
         self._ack_task: asyncio.Task[None] | None = None
-        self._downlink: asyncio.Queue[_Downlink] = asyncio.Queue()
+        self._downlink: asyncio.Queue[_Downlink | None] = asyncio.Queue()
         self._downlink_task: asyncio.Task[None] | None = None
         self._alarm_task: asyncio.Task[None] | None = None
         self._control: dict[int, asyncio.Future[ReasonCode]] = {}
         self._window = settings.max_inflight
+        self._session_began: float | None = None
+        self._downlink_closing = False
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -184,6 +188,7 @@ class MqttUplink:
         """Connect, drain, and reconnect with capped, jittered back-off, until cancelled."""
         self._loop = asyncio.get_running_loop()
         while not self._stopping:
+            self._session_began = None
             try:
                 await self._session()
                 delay = self._backoff.next_delay()
@@ -197,8 +202,17 @@ class MqttUplink:
                 await self._teardown()
             if self.stopping:
                 break
+            if self._session_lasted_s() >= BACKOFF_RESET_AFTER_S:
+                # A link that held for a while was healthy: start the back-off afresh. A broker
+                # that accepts and then drops at once keeps growing it.
+                self._backoff.reset()
+                delay = self._backoff.next_delay()
             log.info("uplink_retry", delay_s=round(delay, 2))
             await asyncio.sleep(delay)
+
+    def _session_lasted_s(self) -> float:
+        began = self._session_began
+        return 0.0 if began is None else time.monotonic() - began
 
     @property
     def stopping(self) -> bool:
@@ -310,7 +324,7 @@ class MqttUplink:
                 raise UplinkAuthError(str(reason))
             raise UplinkTransientError(f"broker refused the connection: {reason}")
         self.stats.connects += 1
-        self._backoff.reset()
+        self._session_began = time.monotonic()
         log.info(
             "uplink_connected",
             host=host,
@@ -329,37 +343,66 @@ class MqttUplink:
         result, _ = client.subscribe(f"{self.root}/down/#", qos=1)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkTransientError(f"subscribe failed: {mqtt.error_string(result)}")
+        self._downlink_closing = False
         self._downlink_task = loop.create_task(self._downlink_worker(), name="uplink.downlink")
         self._alarm_task = loop.create_task(self._alarm_path(), name="uplink.alarms")
+        for child in (self._downlink_task, self._alarm_task):
+            child.add_done_callback(self._child_done)
         self.connected.set()
         self.alarms.link_changed(True, [])
         await self._drain()
 
+    def _child_done(self, task: asyncio.Task[None]) -> None:
+        """A session task that fails ends the session (and so gets a clean teardown)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("uplink_task_failed", task=task.get_name(), error=repr(exc))
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(f"{task.get_name()} failed: {exc!r}")
+
+    async def _stop_children(self) -> None:
+        """Let the downlink message being handled finish (bounded), then stop both tasks."""
+        self._downlink_closing = True
+        self._downlink.put_nowait(None)
+        downlink, alarm = self._downlink_task, self._alarm_task
+        self._downlink_task = self._alarm_task = None
+        if alarm is not None:
+            alarm.cancel()
+        if downlink is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(downlink), DOWNLINK_FINISH_S)
+            downlink.cancel()
+        tasks = [task for task in (downlink, alarm) if task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _teardown(self) -> None:
         was_up = self.connected.is_set()
         self.connected.clear()
-        client, self._client = self._client, None
-        for task in (self._downlink_task, self._alarm_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._downlink_task = self._alarm_task = None
-        self._downlink = asyncio.Queue()  # unacknowledged downlink comes again next session
-        if client is not None:
-            if not self._stopping:
-                _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
-            await asyncio.to_thread(client.loop_stop)
-        for future in self._control.values():
-            if not future.done():
-                future.set_exception(UplinkTransientError("link lost"))
-        self._control.clear()
-        self._inflight.clear()
-        await self._settle_acks()
-        await self.outbox.call(self.outbox.store.release_all)
-        held = await self.outbox.call(self.outbox.store.held_alarms)
-        if was_up or held:
-            self.alarms.link_changed(False, held)
+        client = self._client
+        try:
+            await self._stop_children()
+            self._client = None
+            if client is not None:
+                if not self._stopping:
+                    _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
+                await asyncio.to_thread(client.loop_stop)
+            # unacknowledged downlink comes again next session
+            self._downlink = asyncio.Queue()
+            for future in self._control.values():
+                if not future.done():
+                    future.set_exception(UplinkTransientError("link lost"))
+            self._control.clear()
+            self._inflight.clear()
+            with contextlib.suppress(Exception):
+                await self._settle_acks()
+        finally:
+            self._client = None
+            await self.outbox.call(self.outbox.store.release_all, urgent=True)
+            held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
+            if was_up or held:
+                self.alarms.link_changed(False, held)
 
     async def _drain(self) -> None:
         assert self._lost is not None
@@ -379,8 +422,7 @@ class MqttUplink:
             claim = max(0, min(room, CLAIM_MESSAGES_PER_ROUND)) * MAX_EVENTS_PER_MESSAGE
             events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
             if events:
-                for message in build_messages(self.gateway_id, events):
-                    self._publish_raw(message)
+                self._publish_within(build_messages(self.gateway_id, events), room)
                 continue
             self._check_half_open()
             self._wake.clear()
@@ -399,8 +441,32 @@ class MqttUplink:
         if reason != "shutdown":
             raise UplinkTransientError(reason)
 
+    def _publish_within(self, messages: list[Message], room: int) -> None:
+        """Publish alarms and at most ``room`` other messages; put the rest back for later.
+
+        One claim can make more messages than its room (one per class, 256 KiB splits): the
+        window stays a real bound, which brokers with a small Receive Maximum enforce.
+        """
+        left = max(room, 0)
+        for message in messages:
+            if message.is_alarm:
+                self._publish_raw(message)
+            elif left > 0:
+                self._publish_raw(message)
+                left -= 1
+            else:
+                self.outbox.call_nowait(
+                    self.outbox.store.release, message.seqs, self.outbox.store.mono()
+                )
+
     def _alarm_on_its_way(self) -> bool:
-        """An alarm is being stored, or is stored and waits for its PUBACK."""
+        """An alarm is being stored, or is stored and waits for its PUBACK.
+
+        Only while the fast path runs: if it has died, the session is ending anyway and the
+        backlog must not wait on a flag that nobody will clear.
+        """
+        if self._alarm_task is None or self._alarm_task.done():
+            return False
         return (
             self.outbox.alarms_arriving > 0
             or self.outbox.alarm_stored.is_set()
@@ -563,11 +629,15 @@ class MqttUplink:
 
     async def _downlink_worker(self) -> None:
         """Handle downlink one message at a time, in order, and PUBACK each once handled."""
-        while True:
+        while not self._downlink_closing:
             item = await self._downlink.get()
             try:
+                if item is None or self._downlink_closing:
+                    return
+                if item.client is not self._client:
+                    continue  # an earlier connection's: the broker sends it again, unacked
                 await self._handle_downlink(item.topic, item.payload)
-                if item.qos > 0 and item.client is self._client:
+                if item.qos > 0:
                     item.client.ack(item.mid, item.qos)
             finally:
                 self._downlink.task_done()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.clock import ManualClock
 from gateway.emitter import EventFactory
-from gateway.errors import StoreVersionError
+from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.events import NewEvent
 from gateway.outbox import AlarmTiming, Outbox, SqliteStore, merge_ranges, seq_ranges
 
@@ -288,7 +288,7 @@ async def test_alarm_is_on_disk_when_put_returns_and_telemetry_within_the_window
     await outbox.put(rig.telemetry())
     assert count() == 0  # buffered in the group-commit window
     await outbox.put(rig.alarm())
-    assert count() == 2  # the alarm commits what is buffered before it, then itself
+    assert count() == 1  # the alarm alone, at once; the telemetry keeps its window
     await outbox.put(rig.telemetry())
     async with asyncio.timeout(5):
         await outbox.changed.wait()
@@ -334,3 +334,41 @@ def test_merge_ranges_is_the_union(pairs: list[tuple[int, int]]) -> None:
     expand = lambda rs: {s for a, b in rs for s in range(a, b + 1)}  # noqa: E731
     assert expand(merged) == expand(ranges)
     assert all(merged[i][1] + 1 < merged[i + 1][0] for i in range(len(merged) - 1))
+
+
+async def test_an_alarm_does_not_reorder_the_events_of_another_class(rig: Rig) -> None:
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    offline = rig.factory.make("device.offline", {"reason": "x", "last_seen": None}, None)
+    online = rig.factory.make("device.online", {"reason": "x", "last_seen": None}, None)
+    await outbox.put(offline)
+    await outbox.put(rig.alarm())
+    await outbox.put(online)
+    await outbox.flush()
+    device = [e for e in await outbox.call(rig.store.claim, 10) if e.event_class == "device"]
+    assert [e.kind for e in sorted(device, key=lambda e: e.seq)] == [
+        "device.offline",
+        "device.online",
+    ]
+    await outbox.close()
+
+
+def test_a_locked_database_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = Rig(path)
+    first.store.open()
+    first.store.insert([first.telemetry()])
+    first.store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="cannot open") as caught:
+            Rig(path).store.open()
+        assert not isinstance(caught.value, StoreCorruptError)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    again = Rig(path)
+    again.store.open()
+    assert again.store.stats().queued == {"telemetry": 1}

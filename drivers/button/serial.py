@@ -1,0 +1,424 @@
+"""The serial link to the emergency-button receiver: frames in, events out; reopen on unplug."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import serial
+import structlog
+
+from drivers.base import AlarmRaiser, AlarmState, EventSink
+from drivers.button.codec import (
+    ButtonEvent,
+    ButtonEventCode,
+    ButtonHeartbeat,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    Message,
+    Paired,
+    Pattern,
+    ReceiverStatus,
+    UnknownMessage,
+    device_id,
+    encode_ack,
+    encode_indicate,
+    encode_pair_mode,
+    encode_status_request,
+    parse,
+)
+from drivers.button.pairing import PairingStore
+
+log = structlog.get_logger("drivers.button")
+
+DUPLICATE_WINDOW_S = 10.0  # the receiver retransmits every 0.5 s, at most 10 times
+READ_CHUNK_BYTES = 4096
+
+
+class LinkClock(Protocol):
+    def wall(self) -> float: ...
+    def monotonic_ns(self) -> int: ...
+
+
+class ButtonSettings(Protocol):
+    """What the link needs of the ``[button]`` configuration section."""
+
+    port: str
+    baudrate: int
+    supervision_window_s: float
+    supervision_check_s: float
+    low_battery_percent: int
+    reopen_interval_s: float
+
+
+def _open_serial(path: str, baudrate: int) -> serial.Serial:
+    return serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=1)
+
+
+def parse_device(device: str) -> int:
+    """``btn-00A1B2C3`` → 0x00A1B2C3; ``ValueError`` for anything else."""
+    if not device.startswith("btn-") or len(device) != 12:
+        raise ValueError(f"not a button device id: {device!r}")
+    return int(device[4:], 16)
+
+
+class SerialButtonLink:
+    """Speaks the receiver's protocol: ACKs, duplicates, pairing, supervision and feedback.
+
+    An alarm frame is ACKed only once its alarm is stored durably; the senior then gets INDICATE
+    0x01, later 0x02 when the platform acknowledges, 0x03 whenever it could not be delivered.
+    """
+
+    def __init__(
+        self,
+        settings: ButtonSettings,
+        *,
+        gateway_id: str,
+        sink: EventSink,
+        alarms: AlarmRaiser,
+        pairing: PairingStore,
+        clock: LinkClock,
+        open_port: Callable[[str, int], serial.Serial] = _open_serial,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.alarms = alarms
+        self.pairing = pairing
+        self.clock = clock
+        self.open_port = open_port
+        self.receiver_device = f"rcv-{gateway_id}"
+        self.counters: Counter[str] = Counter()
+        self.decoder = FrameDecoder()
+        self.port_path: str | None = None
+        self.connected = asyncio.Event()
+        self._serial: serial.Serial | None = None
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._tx_seq = 0
+        self._recent: dict[tuple[int, int, bytes], float] = {}
+        now = self._mono()
+        self._last_seen: dict[int, float] = dict.fromkeys(pairing.buttons(), now)
+        self._last_seen_wall: dict[int, float] = {}
+        self._offline: set[int] = set()
+        self._low: dict[int, bool] = {}
+        self._open_alarm: dict[int, str] = {}
+        self._mains: bool | None = None
+        self._receiver_seen_wall: float | None = None
+        self._receiver_reported_offline = False
+        self._pairing_until = 0.0
+        self.newly_paired: list[int] = []
+        self._paired_event = asyncio.Event()
+
+    # ------------------------------------------------------------------------------ running
+
+    def _mono(self) -> float:
+        return self.clock.monotonic_ns() / 1e9
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keep_link(), name=f"button[{self.settings.port}].link")
+            group.create_task(self._supervise(), name=f"button[{self.settings.port}].supervise")
+
+    def _find_port(self) -> str | None:
+        pattern = self.settings.port
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            return matches[0] if matches else None
+        return pattern if Path(pattern).exists() else None
+
+    async def _keep_link(self) -> None:
+        while True:
+            path = self._find_port()
+            if path is not None:
+                try:
+                    port = self.open_port(path, self.settings.baudrate)
+                except (serial.SerialException, OSError) as exc:
+                    self.counters["open_failed"] += 1
+                    log.debug("button_port_open_failed", port=path, error=str(exc))
+                else:
+                    await self._session(port, path)
+            await asyncio.sleep(self.settings.reopen_interval_s)
+
+    async def _session(self, port: serial.Serial, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._serial, self.port_path = port, path
+        self.decoder = FrameDecoder()
+        self._frames = asyncio.Queue()
+        fd = port.fileno()
+        loop.add_reader(fd, self._readable, port)
+        log.info("button_receiver_opened", port=path)
+        self.connected.set()
+        try:
+            if self._receiver_reported_offline:
+                self._receiver_reported_offline = False
+                await self.sink.emit(
+                    "device.online",
+                    {"reason": "reconnected", "last_seen": self._ts(self._receiver_seen_wall)},
+                    self.receiver_device,
+                )
+            self._send(encode_status_request(self._next_seq()))
+            while (frame := await self._frames.get()) is not None:
+                await self._handle(frame)
+        finally:
+            self.connected.clear()
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+            with contextlib.suppress(Exception):
+                port.close()
+            self._serial = None
+        log.warning("button_receiver_lost", port=path)
+        self._receiver_reported_offline = True
+        await self.sink.emit(
+            "device.offline",
+            {"reason": "unplugged", "last_seen": self._ts(self._receiver_seen_wall)},
+            self.receiver_device,
+        )
+
+    def _readable(self, port: serial.Serial) -> None:
+        try:
+            data = port.read(port.in_waiting or 1)
+        except (serial.SerialException, OSError):
+            data = b""
+        if not data:  # readable but empty, or an error: the device went away
+            asyncio.get_running_loop().remove_reader(port.fileno())
+            self._frames.put_nowait(None)
+            return
+        self._receiver_seen_wall = self.clock.wall()
+        for frame in self.decoder.feed(data):
+            self._frames.put_nowait(frame)
+
+    def _send(self, data: bytes) -> bool:
+        port = self._serial
+        if port is None:
+            self.counters["send_dropped"] += 1
+            return False
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            log.warning("button_write_failed", error=str(exc))
+            self.counters["send_failed"] += 1
+            return False
+        return True
+
+    def _next_seq(self) -> int:
+        seq, self._tx_seq = self._tx_seq, (self._tx_seq + 1) % 256
+        return seq
+
+    # ------------------------------------------------------------------------------ frames
+
+    async def _handle(self, frame: Frame) -> None:
+        now = self._mono()
+        self._recent = {k: t for k, t in self._recent.items() if now - t < DUPLICATE_WINDOW_S}
+        key = (frame.type, frame.seq, frame.payload)
+        if key in self._recent:
+            self.counters["duplicates"] += 1
+            self._send(encode_ack(self._next_seq(), frame.seq))
+            return
+        try:
+            message = parse(frame)
+        except FrameError as exc:
+            self.counters["bad_payload"] += 1
+            log.warning("button_frame_rejected", type=frame.type, seq=frame.seq, error=str(exc))
+            return  # not acknowledged: the receiver sends it again
+        try:
+            after_ack = await self._dispatch(message)
+        except Exception:
+            # Not stored: no ACK, so the receiver retransmits and we try again.
+            self.counters["handling_failed"] += 1
+            log.exception("button_frame_failed", type=frame.type, seq=frame.seq)
+            return
+        self._recent[key] = now
+        self._send(encode_ack(self._next_seq(), frame.seq))
+        for data in after_ack:
+            self._send(data)
+
+    async def _dispatch(self, message: Message) -> list[bytes]:
+        """Turn one new message into events; return the frames to send once it is ACKed."""
+        if isinstance(message, ButtonEvent):
+            return await self._button_event(message)
+        if isinstance(message, ButtonHeartbeat):
+            if self._known(message.button_id):
+                await self._heard(message.button_id)
+                await self._battery(message.button_id, message.battery, event=False)
+            return []
+        if isinstance(message, ReceiverStatus):
+            await self._receiver_status(message)
+            return []
+        if isinstance(message, Paired):
+            await self._paired(message.button_id)
+            return []
+        if isinstance(message, UnknownMessage):
+            self.counters["unknown_type"] += 1
+            log.info("button_unknown_frame_type", type=message.type)
+            return []
+        self.counters["unexpected"] += 1  # a gateway-side message coming back: ignore
+        return []
+
+    def _known(self, button_id: int) -> bool:
+        if button_id in self.pairing:
+            return True
+        self.counters["unpaired"] += 1
+        log.debug("button_not_paired", button=device_id(button_id))
+        return False
+
+    async def _button_event(self, event: ButtonEvent) -> list[bytes]:
+        bid = event.button_id
+        if not self._known(bid):
+            return []
+        await self._heard(bid)
+        device = device_id(bid)
+        code = event.event
+        if code in (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS):
+            press = "short" if code == ButtonEventCode.SHORT_PRESS else "long"
+            data = {"press": press, "battery": event.battery, "rssi": event.rssi}
+            alarm_id = await self.alarms.raise_alarm("alarm.button", data, device)
+            self._open_alarm[bid] = alarm_id
+            await self._battery(bid, event.battery, event=False)
+            return [encode_indicate(self._next_seq(), bid, Pattern.RECEIVED)]
+        if code == ButtonEventCode.CANCEL:
+            await self.alarms.raise_alarm(
+                "alarm.cancelled", {"alarm_id": self._open_alarm.pop(bid, None)}, device
+            )
+            return [encode_indicate(self._next_seq(), bid, Pattern.CANCEL_ACCEPTED)]
+        if code == ButtonEventCode.LOW_BATTERY:
+            await self._battery(bid, event.battery, event=True)
+            return []
+        if code == ButtonEventCode.TAMPER:
+            await self.sink.emit("device.tamper", {}, device)
+            return []
+        self.counters["unknown_event"] += 1
+        log.warning("button_unknown_event", button=device, event=code)
+        return []
+
+    async def _battery(self, bid: int, level: int | None, *, event: bool) -> None:
+        low = event or (level is not None and level <= self.settings.low_battery_percent)
+        if event or (level is not None and self._low.get(bid) != low):
+            self._low[bid] = low
+            await self.sink.emit("device.battery", {"level": level, "low": low}, device_id(bid))
+
+    async def _heard(self, bid: int) -> None:
+        self._last_seen[bid] = self._mono()
+        self._last_seen_wall[bid] = self.clock.wall()
+        if bid in self._offline:
+            self._offline.discard(bid)
+            await self.sink.emit(
+                "device.online",
+                {"reason": "heard", "last_seen": self._ts(self._last_seen_wall[bid])},
+                device_id(bid),
+            )
+
+    async def _receiver_status(self, status: ReceiverStatus) -> None:
+        mains = not status.mains_lost
+        if mains != self._mains:
+            self._mains = mains
+            await self.sink.emit("gateway.power", {"mains": mains}, None)
+        if status.jamming:
+            self.counters["jamming"] += 1
+            log.warning("button_radio_jamming", flags=status.flags)
+
+    async def _paired(self, bid: int) -> None:
+        if self.pairing.add(bid):
+            self._last_seen[bid] = self._mono()
+            log.info("button_paired", button=device_id(bid))
+            await self.sink.emit("device.paired", {}, device_id(bid))
+        self.newly_paired.append(bid)
+        self._paired_event.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.supervision_check_s)
+            now = self._mono()
+            for bid in self.pairing.buttons():
+                last = self._last_seen.setdefault(bid, now)
+                if bid in self._offline or now - last <= self.settings.supervision_window_s:
+                    continue
+                self._offline.add(bid)
+                log.warning("button_silent", button=device_id(bid), silent_s=round(now - last))
+                await self.sink.emit(
+                    "device.offline",
+                    {
+                        "reason": "supervision_timeout",
+                        "last_seen": self._ts(self._last_seen_wall.get(bid)),
+                    },
+                    device_id(bid),
+                )
+
+    def _ts(self, wall: float | None) -> str | None:
+        from gateway.events import ts_from_unix  # noqa: PLC0415 - formatting only
+
+        return None if wall is None else ts_from_unix(wall)
+
+    # ------------------------------------------------------------------------------ feedback
+
+    def alarm_state_changed(
+        self, alarm_id: str, kind: str, device: str | None, state: AlarmState
+    ) -> None:
+        """``AlarmListener``: turn a press's alarm states into the receiver's light and voice."""
+        if kind != "alarm.button" or device is None or not device.startswith("btn-"):
+            return
+        pattern = {
+            AlarmState.ACKNOWLEDGED: Pattern.ACKNOWLEDGED,
+            AlarmState.UNDELIVERED: Pattern.NOT_DELIVERED,
+        }.get(state)
+        if pattern is None:
+            return
+        bid = parse_device(device)
+        # Deferred: during raise_alarm this must follow the frame's ACK and INDICATE 0x01.
+        asyncio.get_running_loop().call_soon(
+            self._send, encode_indicate(self._next_seq(), bid, pattern)
+        )
+
+    # ------------------------------------------------------------------------------ commands
+
+    def open_pairing(self, duration_s: int) -> None:
+        """Open pairing on the receiver; buttons that pair are reported as ``device.paired``."""
+        if self._serial is None:
+            raise ConnectionError("the button receiver is not connected")
+        self.newly_paired = []
+        if not self._send(encode_pair_mode(self._next_seq(), duration_s)):
+            raise ConnectionError("the button receiver did not take the PAIR_MODE frame")
+        log.info("button_pairing_open", duration_s=duration_s)
+
+    async def pair(self, duration_s: int) -> list[int]:
+        """Open pairing for ``duration_s`` and wait it out; return the buttons that paired."""
+        self.open_pairing(duration_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration_s):
+                while True:
+                    self._paired_event.clear()
+                    await self._paired_event.wait()
+        return list(self.newly_paired)
+
+    async def unpair(self, bid: int) -> bool:
+        if not self.pairing.remove(bid):
+            return False
+        self._last_seen.pop(bid, None)
+        self._offline.discard(bid)
+        await self.sink.emit("device.unpaired", {}, device_id(bid))
+        return True
+
+    def status(self) -> dict[str, Any]:
+        now = self._mono()
+        return {
+            "receiver": {
+                "device": self.receiver_device,
+                "connected": self._serial is not None,
+                "port": self.port_path,
+                "mains": self._mains,
+            },
+            "buttons": [
+                {
+                    "device": device_id(bid),
+                    "online": bid not in self._offline,
+                    "silent_s": round(now - self._last_seen.get(bid, now), 1),
+                    "battery_low": self._low.get(bid),
+                }
+                for bid in self.pairing.buttons()
+            ],
+            "counters": dict(self.counters),
+        }

@@ -1,0 +1,263 @@
+"""The emergency button end to end: simulated receiver on a real pty → gateway → real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.button.codec import Ack, Indicate, PairMode, Pattern, StatusRequest
+from drivers.button.pairing import PairingStore
+from drivers.sim.receiver import SimReceiver
+from gateway.clock import ManualClock
+from tests.gateway_rig import RunningGateway, running_gateway, wait_until
+from tests.support.broker import Mosquitto
+from tests.support.platform import PlatformClient
+
+BUTTON = 0x00A1B2C3
+DEVICE = "btn-00A1B2C3"
+STRANGER = 0x0BADF00D
+
+
+def kinds(platform: PlatformClient, kind: str) -> list[dict[str, Any]]:
+    return [event for _, event in platform.events() if event["kind"] == kind]
+
+
+async def wait_platform(
+    platform: PlatformClient, predicate: Any, what: str, timeout: float = 20
+) -> None:
+    await asyncio.to_thread(platform.wait_for, predicate, timeout, what)
+
+
+@asynccontextmanager
+async def button_rig(
+    tmp_path: Path,
+    broker: Mosquitto,
+    *,
+    paired: tuple[int, ...] = (BUTTON,),
+    clock: ManualClock | None = None,
+    **button: Any,
+) -> AsyncIterator[tuple[RunningGateway, SimReceiver]]:
+    pairing = tmp_path / "state" / "buttons.json"
+    store = PairingStore(pairing)
+    for bid in paired:
+        store.add(bid)
+    sim = SimReceiver(link_path=tmp_path / "carebed-button", retransmit_interval_s=0.2)
+    await sim.start()
+    settings = {
+        "enabled": True,
+        "port": str(tmp_path / "carebed-button"),
+        "reopen_interval_s": 0.05,
+        **button,
+    }
+    try:
+        async with running_gateway(tmp_path, broker, clock=clock, button=settings) as rig:
+            link = rig.gateway.button
+            assert link is not None
+            await wait_until(link.connected.is_set, 10, "the receiver to be opened")
+            await sim.wait_for(
+                lambda s: any(isinstance(m, StatusRequest) for m in s.received),
+                10,
+                "STATUS_REQUEST on open",
+            )
+            yield rig, sim
+    finally:
+        await sim.close()
+
+
+async def test_a_press_reaches_the_platform_once_and_the_senior_hears_received(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (_rig, sim):
+        seq = await sim.press(BUTTON)
+        await sim.wait_for(lambda s: s.acked(seq), 10, "the ACK")
+        await sim.wait_for(lambda s: Pattern.RECEIVED in s.indications(BUTTON), 10, "INDICATE 1")
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+    (alarm,) = kinds(platform, "alarm.button")
+    assert alarm["device"] == DEVICE
+    assert alarm["data"] == {"press": "short", "battery": 87, "rssi": -61}
+    # the ACK came before INDICATE 0x01: the alarm was stored before the frame was acknowledged
+    order = [m for m in sim.received if isinstance(m, Ack | Indicate)]
+    ack_at = next(i for i, m in enumerate(order) if isinstance(m, Ack) and m.acked_seq == seq)
+    assert isinstance(order[ack_at + 1], Indicate)
+
+
+async def test_a_retransmitted_frame_gives_one_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        sim.withhold_acks = True
+        seq = await sim.press(BUTTON, long=True)
+        await sim.wait_for(
+            lambda s: sum(isinstance(m, Ack) and m.acked_seq == seq for m in s.received) >= 3,
+            10,
+            "three ACKs of the retransmissions",
+        )
+        sim.withhold_acks = False
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        await sim.wait_for(lambda s: s.acked(seq), 10, "the last ACK")
+        assert rig.gateway.button is not None
+        await wait_until(lambda: rig.gateway.button.counters["duplicates"] >= 2, 5, "counted")
+        # a later event proves nothing more was coming from the retransmissions
+        tamper_seq = await sim.tamper(BUTTON)
+        await sim.wait_for(lambda s: s.acked(tamper_seq), 10, "the tamper ACK")
+        await wait_platform(platform, lambda p: len(kinds(p, "device.tamper")) == 1, "tamper")
+    assert len(kinds(platform, "alarm.button")) == 1
+    assert kinds(platform, "alarm.button")[0]["data"]["press"] == "long"
+
+
+async def test_an_unpaired_button_raises_no_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        seq = await sim.press(STRANGER)
+        await sim.wait_for(lambda s: s.acked(seq), 10, "the ACK")
+        marker = await sim.press(BUTTON)
+        await sim.wait_for(lambda s: s.acked(marker), 10, "the marker's ACK")
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the marker")
+        assert rig.gateway.button is not None
+        assert rig.gateway.button.counters["unpaired"] == 1
+    assert [a["device"] for a in kinds(platform, "alarm.button")] == [DEVICE]
+    assert not sim.indications(STRANGER)
+
+
+async def test_platform_ack_says_help_is_on_the_way_and_cancel_is_confirmed(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (_rig, sim):
+        await sim.press(BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        alarm_id = kinds(platform, "alarm.button")[0]["id"]
+        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "desk"})
+        await sim.wait_for(
+            lambda s: Pattern.ACKNOWLEDGED in s.indications(BUTTON), 10, "INDICATE 0x02"
+        )
+        await sim.cancel(BUTTON)
+        await sim.wait_for(
+            lambda s: Pattern.CANCEL_ACCEPTED in s.indications(BUTTON), 10, "INDICATE 0x04"
+        )
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.cancelled")) == 1, "cancel")
+    assert kinds(platform, "alarm.cancelled")[0]["data"] == {"alarm_id": alarm_id}
+    assert sim.indications(BUTTON)[:2] == [Pattern.RECEIVED, Pattern.ACKNOWLEDGED]
+
+
+async def test_with_the_broker_down_the_senior_hears_not_delivered_and_the_alarm_goes_later(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await asyncio.to_thread(mosquitto.stop)
+        await wait_until(lambda: not rig.gateway.uplink.connected.is_set(), 20, "the link down")
+        await sim.press(BUTTON)
+        await sim.wait_for(
+            lambda s: s.indications(BUTTON)[:2] == [Pattern.RECEIVED, Pattern.NOT_DELIVERED],
+            10,
+            "INDICATE 0x01 then 0x03",
+        )
+        await asyncio.to_thread(mosquitto.start)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+
+
+@pytest.mark.slow
+async def test_unplug_and_replug_ten_times_without_losing_a_press(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        link = rig.gateway.button
+        assert link is not None
+        for n in range(10):
+            await sim.unplug()
+            await wait_until(lambda: not link.connected.is_set(), 10, f"unplug {n} noticed")
+            await sim.replug()
+            seq = await sim.press(BUTTON)  # just after the replug
+            await sim.wait_for(lambda s, seq=seq: s.acked(seq), 10, f"press {n} acknowledged")
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 10, "10 alarms")
+        await wait_platform(
+            platform,
+            lambda p: (
+                len([e for e in kinds(p, "device.offline") if e["device"] == "rcv-gw-a"]) == 10
+            ),
+            "the receiver reported offline 10 times",
+        )
+
+
+async def test_supervision_reports_a_silent_button_offline_and_back_online(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    clock = ManualClock(wall=1_800_000_000.0)
+    async with button_rig(tmp_path, mosquitto, clock=clock, supervision_check_s=0.02) as (rig, sim):
+        await sim.heartbeat(BUTTON)
+        await wait_until(
+            lambda: rig.gateway.button is not None and DEVICE in str(rig.gateway.button.status()),
+            5,
+            "status",
+        )
+        clock.advance(3 * 3600 - 10)
+        marker = await sim.heartbeat(BUTTON)  # heard just in time: stays online
+        await sim.wait_for(lambda s: s.acked(marker), 10, "the heartbeat ACK")
+        clock.advance(3 * 3600 + 1)
+        await wait_platform(platform, lambda p: len(kinds(p, "device.offline")) == 1, "offline")
+        (offline,) = kinds(platform, "device.offline")
+        assert offline["device"] == DEVICE
+        assert offline["data"]["reason"] == "supervision_timeout"
+        assert offline["data"]["last_seen"] is not None
+        await sim.heartbeat(BUTTON, battery=10)
+        await wait_platform(platform, lambda p: len(kinds(p, "device.online")) == 1, "online")
+        await wait_platform(platform, lambda p: len(kinds(p, "device.battery")) >= 1, "battery")
+    assert kinds(platform, "device.online")[0]["device"] == DEVICE
+    assert kinds(platform, "device.battery")[-1]["data"] == {"level": 10, "low": True}
+
+
+async def test_pairing_by_platform_command_and_unpairing(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto, paired=()) as (rig, sim):
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        platform.publish(
+            "carebed/v1/gw-a/down/cmd",
+            {"v": 1, "id": "p-1", "name": "button.pair", "args": {"duration_s": 30}},
+        )
+        await sim.wait_for(
+            lambda s: any(isinstance(m, PairMode) and m.duration_s == 30 for m in s.received),
+            10,
+            "PAIR_MODE",
+        )
+        await sim.pair_button(BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "device.paired")) == 1, "paired")
+        seq = await sim.press(BUTTON)
+        await sim.wait_for(lambda s: s.acked(seq), 10, "the ACK")
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "alarm")
+        platform.publish(
+            "carebed/v1/gw-a/down/cmd",
+            {"v": 1, "id": "p-2", "name": "button.unpair", "args": {"device": DEVICE}},
+        )
+        await wait_platform(platform, lambda p: len(kinds(p, "device.unpaired")) == 1, "unpaired")
+    results = {r["data"]["cmd_id"]: r["data"] for r in kinds(platform, "cmd.result")}
+    assert results["p-1"]["ok"] and results["p-2"]["result"] == {"unpaired": True}
+    assert PairingStore(tmp_path / "state" / "buttons.json").buttons() == []
+
+
+async def test_mains_loss_low_battery_and_tamper_are_reported(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (_rig, sim):
+        await sim.set_flags(mains_lost=True)
+        await wait_platform(
+            platform,
+            lambda p: {"mains": False} in [e["data"] for e in kinds(p, "gateway.power")],
+            "mains lost",
+        )
+        await sim.low_battery(BUTTON, battery=None)
+        await sim.tamper(BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "device.tamper")) == 1, "tamper")
+        await wait_platform(
+            platform,
+            lambda p: (
+                {"level": None, "low": True} in [e["data"] for e in kinds(p, "device.battery")]
+            ),
+            "low battery",
+        )
