@@ -24,6 +24,8 @@ BUTTON = "btn-0000A11C"
 ALARM_KIND = "alarm.button"
 ALARM_DATA: dict[str, Any] = {"press": "short", "battery": 80, "rssi": -60}
 BOOT_ID = "bench-boot"
+# The bench's emergency buttons: one paired button id per press, so that each alarm names its press.
+BUTTON_ID_BASE = 0x0B00_0000
 
 
 def vitals(n: int) -> dict[str, Any]:
@@ -64,8 +66,10 @@ def gateway_config(
     port: int,
     group_commit_s: float = 0.2,
     max_inflight: int | None = None,
+    button_port: str | None = None,
 ) -> config.GatewayConfig:
-    """The shipped defaults, except a plain-TCP lab broker on 127.0.0.1:``port``."""
+    """The shipped defaults, except a plain-TCP lab broker on 127.0.0.1:``port``; with
+    ``button_port``, the ``[button]`` receiver enabled on that serial port (a pty's slave)."""
     mqtt: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
@@ -75,15 +79,15 @@ def gateway_config(
     }
     if max_inflight is not None:
         mqtt["max_inflight"] = max_inflight
-    return config.parse(
-        {
-            "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
-            "mqtt": mqtt,
-            "outbox": {"group_commit_s": group_commit_s},
-            "logging": {"level": "info", "format": "json"},
-        },
-        source="<bench>",
-    )
+    sections: dict[str, Any] = {
+        "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
+        "mqtt": mqtt,
+        "outbox": {"group_commit_s": group_commit_s},
+        "logging": {"level": "info", "format": "json"},
+    }
+    if button_port is not None:
+        sections["button"] = {"enabled": True, "port": button_port}
+    return config.parse(sections, source="<bench>")
 
 
 # ------------------------------------------------------------------------------- /proc readers

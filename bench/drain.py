@@ -5,6 +5,10 @@ outbox in ``--state-dir`` (copied from a backlog by the bench, or empty) until a
 stdin, then shuts it down and prints one JSON line with its timings (CLOCK_MONOTONIC ns, which
 the bench's subscriber shares), the alarms it raised, its CPU time, the bytes it wrote and its
 peak RSS (VmHWM), which is the gateway's own since nothing else runs in this process.
+
+With ``--button-port`` the gateway's ``[button]`` receiver link is enabled on that serial port: the
+pty of a simulated receiver that runs in another process (``bench.presser``), so that the two do
+not share an event loop. The result then carries the link's counters.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         state_dir=args.state_dir,
         port=args.port,
         max_inflight=args.max_inflight,
+        button_port=args.button_port,
     )
     gateway = Gateway(
         cfg, clock=make_clock(args.clock), notifier=SystemdNotifier(None), boot_id=BOOT_ID
@@ -128,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         emit({"event": "alarms_raised", "count": len(raised)})
     await task
     io_after, cpu_after = proc_io(), cpu_seconds()
+    button = gateway.button
     return {
         "event": "result",
         "start_ns": start_ns,
@@ -143,6 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "write_bytes": io_after["write_bytes"] - io_before["write_bytes"],
         "vmhwm_kb": proc_status_kb("VmHWM"),
         "vmrss_kb": proc_status_kb("VmRSS"),
+        "button_counters": None if button is None else dict(button.counters),
     }
 
 
@@ -157,6 +164,9 @@ def main() -> None:
     parser.add_argument("--alarms", type=int, default=0)
     parser.add_argument("--alarm-spacing-ms", type=float, default=5.0)
     parser.add_argument("--alarms-after-events", type=int, default=0)
+    parser.add_argument(
+        "--button-port", default=None, help="enable the [button] receiver on this serial port"
+    )
     args = parser.parse_args()
     with args.log.open("a") as log_stream:
         logs.configure("info", "json", stream=log_stream)

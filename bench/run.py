@@ -11,10 +11,13 @@ alike:
 2. alarm latency, ``raise_alarm`` → subscriber, with the broker idle and while a backlog drains;
 3. bytes written per telemetry event by a steady producer, group commit against one
    transaction per event;
-4. the gateway process's peak RSS (VmHWM) during the drain.
+4. the gateway process's peak RSS (VmHWM) during the drain;
+5. button press → platform: the last byte of a press frame written to a simulated receiver's pty
+   → ``alarm.button`` at the alarm desk, with the broker idle and while a backlog drains.
 
-Every gateway, baseline publisher and producer is a child process (``bench.drain``,
-``bench.baseline``, ``bench.disk``), so CPU, bytes written and RSS are each one's own.
+Every gateway, baseline publisher, producer and simulated receiver is a child process
+(``bench.drain``, ``bench.baseline``, ``bench.disk``, ``bench.presser``), so CPU, bytes written
+and RSS are each one's own, and no two share an event loop.
 Results go to ``bench/results/`` as JSON and a summary to stdout; see docs/PERFORMANCE.md.
 """
 
@@ -44,14 +47,18 @@ from typing import IO, Any
 import paho.mqtt
 
 from bench.backlog import OUTBOX_NAME, build_backlog, copy_backlog
-from bench.common import REPO_ROOT, RESULTS_DIR, ensure_dir, median, percentile
-from bench.subscriber import EventCounter
+from bench.common import BUTTON_ID_BASE, REPO_ROOT, RESULTS_DIR, ensure_dir, median, percentile
+from bench.subscriber import EventCounter, Tally
+from drivers.button.codec import device_id
+from drivers.button.pairing import PairingStore
 from gateway import logs
 from tests.support.broker import Mosquitto, mosquitto_binary
 
-PARTS = ("drain", "alarms", "disk", "diag")
+PARTS = ("drain", "alarms", "button", "disk", "diag")
+BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 DRAIN_TARGET_RATIO = 3.0
 ALARM_TARGET_RATIO = 2.0
+BUTTON_TARGET_P99_MS = 20.0  # press → platform, broker idle (the issue's target on this machine)
 CHILD_START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 30
@@ -73,7 +80,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a fast sanity run: 20k events, 1 repeat, short disk runs (explicit options win)",
+        help=(
+            "a fast sanity run: 20k events, 1 repeat, short disk runs, 100 button presses "
+            "(explicit options win)"
+        ),
     )
     parser.add_argument("--events", type=int, help="backlog size (default 100000; quick 20000)")
     parser.add_argument("--alarms", type=int, default=200, help="alarms per latency run")
@@ -84,6 +94,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="baseline max_inflight values, comma-separated (the best is the baseline)",
     )
     parser.add_argument("--alarm-spacing-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--presses",
+        type=int,
+        help="button presses per figure and repeat, idle and draining (default 500; quick 100)",
+    )
+    parser.add_argument(
+        "--press-spacing-ms",
+        type=float,
+        default=5.0,
+        help="from one press to the next (never before the previous one is ACKed)",
+    )
+    parser.add_argument(
+        "--button-drain-runs",
+        type=int,
+        help="at most this many draining gateways to reach --presses (default 6; quick 2)",
+    )
     parser.add_argument(
         "--disk-rates", default="500,20", help="steady producer rates, events/s, comma-separated"
     )
@@ -104,7 +130,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit 1 when a target (drain >= 3x, alarms <= 2x) is missed",
+        help="exit 1 when a target (drain >= 3x, alarms <= 2x, button idle p99 <= 20 ms) is missed",
     )
     if argv is None:  # `make bench BENCH_ARGS=--quick` passes options through the environment
         argv = [*sys.argv[1:], *shlex.split(os.environ.get("BENCH_ARGS", ""))]
@@ -115,14 +141,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeats = 1 if args.quick else 3
     if args.disk_seconds is None:
         args.disk_seconds = 1.5 if args.quick else 3.0
+    if args.presses is None:
+        args.presses = 100 if args.quick else 500
+    if args.button_drain_runs is None:
+        args.button_drain_runs = 2 if args.quick else 6
     args.inflight = [int(v) for v in str(args.inflight).split(",") if v]
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.parts = [p for p in str(args.parts).split(",") if p]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    if args.events < 1 or args.alarms < 1 or args.repeats < 1:
-        parser.error("--events, --alarms and --repeats must be at least 1")
+    if min(args.events, args.alarms, args.repeats, args.presses, args.button_drain_runs) < 1:
+        parser.error(
+            "--events, --alarms, --repeats, --presses and --button-drain-runs must be at least 1"
+        )
     return args
 
 
@@ -242,8 +274,12 @@ class Child:
 
     def stop(self) -> None:
         """Ask the child to stop (a line on stdin)."""
+        self.send("stop")
+
+    def send(self, command: str) -> None:
+        """A command line on the child's stdin."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write("stop\n")
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
     def wait(self) -> None:
@@ -288,6 +324,7 @@ class Bench:
         self.runs: dict[str, list[dict[str, Any]]] = {}
         self._serial = 0
         self.wait_s = max(60.0, args.events / 1000)
+        self.pairing_template = workdir / "buttons.json"
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -310,6 +347,11 @@ class Bench:
     def sub(self) -> EventCounter:
         assert self.subscriber is not None
         return self.subscriber
+
+    @property
+    def alarm_desk(self) -> EventCounter:
+        assert self.desk is not None
+        return self.desk
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -472,6 +514,117 @@ class Bench:
         )
         return self._record(figure, run)
 
+    # -- 5. button press → platform -----------------------------------------------------------
+
+    def pair_buttons(self) -> None:
+        """One paired button per press, through the gateway's own PairingStore; each button run
+        starts from a copy of the file."""
+        started = time.monotonic()
+        store = PairingStore(self.pairing_template)
+        for n in range(self.args.presses):
+            store.add(BUTTON_ID_BASE + n)
+        self.say(
+            f"buttons: {self.args.presses} paired in {time.monotonic() - started:.1f} s "
+            f"({device_id(BUTTON_ID_BASE)} …)"
+        )
+
+    def button_run(self, what: str, *, draining: bool) -> dict[str, Any]:
+        """One gateway child with its [button] link on the pty of a simulated receiver in another
+        child; presses until ``--presses``, or, while draining, until the backlog is out."""
+        events = self.args.events if draining else 0
+        gateway_id, folder = self._next(what)
+        state = ensure_dir(folder / "state")
+        if draining:
+            copy_backlog(self.backlog_dir, state)
+        shutil.copyfile(self.pairing_template, state / "buttons.json")
+        self.sub.track(gateway_id, **({"telemetry": events} if draining else {}))
+        self.alarm_desk.track(gateway_id)
+        presser_argv = [
+            "--link",
+            str(folder / "button-port"),
+            "--presses",
+            str(self.args.presses),
+            "--spacing-ms",
+            str(self.args.press_spacing_ms),
+        ]
+        with child("bench.presser", presser_argv, folder / "presser.log") as presser:
+            port = presser.read("ready", CHILD_START_TIMEOUT_S)["port"]
+            argv = [
+                "--port",
+                str(self.port),
+                "--state-dir",
+                str(state),
+                "--gateway-id",
+                gateway_id,
+                "--log",
+                str(folder / "gateway.log"),
+                "--button-port",
+                port,
+            ]
+            with child("bench.drain", argv, folder / "child.log") as gateway:
+                started = gateway.read("connected", CHILD_START_TIMEOUT_S)
+                presser.read("linked", CHILD_START_TIMEOUT_S)
+                if draining:  # the first press goes once the first batch is out
+                    self.sub.wait_first(gateway_id, "telemetry", self.wait_s)
+                presser.send("go")
+                drained_ns: int | None = None
+                if draining:
+                    drained_ns = self.sub.wait(gateway_id, "telemetry", self.wait_s)
+                    presser.send("stop")
+                pressed = presser.read("result", self.wait_s)
+                devices = [device_id(row[0]) for row in pressed["presses"]]
+                self.alarm_desk.wait_buttons(gateway_id, devices, self.wait_s)
+                gateway.stop()
+                result = gateway.read("result", STOP_TIMEOUT_S)
+                gateway.wait()
+            presser.send("exit")
+            presser.wait()
+        desk = self.alarm_desk.snapshot(gateway_id)
+        self.alarm_desk.forget(gateway_id)
+        self.sub.forget(gateway_id)
+        run: dict[str, Any] = {
+            "events": events,
+            "cpu_s": result["cpu_s"],
+            "published_messages": result["published_messages"],
+            "button_counters": result["button_counters"],
+            "sent_frames": pressed["sent_frames"],
+            "received_frames": pressed["received_frames"],
+        }
+        if drained_ns is not None:
+            run["seconds_to_subscriber"] = (drained_ns - started["start_ns"]) / 1e9
+        run["presses"] = _press_figures(pressed["presses"], desk, drained_ns)
+        return run
+
+    def button(self, *, draining: bool) -> dict[str, Any]:
+        """One figure: ``--presses`` presses on one idle gateway, or, while draining, presses
+        on as many draining gateways (each from a fresh backlog copy) as it takes to count
+        ``--presses`` (at most ``--button-drain-runs``)."""
+        figure = "button_draining" if draining else "button_idle"
+        runs: list[dict[str, Any]] = []
+        counted = 0
+        while counted < self.args.presses and len(runs) < (
+            self.args.button_drain_runs if draining else 1
+        ):
+            runs.append(self.button_run(figure.replace("_", "-"), draining=draining))
+            counted += runs[-1]["presses"]["counted"]
+        samples = [ms for run in runs for ms in run["presses"]["samples_ms"]]
+        acks = [ms for run in runs for ms in run["presses"]["ack_samples_ms"]]
+        record: dict[str, Any] = {
+            "gateway_runs": runs,
+            "counted": len(samples),
+            "latency_ms": _summary(samples),
+            "ack_ms": _summary(acks),
+        }
+        latency = record["latency_ms"]
+        self.say(
+            f"  button {'draining' if draining else 'idle':<8} "
+            f"p50 {latency['p50']:6.2f} ms  p99 {latency['p99']:7.2f} ms  "
+            f"(over {len(samples)} presses on {len(runs)} gateway(s); press → ACK p50 "
+            f"{record['ack_ms']['p50']:.2f} / p99 {record['ack_ms']['p99']:.2f} ms, max "
+            f"{latency['max']:.2f} ms)"
+        )
+        return self._record(figure, record)
+
     # -- 3. disk ---------------------------------------------------------------------------
 
     def disk(self, group_commit_s: float, rate: float) -> dict[str, Any]:
@@ -501,6 +654,42 @@ class Bench:
         return self._record(f"disk_gc{group_commit_s}_rate{rate:g}", result)
 
 
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def _press_figures(presses: list[list[int]], desk: Tally, drained_ns: int | None) -> dict[str, Any]:
+    """Latencies in ms of the presses that count: all, or, while draining, those written to the
+    pty before the subscriber had the whole backlog. Each press is of its own button, so its
+    alarm is the desk's ``alarm.button`` of that device: an exact match."""
+    by_device = {device_id(row[0]): row for row in presses}
+    doubled = {d: len(ids) for d, ids in desk.button_alarm_ids.items() if len(ids) != 1}
+    strangers = sorted(set(desk.button_first_ns) - set(by_device))
+    if doubled or strangers:
+        raise BenchError(f"alarms that match no single press: {doubled or strangers}")
+    missing = [device for device in by_device if device not in desk.button_first_ns]
+    if missing:
+        raise BenchError(f"{len(missing)} presses never reached the alarm desk")
+    counted = [
+        (desk.button_first_ns[device], written, acked)
+        for device, (_, _, written, acked, _) in by_device.items()
+        if drained_ns is None or written < drained_ns
+    ]
+    return {
+        "pressed": len(presses),
+        "counted": len(counted),
+        "retransmitted": sum(1 for row in presses if row[4] > 1),
+        "latency_ms": _summary([(received - written) / 1e6 for received, written, _ in counted]),
+        "ack_ms": _summary([(acked - written) / 1e6 for _, written, acked in counted]),
+        "samples_ms": [round((received - written) / 1e6, 3) for received, written, _ in counted],
+        "ack_samples_ms": [round((acked - written) / 1e6, 3) for _, written, acked in counted],
+    }
+
+
 def _alarm_figures(
     raised: list[list[Any]], received: dict[str, int], drained_ns: int | None
 ) -> dict[str, Any]:
@@ -510,20 +699,12 @@ def _alarm_figures(
     missing = [row[0] for row in counted if row[0] not in received]
     if missing:
         raise BenchError(f"{len(missing)} alarms never reached the subscriber")
-
-    def summary(values: list[float]) -> dict[str, float]:
-        return {
-            "p50": percentile(values, 50),
-            "p99": percentile(values, 99),
-            "max": max(values) if values else float("nan"),
-        }
-
     return {
         "raised": len(raised),
         "counted": len(counted),
-        "latency_ms": summary([(received[a] - before) / 1e6 for a, before, *_ in counted]),
-        "stored_ms": summary([(after - before) / 1e6 for _, before, after, _ in counted]),
-        "delivered_ms": summary(
+        "latency_ms": _summary([(received[a] - before) / 1e6 for a, before, *_ in counted]),
+        "stored_ms": _summary([(after - before) / 1e6 for _, before, after, _ in counted]),
+        "delivered_ms": _summary(
             [(delivered - before) / 1e6 for _, before, _, delivered in counted if delivered]
         ),
         "samples_ms": [round((received[a] - before) / 1e6, 3) for a, before, *_ in counted],
@@ -588,6 +769,27 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             ALARM_TARGET_RATIO
         )
         out["alarms" + clock_suffix] = figures
+    if runs.get("button_idle") and runs.get("button_draining"):
+        button: dict[str, Any] = {}
+        for name in ("idle", "draining"):
+            figure = f"button_{name}"
+            button[name] = {stat: med(figure, "latency_ms", stat) for stat in ("p50", "p99", "max")}
+            button[name]["ack_p50"] = med(figure, "ack_ms", "p50")
+            button[name]["ack_p99"] = med(figure, "ack_ms", "p99")
+            button[name]["counted_per_run"] = [r["counted"] for r in runs[figure]]
+            button[name]["gateways_per_run"] = [len(r["gateway_runs"]) for r in runs[figure]]
+            pooled = [
+                ms
+                for r in runs[figure]
+                for gateway_run in r["gateway_runs"]
+                for ms in gateway_run["presses"]["samples_ms"]
+            ]
+            button[name]["pooled"] = {"presses": len(pooled), **_summary(pooled)}
+        button["ratio_p50"] = button["draining"]["p50"] / button["idle"]["p50"]
+        button["ratio_p99"] = button["draining"]["p99"] / button["idle"]["p99"]
+        button["target_idle_p99_ms"] = BUTTON_TARGET_P99_MS
+        button["meets_target"] = button["idle"]["p99"] <= BUTTON_TARGET_P99_MS
+        out["button"] = button
     disk: dict[str, Any] = {}
     for rate in args.disk_rates:
         grouped = med(f"disk_gc0.2_rate{rate:g}", "bytes_per_event")
@@ -630,6 +832,15 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"p99 {alarms['ratio_p99']:.1f}x (target <= {ALARM_TARGET_RATIO:g}x: "
             f"{'ok' if alarms['meets_target'] else 'MISSED'})"
         )
+    button = summary.get("button")
+    if button:
+        print(
+            f"button press → platform: idle p50 {button['idle']['p50']:.2f} / p99 "
+            f"{button['idle']['p99']:.2f} ms (target p99 <= {BUTTON_TARGET_P99_MS:g} ms: "
+            f"{'ok' if button['meets_target'] else 'MISSED'})   draining p50 "
+            f"{button['draining']['p50']:.2f} / p99 {button['draining']['p99']:.2f} ms   "
+            f"ratio p50 {button['ratio_p50']:.1f}x, p99 {button['ratio_p99']:.1f}x"
+        )
     for rate, disk in summary.get("disk", {}).items():
         print(
             f"disk per telemetry event at {rate}: group commit 0.2 s "
@@ -667,8 +878,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.callback(bench.desk.close)
         print(f"bench: Mosquitto on 127.0.0.1:{broker.port}, work dir {workdir}", flush=True)
         parts = set(args.parts)
-        if parts & {"drain", "alarms", "diag"}:
+        if parts & BACKLOG_PARTS:
             bench.build_backlog()
+        if "button" in parts:
+            bench.pair_buttons()
         for round_no in range(1, args.repeats + 1):
             print(f"round {round_no}/{args.repeats}", flush=True)
             if "drain" in parts:
@@ -678,6 +891,9 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if "alarms" in parts:
                 bench.alarms(draining=False)
                 bench.alarms(draining=True)
+            if "button" in parts:
+                bench.button(draining=False)
+                bench.button(draining=True)
             if "disk" in parts:
                 for rate in args.disk_rates:
                     for group_commit_s in (0.2, 0.0):
@@ -722,7 +938,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results: {output} (took {report['elapsed_s']:.0f} s)")
     summary = report["summary"]
     missed = [
-        key for key in ("drain", "alarms") if key in summary and not summary[key]["meets_target"]
+        key
+        for key in ("drain", "alarms", "button")
+        if key in summary and not summary[key]["meets_target"]
     ]
     return 1 if args.strict and missed else 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ class Tally:
     reached_ns: dict[str, int] = field(default_factory=dict)
     first_ns: dict[str, int] = field(default_factory=dict)
     alarm_first_ns: dict[str, int] = field(default_factory=dict)
+    # alarm.button events by device (``btn-…``): when the first one arrived, and their alarm ids
+    button_first_ns: dict[str, int] = field(default_factory=dict)
+    button_alarm_ids: dict[str, set[str]] = field(default_factory=dict)
 
     def unique(self, klass: str) -> int:
         return len(self.seqs.get(klass, ()))
@@ -47,7 +51,8 @@ class EventCounter:
 
     Events are counted with a regular expression over the payload (``"seq":N``), not by parsing
     JSON, so that the subscriber is never what limits a 100k-event drain. Alarm messages (one event
-    each) are parsed to stamp the first arrival of each alarm id, with CLOCK_MONOTONIC.
+    each) are parsed to stamp the first arrival of each alarm id, with CLOCK_MONOTONIC, and of the
+    first ``alarm.button`` of each device.
     """
 
     def __init__(
@@ -105,6 +110,28 @@ class EventCounter:
                 )
             return tally.reached_ns[klass]
 
+    def wait_first(self, gateway_id: str, klass: str, timeout_s: float) -> int:
+        """Block until the first message of ``klass`` arrived; return when it did."""
+        with self._cond:
+            tally = self._tallies[gateway_id]
+            if not self._cond.wait_for(lambda: klass in tally.first_ns, timeout_s):
+                raise SubscriberError(f"{gateway_id}: no {klass} message after {timeout_s} s")
+            return tally.first_ns[klass]
+
+    def wait_buttons(self, gateway_id: str, devices: Collection[str], timeout_s: float) -> None:
+        """Block until an ``alarm.button`` of each of ``devices`` arrived."""
+        with self._cond:
+            tally = self._tallies[gateway_id]
+
+            def missing() -> list[str]:
+                return [d for d in devices if d not in tally.button_first_ns]
+
+            if not self._cond.wait_for(lambda: not missing(), timeout_s):
+                raise SubscriberError(
+                    f"{gateway_id}: no alarm.button from {len(missing())} of {len(devices)} "
+                    f"buttons after {timeout_s} s (first: {missing()[:3]})"
+                )
+
     def snapshot(self, gateway_id: str) -> Tally:
         with self._cond:
             return self._tallies[gateway_id]
@@ -145,9 +172,15 @@ class EventCounter:
         payload = bytes(msg.payload)
         seqs = [int(raw) for raw in _SEQ.findall(payload)]
         alarm_ids: list[str] = []
+        buttons: list[tuple[str, str]] = []  # (device, alarm id) of each alarm.button
         if klass == "alarm":
             events = json.loads(payload).get("events", [])
             alarm_ids = [str(event["id"]) for event in events]
+            buttons = [
+                (str(event["device"]), str(event["id"]))
+                for event in events
+                if event.get("kind") == "alarm.button" and event.get("device")
+            ]
         with self._cond:
             tally = self._tallies.get(gateway_id)
             if tally is None:
@@ -155,11 +188,18 @@ class EventCounter:
                 return
             tally.messages[klass] = tally.messages.get(klass, 0) + 1
             tally.events[klass] = tally.events.get(klass, 0) + len(seqs)
-            tally.first_ns.setdefault(klass, stamp)
+            if klass not in tally.first_ns:
+                tally.first_ns[klass] = stamp
+                self._cond.notify_all()
             seen = tally.seqs.setdefault(klass, set())
             seen.update(seqs)
             for alarm_id in alarm_ids:
                 tally.alarm_first_ns.setdefault(alarm_id, stamp)
+            for device, alarm_id in buttons:
+                tally.button_first_ns.setdefault(device, stamp)
+                tally.button_alarm_ids.setdefault(device, set()).add(alarm_id)
+            if buttons:
+                self._cond.notify_all()
             target = tally.targets.get(klass)
             if target is not None and klass not in tally.reached_ns and len(seen) >= target:
                 tally.reached_ns[klass] = stamp

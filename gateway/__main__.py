@@ -26,6 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG)
+    button = commands.add_parser(
+        "button", help="pair, list and unpair emergency buttons (through the running daemon)"
+    )
+    button.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
+    actions = button.add_subparsers(dest="action", required=True)
+    pair = actions.add_parser("pair", help="open pairing on the receiver and show what pairs")
+    pair.add_argument("--seconds", type=int, default=60, help="how long pairing stays open")
+    actions.add_parser("list", help="the paired buttons and their state")
+    unpair = actions.add_parser("unpair", help="forget a button")
+    unpair.add_argument("id", help="btn-00A1B2C3, or just 00A1B2C3")
     schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
@@ -45,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = schemas if args.which == "all" else schemas[args.which]
         print(json.dumps(chosen, indent=2))
         return EXIT_OK
-    path = args.config if args.command == "run" else args.path
+    path = args.config if args.command in ("run", "button") else args.path
     try:
         cfg = config_module.load(path)
     except ConfigError as error:
         return _config_failure(error)
+    if args.command == "button":
+        from gateway import button_cli  # noqa: PLC0415 - only this command needs it
+
+        return button_cli.main(cfg, args)
     if args.command == "check-config":
         print(
             f"{path}: OK (gateway {cfg.gateway_id}, "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
 
 import structlog
 
+from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.sim.source import SimEventSource
@@ -17,6 +19,7 @@ from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
 from gateway.commands import CommandProcessor, no_args
 from gateway.config import GatewayConfig
+from gateway.control import ControlError, ControlServer
 from gateway.emitter import EventFactory, OutboxSink
 from gateway.errors import CommandError
 from gateway.events import NewEvent
@@ -106,6 +109,14 @@ class Gateway:
             wall=self.clock.wall,
         )
         self.supervisor = Supervisor()
+        self.control = ControlServer(
+            cfg.control_socket,
+            {
+                "button.list": self._control_list,
+                "button.pair": self._control_pair,
+                "button.unpair": self._control_unpair,
+            },
+        )
         self.started = asyncio.Event()
 
     def _dropped_event(self, count: int, ranges: list[tuple[int, int]], reason: str) -> NewEvent:
@@ -161,6 +172,39 @@ class Gateway:
             raise CommandError("invalid_args", f"{exc} (e.g. btn-00A1B2C3)") from exc
         return {"unpaired": await button.unpair(bid)}
 
+    # ------------------------------------------------------------------ control socket
+
+    def _control_button(self) -> SerialButtonLink:
+        if self.button is None:
+            raise ControlError("no button receiver is configured ([button] enabled = false)")
+        return self.button
+
+    async def _control_list(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        yield self._control_button().status()
+
+    async def _control_unpair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        button = self._control_button()
+        try:
+            bid = parse_device(str(args.get("device")))
+        except ValueError as exc:
+            raise ControlError(str(exc)) from exc
+        yield {"device": device_id(bid), "unpaired": await button.unpair(bid)}
+
+    async def _control_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        button = self._control_button()
+        seconds = args.get("seconds", 60)
+        if not isinstance(seconds, int) or not 1 <= seconds <= 255:
+            raise ControlError("seconds must be an integer from 1 to 255")
+        paired: list[str] = []
+        yield {"event": "open", "seconds": seconds}
+        try:
+            async for bid in button.pairing_session(seconds):
+                paired.append(device_id(bid))
+                yield {"event": "paired", "device": device_id(bid)}
+        except ConnectionError as exc:
+            raise ControlError(str(exc)) from exc
+        yield {"event": "closed", "paired": paired}
+
     async def run(self, stop: asyncio.Event) -> int:
         # The event loop, the store thread and paho's thread share the GIL; at the default 5 ms
         # switch interval an alarm waits for whichever thread is busy with the backlog.
@@ -184,6 +228,7 @@ class Gateway:
             self.supervisor.start(
                 "systemd.watchdog", lambda: watchdog_loop(self.notifier, interval)
             )
+        self.supervisor.start("gateway.control", self.control.run)
         if self.button is not None:
             self.supervisor.start(f"button[{self.cfg.button.port}]", self.button.run)
         if self.cfg.sim.enabled:

@@ -56,8 +56,9 @@ class GatewaySection(_Section):
     id: Annotated[str, Field(pattern=GATEWAY_ID_PATTERN)]
     state_dir: Path = DEFAULT_STATE_DIR
     heartbeat_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    control_socket: Path | None = None  # default: state_dir/control.sock
 
-    _resolve_state_dir = field_validator("state_dir", mode="before")(_resolve)
+    _resolve_state_dir = field_validator("state_dir", "control_socket", mode="before")(_resolve)
 
 
 class TlsSection(_Section):
@@ -178,6 +179,10 @@ class GatewayConfig(_Section):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.gateway.state_dir / "outbox.sqlite3"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.gateway.control_socket or self.gateway.state_dir / "control.sock"
 
     @property
     def pairing_path(self) -> Path:

@@ -8,7 +8,7 @@ import sys
 
 def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "drivers.sim.demo", "--seconds", "6", "--alarm-every", "1"],
+        [sys.executable, "-m", "drivers.sim.demo", "--seconds", "7", "--alarm-every", "1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -20,8 +20,11 @@ def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
         "platform ← status online",
         "platform ← gateway.started",
         "platform ← telemetry.vitals",
+        "senior presses the button",
+        "senior hears: alarm received by the gateway",
         "platform ← alarm.button",
         "platform → ack",
+        "senior hears: help is on the way",
         "platform ← audit.alarm_acknowledged",
         "platform ← gateway.stopping",
         "platform ← status offline",

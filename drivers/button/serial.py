@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import glob
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -384,15 +384,18 @@ class SerialButtonLink:
             raise ConnectionError("the button receiver did not take the PAIR_MODE frame")
         log.info("button_pairing_open", duration_s=duration_s)
 
-    async def pair(self, duration_s: int) -> list[int]:
-        """Open pairing for ``duration_s`` and wait it out; return the buttons that paired."""
+    async def pairing_session(self, duration_s: int) -> AsyncIterator[int]:
+        """Open pairing for ``duration_s`` and yield each button id as it pairs."""
         self.open_pairing(duration_s)
+        told = 0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration_s):
                 while True:
+                    while told < len(self.newly_paired):
+                        told += 1
+                        yield self.newly_paired[told - 1]
                     self._paired_event.clear()
                     await self._paired_event.wait()
-        return list(self.newly_paired)
 
     async def unpair(self, bid: int) -> bool:
         if not self.pairing.remove(bid):

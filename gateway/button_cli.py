@@ -1,0 +1,114 @@
+"""``carebed button pair|list|unpair``: the installer's view of the buttons, via the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from drivers.button.codec import device_id
+from drivers.button.pairing import PairingStore
+from drivers.button.serial import parse_device
+from gateway import control
+from gateway.config import GatewayConfig
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _normalise(raw: str) -> str:
+    return raw if raw.startswith("btn-") else f"btn-{raw.upper():0>8}"
+
+
+async def _ask(cfg: GatewayConfig, cmd: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    replies = []
+    async for reply in control.request(cfg.control_socket, cmd, args):
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        replies.append(reply)
+        if cmd == "button.pair":
+            _show_pairing(reply)
+    return replies
+
+
+def _show_pairing(reply: dict[str, Any]) -> None:
+    event = reply.get("event")
+    if event == "open":
+        _say(f"Pairing is open for {reply['seconds']} s: press each button of this home now.")
+    elif event == "paired":
+        _say(f"  paired {reply['device']}")
+    elif event == "closed":
+        paired = reply.get("paired", [])
+        _say(
+            f"Pairing closed: {len(paired)} button(s) paired."
+            if paired
+            else "Pairing closed: no button paired. Press the button while pairing is open."
+        )
+
+
+def _show_list(status: dict[str, Any]) -> None:
+    receiver = status["receiver"]
+    state = "connected" if receiver["connected"] else "NOT CONNECTED"
+    _say(f"receiver {receiver['device']} on {receiver['port'] or '-'}: {state}")
+    if not status["buttons"]:
+        _say("no button is paired (carebed button pair)")
+    for b in status["buttons"]:
+        flags = [] if b["online"] else ["OFFLINE"]
+        if b.get("battery_low"):
+            flags.append("battery low")
+        _say(f"  {b['device']}  last heard {b['silent_s']:.0f} s ago  {' '.join(flags)}".rstrip())
+
+
+def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "pair":
+            if not 1 <= args.seconds <= 255:
+                _say("carebed: --seconds must be from 1 to 255")
+                return EXIT_FAILED
+            asyncio.run(_ask(cfg, "button.pair", {"seconds": args.seconds}))
+        elif args.action == "list":
+            (status,) = asyncio.run(_ask(cfg, "button.list", {}))
+            _show_list(status)
+        else:
+            device = _normalise(args.id)
+            (reply,) = asyncio.run(_ask(cfg, "button.unpair", {"device": device}))
+            _say(f"{device} unpaired" if reply["unpaired"] else f"{device} was not paired")
+    except (FileNotFoundError, ConnectionRefusedError):
+        return _without_daemon(cfg, args)
+    except RuntimeError as exc:
+        print(f"carebed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    """The daemon is not running: read or change the pairing file itself where that is safe."""
+    store = PairingStore(cfg.pairing_path)
+    note = f"(the daemon is not running: from {cfg.pairing_path})"
+    if args.action == "list":
+        _say(f"paired buttons {note}:")
+        for bid in store.buttons():
+            _say(f"  {device_id(bid)}")
+        return EXIT_OK
+    if args.action == "unpair":
+        device = _normalise(args.id)
+        try:
+            removed = store.remove(parse_device(device))
+        except ValueError as exc:
+            print(f"carebed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        _say(
+            f"{device} {'removed' if removed else 'was not paired'} {note};"
+            " the platform hears of it as device.unpaired only when the daemon does this"
+        )
+        return EXIT_OK
+    print(
+        "carebed: the daemon is not running, and pairing needs the receiver it holds: "
+        "start it first (systemctl start carebed)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED

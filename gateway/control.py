@@ -1,0 +1,96 @@
+"""The local control socket: installer commands (``carebed button …``) reach the running daemon.
+
+A unix socket (0660, group carebed, in systemd's RuntimeDirectory), one JSON request line per
+connection, one or more JSON reply lines. Local only: nothing from the network reaches it, and
+its commands neither run programs nor read files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("gateway.control")
+
+REQUEST_LIMIT_BYTES = 64 * 1024
+REQUEST_TIMEOUT_S = 10.0
+
+Handler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
+
+
+class ControlError(Exception):
+    """A control request that cannot be served; its message goes back to the caller."""
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        self.handlers = handlers
+
+    async def run(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left by a previous run
+        server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=REQUEST_LIMIT_BYTES
+        )
+        os.chmod(self.path, 0o660)
+        log.info("control_socket_ready", path=str(self.path))
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _parse(self, line: bytes) -> tuple[str, Handler, dict[str, Any]]:
+        request = json.loads(line)
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            raise ControlError('a request is {"cmd": NAME, "args": {...}}')
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            raise ControlError(f"unknown command {request['cmd']!r}")
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise ControlError("args must be an object")
+        return request["cmd"], handler, args
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                line = await reader.readline()
+            cmd, handler, args = self._parse(line)
+            log.info("control_command", cmd=cmd)
+            async for reply in handler(args):
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ControlError, ValueError, TimeoutError) as exc:
+            writer.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+        except Exception as exc:
+            log.exception("control_command_failed")
+            writer.write(json.dumps({"error": f"internal error: {exc!r}"}).encode() + b"\n")
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def request(path: Path, cmd: str, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """The client side: send one request, yield the replies until the daemon closes."""
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=REQUEST_LIMIT_BYTES)
+    try:
+        writer.write(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        await writer.drain()
+        while line := await reader.readline():
+            yield json.loads(line)
+    finally:
+        writer.close()
