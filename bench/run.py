@@ -108,7 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--button-drain-runs",
         type=int,
-        help="at most this many draining gateways to reach --presses (default 6; quick 2)",
+        help="at most this many draining gateways to reach --presses (default 6; quick 3)",
     )
     parser.add_argument(
         "--disk-rates", default="500,20", help="steady producer rates, events/s, comma-separated"
@@ -144,7 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.presses is None:
         args.presses = 100 if args.quick else 500
     if args.button_drain_runs is None:
-        args.button_drain_runs = 2 if args.quick else 6
+        args.button_drain_runs = 3 if args.quick else 6
     args.inflight = [int(v) for v in str(args.inflight).split(",") if v]
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.parts = [p for p in str(args.parts).split(",") if p]
@@ -514,6 +514,34 @@ class Bench:
         )
         return self._record(figure, run)
 
+    # -- 3. disk ---------------------------------------------------------------------------
+
+    def disk(self, group_commit_s: float, rate: float) -> dict[str, Any]:
+        _, folder = self._next("disk")
+        seconds = max(self.args.disk_seconds, DISK_MIN_EVENTS / rate)
+        argv = [
+            "--state-dir",
+            str(folder / "state"),
+            "--group-commit",
+            str(group_commit_s),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--log",
+            str(folder / "gateway.log"),
+        ]
+        with child("bench.disk", argv, folder / "child.log") as proc:
+            result = proc.read("result", seconds * 20 + CHILD_START_TIMEOUT_S)
+            proc.wait()
+        result.pop("event")
+        self.say(
+            f"  disk group_commit={group_commit_s:<4} rate={rate:5.0f}/s "
+            f"{result['bytes_per_event']:9.0f} B/event "
+            f"(achieved {result['rate_achieved']:.0f}/s over {result['events']} events)"
+        )
+        return self._record(f"disk_gc{group_commit_s}_rate{rate:g}", result)
+
     # -- 5. button press → platform -----------------------------------------------------------
 
     def pair_buttons(self) -> None:
@@ -612,46 +640,22 @@ class Bench:
         record: dict[str, Any] = {
             "gateway_runs": runs,
             "counted": len(samples),
+            "retransmitted": sum(run["presses"]["retransmitted"] for run in runs),
             "latency_ms": _summary(samples),
             "ack_ms": _summary(acks),
         }
         latency = record["latency_ms"]
+        retransmitted = record["retransmitted"]
         self.say(
             f"  button {'draining' if draining else 'idle':<8} "
             f"p50 {latency['p50']:6.2f} ms  p99 {latency['p99']:7.2f} ms  "
             f"(over {len(samples)} presses on {len(runs)} gateway(s); press → ACK p50 "
             f"{record['ack_ms']['p50']:.2f} / p99 {record['ack_ms']['p99']:.2f} ms, max "
-            f"{latency['max']:.2f} ms)"
+            f"{latency['max']:.2f} ms"
+            + (f"; {retransmitted} RETRANSMITTED" if retransmitted else "")
+            + ")"
         )
         return self._record(figure, record)
-
-    # -- 3. disk ---------------------------------------------------------------------------
-
-    def disk(self, group_commit_s: float, rate: float) -> dict[str, Any]:
-        _, folder = self._next("disk")
-        seconds = max(self.args.disk_seconds, DISK_MIN_EVENTS / rate)
-        argv = [
-            "--state-dir",
-            str(folder / "state"),
-            "--group-commit",
-            str(group_commit_s),
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-            "--log",
-            str(folder / "gateway.log"),
-        ]
-        with child("bench.disk", argv, folder / "child.log") as proc:
-            result = proc.read("result", seconds * 20 + CHILD_START_TIMEOUT_S)
-            proc.wait()
-        result.pop("event")
-        self.say(
-            f"  disk group_commit={group_commit_s:<4} rate={rate:5.0f}/s "
-            f"{result['bytes_per_event']:9.0f} B/event "
-            f"(achieved {result['rate_achieved']:.0f}/s over {result['events']} events)"
-        )
-        return self._record(f"disk_gc{group_commit_s}_rate{rate:g}", result)
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -261,3 +261,85 @@ async def test_mains_loss_low_battery_and_tamper_are_reported(
             ),
             "low battery",
         )
+
+
+async def test_garbage_between_frames_is_skipped_and_the_press_found(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        await sim.send_garbage(b"\x00\xff\xa5\x5a\x40noise\xa5" * 20)
+        seq = await sim.press(BUTTON)
+        await sim.wait_for(lambda s: s.acked(seq), 10, "the ACK")
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        assert rig.gateway.button is not None
+        assert rig.gateway.button.decoder.garbage_bytes > 0
+
+
+async def test_no_acknowledgement_in_time_says_not_delivered_at_each_resend(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    clock = ManualClock(wall=1_800_000_000.0)
+    async with button_rig(tmp_path, mosquitto, clock=clock) as (rig, sim):
+        store = rig.gateway.store
+
+        def delivered() -> bool:  # PUBACK recorded: its resend is scheduled
+            return bool(store._alarm_due)
+
+        await sim.press(BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        await sim.wait_for(lambda s: s.indications(BUTTON) == [Pattern.RECEIVED], 10, "0x01")
+        await wait_until(delivered, 10, "the PUBACK")
+        clock.advance(31)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 2, "resend 1")
+        await sim.wait_for(
+            lambda s: s.indications(BUTTON) == [Pattern.RECEIVED, Pattern.NOT_DELIVERED],
+            10,
+            "0x03 at the first resend",
+        )
+        await wait_until(delivered, 10, "the PUBACK of the resend")
+        clock.advance(61)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 3, "resend 2")
+        await sim.wait_for(
+            lambda s: s.indications(BUTTON).count(Pattern.NOT_DELIVERED) == 2, 10, "0x03 again"
+        )
+    assert [a["attempt"] for a in kinds(platform, "alarm.button")] == [1, 2, 3]
+
+
+async def test_test_alarm_command_runs_the_chain_without_telling_a_button(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        platform.publish(
+            "carebed/v1/gw-a/down/cmd", {"v": 1, "id": "t-1", "name": "test_alarm", "args": {}}
+        )
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        (alarm,) = kinds(platform, "alarm.button")
+        assert alarm["device"] == "rcv-gw-a"
+        assert alarm["data"]["test"] is True
+        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm["id"]], "by": "d"})
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "audit.alarm_acknowledged")) == 1, "the audit"
+        )
+    assert not [m for m in sim.received if isinstance(m, Indicate)]
+
+
+async def test_a_receiver_that_comes_back_under_another_name_is_found_by_glob(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    store = PairingStore(tmp_path / "state" / "buttons.json")
+    store.add(BUTTON)
+    first = SimReceiver(link_path=tmp_path / "ttySIM0", retransmit_interval_s=0.2)
+    await first.start()
+    button = {"enabled": True, "port": str(tmp_path / "ttySIM*"), "reopen_interval_s": 0.05}
+    async with running_gateway(tmp_path, mosquitto, button=button) as rig:
+        link = rig.gateway.button
+        assert link is not None
+        await wait_until(link.connected.is_set, 10, "the first receiver")
+        await first.close()
+        await wait_until(lambda: not link.connected.is_set(), 10, "the unplug")
+        async with SimReceiver(link_path=tmp_path / "ttySIM1", retransmit_interval_s=0.2) as again:
+            seq = await again.press(BUTTON)
+            await again.wait_for(lambda s: s.acked(seq), 10, "the press under the new name")
+            await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "alarm")
+            assert link.port_path == str(tmp_path / "ttySIM1")
