@@ -42,3 +42,15 @@ def test_hil_uplink_smoke_passes_on_the_simulated_rig() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert result.stdout.count("ok   ") == 3
+
+
+def test_hil_button_smoke_passes_on_the_simulated_rig() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.button_smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert result.stdout.count("ok   ") == 5

@@ -1,0 +1,129 @@
+"""Button scenario: a press reaches the platform, the acknowledgement reaches the senior.
+
+On the simulated rig it starts a local Mosquitto, a simulated receiver on a pseudo-terminal and
+the daemon, and checks every step including the receiver's feedback. Against an installed gateway
+(``--broker``) a technician presses the real button; the scenario plays the platform, checks the
+alarm and acknowledges it, and asks the technician to confirm what the receiver said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from drivers.button.codec import Pattern
+from drivers.button.pairing import PairingStore
+from drivers.sim.demo import local_mosquitto
+from drivers.sim.receiver import SimReceiver
+from hil.uplink_smoke import Platform
+
+BUTTON = 0x00A1B2C3
+TIMEOUT_S = 30.0
+
+
+def _alarms(platform: Platform) -> list[dict[str, object]]:
+    return [e for e in platform.events() if e["kind"] == "alarm.button"]
+
+
+def _ack(platform: Platform, alarm_id: object) -> None:
+    body = {"v": 1, "ids": [alarm_id], "by": "hil", "ts": None}
+    platform.client.publish(f"carebed/v1/{platform.gw}/down/ack", json.dumps(body), qos=1)
+
+
+async def _sim_step(sim: SimReceiver, what: str, pattern: int) -> None:
+    began = time.monotonic()
+    await sim.wait_for(lambda s: pattern in s.indications(BUTTON), TIMEOUT_S, what)
+    print(f"ok   {what} ({(time.monotonic() - began) * 1000:.0f} ms)", flush=True)
+
+
+async def simulated(gw: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="carebed-hil-") as tmp:
+        workdir = Path(tmp)
+        link = workdir / "carebed-button"
+        PairingStore(workdir / "state" / "buttons.json").add(BUTTON)
+        config = workdir / "carebed.toml"
+        with local_mosquitto(workdir) as port:
+            config.write_text(
+                f'[gateway]\nid = "{gw}"\nstate_dir = "{workdir / "state"}"\n'
+                f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nplaintext = true\n'
+                f'[button]\nenabled = true\nport = "{link}"\nreopen_interval_s = 0.1\n'
+            )
+            platform = Platform("127.0.0.1", port, gw, None)
+            async with SimReceiver(link_path=link) as sim:
+                log = (workdir / "gateway.log").open("wb")
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "run",
+                    "--config",
+                    str(config),
+                    stdout=log,
+                    stderr=log,
+                )
+                try:
+                    await sim.wait_for(lambda s: bool(s.received), TIMEOUT_S, "port opened")
+                    print("ok   the daemon opened the receiver", flush=True)
+                    await sim.press(BUTTON)
+                    await _sim_step(sim, "senior told: received", Pattern.RECEIVED)
+                    await asyncio.to_thread(
+                        platform.wait,
+                        "alarm.button at the platform",
+                        lambda: bool(_alarms(platform)),
+                    )
+                    _ack(platform, _alarms(platform)[0]["id"])
+                    await _sim_step(sim, "senior told: help is on the way", Pattern.ACKNOWLEDGED)
+                    await sim.cancel(BUTTON)
+                    await _sim_step(sim, "senior told: cancel accepted", Pattern.CANCEL_ACCEPTED)
+                finally:
+                    proc.terminate()
+                    await proc.wait()
+                    log.close()
+                    platform.close()
+
+
+def hardware(args: argparse.Namespace) -> None:
+    host, _, port = args.broker.rpartition(":")
+    tls = None
+    if args.ca:
+        tls = ssl.create_default_context(cafile=str(args.ca))
+        if args.cert:
+            tls.load_cert_chain(str(args.cert), str(args.key) if args.key else None)
+    platform = Platform(host, int(port), args.gateway_id, tls)
+    try:
+        print("Press the senior's emergency button now.", flush=True)
+        platform.wait("alarm.button at the platform", lambda: bool(_alarms(platform)))
+        alarm = _alarms(platform)[0]
+        print(f"     {alarm['device']} {alarm['data']}", flush=True)
+        _ack(platform, alarm["id"])
+        answer = input("Acknowledged. Did the receiver say 'help is on the way'? [y/n] ")
+        if answer.strip().lower() != "y":
+            raise SystemExit("FAIL the senior was not told that help is on the way")
+        print("ok   senior told: help is on the way", flush=True)
+    finally:
+        platform.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hil.button_smoke", description=__doc__)
+    parser.add_argument("--broker", help="HOST:PORT of the broker an installed gateway uses")
+    parser.add_argument("--gateway-id", default="gw-hil")
+    parser.add_argument("--ca", type=Path)
+    parser.add_argument("--cert", type=Path)
+    parser.add_argument("--key", type=Path)
+    args = parser.parse_args(argv)
+    if args.broker:
+        hardware(args)
+    else:
+        asyncio.run(simulated(args.gateway_id))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
