@@ -93,7 +93,7 @@ async def press_loop(
     sim: StampingReceiver, count: int, spacing_s: float, first_button: int, stop: asyncio.Event
 ) -> list[tuple[int, int, int, int, int]]:
     loop = asyncio.get_running_loop()
-    presses: list[tuple[int, int, int, int]] = []
+    presses: list[tuple[int, int, int, int, int]] = []
     next_at = loop.time()
     for n in range(count):
         await _sleep_unless(stop, next_at - loop.time())
@@ -107,10 +107,11 @@ async def press_loop(
         if written_ns is None:
             raise RuntimeError(f"press {n}: the pty did not take the whole frame at once")
         await sim.wait_for(_acked(seq), ACK_TIMEOUT_S, f"the ACK of press {n}")
-        presses.append((button, seq, written_ns, now_ns()))
+        acked_ns = now_ns()
+        # Retransmissions stop at the ACK; read now, before the 8-bit SEQ comes round again.
+        presses.append((button, seq, written_ns, acked_ns, sim.transmissions(seq)))
         next_at = pressed_at + spacing_s
-    # Transmissions once all are in: a retransmission after the ACK wait would show here.
-    return [(b, seq, w, a, sim.transmissions(seq)) for b, seq, w, a in presses]
+    return presses
 
 
 async def run(args: argparse.Namespace) -> None:

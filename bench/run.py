@@ -612,6 +612,7 @@ class Bench:
         self.sub.forget(gateway_id)
         run: dict[str, Any] = {
             "events": events,
+            "start_ns": started["start_ns"],
             "cpu_s": result["cpu_s"],
             "published_messages": result["published_messages"],
             "button_counters": result["button_counters"],
@@ -620,7 +621,7 @@ class Bench:
         }
         if drained_ns is not None:
             run["seconds_to_subscriber"] = (drained_ns - started["start_ns"]) / 1e9
-        run["presses"] = _press_figures(pressed["presses"], desk, drained_ns)
+        run["presses"] = _press_figures(pressed["presses"], desk, drained_ns, started["start_ns"])
         return run
 
     def button(self, *, draining: bool) -> dict[str, Any]:
@@ -666,10 +667,13 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _press_figures(presses: list[list[int]], desk: Tally, drained_ns: int | None) -> dict[str, Any]:
+def _press_figures(
+    presses: list[list[int]], desk: Tally, drained_ns: int | None, start_ns: int
+) -> dict[str, Any]:
     """Latencies in ms of the presses that count: all, or, while draining, those written to the
     pty before the subscriber had the whole backlog. Each press is of its own button, so its
-    alarm is the desk's ``alarm.button`` of that device: an exact match."""
+    alarm is the desk's ``alarm.button`` of that device: an exact match. ``pressed_at_ms``: when
+    each was written, from the gateway child's start (to place the slow ones)."""
     by_device = {device_id(row[0]): row for row in presses}
     doubled = {d: len(ids) for d, ids in desk.button_alarm_ids.items() if len(ids) != 1}
     strangers = sorted(set(desk.button_first_ns) - set(by_device))
@@ -691,6 +695,7 @@ def _press_figures(presses: list[list[int]], desk: Tally, drained_ns: int | None
         "ack_ms": _summary([(acked - written) / 1e6 for _, written, acked in counted]),
         "samples_ms": [round((received - written) / 1e6, 3) for received, written, _ in counted],
         "ack_samples_ms": [round((acked - written) / 1e6, 3) for _, written, acked in counted],
+        "pressed_at_ms": [round((written - start_ns) / 1e6, 1) for _, written, _ in counted],
     }
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from drivers.button.pairing import PairingError
 from gateway import config as config_module
 from gateway.errors import ConfigError, StoreVersionError
 from gateway.events import uplink_json_schema
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreVersionError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except PairingError as exc:  # unreadable, not damaged: systemd tries again
+        print(f"carebed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
 

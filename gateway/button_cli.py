@@ -79,6 +79,16 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             _say(f"{device} unpaired" if reply["unpaired"] else f"{device} was not paired")
     except (FileNotFoundError, ConnectionRefusedError):
         return _without_daemon(cfg, args)
+    except PermissionError:
+        print(
+            f"carebed: not allowed to use {cfg.control_socket}: run as root, or as a member of "
+            "the carebed group",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"carebed: cannot reach the daemon at {cfg.control_socket}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except RuntimeError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -87,7 +97,7 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
 
 def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     """The daemon is not running: read or change the pairing file itself where that is safe."""
-    store = PairingStore(cfg.pairing_path)
+    store = PairingStore(cfg.pairing_path, repair=False)
     note = f"(the daemon is not running: from {cfg.pairing_path})"
     if args.action == "list":
         _say(f"paired buttons {note}:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from gateway.errors import ConfigError
 
 GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
 DEFAULT_STATE_DIR = Path("/var/lib/carebed")
+RUNTIME_DIR = Path("/run/carebed")
 MIN_SESSION_EXPIRY_S = 24 * 3600
 
 
@@ -147,6 +149,8 @@ class ButtonSection(_Section):
     supervision_check_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     low_battery_percent: Annotated[int, Field(ge=0, le=100)] = 20
     reopen_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    receiver_answer_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    receiver_silence_s: Annotated[float, Field(gt=0)] = 180.0  # it reports status every 60 s
     pairing_file: Path | None = None
 
     _resolve_pairing = field_validator("pairing_file", mode="before")(_resolve)
@@ -182,7 +186,14 @@ class GatewayConfig(_Section):
 
     @property
     def control_socket(self) -> Path:
-        return self.gateway.control_socket or self.gateway.state_dir / "control.sock"
+        """systemd's RuntimeDirectory (/run/carebed) when there is one, else the state dir."""
+        if self.gateway.control_socket is not None:
+            return self.gateway.control_socket
+        runtime = os.environ.get("RUNTIME_DIRECTORY") or (
+            str(RUNTIME_DIR) if RUNTIME_DIR.is_dir() else ""
+        )
+        base = Path(runtime.split(":")[0]) if runtime else self.gateway.state_dir
+        return base / "control.sock"
 
     @property
     def pairing_path(self) -> Path:

@@ -1,7 +1,8 @@
 """The local control socket: installer commands (``carebed button …``) reach the running daemon.
 
-A unix socket (0660, group carebed, in systemd's RuntimeDirectory), one JSON request line per
-connection, one or more JSON reply lines. Local only: nothing from the network reaches it, and
+A unix socket (0660, group carebed) in systemd's RuntimeDirectory /run/carebed (0750), or in the
+state directory where there is none; one JSON request line per connection, one or more JSON reply
+lines, at most a few connections at once. Local only: nothing from the network reaches it, and
 its commands neither run programs nor read files.
 """
 
@@ -21,6 +22,7 @@ log = structlog.get_logger("gateway.control")
 
 REQUEST_LIMIT_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 10.0
+MAX_CLIENTS = 4
 
 Handler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
@@ -33,6 +35,7 @@ class ControlServer:
     def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
         self.handlers = handlers
+        self._clients = 0
 
     async def run(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,11 @@ class ControlServer:
         return request["cmd"], handler, args
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.write(b'{"error": "busy: too many control connections"}\n')
+            writer.close()
+            return
+        self._clients += 1
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 line = await reader.readline()
@@ -80,6 +88,7 @@ class ControlServer:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
+            self._clients -= 1
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 

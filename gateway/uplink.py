@@ -401,7 +401,8 @@ class MqttUplink:
             self._client = None
             await self.outbox.call(self.outbox.store.release_all, urgent=True)
             held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
-            if was_up or held:
+            # An orderly stop is no news for the senior: only a lost link says "not delivered".
+            if (was_up or held) and not self._stopping:
                 self.alarms.link_changed(False, held)
 
     async def _drain(self) -> None:

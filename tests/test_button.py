@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from drivers.button.codec import Ack, Indicate, PairMode, Pattern, StatusRequest
+from drivers.button.codec import (
+    Ack,
+    ButtonEventCode,
+    Indicate,
+    PairMode,
+    Pattern,
+    StatusRequest,
+    encode_button_event,
+    encode_receiver_status,
+)
 from drivers.button.pairing import PairingStore
 from drivers.sim.receiver import SimReceiver
 from gateway.clock import ManualClock
@@ -40,17 +50,19 @@ async def button_rig(
     *,
     paired: tuple[int, ...] = (BUTTON,),
     clock: ManualClock | None = None,
+    link_name: str = "carebed-button",
+    port_pattern: str | None = None,
     **button: Any,
 ) -> AsyncIterator[tuple[RunningGateway, SimReceiver]]:
     pairing = tmp_path / "state" / "buttons.json"
     store = PairingStore(pairing)
     for bid in paired:
         store.add(bid)
-    sim = SimReceiver(link_path=tmp_path / "carebed-button", retransmit_interval_s=0.2)
+    sim = SimReceiver(link_path=tmp_path / link_name, retransmit_interval_s=0.2)
     await sim.start()
     settings = {
         "enabled": True,
-        "port": str(tmp_path / "carebed-button"),
+        "port": str(tmp_path / (port_pattern or link_name)),
         "reopen_interval_s": 0.05,
         **button,
     }
@@ -200,15 +212,20 @@ async def test_supervision_reports_a_silent_button_offline_and_back_online(
         marker = await sim.heartbeat(BUTTON)  # heard just in time: stays online
         await sim.wait_for(lambda s: s.acked(marker), 10, "the heartbeat ACK")
         clock.advance(3 * 3600 + 1)
-        await wait_platform(platform, lambda p: len(kinds(p, "device.offline")) == 1, "offline")
-        (offline,) = kinds(platform, "device.offline")
-        assert offline["device"] == DEVICE
+
+        def of_button(p: PlatformClient, kind: str) -> list[dict[str, Any]]:
+            return [e for e in kinds(p, kind) if e["device"] == DEVICE]
+
+        await wait_platform(platform, lambda p: len(of_button(p, "device.offline")) == 1, "offline")
+        (offline,) = of_button(platform, "device.offline")
         assert offline["data"]["reason"] == "supervision_timeout"
         assert offline["data"]["last_seen"] is not None
+        online_before = len(of_button(platform, "device.online"))  # first heard after start
         await sim.heartbeat(BUTTON, battery=10)
-        await wait_platform(platform, lambda p: len(kinds(p, "device.online")) == 1, "online")
+        await wait_platform(
+            platform, lambda p: len(of_button(p, "device.online")) == online_before + 1, "online"
+        )
         await wait_platform(platform, lambda p: len(kinds(p, "device.battery")) >= 1, "battery")
-    assert kinds(platform, "device.online")[0]["device"] == DEVICE
     assert kinds(platform, "device.battery")[-1]["data"] == {"level": 10, "low": True}
 
 
@@ -343,3 +360,60 @@ async def test_a_receiver_that_comes_back_under_another_name_is_found_by_glob(
             await again.wait_for(lambda s: s.acked(seq), 10, "the press under the new name")
             await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "alarm")
             assert link.port_path == str(tmp_path / "ttySIM1")
+
+
+async def test_a_restarted_receiver_reusing_a_seq_is_not_taken_for_a_repeat(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (_rig, sim):
+        await sim.send_raw(encode_receiver_status(40, 1, 4, 3600, 0))
+        press = encode_button_event(41, BUTTON, ButtonEventCode.SHORT_PRESS, 87, -61)
+        await sim.send_raw(press)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "press 1")
+        # power cut on the receiver: it starts again and numbers its frames the same way
+        await sim.send_raw(encode_receiver_status(40, 1, 4, 1, 0))
+        await sim.send_raw(press)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 2, "press 2")
+
+
+async def test_a_glob_skips_a_port_that_does_not_answer(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    master, slave = os.openpty()  # a serial device that is not the receiver: it never answers
+    try:
+        (tmp_path / "ttySIM0").symlink_to(os.ttyname(slave))
+        async with button_rig(
+            tmp_path,
+            mosquitto,
+            link_name="ttySIM1",
+            port_pattern="ttySIM*",
+            receiver_answer_s=0.3,
+        ) as (rig, sim):
+            seq = await sim.press(BUTTON)
+            await sim.wait_for(lambda s: s.acked(seq), 10, "the press on the second port")
+            assert rig.gateway.button is not None
+            assert rig.gateway.button.counters["no_answer"] >= 1
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_feedback_missed_while_unplugged_is_given_after_the_replug(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        link = rig.gateway.button
+        assert link is not None
+        await sim.press(BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        await sim.unplug()
+        await wait_until(lambda: not link.connected.is_set(), 10, "the unplug")
+        alarm_id = kinds(platform, "alarm.button")[0]["id"]
+        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "desk"})
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "audit.alarm_acknowledged")) == 1, "the ack"
+        )
+        await sim.replug()
+        await sim.wait_for(
+            lambda s: Pattern.ACKNOWLEDGED in s.indications(BUTTON), 10, "0x02 after the replug"
+        )

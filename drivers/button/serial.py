@@ -35,9 +35,14 @@ from drivers.button.codec import (
 )
 from drivers.button.pairing import PairingStore
 
+_PRESSES = (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS)
+
 log = structlog.get_logger("drivers.button")
 
-DUPLICATE_WINDOW_S = 10.0  # the receiver retransmits every 0.5 s, at most 10 times
+# The receiver retransmits every 0.5 s, at most 10 times: 5 s, plus margin. Longer would risk
+# taking a new press for a repeat (same type, SEQ and payload after a receiver restart).
+DUPLICATE_WINDOW_S = 6.0
+UPTIME_SLACK_S = 5
 READ_CHUNK_BYTES = 4096
 
 
@@ -55,10 +60,13 @@ class ButtonSettings(Protocol):
     supervision_check_s: float
     low_battery_percent: int
     reopen_interval_s: float
+    receiver_answer_s: float
+    receiver_silence_s: float
 
 
 def _open_serial(path: str, baudrate: int) -> serial.Serial:
-    return serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=1)
+    # Non-blocking both ways: a stalled adapter must never hold the event loop.
+    return serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=0, exclusive=True)
 
 
 def parse_device(device: str) -> int:
@@ -109,8 +117,15 @@ class SerialButtonLink:
         self._open_alarm: dict[int, str] = {}
         self._mains: bool | None = None
         self._receiver_seen_wall: float | None = None
+        self._receiver_heard = now  # monotonic; the start counts as heard
         self._receiver_reported_offline = False
-        self._pairing_until = 0.0
+        self._receiver_uptime: tuple[int, float] | None = None  # (uptime_s, when) last status
+        self._answered = asyncio.Event()  # a valid frame arrived in this session
+        self._no_answer: set[str] = set()  # glob matches that did not answer, skipped a round
+        self._heard_since_start: set[int] = set()
+        self._last_pattern: dict[int, int] = {}
+        self._in_frame = False
+        self._deferred: list[tuple[int, int]] = []
         self.newly_paired: list[int] = []
         self._paired_event = asyncio.Event()
 
@@ -125,11 +140,16 @@ class SerialButtonLink:
             group.create_task(self._supervise(), name=f"button[{self.settings.port}].supervise")
 
     def _find_port(self) -> str | None:
+        """The port to try: the path, or the next glob match that has not failed to answer."""
         pattern = self.settings.port
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
-            return matches[0] if matches else None
-        return pattern if Path(pattern).exists() else None
+        if not glob.has_magic(pattern):
+            return pattern if Path(pattern).exists() else None
+        matches = sorted(glob.glob(pattern), key=lambda p: (len(p), p))  # ttyUSB2 < ttyUSB10
+        fresh = [m for m in matches if m not in self._no_answer]
+        if not fresh:
+            self._no_answer.clear()  # every match was tried: start the round again
+            fresh = matches
+        return fresh[0] if fresh else None
 
     async def _keep_link(self) -> None:
         while True:
@@ -149,22 +169,21 @@ class SerialButtonLink:
         self._serial, self.port_path = port, path
         self.decoder = FrameDecoder()
         self._frames = asyncio.Queue()
+        self._recent.clear()  # a receiver that restarted reuses its SEQs: never drop a new press
+        self._answered.clear()
         fd = port.fileno()
         loop.add_reader(fd, self._readable, port)
         log.info("button_receiver_opened", port=path)
         self.connected.set()
+        watchdog = loop.create_task(self._expect_answer(path), name="button.answer")
         try:
-            if self._receiver_reported_offline:
-                self._receiver_reported_offline = False
-                await self.sink.emit(
-                    "device.online",
-                    {"reason": "reconnected", "last_seen": self._ts(self._receiver_seen_wall)},
-                    self.receiver_device,
-                )
             self._send(encode_status_request(self._next_seq()))
+            for bid, pattern in self._last_pattern.items():  # what the senior was last told
+                self._send(encode_indicate(self._next_seq(), bid, pattern))
             while (frame := await self._frames.get()) is not None:
                 await self._handle(frame)
         finally:
+            watchdog.cancel()
             self.connected.clear()
             with contextlib.suppress(Exception):
                 loop.remove_reader(fd)
@@ -172,12 +191,38 @@ class SerialButtonLink:
                 port.close()
             self._serial = None
         log.warning("button_receiver_lost", port=path)
+        if self._answered.is_set() and not self._receiver_reported_offline:
+            await self._receiver_offline("unplugged")
+
+    async def _expect_answer(self, path: str) -> None:
+        """A port that sends no valid frame after STATUS_REQUEST is not the receiver (or it
+        hangs): close it, so that the next glob match or a reopen is tried."""
+        try:
+            async with asyncio.timeout(self.settings.receiver_answer_s):
+                await self._answered.wait()
+        except TimeoutError:
+            self.counters["no_answer"] += 1
+            self._no_answer.add(path)
+            log.warning("button_port_no_answer", port=path)
+            self._frames.put_nowait(None)
+
+    async def _receiver_offline(self, reason: str) -> None:
         self._receiver_reported_offline = True
         await self.sink.emit(
             "device.offline",
-            {"reason": "unplugged", "last_seen": self._ts(self._receiver_seen_wall)},
+            {"reason": reason, "last_seen": self._ts(self._receiver_seen_wall)},
             self.receiver_device,
         )
+
+    async def _receiver_heard_now(self) -> None:
+        self._receiver_heard = self._mono()
+        if self._receiver_reported_offline:
+            self._receiver_reported_offline = False
+            await self.sink.emit(
+                "device.online",
+                {"reason": "heard", "last_seen": self._ts(self._receiver_seen_wall)},
+                self.receiver_device,
+            )
 
     def _readable(self, port: serial.Serial) -> None:
         try:
@@ -188,8 +233,12 @@ class SerialButtonLink:
             asyncio.get_running_loop().remove_reader(port.fileno())
             self._frames.put_nowait(None)
             return
-        self._receiver_seen_wall = self.clock.wall()
-        for frame in self.decoder.feed(data):
+        frames = self.decoder.feed(data)
+        if frames:
+            self._receiver_seen_wall = self.clock.wall()
+            self._answered.set()
+            self._no_answer.discard(self.port_path or "")
+        for frame in frames:
             self._frames.put_nowait(frame)
 
     def _send(self, data: bytes) -> bool:
@@ -212,12 +261,14 @@ class SerialButtonLink:
     # ------------------------------------------------------------------------------ frames
 
     async def _handle(self, frame: Frame) -> None:
+        await self._receiver_heard_now()
         now = self._mono()
         self._recent = {k: t for k, t in self._recent.items() if now - t < DUPLICATE_WINDOW_S}
         key = (frame.type, frame.seq, frame.payload)
         if key in self._recent:
             self.counters["duplicates"] += 1
             self._send(encode_ack(self._next_seq(), frame.seq))
+            self._replay(frame)
             return
         try:
             message = parse(frame)
@@ -225,17 +276,38 @@ class SerialButtonLink:
             self.counters["bad_payload"] += 1
             log.warning("button_frame_rejected", type=frame.type, seq=frame.seq, error=str(exc))
             return  # not acknowledged: the receiver sends it again
+        self._in_frame = True
         try:
             after_ack = await self._dispatch(message)
         except Exception:
-            # Not stored: no ACK, so the receiver retransmits and we try again.
+            # Not stored: no ACK, so the receiver retransmits and we try again; meanwhile the
+            # senior must not believe the alarm is on its way.
             self.counters["handling_failed"] += 1
             log.exception("button_frame_failed", type=frame.type, seq=frame.seq)
+            if isinstance(message, ButtonEvent) and message.event in _PRESSES:
+                self._indicate(message.button_id, Pattern.NOT_DELIVERED)
             return
+        finally:
+            self._in_frame = False
+            deferred, self._deferred = self._deferred, []
         self._recent[key] = now
         self._send(encode_ack(self._next_seq(), frame.seq))
         for data in after_ack:
             self._send(data)
+        for bid, pattern in deferred:  # alarm states told while the frame was being handled
+            self._indicate(bid, pattern)
+
+    def _replay(self, frame: Frame) -> None:
+        """A repeated press: say again what the senior was last told (it may have been lost)."""
+        with contextlib.suppress(FrameError):
+            message = parse(frame)
+            if isinstance(message, ButtonEvent) and message.button_id in self._last_pattern:
+                bid = message.button_id
+                self._send(encode_indicate(self._next_seq(), bid, self._last_pattern[bid]))
+
+    def _indicate(self, bid: int, pattern: int) -> None:
+        self._last_pattern[bid] = pattern
+        self._send(encode_indicate(self._next_seq(), bid, pattern))
 
     async def _dispatch(self, message: Message) -> list[bytes]:
         """Turn one new message into events; return the frames to send once it is ACKed."""
@@ -278,12 +350,14 @@ class SerialButtonLink:
             data = {"press": press, "battery": event.battery, "rssi": event.rssi}
             alarm_id = await self.alarms.raise_alarm("alarm.button", data, device)
             self._open_alarm[bid] = alarm_id
+            self._last_pattern[bid] = Pattern.RECEIVED
             await self._battery(bid, event.battery, event=False)
             return [encode_indicate(self._next_seq(), bid, Pattern.RECEIVED)]
         if code == ButtonEventCode.CANCEL:
             await self.alarms.raise_alarm(
                 "alarm.cancelled", {"alarm_id": self._open_alarm.pop(bid, None)}, device
             )
+            self._last_pattern[bid] = Pattern.CANCEL_ACCEPTED
             return [encode_indicate(self._next_seq(), bid, Pattern.CANCEL_ACCEPTED)]
         if code == ButtonEventCode.LOW_BATTERY:
             await self._battery(bid, event.battery, event=True)
@@ -304,7 +378,11 @@ class SerialButtonLink:
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
         self._last_seen_wall[bid] = self.clock.wall()
-        if bid in self._offline:
+        first = bid not in self._heard_since_start
+        self._heard_since_start.add(bid)
+        # Online when heard again, and when first heard after a start: the platform may still
+        # hold it offline from before the restart.
+        if bid in self._offline or first:
             self._offline.discard(bid)
             await self.sink.emit(
                 "device.online",
@@ -313,6 +391,13 @@ class SerialButtonLink:
             )
 
     async def _receiver_status(self, status: ReceiverStatus) -> None:
+        now = self._mono()
+        if self._receiver_uptime is not None:
+            uptime, when = self._receiver_uptime
+            if status.uptime_s + UPTIME_SLACK_S < uptime + (now - when):
+                log.info("button_receiver_restarted", uptime_s=status.uptime_s)
+                self._recent.clear()  # its SEQs start again: earlier ones are no repeats
+        self._receiver_uptime = (status.uptime_s, now)
         mains = not status.mains_lost
         if mains != self._mains:
             self._mains = mains
@@ -333,6 +418,11 @@ class SerialButtonLink:
         while True:
             await asyncio.sleep(self.settings.supervision_check_s)
             now = self._mono()
+            silent = now - self._receiver_heard > self.settings.receiver_silence_s
+            if silent and not self._receiver_reported_offline:
+                reason = "silent" if self.connected.is_set() else "not_found"
+                log.warning("button_receiver_silent", reason=reason)
+                await self._receiver_offline(reason)
             for bid in self.pairing.buttons():
                 last = self._last_seen.setdefault(bid, now)
                 if bid in self._offline or now - last <= self.settings.supervision_window_s:
@@ -368,10 +458,10 @@ class SerialButtonLink:
         if pattern is None:
             return
         bid = parse_device(device)
-        # Deferred: during raise_alarm this must follow the frame's ACK and INDICATE 0x01.
-        asyncio.get_running_loop().call_soon(
-            self._send, encode_indicate(self._next_seq(), bid, pattern)
-        )
+        if self._in_frame:  # during raise_alarm: after the frame's ACK and INDICATE 0x01
+            self._deferred.append((bid, pattern))
+        else:
+            self._indicate(bid, pattern)
 
     # ------------------------------------------------------------------------------ commands
 
@@ -384,9 +474,8 @@ class SerialButtonLink:
             raise ConnectionError("the button receiver did not take the PAIR_MODE frame")
         log.info("button_pairing_open", duration_s=duration_s)
 
-    async def pairing_session(self, duration_s: int) -> AsyncIterator[int]:
-        """Open pairing for ``duration_s`` and yield each button id as it pairs."""
-        self.open_pairing(duration_s)
+    async def paired_during(self, duration_s: float) -> AsyncIterator[int]:
+        """Yield each button id as it pairs, for ``duration_s`` (after ``open_pairing``)."""
         told = 0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration_s):
