@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import ssl
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from drivers.button.codec import Pattern
 from drivers.button.pairing import PairingStore
 from drivers.sim.demo import local_mosquitto
 from drivers.sim.receiver import SimReceiver
-from hil.uplink_smoke import Platform
+from hil.uplink_smoke import Platform, parse_args, platform_for
 
 BUTTON = 0x00A1B2C3
 TIMEOUT_S = 30.0
@@ -89,13 +88,7 @@ async def simulated(gw: str) -> None:
 
 
 def hardware(args: argparse.Namespace) -> None:
-    host, _, port = args.broker.rpartition(":")
-    tls = None
-    if args.ca:
-        tls = ssl.create_default_context(cafile=str(args.ca))
-        if args.cert:
-            tls.load_cert_chain(str(args.cert), str(args.key) if args.key else None)
-    platform = Platform(host, int(port), args.gateway_id, tls)
+    platform = platform_for(args)
     try:
         print("Press the senior's emergency button now.", flush=True)
         platform.wait("alarm.button at the platform", lambda: bool(_alarms(platform)))
@@ -111,13 +104,7 @@ def hardware(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.button_smoke", description=__doc__)
-    parser.add_argument("--broker", help="HOST:PORT of the broker an installed gateway uses")
-    parser.add_argument("--gateway-id", default="gw-hil")
-    parser.add_argument("--ca", type=Path)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    args = parser.parse_args(argv)
+    args = parse_args("python -m hil.button_smoke", __doc__, argv)
     if args.broker:
         hardware(args)
     else:

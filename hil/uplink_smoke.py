@@ -110,22 +110,32 @@ def scenario(platform: Platform) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.uplink_smoke", description=__doc__)
+def parse_args(prog: str, doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The options every scenario takes: simulated rig by default, a real broker with --broker."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     parser.add_argument("--broker", help="HOST:PORT of the broker an installed gateway uses")
     parser.add_argument("--gateway-id", default="gw-hil")
-    parser.add_argument("--ca", type=Path)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    args = parser.parse_args(argv)
+    parser.add_argument("--ca", type=Path, help="the platform CA certificate")
+    parser.add_argument("--cert", type=Path, help="a platform-side client certificate")
+    parser.add_argument("--key", type=Path, help="its key")
+    return parser.parse_args(argv)
+
+
+def platform_for(args: argparse.Namespace) -> Platform:
+    """The platform's side on the broker that ``--broker`` names."""
+    host, _, port = args.broker.rpartition(":")
+    tls = None
+    if args.ca:
+        tls = ssl.create_default_context(cafile=str(args.ca))
+        if args.cert:
+            tls.load_cert_chain(str(args.cert), str(args.key) if args.key else None)
+    return Platform(host, int(port), args.gateway_id, tls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("python -m hil.uplink_smoke", __doc__, argv)
     if args.broker:
-        host, _, port = args.broker.rpartition(":")
-        tls = None
-        if args.ca:
-            tls = ssl.create_default_context(cafile=str(args.ca))
-            if args.cert:
-                tls.load_cert_chain(str(args.cert), str(args.key) if args.key else None)
-        platform = Platform(host, int(port), args.gateway_id, tls)
+        platform = platform_for(args)
         try:
             scenario(platform)
         finally:
