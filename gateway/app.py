@@ -15,6 +15,8 @@ import structlog
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink, parse_device
+from drivers.camera.http import HttpCamera
+from drivers.camera.policy import CameraPolicy
 from drivers.sim.source import SimEventSource
 from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
@@ -98,6 +100,22 @@ class Gateway:
             self.alarms.subscribe(self.button)
             self.commands.register("button.pair", self._button_pair)
             self.commands.register("button.unpair", self._button_unpair)
+        self.camera: CameraPolicy | None = None
+        if cfg.camera.enabled:
+            camera = cfg.camera
+            self.camera = CameraPolicy(
+                camera,
+                sink=self.sink,
+                camera_factory=lambda: HttpCamera(
+                    camera.url,
+                    user=camera.user,
+                    password=camera.password.get_secret_value(),
+                    fingerprint_sha256=camera.fingerprint_sha256,
+                    request_timeout_s=camera.request_timeout_s,
+                ),
+            )
+            self.alarms.subscribe(self.camera)
+        self.commands.register("camera.call", self._camera_call)
         self.uplink = MqttUplink(
             cfg.gateway_id,
             cfg.mqtt,
@@ -146,6 +164,20 @@ class Gateway:
         data = {"press": "short", "battery": None, "rssi": None, "test": True}
         alarm_id = await self.alarms.raise_alarm("alarm.button", data, f"rcv-{self.cfg.gateway_id}")
         return {"alarm_id": alarm_id}
+
+    async def _camera_call(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The platform asks for a call: only when remote camera access is enabled here."""
+        if self.camera is None or not self.cfg.camera.remote_access:
+            raise CommandError("forbidden", "remote camera access is disabled on this gateway")
+        alarm_id, reason = args.get("alarm_id"), args.get("reason")
+        if (
+            set(args) - {"alarm_id", "reason"}
+            or not isinstance(reason, str)
+            or not (alarm_id is None or isinstance(alarm_id, str))
+        ):
+            raise CommandError("invalid_args", "takes reason (text) and alarm_id (id or null)")
+        self.camera.call_for_platform(alarm_id, reason)
+        return {"requested": True}
 
     def _require_button(self) -> SerialButtonLink:
         if self.button is None:
@@ -260,6 +292,8 @@ class Gateway:
         await self.sink.emit("gateway.stopping", lifecycle)
         await self.outbox.flush()
         await self.uplink.stop(SHUTDOWN_DRAIN_S)
+        if self.camera is not None:
+            await self.camera.close()
         await self.supervisor.stop_all(SHUTDOWN_TASKS_S)
         await self.outbox.close()
         log.info("gateway_stopped")

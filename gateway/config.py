@@ -156,6 +156,37 @@ class ButtonSection(_Section):
     _resolve_pairing = field_validator("pairing_file", mode="before")(_resolve)
 
 
+class CameraSection(_Section):
+    """The voice-call camera, triggered over its HTTP API (docs/CAMERA.md)."""
+
+    enabled: bool = False
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "home"
+    url: Annotated[str, Field(pattern=r"^https?://")] = "http://camera.local"
+    user: str = "admin"
+    password: SecretStr = SecretStr("")
+    fingerprint_sha256: str | None = None  # required for https://: the pinned self-signed cert
+    call_on: tuple[str, ...] = ("alarm.button", "alarm.watch_sos", "alarm.fall")
+    remote_access: bool = False  # the platform's camera.call command; off unless enabled here
+    request_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    total_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _pin_matches_scheme(self) -> CameraSection:
+        if self.url.startswith("https://") and not self.fingerprint_sha256:
+            raise ValueError(
+                "camera.fingerprint_sha256: missing; an https:// camera is trusted by its "
+                "certificate's SHA-256 fingerprint (fix: add it, as shown by the camera or by "
+                "openssl x509 -noout -fingerprint -sha256)"
+            )
+        if self.url.startswith("http://") and self.fingerprint_sha256:
+            raise ValueError(
+                "camera.fingerprint_sha256 is set for an http:// camera (fix: use https:// or "
+                "remove the fingerprint)"
+            )
+        return self
+
+
 class SimSection(_Section):
     """The simulated event source used by the demo and the tests."""
 
@@ -174,6 +205,7 @@ class GatewayConfig(_Section):
     logging: LoggingSection = LoggingSection()
     commands: CommandsSection = CommandsSection()
     button: ButtonSection = ButtonSection()
+    camera: CameraSection = CameraSection()
     sim: SimSection = SimSection()
 
     @property
@@ -221,7 +253,7 @@ def _problem(error: Any) -> str:
     loc = tuple(error["loc"])
     key = _key(loc)
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith("mqtt."):
+    if message.startswith(("mqtt.", "camera.")):
         return message
     fix: str | None = _FIXES.get(
         error["type"], "see config/carebed.example.toml for the expected form"

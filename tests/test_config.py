@@ -77,8 +77,20 @@ def test_config_models_are_frozen(tmp_path: Path) -> None:
         (GOOD_PLAIN.replace("plaintext = true", ""), "mqtt.tls", "plaintext = true"),
         (GOOD_PLAIN + "protocol = '4'\n", "mqtt.protocol", "'5' or '3.1.1'"),
         (GOOD_PLAIN + "[outbox]\ngroup_commit_s = 5\n", "outbox.group_commit_s", "less than"),
+        (
+            GOOD_PLAIN + '[camera]\nenabled = true\nurl = "https://10.0.0.9"\n',
+            "camera.fingerprint_sha256",
+            "SHA-256 fingerprint",
+        ),
     ],
-    ids=["unknown-key", "bad-id", "plaintext-not-explicit", "bad-protocol", "commit-window"],
+    ids=[
+        "unknown-key",
+        "bad-id",
+        "plaintext-not-explicit",
+        "bad-protocol",
+        "commit-window",
+        "camera-without-pin",
+    ],
 )
 def test_bad_config_names_the_key_and_exits_78(
     tmp_path: Path, text: str, key: str, words: str

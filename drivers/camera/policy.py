@@ -1,0 +1,108 @@
+"""Which triggers may call the camera: one call per alarm, each in its own task, each audited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from drivers.base import AlarmState, EventSink
+from drivers.camera.calls import CallRunner
+from drivers.camera.http import CallReason, HttpCamera
+
+log = structlog.get_logger("drivers.camera")
+
+
+class CameraSettings(Protocol):
+    name: str
+    call_on: tuple[str, ...]
+    poll_interval_s: float
+    total_budget_s: float
+
+
+class CameraPolicy:
+    """An ``AlarmListener`` that starts a camera call for the alarms the configuration names.
+
+    A call runs in a task of its own: a camera that hangs, is slow, fails or answers garbage
+    never touches the alarm path. An alarm is called once, however often it is resent (resends
+    are not "received" again). Test alarms (device ``rcv-…``) never call. Every trigger leaves an
+    ``audit.camera_activated`` event with its cause.
+    """
+
+    def __init__(
+        self,
+        settings: CameraSettings,
+        *,
+        sink: EventSink,
+        camera_factory: Callable[[], HttpCamera],
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.camera_factory = camera_factory
+        self.device = f"cam-{settings.name}"
+        self._called: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def alarm_state_changed(
+        self, alarm_id: str, kind: str, device: str | None, state: AlarmState
+    ) -> None:
+        if state is not AlarmState.RECEIVED or kind not in self.settings.call_on:
+            return
+        if device is not None and device.startswith("rcv-"):
+            return  # the platform's test_alarm: the camera is not called
+        if alarm_id in self._called:
+            return
+        self._called.add(alarm_id)
+        self._spawn("alarm", alarm_id, who="gateway", why=kind)
+
+    def call_for_platform(self, alarm_id: str | None, why: str) -> None:
+        """The platform's ``camera.call`` command (allowed only when configured)."""
+        self._spawn("platform", alarm_id, who="platform", why=why)
+
+    def _spawn(self, reason: CallReason, alarm_id: str | None, *, who: str, why: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._call(reason, alarm_id, who=who, why=why), name=f"camera[{self.device}].call"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, reason: CallReason, alarm_id: str | None, *, who: str, why: str) -> None:
+        reports: asyncio.Queue[tuple[str, str | None, str | None] | None] = asyncio.Queue()
+
+        def report(state: str, alarm_id: str | None, error: str | None) -> None:
+            reports.put_nowait((state, alarm_id, error))
+
+        async def publish() -> None:
+            while (item := await reports.get()) is not None:
+                state, alarm, error = item
+                await self.sink.emit(
+                    "camera.call", {"state": state, "alarm_id": alarm, "error": error}, self.device
+                )
+
+        try:
+            audit: dict[str, Any] = {"who": who, "what": "camera call", "why": why}
+            audit["alarm_id"] = alarm_id
+            await self.sink.emit("audit.camera_activated", audit, self.device)
+            publisher = asyncio.get_running_loop().create_task(publish())
+            try:
+                async with self.camera_factory() as camera:
+                    runner = CallRunner(
+                        camera,
+                        report,
+                        poll_interval_s=self.settings.poll_interval_s,
+                        total_budget_s=self.settings.total_budget_s,
+                    )
+                    await runner.run(reason, alarm_id)
+            finally:
+                reports.put_nowait(None)
+                await publisher
+        except Exception:
+            log.exception("camera_call_failed", alarm_id=alarm_id)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
