@@ -15,13 +15,14 @@ import structlog
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink, parse_device
+from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
 from drivers.sim.source import SimEventSource
 from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
 from gateway.commands import CommandProcessor, no_args
-from gateway.config import GatewayConfig
+from gateway.config import CameraSection, GatewayConfig
 from gateway.control import ControlError, ControlServer
 from gateway.emitter import EventFactory, OutboxSink
 from gateway.errors import CommandError
@@ -56,6 +57,7 @@ class Gateway:
         clock: Clock | None = None,
         notifier: SystemdNotifier | None = None,
         boot_id: str | None = None,
+        relay_line: OutputLine | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
@@ -102,18 +104,7 @@ class Gateway:
             self.commands.register("button.unpair", self._button_unpair)
         self.camera: CameraPolicy | None = None
         if cfg.camera.enabled:
-            camera = cfg.camera
-            self.camera = CameraPolicy(
-                camera,
-                sink=self.sink,
-                camera_factory=lambda: HttpCamera(
-                    camera.url,
-                    user=camera.user,
-                    password=camera.password.get_secret_value(),
-                    fingerprint_sha256=camera.fingerprint_sha256,
-                    request_timeout_s=camera.request_timeout_s,
-                ),
-            )
+            self.camera = self._camera_policy(cfg.camera, relay_line)
             self.alarms.subscribe(self.camera)
         self.commands.register("camera.call", self._camera_call)
         self.uplink = MqttUplink(
@@ -164,6 +155,26 @@ class Gateway:
         data = {"press": "short", "battery": None, "rssi": None, "test": True}
         alarm_id = await self.alarms.raise_alarm("alarm.button", data, f"rcv-{self.cfg.gateway_id}")
         return {"alarm_id": alarm_id}
+
+    def _camera_policy(self, camera: CameraSection, line: OutputLine | None) -> CameraPolicy:
+        if camera.trigger == "relay":
+            line = line or GpiodLine(
+                camera.relay_chip, camera.relay_line, active_low=camera.relay_active_low
+            )
+            return CameraPolicy(
+                camera, sink=self.sink, relay=RelayTrigger(line, camera.relay_pulse_s)
+            )
+        return CameraPolicy(
+            camera,
+            sink=self.sink,
+            camera_factory=lambda: HttpCamera(
+                camera.url,
+                user=camera.user,
+                password=camera.password.get_secret_value(),
+                fingerprint_sha256=camera.fingerprint_sha256,
+                request_timeout_s=camera.request_timeout_s,
+            ),
+        )
 
     async def _camera_call(self, args: dict[str, Any]) -> dict[str, Any]:
         """The platform asks for a call: only when remote camera access is enabled here."""

@@ -160,6 +160,7 @@ class CameraSection(_Section):
     """The voice-call camera, triggered over its HTTP API (docs/CAMERA.md)."""
 
     enabled: bool = False
+    trigger: Literal["http", "relay"] = "http"
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "home"
     url: Annotated[str, Field(pattern=r"^https?://")] = "http://camera.local"
     user: str = "admin"
@@ -170,6 +171,10 @@ class CameraSection(_Section):
     request_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     total_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    relay_chip: str = "/dev/gpiochip0"  # dry contact: the GPIO character device
+    relay_line: Annotated[int, Field(ge=0)] = 0
+    relay_pulse_s: Annotated[float, Field(gt=0, le=10)] = 0.5
+    relay_active_low: bool = False
 
     @model_validator(mode="after")
     def _pin_matches_scheme(self) -> CameraSection:

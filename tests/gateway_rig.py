@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.camera.gpio import OutputLine
 from gateway import config
 from gateway.app import Gateway
 from gateway.clock import Clock
@@ -42,6 +43,7 @@ async def running_gateway(
     clock: Clock | None = None,
     gateway_id: str = "gw-a",
     cert_of: str | None = None,
+    relay_line: OutputLine | None = None,
     **sections: dict[str, Any],
 ) -> AsyncIterator[RunningGateway]:
     path = gateway_config(tmp_path, broker, gateway_id=gateway_id, **sections)
@@ -51,7 +53,13 @@ async def running_gateway(
         cert = broker.pki.client(cert_of)
         tls = cfg.mqtt.tls.model_copy(update={"cert_file": cert.cert, "key_file": cert.key})
         cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"tls": tls})})
-    gateway = Gateway(cfg, clock=clock, notifier=SystemdNotifier(None), boot_id="test-boot")
+    gateway = Gateway(
+        cfg,
+        clock=clock,
+        notifier=SystemdNotifier(None),
+        boot_id="test-boot",
+        relay_line=relay_line,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop), name="gateway")
     try:

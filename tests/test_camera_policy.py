@@ -4,11 +4,16 @@ of remote access, and isolation from the alarm path. Real HTTP to the camera sim
 from __future__ import annotations
 
 import asyncio
+import glob
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from drivers.camera.gpio import GpiodLine
 from drivers.sim.camera import SimCamera
+from drivers.sim.gpio import SimLine
 from gateway.clock import ManualClock
 from tests.gateway_rig import running_gateway, wait_until
 from tests.support.broker import Mosquitto
@@ -170,3 +175,30 @@ async def test_a_hanging_camera_does_not_slow_the_alarm(
         assert len([r for r in sim.requests if r.method == "POST"]) >= 1  # the camera was asked
     assert max(timings) < 0.5, timings  # idle alarm latency is ~2 ms; a hung camera adds nothing
     assert "ended" not in call_states(platform)
+
+
+async def test_the_relay_pulses_its_line_for_the_configured_time(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    line = SimLine()
+    relay = {"enabled": True, "trigger": "relay", "name": "hall", "relay_pulse_s": 0.2}
+    async with running_gateway(tmp_path, mosquitto, camera=relay, relay_line=line) as rig:
+        alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", PRESS, BUTTON)
+        await wait_platform(platform, lambda p: call_states(p) == ["requested"], "requested")
+        assert not line.active
+    (pulse,) = line.pulses_s()
+    assert 0.2 <= pulse < 0.4
+    assert kinds(platform, "camera.call")[0]["data"]["alarm_id"] == alarm_id
+    assert kinds(platform, "audit.camera_activated")[0]["device"] == "cam-hall"
+    assert line.closed
+
+
+@pytest.mark.skipif(not glob.glob("/dev/gpiochip*"), reason="no GPIO chip (nor gpio-sim) here")
+def test_gpiod_line_drives_a_real_chip() -> None:
+    chip = sorted(glob.glob("/dev/gpiochip*"))[0]
+    line = GpiodLine(chip, 0)
+    try:
+        line.set_active(True)
+        line.set_active(False)
+    finally:
+        line.close()

@@ -10,6 +10,7 @@ import structlog
 
 from drivers.base import AlarmState, EventSink
 from drivers.camera.calls import CallRunner
+from drivers.camera.gpio import RelayTrigger
 from drivers.camera.http import CallReason, HttpCamera
 
 log = structlog.get_logger("drivers.camera")
@@ -36,11 +37,15 @@ class CameraPolicy:
         settings: CameraSettings,
         *,
         sink: EventSink,
-        camera_factory: Callable[[], HttpCamera],
+        camera_factory: Callable[[], HttpCamera] | None = None,
+        relay: RelayTrigger | None = None,
     ) -> None:
+        if (camera_factory is None) == (relay is None):
+            raise ValueError("a camera is triggered over HTTP or by a relay: give exactly one")
         self.settings = settings
         self.sink = sink
         self.camera_factory = camera_factory
+        self.relay = relay
         self.device = f"cam-{settings.name}"
         self._called: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,6 +92,12 @@ class CameraPolicy:
             await self.sink.emit("audit.camera_activated", audit, self.device)
             publisher = asyncio.get_running_loop().create_task(publish())
             try:
+                if self.relay is not None:
+                    # A dry contact gives no feedback: "requested" is all that can be said.
+                    await self.relay.pulse()
+                    report("requested", alarm_id, None)
+                    return
+                assert self.camera_factory is not None
                 async with self.camera_factory() as camera:
                     runner = CallRunner(
                         camera,
@@ -106,3 +117,5 @@ class CameraPolicy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.relay is not None:
+            self.relay.line.close()
