@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="the paired buttons and their state")
     unpair = actions.add_parser("unpair", help="forget a button")
     unpair.add_argument("id", help="btn-00A1B2C3, or just 00A1B2C3")
+    camera = commands.add_parser("camera", help="check the voice-call camera")
+    camera.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
+    camera_actions = camera.add_subparsers(dest="action", required=True)
+    camera_test = camera_actions.add_parser(
+        "test", help="reachability, credentials and privacy mode; --call places a test call"
+    )
+    camera_test.add_argument("--call", action="store_true", help="also place a test call")
     schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
@@ -56,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = schemas if args.which == "all" else schemas[args.which]
         print(json.dumps(chosen, indent=2))
         return EXIT_OK
-    path = args.config if args.command in ("run", "button") else args.path
+    path = args.config if args.command in ("run", "button", "camera") else args.path
     try:
         cfg = config_module.load(path)
     except ConfigError as error:
         return _config_failure(error)
+    if args.command == "camera":
+        from gateway import camera_cli  # noqa: PLC0415 - only this command needs it
+
+        return camera_cli.main(cfg, args)
     if args.command == "button":
         from gateway import button_cli  # noqa: PLC0415 - only this command needs it
 

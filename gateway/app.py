@@ -125,6 +125,7 @@ class Gateway:
                 "button.list": self._control_list,
                 "button.pair": self._control_pair,
                 "button.unpair": self._control_unpair,
+                "camera.test": self._control_camera_test,
             },
         )
         self.started = asyncio.Event()
@@ -233,6 +234,14 @@ class Gateway:
         except ValueError as exc:
             raise ControlError(str(exc)) from exc
         yield {"device": device_id(bid), "unpaired": await button.unpair(bid)}
+
+    async def _control_camera_test(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if self.camera is None:
+            raise ControlError("no camera is configured ([camera] enabled = false)")
+        yield {"event": "status", **await self.camera.check()}
+        if args.get("call"):
+            self.camera.test_call()  # runs on; its states go to the platform as camera.call
+            yield {"event": "called", "device": self.camera.device}
 
     async def _control_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         button = self._control_button()

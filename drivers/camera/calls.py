@@ -56,7 +56,7 @@ def full_jitter(delay_s: float) -> float:
     return random.uniform(delay_s / 2, delay_s)
 
 
-def _error_code(exc: CameraError) -> str:
+def error_code(exc: CameraError) -> str:
     if isinstance(exc, CameraPrivacyError):
         return "privacy_mode"
     if isinstance(exc, CameraAuthError):
@@ -139,7 +139,7 @@ class CallRunner:
                 await self._sleep(delay_s)
                 continue
             except CameraError as exc:
-                self._fail(alarm_id, _error_code(exc))
+                self._fail(alarm_id, error_code(exc))
                 return None
             log.info("camera_call_requested", call_id=started.call_id, alarm_id=alarm_id)
             self._report("requested", alarm_id, None)
@@ -160,7 +160,7 @@ class CallRunner:
                 await self._sleep(self.poll_interval_s)
                 continue
             except CameraError as exc:
-                self._fail(alarm_id, _error_code(exc))
+                self._fail(alarm_id, error_code(exc))
                 return "failed"
             last_good = self._clock()
             if state.state == "connected" and not started:

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 import structlog
 
 from drivers.base import AlarmState, EventSink
-from drivers.camera.calls import CallRunner
+from drivers.camera.calls import CallRunner, error_code
+from drivers.camera.errors import CameraError
 from drivers.camera.gpio import RelayTrigger
 from drivers.camera.http import CallReason, HttpCamera
 
@@ -62,16 +63,45 @@ class CameraPolicy:
         self._called.add(alarm_id)
         self._spawn("alarm", alarm_id, who="gateway", why=kind)
 
+    async def check(self) -> dict[str, Any]:
+        """The installer's check: reachable, credentials accepted, privacy shutter state."""
+        if self.camera_factory is None:
+            return {"trigger": "relay", "checked": False, "why": "a dry contact cannot answer"}
+        try:
+            async with self.camera_factory() as camera:
+                status = await camera.status()
+        except CameraError as exc:
+            return {
+                "trigger": "http",
+                "reachable": False,
+                "error": error_code(exc),
+                "detail": str(exc),
+            }
+        return {
+            "trigger": "http",
+            "reachable": True,
+            "model": status.model,
+            "firmware": status.firmware,
+            "privacy_mode": status.privacy_mode,
+        }
+
+    def test_call(self) -> asyncio.Task[None]:
+        """A local installer's test call: audited and reported like any other."""
+        return self._spawn("platform", None, who="installer", why="installer test")
+
     def call_for_platform(self, alarm_id: str | None, why: str) -> None:
         """The platform's ``camera.call`` command (allowed only when configured)."""
         self._spawn("platform", alarm_id, who="platform", why=why)
 
-    def _spawn(self, reason: CallReason, alarm_id: str | None, *, who: str, why: str) -> None:
+    def _spawn(
+        self, reason: CallReason, alarm_id: str | None, *, who: str, why: str
+    ) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             self._call(reason, alarm_id, who=who, why=why), name=f"camera[{self.device}].call"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _call(self, reason: CallReason, alarm_id: str | None, *, who: str, why: str) -> None:
         reports: asyncio.Queue[tuple[str, str | None, str | None] | None] = asyncio.Queue()
