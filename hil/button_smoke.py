@@ -1,4 +1,5 @@
-"""Button scenario: a press reaches the platform, the acknowledgement reaches the senior.
+"""Button scenario: a press reaches the platform and calls the camera; the acknowledgement
+reaches the senior.
 
 On the simulated rig it starts a local Mosquitto, a simulated receiver on a pseudo-terminal and
 the daemon, and checks every step including the receiver's feedback. Against an installed gateway
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from drivers.button.codec import Pattern
 from drivers.button.pairing import PairingStore
+from drivers.sim.camera import SimCamera
 from drivers.sim.demo import local_mosquitto
 from drivers.sim.receiver import SimReceiver
 from hil.uplink_smoke import Platform, parse_args, platform_for
@@ -48,13 +50,15 @@ async def simulated(gw: str) -> None:
         PairingStore(workdir / "state" / "buttons.json").add(BUTTON)
         config = workdir / "carebed.toml"
         with local_mosquitto(workdir) as port:
-            config.write_text(
-                f'[gateway]\nid = "{gw}"\nstate_dir = "{workdir / "state"}"\n'
-                f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nplaintext = true\n'
-                f'[button]\nenabled = true\nport = "{link}"\nreopen_interval_s = 0.1\n'
-            )
             platform = Platform("127.0.0.1", port, gw, None)
-            async with SimReceiver(link_path=link) as sim:
+            async with SimReceiver(link_path=link) as sim, SimCamera() as camera:
+                config.write_text(
+                    f'[gateway]\nid = "{gw}"\nstate_dir = "{workdir / "state"}"\n'
+                    f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nplaintext = true\n'
+                    f'[button]\nenabled = true\nport = "{link}"\nreopen_interval_s = 0.1\n'
+                    f'[camera]\nenabled = true\nname = "hil"\nurl = "{camera.base_url}"\n'
+                    f'user = "{camera.user}"\npassword = "{camera.password}"\n'
+                )
                 log = (workdir / "gateway.log").open("wb")
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -75,6 +79,14 @@ async def simulated(gw: str) -> None:
                         platform.wait,
                         "alarm.button at the platform",
                         lambda: bool(_alarms(platform)),
+                    )
+                    await asyncio.to_thread(
+                        platform.wait,
+                        "the camera call started",
+                        lambda: any(
+                            e["kind"] == "camera.call" and e["data"]["state"] == "started"
+                            for e in platform.events()
+                        ),
                     )
                     _ack(platform, _alarms(platform)[0]["id"])
                     await _sim_step(sim, "senior told: help is on the way", Pattern.ACKNOWLEDGED)

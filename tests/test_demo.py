@@ -23,6 +23,7 @@ def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
         "senior presses the button",
         "senior hears: alarm received by the gateway",
         "platform ← alarm.button",
+        "platform ← camera.call",
         "platform → ack",
         "senior hears: help is on the way",
         "platform ← audit.alarm_acknowledged",
@@ -53,4 +54,4 @@ def test_hil_button_smoke_passes_on_the_simulated_rig() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert result.stdout.count("ok   ") == 5
+    assert result.stdout.count("ok   ") == 6

@@ -2,7 +2,8 @@
 
 Nothing needs root or hardware: Mosquitto runs on a free port in a temporary directory, the
 simulated watch sends heart rates, a simulated button receiver on a pseudo-terminal presses the
-senior's button now and then (or when you press Enter), and a small "platform desk" prints what
+senior's button now and then (or when you press Enter), a simulated voice camera takes the call
+each alarm asks for, and a small "platform desk" prints what
 arrives and acknowledges each alarm after a few seconds. What the senior hears from the receiver
 is printed too, so the whole alarm chain goes by on the screen.
 """
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.button.codec import Indicate, Pattern
 from drivers.button.pairing import PairingStore
+from drivers.sim.camera import SimCamera
 from drivers.sim.receiver import SimReceiver
 from gateway import config, logs
 from gateway.app import Gateway, StopRequest
@@ -162,22 +164,29 @@ async def _run(
 ) -> int:
     link = workdir / "carebed-button"
     PairingStore(state_dir / "buttons.json").add(DEMO_BUTTON)
-    cfg = config.parse(
-        {
-            "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir), "heartbeat_s": 30},
-            "mqtt": {"host": "127.0.0.1", "port": port, "plaintext": True},
-            "button": {"enabled": True, "port": str(link)},
-            "sim": {"enabled": True, "telemetry_interval_s": 2.0},
-            "logging": {"format": "console"},
-        },
-        source="demo",
-    )
     stop = stop_request.attach()
     loop = asyncio.get_running_loop()
     desk = PlatformDesk(port, loop)
     if args.seconds is not None:
         loop.call_later(args.seconds, stop.set)
-    async with SimReceiver(link_path=link) as sim:
+    async with SimReceiver(link_path=link) as sim, SimCamera(call_duration_s=4.0) as camera:
+        cfg = config.parse(
+            {
+                "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir), "heartbeat_s": 30},
+                "mqtt": {"host": "127.0.0.1", "port": port, "plaintext": True},
+                "button": {"enabled": True, "port": str(link)},
+                "camera": {
+                    "enabled": True,
+                    "name": "living",
+                    "url": camera.base_url,
+                    "user": camera.user,
+                    "password": camera.password,
+                },
+                "sim": {"enabled": True, "telemetry_interval_s": 2.0},
+                "logging": {"format": "console"},
+            },
+            source="demo",
+        )
         helpers = [
             loop.create_task(_senior(sim), name="demo.senior"),
             loop.create_task(_presses(sim, args.alarm_every), name="demo.presses"),
