@@ -15,7 +15,7 @@ import structlog
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink, parse_device
-from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger
+from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
 from drivers.sim.source import SimEventSource
@@ -159,9 +159,17 @@ class Gateway:
 
     def _camera_policy(self, camera: CameraSection, line: OutputLine | None) -> CameraPolicy:
         if camera.trigger == "relay":
-            line = line or GpiodLine(
-                camera.relay_chip, camera.relay_line, active_low=camera.relay_active_low
-            )
+            if line is None:
+                try:
+                    line = GpiodLine(
+                        camera.relay_chip, camera.relay_line, active_low=camera.relay_active_low
+                    )
+                except (OSError, ImportError, ValueError) as exc:
+                    # A camera problem must never keep the gateway (and its alarms) down.
+                    log.error(  # noqa: TRY400 - the reason is in the message
+                        "camera_relay_unavailable", chip=camera.relay_chip, error=str(exc)
+                    )
+                    line = UnavailableLine(str(exc))
             return CameraPolicy(
                 camera, sink=self.sink, relay=RelayTrigger(line, camera.relay_pulse_s)
             )
@@ -312,9 +320,9 @@ class Gateway:
         await self.sink.emit("gateway.stopping", lifecycle)
         await self.outbox.flush()
         await self.uplink.stop(SHUTDOWN_DRAIN_S)
+        await self.supervisor.stop_all(SHUTDOWN_TASKS_S)  # the alarm sources first
         if self.camera is not None:
             await self.camera.close()
-        await self.supervisor.stop_all(SHUTDOWN_TASKS_S)
         await self.outbox.close()
         log.info("gateway_stopped")
 

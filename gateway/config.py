@@ -176,6 +176,29 @@ class CameraSection(_Section):
     relay_pulse_s: Annotated[float, Field(gt=0, le=10)] = 0.5
     relay_active_low: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        if "@" in url.split("/")[2]:
+            raise ValueError(
+                "camera.url: credentials in the URL would end up in logs (fix: put them in "
+                "camera.user and camera.password)"
+            )
+        return url
+
+    @field_validator("fingerprint_sha256")
+    @classmethod
+    def _well_formed_pin(cls, pin: str | None) -> str | None:
+        if pin is None:
+            return None
+        digits = pin.replace(":", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError(
+                "camera.fingerprint_sha256: not a SHA-256 fingerprint (fix: 64 hex digits, "
+                "colons allowed, as openssl x509 -noout -fingerprint -sha256 prints it)"
+            )
+        return pin
+
     @model_validator(mode="after")
     def _pin_matches_scheme(self) -> CameraSection:
         if self.url.startswith("https://") and not self.fingerprint_sha256:
@@ -212,6 +235,15 @@ class GatewayConfig(_Section):
     button: ButtonSection = ButtonSection()
     camera: CameraSection = CameraSection()
     sim: SimSection = SimSection()
+
+    @model_validator(mode="after")
+    def _no_fake_alarms_to_a_camera(self) -> GatewayConfig:
+        if self.sim.enabled and self.sim.alarm_interval_s is not None and self.camera.enabled:
+            raise ValueError(
+                "sim.alarm_interval_s with camera.enabled: simulated alarms would open calls "
+                "into the home (fix: disable one of them)"
+            )
+        return self
 
     @property
     def gateway_id(self) -> str:
@@ -258,7 +290,7 @@ def _problem(error: Any) -> str:
     loc = tuple(error["loc"])
     key = _key(loc)
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith(("mqtt.", "camera.")):
+    if message.startswith(("mqtt.", "camera.", "sim.")):
         return message
     fix: str | None = _FIXES.get(
         error["type"], "see config/carebed.example.toml for the expected form"

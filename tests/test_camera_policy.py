@@ -202,3 +202,38 @@ def test_gpiod_line_drives_a_real_chip() -> None:
         line.set_active(False)
     finally:
         line.close()
+
+
+async def test_a_relay_that_cannot_be_opened_does_not_stop_the_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    relay = {
+        "enabled": True,
+        "trigger": "relay",
+        "name": "hall",
+        "relay_chip": str(tmp_path / "no-such-gpiochip"),
+    }
+    async with running_gateway(tmp_path, mosquitto, camera=relay) as rig:
+        alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", PRESS, BUTTON)
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
+        await wait_platform(platform, lambda p: call_states(p) == ["failed"], "the failure")
+    (failed,) = kinds(platform, "camera.call")
+    assert failed["data"] == {
+        "state": "failed",
+        "alarm_id": alarm_id,
+        "error": "trigger_unavailable",
+    }
+
+
+async def test_a_call_that_rings_forever_is_given_up(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with (
+        SimCamera(connect_delay_s=3600) as sim,
+        running_gateway(tmp_path, mosquitto, camera=camera(sim, total_budget_s=0.5)) as rig,
+    ):
+        await rig.gateway.alarms.raise_alarm("alarm.button", PRESS, BUTTON)
+        await wait_platform(
+            platform, lambda p: call_states(p) == ["requested", "failed"], "given up"
+        )
+    assert kinds(platform, "camera.call")[-1]["data"]["error"] == "no_answer"

@@ -82,6 +82,21 @@ def test_config_models_are_frozen(tmp_path: Path) -> None:
             "camera.fingerprint_sha256",
             "SHA-256 fingerprint",
         ),
+        (
+            GOOD_PLAIN + '[camera]\nurl = "https://10.0.0.9"\nfingerprint_sha256 = "AB:CD"\n',
+            "camera.fingerprint_sha256",
+            "64 hex digits",
+        ),
+        (
+            GOOD_PLAIN + '[camera]\nurl = "http://admin:pw@10.0.0.9"\n',
+            "camera.url",
+            "credentials in the URL",
+        ),
+        (
+            GOOD_PLAIN + "[camera]\nenabled = true\n[sim]\nenabled = true\nalarm_interval_s = 5\n",
+            "sim.alarm_interval_s",
+            "calls into the home",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -90,6 +105,9 @@ def test_config_models_are_frozen(tmp_path: Path) -> None:
         "bad-protocol",
         "commit-window",
         "camera-without-pin",
+        "camera-bad-pin",
+        "camera-url-credentials",
+        "sim-alarms-to-camera",
     ],
 )
 def test_bad_config_names_the_key_and_exits_78(

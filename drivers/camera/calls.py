@@ -33,6 +33,8 @@ POLL_INTERVAL_S = 1.0
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_CAP_S = 10.0
 TOTAL_BUDGET_S = 60.0  # datasheet: retry "within a bounded total time, default 60 s"
+MAX_CALL_S = 3600.0  # a call still "connected" after this is no longer followed
+MAX_REASON_CHARS = 120  # the camera's own words go into an event: keep them short
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +93,7 @@ class CallRunner:
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_cap_s: float = BACKOFF_CAP_S,
         total_budget_s: float = TOTAL_BUDGET_S,
+        max_call_s: float = MAX_CALL_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[float], float] = full_jitter,
@@ -101,6 +104,7 @@ class CallRunner:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_cap_s = backoff_cap_s
         self.total_budget_s = total_budget_s
+        self.max_call_s = max_call_s
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
@@ -147,7 +151,8 @@ class CallRunner:
 
     async def _follow(self, call_id: str, alarm_id: str | None) -> str:
         started = False
-        last_good = self._clock()
+        began = last_good = self._clock()
+        connected_at = 0.0
         while True:
             try:
                 async with asyncio.timeout(self.total_budget_s):
@@ -162,9 +167,17 @@ class CallRunner:
             except CameraError as exc:
                 self._fail(alarm_id, error_code(exc))
                 return "failed"
-            last_good = self._clock()
+            last_good = now = self._clock()
+            if state.state == "ringing" and now - began >= self.total_budget_s:
+                self._fail(alarm_id, "no_answer")  # nobody took it: stop following
+                return "failed"
+            if started and now - connected_at >= self.max_call_s:
+                log.warning("camera_call_too_long", call_id=call_id, alarm_id=alarm_id)
+                self._report("ended", alarm_id, None)
+                return "ended"
             if state.state == "connected" and not started:
                 started = True
+                connected_at = now
                 log.info("camera_call_started", call_id=call_id, alarm_id=alarm_id)
                 self._report("started", alarm_id, None)
             elif state.state == "ended":
@@ -172,7 +185,7 @@ class CallRunner:
                 self._report("ended", alarm_id, None)
                 return "ended"
             elif state.state == "failed":
-                self._fail(alarm_id, state.reason or "call_failed")
+                self._fail(alarm_id, (state.reason or "call_failed")[:MAX_REASON_CHARS])
                 return "failed"
             await self._sleep(self.poll_interval_s)
 

@@ -43,6 +43,19 @@ class GpiodLine:
         self._request.release()
 
 
+class UnavailableLine:
+    """Stands for a relay line that could not be opened: every pulse fails with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def set_active(self, active: bool) -> None:
+        raise OSError(f"relay line unavailable: {self.reason}")
+
+    def close(self) -> None:
+        pass
+
+
 class RelayTrigger:
     """Closes the relay for ``pulse_s``, then opens it again, whatever happens in between."""
 

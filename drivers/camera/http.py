@@ -159,7 +159,7 @@ class HttpCamera:
         elif url.scheme == "http":
             if fingerprint_sha256 is not None:
                 raise CameraConfigError("a certificate fingerprint needs an https:// camera URL")
-            verify = True
+            verify = False  # plain http: no TLS at all (and no CA bundle loaded on the loop)
         else:
             raise CameraConfigError(f"camera URL must be http:// or https://, not {base_url!r}")
         self.base_url = str(url).rstrip("/")

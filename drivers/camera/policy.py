@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ class CameraPolicy:
         self.device = f"cam-{settings.name}"
         self._called: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def alarm_state_changed(
         self, alarm_id: str, kind: str, device: str | None, state: AlarmState
@@ -85,7 +87,7 @@ class CameraPolicy:
             "privacy_mode": status.privacy_mode,
         }
 
-    def test_call(self) -> asyncio.Task[None]:
+    def test_call(self) -> asyncio.Task[None] | None:
         """A local installer's test call: audited and reported like any other."""
         return self._spawn("platform", None, who="installer", why="installer test")
 
@@ -95,7 +97,10 @@ class CameraPolicy:
 
     def _spawn(
         self, reason: CallReason, alarm_id: str | None, *, who: str, why: str
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[None] | None:
+        if self._closed:
+            log.warning("camera_call_after_close", alarm_id=alarm_id)
+            return None
         task = asyncio.get_running_loop().create_task(
             self._call(reason, alarm_id, who=who, why=why), name=f"camera[{self.device}].call"
         )
@@ -136,16 +141,30 @@ class CameraPolicy:
                         total_budget_s=self.settings.total_budget_s,
                     )
                     await runner.run(reason, alarm_id)
+            except CameraError as exc:
+                report("failed", alarm_id, error_code(exc))
+            except OSError as exc:  # e.g. the relay line
+                log.error("camera_trigger_failed", alarm_id=alarm_id, error=str(exc))  # noqa: TRY400
+                report("failed", alarm_id, "trigger_unavailable")
             finally:
                 reports.put_nowait(None)
                 await publisher
         except Exception:
+            # Last resort: the platform still hears that this call did not happen.
             log.exception("camera_call_failed", alarm_id=alarm_id)
+            with contextlib.suppress(Exception):
+                await self.sink.emit(
+                    "camera.call",
+                    {"state": "failed", "alarm_id": alarm_id, "error": "internal"},
+                    self.device,
+                )
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 5.0) -> None:
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
         if self.relay is not None:
             self.relay.line.close()
