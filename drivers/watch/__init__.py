@@ -1,0 +1,1 @@
+"""Health watch over Bluetooth Low Energy: the pure GATT payload codec."""
