@@ -24,17 +24,6 @@ def _normalise(raw: str) -> str:
     return raw if raw.startswith("btn-") else f"btn-{raw.upper():0>8}"
 
 
-async def _ask(cfg: GatewayConfig, cmd: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-    replies = []
-    async for reply in control.request(cfg.control_socket, cmd, args):
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        replies.append(reply)
-        if cmd == "button.pair":
-            _show_pairing(reply)
-    return replies
-
-
 def _show_pairing(reply: dict[str, Any]) -> None:
     event = reply.get("event")
     if event == "open":
@@ -64,32 +53,28 @@ def _show_list(status: dict[str, Any]) -> None:
 
 
 def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    socket = cfg.control_socket
     try:
         if args.action == "pair":
             if not 1 <= args.seconds <= 255:
                 _say("carebed: --seconds must be from 1 to 255")
                 return EXIT_FAILED
-            asyncio.run(_ask(cfg, "button.pair", {"seconds": args.seconds}))
+            asyncio.run(
+                control.ask(socket, "button.pair", {"seconds": args.seconds}, _show_pairing)
+            )
         elif args.action == "list":
-            (status,) = asyncio.run(_ask(cfg, "button.list", {}))
+            (status,) = asyncio.run(control.ask(socket, "button.list", {}))
             _show_list(status)
         else:
             device = _normalise(args.id)
-            (reply,) = asyncio.run(_ask(cfg, "button.unpair", {"device": device}))
+            (reply,) = asyncio.run(control.ask(socket, "button.unpair", {"device": device}))
             _say(f"{device} unpaired" if reply["unpaired"] else f"{device} was not paired")
-    except (FileNotFoundError, ConnectionRefusedError):
-        return _without_daemon(cfg, args)
-    except PermissionError:
-        print(
-            f"carebed: not allowed to use {cfg.control_socket}: run as root, or as a member of "
-            "the carebed group",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     except OSError as exc:
-        print(f"carebed: cannot reach the daemon at {cfg.control_socket}: {exc}", file=sys.stderr)
+        if control.daemon_absent(exc):
+            return _without_daemon(cfg, args)
+        print(f"carebed: {control.unreachable(socket, exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except RuntimeError as exc:
+    except control.ControlError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

@@ -36,12 +36,8 @@ def _show(reply: dict[str, Any]) -> bool:
 
 
 async def _through_daemon(cfg: GatewayConfig, call: bool) -> bool:
-    ok = True
-    async for reply in control.request(cfg.control_socket, "camera.test", {"call": call}):
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        ok = _show(reply) and ok
-    return ok
+    replies = await control.ask(cfg.control_socket, "camera.test", {"call": call})
+    return all([_show(reply) for reply in replies])
 
 
 async def _directly(cfg: GatewayConfig) -> bool:
@@ -73,7 +69,10 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         ok = asyncio.run(_through_daemon(cfg, args.call))
-    except (FileNotFoundError, ConnectionRefusedError):
+    except OSError as exc:
+        if not control.daemon_absent(exc):
+            print(f"carebed: {control.unreachable(cfg.control_socket, exc)}", file=sys.stderr)
+            return EXIT_FAILED
         if args.call:
             print(
                 "carebed: a test call goes through the daemon (it is audited there): "
@@ -85,10 +84,7 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             return EXIT_OK if _show({"trigger": "relay"}) else EXIT_FAILED
         print("(the daemon is not running: asking the camera directly)")
         ok = asyncio.run(_directly(cfg))
-    except RuntimeError as exc:
+    except control.ControlError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        print(f"carebed: cannot reach the daemon at {cfg.control_socket}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if ok else EXIT_FAILED

@@ -103,3 +103,33 @@ async def request(path: Path, cmd: str, args: dict[str, Any]) -> AsyncIterator[d
             yield json.loads(line)
     finally:
         writer.close()
+
+
+async def ask(
+    path: Path,
+    cmd: str,
+    args: dict[str, Any],
+    on_reply: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Send one request and collect its replies (``on_reply`` sees each as it comes); the
+    daemon's error reply becomes a ``ControlError``."""
+    replies = []
+    async for reply in request(path, cmd, args):
+        if "error" in reply:
+            raise ControlError(reply["error"])
+        if on_reply is not None:
+            on_reply(reply)
+        replies.append(reply)
+    return replies
+
+
+def daemon_absent(exc: OSError) -> bool:
+    """Nothing listens on the socket: the daemon is not running."""
+    return isinstance(exc, FileNotFoundError | ConnectionRefusedError)
+
+
+def unreachable(path: Path, exc: OSError) -> str:
+    """What to tell the installer when the socket is there but cannot be used."""
+    if isinstance(exc, PermissionError):
+        return f"not allowed to use {path}: run as root, or as a member of the carebed group"
+    return f"cannot reach the daemon at {path}: {exc}"

@@ -74,15 +74,15 @@ class ClockWatcher:
         self.sink = sink
         self.boot_id = boot_id
         self.poll_s = poll_s
+        self.synced = clock.is_synced()  # as the gateway started: events so far carry this
 
     async def run(self) -> None:
-        synced = self.clock.is_synced()
         while True:
             await asyncio.sleep(self.poll_s)
             now_synced = self.clock.is_synced()
-            if now_synced and not synced:
+            if now_synced and not self.synced:
                 await self.correct()
-            synced = now_synced
+            self.synced = now_synced
 
     async def correct(self) -> int:
         await self.outbox.flush()

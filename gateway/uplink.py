@@ -9,7 +9,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -82,8 +82,6 @@ class UplinkStats:
     connects: int = 0
     downlink_rejected: int = 0
     subscribe_refused: int = 0
-    last_rejection: str | None = None
-    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class AckMessage(BaseModel):
@@ -595,8 +593,6 @@ class MqttUplink:
         if reason.is_failure:
             # paho counts this message as published; the broker did not take it.
             self.stats.rejected_messages += 1
-            self.stats.last_rejection = str(reason)
-            self.stats.by_reason[str(reason)] = self.stats.by_reason.get(str(reason), 0) + 1
             retry_at = self.outbox.store.mono() + self._backoff.cap_s / 4
             log.error(
                 "publish_rejected",

@@ -16,6 +16,7 @@ from gateway.clock import Clock
 from gateway.sdnotify import SystemdNotifier
 from tests.support.broker import Mosquitto
 from tests.support.daemon import gateway_config
+from tests.support.platform import PlatformClient
 
 
 @dataclass
@@ -23,6 +24,18 @@ class RunningGateway:
     gateway: Gateway
     stop: asyncio.Event
     task: asyncio.Task[int]
+
+
+def kinds(platform: PlatformClient, kind: str) -> list[dict[str, Any]]:
+    """Every event of ``kind`` the platform received, in arrival order."""
+    return [event for _, event in platform.events() if event["kind"] == kind]
+
+
+async def wait_platform(
+    platform: PlatformClient, predicate: Any, what: str, timeout: float = 20
+) -> None:
+    """``PlatformClient.wait_for`` from a coroutine, without blocking the gateway's loop."""
+    await asyncio.to_thread(platform.wait_for, predicate, timeout, what)
 
 
 async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

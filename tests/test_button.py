@@ -24,23 +24,13 @@ from drivers.button.codec import (
 from drivers.button.pairing import PairingStore
 from drivers.sim.receiver import SimReceiver
 from gateway.clock import ManualClock
-from tests.gateway_rig import RunningGateway, running_gateway, wait_until
+from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient
 
 BUTTON = 0x00A1B2C3
 DEVICE = "btn-00A1B2C3"
 STRANGER = 0x0BADF00D
-
-
-def kinds(platform: PlatformClient, kind: str) -> list[dict[str, Any]]:
-    return [event for _, event in platform.events() if event["kind"] == kind]
-
-
-async def wait_platform(
-    platform: PlatformClient, predicate: Any, what: str, timeout: float = 20
-) -> None:
-    await asyncio.to_thread(platform.wait_for, predicate, timeout, what)
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@ of remote access, and isolation from the alarm path. Real HTTP to the camera sim
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from drivers.camera.gpio import GpiodLine
 from drivers.sim.camera import SimCamera
 from drivers.sim.gpio import SimLine
 from gateway.clock import ManualClock
-from tests.gateway_rig import running_gateway, wait_until
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient
 
@@ -23,16 +22,8 @@ PRESS = {"press": "short", "battery": 80, "rssi": -50}
 BUTTON = "btn-00A1B2C3"
 
 
-def kinds(platform: PlatformClient, kind: str) -> list[dict[str, Any]]:
-    return [event for _, event in platform.events() if event["kind"] == kind]
-
-
 def call_states(platform: PlatformClient) -> list[str]:
     return [e["data"]["state"] for e in kinds(platform, "camera.call")]
-
-
-async def wait_platform(platform: PlatformClient, predicate: Any, what: str) -> None:
-    await asyncio.to_thread(platform.wait_for, predicate, 20, what)
 
 
 def camera(sim: SimCamera, **extra: Any) -> dict[str, Any]:

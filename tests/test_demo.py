@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
     result = subprocess.run(
@@ -33,25 +35,14 @@ def test_demo_shows_an_alarm_acknowledged_and_a_clean_stop() -> None:
         assert line in out, f"{line!r} missing from the demo's output:\n{out[-2000:]}"
 
 
-def test_hil_uplink_smoke_passes_on_the_simulated_rig() -> None:
+@pytest.mark.parametrize(("scenario", "steps"), [("uplink_smoke", 3), ("button_smoke", 6)])
+def test_hil_scenario_passes_on_the_simulated_rig(scenario: str, steps: int) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hil.uplink_smoke"],
+        [sys.executable, "-m", f"hil.{scenario}"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert result.stdout.count("ok   ") == 3
-
-
-def test_hil_button_smoke_passes_on_the_simulated_rig() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hil.button_smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert result.stdout.count("ok   ") == 6
+    assert result.stdout.count("ok   ") == steps

@@ -13,21 +13,11 @@ from structlog.testing import capture_logs
 from gateway.clock import ManualClock
 from gateway.events import StoredEvent
 from gateway.uplink import build_messages
-from tests.gateway_rig import running_gateway, wait_until
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient
 
 BUTTON = {"press": "short", "battery": 90, "rssi": -55}
-
-
-def kinds(platform: PlatformClient, kind: str) -> list[dict[str, Any]]:
-    return [event for _, event in platform.events() if event["kind"] == kind]
-
-
-async def wait_platform(
-    platform: PlatformClient, predicate: Any, what: str, timeout: float = 20
-) -> None:
-    await asyncio.to_thread(platform.wait_for, predicate, timeout, what)
 
 
 async def test_events_reach_the_platform_in_batches_per_class(

@@ -34,7 +34,6 @@ class SimEventSource:
         self.alarm_interval_s = alarm_interval_s
         self.burst = burst
         self._rng = random.Random(seed)
-        self.emitted = 0
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -50,7 +49,6 @@ class SimEventSource:
                 await self.sink.emit(
                     "telemetry.vitals", {"heart_rate": heart_rate, "contact": True}, SIM_WATCH
                 )
-                self.emitted += 1
             await asyncio.sleep(self.telemetry_interval_s)
 
     async def _alarms(self, interval_s: float) -> None:
