@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
+from typing import Any
 
-import structlog
+from gateway.files import StateFile
+from gateway.files import StateFileError as PairingError
 
-log = structlog.get_logger("drivers.button.pairing")
+__all__ = ["PairingError", "PairingStore"]
 
 
-class PairingError(Exception):
-    """The pairing file cannot be read (not damaged: unreadable). Never treated as 'no buttons'."""
+def _parse(raw: Any) -> dict[int, float]:
+    return {int(key, 16): float(value) for key, value in raw["buttons"].items()}
 
 
 class PairingStore:
@@ -26,68 +26,11 @@ class PairingStore:
 
     def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
-        self.backup = path.with_name(path.name + ".bak")
-        self._repair = repair
-        self._paired: dict[int, float] = {}  # button id -> unix time it was paired
-        self._load()
-
-    @staticmethod
-    def _parse(text: str) -> dict[int, float]:
-        raw = json.loads(text)
-        return {int(key, 16): float(value) for key, value in raw["buttons"].items()}
-
-    def _read(self, path: Path) -> dict[int, float] | None:
-        """The pairings in ``path``; None when it is damaged; {} when it does not exist."""
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise PairingError(f"cannot read {path}: {exc.strerror}") from exc
-        try:
-            return self._parse(text)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def _load(self) -> None:
-        main = self._read(self.path)
-        if main is not None:
-            self._paired = main
-            return
-        backup = self._read(self.backup)
-        if not self._repair:
-            self._paired = backup or {}
-            return
-        stamp = int(time.time())
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        self.path.replace(aside)
-        if backup:
-            log.error("pairing_file_restored", path=str(self.path), moved_to=str(aside))
-            self._paired = backup
-            self._save()
-            return
-        log.error("pairing_file_damaged", path=str(self.path), moved_to=str(aside))
-        self._paired = {}
-
-    def _write(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        self._file: StateFile[dict[int, float]] = StateFile(path, _parse, dict, repair=repair)
+        self._paired: dict[int, float] = self._file.load()  # button id -> unix time it was paired
 
     def _save(self) -> None:
-        body = {"buttons": {f"{bid:08X}": at for bid, at in sorted(self._paired.items())}}
-        text = json.dumps(body, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(self.path, text)
-        self._write(self.backup, text)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._file.save({"buttons": {f"{bid:08X}": at for bid, at in self._paired.items()}})
 
     def __contains__(self, button_id: object) -> bool:
         return button_id in self._paired
