@@ -44,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
         "test", help="reachability, credentials and privacy mode; --call places a test call"
     )
     camera_test.add_argument("--call", action="store_true", help="also place a test call")
+    watch = commands.add_parser(
+        "watch", help="scan for, pair, list and unpair health watches (Bluetooth LE)"
+    )
+    watch.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
+    watch_actions = watch.add_subparsers(dest="action", required=True)
+    watch_scan = watch_actions.add_parser(
+        "scan", help="list nearby BLE devices with RSSI and whether they offer the watch services"
+    )
+    watch_scan.add_argument("--seconds", type=int, default=10, help="how long to listen")
+    watch_pair = watch_actions.add_parser(
+        "pair", help="check a watch (connect, battery, services) and add it to the watch list"
+    )
+    watch_pair.add_argument("address", help="the watch's BLE address, e.g. C0:FF:EE:00:00:01")
+    watch_actions.add_parser("list", help="the paired watches and their state")
+    watch_unpair = watch_actions.add_parser("unpair", help="forget a watch")
+    watch_unpair.add_argument("address", help="the watch's BLE address")
     schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
@@ -63,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = schemas if args.which == "all" else schemas[args.which]
         print(json.dumps(chosen, indent=2))
         return EXIT_OK
-    path = args.config if args.command in ("run", "button", "camera") else args.path
+    path = args.config if args.command in ("run", "button", "camera", "watch") else args.path
     try:
         cfg = config_module.load(path)
     except ConfigError as error:
@@ -72,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway import camera_cli  # noqa: PLC0415 - only this command needs it
 
         return camera_cli.main(cfg, args)
+    if args.command == "watch":
+        from gateway import watch_cli  # noqa: PLC0415 - only this command needs it
+
+        return watch_cli.main(cfg, args)
     if args.command == "button":
         from gateway import button_cli  # noqa: PLC0415 - only this command needs it
 

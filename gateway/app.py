@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -19,10 +20,12 @@ from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, Unavailable
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
 from drivers.sim.source import SimEventSource
+from drivers.watch.fleet import MAX_SCAN_S, WatchCheckError, WatchFleet
+from drivers.watch.store import WatchStore
 from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
 from gateway.commands import CommandProcessor, no_args
-from gateway.config import CameraSection, GatewayConfig
+from gateway.config import BLE_ADDRESS_PATTERN, CameraSection, GatewayConfig
 from gateway.control import ControlError, ControlServer
 from gateway.emitter import EventFactory, OutboxSink
 from gateway.errors import CommandError
@@ -30,6 +33,7 @@ from gateway.events import NewEvent
 from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
 from gateway.outbox import AlarmTiming, Outbox, SqliteStore
 from gateway.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.settings import RemoteSettings
 from gateway.supervisor import Supervisor
 from gateway.uplink import MqttUplink
 
@@ -59,6 +63,8 @@ class Gateway:
         boot_id: str | None = None,
         relay_line: OutputLine | None = None,
     ) -> None:
+        self.remote_settings = RemoteSettings(cfg.remote_settings_path)
+        cfg = self.remote_settings.load(cfg)
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier.from_env()
@@ -89,6 +95,8 @@ class Gateway:
         self.commands.register("ping", self._ping, audited=False)
         self.commands.register("status", self._status, audited=False)
         self.commands.register("test_alarm", self._test_alarm)
+        self.commands.register("config.set", self._config_set)
+        self.heartbeat = Heartbeat(self.status, self.sink, cfg.gateway.heartbeat_s)
         self.button: SerialButtonLink | None = None
         if cfg.button.enabled:
             self.button = SerialButtonLink(
@@ -107,6 +115,18 @@ class Gateway:
             self.camera = self._camera_policy(cfg.camera, relay_line)
             self.alarms.subscribe(self.camera)
         self.commands.register("camera.call", self._camera_call)
+        self.watches: WatchFleet | None = None
+        if cfg.watch.enabled:
+            self.watches = WatchFleet(
+                cfg.watch,
+                cfg.vitals,
+                configured=cfg.watch.addresses,
+                store=WatchStore(cfg.watches_path),
+                sink=self.sink,
+                alarms=self.alarms,
+                clock=self.clock,
+            )
+            self.alarms.subscribe(self.watches)
         self.uplink = MqttUplink(
             cfg.gateway_id,
             cfg.mqtt,
@@ -126,6 +146,10 @@ class Gateway:
                 "button.pair": self._control_pair,
                 "button.unpair": self._control_unpair,
                 "camera.test": self._control_camera_test,
+                "watch.list": self._control_watch_list,
+                "watch.scan": self._control_watch_scan,
+                "watch.pair": self._control_watch_pair,
+                "watch.unpair": self._control_watch_unpair,
             },
         )
         self.started = asyncio.Event()
@@ -142,7 +166,10 @@ class Gateway:
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         no_args(args)
         snapshot = await self.status.snapshot()
-        snapshot["devices"] = [] if self.button is None else [self.button.status()]
+        devices: list[dict[str, Any]] = [] if self.button is None else [self.button.status()]
+        if self.watches is not None:
+            devices.append({"watches": self.watches.status()})
+        snapshot["devices"] = devices
         snapshot["alarms_held"] = len(await self.outbox.call(self.store.held_alarms))
         snapshot["uplink"] = {
             "connected": self.uplink.connected.is_set(),
@@ -156,6 +183,21 @@ class Gateway:
         data = {"press": "short", "battery": None, "rssi": None, "test": True}
         alarm_id = await self.alarms.raise_alarm("alarm.button", data, f"rcv-{self.cfg.gateway_id}")
         return {"alarm_id": alarm_id}
+
+    async def _config_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The platform changes intervals or thresholds: validated, applied, persisted, audited."""
+        self.cfg, changes = self.remote_settings.apply(self.cfg, args)
+        if not changes:
+            return {"changed": []}
+        self.heartbeat.set_interval(self.cfg.gateway.heartbeat_s)
+        if self.watches is not None:
+            self.watches.update_vitals(self.cfg.vitals)
+        log.info("config_changed", by="platform", keys=[change["key"] for change in changes])
+        await self.sink.emit(
+            "audit.config_changed",
+            {"who": "platform", "what": "config.set", "why": None, "changes": changes},
+        )
+        return {"changed": [change["key"] for change in changes]}
 
     def _camera_policy(self, camera: CameraSection, line: OutputLine | None) -> CameraPolicy:
         if camera.trigger == "relay":
@@ -251,6 +293,39 @@ class Gateway:
             self.camera.test_call()  # runs on; its states go to the platform as camera.call
             yield {"event": "called", "device": self.camera.device}
 
+    def _control_watches(self) -> WatchFleet:
+        if self.watches is None:
+            raise ControlError("watches are not enabled ([watch] enabled = false)")
+        return self.watches
+
+    async def _control_watch_list(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        yield {"watches": self._control_watches().status()}
+
+    async def _control_watch_scan(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        seconds = args.get("seconds", 10)
+        if not isinstance(seconds, int) or not 1 <= seconds <= MAX_SCAN_S:
+            raise ControlError(f"seconds must be an integer from 1 to {MAX_SCAN_S}")
+        async for report in self._control_watches().scan(seconds):
+            yield report
+        yield {"event": "done"}
+
+    async def _control_watch_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        watches = self._control_watches()
+        address = str(args.get("address", ""))
+        if not re.fullmatch(BLE_ADDRESS_PATTERN, address):
+            raise ControlError(f"{address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
+        yield {"event": "checking", "address": address.upper()}
+        try:
+            yield {"event": "paired", **await watches.pair(address)}
+        except WatchCheckError as exc:
+            raise ControlError(str(exc)) from exc
+
+    async def _control_watch_unpair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        address = str(args.get("address", "")).upper()
+        if not re.fullmatch(BLE_ADDRESS_PATTERN, address):
+            raise ControlError(f"{address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
+        yield {"address": address, "unpaired": await self._control_watches().unpair(address)}
+
     async def _control_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         button = self._control_button()
         seconds = args.get("seconds", 60)
@@ -281,8 +356,7 @@ class Gateway:
             )
         await self.sink.emit("gateway.started", lifecycle)
         self.supervisor.start(f"uplink[{self.cfg.mqtt.host}]", self.uplink.run)
-        heartbeat = Heartbeat(self.status, self.sink, self.cfg.gateway.heartbeat_s)
-        self.supervisor.start("gateway.heartbeat", heartbeat.run)
+        self.supervisor.start("gateway.heartbeat", self.heartbeat.run)
         watcher = ClockWatcher(self.clock, self.outbox, self.sink, self.boot_id)
         self.supervisor.start("gateway.clock", watcher.run)
         interval = self.notifier.watchdog_interval_s
@@ -293,6 +367,8 @@ class Gateway:
         self.supervisor.start("gateway.control", self.control.run)
         if self.button is not None:
             self.supervisor.start(f"button[{self.cfg.button.port}]", self.button.run)
+        if self.watches is not None:
+            self.supervisor.start(f"watches[{self.cfg.watch.adapter}]", self.watches.run)
         if self.cfg.sim.enabled:
             sim = SimEventSource(
                 self.sink,

@@ -215,6 +215,100 @@ class CameraSection(_Section):
         return self
 
 
+# Vital-sign reporting and edge rules: the settings the platform may change (``config.set``).
+MAX_INTERVAL_S = 24 * 3600.0
+Interval = Annotated[float, Field(ge=0, le=MAX_INTERVAL_S)]
+
+
+class VitalsIntervals(_Section):
+    """Seconds between two ``telemetry.vitals`` reports of a metric (0: every reading)."""
+
+    heart_rate: Interval = 60.0
+    rr_ms: Interval = 60.0
+    spo2: Interval = 60.0
+    pulse_rate: Interval = 60.0
+    systolic: Interval = 0.0
+    diastolic: Interval = 0.0
+    map: Interval = 0.0
+    temperature_c: Interval = 0.0
+    steps: Interval = 900.0
+
+
+class VitalsRule(_Section):
+    """One edge rule: the metric beyond ``threshold`` for ``min_duration_s`` gives alarm.vitals."""
+
+    enabled: bool = True
+    threshold: float
+    min_duration_s: Annotated[float, Field(ge=0, le=MAX_INTERVAL_S)]
+    hysteresis: Annotated[float, Field(ge=0)]
+
+
+DEFAULT_RULES: dict[str, dict[str, float]] = {
+    "heart_rate_high": {"threshold": 120, "min_duration_s": 60, "hysteresis": 5},
+    "heart_rate_low": {"threshold": 40, "min_duration_s": 60, "hysteresis": 5},
+    "spo2_low": {"threshold": 90, "min_duration_s": 60, "hysteresis": 2},
+    "temperature_high": {"threshold": 38.5, "min_duration_s": 0, "hysteresis": 0.3},
+    "systolic_high": {"threshold": 180, "min_duration_s": 0, "hysteresis": 10},
+    "diastolic_high": {"threshold": 110, "min_duration_s": 0, "hysteresis": 5},
+}
+
+
+class VitalsRules(_Section):
+    """The edge rules by name; a table given in the file overrides only the keys it names."""
+
+    heart_rate_high: VitalsRule
+    heart_rate_low: VitalsRule
+    spo2_low: VitalsRule
+    temperature_high: VitalsRule
+    systolic_high: VitalsRule
+    diastolic_high: VitalsRule
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged: dict[str, Any] = {}
+        for name, default in DEFAULT_RULES.items():
+            given = data.get(name, {})
+            if isinstance(given, VitalsRule):
+                given = given.model_dump()
+            merged[name] = {**default, **given} if isinstance(given, dict) else given
+        merged.update({k: v for k, v in data.items() if k not in DEFAULT_RULES})
+        return merged
+
+
+class VitalsSection(_Section):
+    intervals: VitalsIntervals = VitalsIntervals()
+    rules: VitalsRules = Field(default_factory=lambda: VitalsRules.model_validate({}))
+
+
+BLE_ADDRESS_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+
+
+class WatchSection(_Section):
+    """The senior's health watches over Bluetooth LE (docs/WATCH.md)."""
+
+    enabled: bool = False
+    adapter: Annotated[str, Field(pattern=r"^hci[0-9]{1,2}$")] = "hci0"
+    addresses: tuple[Annotated[str, Field(pattern=BLE_ADDRESS_PATTERN)], ...] = ()
+    watches_file: Path | None = None  # default: state_dir/watches.json (carebed watch pair)
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0  # one connection attempt
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_cap_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    offline_after_s: Annotated[float, Field(gt=0)] = 300.0
+    silent_after_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    disconnect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    low_battery_percent: Annotated[int, Field(ge=0, le=100)] = 20
+
+    _resolve_watches = field_validator("watches_file", mode="before")(_resolve)
+
+    @field_validator("addresses")
+    @classmethod
+    def _upper(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(address.upper() for address in addresses))
+
+
 class SimSection(_Section):
     """The simulated event source used by the demo and the tests."""
 
@@ -234,6 +328,8 @@ class GatewayConfig(_Section):
     commands: CommandsSection = CommandsSection()
     button: ButtonSection = ButtonSection()
     camera: CameraSection = CameraSection()
+    watch: WatchSection = WatchSection()
+    vitals: VitalsSection = VitalsSection()
     sim: SimSection = SimSection()
 
     @model_validator(mode="after")
@@ -269,6 +365,15 @@ class GatewayConfig(_Section):
         return self.button.pairing_file or self.gateway.state_dir / "buttons.json"
 
     @property
+    def watches_path(self) -> Path:
+        return self.watch.watches_file or self.gateway.state_dir / "watches.json"
+
+    @property
+    def remote_settings_path(self) -> Path:
+        """Where the settings changed by the platform's ``config.set`` are kept."""
+        return self.gateway.state_dir / "remote-settings.json"
+
+    @property
     def mqtt_username(self) -> str:
         return self.mqtt.username or self.gateway.id
 
@@ -276,9 +381,17 @@ class GatewayConfig(_Section):
 _FIXES = {
     "extra_forbidden": "remove it or check its spelling against config/carebed.example.toml",
     "missing": "add it",
-    "string_pattern_mismatch": "use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter "
-    "or digit",
+    "string_pattern_mismatch": "see config/carebed.example.toml for the expected form",
     "literal_error": "use one of the values listed",
+}
+
+
+_PATTERN_FIXES = {
+    "gateway": "use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter or digit",
+    "watch": "a watch address is six hex pairs with colons, e.g. C0:FF:EE:00:00:01; "
+    "the adapter is hci0, hci1, ...",
+    "camera": "use 1 to 32 characters: letters, digits, '_' and '-'; the url starts with "
+    "http:// or https://",
 }
 
 
@@ -295,6 +408,8 @@ def _problem(error: Any) -> str:
     fix: str | None = _FIXES.get(
         error["type"], "see config/carebed.example.toml for the expected form"
     )
+    if error["type"] == "string_pattern_mismatch":
+        fix = _PATTERN_FIXES.get(str(loc[0]), fix)
     if error["type"] == "value_error":
         fix = None
     secret = any("password" in str(part) for part in loc)

@@ -74,9 +74,18 @@ class VitalsAlarmData(_Data):
     duration_s: float
 
 
+class MetricStats(_Data):
+    """A metric's readings over one reporting interval (the value itself is the last one)."""
+
+    min: float
+    max: float
+    mean: float
+    n: Annotated[int, Field(ge=1)]
+
+
 class VitalsData(_Data):
     heart_rate: int | None = None
-    rr_ms: list[int] | None = None
+    rr_ms: list[float] | None = None
     contact: bool | None = None
     spo2: float | None = None
     pulse_rate: int | None = None
@@ -85,6 +94,7 @@ class VitalsData(_Data):
     map: float | None = None
     temperature_c: float | None = None
     steps: int | None = None
+    stats: dict[str, MetricStats] | None = None  # per metric, when readings were aggregated
 
 
 class PresenceData(_Data):

@@ -51,10 +51,22 @@ class Heartbeat:
         self.status = status
         self.sink = sink
         self.interval_s = interval_s
+        self._changed = asyncio.Event()
+
+    def set_interval(self, interval_s: float) -> None:
+        """A new interval (``config.set``): the next heartbeat comes one new interval from now."""
+        self.interval_s = interval_s
+        self._changed.set()
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._changed.wait()
+                continue
+            except TimeoutError:
+                pass
             await self.sink.emit("gateway.heartbeat", await self.status.snapshot())
 
 

@@ -1,0 +1,335 @@
+"""The health watch end to end: the simulated watch behind the fake BlueZ, bleak's real BlueZ
+backend in the gateway, a real Mosquitto, and the platform's subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
+from drivers.sim.dbus import connection_count, match_rule_count
+from drivers.watch import codec
+from drivers.watch.codec import CareEvent
+from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
+from tests.support.ble import private_system_bus
+from tests.support.broker import Mosquitto
+from tests.support.platform import PlatformClient
+
+ADDRESS = "C0:FF:EE:00:00:01"
+DEVICE = "watch-C0FFEE000001"
+TIMEOUT_S = 15.0  # every wait ends on a condition; this is only the deadline
+
+FAST_LINK = {
+    "enabled": True,
+    "addresses": [ADDRESS],
+    "connect_timeout_s": 2.0,
+    "reconnect_min_s": 0.05,
+    "reconnect_cap_s": 0.2,
+    "disconnect_timeout_s": 0.5,
+    "offline_after_s": 600.0,
+    "silent_after_s": 600.0,
+}
+
+
+@asynccontextmanager
+async def watch_gateway(
+    tmp_path: Path,
+    broker: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    watch: WatchSim,
+    *,
+    link: dict[str, Any] | None = None,
+    vitals: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[RunningGateway, FakeBluez]]:
+    """A gateway with one paired watch, connected and subscribed when this yields."""
+    async with (
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [watch]) as bluez,
+        running_gateway(
+            tmp_path, broker, watch={**FAST_LINK, **(link or {})}, vitals=vitals or {}
+        ) as rig,
+    ):
+        if watch.offers(codec.CARE_ALERT):
+            await watch.wait_subscribed(codec.CARE_ALERT, TIMEOUT_S)
+        await watch.wait_subscribed(codec.HEART_RATE_MEASUREMENT, TIMEOUT_S)
+        yield rig, bluez
+
+
+def vitals_of(platform: PlatformClient) -> list[dict[str, Any]]:
+    return [e for e in kinds(platform, "telemetry.vitals") if e["device"] == DEVICE]
+
+
+async def beats(watch: WatchSim, bpm: int, seconds: float, *, contact: bool = True) -> None:
+    """Heart rate notifications at 20 Hz for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        await watch.heart_rate(bpm, contact=contact)
+        await asyncio.sleep(0.05)
+
+
+async def test_heart_rate_reaches_the_platform_as_vitals_at_the_interval(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No pulse oximeter, no blood pressure: not an error, the rest works.
+    offered = [
+        uuid
+        for uuid in ALL_SERVICES
+        if uuid not in (codec.PULSE_OXIMETER_SERVICE, codec.BLOOD_PRESSURE_SERVICE)
+    ]
+    watch = WatchSim(ADDRESS, services=offered)
+    interval = 1.0
+    async with watch_gateway(
+        tmp_path, mosquitto, monkeypatch, watch, vitals={"intervals": {"heart_rate": interval}}
+    ) as (rig, _):
+        await wait_platform(platform, lambda p: kinds(p, "device.online"), "device.online")
+        started = asyncio.get_running_loop().time()
+        for bpm in (70, 72, 74, 76, 78, 80):
+            await beats(watch, bpm, 0.5)
+        elapsed = asyncio.get_running_loop().time() - started
+        await wait_platform(
+            platform,
+            lambda p: sum(e["data"]["stats"]["heart_rate"]["n"] for e in vitals_of(p)) >= 55,
+            "every reading reported",
+        )
+        reports = vitals_of(platform)
+        # Not one message per notification: one per interval (the last may still be open).
+        assert 2 <= len(reports) <= elapsed / interval + 1
+        for report in reports:
+            stats = report["data"]["stats"]["heart_rate"]
+            assert stats["n"] > 5
+            assert 70 <= stats["min"] <= report["data"]["heart_rate"] <= stats["max"] <= 80
+        assert reports[-1]["data"]["heart_rate"] in (78, 80)
+        status = rig.gateway.watches
+        assert status is not None
+        (state,) = status.status()
+        assert "pulse_oximeter" not in state["services"] and "care" in state["services"]
+        assert state["battery"] == 90
+    assert [e["data"]["level"] for e in kinds(platform, "device.battery")] == [90]
+
+
+async def test_sos_is_one_alarm_although_the_watch_repeats_it_after_three_disconnections(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch) as (rig, _):
+        before = watch.connections
+        watch.fail_next_confirms(3)  # the link drops during each of the next three confirms
+        await watch.care_alert(CareEvent.SOS, 5)
+        await watch.wait_confirmed(5, TIMEOUT_S)
+        assert watch.connections == before + 3  # it was notified again after each reconnection
+        assert watch.confirms == [(5, 0x01)]
+        await wait_platform(platform, lambda p: kinds(p, "alarm.watch_sos"), "the alarm")
+        # A marker event after the repeats: everything before it has been published.
+        await rig.gateway.sink.emit("gateway.power", {"mains": True})
+        await wait_platform(platform, lambda p: kinds(p, "gateway.power"), "the marker")
+        (alarm,) = kinds(platform, "alarm.watch_sos")
+        assert alarm["device"] == DEVICE and alarm["data"] == {}
+        assert rig.gateway.watches is not None
+        (state,) = rig.gateway.watches.status()
+        assert state["counters"]["alert_repeated"] == 3
+
+
+async def test_alert_confirm_is_01_when_stored_then_02_when_the_platform_acknowledges(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        await watch.care_alert(CareEvent.FALL, 6, 86400)
+        await wait_platform(platform, lambda p: kinds(p, "alarm.fall"), "the fall alarm")
+        await watch.wait_confirmed(6, TIMEOUT_S)
+        assert watch.confirms == [(6, 0x01)]
+        (alarm,) = kinds(platform, "alarm.fall")
+        platform.publish(
+            "carebed/v1/gw-a/down/ack",
+            {"v": 1, "ids": [alarm["id"]], "by": "desk-3", "ts": "2026-11-30T10:00:00.000Z"},
+        )
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "the second confirm")
+        assert watch.confirms == [(6, 0x01), (6, 0x02)]
+
+        # The wearer cancels the fall on the watch: alarm.cancelled names the fall's alarm.
+        await watch.care_alert(CareEvent.FALL_CANCELLED, 7)
+        await wait_platform(platform, lambda p: kinds(p, "alarm.cancelled"), "the cancel")
+        (cancel,) = kinds(platform, "alarm.cancelled")
+        assert cancel["data"] == {"alarm_id": alarm["id"]}
+
+
+async def test_alert_not_delivered_is_confirmed_03(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch) as (rig, _):
+        await wait_until(rig.gateway.uplink.connected.is_set, TIMEOUT_S, "the uplink")
+        mosquitto.stop()
+        await wait_until(lambda: not rig.gateway.uplink.connected.is_set(), TIMEOUT_S, "link down")
+        await watch.care_alert(CareEvent.SOS, 9)
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "two confirms")
+        assert watch.confirms == [(9, 0x01), (9, 0x03)]
+
+
+async def test_contact_lost_is_one_not_worn_and_no_vitals_until_worn_again(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(
+        tmp_path, mosquitto, monkeypatch, watch, vitals={"intervals": {"heart_rate": 0.3}}
+    ):
+        await beats(watch, 70, 0.5)
+        await wait_platform(platform, vitals_of, "vitals while worn")
+        await beats(watch, 0, 1.5, contact=False)  # many notifications, several intervals
+        await beats(watch, 88, 0.5)
+        await wait_platform(platform, lambda p: kinds(p, "device.worn"), "worn again")
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"].get("heart_rate") == 88 for e in vitals_of(p)),
+            "vitals after the watch is back on",
+        )
+    # Worn at the first reading (the platform did not know), not worn, worn again: one each.
+    first, worn = kinds(platform, "device.worn")
+    (not_worn,) = kinds(platform, "device.not_worn")
+    assert first["seq"] < not_worn["seq"] < worn["seq"]
+    between = [e for e in vitals_of(platform) if not_worn["seq"] < e["seq"] < worn["seq"]]
+    assert between == []
+    after = [e for e in vitals_of(platform) if e["seq"] > worn["seq"]]
+    assert all(e["data"]["stats"]["heart_rate"]["min"] == 88 for e in after)
+
+
+async def test_taking_the_watch_off_is_reported_once(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        await watch.care_alert(CareEvent.TAKEN_OFF, 1)
+        await beats(watch, 0, 0.3, contact=False)  # the contact bits agree: no second event
+        await watch.care_alert(CareEvent.PUT_ON, 2)
+        await wait_platform(platform, lambda p: kinds(p, "device.worn"), "worn")
+        await watch.wait_confirmed(2, TIMEOUT_S)
+    assert len(kinds(platform, "device.not_worn")) == 1
+    assert len(kinds(platform, "device.worn")) == 1  # a put-on with no reading before it
+    assert watch.confirms == [(1, 0x01), (2, 0x01)]
+
+
+HR_HIGH = {"threshold": 120, "min_duration_s": 1.0, "hysteresis": 5}
+
+
+async def test_heart_rate_above_the_threshold_long_enough_is_one_vitals_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    vitals = {"intervals": {"heart_rate": 0.2}, "rules": {"heart_rate_high": HR_HIGH}}
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch, vitals=vitals):
+        # Shorter than the duration: no alarm.
+        await beats(watch, 150, 0.5)
+        await beats(watch, 80, 0.3)
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"].get("heart_rate") == 80 for e in vitals_of(p)),
+            "the readings after the short burst",
+        )
+        assert not kinds(platform, "alarm.vitals")
+        # Longer than the duration: one alarm, however long it lasts.
+        await beats(watch, 150, 2.0)
+        await beats(watch, 80, 0.3)
+        await wait_platform(platform, lambda p: kinds(p, "alarm.vitals"), "the vitals alarm")
+        await wait_platform(
+            platform,
+            lambda p: vitals_of(p)[-1]["data"].get("heart_rate") == 80,
+            "the readings after the long burst",
+        )
+    (alarm,) = kinds(platform, "alarm.vitals")
+    data = alarm["data"]
+    assert (data["metric"], data["value"], data["threshold"], data["direction"]) == (
+        "heart_rate",
+        150,
+        120,
+        "above",
+    )
+    assert data["duration_s"] >= 1.0
+    assert alarm["device"] == DEVICE
+
+
+async def test_a_watch_away_is_offline_then_online_when_back(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    link = {"offline_after_s": 1.0}
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch, link=link):
+        await wait_platform(platform, lambda p: len(kinds(p, "device.online")) == 1, "online")
+        watch.in_range = False
+        await wait_platform(platform, lambda p: kinds(p, "device.offline"), "offline")
+        watch.in_range = True
+        await wait_platform(platform, lambda p: len(kinds(p, "device.online")) == 2, "back")
+    (offline,) = kinds(platform, "device.offline")
+    assert offline["device"] == DEVICE
+    assert offline["data"]["reason"] == "disconnected"
+    assert offline["data"]["last_seen"] is not None
+    assert [e["device"] for e in kinds(platform, "device.online")] == [DEVICE, DEVICE]
+
+
+async def test_a_silent_link_is_torn_down_and_made_again(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    link = {"silent_after_s": 0.5}
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch, link=link) as (rig, _):
+        fleet = rig.gateway.watches
+        assert fleet is not None
+        await beats(watch, 70, 0.3)
+        before = watch.connections
+        watch.stall()  # BlueZ stops answering; bleak sees no disconnection
+        await wait_until(
+            lambda: fleet.status()[0]["counters"].get("silent_link") == 1, TIMEOUT_S, "teardown"
+        )
+        watch.stall(False)
+        await watch.wait_for(lambda w: w.connections > before, TIMEOUT_S, "a new connection")
+        await watch.wait_subscribed(codec.HEART_RATE_MEASUREMENT, TIMEOUT_S)
+        await wait_until(lambda: fleet.status()[0]["connected"], TIMEOUT_S, "connected again")
+
+
+async def test_fifty_link_drops_leak_no_tasks_matches_connections_or_memory(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch) as (rig, bluez):
+        fleet = rig.gateway.watches
+        assert fleet is not None
+        bus = bluez.bus_address
+
+        async def drop_and_reconnect() -> None:
+            count = watch.connections
+            watch.drop_link()
+            await watch.wait_for(lambda w: w.connections > count, TIMEOUT_S, "reconnection")
+            await watch.wait_subscribed(codec.CARE_ALERT, TIMEOUT_S)
+            await wait_until(lambda: fleet.status()[0]["connected"], TIMEOUT_S, "connected")
+
+        async def settled() -> tuple[int, int, int]:
+            gc.collect()
+            await asyncio.sleep(0)
+            return (
+                len(asyncio.all_tasks()),
+                await match_rule_count(bus),
+                await connection_count(bus),
+            )
+
+        for _ in range(3):  # warm up: caches, the first back-off steps
+            await drop_and_reconnect()
+        tracemalloc.start()
+        try:
+            before = await settled()
+            memory_before = tracemalloc.get_traced_memory()[0]
+            for _ in range(50):
+                await drop_and_reconnect()
+            after = await settled()
+            memory_growth = tracemalloc.get_traced_memory()[0] - memory_before
+        finally:
+            tracemalloc.stop()
+        assert after == before, f"tasks, match rules, bus connections: {before} -> {after}"
+        assert memory_growth < 1_000_000, f"{memory_growth} bytes more after 50 drops"
+        assert fleet.status()[0]["counters"].get("link_crashed") is None
