@@ -28,7 +28,7 @@ MIN_SESSION_EXPIRY_S = 24 * 3600
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _resolve(value: Any, info: ValidationInfo) -> Any:
@@ -239,10 +239,21 @@ class VitalsRule(_Section):
 
     enabled: bool = True
     threshold: float
-    min_duration_s: Annotated[float, Field(ge=0, le=MAX_INTERVAL_S)]
+    min_duration_s: Annotated[float, Field(ge=0, le=MAX_RULE_DURATION_S)]
     hysteresis: Annotated[float, Field(ge=0)]
 
 
+MAX_RULE_DURATION_S = 3600.0
+MAX_HYSTERESIS_SHARE = 0.2  # of the threshold: more would keep a tripped rule latched for good
+# Thresholds outside these ranges are not physiological: a typo, or a rule switched off in disguise.
+RULE_RANGES: dict[str, tuple[float, float]] = {
+    "heart_rate_high": (60, 250),
+    "heart_rate_low": (20, 100),
+    "spo2_low": (70, 99),
+    "temperature_high": (36, 43),
+    "systolic_high": (100, 260),
+    "diastolic_high": (60, 160),
+}
 DEFAULT_RULES: dict[str, dict[str, float]] = {
     "heart_rate_high": {"threshold": 120, "min_duration_s": 60, "hysteresis": 5},
     "heart_rate_low": {"threshold": 40, "min_duration_s": 60, "hysteresis": 5},
@@ -277,6 +288,22 @@ class VitalsRules(_Section):
         merged.update({k: v for k, v in data.items() if k not in DEFAULT_RULES})
         return merged
 
+    @model_validator(mode="after")
+    def _plausible(self) -> VitalsRules:
+        for name, (low, high) in RULE_RANGES.items():
+            rule: VitalsRule = getattr(self, name)
+            if not low <= rule.threshold <= high:
+                raise ValueError(
+                    f"vitals.rules.{name}.threshold: {rule.threshold} is outside {low}..{high} "
+                    "(fix: a value in that range; disable the rule with enabled = false)"
+                )
+            if rule.hysteresis > MAX_HYSTERESIS_SHARE * rule.threshold:
+                raise ValueError(
+                    f"vitals.rules.{name}.hysteresis: {rule.hysteresis} is more than "
+                    f"{MAX_HYSTERESIS_SHARE:.0%} of the threshold (fix: a smaller hysteresis)"
+                )
+        return self
+
 
 class VitalsSection(_Section):
     intervals: VitalsIntervals = VitalsIntervals()
@@ -298,7 +325,7 @@ class WatchSection(_Section):
     reconnect_cap_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     offline_after_s: Annotated[float, Field(gt=0)] = 300.0
     silent_after_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    disconnect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    disconnect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     low_battery_percent: Annotated[int, Field(ge=0, le=100)] = 20
 
     _resolve_watches = field_validator("watches_file", mode="before")(_resolve)
@@ -403,7 +430,7 @@ def _problem(error: Any) -> str:
     loc = tuple(error["loc"])
     key = _key(loc)
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith(("mqtt.", "camera.", "sim.")):
+    if message.startswith(("mqtt.", "camera.", "sim.", "vitals.")):
         return message
     fix: str | None = _FIXES.get(
         error["type"], "see config/carebed.example.toml for the expected form"

@@ -9,6 +9,7 @@ aside and the configuration file's values apply (logged): never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -67,8 +68,20 @@ def _problems(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False)[:5]:
         key = ".".join(str(part) for part in error["loc"])
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        parts.append(f"{key}: {message}")
+        message = message.removeprefix("Value error, ")
+        parts.append(message if message.startswith("vitals.") else f"{key}: {message}")
     return "; ".join(parts)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
 
 
 class RemoteSettings:
@@ -96,7 +109,8 @@ class RemoteSettings:
             effective = _with(local, _merge(_remote_part(local), overlay))
         except (ValueError, ValidationError) as exc:
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            self.path.replace(aside)
+            with contextlib.suppress(OSError):
+                self.path.replace(aside)
             log.error(  # noqa: TRY400 - the reason is in the message
                 "remote_settings_damaged", path=str(self.path), moved_to=str(aside), error=str(exc)
             )
@@ -133,7 +147,8 @@ class RemoteSettings:
             for key, value in new.items()
             if old.get(key) != value
         ]
-        if changes:
-            self.overlay = _merge(self.overlay, args)
+        if changes:  # the validated values (130.0, not "130"), only those that changed
+            changed = {change["key"]: change["new"] for change in changes}
+            self.overlay = _merge(self.overlay, _unflatten(changed))
             write_atomic(self.path, json.dumps(self.overlay, indent=1, sort_keys=True))
         return updated, changes
