@@ -41,7 +41,7 @@ log = structlog.get_logger("gateway.app")
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_DRAIN_S = 3.0
-SHUTDOWN_TASKS_S = 3.0
+SHUTDOWN_TASKS_S = 5.0  # the watches disconnect (bounded by watch.disconnect_timeout_s)
 
 
 def version() -> str:
@@ -324,7 +324,11 @@ class Gateway:
         address = str(args.get("address", "")).upper()
         if not re.fullmatch(BLE_ADDRESS_PATTERN, address):
             raise ControlError(f"{address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
-        yield {"address": address, "unpaired": await self._control_watches().unpair(address)}
+        try:
+            unpaired = await self._control_watches().unpair(address)
+        except WatchCheckError as exc:
+            raise ControlError(str(exc)) from exc
+        yield {"address": address, "unpaired": unpaired}
 
     async def _control_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         button = self._control_button()

@@ -76,7 +76,7 @@ class StateFile(Generic[T]):
             return self._empty() if backup is None else backup
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
         self.path.replace(aside)
-        if backup is not None:
+        if backup is not None and self.backup.is_file():
             log.error("state_file_restored", path=str(self.path), moved_to=str(aside))
             write_atomic(self.path, self.backup.read_text())
             return backup

@@ -131,7 +131,9 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         elif args.action == "pair":
             _say(f"Connecting to {args.address.upper()} …")
             report = asyncio.run(check_watch(args.address, cfg.watch))
-            added = WatchStore(cfg.watches_path).add(report["address"])
+            configured = report["address"] in cfg.watch.addresses
+            added = not configured and store.add(report["address"])
+            store.save()
             _show_pair(
                 {
                     "event": "paired",
@@ -144,9 +146,18 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             _say(f"  {note}: the platform hears device.paired only when the daemon pairs")
         elif args.action == "list":
             _say(f"paired watches {note}:")
-            _show_list({"watches": [{"address": a} for a in store.addresses()]})
+            listed = sorted({*cfg.watch.addresses, *store.addresses()})
+            _show_list({"watches": [{"address": a} for a in listed]})
         else:
+            if args.address.upper() in cfg.watch.addresses:
+                print(
+                    f"carebed: {args.address.upper()} is in the configuration file "
+                    "([watch] addresses): remove it there",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
             removed = store.remove(args.address)
+            store.save()
             _say(f"{args.address.upper()} {'removed' if removed else 'was not paired'} {note}")
     except WatchCheckError as exc:
         print(f"carebed: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
+from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim, encode_heart_rate
 from drivers.sim.dbus import connection_count, match_rule_count
 from drivers.watch import codec
 from drivers.watch.codec import CareEvent
@@ -333,3 +333,151 @@ async def test_fifty_link_drops_leak_no_tasks_matches_connections_or_memory(
         assert after == before, f"tasks, match rules, bus connections: {before} -> {after}"
         assert memory_growth < 1_000_000, f"{memory_growth} bytes more after 50 drops"
         assert fleet.status()[0]["counters"].get("link_crashed") is None
+
+
+async def test_a_repeated_sos_after_a_gateway_restart_is_not_a_second_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with (
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [watch]),
+    ):
+        # The gateway stores the alarm, but every confirm is lost with the link; then it stops.
+        async with running_gateway(tmp_path, mosquitto, watch=FAST_LINK):
+            await watch.wait_subscribed(codec.CARE_ALERT, TIMEOUT_S)
+            watch.fail_next_confirms(1000)
+            await watch.care_alert(CareEvent.SOS, 5)
+            await wait_platform(platform, lambda p: kinds(p, "alarm.watch_sos"), "the alarm")
+            await watch.wait_for(lambda w: w.connections >= 3, TIMEOUT_S, "repeats")
+        watch.fail_next_confirms(0)
+        # The next gateway hears the watch repeat the alert, confirms it, raises nothing new.
+        async with running_gateway(tmp_path, mosquitto, watch=FAST_LINK) as rig:
+            await watch.wait_confirmed(5, TIMEOUT_S)
+            await rig.gateway.sink.emit("gateway.power", {"mains": True})
+            await wait_platform(platform, lambda p: kinds(p, "gateway.power"), "the marker")
+    assert len(kinds(platform, "alarm.watch_sos")) == 1
+    assert watch.confirms == [(5, 0x01)]
+
+
+async def test_config_set_changes_a_watchs_interval_and_rules_while_it_runs(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):  # heart rate: every 60 s
+        await beats(watch, 70, 0.5)
+        change = {
+            "intervals": {"heart_rate": 0.3},
+            "rules": {"heart_rate_high": {"threshold": 100, "min_duration_s": 0.5}},
+        }
+        platform.publish(
+            "carebed/v1/gw-a/down/cmd",
+            {"v": 1, "id": "set-1", "name": "config.set", "args": {"vitals": change}},
+        )
+        await wait_platform(platform, lambda p: kinds(p, "cmd.result"), "the result")
+        # The open 60 s window ends by the new interval: its readings come at once.
+        await wait_platform(platform, vitals_of, "vitals by the new interval")
+        await beats(watch, 110, 1.0)
+        await wait_platform(platform, lambda p: kinds(p, "alarm.vitals"), "the new rule trips")
+    (result,) = kinds(platform, "cmd.result")
+    assert result["data"]["ok"], result
+    (alarm,) = kinds(platform, "alarm.vitals")
+    assert (alarm["data"]["value"], alarm["data"]["threshold"]) == (110, 100)
+    first = vitals_of(platform)[0]["data"]
+    assert first["heart_rate"] == 70 and first["stats"]["heart_rate"]["n"] >= 5
+
+
+async def test_a_stalled_bluez_while_a_confirm_is_due_is_a_lost_link(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    link = {"silent_after_s": 0.5}
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch, link=link) as (rig, _):
+        fleet = rig.gateway.watches
+        assert fleet is not None
+        await watch.care_alert(CareEvent.SOS, 3)
+        await watch.wait_confirmed(3, TIMEOUT_S)
+        (alarm,) = await _alarms(platform, "alarm.watch_sos")
+        before = watch.connections
+        watch.stall()  # the 0x02 below cannot be written: the write hangs
+        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm["id"]], "by": "d"})
+        await wait_until(
+            lambda: (
+                fleet.status()[0]["counters"].get("silent_link", 0)
+                + fleet.status()[0]["counters"].get("confirm_failed", 0)
+                >= 1
+            ),
+            TIMEOUT_S,
+            "the stalled link given up",
+        )
+        watch.stall(False)
+        await watch.wait_for(lambda w: w.connections > before, TIMEOUT_S, "a new connection")
+        await watch.wait_for(lambda w: (3, 0x02) in w.confirms, TIMEOUT_S, "0x02 written after")
+    assert watch.confirms == [(3, 0x01), (3, 0x02)]
+
+
+async def _alarms(platform: PlatformClient, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    await wait_platform(platform, lambda p: len(kinds(p, kind)) >= count, kind)
+    return kinds(platform, kind)
+
+
+async def test_a_new_alert_reusing_an_alert_seq_gets_its_own_confirms(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch rebooted and numbers its alerts from 1 again: the new SOS is a new alarm, it
+    gets its 0x01, and the older alarm's acknowledgement is not shown for it."""
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        await watch.care_alert(CareEvent.PUT_ON, 1)
+        await watch.wait_confirmed(1, TIMEOUT_S)
+        await watch.care_alert(CareEvent.FALL, 1, 1000)
+        (fall,) = await _alarms(platform, "alarm.fall")
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "the fall's 0x01")
+        await watch.care_alert(CareEvent.SOS, 1, 2000)  # same number again, after a reboot
+        (sos,) = await _alarms(platform, "alarm.watch_sos")
+        await watch.wait_for(lambda w: len(w.confirms) == 3, TIMEOUT_S, "the SOS's 0x01")
+        ack = {"v": 1, "ids": [fall["id"]], "by": "d"}
+        platform.publish("carebed/v1/gw-a/down/ack", ack)  # the fall's: not the SOS's to show
+        await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "fall ack")
+        platform.publish("carebed/v1/gw-a/down/ack", {**ack, "ids": [sos["id"]]})
+        await watch.wait_for(lambda w: len(w.confirms) == 4, TIMEOUT_S, "the SOS's 0x02")
+    assert watch.confirms == [(1, 0x01), (1, 0x01), (1, 0x01), (1, 0x02)]
+
+
+async def test_an_acknowledgement_while_the_watch_is_away_is_shown_when_it_is_back(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        await watch.care_alert(CareEvent.SOS, 4)
+        await watch.wait_confirmed(4, TIMEOUT_S)
+        (alarm,) = await _alarms(platform, "alarm.watch_sos")
+        watch.in_range = False
+        await watch.wait_disconnected(TIMEOUT_S)
+        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm["id"]], "by": "d"})
+        await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "the ack")
+        watch.in_range = True
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "0x02 once back")
+    assert watch.confirms == [(4, 0x01), (4, 0x02)]
+
+
+async def test_a_watch_without_contact_detection_stays_off_once_taken_off(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    vitals = {"intervals": {"heart_rate": 0.2}}
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch, vitals=vitals) as (rig, _):
+        await watch.care_alert(CareEvent.TAKEN_OFF, 1)
+        await wait_platform(platform, lambda p: kinds(p, "device.not_worn"), "not worn")
+        for _ in range(10):  # no contact bits at all: says nothing of being worn
+            await watch.notify(codec.HEART_RATE_MEASUREMENT, encode_heart_rate(30, contact=None))
+        fleet = rig.gateway.watches
+        assert fleet is not None
+        await wait_until(
+            lambda: fleet.status()[0]["counters"].get("reading_not_worn", 0) >= 10,
+            TIMEOUT_S,
+            "the readings seen and set aside",
+        )
+    assert not kinds(platform, "device.worn")
+    assert not vitals_of(platform)
+    assert not kinds(platform, "alarm.vitals")

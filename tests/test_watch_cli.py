@@ -63,7 +63,7 @@ async def test_scan_pair_list_unpair_through_the_daemon(
         await wait_platform(platform, lambda p: kinds(p, "device.paired"), "device.paired")
         assert [e["device"] for e in kinds(platform, "device.paired")] == ["watch-C0FFEE000002"]
         stored = json.loads((tmp_path / "state" / "watches.json").read_text())
-        assert NEW in stored["watches"]
+        assert NEW in stored["paired"]
 
         status, out = await carebed(config, "watch", "pair", OTHER)
         assert status == 0, out
@@ -79,6 +79,9 @@ async def test_scan_pair_list_unpair_through_the_daemon(
         await wait_platform(platform, lambda p: kinds(p, "device.unpaired"), "device.unpaired")
         assert rig.gateway.watches is not None
         assert NEW not in rig.gateway.watches.addresses()
+
+        status, out = await carebed(config, "watch", "unpair", PAIRED)
+        assert status == 1 and "configuration file" in out  # unpaired there, not here
 
         status, out = await carebed(config, "watch", "pair", "not-an-address")
         assert status == 1 and "not a BLE address" in out

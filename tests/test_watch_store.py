@@ -14,47 +14,71 @@ def test_pairing_survives_a_restart_and_addresses_are_upper_case(tmp_path: Path)
     store = WatchStore(tmp_path / "watches.json")
     assert store.add(ADDRESS.lower())
     assert not store.add(ADDRESS)
+    store.save()
     assert WatchStore(tmp_path / "watches.json").addresses() == [ADDRESS]
     assert ADDRESS.lower() in store
     assert store.remove(ADDRESS)
     assert not store.remove(ADDRESS)
+    store.save()
     assert WatchStore(tmp_path / "watches.json").addresses() == []
 
 
-def test_a_repeat_of_a_raised_alert_is_found_after_a_restart(tmp_path: Path) -> None:
+async def test_a_repeat_of_a_raised_alert_is_found_after_a_restart(tmp_path: Path) -> None:
     store = WatchStore(tmp_path / "watches.json")
-    store.add(ADDRESS)
     alert = RaisedAlert(seq=5, event=1, watch_time=0, event_id="alarm-1", at=time.time())
     store.raised(ADDRESS, alert)
+    await store.flush()
     again = WatchStore(tmp_path / "watches.json")
+    assert again.addresses() == []  # a configured watch's alerts are kept, it is not "paired"
     repeat = again.repeat_of(ADDRESS, 5, 1, 0)
     assert repeat is not None and repeat.event_id == "alarm-1"
     assert again.repeat_of(ADDRESS, 5, 2, 0) is None  # same number, other event: a new alert
     assert again.repeat_of(ADDRESS, 6, 1, 0) is None
 
 
-def test_a_confirmed_alert_without_watch_time_stops_matching(tmp_path: Path) -> None:
-    """The watch does not repeat a confirmed alert; a later one with its number is new."""
+def test_only_an_alert_the_watch_could_still_repeat_matches(tmp_path: Path) -> None:
+    """Confirmed long ago, or acknowledged by the platform: a new alert with that number is new
+    (the watch rebooted, or the number wrapped). When in doubt, a second alarm, never none."""
     store = WatchStore(tmp_path / "watches.json")
-    long_ago = time.time() - 10 * CONFIRMED_REPEAT_S
-    unset = RaisedAlert(5, 1, 0, "alarm-1", at=long_ago, confirmed_at=long_ago)
-    timed = RaisedAlert(7, 2, 86400, "alarm-2", at=long_ago, confirmed_at=long_ago)
-    store.raised(ADDRESS, unset)
-    store.raised(ADDRESS, timed)
+    now = time.time()
+    long_ago = now - 10 * CONFIRMED_REPEAT_S
+    store.raised(ADDRESS, RaisedAlert(5, 1, 0, "a-1", at=long_ago, told=1, told_at=long_ago))
+    store.raised(ADDRESS, RaisedAlert(6, 1, 0, "a-2", at=long_ago, acknowledged=True))
+    store.raised(ADDRESS, RaisedAlert(7, 1, 0, "a-3", at=now, told=1, told_at=now))
+    store.raised(ADDRESS, RaisedAlert(8, 1, 0, "a-4", at=now - 25 * 3600))
     assert store.repeat_of(ADDRESS, 5, 1, 0) is None
-    assert store.repeat_of(ADDRESS, 7, 2, 86400) is not None  # the watch's clock tells it apart
+    assert store.repeat_of(ADDRESS, 6, 1, 0) is None
+    assert store.repeat_of(ADDRESS, 7, 1, 0) is not None  # the confirm's answer may be lost
+    assert store.repeat_of(ADDRESS, 8, 1, 0) is None
 
 
-def test_worn_state_is_kept(tmp_path: Path) -> None:
+async def test_what_the_watch_still_has_to_hear_is_kept(tmp_path: Path) -> None:
     store = WatchStore(tmp_path / "watches.json")
-    assert store.worn(ADDRESS) is None
+    alert = RaisedAlert(9, 2, 86400, "a-9", at=time.time(), told=1, told_at=time.time())
+    store.raised(ADDRESS, alert)
+    alert.due.append(2)
+    store.changed()
     store.set_worn(ADDRESS, False)
-    assert WatchStore(tmp_path / "watches.json").worn(ADDRESS) is False
+    await store.flush()
+    again = WatchStore(tmp_path / "watches.json")
+    (kept,) = again.state(ADDRESS).alerts
+    assert (kept.told, kept.due) == (1, [2])
+    assert again.worn(ADDRESS) is False
+    assert again.latest(ADDRESS, 2) == kept
 
 
 def test_a_damaged_list_is_restored_from_its_backup(tmp_path: Path) -> None:
     path = tmp_path / "watches.json"
-    WatchStore(path).add(ADDRESS)
+    store = WatchStore(path)
+    store.add(ADDRESS)
+    store.save()
     path.write_text("{not json")
     assert WatchStore(path).addresses() == [ADDRESS]
+    assert list(tmp_path.glob("watches.json.damaged-*"))
+
+
+def test_a_damaged_list_without_a_backup_starts_empty_and_is_kept_aside(tmp_path: Path) -> None:
+    path = tmp_path / "watches.json"
+    path.write_text('{"paired": 3}')
+    assert WatchStore(path).addresses() == []
     assert list(tmp_path.glob("watches.json.damaged-*"))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,11 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
-from bleak_retry_connector import establish_connection, get_device_by_adapter
+from bleak_retry_connector import (
+    close_stale_connections_by_address,
+    establish_connection,
+    get_device_by_adapter,
+)
 
 from drivers.base import AlarmRaiser, AlarmState, EventSink
 from drivers.watch import codec
@@ -52,7 +56,9 @@ log = structlog.get_logger("drivers.watch.ble")
 SESSION_RESET_S = 30.0  # a session that lasted this long resets the reconnect back-off
 MAX_CONNECT_ATTEMPTS = 2  # per round of establish_connection; the rounds back off
 SUPERVISE_TICK_S = 0.25
-GATT_TIMEOUT_S = 10.0  # one write with response; a stalled BlueZ never answers
+GATT_TIMEOUT_S = 10.0  # one read or write with response; a stalled BlueZ never answers
+FIND_SLACK_S = 5.0  # a scan's start and stop on top of its duration
+MAX_CONFIRM_FAILURES = 5  # writes of one alert's confirm refused by the watch, then given up
 WRIST_METRICS = (
     *("heart_rate", "rr_ms", "spo2", "pulse_rate"),
     *("systolic", "diastolic", "map", "temperature_c"),
@@ -150,6 +156,10 @@ class _Session:
     started: float  # monotonic s
 
 
+class _LinkLostError(Exception):
+    """The session must end: the link is stalled or a handler asked for a fresh connection."""
+
+
 class BleWatch:
     """The link to one paired watch, and what it tells the platform (see the module doc)."""
 
@@ -184,21 +194,20 @@ class BleWatch:
         self._last_data = self._mono()
         self._last_seen_wall: float | None = None
         self._away_since = self._mono()
-        self._offline = False
-        self._online_reported = False
+        self._offline: bool | None = None  # None: not known since the start
         self._battery_reported: tuple[int, bool] | None = None
         self._vitals_added = asyncio.Event()
+        self._wake = asyncio.Event()  # a confirm is due, the link was lost, or a relink is asked
+        self._persist = asyncio.Event()  # the store has changes to write
+        self._relink = False
         self._missing_logged: set[str] = set()
-        # Alert Confirm: what the watch still has to be told, and the alert of each alarm.
-        self._confirm_due: dict[int, list[int]] = {}  # alert_seq -> statuses to write, in order
-        self._confirm_written: dict[int, int] = {}  # alert_seq -> the last status written
-        self._confirm_added = asyncio.Event()
-        self._alert_of: dict[str, RaisedAlert] = {}  # alarm id -> alert
-        self._alert_by_seq: dict[int, RaisedAlert] = {}  # the latest alert of each alert_seq
-        self._status_of: dict[str, int] = {}  # alarm id -> the last status the watch was given
+        self._confirm_failures: Counter[str] = Counter()  # event id -> failed writes
+        # The alert each alert_seq currently stands for (an older one with that number is over).
+        self._current: dict[int, RaisedAlert] = {}
+        for alert in store.state(self.address).alerts:
+            self._current[alert.seq] = alert
         self._raising = False
         self._deferred: list[tuple[str, AlarmState]] = []
-        self._open_fall: str | None = None
 
     def _mono(self) -> float:
         return self.clock.monotonic_ns() / 1e9
@@ -213,13 +222,16 @@ class BleWatch:
             group.create_task(self._handle_queue(), name=f"{name}.handle")
             group.create_task(self._report_vitals(), name=f"{name}.vitals")
             group.create_task(self._supervise_presence(), name=f"{name}.presence")
+            group.create_task(self._write_store(), name=f"{name}.store")
 
     async def _keep_link(self) -> None:
+        await self._close_stale()
         while True:
             try:
-                device = await find_device(
-                    self.address, self.settings.adapter, self.settings.connect_timeout_s
-                )
+                async with asyncio.timeout(self.settings.connect_timeout_s + FIND_SLACK_S):
+                    device = await find_device(
+                        self.address, self.settings.adapter, self.settings.connect_timeout_s
+                    )
                 if device is None:
                     self.counters["not_found"] += 1
                     log.info("watch_not_found", watch=self.device)
@@ -235,11 +247,21 @@ class BleWatch:
                 log.exception("watch_link_crashed", watch=self.device)
             await asyncio.sleep(self._backoff.next_delay())
 
+    async def _close_stale(self) -> None:
+        """A connection BlueZ still holds from before a restart is closed, so that the watch
+        sees a reconnection (and repeats what it has not had confirmed)."""
+        try:
+            async with asyncio.timeout(self.settings.disconnect_timeout_s):
+                await close_stale_connections_by_address(self.address)
+        except (BleakError, TimeoutError, EOFError, OSError) as exc:
+            log.info("watch_stale_close_failed", watch=self.device, error=str(exc)[:200])
+
     async def _session_with(self, device: BLEDevice) -> None:
         lost = asyncio.Event()
 
         def disconnected(_client: BleakClient) -> None:
             lost.set()
+            self._wake.set()
 
         async with asyncio.timeout(self.settings.connect_timeout_s):
             client = await establish_connection(
@@ -251,11 +273,14 @@ class BleWatch:
             )
         session = _Session(client, lost, self._mono())
         self._session = session
+        self._relink = False
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self._start(client)
             await self._connected_now()
             await self._until_lost(session)
+        except _LinkLostError:
+            pass
         finally:
             self._session = None
             self.connected.clear()
@@ -267,19 +292,37 @@ class BleWatch:
             log.info("watch_disconnected", watch=self.device)
 
     async def _start(self, client: BleakClient) -> None:
-        """Subscribe to what the watch offers; read battery and steps."""
+        """Subscribe to what the watch offers, care alerts first; read battery and steps.
+
+        Only the care alerts are indispensable: any other characteristic that fails is logged
+        and left out, so that a vital sign never keeps an SOS from arriving.
+        """
         self.services = offered_services(client)
         for uuid, service in SERVICES.items():
             if service not in self.services and service not in self._missing_logged:
                 self._missing_logged.add(service)
                 log.info("watch_service_missing", watch=self.device, service=service, uuid=uuid)
+        if client.services.get_characteristic(codec.CARE_ALERT) is not None:
+            await client.start_notify(codec.CARE_ALERT, self._notified(codec.CARE_ALERT))
         for uuid in (codec.BATTERY_LEVEL, codec.STEPS):
             if client.services.get_characteristic(uuid) is not None:
-                self._queue.put_nowait((uuid, bytes(await client.read_gatt_char(uuid))))
+                with self._optional(uuid, "read"):
+                    self._queue.put_nowait((uuid, bytes(await client.read_gatt_char(uuid))))
         for uuid in NOTIFIED:
-            if client.services.get_characteristic(uuid) is not None:
-                await client.start_notify(uuid, self._notified(uuid))
+            if uuid != codec.CARE_ALERT and client.services.get_characteristic(uuid) is not None:
+                with self._optional(uuid, "subscribe"):
+                    await client.start_notify(uuid, self._notified(uuid))
         log.info("watch_connected", watch=self.device, services=self.services)
+
+    @contextlib.contextmanager
+    def _optional(self, uuid: str, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (BleakError, EOFError, OSError) as exc:
+            self.counters[f"{what}_failed"] += 1
+            log.warning(
+                "watch_gatt_failed", what=what, watch=self.device, uuid=uuid, error=str(exc)
+            )
 
     def _notified(self, uuid: str) -> Callable[[BleakGATTCharacteristic, bytearray], None]:
         def callback(_char: BleakGATTCharacteristic, data: bytearray) -> None:
@@ -293,87 +336,119 @@ class BleWatch:
         self._last_data = now
         self._last_seen_wall = self.clock.wall()
         self.connected.set()
-        if self._offline or not self._online_reported:
+        if self._offline is not False:  # back, or first seen since the start
             self._offline = False
-            self._online_reported = True
             await self.sink.emit(
                 "device.online",
                 {"reason": "connected", "last_seen": ts_from_unix(self._last_seen_wall)},
                 self.device,
             )
-        if self._confirm_due:
-            self._confirm_added.set()
+        self._wake.set()  # statuses that came due while the watch was away
 
     async def _until_lost(self, session: _Session) -> None:
         """Write Alert Confirms as they come due; end when the link is lost or falls silent."""
         while not session.lost.is_set():
-            if self._confirm_due:
-                await self._write_confirms(session.client)
+            if self._relink:
+                log.info("watch_relink", watch=self.device)
+                raise _LinkLostError
+            await self._check_alive(session.client)
+            alert = self._next_due()
+            if alert is not None:
+                await self._write_confirm(session.client, alert)
                 continue
-            self._confirm_added.clear()
-            waits = [
-                asyncio.ensure_future(session.lost.wait()),
-                asyncio.ensure_future(self._confirm_added.wait()),
-            ]
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUPERVISE_TICK_S):
+                    await self._wake.wait()
+
+    async def _check_alive(self, client: BleakClient) -> None:
+        """A stalled BlueZ reports no disconnection: nothing heard for ``silent_after_s`` is
+        a lost link when the watch is worn and sends heart rate (it does, every second or so);
+        otherwise a battery read must answer in time."""
+        silent_s = self._mono() - self._last_data
+        if silent_s <= self.settings.silent_after_s:
+            return
+        if self.worn is not False and "heart_rate" in self.services:
+            self._silent_link(silent_s)
+        if "battery" in self.services:
             try:
-                await asyncio.wait(waits, timeout=SUPERVISE_TICK_S, return_when="FIRST_COMPLETED")
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
-            if self._silent():
-                self.counters["silent_link"] += 1
-                log.warning(
-                    "watch_link_silent",
-                    watch=self.device,
-                    silent_s=round(self._mono() - self._last_data, 1),
-                )
-                await bounded_disconnect(session.client, self.settings.disconnect_timeout_s)
-                return
+                async with asyncio.timeout(GATT_TIMEOUT_S):
+                    value = await client.read_gatt_char(codec.BATTERY_LEVEL)
+            except (BleakError, TimeoutError, EOFError, OSError):
+                self._silent_link(silent_s)
+            self._queue.put_nowait((codec.BATTERY_LEVEL, bytes(value)))
+        self._last_data = self._mono()
 
-    def _silent(self) -> bool:
-        """Worn, offering heart rate, and nothing heard for ``silent_after_s``."""
-        return (
-            self.worn is not False
-            and "heart_rate" in self.services
-            and self._mono() - self._last_data > self.settings.silent_after_s
-        )
+    def _silent_link(self, silent_s: float) -> None:
+        self.counters["silent_link"] += 1
+        log.warning("watch_link_silent", watch=self.device, silent_s=round(silent_s, 1))
+        raise _LinkLostError
 
-    async def _write_confirms(self, client: BleakClient) -> None:
-        seq, statuses = next(iter(self._confirm_due.items()))
-        status = statuses[0]
-        try:
-            async with asyncio.timeout(GATT_TIMEOUT_S):
+    def _next_due(self) -> RaisedAlert | None:
+        for alert in self._current.values():
+            if alert.due:
+                return alert
+        return None
+
+    async def _write_confirm(self, client: BleakClient, alert: RaisedAlert) -> None:
+        status = alert.due[0]
+        try:  # a write takes a few connection intervals; one that hangs is a stalled BlueZ
+            async with asyncio.timeout(min(GATT_TIMEOUT_S, max(1.0, self.settings.silent_after_s))):
                 await client.write_gatt_char(
-                    codec.ALERT_CONFIRM, codec.encode_alert_confirm(seq, status), response=True
+                    codec.ALERT_CONFIRM,
+                    codec.encode_alert_confirm(alert.seq, status),
+                    response=True,
                 )
-        except (BleakError, TimeoutError, EOFError, OSError) as exc:
+        except TimeoutError:
             self.counters["confirm_failed"] += 1
-            log.info("watch_confirm_failed", watch=self.device, alert_seq=seq, error=str(exc))
+            log.warning("watch_confirm_timeout", watch=self.device, alert_seq=alert.seq)
+            raise _LinkLostError from None  # BlueZ does not answer: make the link again
+        except (BleakError, EOFError, OSError) as exc:
+            self.counters["confirm_failed"] += 1
+            self._confirm_failures[alert.event_id] += 1
+            log.info("watch_confirm_failed", watch=self.device, alert_seq=alert.seq, error=str(exc))
+            if self._confirm_failures[alert.event_id] >= MAX_CONFIRM_FAILURES:
+                # The watch repeats an alert it has not had confirmed: it will be asked again.
+                log.error(  # noqa: TRY400 - an expected refusal, its reason is logged above
+                    "watch_confirm_abandoned", watch=self.device, alert_seq=alert.seq
+                )
+                alert.due.clear()
+                self._store_changed()
             await asyncio.sleep(SUPERVISE_TICK_S)  # the link is likely going: let it be noticed
             return
-        statuses.pop(0)
-        if not statuses:
-            del self._confirm_due[seq]
-        self._confirm_written[seq] = status
+        alert.due.pop(0)
+        alert.told, alert.told_at = status, self.clock.wall()
+        self._store_changed()
         self.counters["confirm_written"] += 1
-        log.info("watch_confirm_written", watch=self.device, alert_seq=seq, status=status)
-        alert = self._alert_by_seq.get(seq)
-        if alert is not None:
-            self.store.confirmed(self.address, alert)
+        log.info("watch_confirm_written", watch=self.device, alert_seq=alert.seq, status=status)
 
     def _confirm(self, alert: RaisedAlert, status: int, *, again: bool = False) -> None:
         """Tell the watch ``status`` for ``alert`` (now, or when it is connected again), after
         what it was told before; a status it already shows is not written twice unless
-        ``again`` (the watch repeated the alert: it did not get it)."""
-        self._alert_by_seq[alert.seq] = alert
-        self._status_of[alert.event_id] = status
-        queue = self._confirm_due.setdefault(alert.seq, [])
-        last = queue[-1] if queue else (None if again else self._confirm_written.get(alert.seq))
+        ``again`` (the watch repeated the alert: it did not get it). An alert whose number a
+        newer alert has taken is not written to: the watch would take it for the new one."""
+        if self._current.get(alert.seq) is not alert:
+            log.info("watch_confirm_superseded", watch=self.device, alert_seq=alert.seq)
+            return
+        last = alert.due[-1] if alert.due else (None if again else alert.told)
         if status != last:
-            queue.append(status)
-        if not queue:
-            del self._confirm_due[alert.seq]
-        self._confirm_added.set()
+            alert.due.append(status)
+            self._store_changed()
+        self._wake.set()
+
+    def _store_changed(self) -> None:
+        self.store.changed()
+        self._persist.set()
+
+    async def _write_store(self) -> None:
+        while True:
+            await self._persist.wait()
+            self._persist.clear()
+            try:
+                await self.store.flush()
+            except OSError:
+                self.counters["store_write_failed"] += 1
+                log.exception("watch_store_write_failed", path=str(self.store.path))
 
     async def _supervise_presence(self) -> None:
         while True:
@@ -409,13 +484,22 @@ class BleWatch:
             except WatchFrameError as exc:
                 self.counters["bad_payload"] += 1
                 log.warning("watch_bad_payload", watch=self.device, uuid=uuid, error=str(exc))
+            except Exception:
+                # Storing failed (disk, database): never a crash of the link. An alert not stored
+                # is not confirmed; a fresh connection makes the watch repeat it.
+                self.counters["handler_failed"] += 1
+                log.exception("watch_handler_failed", watch=self.device, uuid=uuid)
+                if uuid == codec.CARE_ALERT:
+                    self._relink = True
+                    self._wake.set()
 
     async def _heart_rate(self, data: bytes) -> None:
         reading = codec.parse_heart_rate(data)
-        await self._set_worn(reading.worn)
+        if reading.contact is not None:  # a watch without contact detection says nothing of it
+            await self._set_worn(reading.worn)
         if reading.heart_rate is not None:
             await self._reading("heart_rate", reading.heart_rate)
-        if reading.worn and reading.rr_ms:
+        if reading.worn and self.worn is not False and reading.rr_ms:
             self.aggregator.add("rr_ms", list(reading.rr_ms), self._mono())
 
     async def _battery(self, data: bytes) -> None:
@@ -472,6 +556,7 @@ class BleWatch:
             return None
         self.worn = worn
         self.store.set_worn(self.address, worn)
+        self._persist.set()
         if not worn:
             self.aggregator.discard(WRIST_METRICS)
             self.rules.pause()
@@ -485,44 +570,50 @@ class BleWatch:
         if earlier is not None:
             self.counters["alert_repeated"] += 1
             log.info("watch_alert_repeated", watch=self.device, alert_seq=alert.alert_seq)
-            self._alert_of.setdefault(earlier.event_id, earlier)
-            status = self._status_of.get(earlier.event_id, AlertConfirmStatus.RECEIVED)
-            self._confirm(earlier, status, again=True)
+            self._take_seq(earlier)
+            if not earlier.due:
+                self._confirm(earlier, earlier.told or AlertConfirmStatus.RECEIVED, again=True)
+            self._wake.set()
             return
-        event_id = await self._raise_for(alert)
+        self._raising = True
+        try:
+            event_id = await self._raise_for(alert)
+        finally:
+            self._raising = False
         raised = RaisedAlert(alert.alert_seq, alert.event, watch_time, event_id, self.clock.wall())
+        self._take_seq(raised)
         self.store.raised(self.address, raised)
-        if event_id:
-            self._alert_of[event_id] = raised
+        await (
+            self.store.flush()
+        )  # known as raised before the watch is told: no repeat after a crash
         self._confirm(raised, AlertConfirmStatus.RECEIVED)
         deferred, self._deferred = self._deferred, []
         for alarm_id, state in deferred:
             self.alarm_state_changed(alarm_id, "", self.device, state)
+
+    def _take_seq(self, alert: RaisedAlert) -> None:
+        """``alert`` is what its alert_seq means now; what an older one still had to say is
+        dropped (the watch would take it for this one)."""
+        older = self._current.get(alert.seq)
+        if older is not None and older is not alert and older.due:
+            log.info("watch_alert_superseded", watch=self.device, alert_seq=alert.seq)
+            older.due.clear()
+        self._current[alert.seq] = alert
 
     async def _raise_for(self, alert: CareAlert) -> str:
         """Store what the alert says (alarms durably); the event's id, "" when none was sent."""
         event = alert.event
         if event in (CareEvent.SOS, CareEvent.FALL):
             kind = "alarm.watch_sos" if event == CareEvent.SOS else "alarm.fall"
-            self._raising = True
-            try:
-                alarm_id = await self.alarms.raise_alarm(kind, {}, self.device)
-            finally:
-                self._raising = False
-            if event == CareEvent.FALL:
-                self._open_fall = alarm_id
+            alarm_id = await self.alarms.raise_alarm(kind, {}, self.device)
             log.warning("watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq)
             return alarm_id
         if event == CareEvent.FALL_CANCELLED:
-            self._raising = True
-            try:
-                cancel_id = await self.alarms.raise_alarm(
-                    "alarm.cancelled", {"alarm_id": self._open_fall}, self.device
-                )
-            finally:
-                self._raising = False
-            self._open_fall = None
-            return cancel_id
+            fall = self.store.latest(self.address, CareEvent.FALL)
+            fall_id = fall.event_id if fall is not None and fall.event_id else None
+            return await self.alarms.raise_alarm(
+                "alarm.cancelled", {"alarm_id": fall_id}, self.device
+            )
         if event in (CareEvent.TAKEN_OFF, CareEvent.PUT_ON):
             return await self._set_worn(event == CareEvent.PUT_ON) or ""
         # Unknown: logged and counted, never guessed; confirmed so it is not repeated forever.
@@ -557,6 +648,12 @@ class BleWatch:
 
     # ------------------------------------------------------------------------------ feedback
 
+    def _alert_of(self, alarm_id: str) -> RaisedAlert | None:
+        for alert in self.store.state(self.address).alerts:
+            if alert.event_id == alarm_id:
+                return alert
+        return None
+
     def alarm_state_changed(
         self, alarm_id: str, kind: str, device: str | None, state: AlarmState
     ) -> None:
@@ -566,15 +663,15 @@ class BleWatch:
         if self._raising:  # during raise_alarm: after the 0x01 of the alert being stored
             self._deferred.append((alarm_id, state))
             return
-        alert = self._alert_of.get(alarm_id)
+        alert = self._alert_of(alarm_id)
         if alert is None:
             return
-        status = {
-            AlarmState.ACKNOWLEDGED: AlertConfirmStatus.ACKNOWLEDGED,
-            AlarmState.UNDELIVERED: AlertConfirmStatus.NOT_DELIVERED,
-        }.get(state)
-        if status is not None:
-            self._confirm(alert, status)
+        if state == AlarmState.ACKNOWLEDGED:
+            alert.acknowledged = True
+            self._store_changed()
+            self._confirm(alert, AlertConfirmStatus.ACKNOWLEDGED)
+        elif state == AlarmState.UNDELIVERED and not alert.acknowledged:
+            self._confirm(alert, AlertConfirmStatus.NOT_DELIVERED)
 
     # ------------------------------------------------------------------------------ status
 
@@ -583,6 +680,8 @@ class BleWatch:
         session = self._session
         if session is not None and session.client.is_connected:
             await bounded_disconnect(session.client, self.settings.disconnect_timeout_s)
+        with contextlib.suppress(OSError):
+            await self.store.flush()
 
     def status(self) -> dict[str, Any]:
         now = self._mono()
@@ -590,7 +689,7 @@ class BleWatch:
             "device": self.device,
             "address": self.address,
             "connected": self.connected.is_set(),
-            "online": not self._offline,
+            "online": None if self._offline is None else not self._offline,
             "worn": self.worn,
             "battery": self.battery,
             "services": self.services,

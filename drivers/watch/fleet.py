@@ -158,30 +158,39 @@ class WatchFleet:
         return sorted(self.configured | set(self.store.addresses()))
 
     def _start(self, address: str) -> None:
-        watch = BleWatch(
-            address,
-            self.settings,
-            self.vitals,
-            sink=self.sink,
-            alarms=self.alarms,
-            store=self.store,
-            clock=self.clock,
-        )
+        """Start a watch's link; a watch that cannot be set up is logged, the others run."""
+        if address in self.watches:
+            return
+        try:
+            watch = BleWatch(
+                address,
+                self.settings,
+                self.vitals,
+                sink=self.sink,
+                alarms=self.alarms,
+                store=self.store,
+                clock=self.clock,
+            )
+        except ValueError:
+            log.exception("watch_not_started", address=address)
+            return
         self.watches[watch.address] = watch
         self._supervisor.start(f"watch[{watch.address}]", watch.run)
 
     async def run(self) -> None:
-        for address in self.addresses():
-            self._start(address)
         try:
+            for address in self.addresses():
+                self._start(address)
             await asyncio.Event().wait()
         finally:
             await self.close()
+            self.watches.clear()
 
     async def close(self) -> None:
+        # The links end first (each disconnects, bounded), then what is left is flushed.
+        await self._supervisor.stop_all(self.settings.disconnect_timeout_s + 1)
         watches = list(self.watches.values())
         await asyncio.gather(*(watch.close() for watch in watches), return_exceptions=True)
-        await self._supervisor.stop_all(self.settings.disconnect_timeout_s)
 
     # ------------------------------------------------------------------------------ alarms
 
@@ -218,23 +227,33 @@ class WatchFleet:
         report = await self.check(address)
         address = report["address"]
         missing = missing_services(report["services"])
-        newly = self.store.add(address)
-        if address not in self.watches:
-            self._start(address)
+        newly = address not in self.configured and self.store.add(address)
+        await self.store.flush()
+        self._start(address)
         if newly:
             log.info("watch_paired", watch=codec.device_id(address), services=report["services"])
             await self.sink.emit("device.paired", {}, codec.device_id(address))
         return {**report, "device": codec.device_id(address), "missing": missing, "new": newly}
 
     async def unpair(self, address: str) -> bool:
-        """Forget a watch paired with ``pair`` (one in the configuration file stays)."""
+        """Forget a watch paired with ``pair``; False when it was not paired that way.
+
+        Raises ``WatchCheckError`` for a watch of the configuration file: it is unpaired there.
+        """
         address = address.upper()
-        if not self.store.remove(address):
+        if address in self.configured:
+            raise WatchCheckError(
+                f"{address} is in the configuration file ([watch] addresses): remove it there "
+                "and restart the gateway"
+            )
+        if address not in self.store:
             return False
-        watch = self.watches.pop(address, None) if address not in self.configured else None
+        watch = self.watches.pop(address, None)
         if watch is not None:
-            await watch.close()
             await self._supervisor.stop(f"watch[{address}]", self.settings.disconnect_timeout_s)
+            await watch.close()
+        self.store.remove(address)
+        await self.store.flush()
         await self.sink.emit("device.unpaired", {}, codec.device_id(address))
         return True
 

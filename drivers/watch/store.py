@@ -1,152 +1,184 @@
-"""Which watches belong to this home, and the care alerts already raised: a small durable file.
+"""Which watches belong to this home, and the care alerts they raised: a small durable file.
 
 The watch notifies an alert again, with the same ``alert_seq``, after every reconnection until the
-gateway confirms it. The alerts raised are kept here, across restarts, so that a repeat is never a
-second alarm. ``alert_seq`` is one byte and restarts when the watch reboots, so a remembered alert
-only matches a repeat that could still be one:
+gateway writes Alert Confirm for it. The alerts raised are kept here, across restarts, with what the
+watch has been told (and still has to be told), so that a repeat is never a second alarm and the
+watch hears "help is on the way" even when the platform's acknowledgement came while it was away.
 
-- same ``alert_seq``, event and ``watch_time``, and raised less than ``ALERT_MEMORY_S`` ago; and
-- when the watch's clock is not set (``watch_time`` 0, nothing else tells two alerts apart): only
-  while the alert is unconfirmed, or for ``CONFIRMED_REPEAT_S`` after the watch took the confirm
-  (a watch that took the confirm does not repeat the alert; a new one with that number is new).
+``alert_seq`` is one byte and restarts when the watch does, so a remembered alert matches a new
+notification only when it could really be a repeat: the same ``alert_seq``, event and
+``watch_time``, raised less than ``ALERT_MEMORY_S`` ago, not yet acknowledged by the platform, and
+never confirmed to the watch (or confirmed less than ``CONFIRMED_REPEAT_S`` ago: the confirm's
+answer may have been lost with the link). Anything else is a new alert: when in doubt the gateway
+raises a second alarm rather than swallow one.
+
+Watches paired by ``carebed watch pair`` are listed here; those of the configuration file are not
+(their alerts are kept all the same).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.files import StateFile
 
-ALERT_MEMORY_S = 24 * 3600.0
+ALERT_MEMORY_S = 24 * 3600.0  # as long as the platform's alarm give-up window
 CONFIRMED_REPEAT_S = 60.0
-MAX_ALERTS_PER_WATCH = 32
+MAX_ALERTS_PER_WATCH = 64
 
 
 @dataclass(slots=True)
 class RaisedAlert:
+    """One care alert of a watch and what became of it."""
+
     seq: int
     event: int
     watch_time: int  # seconds since 2000 by the watch's clock; 0 = not set
-    event_id: str  # the event (alarm) the gateway raised for it
+    event_id: str  # the event the gateway raised for it ("" when it raised none)
     at: float  # unix time it was raised
-    confirmed_at: float | None = None  # unix time the watch took Alert Confirm 0x01
+    told: int | None = None  # the last Alert Confirm status the watch took
+    told_at: float | None = None
+    due: list[int] = field(default_factory=list)  # statuses still to write, in order
+    acknowledged: bool = False  # the platform acknowledged its alarm
 
     def repeats(self, seq: int, event: int, watch_time: int, now: float) -> bool:
         if (seq, event, watch_time) != (self.seq, self.event, self.watch_time):
             return False
-        if now - self.at > ALERT_MEMORY_S:
+        if now - self.at > ALERT_MEMORY_S or self.acknowledged:
             return False
-        if watch_time != 0 or self.confirmed_at is None:
-            return True
-        return now - self.confirmed_at <= CONFIRMED_REPEAT_S
+        return self.told_at is None or now - self.told_at <= CONFIRMED_REPEAT_S
 
 
 @dataclass(slots=True)
-class PairedWatch:
-    address: str
-    paired_at: float
-    alerts: list[RaisedAlert]
+class WatchState:
+    alerts: list[RaisedAlert] = field(default_factory=list)
     worn: bool | None = None  # as last reported to the platform
 
 
-def _parse(raw: Any) -> dict[str, PairedWatch]:
-    watches: dict[str, PairedWatch] = {}
-    for address, entry in raw["watches"].items():
-        alerts = [RaisedAlert(**alert) for alert in entry.get("alerts", [])]
+@dataclass(slots=True)
+class _Content:
+    paired: dict[str, float] = field(default_factory=dict)  # address -> unix time paired
+    state: dict[str, WatchState] = field(default_factory=dict)
+
+
+def _parse(raw: Any) -> _Content:
+    content = _Content()
+    for address, at in raw["paired"].items():
+        content.paired[str(address).upper()] = float(at)
+    for address, entry in raw["state"].items():
+        alerts = [RaisedAlert(**alert) for alert in entry["alerts"]]
         worn = entry.get("worn")
-        watches[str(address).upper()] = PairedWatch(
-            str(address).upper(),
-            float(entry["paired_at"]),
-            alerts,
-            None if worn is None else bool(worn),
+        content.state[str(address).upper()] = WatchState(
+            alerts, None if worn is None else bool(worn)
         )
-    return watches
+    return content
 
 
 class WatchStore:
-    """The paired watches (by BLE address, upper case) and their recently raised alerts."""
+    """The paired watches (by BLE address, upper case) and each watch's raised alerts.
+
+    Changes are made in memory; ``flush()`` writes them (atomically, with a backup) in a worker
+    thread, so an fsync on an SD card never holds up the event loop.
+    """
 
     def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
-        self._file: StateFile[dict[str, PairedWatch]] = StateFile(path, _parse, dict, repair=repair)
-        self._watches = self._file.load()
+        self._file: StateFile[_Content] = StateFile(path, _parse, _Content, repair=repair)
+        self._content = self._file.load()
+        self._dirty = False
+        self._lock = asyncio.Lock()
 
-    def _save(self) -> None:
-        self._file.save(
-            {
-                "watches": {
-                    address: {
-                        "paired_at": watch.paired_at,
-                        "alerts": [asdict(alert) for alert in watch.alerts],
-                        "worn": watch.worn,
-                    }
-                    for address, watch in self._watches.items()
-                }
-            }
-        )
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "paired": dict(self._content.paired),
+            "state": {
+                address: {"alerts": [asdict(a) for a in state.alerts], "worn": state.worn}
+                for address, state in self._content.state.items()
+            },
+        }
+
+    def save(self) -> None:
+        """Write now, from the calling thread (commands outside the daemon's loop)."""
+        self._dirty = False
+        self._file.save(self._snapshot())
+
+    async def flush(self) -> None:
+        """Write what changed, from a worker thread; returns once it is on disk."""
+        async with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            await asyncio.to_thread(self._file.save, self._snapshot())
+
+    # ------------------------------------------------------------------------------ pairing
 
     def addresses(self) -> list[str]:
-        return sorted(self._watches)
+        """The watches paired with ``carebed watch pair``."""
+        return sorted(self._content.paired)
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, str) and address.upper() in self._watches
+        return isinstance(address, str) and address.upper() in self._content.paired
 
     def add(self, address: str) -> bool:
         """Pair a watch; False when it was paired already."""
         address = address.upper()
-        if address in self._watches:
+        if address in self._content.paired:
             return False
-        self._watches[address] = PairedWatch(address, time.time(), [])
-        self._save()
+        self._content.paired[address] = time.time()
+        self._dirty = True
         return True
 
     def remove(self, address: str) -> bool:
-        """Forget a watch; False when it was not paired."""
-        if self._watches.pop(address.upper(), None) is None:
+        """Forget a watch and its alerts; False when it was not paired."""
+        address = address.upper()
+        if self._content.paired.pop(address, None) is None:
             return False
-        self._save()
+        self._content.state.pop(address, None)
+        self._dirty = True
         return True
 
-    def _watch(self, address: str) -> PairedWatch:
-        address = address.upper()
-        watch = self._watches.get(address)
-        if watch is None:  # configured in the file, not paired with the command: remember it
-            watch = self._watches[address] = PairedWatch(address, time.time(), [])
-        return watch
+    # ------------------------------------------------------------------------------ state
+
+    def state(self, address: str) -> WatchState:
+        return self._content.state.setdefault(address.upper(), WatchState())
+
+    def changed(self) -> None:
+        """An alert or the worn state was changed in place: write it at the next flush."""
+        self._dirty = True
 
     def repeat_of(self, address: str, seq: int, event: int, watch_time: int) -> RaisedAlert | None:
         """The alert raised earlier that this notification repeats, if any."""
         now = time.time()
-        for alert in self._watch(address).alerts:
+        for alert in reversed(self.state(address).alerts):
             if alert.repeats(seq, event, watch_time, now):
                 return alert
         return None
 
     def raised(self, address: str, alert: RaisedAlert) -> None:
-        watch = self._watch(address)
+        state = self.state(address)
         now = time.time()
-        watch.alerts = [a for a in watch.alerts if now - a.at <= ALERT_MEMORY_S]
-        watch.alerts.append(alert)
-        del watch.alerts[:-MAX_ALERTS_PER_WATCH]
-        self._save()
+        state.alerts = [a for a in state.alerts if now - a.at <= ALERT_MEMORY_S]
+        state.alerts.append(alert)
+        del state.alerts[:-MAX_ALERTS_PER_WATCH]
+        self._dirty = True
 
-    def confirmed(self, address: str, alert: RaisedAlert) -> None:
-        """The watch took Alert Confirm 0x01 for ``alert``: it will not repeat it."""
-        if alert.confirmed_at is None:
-            alert.confirmed_at = time.time()
-            if alert in self._watch(address).alerts:
-                self._save()
+    def latest(self, address: str, event: int) -> RaisedAlert | None:
+        """The most recent alert of this kind still remembered."""
+        for alert in reversed(self.state(address).alerts):
+            if alert.event == event:
+                return alert
+        return None
 
     def worn(self, address: str) -> bool | None:
         """Worn or not as last reported to the platform; None when never reported."""
-        watch = self._watches.get(address.upper())
-        return None if watch is None else watch.worn
+        return self.state(address).worn
 
     def set_worn(self, address: str, worn: bool) -> None:
-        watch = self._watch(address)
-        if watch.worn != worn:
-            watch.worn = worn
-            self._save()
+        state = self.state(address)
+        if state.worn != worn:
+            state.worn = worn
+            self._dirty = True
