@@ -40,6 +40,7 @@ bench: deps
 hil-sim: deps
 	$(PY) -m hil.uplink_smoke
 	$(PY) -m hil.button_smoke
+	$(PY) -m hil.watch_smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

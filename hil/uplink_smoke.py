@@ -52,11 +52,13 @@ class Platform:
         with self._cond:
             return [e for topic, body in self.messages if "/up/" in topic for e in body["events"]]
 
-    def wait(self, what: str, check: Callable[[], bool]) -> float:
+    def wait(
+        self, what: str, check: Callable[[], bool], timeout_s: float = STEP_TIMEOUT_S
+    ) -> float:
         began = time.monotonic()
         with self._cond:
-            if not self._cond.wait_for(check, STEP_TIMEOUT_S):
-                raise SystemExit(f"FAIL {what}: nothing within {STEP_TIMEOUT_S:.0f} s")
+            if not self._cond.wait_for(check, timeout_s):
+                raise SystemExit(f"FAIL {what}: nothing within {timeout_s:.0f} s")
         took = time.monotonic() - began
         print(f"ok   {what} ({took * 1000:.0f} ms)", flush=True)
         return took

@@ -1,11 +1,13 @@
 """``make demo``: the gateway with simulated devices, a local Mosquitto and a platform desk.
 
-Nothing needs root or hardware: Mosquitto runs on a free port in a temporary directory, the
-simulated watch sends heart rates, a simulated button receiver on a pseudo-terminal presses the
-senior's button now and then (or when you press Enter), a simulated voice camera takes the call
-each alarm asks for, and a small "platform desk" prints what
-arrives and acknowledges each alarm after a few seconds. What the senior hears from the receiver
-is printed too, so the whole alarm chain goes by on the screen.
+Nothing needs root or hardware: Mosquitto runs on a free port in a temporary directory, and so
+does a private D-Bus bus with a fake BlueZ on it, through which the gateway's real BLE driver
+(bleak) reaches a simulated health watch. The watch sends a heart rate every second and an SOS
+now and then; a simulated button receiver on a pseudo-terminal presses the senior's button now
+and then (or when you press Enter); a simulated voice camera takes the call each alarm asks for;
+and a small "platform desk" prints what arrives and acknowledges each alarm after a few seconds.
+What the senior hears from the receiver and feels or reads on the watch (its Alert Confirm
+statuses) is printed too, so the whole alarm chain goes by on the screen.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -30,8 +34,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.button.codec import Indicate, Pattern
 from drivers.button.pairing import PairingStore
+from drivers.sim.bluez import FakeBluez, WatchSim
 from drivers.sim.camera import SimCamera
+from drivers.sim.dbus import DBUS_DAEMON, PrivateSystemBus
 from drivers.sim.receiver import SimReceiver
+from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
 from gateway import config, logs
 from gateway.app import Gateway, StopRequest
 from gateway.events import format_ts
@@ -44,7 +51,16 @@ SENIOR_HEARS = {
     Pattern.NOT_DELIVERED: "not delivered yet, still trying",
     Pattern.CANCEL_ACCEPTED: "cancel accepted",
 }
+DEMO_WATCH = "C0:FF:EE:00:00:01"
+WATCH_TELLS: dict[int, str] = {
+    AlertConfirmStatus.RECEIVED: "senior's watch vibrates: alarm received",
+    AlertConfirmStatus.ACKNOWLEDGED: "senior's watch shows: help is on the way",
+    AlertConfirmStatus.NOT_DELIVERED: "senior's watch shows: not delivered yet, still trying",
+}
 ACK_AFTER_S = 3.0
+HEART_RATE_EVERY_S = 1.0
+BLEAK_CLOSE_TIMEOUT_S = 5.0
+IDLE_WAIT_S = 3600.0  # a helper waiting this long for the next frame or confirm just waits again
 
 
 def _show(text: str) -> None:
@@ -132,7 +148,8 @@ async def _senior(sim: SimReceiver) -> None:
         return lambda s: len(s.received) > seen
 
     while True:
-        await sim.wait_for(more(shown), 3600, "a frame")
+        with contextlib.suppress(AssertionError):  # nothing for IDLE_WAIT_S: wait again
+            await sim.wait_for(more(shown), IDLE_WAIT_S, "a frame")
         for message in sim.received[shown:]:
             if isinstance(message, Indicate) and message.button_id == DEMO_BUTTON:
                 hears = SENIOR_HEARS.get(Pattern(message.pattern), f"pattern {message.pattern}")
@@ -145,6 +162,44 @@ async def _presses(sim: SimReceiver, every_s: float) -> None:
         await asyncio.sleep(every_s)
         _show("senior presses the button")
         await sim.press(DEMO_BUTTON)
+
+
+async def _wrist(watch: WatchSim) -> None:
+    """Print what the watch tells the senior: each Alert Confirm the gateway writes to it."""
+    shown = 0
+
+    def more(seen: int) -> Callable[[WatchSim], bool]:
+        return lambda w: len(w.confirms) > seen
+
+    while True:
+        with contextlib.suppress(AssertionError):  # nothing for IDLE_WAIT_S: wait again
+            await watch.wait_for(more(shown), IDLE_WAIT_S, "an alert confirm")
+        for _alert_seq, status in watch.confirms[shown:]:
+            _show(WATCH_TELLS.get(status, f"senior's watch: status {status:#04x}"))
+        shown = len(watch.confirms)
+
+
+async def _heart(watch: WatchSim) -> None:
+    """A heart rate every second, wandering like a resting senior's (nothing is sent, and
+    nothing is lost, while the gateway is not subscribed)."""
+    rng = random.Random()
+    bpm = 72
+    while True:
+        bpm = max(58, min(96, bpm + rng.randint(-2, 2)))
+        await watch.heart_rate(bpm)
+        await asyncio.sleep(HEART_RATE_EVERY_S)
+
+
+async def _sos(watch: WatchSim, every_s: float) -> None:
+    """The senior holds the watch's SOS key now and then: a new alert_seq each time, and the
+    watch's clock set (seconds since 2000), as a real watch sends them."""
+    alert_seq = 0
+    while True:
+        await asyncio.sleep(every_s)
+        alert_seq = alert_seq % 0xFF + 1
+        watch_time = int((datetime.now(UTC) - WATCH_EPOCH).total_seconds())
+        _show("senior holds the watch's SOS key")
+        await watch.care_alert(CareEvent.SOS, alert_seq, watch_time)
 
 
 def _press_on_enter(sim: SimReceiver, loop: asyncio.AbstractEventLoop) -> None:
@@ -166,38 +221,108 @@ async def _run(
     PairingStore(state_dir / "buttons.json").add(DEMO_BUTTON)
     stop = stop_request.attach()
     loop = asyncio.get_running_loop()
-    desk = PlatformDesk(port, loop)
     if args.seconds is not None:
         loop.call_later(args.seconds, stop.set)
-    async with SimReceiver(link_path=link) as sim, SimCamera(call_duration_s=4.0) as camera:
-        cfg = config.parse(
-            {
-                "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir), "heartbeat_s": 30},
-                "mqtt": {"host": "127.0.0.1", "port": port, "plaintext": True},
-                "button": {"enabled": True, "port": str(link)},
-                "camera": {
-                    "enabled": True,
-                    "name": "living",
-                    "url": camera.base_url,
-                    "user": camera.user,
-                    "password": camera.password,
-                },
-                "sim": {"enabled": True, "telemetry_interval_s": 2.0},
-                "logging": {"format": "console"},
-            },
-            source="demo",
-        )
-        helpers = [
-            loop.create_task(_senior(sim), name="demo.senior"),
-            loop.create_task(_presses(sim, args.alarm_every), name="demo.presses"),
-        ]
-        _press_on_enter(sim, loop)
+    watch = WatchSim(DEMO_WATCH)
+    async with PrivateSystemBus(workdir / "dbus") as bus:
+        # bleak (in the gateway, this process) finds the fake BlueZ on the private bus
+        previous_bus = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
         try:
-            return await Gateway(cfg).run(stop)
+            async with (
+                FakeBluez(bus.address, [watch]),
+                SimReceiver(link_path=link) as sim,
+                SimCamera(call_duration_s=4.0) as camera,
+            ):
+                return await _gateway(
+                    args,
+                    stop,
+                    state_dir=state_dir,
+                    port=port,
+                    link=link,
+                    camera=camera,
+                    sim=sim,
+                    watch=watch,
+                )
         finally:
-            for task in helpers:
-                task.cancel()
-            desk.close()
+            if previous_bus is None:
+                os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous_bus
+
+
+async def _gateway(
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    *,
+    state_dir: Path,
+    port: int,
+    link: Path,
+    camera: SimCamera,
+    sim: SimReceiver,
+    watch: WatchSim,
+) -> int:
+    loop = asyncio.get_running_loop()
+    cfg = config.parse(
+        {
+            "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir), "heartbeat_s": 30},
+            "mqtt": {"host": "127.0.0.1", "port": port, "plaintext": True},
+            "button": {"enabled": True, "port": str(link)},
+            "camera": {
+                "enabled": True,
+                "name": "living",
+                "url": camera.base_url,
+                "user": camera.user,
+                "password": camera.password,
+            },
+            "watch": {
+                "enabled": True,
+                "addresses": [DEMO_WATCH],
+                "connect_timeout_s": 10.0,
+                "reconnect_min_s": 0.5,
+                "reconnect_cap_s": 5.0,
+            },
+            "vitals": {"intervals": {"heart_rate": 5.0}},
+            "logging": {"format": "console"},
+        },
+        source="demo",
+    )
+    desk = PlatformDesk(port, loop)
+    helpers = [
+        loop.create_task(_senior(sim), name="demo.senior"),
+        loop.create_task(_presses(sim, args.alarm_every), name="demo.presses"),
+        loop.create_task(_wrist(watch), name="demo.wrist"),
+        loop.create_task(_heart(watch), name="demo.heart"),
+        loop.create_task(_sos(watch, args.sos_every), name="demo.sos"),
+    ]
+    _press_on_enter(sim, loop)
+    try:
+        return await Gateway(cfg).run(stop)
+    finally:
+        if sys.stdin.isatty():
+            loop.remove_reader(sys.stdin.fileno())
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await _close_bleak_bus()
+        desk.close()
+
+
+async def _close_bleak_bus() -> None:
+    """bleak keeps one BlueZ manager, with its own bus connection, per event loop: close it
+    while the private bus still runs, so that nothing is left talking to a bus going away."""
+    from bleak.backends.bluezdbus import manager as bluez_manager  # noqa: PLC0415
+
+    instance = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
+    if instance is None or instance._bus is None:
+        return
+    instance._bus.disconnect()
+    with contextlib.suppress(Exception):  # it raises what ended the connection, if anything
+        async with asyncio.timeout(BLEAK_CLOSE_TIMEOUT_S):
+            await instance._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+    if instance._bus_watcher_task is not None:
+        async with asyncio.timeout(BLEAK_CLOSE_TIMEOUT_S):
+            await instance._bus_watcher_task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--state-dir", type=Path, default=None, help="keep the outbox here")
     parser.add_argument("--alarm-every", type=float, default=20.0, help="seconds between presses")
+    parser.add_argument(
+        "--sos-every", type=float, default=30.0, help="seconds between SOS alerts from the watch"
+    )
     args = parser.parse_args(argv)
     stop_request = StopRequest()
     logs.configure("info", "console")
     print(
-        "carebed demo: simulated watch and button receiver, local broker, platform desk.\n"
+        "carebed demo: simulated watch (over BLE) and button receiver, local broker, "
+        "platform desk.\n"
         "Press Enter to press the senior's button; Ctrl-C stops."
     )
+    if shutil.which(DBUS_DAEMON) is None:
+        raise SystemExit(
+            f"carebed demo: {DBUS_DAEMON} is missing (the simulated watch's private bus); "
+            "install it: apt-get install dbus-daemon"
+        )
     with tempfile.TemporaryDirectory(prefix="carebed-demo-") as tmp:
         workdir = Path(tmp)
         state_dir = args.state_dir or workdir / "state"
