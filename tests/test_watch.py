@@ -291,6 +291,12 @@ async def test_a_silent_link_is_torn_down_and_made_again(
         await watch.wait_for(lambda w: w.connections > before, TIMEOUT_S, "a new connection")
         await watch.wait_subscribed(codec.HEART_RATE_MEASUREMENT, TIMEOUT_S)
         await wait_until(lambda: fleet.status()[0]["connected"], TIMEOUT_S, "connected again")
+        await wait_platform(platform, lambda p: len(kinds(p, "device.online")) == 2, "online")
+    # (The simulated watch sends nothing after that: it may fall silent again before the end.)
+    offline = kinds(platform, "device.offline")[0]
+    assert offline["data"]["reason"] == "silent_link"
+    first, again = kinds(platform, "device.online")[:2]
+    assert first["seq"] < offline["seq"] < again["seq"]
 
 
 async def test_fifty_link_drops_leak_no_tasks_matches_connections_or_memory(

@@ -369,19 +369,27 @@ class BleWatch:
         if silent_s <= self.settings.silent_after_s:
             return
         if self.worn is not False and "heart_rate" in self.services:
-            self._silent_link(silent_s)
+            await self._silent_link(silent_s)
         if "battery" in self.services:
             try:
                 async with asyncio.timeout(GATT_TIMEOUT_S):
                     value = await client.read_gatt_char(codec.BATTERY_LEVEL)
             except (BleakError, TimeoutError, EOFError, OSError):
-                self._silent_link(silent_s)
+                await self._silent_link(silent_s)
             self._queue.put_nowait((codec.BATTERY_LEVEL, bytes(value)))
         self._last_data = self._mono()
 
-    def _silent_link(self, silent_s: float) -> None:
+    async def _silent_link(self, silent_s: float) -> None:
+        """The link looks up but carries nothing: for the platform the watch was away (an alert
+        in that time reaches the gateway only when the watch repeats it on the new link)."""
         self.counters["silent_link"] += 1
         log.warning("watch_link_silent", watch=self.device, silent_s=round(silent_s, 1))
+        if not self._offline:
+            self._offline = True
+            last_seen = None if self._last_seen_wall is None else ts_from_unix(self._last_seen_wall)
+            await self.sink.emit(
+                "device.offline", {"reason": "silent_link", "last_seen": last_seen}, self.device
+            )
         raise _LinkLostError
 
     def _next_due(self) -> RaisedAlert | None:
