@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from drivers.watch.store import CONFIRMED_REPEAT_S, RaisedAlert, WatchStore
 
@@ -82,3 +86,29 @@ def test_a_damaged_list_without_a_backup_starts_empty_and_is_kept_aside(tmp_path
     path.write_text('{"paired": 3}')
     assert WatchStore(path).addresses() == []
     assert list(tmp_path.glob("watches.json.damaged-*"))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.one_of(
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["paired", "state", "alerts", "worn", ADDRESS, "seq"]),
+                    children,
+                    max_size=4,
+                )
+            ),
+            max_leaves=12,
+        ).map(json.dumps),
+    )
+)
+def test_any_file_content_loads_or_is_set_aside_never_a_crash(tmp_path: Path, content: str) -> None:
+    path = tmp_path / f"watches-{abs(hash(content))}.json"
+    path.write_text(content)
+    store = WatchStore(path)
+    assert isinstance(store.addresses(), list)
+    assert isinstance(store.state(ADDRESS).alerts, list)
