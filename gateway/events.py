@@ -77,8 +77,8 @@ class VitalsAlarmData(_Data):
 class MetricStats(_Data):
     """A metric's readings over one reporting interval (the value itself is the last one)."""
 
-    min: float
-    max: float
+    min: int | float  # ints for the integer metrics (heart rate, pulse rate, steps)
+    max: int | float
     mean: float
     n: Annotated[int, Field(ge=1)]
 

@@ -428,7 +428,9 @@ class BleWatch:
         alert.told, alert.told_at = status, self.clock.wall()
         self._store_changed()
         self.counters["confirm_written"] += 1
-        log.info("watch_confirm_written", watch=self.device, alert_seq=alert.seq, status=status)
+        log.info(
+            "watch_confirm_written", watch=self.device, alert_seq=alert.seq, status=int(status)
+        )
 
     def _confirm(self, alert: RaisedAlert, status: int, *, again: bool = False) -> None:
         """Tell the watch ``status`` for ``alert`` (now, or when it is connected again), after
