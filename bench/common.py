@@ -67,9 +67,13 @@ def gateway_config(
     group_commit_s: float = 0.2,
     max_inflight: int | None = None,
     button_port: str | None = None,
+    watch_addresses: Sequence[str] = (),
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> config.GatewayConfig:
     """The shipped defaults, except a plain-TCP lab broker on 127.0.0.1:``port``; with
-    ``button_port``, the ``[button]`` receiver enabled on that serial port (a pty's slave)."""
+    ``button_port``, the ``[button]`` receiver enabled on that serial port (a pty's slave); with
+    ``watch_addresses``, ``[watch]`` enabled for those watches; ``overrides``: keys of other
+    sections (``{"alarms": {"ack_timeout_s": 3600}}``)."""
     mqtt: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
@@ -87,6 +91,10 @@ def gateway_config(
     }
     if button_port is not None:
         sections["button"] = {"enabled": True, "port": button_port}
+    if watch_addresses:
+        sections["watch"] = {"enabled": True, "addresses": list(watch_addresses)}
+    for name, values in (overrides or {}).items():
+        sections.setdefault(name, {}).update(values)
     return config.parse(sections, source="<bench>")
 
 

@@ -13,11 +13,15 @@ alike:
    transaction per event;
 4. the gateway process's peak RSS (VmHWM) during the drain;
 5. button press → platform: the last byte of a press frame written to a simulated receiver's pty
-   → ``alarm.button`` at the alarm desk, with the broker idle and while a backlog drains.
+   → ``alarm.button`` at the alarm desk, with the broker idle and while a backlog drains;
+6. watch: a Care Alert SOS of the simulated watch (behind a fake BlueZ on a private D-Bus bus)
+   → the gateway's Alert Confirm 0x01 at the watch, and → ``alarm.watch_sos`` at a subscriber,
+   against the baseline: a plain bleak client that confirms at once (``bench.watch``).
 
-Every gateway, baseline publisher, producer and simulated receiver is a child process
-(``bench.drain``, ``bench.baseline``, ``bench.disk``, ``bench.presser``), so CPU, bytes written
-and RSS are each one's own, and no two share an event loop.
+Every gateway, baseline publisher, producer, simulated receiver and watch central is a child
+process (``bench.drain``, ``bench.baseline``, ``bench.disk``, ``bench.presser``,
+``bench.central``), so CPU, bytes written and RSS are each one's own, and no two share an event
+loop (the simulated watch runs in the bench's process).
 Results go to ``bench/results/`` as JSON and a summary to stdout; see docs/PERFORMANCE.md.
 """
 
@@ -49,12 +53,14 @@ import paho.mqtt
 from bench.backlog import OUTBOX_NAME, build_backlog, copy_backlog
 from bench.common import BUTTON_ID_BASE, REPO_ROOT, RESULTS_DIR, ensure_dir, median, percentile
 from bench.subscriber import EventCounter, Tally
+from bench.watch import QUICK_ALERTS, WatchBench, summary_line
+from bench.watch import summarise as summarise_watch
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from gateway import logs
 from tests.support.broker import Mosquitto, mosquitto_binary
 
-PARTS = ("drain", "alarms", "button", "disk", "diag")
+PARTS = ("drain", "alarms", "button", "disk", "diag", "watch")
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 DRAIN_TARGET_RATIO = 3.0
 ALARM_TARGET_RATIO = 2.0
@@ -81,8 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help=(
-            "a fast sanity run: 20k events, 1 repeat, short disk runs, 100 button presses "
-            "(explicit options win)"
+            "a fast sanity run: 20k events, 1 repeat, short disk runs, 100 button presses, "
+            f"{QUICK_ALERTS} watch alerts (explicit options win)"
         ),
     )
     parser.add_argument("--events", type=int, help="backlog size (default 100000; quick 20000)")
@@ -109,6 +115,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--button-drain-runs",
         type=int,
         help="at most this many draining gateways to reach --presses (default 6; quick 3)",
+    )
+    parser.add_argument(
+        "--watch-alerts",
+        type=int,
+        help=f"watch SOS alerts per run, gateway and baseline (default 200; quick {QUICK_ALERTS})",
+    )
+    parser.add_argument(
+        "--watch-spacing-ms",
+        type=float,
+        default=20.0,
+        help="from one SOS's Alert Confirm 0x01 to the next SOS",
     )
     parser.add_argument(
         "--disk-rates", default="500,20", help="steady producer rates, events/s, comma-separated"
@@ -145,15 +162,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.presses = 100 if args.quick else 500
     if args.button_drain_runs is None:
         args.button_drain_runs = 3 if args.quick else 6
+    if args.watch_alerts is None:
+        args.watch_alerts = QUICK_ALERTS if args.quick else 200
     args.inflight = [int(v) for v in str(args.inflight).split(",") if v]
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.parts = [p for p in str(args.parts).split(",") if p]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    if min(args.events, args.alarms, args.repeats, args.presses, args.button_drain_runs) < 1:
+    if (
+        min(args.events, args.alarms, args.repeats, args.presses, args.button_drain_runs) < 1
+        or args.watch_alerts < 1
+    ):
         parser.error(
-            "--events, --alarms, --repeats, --presses and --button-drain-runs must be at least 1"
+            "--events, --alarms, --repeats, --presses, --button-drain-runs and --watch-alerts "
+            "must be at least 1"
         )
     return args
 
@@ -325,6 +348,7 @@ class Bench:
         self._serial = 0
         self.wait_s = max(60.0, args.events / 1000)
         self.pairing_template = workdir / "buttons.json"
+        self.watch_bench: WatchBench | None = None
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -658,6 +682,28 @@ class Bench:
         )
         return self._record(figure, record)
 
+    # -- 6. watch SOS → Alert Confirm ----------------------------------------------------------
+
+    def watch(self) -> None:
+        """One watch round (``bench.watch``): the plain bleak baseline and the gateway on one
+        fake BlueZ, in alternating order."""
+        if self.watch_bench is None:
+            assert self.broker is not None
+            self.watch_bench = WatchBench(
+                self.broker.host,
+                self.broker.port,
+                self.workdir / "watch",
+                alerts=self.args.watch_alerts,
+                spacing_ms=self.args.watch_spacing_ms,
+                say=self.say,
+            )
+        for role, run in self.watch_bench.round().items():
+            self._record(f"watch_{role}", run)
+
+    def close(self) -> None:
+        if self.watch_bench is not None:
+            self.watch_bench.close()
+
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {
@@ -811,6 +857,9 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             }
     if disk:
         out["disk"] = disk
+    watch = summarise_watch(runs.get("watch_gateway", []), runs.get("watch_baseline", []))
+    if watch:
+        out["watch"] = watch
     return out
 
 
@@ -856,6 +905,9 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{disk['group_commit_0.2_bytes_per_event']:.0f} B, one transaction each "
             f"{disk['group_commit_0_bytes_per_event']:.0f} B, ratio {disk['ratio']:.1f}x"
         )
+    watch = summary.get("watch")
+    if watch:
+        print(summary_line(watch))
     rss = summary.get("rss")
     if rss:
         idle = rss.get("idle_gateway_vmhwm_mib")
@@ -885,6 +937,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             broker.host, broker.port, "bench-alarm-desk", "carebed/v1/+/up/alarm"
         )
         stack.callback(bench.desk.close)
+        stack.callback(bench.close)
         print(f"bench: Mosquitto on 127.0.0.1:{broker.port}, work dir {workdir}", flush=True)
         parts = set(args.parts)
         if parts & BACKLOG_PARTS:
@@ -907,6 +960,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for rate in args.disk_rates:
                     for group_commit_s in (0.2, 0.0):
                         bench.disk(group_commit_s, rate)
+            if "watch" in parts:
+                bench.watch()
         if "diag" in parts:
             print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
             bench.alarms(draining=False, clock="cached")

@@ -1,0 +1,165 @@
+"""The watch's central as a child process of the watch bench: the real gateway, or plain bleak.
+
+The simulated watch (``drivers.sim.bluez.WatchSim``) and the fake BlueZ run in the bench's own
+process; this process reaches them through ``DBUS_SYSTEM_BUS_ADDRESS``, as bleak on a gateway
+reaches BlueZ, in an event loop (and on a CPU) of its own.
+
+``--role gateway``: the real ``Gateway`` (outbox, uplink, supervisor and the ``[watch]`` link
+to ``--address``), on a plain-TCP broker at 127.0.0.1:``--port``. Each Care Alert SOS becomes
+``alarm.watch_sos``, stored with its fsync, then the alert is written to ``watches.json`` and
+Alert Confirm 0x01 goes back to the watch: what the bench times.
+
+``--role bleak``: the baseline, the transport's own round trip. A plain ``BleakClient``
+subscribes to Care Alert only and, in the notification callback, starts writing Alert Confirm
+0x01 (with response) for the notified ``alert_seq`` at once: nothing is stored, parsed or sent on.
+
+Protocol: JSON lines on stdout; the logs go to ``--log`` (gateway) or stderr.
+
+- out ``linked`` once the central is connected and subscribed to Care Alert;
+- in any line (or end of file): stop (the gateway shuts down, the client disconnects);
+- out ``result``: CPU time, what was written or counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+
+from bench.common import BOOT_ID, cpu_seconds, emit, gateway_config, now_ns, proc_status_kb
+from drivers.watch.codec import ALERT_CONFIRM, CARE_ALERT, AlertConfirmStatus
+from gateway import logs
+from gateway.app import Gateway
+from gateway.clock import SystemClock
+from gateway.sdnotify import SystemdNotifier
+
+START_TIMEOUT_S = 60.0
+POLL_S = 0.005
+WRITE_TIMEOUT_S = 10.0
+# No Alert Confirm 0x03 ("not delivered yet": no acknowledgement in time) during a run: the bench's
+# platform does not acknowledge, and a 0x03 write would share the link with the 0x01 writes timed.
+ACK_TIMEOUT_S = 3600.0
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Any line (or end of file) on stdin asks the central to stop."""
+    sys.stdin.readline()
+    loop.call_soon_threadsafe(stop.set)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    return stop
+
+
+async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = gateway_config(
+        gateway_id=args.gateway_id,
+        state_dir=args.state_dir,
+        port=args.port,
+        watch_addresses=[args.address],
+        overrides={"alarms": {"ack_timeout_s": ACK_TIMEOUT_S}},
+    )
+    gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
+    fleet = gateway.watches
+    assert fleet is not None
+    stop = _stop_event()
+    cpu_before = cpu_seconds()
+    task = asyncio.create_task(gateway.run(stop), name="gateway")
+    async with asyncio.timeout(START_TIMEOUT_S):
+        await gateway.started.wait()
+        await gateway.uplink.connected.wait()
+        # The fleet starts each watch's link in its own task, with no event to wait on: poll.
+        address = args.address.upper()
+        while address not in fleet.watches:
+            if task.done():
+                await task
+            await asyncio.sleep(POLL_S)
+        await fleet.watches[address].connected.wait()
+    emit({"event": "linked", "linked_ns": now_ns()})
+    await task
+    (status,) = [s for s in fleet.status() if s.get("address") == address] or [{}]
+    return {
+        "event": "result",
+        "cpu_s": cpu_seconds() - cpu_before,
+        "published_events": gateway.uplink.stats.published_events,
+        "published_messages": gateway.uplink.stats.published_messages,
+        "watch_counters": status.get("counters", {}),
+        "vmhwm_kb": proc_status_kb("VmHWM"),
+    }
+
+
+async def run_bleak(args: argparse.Namespace) -> dict[str, Any]:
+    stop = _stop_event()
+    cpu_before = cpu_seconds()
+    device = await BleakScanner.find_device_by_address(args.address, timeout=START_TIMEOUT_S)
+    if device is None:
+        raise RuntimeError(f"{args.address} not found")
+    client = BleakClient(device, timeout=START_TIMEOUT_S)
+    await client.connect()
+    loop = asyncio.get_running_loop()
+    writes: set[asyncio.Task[None]] = set()
+    counts = {"notified": 0, "written": 0, "failed": 0}
+
+    async def confirm(alert_seq: int) -> None:
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await client.write_gatt_char(
+                    ALERT_CONFIRM, bytes((alert_seq, AlertConfirmStatus.RECEIVED)), response=True
+                )
+        except Exception as exc:
+            counts["failed"] += 1
+            print(f"confirm of {alert_seq} failed: {exc!r}", file=sys.stderr, flush=True)
+        else:
+            counts["written"] += 1
+
+    def on_alert(_char: BleakGATTCharacteristic, data: bytearray) -> None:
+        counts["notified"] += 1
+        task = loop.create_task(confirm(data[1]))
+        writes.add(task)
+        task.add_done_callback(writes.discard)
+
+    try:
+        await client.start_notify(CARE_ALERT, on_alert)
+        emit({"event": "linked", "linked_ns": now_ns()})
+        await stop.wait()
+        await asyncio.gather(*writes)
+    finally:
+        await client.disconnect()
+    return {
+        "event": "result",
+        "cpu_s": cpu_seconds() - cpu_before,
+        **counts,
+        "vmhwm_kb": proc_status_kb("VmHWM"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--role", choices=("gateway", "bleak"), required=True)
+    parser.add_argument("--address", required=True, help="the watch's BLE address")
+    parser.add_argument("--port", type=int, help="the broker's port (gateway)")
+    parser.add_argument("--state-dir", type=Path, help="the gateway's state directory")
+    parser.add_argument("--gateway-id", help="a fresh gateway id for the run (gateway)")
+    parser.add_argument("--log", type=Path, help="the gateway's JSON log lines")
+    args = parser.parse_args()
+    if args.role == "bleak":
+        emit(asyncio.run(run_bleak(args)))
+        return
+    if args.port is None or args.state_dir is None or args.gateway_id is None or args.log is None:
+        parser.error("--role gateway needs --port, --state-dir, --gateway-id and --log")
+    with args.log.open("a") as log_stream:
+        logs.configure("info", "json", stream=log_stream)
+        emit(asyncio.run(run_gateway(args)))
+
+
+if __name__ == "__main__":
+    main()
