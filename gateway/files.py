@@ -83,8 +83,10 @@ class StateFile(Generic[T]):
         log.error("state_file_damaged", path=str(self.path), moved_to=str(aside))
         return self._empty()
 
-    def save(self, content: Any) -> None:
-        """Write ``content`` (JSON-serialisable) to the file and its backup."""
+    def save(self, content: Any, *, backup: bool = True) -> None:
+        """Write ``content`` (JSON-serialisable) to the file and, unless told not to (a write
+        that must be quick; a later one updates it), to its backup."""
         text = json.dumps(content, indent=1, sort_keys=True)
         write_atomic(self.path, text)
-        write_atomic(self.backup, text)
+        if backup:
+            write_atomic(self.backup, text)

@@ -112,3 +112,27 @@ def test_any_file_content_loads_or_is_set_aside_never_a_crash(tmp_path: Path, co
     store = WatchStore(path)
     assert isinstance(store.addresses(), list)
     assert isinstance(store.state(ADDRESS).alerts, list)
+
+
+def test_settled_alerts_are_dropped_open_ones_kept(tmp_path: Path) -> None:
+    """The file stays small (it is written before every confirm): what can still come of an
+    alert is kept, what cannot is dropped."""
+    store = WatchStore(tmp_path / "watches.json")
+    then = time.time() - 10 * CONFIRMED_REPEAT_S
+    kept = [
+        RaisedAlert(1, 1, 0, "open-sos", at=then, told=1, told_at=then),  # awaits the ack
+        RaisedAlert(2, 2, 0, "ack-due", at=then, told=1, told_at=then, due=[2], acknowledged=True),
+        RaisedAlert(3, 4, 0, "worn-new", at=time.time(), told=1, told_at=time.time()),
+    ]
+    dropped = [
+        RaisedAlert(4, 1, 0, "acked", at=then, told=2, told_at=then, acknowledged=True),
+        RaisedAlert(5, 4, 0, "worn-old", at=then, told=1, told_at=then),
+    ]
+    for alert in dropped + kept:
+        store.raised(ADDRESS, alert)
+    newest = RaisedAlert(6, 1, 0, "newest", at=time.time())
+    store.raised(ADDRESS, newest)
+    assert [a.event_id for a in store.state(ADDRESS).alerts] == [
+        *(a.event_id for a in kept),
+        "newest",
+    ]

@@ -58,6 +58,7 @@ MAX_CONNECT_ATTEMPTS = 2  # per round of establish_connection; the rounds back o
 SUPERVISE_TICK_S = 0.25
 GATT_TIMEOUT_S = 10.0  # one read or write with response; a stalled BlueZ never answers
 FIND_SLACK_S = 5.0  # a scan's start and stop on top of its duration
+STORE_EVERY_S = 0.5  # coalesces the watch list's writes after confirms
 MAX_CONFIRM_FAILURES = 5  # writes of one alert's confirm refused by the watch, then given up
 WRIST_METRICS = (
     *("heart_rate", "rr_ms", "spo2", "pulse_rate"),
@@ -451,8 +452,10 @@ class BleWatch:
         self._persist.set()
 
     async def _write_store(self) -> None:
+        """Write what changed (statuses told and due, worn), at most every ``STORE_EVERY_S``."""
         while True:
             await self._persist.wait()
+            await asyncio.sleep(STORE_EVERY_S)
             self._persist.clear()
             try:
                 await self.store.flush()
@@ -593,9 +596,8 @@ class BleWatch:
         raised = RaisedAlert(alert.alert_seq, alert.event, watch_time, event_id, self.clock.wall())
         self._take_seq(raised)
         self.store.raised(self.address, raised)
-        await (
-            self.store.flush()
-        )  # known as raised before the watch is told: no repeat after a crash
+        # Known as raised before the watch is told: no second alarm for a repeat after a crash.
+        await self.store.flush(backup=False)
         self._confirm(raised, AlertConfirmStatus.RECEIVED)
         deferred, self._deferred = self._deferred, []
         for alarm_id, state in deferred:

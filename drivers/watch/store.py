@@ -24,11 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.watch.codec import CareEvent
 from gateway.files import StateFile
 
 ALERT_MEMORY_S = 24 * 3600.0  # as long as the platform's alarm give-up window
 CONFIRMED_REPEAT_S = 60.0
 MAX_ALERTS_PER_WATCH = 64
+ALARM_EVENTS = (CareEvent.SOS, CareEvent.FALL)  # their alarms wait for the acknowledgement
 
 
 @dataclass(slots=True)
@@ -51,6 +53,17 @@ class RaisedAlert:
         if now - self.at > ALERT_MEMORY_S or self.acknowledged:
             return False
         return self.told_at is None or now - self.told_at <= CONFIRMED_REPEAT_S
+
+
+def _over(alert: RaisedAlert, now: float) -> bool:
+    """Nothing more can come of it: too old, or confirmed and settled (its alarm acknowledged,
+    or not an alarm) with nothing left to tell the watch. Kept small, the file is quick to
+    write before each confirm."""
+    if now - alert.at > ALERT_MEMORY_S:
+        return True
+    if alert.due or alert.told_at is None or now - alert.told_at <= CONFIRMED_REPEAT_S:
+        return False
+    return alert.acknowledged or alert.event not in ALARM_EVENTS
 
 
 @dataclass(slots=True)
@@ -90,6 +103,7 @@ class WatchStore:
         self._file: StateFile[_Content] = StateFile(path, _parse, _Content, repair=repair)
         self._content = self._file.load()
         self._dirty = False
+        self._backup_behind = False
         self._lock = asyncio.Lock()
 
     def _snapshot(self) -> dict[str, Any]:
@@ -106,13 +120,19 @@ class WatchStore:
         self._dirty = False
         self._file.save(self._snapshot())
 
-    async def flush(self) -> None:
-        """Write what changed, from a worker thread; returns once it is on disk."""
+    async def flush(self, *, backup: bool = True) -> None:
+        """Write what changed, from a worker thread; returns once it is on disk. Without
+        ``backup`` only the file itself is written (half the fsyncs): for the write an alarm's
+        feedback waits on; the next flush brings the backup up to date."""
         async with self._lock:
             if not self._dirty:
+                if backup and self._backup_behind:
+                    self._backup_behind = False
+                    await asyncio.to_thread(self._file.save, self._snapshot())
                 return
             self._dirty = False
-            await asyncio.to_thread(self._file.save, self._snapshot())
+            self._backup_behind = not backup
+            await asyncio.to_thread(self._file.save, self._snapshot(), backup=backup)
 
     # ------------------------------------------------------------------------------ pairing
 
@@ -161,7 +181,7 @@ class WatchStore:
     def raised(self, address: str, alert: RaisedAlert) -> None:
         state = self.state(address)
         now = time.time()
-        state.alerts = [a for a in state.alerts if now - a.at <= ALERT_MEMORY_S]
+        state.alerts = [a for a in state.alerts if not _over(a, now)]
         state.alerts.append(alert)
         del state.alerts[:-MAX_ALERTS_PER_WATCH]
         self._dirty = True
