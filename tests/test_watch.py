@@ -487,3 +487,67 @@ async def test_a_watch_without_contact_detection_stays_off_once_taken_off(
     assert not kinds(platform, "device.worn")
     assert not vitals_of(platform)
     assert not kinds(platform, "alarm.vitals")
+
+
+async def _ack(platform: PlatformClient, alarm_id: str) -> None:
+    acks = len(kinds(platform, "audit.alarm_acknowledged"))
+    platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "desk"})
+    await wait_platform(
+        platform, lambda p: len(kinds(p, "audit.alarm_acknowledged")) > acks, "the ack"
+    )
+
+
+async def test_a_flapping_link_delays_help_is_on_the_way_but_never_cancels_it(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        watch.fail_next_confirms(3)
+        await watch.care_alert(CareEvent.SOS, 5)
+        await watch.wait_confirmed(5, TIMEOUT_S)
+        (alarm,) = await _alarms(platform, "alarm.watch_sos")
+        watch.fail_next_confirms(6)  # the link drops during each of the next six writes
+        await _ack(platform, alarm["id"])
+        await watch.wait_for(lambda w: (5, 0x02) in w.confirms, TIMEOUT_S, "0x02 at last")
+    assert watch.confirms == [(5, 0x01), (5, 0x02)]
+    assert len(kinds(platform, "alarm.watch_sos")) == 1
+
+
+async def test_an_sos_acknowledged_before_the_watch_heard_anything_is_still_one_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch never got its 0x01 (every write lost with the link); the desk acknowledged
+    meanwhile. When the watch repeats the alert it is the same alarm, and it hears 0x01, 0x02."""
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        watch.fail_next_confirms(10_000)
+        await watch.care_alert(CareEvent.SOS, 8, 5000)
+        (alarm,) = await _alarms(platform, "alarm.watch_sos")
+        await _ack(platform, alarm["id"])
+        watch.fail_next_confirms(0)
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "0x01 and 0x02")
+        await _alarms(platform, "audit.alarm_acknowledged")
+    assert watch.confirms == [(8, 0x01), (8, 0x02)]
+    assert len(kinds(platform, "alarm.watch_sos")) == 1
+
+
+async def test_after_a_watch_reboot_an_old_status_is_not_shown_for_a_new_alert(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = WatchSim(ADDRESS)
+    async with watch_gateway(tmp_path, mosquitto, monkeypatch, watch):
+        await watch.care_alert(CareEvent.SOS, 1, 100)
+        await watch.wait_confirmed(1, TIMEOUT_S)
+        (first,) = await _alarms(platform, "alarm.watch_sos")
+        watch.in_range = False
+        await watch.wait_disconnected(TIMEOUT_S)
+        await _ack(platform, first["id"])  # its 0x02 waits for the watch
+        watch.in_range = True  # ...which rebooted, numbers from 1 again, and has a new SOS
+        await watch.wait_subscribed(codec.CARE_ALERT, TIMEOUT_S)
+        await watch.care_alert(CareEvent.SOS, 1, 200)
+        second = (await _alarms(platform, "alarm.watch_sos", 2))[1]
+        await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "the new SOS's 0x01")
+        await _ack(platform, second["id"])
+        await watch.wait_for(lambda w: len(w.confirms) == 3, TIMEOUT_S, "the new SOS's 0x02")
+    # Never "help is on the way" for the new SOS before its own acknowledgement.
+    assert watch.confirms == [(1, 0x01), (1, 0x01), (1, 0x02)]

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +137,17 @@ def test_settled_alerts_are_dropped_open_ones_kept(tmp_path: Path) -> None:
         *(a.event_id for a in kept),
         "newest",
     ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"at": "yesterday"}, {"seq": 300}, {"due": [7]}, {"told": 9}, {"event_id": 5}, {"seq": True}],
+)
+def test_an_alert_with_impossible_values_sets_the_file_aside(
+    tmp_path: Path, bad: dict[str, object]
+) -> None:
+    good = {"seq": 1, "event": 1, "watch_time": 0, "event_id": "a", "at": 1.0}
+    path = tmp_path / "watches.json"
+    path.write_text(json.dumps({"paired": {}, "state": {ADDRESS: {"alerts": [{**good, **bad}]}}}))
+    assert WatchStore(path).state(ADDRESS).alerts == []
+    assert list(tmp_path.glob("watches.json.damaged-*"))

@@ -37,16 +37,17 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import (
-    close_stale_connections_by_address,
+    close_stale_connections,
     establish_connection,
     get_device_by_adapter,
 )
+from bleak_retry_connector.bluez import get_connected_devices
 
 from drivers.base import AlarmRaiser, AlarmState, EventSink
 from drivers.watch import codec
 from drivers.watch.codec import AlertConfirmStatus, CareAlert, CareEvent, WatchFrameError
 from drivers.watch.rules import Rule, RuleEngine
-from drivers.watch.store import RaisedAlert, WatchStore
+from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
 from drivers.watch.vitals import VitalsAggregator
 from gateway.backoff import Backoff
 from gateway.events import ts_from_unix
@@ -59,7 +60,9 @@ SUPERVISE_TICK_S = 0.25
 GATT_TIMEOUT_S = 10.0  # one read or write with response; a stalled BlueZ never answers
 FIND_SLACK_S = 5.0  # a scan's start and stop on top of its duration
 STORE_EVERY_S = 0.5  # coalesces the watch list's writes after confirms
-MAX_CONFIRM_FAILURES = 5  # writes of one alert's confirm refused by the watch, then given up
+MAX_CONFIRM_REFUSALS = 5  # writes of one status refused on a live link, then given up
+CONFIRM_GRACE_S = 0.5  # on a new link, time for the watch's repeats before confirms are written
+STALE_CLOSE_S = 10.0
 WRIST_METRICS = (
     *("heart_rate", "rr_ms", "spo2", "pulse_rate"),
     *("systolic", "diastolic", "map", "temperature_c"),
@@ -200,9 +203,12 @@ class BleWatch:
         self._vitals_added = asyncio.Event()
         self._wake = asyncio.Event()  # a confirm is due, the link was lost, or a relink is asked
         self._persist = asyncio.Event()  # the store has changes to write
+        self._persist_urgent = False
         self._relink = False
         self._missing_logged: set[str] = set()
-        self._confirm_failures: Counter[str] = Counter()  # event id -> failed writes
+        self._subscribed: set[str] = set()
+        self._confirm_refusals: Counter[tuple[str, int]] = Counter()  # (event id, status)
+        self._alerting = False  # a care alert is being handled: no confirm is written meanwhile
         # The alert each alert_seq currently stands for (an older one with that number is over).
         self._current: dict[int, RaisedAlert] = {}
         for alert in store.state(self.address).alerts:
@@ -226,7 +232,6 @@ class BleWatch:
             group.create_task(self._write_store(), name=f"{name}.store")
 
     async def _keep_link(self) -> None:
-        await self._close_stale()
         while True:
             try:
                 async with asyncio.timeout(self.settings.connect_timeout_s + FIND_SLACK_S):
@@ -248,14 +253,20 @@ class BleWatch:
                 log.exception("watch_link_crashed", watch=self.device)
             await asyncio.sleep(self._backoff.next_delay())
 
-    async def _close_stale(self) -> None:
-        """A connection BlueZ still holds from before a restart is closed, so that the watch
-        sees a reconnection (and repeats what it has not had confirmed)."""
+    async def _close_stale(self, device: BLEDevice) -> None:
+        """A connection BlueZ still holds (from before a restart, or a disconnect that did not
+        finish) is closed first: bleak-retry-connector would ride it, and the watch, seeing no
+        reconnection, would not repeat what it has not had confirmed."""
+        if not await get_connected_devices(device):
+            return
+        log.warning("watch_stale_connection", watch=self.device)
         try:
-            async with asyncio.timeout(self.settings.disconnect_timeout_s):
-                await close_stale_connections_by_address(self.address)
+            async with asyncio.timeout(STALE_CLOSE_S):
+                await close_stale_connections(device)
         except (BleakError, TimeoutError, EOFError, OSError) as exc:
-            log.info("watch_stale_close_failed", watch=self.device, error=str(exc)[:200])
+            log.error(  # noqa: TRY400 - the reason is in the message
+                "watch_stale_close_failed", watch=self.device, error=str(exc)[:200]
+            )
 
     async def _session_with(self, device: BLEDevice) -> None:
         lost = asyncio.Event()
@@ -264,6 +275,7 @@ class BleWatch:
             lost.set()
             self._wake.set()
 
+        await self._close_stale(device)
         async with asyncio.timeout(self.settings.connect_timeout_s):
             client = await establish_connection(
                 BleakClient,
@@ -303,8 +315,10 @@ class BleWatch:
             if service not in self.services and service not in self._missing_logged:
                 self._missing_logged.add(service)
                 log.info("watch_service_missing", watch=self.device, service=service, uuid=uuid)
+        self._subscribed = set()
         if client.services.get_characteristic(codec.CARE_ALERT) is not None:
             await client.start_notify(codec.CARE_ALERT, self._notified(codec.CARE_ALERT))
+            self._subscribed.add(codec.CARE_ALERT)
         for uuid in (codec.BATTERY_LEVEL, codec.STEPS):
             if client.services.get_characteristic(uuid) is not None:
                 with self._optional(uuid, "read"):
@@ -313,6 +327,7 @@ class BleWatch:
             if uuid != codec.CARE_ALERT and client.services.get_characteristic(uuid) is not None:
                 with self._optional(uuid, "subscribe"):
                     await client.start_notify(uuid, self._notified(uuid))
+                    self._subscribed.add(uuid)
         log.info("watch_connected", watch=self.device, services=self.services)
 
     @contextlib.contextmanager
@@ -353,7 +368,11 @@ class BleWatch:
                 log.info("watch_relink", watch=self.device)
                 raise _LinkLostError
             await self._check_alive(session.client)
-            alert = self._next_due()
+            # A new link: the watch repeats what it still holds first, and each repeat or new
+            # alert settles what its alert_seq stands for before anything is written to it.
+            grace_s = min(CONFIRM_GRACE_S, self.settings.silent_after_s / 2)
+            settled = self._mono() - session.started >= grace_s and not self._alerting
+            alert = self._next_due() if settled else None
             if alert is not None:
                 await self._write_confirm(session.client, alert)
                 continue
@@ -369,11 +388,11 @@ class BleWatch:
         silent_s = self._mono() - self._last_data
         if silent_s <= self.settings.silent_after_s:
             return
-        if self.worn is not False and "heart_rate" in self.services:
+        if self.worn is not False and codec.HEART_RATE_MEASUREMENT in self._subscribed:
             await self._silent_link(silent_s)
         if "battery" in self.services:
             try:
-                async with asyncio.timeout(GATT_TIMEOUT_S):
+                async with asyncio.timeout(self._gatt_timeout_s()):
                     value = await client.read_gatt_char(codec.BATTERY_LEVEL)
             except (BleakError, TimeoutError, EOFError, OSError):
                 await self._silent_link(silent_s)
@@ -399,39 +418,54 @@ class BleWatch:
                 return alert
         return None
 
+    def _gatt_timeout_s(self) -> float:
+        """A read or write takes a few connection intervals; one that hangs is a stalled BlueZ."""
+        return min(GATT_TIMEOUT_S, max(1.0, self.settings.silent_after_s))
+
     async def _write_confirm(self, client: BleakClient, alert: RaisedAlert) -> None:
         status = alert.due[0]
-        try:  # a write takes a few connection intervals; one that hangs is a stalled BlueZ
-            async with asyncio.timeout(min(GATT_TIMEOUT_S, max(1.0, self.settings.silent_after_s))):
-                await client.write_gatt_char(
-                    codec.ALERT_CONFIRM,
-                    codec.encode_alert_confirm(alert.seq, status),
-                    response=True,
-                )
+        try:
+            value = codec.encode_alert_confirm(alert.seq, status)
+        except WatchFrameError:  # only from a damaged watch list: nothing the watch could take
+            log.error("watch_confirm_invalid", watch=self.device, alert_seq=alert.seq)  # noqa: TRY400
+            alert.due.clear()
+            self._store_changed()
+            return
+        try:
+            async with asyncio.timeout(self._gatt_timeout_s()):
+                await client.write_gatt_char(codec.ALERT_CONFIRM, value, response=True)
         except TimeoutError:
             self.counters["confirm_failed"] += 1
             log.warning("watch_confirm_timeout", watch=self.device, alert_seq=alert.seq)
             raise _LinkLostError from None  # BlueZ does not answer: make the link again
         except (BleakError, EOFError, OSError) as exc:
             self.counters["confirm_failed"] += 1
-            self._confirm_failures[alert.event_id] += 1
             log.info("watch_confirm_failed", watch=self.device, alert_seq=alert.seq, error=str(exc))
-            if self._confirm_failures[alert.event_id] >= MAX_CONFIRM_FAILURES:
-                # The watch repeats an alert it has not had confirmed: it will be asked again.
-                log.error(  # noqa: TRY400 - an expected refusal, its reason is logged above
-                    "watch_confirm_abandoned", watch=self.device, alert_seq=alert.seq
-                )
-                alert.due.clear()
-                self._store_changed()
             await asyncio.sleep(SUPERVISE_TICK_S)  # the link is likely going: let it be noticed
+            if client.is_connected and alert.due[:1] == [status]:
+                self._refused(alert, status)  # a refusal on a live link, not a lost link
             return
-        alert.due.pop(0)
+        self._confirm_refusals.pop((alert.event_id, status), None)
+        if alert.due[:1] == [status]:  # what was due may have changed while this was written
+            alert.due.pop(0)
         alert.told, alert.told_at = status, self.clock.wall()
         self._store_changed()
         self.counters["confirm_written"] += 1
         log.info(
             "watch_confirm_written", watch=self.device, alert_seq=alert.seq, status=int(status)
         )
+
+    def _refused(self, alert: RaisedAlert, status: int) -> None:
+        key = (alert.event_id, status)
+        self._confirm_refusals[key] += 1
+        if self._confirm_refusals[key] < MAX_CONFIRM_REFUSALS:
+            return
+        # The watch keeps refusing this status on a live link: stop asking (it repeats an alert
+        # it has not had confirmed, which asks again).
+        log.error("watch_confirm_abandoned", watch=self.device, alert_seq=alert.seq, status=status)
+        del self._confirm_refusals[key]
+        alert.due.pop(0)
+        self._store_changed()
 
     def _confirm(self, alert: RaisedAlert, status: int, *, again: bool = False) -> None:
         """Tell the watch ``status`` for ``alert`` (now, or when it is connected again), after
@@ -441,22 +475,28 @@ class BleWatch:
         if self._current.get(alert.seq) is not alert:
             log.info("watch_confirm_superseded", watch=self.device, alert_seq=alert.seq)
             return
+        if alert.told is None and not alert.due and status != AlertConfirmStatus.RECEIVED:
+            alert.due.append(AlertConfirmStatus.RECEIVED)  # "received" always comes first
         last = alert.due[-1] if alert.due else (None if again else alert.told)
         if status != last:
             alert.due.append(status)
-            self._store_changed()
+            self._store_changed(urgent=status == AlertConfirmStatus.ACKNOWLEDGED)
         self._wake.set()
 
-    def _store_changed(self) -> None:
+    def _store_changed(self, *, urgent: bool = False) -> None:
         self.store.changed()
+        self._persist_urgent = self._persist_urgent or urgent
         self._persist.set()
 
     async def _write_store(self) -> None:
-        """Write what changed (statuses told and due, worn), at most every ``STORE_EVERY_S``."""
+        """Write what changed (statuses told and due, worn), at most every ``STORE_EVERY_S``;
+        at once for an acknowledgement, which the watch must show even after a crash."""
         while True:
             await self._persist.wait()
-            await asyncio.sleep(STORE_EVERY_S)
+            if not self._persist_urgent:
+                await asyncio.sleep(STORE_EVERY_S)
             self._persist.clear()
+            self._persist_urgent = False
             try:
                 await self.store.flush()
             except OSError:
@@ -578,7 +618,14 @@ class BleWatch:
 
     async def _care_alert(self, data: bytes) -> None:
         alert = codec.parse_care_alert(data)
-        watch_time = _watch_seconds(alert)
+        self._alerting = True  # nothing is written to the watch until this alert is settled
+        try:
+            await self._settle(alert, _watch_seconds(alert))
+        finally:
+            self._alerting = False
+            self._wake.set()
+
+    async def _settle(self, alert: CareAlert, watch_time: int) -> None:
         earlier = self.store.repeat_of(self.address, alert.alert_seq, alert.event, watch_time)
         if earlier is not None:
             self.counters["alert_repeated"] += 1
@@ -586,20 +633,33 @@ class BleWatch:
             self._take_seq(earlier)
             if not earlier.due:
                 self._confirm(earlier, earlier.told or AlertConfirmStatus.RECEIVED, again=True)
-            self._wake.set()
             return
+        # A new alert takes its number at once: what an older one still had to say is dropped.
+        older = self._current.pop(alert.alert_seq, None)
+        if older is not None and older.due:
+            log.info("watch_alert_superseded", watch=self.device, alert_seq=alert.alert_seq)
+            older.due.clear()
+            self._store_changed()
+        # States of the alarm told while it is stored wait until the alert (with its 0x01 due)
+        # is on disk: then 0x01 is always written first.
         self._raising = True
         try:
             event_id = await self._raise_for(alert)
+            raised = RaisedAlert(
+                alert.alert_seq,
+                alert.event,
+                watch_time,
+                event_id,
+                self.clock.wall(),
+                due=[AlertConfirmStatus.RECEIVED],
+            )
+            self._current[alert.alert_seq] = raised
+            self.store.raised(self.address, raised)
+            # Known as raised before the watch is told: no second alarm for a repeat after a crash.
+            await self.store.flush(backup=False)
         finally:
             self._raising = False
-        raised = RaisedAlert(alert.alert_seq, alert.event, watch_time, event_id, self.clock.wall())
-        self._take_seq(raised)
-        self.store.raised(self.address, raised)
-        # Known as raised before the watch is told: no second alarm for a repeat after a crash.
-        await self.store.flush(backup=False)
-        self._confirm(raised, AlertConfirmStatus.RECEIVED)
-        deferred, self._deferred = self._deferred, []
+            deferred, self._deferred = self._deferred, []
         for alarm_id, state in deferred:
             self.alarm_state_changed(alarm_id, "", self.device, state)
 
@@ -610,6 +670,7 @@ class BleWatch:
         if older is not None and older is not alert and older.due:
             log.info("watch_alert_superseded", watch=self.device, alert_seq=alert.seq)
             older.due.clear()
+            self._store_changed()
         self._current[alert.seq] = alert
 
     async def _raise_for(self, alert: CareAlert) -> str:
@@ -620,9 +681,10 @@ class BleWatch:
             alarm_id = await self.alarms.raise_alarm(kind, {}, self.device)
             log.warning("watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq)
             return alarm_id
-        if event == CareEvent.FALL_CANCELLED:
+        if event == CareEvent.FALL_CANCELLED:  # the fall being counted down on the watch
             fall = self.store.latest(self.address, CareEvent.FALL)
-            fall_id = fall.event_id if fall is not None and fall.event_id else None
+            recent = fall is not None and self.clock.wall() - fall.at <= FALL_KEPT_S
+            fall_id = fall.event_id if fall is not None and recent and fall.event_id else None
             return await self.alarms.raise_alarm(
                 "alarm.cancelled", {"alarm_id": fall_id}, self.device
             )

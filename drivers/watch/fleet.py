@@ -250,7 +250,7 @@ class WatchFleet:
             return False
         watch = self.watches.pop(address, None)
         if watch is not None:
-            await self._supervisor.stop(f"watch[{address}]", self.settings.disconnect_timeout_s)
+            await self._supervisor.stop(f"watch[{address}]", self.settings.disconnect_timeout_s + 1)
             await watch.close()
         self.store.remove(address)
         await self.store.flush()

@@ -31,6 +31,7 @@ ALERT_MEMORY_S = 24 * 3600.0  # as long as the platform's alarm give-up window
 CONFIRMED_REPEAT_S = 60.0
 MAX_ALERTS_PER_WATCH = 64
 ALARM_EVENTS = (CareEvent.SOS, CareEvent.FALL)  # their alarms wait for the acknowledgement
+FALL_KEPT_S = 600.0  # the wearer's cancel of a fall names it
 
 
 @dataclass(slots=True)
@@ -50,20 +51,54 @@ class RaisedAlert:
     def repeats(self, seq: int, event: int, watch_time: int, now: float) -> bool:
         if (seq, event, watch_time) != (self.seq, self.event, self.watch_time):
             return False
-        if now - self.at > ALERT_MEMORY_S or self.acknowledged:
+        if now - self.at > ALERT_MEMORY_S:
             return False
-        return self.told_at is None or now - self.told_at <= CONFIRMED_REPEAT_S
+        if self.told_at is not None:  # the watch took a confirm: it repeats only if the answer
+            return now - self.told_at <= CONFIRMED_REPEAT_S  # to that write was lost
+        # Never confirmed: the watch repeats it. Acknowledged in the meantime, it is the same
+        # alert when the watch's clock says so; without a clock it may be a new one after a
+        # reboot, and a second alarm is better than none.
+        return watch_time != 0 or not self.acknowledged
 
 
 def _over(alert: RaisedAlert, now: float) -> bool:
     """Nothing more can come of it: too old, or confirmed and settled (its alarm acknowledged,
-    or not an alarm) with nothing left to tell the watch. Kept small, the file is quick to
-    write before each confirm."""
+    or not an alarm) with nothing left to tell the watch; a fall stays while the wearer may
+    still cancel it. Kept small, the file is quick to write before each confirm."""
     if now - alert.at > ALERT_MEMORY_S:
         return True
     if alert.due or alert.told_at is None or now - alert.told_at <= CONFIRMED_REPEAT_S:
         return False
+    if alert.event == CareEvent.FALL and now - alert.at <= FALL_KEPT_S:
+        return False
     return alert.acknowledged or alert.event not in ALARM_EVENTS
+
+
+_STATUSES = (1, 2, 3)
+
+
+def _alert(raw: Any) -> RaisedAlert:
+    """One remembered alert, checked: a damaged file is set aside, never half believed."""
+    alert = RaisedAlert(**raw)
+    numbers_ok = all(
+        type(v) is int and 0 <= v <= limit
+        for v, limit in ((alert.seq, 255), (alert.event, 255), (alert.watch_time, 2**32 - 1))
+    )
+    told_ok = alert.told is None or alert.told in _STATUSES
+    due_ok = isinstance(alert.due, list) and all(status in _STATUSES for status in alert.due)
+    times_ok = isinstance(alert.at, int | float) and (
+        alert.told_at is None or isinstance(alert.told_at, int | float)
+    )
+    if not (
+        numbers_ok
+        and told_ok
+        and due_ok
+        and times_ok
+        and isinstance(alert.event_id, str)
+        and isinstance(alert.acknowledged, bool)
+    ):
+        raise ValueError(f"not an alert: {raw!r}")
+    return alert
 
 
 @dataclass(slots=True)
@@ -83,7 +118,7 @@ def _parse(raw: Any) -> _Content:
     for address, at in raw["paired"].items():
         content.paired[str(address).upper()] = float(at)
     for address, entry in raw["state"].items():
-        alerts = [RaisedAlert(**alert) for alert in entry["alerts"]]
+        alerts = [_alert(alert) for alert in entry["alerts"]]
         worn = entry.get("worn")
         content.state[str(address).upper()] = WatchState(
             alerts, None if worn is None else bool(worn)
@@ -131,8 +166,12 @@ class WatchStore:
                     await asyncio.to_thread(self._file.save, self._snapshot())
                 return
             self._dirty = False
+            try:
+                await asyncio.to_thread(self._file.save, self._snapshot(), backup=backup)
+            except BaseException:
+                self._dirty = True  # written at the next flush
+                raise
             self._backup_behind = not backup
-            await asyncio.to_thread(self._file.save, self._snapshot(), backup=backup)
 
     # ------------------------------------------------------------------------------ pairing
 
@@ -183,7 +222,11 @@ class WatchStore:
         now = time.time()
         state.alerts = [a for a in state.alerts if not _over(a, now)]
         state.alerts.append(alert)
-        del state.alerts[:-MAX_ALERTS_PER_WATCH]
+        while len(state.alerts) > MAX_ALERTS_PER_WATCH:  # the oldest that owes the watch nothing
+            settled = next((a for a in state.alerts if not a.due), None)
+            if settled is None:
+                break
+            state.alerts.remove(settled)
         self._dirty = True
 
     def latest(self, address: str, event: int) -> RaisedAlert | None:
