@@ -132,8 +132,12 @@ async def test_sos_is_one_alarm_although_the_watch_repeats_it_after_three_discon
         await wait_platform(platform, lambda p: kinds(p, "gateway.power"), "the marker")
         (alarm,) = kinds(platform, "alarm.watch_sos")
         assert alarm["device"] == DEVICE and alarm["data"] == {}
-        assert rig.gateway.watches is not None
-        (state,) = rig.gateway.watches.status()
+        # The platform's status command shows it too.
+        platform.publish("carebed/v1/gw-a/down/cmd", {"v": 1, "id": "st-1", "name": "status"})
+        await wait_platform(platform, lambda p: kinds(p, "cmd.result"), "the status")
+        devices = kinds(platform, "cmd.result")[0]["data"]["result"]["devices"]
+        (state,) = next(d["watches"] for d in devices if "watches" in d)
+        assert (state["device"], state["connected"]) == (DEVICE, True)
         assert state["counters"]["alert_repeated"] == 3
 
 
