@@ -163,6 +163,10 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (BleakError, OSError, EOFError, TimeoutError) as exc:  # no adapter, BlueZ, permission
-        print(f"carebed: Bluetooth is not usable here: {exc}", file=sys.stderr)
+        print(
+            f"carebed: Bluetooth is not usable here ({exc}): is BlueZ running "
+            "(systemctl status bluetooth) and the adapter present (bluetoothctl list)?",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
