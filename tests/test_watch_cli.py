@@ -69,6 +69,9 @@ async def test_scan_pair_list_unpair_through_the_daemon(
         assert status == 0, out
         assert "WARNING: without the care service" in out
 
+        status, out = await carebed(config, "watch", "pair", PAIRED)  # its link answers
+        assert status == 0 and "battery 90 %" in out and "was already paired" in out, out
+
         status, out = await carebed(config, "watch", "list")
         assert status == 0, out
         assert f"{PAIRED}  connected" in out and f"{NEW}  connected" in out

@@ -216,11 +216,21 @@ class WatchFleet:
             yield report
 
     async def check(self, address: str) -> dict[str, Any]:
-        """The watch's battery and services, from its running link when it is connected."""
+        """The watch's battery and services; from its own link when it has one (the watch takes
+        one central: a second connection attempt beside the link would compete with it)."""
         watch = self.watches.get(address.upper())
-        if watch is not None and watch.connected.is_set():
-            return {"address": watch.address, "battery": watch.battery, "services": watch.services}
-        return await check_watch(address, self.settings)
+        if watch is None:
+            return await check_watch(address, self.settings)
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                await watch.connected.wait()
+        except TimeoutError:
+            raise WatchCheckError(
+                f"{watch.address} is paired but has not connected within "
+                f"{self.settings.connect_timeout_s:.0f} s: is the watch on, charged and within "
+                "a few metres?"
+            ) from None
+        return {"address": watch.address, "battery": watch.battery, "services": watch.services}
 
     async def pair(self, address: str) -> dict[str, Any]:
         """Check the watch, then keep it: its link starts; the platform hears ``device.paired``."""
