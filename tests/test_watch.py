@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bleak import BleakClient
 
 from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim, encode_heart_rate
 from drivers.sim.dbus import connection_count, match_rule_count
@@ -562,3 +563,25 @@ async def test_after_a_watch_reboot_an_old_status_is_not_shown_for_a_new_alert(
         await watch.wait_for(lambda w: len(w.confirms) == 3, TIMEOUT_S, "the new SOS's 0x02")
     # Never "help is on the way" for the new SOS before its own acknowledgement.
     assert watch.confirms == [(1, 0x01), (1, 0x01), (1, 0x02)]
+
+
+async def test_a_connection_left_in_bluez_is_closed_so_the_watch_sees_a_new_one(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BlueZ still holds the watch connected (a gateway killed before it could disconnect):
+    the gateway closes that connection and makes its own, so the watch repeats its alert."""
+    watch = WatchSim(ADDRESS, paired=True)
+    async with (
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [watch]),
+    ):
+        leftover = BleakClient(ADDRESS)
+        await leftover.connect()
+        await watch.care_alert(CareEvent.SOS, 2)  # nobody listens: the watch keeps it
+        assert watch.connections == 1
+        async with running_gateway(tmp_path, mosquitto, watch=FAST_LINK):
+            await watch.wait_confirmed(2, TIMEOUT_S)
+            await _alarms(platform, "alarm.watch_sos")
+        assert watch.connections == 2
+        await leftover.disconnect()
+    assert watch.confirms == [(2, 0x01)]
