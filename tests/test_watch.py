@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 from bleak import BleakClient
 
-from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim, encode_heart_rate
+from drivers.sim.bluez import (
+    ALL_SERVICES,
+    FakeBluez,
+    WatchSim,
+    encode_blood_pressure,
+    encode_heart_rate,
+    encode_temperature,
+)
 from drivers.sim.dbus import connection_count, match_rule_count
 from drivers.watch import codec
 from drivers.watch.codec import CareEvent
@@ -585,3 +592,45 @@ async def test_a_connection_left_in_bluez_is_closed_so_the_watch_sees_a_new_one(
         assert watch.connections == 2
         await leftover.disconnect()
     assert watch.confirms == [(2, 0x01)]
+
+
+async def test_every_measurement_reaches_the_platform_in_its_units(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SpO2, blood pressure in kPa, temperature in degF and steps, as the platform's fields in
+    mmHg and degC; a probe-off reading (NaN) and a bad payload are no reading."""
+    watch = WatchSim(ADDRESS)
+    every = dict.fromkeys(
+        ("spo2", "pulse_rate", "systolic", "diastolic", "map", "temperature_c", "steps"), 0
+    )
+    async with watch_gateway(
+        tmp_path, mosquitto, monkeypatch, watch, vitals={"intervals": every}
+    ) as (rig, _):
+        await watch.wait_subscribed(codec.STEPS, TIMEOUT_S)  # subscribed last
+        await watch.spo2(None, None)  # probe off
+        await watch.notify(codec.TEMPERATURE_MEASUREMENT, b"\x02\x6e")  # truncated
+        await watch.spo2(97, 72)
+        await watch.notify(
+            codec.BLOOD_PRESSURE_MEASUREMENT, encode_blood_pressure(16, 10.6, 12.4, kpa=True)
+        )
+        await watch.notify(codec.TEMPERATURE_MEASUREMENT, encode_temperature(98.6, fahrenheit=True))
+        await watch.send_steps(4321)
+        await wait_platform(
+            platform,
+            lambda p: (
+                {"spo2", "systolic", "temperature_c", "steps"}
+                <= {key for e in vitals_of(p) for key in e["data"]}
+            ),
+            "every measurement",
+        )
+        fleet = rig.gateway.watches
+        assert fleet is not None
+        assert fleet.status()[0]["counters"]["bad_payload"] == 1
+    merged: dict[str, Any] = {}
+    for event in vitals_of(platform):
+        merged.update({k: v for k, v in event["data"].items() if k != "stats"})
+    assert merged["spo2"] == 97 and merged["pulse_rate"] == 72
+    assert (merged["systolic"], merged["diastolic"], merged["map"]) == (120.0, 79.5, 93.0)
+    assert merged["temperature_c"] == 37.0
+    assert merged["steps"] == 4321
+    assert [e["data"]["spo2"] for e in vitals_of(platform) if "spo2" in e["data"]] == [97]
