@@ -188,6 +188,14 @@ class SqliteStore:
         """Seconds on the store's monotonic clock (deadlines for ``release``)."""
         return self._monotonic_ns() / 1e9
 
+    def in_flight(self) -> int:
+        """How many events are claimed and awaiting their PUBACK."""
+        return len(self._inflight)
+
+    def resends_scheduled(self) -> int:
+        """How many delivered alarms have a resend scheduled (awaiting the platform's ack)."""
+        return len(self._alarm_due)
+
     # ----------------------------------------------------------------------------- opening
 
     def open(self) -> OpenReport:

@@ -290,7 +290,7 @@ async def test_no_acknowledgement_in_time_says_not_delivered_at_each_resend(
         store = rig.gateway.store
 
         def delivered() -> bool:  # PUBACK recorded: its resend is scheduled
-            return bool(store._alarm_due)
+            return store.resends_scheduled() > 0
 
         await sim.press(BUTTON)
         await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")

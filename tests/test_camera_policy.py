@@ -55,7 +55,7 @@ async def test_an_alarm_calls_once_and_the_platform_sees_the_call_and_the_audit(
         await wait_platform(
             platform, lambda p: call_states(p) == ["requested", "started", "ended"], "the call"
         )
-        await wait_until(lambda: bool(rig.gateway.store._alarm_due), 10, "delivered")
+        await wait_until(lambda: rig.gateway.store.resends_scheduled() > 0, 10, "delivered")
         clock.advance(31)  # no acknowledgement: the alarm is resent...
         await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 2, "the resend")
     assert [r.json for r in posts(sim)] == [

@@ -51,7 +51,7 @@ async def test_alarm_resent_with_attempt_2_until_acknowledged(
         alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
         await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) == 1, "the alarm")
         await wait_until(
-            lambda: not rig.gateway.store._inflight,
+            lambda: rig.gateway.store.in_flight() == 0,
             10,
             "the PUBACK of the alarm",
         )
