@@ -51,8 +51,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from dbus_fast import (
     DBusError,
@@ -67,6 +66,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
+from drivers.sim.service import Observed, SimService
 from drivers.watch.codec import (
     ALERT_CONFIRM,
     BATTERY_LEVEL,
@@ -390,7 +390,7 @@ class PendingAlert:
         return encode_care_alert(self.event, self.alert_seq, self.watch_time)
 
 
-class WatchSim:
+class WatchSim(Observed):
     """One health watch (peripheral side) as its datasheet describes it.
 
     Attach it to a ``FakeBluez`` (constructor or ``add``) to make it visible to a central. State
@@ -433,7 +433,7 @@ class WatchSim:
         self._fail_confirms = 0
         self._pending: dict[int, PendingAlert] = {}
         self._node: _DeviceNode | None = None
-        self._changed = asyncio.Event()
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"WatchSim({self.address!r}, connected={self.connected}, in_range={self.in_range})"
@@ -610,20 +610,8 @@ class WatchSim:
 
     # --- Waiting ----------------------------------------------------------------------------
 
-    async def wait_for(
-        self,
-        predicate: Callable[[WatchSim], bool],
-        timeout: float,  # noqa: ASYNC109 - a test helper: the deadline is the caller's to say
-        what: str,
-    ) -> None:
-        """Wait until ``predicate(self)`` holds, re-checked on every change of the watch's
-        state; AssertionError(what) after ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self):
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"{self.address}: {what}") from None
+    def _timed_out(self, what: str) -> str:
+        return f"{self.address}: {what}"
 
     async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda w: w.connected, timeout, "not connected")
@@ -685,12 +673,6 @@ class WatchSim:
             return [alert.payload for alert in self._pending.values()]
         return []
 
-    def _notify_change(self) -> None:
-        # A condition variable without a lock: every waiter holds the current event; setting it
-        # wakes them all, and later waiters get a fresh one.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
 
 # --- The fake BlueZ -----------------------------------------------------------------------------
 
@@ -699,7 +681,7 @@ class FakeBluezError(RuntimeError):
     """The fake could not take the name org.bluez, or is used while not running."""
 
 
-class FakeBluez:
+class FakeBluez(SimService):
     """``org.bluez`` on the bus at ``bus_address``, with one adapter and the given watches.
 
     ``async with FakeBluez(address, [watch]) as bluez:`` runs it in the caller's event loop;
@@ -751,10 +733,10 @@ class FakeBluez:
                 self.add(watch)
             self._spawn(self._advertise(), f"fake-bluez[{self.adapter_name}].advertise")
         except BaseException:
-            await self.stop()
+            await self.close()
             raise
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Stop advertising, detach the watches and close the bus connection. Idempotent."""
         tasks = list(self._tasks)
         for task in tasks:
@@ -772,18 +754,6 @@ class FakeBluez:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- Devices ------------------------------------------------------------------------------
 

@@ -14,13 +14,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from drivers.sim.service import SimService
 
 REALM = "carebed-sim-camera"
 MAX_HEADER_BYTES = 16 * 1024
@@ -89,7 +90,7 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class SimCamera:
+class SimCamera(SimService):
     """The camera of ``specs/camera-http.md`` on 127.0.0.1, over http or https.
 
     Digest authentication (``algorithm`` MD5 or SHA-256, qop=auth) with ``user`` / ``password``.
@@ -140,18 +141,6 @@ class SimCamera:
         self.port = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def base_url(self) -> str:

@@ -21,11 +21,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+
+from drivers.sim.service import SimService
 
 DBUS_DAEMON = "dbus-daemon"
 START_TIMEOUT_S = 5.0
@@ -57,7 +57,7 @@ class PrivateBusError(RuntimeError):
     """The private dbus-daemon did not start, or its statistics are not available."""
 
 
-class PrivateSystemBus:
+class PrivateSystemBus(SimService):
     """One dbus-daemon process with a permissive system-bus policy, for the life of a block.
 
     ``async with PrivateSystemBus(tmp_path) as bus:`` then ``bus.address``. On exit the daemon is
@@ -118,10 +118,10 @@ class PrivateSystemBus:
                 )
             self._address = await self._read_address(self._proc)
         except BaseException:
-            await self.stop()
+            await self.close()
             raise
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Terminate and reap the daemon, close its pipe, remove temporary files. Idempotent."""
         proc, self._proc = self._proc, None
         self._address = None
@@ -144,18 +144,6 @@ class PrivateSystemBus:
             for own in self._own_dirs:
                 shutil.rmtree(own, ignore_errors=True)
             self._own_dirs.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _read_address(self, proc: asyncio.subprocess.Process) -> str:
         assert proc.stdout is not None

@@ -8,8 +8,7 @@ import tty
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from drivers.button.codec import (
     FLAG_JAMMING,
@@ -29,6 +28,7 @@ from drivers.button.codec import (
     encode_receiver_status,
     parse,
 )
+from drivers.sim.service import Observed, SimService
 
 READ_CHUNK_BYTES = 4096
 RETRANSMIT_INTERVAL_S = 0.5  # datasheet: every 500 ms ...
@@ -48,7 +48,7 @@ class _Outgoing:
     finished: bool = False  # acknowledged, or retransmissions exhausted
 
 
-class SimReceiver:
+class SimReceiver(SimService, Observed):
     """The receiver (base unit) of the datasheet, seen from the gateway as a serial port.
 
     It owns the master side of a pty and keeps the slave open itself (so its writes never fail
@@ -102,7 +102,7 @@ class SimReceiver:
         self._writer_registered = False
         self._drained = asyncio.Event()
         self._drained.set()
-        self._changed = asyncio.Event()
+        super().__init__()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -128,19 +128,7 @@ class SimReceiver:
         if self._pair_timer is not None:
             self._pair_timer.cancel()
         self._close_pty()
-        self._notify()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._notify_change()
 
     @property
     def port(self) -> str:
@@ -164,7 +152,7 @@ class SimReceiver:
         """Pull the USB adapter: the pty goes away (the gateway's reads and writes on it fail) and
         ``link_path`` is removed. Frames in flight keep being retransmitted into the void."""
         self._close_pty()
-        self._notify()
+        self._notify_change()
 
     async def replug(self) -> None:
         """Plug the adapter back: a new pty (its number may be reused), ``link_path`` re-pointed,
@@ -174,7 +162,7 @@ class SimReceiver:
         self._close_pty()
         self._open_pty()
         self._send_status()
-        self._notify()
+        self._notify_change()
 
     # --- Receiver -> gateway --------------------------------------------------------------------
 
@@ -283,28 +271,7 @@ class SimReceiver:
             m.pattern for m in self.received if isinstance(m, Indicate) and m.button_id == button_id
         ]
 
-    async def wait_for(
-        self,
-        predicate: Callable[[SimReceiver], bool],
-        timeout: float,  # noqa: ASYNC109 - a test helper: the deadline is the caller's to say
-        what: str,
-    ) -> None:
-        """Wait until ``predicate(self)`` holds, re-checked on every received frame and state
-        change; AssertionError(what) after ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self):
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(what) from None
-
     # --- Internals ------------------------------------------------------------------------------
-
-    def _notify(self) -> None:
-        # A condition variable without a lock: every waiter holds the current event; setting it
-        # wakes them all, and later waiters get a fresh one.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._loop is not None
@@ -348,7 +315,7 @@ class SimReceiver:
     def _transmit(self, outgoing: _Outgoing) -> None:
         outgoing.transmissions += 1
         self._write(outgoing.raw)
-        self._notify()
+        self._notify_change()
 
     async def _retransmit(self, outgoing: _Outgoing) -> None:
         for attempt in range(self.max_retransmits + 1):
@@ -361,7 +328,7 @@ class SimReceiver:
             else:
                 break
         outgoing.finished = True
-        self._notify()
+        self._notify_change()
 
     async def _periodic_status(self) -> None:
         while True:
@@ -424,7 +391,7 @@ class SimReceiver:
                 continue
             self.received.append(message)
             self._handle(message)
-        self._notify()
+        self._notify_change()
 
     def _handle(self, message: Message) -> None:
         match message:
@@ -441,7 +408,7 @@ class SimReceiver:
                 # wake waiters when the window closes, so "pairing closed" can be waited for
                 if self._pair_timer is not None:
                     self._pair_timer.cancel()
-                self._pair_timer = self._loop.call_at(self._pair_until, self._notify)
+                self._pair_timer = self._loop.call_at(self._pair_until, self._notify_change)
                 for button_id in self.pair_candidates:
                     if button_id not in self.paired:
                         self._announce_paired(button_id)
