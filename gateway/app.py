@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from drivers.watch.store import WatchStore
 from gateway.alarms import AlarmTracker
 from gateway.clock import Clock, SystemClock, read_boot_id
 from gateway.commands import CommandProcessor, no_args
-from gateway.config import BLE_ADDRESS_PATTERN, CameraSection, GatewayConfig
+from gateway.config import CameraSection, GatewayConfig, ble_address
 from gateway.control import ControlError, ControlServer
 from gateway.emitter import EventFactory, OutboxSink
 from gateway.errors import CommandError
@@ -309,21 +308,24 @@ class Gateway:
             yield report
         yield {"event": "done"}
 
+    @staticmethod
+    def _watch_address(args: dict[str, Any]) -> str:
+        try:
+            return ble_address(str(args.get("address", "")))
+        except ValueError as exc:
+            raise ControlError(str(exc)) from exc
+
     async def _control_watch_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         watches = self._control_watches()
-        address = str(args.get("address", ""))
-        if not re.fullmatch(BLE_ADDRESS_PATTERN, address):
-            raise ControlError(f"{address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
-        yield {"event": "checking", "address": address.upper()}
+        address = self._watch_address(args)
+        yield {"event": "checking", "address": address}
         try:
             yield {"event": "paired", **await watches.pair(address)}
         except WatchCheckError as exc:
             raise ControlError(str(exc)) from exc
 
     async def _control_watch_unpair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        address = str(args.get("address", "")).upper()
-        if not re.fullmatch(BLE_ADDRESS_PATTERN, address):
-            raise ControlError(f"{address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
+        address = self._watch_address(args)
         try:
             unpaired = await self._control_watches().unpair(address)
         except WatchCheckError as exc:

@@ -54,11 +54,12 @@ def _show_list(status: dict[str, Any]) -> None:
 
 def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     socket = cfg.control_socket
-    try:
+    if args.action == "pair" and not 1 <= args.seconds <= 255:
+        _say("carebed: --seconds must be from 1 to 255")
+        return EXIT_FAILED
+
+    def talk() -> None:
         if args.action == "pair":
-            if not 1 <= args.seconds <= 255:
-                _say("carebed: --seconds must be from 1 to 255")
-                return EXIT_FAILED
             asyncio.run(
                 control.ask(socket, "button.pair", {"seconds": args.seconds}, _show_pairing)
             )
@@ -69,15 +70,8 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             device = _normalise(args.id)
             (reply,) = asyncio.run(control.ask(socket, "button.unpair", {"device": device}))
             _say(f"{device} unpaired" if reply["unpaired"] else f"{device} was not paired")
-    except OSError as exc:
-        if control.daemon_absent(exc):
-            return _without_daemon(cfg, args)
-        print(f"carebed: {control.unreachable(socket, exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except control.ControlError as exc:
-        print(f"carebed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+
+    return control.run_client(socket, talk, lambda: _without_daemon(cfg, args))
 
 
 def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -311,6 +312,13 @@ class VitalsSection(_Section):
 
 
 BLE_ADDRESS_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+
+
+def ble_address(text: str) -> str:
+    """``text`` as a BLE address in upper case; ValueError saying the expected form."""
+    if not re.fullmatch(BLE_ADDRESS_PATTERN, text):
+        raise ValueError(f"{text!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
+    return text.upper()
 
 
 class WatchSection(_Section):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,19 @@ def unreachable(path: Path, exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return f"not allowed to use {path}: run as root, or as a member of the carebed group"
     return f"cannot reach the daemon at {path}: {exc}"
+
+
+def run_client(socket: Path, talk: Callable[[], None], without_daemon: Callable[[], int]) -> int:
+    """A CLI's exchange with the daemon, ``talk``: 0 when it went through; the daemon's refusal
+    or an unusable socket is one line on stderr and 1; no daemon at all, ``without_daemon()``."""
+    try:
+        talk()
+    except OSError as exc:
+        if daemon_absent(exc):
+            return without_daemon()
+        print(f"carebed: {unreachable(socket, exc)}", file=sys.stderr)
+        return 1
+    except ControlError as exc:
+        print(f"carebed: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +24,7 @@ from drivers.watch.fleet import (
 )
 from drivers.watch.store import WatchStore
 from gateway import control
-from gateway.config import BLE_ADDRESS_PATTERN, GatewayConfig
+from gateway.config import GatewayConfig, ble_address
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -81,17 +80,18 @@ def _show_list(reply: dict[str, Any]) -> None:
 
 
 def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
-    if args.action in ("pair", "unpair") and not re.fullmatch(BLE_ADDRESS_PATTERN, args.address):
-        print(
-            f"carebed: {args.address!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+    if args.action in ("pair", "unpair"):
+        try:
+            args.address = ble_address(args.address)
+        except ValueError as exc:
+            print(f"carebed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     if args.action == "scan" and not 1 <= args.seconds <= MAX_SCAN_S:
         print(f"carebed: --seconds must be from 1 to {MAX_SCAN_S}", file=sys.stderr)
         return EXIT_FAILED
     socket = cfg.control_socket
-    try:
+
+    def talk() -> None:
         if args.action == "scan":
             _say(f"Scanning for {args.seconds} s: keep the watch awake and near the gateway.")
             asyncio.run(control.ask(socket, "watch.scan", {"seconds": args.seconds}, _show_scan))
@@ -103,15 +103,8 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         else:
             (reply,) = asyncio.run(control.ask(socket, "watch.unpair", {"address": args.address}))
             _say(f"{reply['address']} {'unpaired' if reply['unpaired'] else 'was not paired'}")
-    except OSError as exc:
-        if control.daemon_absent(exc):
-            return _without_daemon(cfg, args)
-        print(f"carebed: {control.unreachable(socket, exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except control.ControlError as exc:
-        print(f"carebed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+
+    return control.run_client(socket, talk, lambda: _without_daemon(cfg, args))
 
 
 async def _collect(replies: AsyncIterator[dict[str, Any]]) -> None:
@@ -129,7 +122,7 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             paired = {*cfg.watch.addresses, *store.addresses()}
             asyncio.run(_collect(scan_nearby(cfg.watch.adapter, args.seconds, paired)))
         elif args.action == "pair":
-            _say(f"Connecting to {args.address.upper()} …")
+            _say(f"Connecting to {args.address} …")
             report = asyncio.run(check_watch(args.address, cfg.watch))
             configured = report["address"] in cfg.watch.addresses
             added = not configured and store.add(report["address"])
@@ -149,16 +142,16 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             listed = sorted({*cfg.watch.addresses, *store.addresses()})
             _show_list({"watches": [{"address": a} for a in listed]})
         else:
-            if args.address.upper() in cfg.watch.addresses:
+            if args.address in cfg.watch.addresses:
                 print(
-                    f"carebed: {args.address.upper()} is in the configuration file "
+                    f"carebed: {args.address} is in the configuration file "
                     "([watch] addresses): remove it there",
                     file=sys.stderr,
                 )
                 return EXIT_FAILED
             removed = store.remove(args.address)
             store.save()
-            _say(f"{args.address.upper()} {'removed' if removed else 'was not paired'} {note}")
+            _say(f"{args.address} {'removed' if removed else 'was not paired'} {note}")
     except WatchCheckError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED

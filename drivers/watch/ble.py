@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from bleak import BleakClient
+from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
@@ -48,7 +48,7 @@ from drivers.watch import codec
 from drivers.watch.codec import AlertConfirmStatus, CareAlert, CareEvent, WatchFrameError
 from drivers.watch.rules import Rule, RuleEngine
 from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
-from drivers.watch.vitals import VitalsAggregator
+from drivers.watch.vitals import METRICS, VitalsAggregator
 from gateway.backoff import Backoff
 from gateway.events import ts_from_unix
 
@@ -63,10 +63,7 @@ STORE_EVERY_S = 0.5  # coalesces the watch list's writes after confirms
 MAX_CONFIRM_REFUSALS = 5  # writes of one status refused on a live link, then given up
 CONFIRM_GRACE_S = 0.5  # on a new link, time for the watch's repeats before confirms are written
 STALE_CLOSE_S = 10.0
-WRIST_METRICS = (
-    *("heart_rate", "rr_ms", "spo2", "pulse_rate"),
-    *("systolic", "diastolic", "map", "temperature_c"),
-)
+WRIST_METRICS = tuple(metric for metric in METRICS if metric != "steps")  # not while off
 BATTERY_REPORT_STEP = 10  # device.battery when the level moved this much (or low changed)
 
 NOTIFIED = (
@@ -146,8 +143,6 @@ async def find_device(address: str, adapter: str, scan_s: float) -> BLEDevice | 
     device = await get_device_by_adapter(address, adapter)
     if device is not None:
         return device
-    from bleak import BleakScanner  # noqa: PLC0415 - only when BlueZ does not know the watch
-
     return await BleakScanner.find_device_by_address(
         address, timeout=scan_s, bluez={"adapter": adapter}
     )
@@ -208,12 +203,11 @@ class BleWatch:
         self._missing_logged: set[str] = set()
         self._subscribed: set[str] = set()
         self._confirm_refusals: Counter[tuple[str, int]] = Counter()  # (event id, status)
-        self._alerting = False  # a care alert is being handled: no confirm is written meanwhile
+        self._alerting = False  # a care alert is being settled (see _care_alert)
         # The alert each alert_seq currently stands for (an older one with that number is over).
         self._current: dict[int, RaisedAlert] = {}
         for alert in store.state(self.address).alerts:
             self._current[alert.seq] = alert
-        self._raising = False
         self._deferred: list[tuple[str, AlarmState]] = []
 
     def _mono(self) -> float:
@@ -617,61 +611,55 @@ class BleWatch:
         return await self.sink.emit("device.worn" if worn else "device.not_worn", {}, self.device)
 
     async def _care_alert(self, data: bytes) -> None:
+        """Settle one alert. Until it is settled nothing is written to the watch, and the states
+        of an alarm raised for it wait: its 0x01 is due once the alert is on disk, so it always
+        comes first."""
         alert = codec.parse_care_alert(data)
-        self._alerting = True  # nothing is written to the watch until this alert is settled
+        self._alerting = True
         try:
             await self._settle(alert, _watch_seconds(alert))
         finally:
             self._alerting = False
+            deferred, self._deferred = self._deferred, []
             self._wake.set()
+        for alarm_id, state in deferred:
+            self.alarm_state_changed(alarm_id, "", self.device, state)
 
     async def _settle(self, alert: CareAlert, watch_time: int) -> None:
         earlier = self.store.repeat_of(self.address, alert.alert_seq, alert.event, watch_time)
         if earlier is not None:
             self.counters["alert_repeated"] += 1
             log.info("watch_alert_repeated", watch=self.device, alert_seq=alert.alert_seq)
-            self._take_seq(earlier)
+            self._take_seq(alert.alert_seq, earlier)
             if not earlier.due:
                 self._confirm(earlier, earlier.told or AlertConfirmStatus.RECEIVED, again=True)
             return
-        # A new alert takes its number at once: what an older one still had to say is dropped.
-        older = self._current.pop(alert.alert_seq, None)
-        if older is not None and older.due:
-            log.info("watch_alert_superseded", watch=self.device, alert_seq=alert.alert_seq)
-            older.due.clear()
-            self._store_changed()
-        # States of the alarm told while it is stored wait until the alert (with its 0x01 due)
-        # is on disk: then 0x01 is always written first.
-        self._raising = True
-        try:
-            event_id = await self._raise_for(alert)
-            raised = RaisedAlert(
-                alert.alert_seq,
-                alert.event,
-                watch_time,
-                event_id,
-                self.clock.wall(),
-                due=[AlertConfirmStatus.RECEIVED],
-            )
-            self._current[alert.alert_seq] = raised
-            self.store.raised(self.address, raised)
-            # Known as raised before the watch is told: no second alarm for a repeat after a crash.
-            await self.store.flush(backup=False)
-        finally:
-            self._raising = False
-            deferred, self._deferred = self._deferred, []
-        for alarm_id, state in deferred:
-            self.alarm_state_changed(alarm_id, "", self.device, state)
+        self._take_seq(alert.alert_seq, None)  # a new alert takes its number at once
+        event_id = await self._raise_for(alert)
+        raised = RaisedAlert(
+            alert.alert_seq,
+            alert.event,
+            watch_time,
+            event_id,
+            self.clock.wall(),
+            due=[AlertConfirmStatus.RECEIVED],
+        )
+        self._current[alert.alert_seq] = raised
+        self.store.raised(self.address, raised)
+        # Known as raised before the watch is told: no second alarm for a repeat after a crash.
+        await self.store.flush(backup=False)
 
-    def _take_seq(self, alert: RaisedAlert) -> None:
-        """``alert`` is what its alert_seq means now; what an older one still had to say is
-        dropped (the watch would take it for this one)."""
-        older = self._current.get(alert.seq)
+    def _take_seq(self, seq: int, alert: RaisedAlert | None) -> None:
+        """``alert`` is what ``seq`` stands for now (None: a new alert, being raised); what an
+        older alert with that number still had to say is dropped (the watch would take it for
+        this one)."""
+        older = self._current.pop(seq, None)
         if older is not None and older is not alert and older.due:
-            log.info("watch_alert_superseded", watch=self.device, alert_seq=alert.seq)
+            log.info("watch_alert_superseded", watch=self.device, alert_seq=seq)
             older.due.clear()
             self._store_changed()
-        self._current[alert.seq] = alert
+        if alert is not None:
+            self._current[seq] = alert
 
     async def _raise_for(self, alert: CareAlert) -> str:
         """Store what the alert says (alarms durably); the event's id, "" when none was sent."""
@@ -734,7 +722,7 @@ class BleWatch:
         """``AlarmListener``: an alarm raised from this watch's alert changed state."""
         if device != self.device:
             return
-        if self._raising:  # during raise_alarm: after the 0x01 of the alert being stored
+        if self._alerting:  # after the alert is settled (see _care_alert)
             self._deferred.append((alarm_id, state))
             return
         alert = self._alert_of(alarm_id)
@@ -750,7 +738,8 @@ class BleWatch:
     # ------------------------------------------------------------------------------ status
 
     async def close(self) -> None:
-        """Disconnect (bounded) when the gateway stops or the watch is unpaired."""
+        """After the link's task is stopped (gateway stopping, watch unpaired): disconnect if a
+        session outlived a stop that timed out, and write what the store still holds."""
         session = self._session
         if session is not None and session.client.is_connected:
             await bounded_disconnect(session.client, self.settings.disconnect_timeout_s)
