@@ -6,6 +6,7 @@ import json
 import math
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -156,3 +157,27 @@ def emit(record: dict[str, Any]) -> None:
 def ensure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def code_version() -> str:
+    """The commit measured, and whether the gateway's code differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway", "drivers"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} (gateway/ or drivers/ modified)" if dirty else commit

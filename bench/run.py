@@ -51,7 +51,15 @@ from typing import IO, Any
 import paho.mqtt
 
 from bench.backlog import OUTBOX_NAME, build_backlog, copy_backlog
-from bench.common import BUTTON_ID_BASE, REPO_ROOT, RESULTS_DIR, ensure_dir, median, percentile
+from bench.common import (
+    BUTTON_ID_BASE,
+    REPO_ROOT,
+    RESULTS_DIR,
+    code_version,
+    ensure_dir,
+    median,
+    percentile,
+)
 from bench.subscriber import EventCounter, Tally
 from bench.watch import QUICK_ALERTS, WatchBench, summary_line
 from bench.watch import summarise as summarise_watch
@@ -199,7 +207,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         mosquitto = (out.stdout or out.stderr).splitlines()[0].strip()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code": _code_version(),
+        "code": code_version(),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": model,
         "kernel": platform.release(),
@@ -209,30 +217,6 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "mosquitto": mosquitto,
         "workdir_fs": _filesystem_of(workdir),
     }
-
-
-def _code_version() -> str:
-    """The commit measured, and whether the gateway's code differs from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "gateway", "drivers"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return f"{commit} (gateway/ or drivers/ modified)" if dirty else commit
 
 
 def _filesystem_of(path: Path) -> str:

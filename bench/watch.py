@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bench.common import REPO_ROOT, RESULTS_DIR, ensure_dir, median, now_ns, percentile
+from bench.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    code_version,
+    ensure_dir,
+    median,
+    now_ns,
+    percentile,
+)
 from bench.subscriber import EventCounter
 from drivers.sim.bluez import FakeBluez, WatchSim
 from drivers.sim.dbus import PrivateSystemBus
@@ -465,21 +472,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _commit() -> str:
-    """The commit measured (``git describe --always --dirty``)."""
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     temporary = args.workdir is None
@@ -519,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code": _commit(),
+        "code": code_version(),
         "nproc": len(os.sched_getaffinity(0)),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "elapsed_s": time.monotonic() - started,
