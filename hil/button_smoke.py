@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from drivers.button.pairing import PairingStore
 from drivers.sim.camera import SimCamera
 from drivers.sim.demo import local_mosquitto
 from drivers.sim.receiver import SimReceiver
-from hil.uplink_smoke import Platform, parse_args, platform_for
+from hil.uplink_smoke import Platform, platform_for, run_device_scenario
 
 BUTTON = 0x00A1B2C3
 TIMEOUT_S = 30.0
@@ -30,11 +29,6 @@ TIMEOUT_S = 30.0
 
 def _alarms(platform: Platform) -> list[dict[str, object]]:
     return [e for e in platform.events() if e["kind"] == "alarm.button"]
-
-
-def _ack(platform: Platform, alarm_id: object) -> None:
-    body = {"v": 1, "ids": [alarm_id], "by": "hil", "ts": None}
-    platform.client.publish(f"carebed/v1/{platform.gw}/down/ack", json.dumps(body), qos=1)
 
 
 async def _sim_step(sim: SimReceiver, what: str, pattern: int) -> None:
@@ -88,7 +82,7 @@ async def simulated(gw: str) -> None:
                             for e in platform.events()
                         ),
                     )
-                    _ack(platform, _alarms(platform)[0]["id"])
+                    platform.ack(_alarms(platform)[0]["id"])
                     await _sim_step(sim, "senior told: help is on the way", Pattern.ACKNOWLEDGED)
                     await sim.cancel(BUTTON)
                     await _sim_step(sim, "senior told: cancel accepted", Pattern.CANCEL_ACCEPTED)
@@ -106,7 +100,7 @@ def hardware(args: argparse.Namespace) -> None:
         platform.wait("alarm.button at the platform", lambda: bool(_alarms(platform)))
         alarm = _alarms(platform)[0]
         print(f"     {alarm['device']} {alarm['data']}", flush=True)
-        _ack(platform, alarm["id"])
+        platform.ack(alarm["id"])
         answer = input("Acknowledged. Did the receiver say 'help is on the way'? [y/n] ")
         if answer.strip().lower() != "y":
             raise SystemExit("FAIL the senior was not told that help is on the way")
@@ -116,12 +110,7 @@ def hardware(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("python -m hil.button_smoke", __doc__, argv)
-    if args.broker:
-        hardware(args)
-    else:
-        asyncio.run(simulated(args.gateway_id))
-    return 0
+    return run_device_scenario("python -m hil.button_smoke", __doc__, argv, simulated, hardware)
 
 
 if __name__ == "__main__":

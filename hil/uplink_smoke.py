@@ -7,6 +7,7 @@ an installed gateway it only plays the platform (``--broker``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import ssl
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ class Platform:
     def command(self, name: str) -> None:
         body = {"v": 1, "id": f"hil-{name}-{time.time_ns()}", "name": name, "args": {}}
         self.client.publish(f"carebed/v1/{self.gw}/down/cmd", json.dumps(body), qos=1)
+
+    def ack(self, alarm_id: object) -> None:
+        """Acknowledge an alarm, as the platform's alarm desk does."""
+        body = {"v": 1, "ids": [alarm_id], "by": "hil", "ts": None}
+        self.client.publish(f"carebed/v1/{self.gw}/down/ack", json.dumps(body), qos=1)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -132,6 +138,23 @@ def platform_for(args: argparse.Namespace) -> Platform:
         if args.cert:
             tls.load_cert_chain(str(args.cert), str(args.key) if args.key else None)
     return Platform(host, int(port), args.gateway_id, tls)
+
+
+def run_device_scenario(
+    prog: str,
+    doc: str | None,
+    argv: list[str] | None,
+    simulated: Callable[[str], Coroutine[Any, Any, None]],
+    hardware: Callable[[argparse.Namespace], None],
+) -> int:
+    """A device scenario's command line: on the simulated rig, or with a person at a real
+    gateway when ``--broker`` is given."""
+    args = parse_args(prog, doc, argv)
+    if args.broker:
+        hardware(args)
+    else:
+        asyncio.run(simulated(args.gateway_id))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

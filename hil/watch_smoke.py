@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from drivers.sim.dbus import PrivateSystemBus
 from drivers.sim.demo import local_mosquitto
 from drivers.watch import codec
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
-from hil.uplink_smoke import Platform, parse_args, platform_for
+from hil.uplink_smoke import Platform, platform_for, run_device_scenario
 
 ADDRESS = "C0:FF:EE:00:00:01"
 DEVICE = codec.device_id(ADDRESS)
@@ -58,11 +57,6 @@ def _heart_rates(platform: Platform, device: str | None = None) -> list[dict[str
         for e in _events(platform, "telemetry.vitals", device)
         if isinstance(e["data"], dict) and "heart_rate" in e["data"]
     ]
-
-
-def _ack(platform: Platform, alarm_id: object) -> None:
-    body = {"v": 1, "ids": [alarm_id], "by": "hil", "ts": None}
-    platform.client.publish(f"carebed/v1/{platform.gw}/down/ack", json.dumps(body), qos=1)
 
 
 def _told(status: int) -> Callable[[WatchSim], bool]:
@@ -131,7 +125,7 @@ async def _scenario(watch: WatchSim, platform: Platform) -> None:
             "watch told: received (0x01)",
             watch.wait_for(_told(AlertConfirmStatus.RECEIVED), TIMEOUT_S, "0x01"),
         )
-        _ack(platform, _events(platform, "alarm.watch_sos", DEVICE)[0]["id"])
+        platform.ack(_events(platform, "alarm.watch_sos", DEVICE)[0]["id"])
         await _sim_step(
             "watch told: help is on the way (0x02)",
             watch.wait_for(_told(AlertConfirmStatus.ACKNOWLEDGED), TIMEOUT_S, "0x02"),
@@ -226,7 +220,7 @@ def hardware(args: argparse.Namespace) -> None:
         print(f"     {alarm['device']} {alarm['data']}", flush=True)
         _confirm("Did the watch vibrate (alarm received)?", "the watch did not confirm the SOS")
         print("ok   watch told: received", flush=True)
-        _ack(platform, alarm["id"])
+        platform.ack(alarm["id"])
         _confirm(
             "Acknowledged. Does the watch show 'help is on the way'?",
             "the wearer was not told that help is on the way",
@@ -245,12 +239,7 @@ def hardware(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("python -m hil.watch_smoke", __doc__, argv)
-    if args.broker:
-        hardware(args)
-    else:
-        asyncio.run(simulated(args.gateway_id))
-    return 0
+    return run_device_scenario("python -m hil.watch_smoke", __doc__, argv, simulated, hardware)
 
 
 if __name__ == "__main__":
