@@ -79,6 +79,19 @@ def vitals_of(platform: PlatformClient) -> list[dict[str, Any]]:
     return [e for e in kinds(platform, "telemetry.vitals") if e["device"] == DEVICE]
 
 
+async def _alarms(platform: PlatformClient, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    await wait_platform(platform, lambda p: len(kinds(p, kind)) >= count, kind)
+    return kinds(platform, kind)
+
+
+async def _ack(platform: PlatformClient, alarm_id: str) -> None:
+    acks = len(kinds(platform, "audit.alarm_acknowledged"))
+    platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "desk"})
+    await wait_platform(
+        platform, lambda p: len(kinds(p, "audit.alarm_acknowledged")) > acks, "the ack"
+    )
+
+
 async def beats(watch: WatchSim, bpm: int, seconds: float, *, contact: bool = True) -> None:
     """Heart rate notifications at 20 Hz for ``seconds``."""
     loop = asyncio.get_running_loop()
@@ -164,10 +177,7 @@ async def test_alert_confirm_is_01_when_stored_then_02_when_the_platform_acknowl
         await watch.wait_confirmed(6, TIMEOUT_S)
         assert watch.confirms == [(6, 0x01)]
         (alarm,) = kinds(platform, "alarm.fall")
-        platform.publish(
-            "carebed/v1/gw-a/down/ack",
-            {"v": 1, "ids": [alarm["id"]], "by": "desk-3", "ts": "2026-11-30T10:00:00.000Z"},
-        )
+        await _ack(platform, alarm["id"])
         await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "the second confirm")
         assert watch.confirms == [(6, 0x01), (6, 0x02)]
 
@@ -425,7 +435,7 @@ async def test_a_stalled_bluez_while_a_confirm_is_due_is_a_lost_link(
         (alarm,) = await _alarms(platform, "alarm.watch_sos")
         before = watch.connections
         watch.stall()  # the 0x02 below cannot be written: the write hangs
-        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm["id"]], "by": "d"})
+        await _ack(platform, alarm["id"])
         await wait_until(
             lambda: (
                 fleet.status()[0]["counters"].get("silent_link", 0)
@@ -439,11 +449,6 @@ async def test_a_stalled_bluez_while_a_confirm_is_due_is_a_lost_link(
         await watch.wait_for(lambda w: w.connections > before, TIMEOUT_S, "a new connection")
         await watch.wait_for(lambda w: (3, 0x02) in w.confirms, TIMEOUT_S, "0x02 written after")
     assert watch.confirms == [(3, 0x01), (3, 0x02)]
-
-
-async def _alarms(platform: PlatformClient, kind: str, count: int = 1) -> list[dict[str, Any]]:
-    await wait_platform(platform, lambda p: len(kinds(p, kind)) >= count, kind)
-    return kinds(platform, kind)
 
 
 async def test_a_new_alert_reusing_an_alert_seq_gets_its_own_confirms(
@@ -461,10 +466,8 @@ async def test_a_new_alert_reusing_an_alert_seq_gets_its_own_confirms(
         await watch.care_alert(CareEvent.SOS, 1, 2000)  # same number again, after a reboot
         (sos,) = await _alarms(platform, "alarm.watch_sos")
         await watch.wait_for(lambda w: len(w.confirms) == 3, TIMEOUT_S, "the SOS's 0x01")
-        ack = {"v": 1, "ids": [fall["id"]], "by": "d"}
-        platform.publish("carebed/v1/gw-a/down/ack", ack)  # the fall's: not the SOS's to show
-        await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "fall ack")
-        platform.publish("carebed/v1/gw-a/down/ack", {**ack, "ids": [sos["id"]]})
+        await _ack(platform, fall["id"])  # the fall's: not the SOS's to show
+        await _ack(platform, sos["id"])
         await watch.wait_for(lambda w: len(w.confirms) == 4, TIMEOUT_S, "the SOS's 0x02")
     assert watch.confirms == [(1, 0x01), (1, 0x01), (1, 0x01), (1, 0x02)]
 
@@ -479,8 +482,7 @@ async def test_an_acknowledgement_while_the_watch_is_away_is_shown_when_it_is_ba
         (alarm,) = await _alarms(platform, "alarm.watch_sos")
         watch.in_range = False
         await watch.wait_disconnected(TIMEOUT_S)
-        platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm["id"]], "by": "d"})
-        await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "the ack")
+        await _ack(platform, alarm["id"])
         watch.in_range = True
         await watch.wait_for(lambda w: len(w.confirms) == 2, TIMEOUT_S, "0x02 once back")
     assert watch.confirms == [(4, 0x01), (4, 0x02)]
@@ -506,14 +508,6 @@ async def test_a_watch_without_contact_detection_stays_off_once_taken_off(
     assert not kinds(platform, "device.worn")
     assert not vitals_of(platform)
     assert not kinds(platform, "alarm.vitals")
-
-
-async def _ack(platform: PlatformClient, alarm_id: str) -> None:
-    acks = len(kinds(platform, "audit.alarm_acknowledged"))
-    platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "desk"})
-    await wait_platform(
-        platform, lambda p: len(kinds(p, "audit.alarm_acknowledged")) > acks, "the ack"
-    )
 
 
 async def test_a_flapping_link_delays_help_is_on_the_way_but_never_cancels_it(
