@@ -122,15 +122,13 @@ def intervals_of(vitals: VitalsSettings) -> dict[str, float]:
     return dict(vitals.intervals)
 
 
-async def bounded_disconnect(client: BleakClient, timeout_s: float) -> bool:
+async def bounded_disconnect(client: BleakClient, timeout_s: float) -> None:
     """``disconnect()`` that gives up after ``timeout_s`` (a stalled BlueZ never answers)."""
     try:
         async with asyncio.timeout(timeout_s):
             await client.disconnect()
     except (TimeoutError, BleakError, EOFError, OSError) as exc:
         log.warning("watch_disconnect_failed", error=type(exc).__name__)
-        return False
-    return True
 
 
 def offered_services(client: BleakClient) -> list[str]:
