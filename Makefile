@@ -32,7 +32,9 @@ unit: deps
 test: lint typecheck unit
 
 soak: deps
-	CAREBED_SOAK=1 $(PY) -m pytest -q -m slow
+	rm -f .reliability.jsonl
+	CAREBED_SOAK=1 CAREBED_RELIABILITY_LOG=$(CURDIR)/.reliability.jsonl $(PY) -m pytest -q -m "slow or reliability"
+	$(PY) -m tests.support.reliability .reliability.jsonl docs/RELIABILITY.md
 
 bench: deps
 	$(PY) -m bench.run $(BENCH_ARGS)
