@@ -516,9 +516,8 @@ class SqliteStore:
             db.execute(f"PRAGMA journal_size_limit={disk.budget.wal // 4}")
             disk.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             disk.prepared = db
-        if not disk.reserve.held and self.mono() >= disk.next_reserve_try:
-            disk.next_reserve_try = self.mono() + RESERVE_RETRY_S
-            self.make_reserve()
+        if not disk.reserve.held:
+            self.make_reserve()  # a statvfs, unless there is room
         if not urgent:
             wal, growth = self._pressure(db)
             full = disk.full_cap is not None  # the WAL must fit in the file it already has
@@ -597,7 +596,6 @@ class SqliteStore:
         first = disk.full_cap is None
         disk.full_cap = pages * disk.page_size  # from now on the database may not grow
         released = disk.reserve.release()
-        disk.next_reserve_try = self.mono() + RESERVE_RETRY_S
         if first or released:
             log.error(
                 "disk_full",
@@ -915,8 +913,6 @@ def _statements(script: str) -> list[str]:
 ALARM_RESERVE_MIN_BYTES = 64 * 1024
 ALARM_RESERVE_MAX_BYTES = 4 * 1024 * 1024
 ALARM_HEADROOM_BYTES = 64 * 1024  # free pages in the database that telemetry leaves to alarms
-RESERVE_FREE_FACTOR = 2  # after a full disk, made again once twice its size is free
-RESERVE_RETRY_S = 1.0
 WAL_MIN_BYTES = 128 * 1024
 WAL_MAX_BYTES = 32 * 1024 * 1024
 WAL_FRAME_BYTES = 4096 + 24
@@ -959,14 +955,15 @@ class DiskBudget:
 class _AlarmReserve:
     """Disk space kept for alarms: a file beside the outbox, allocated and fsynced, given back
     when the disk is full so that the WAL and the database can grow, made again once there is
-    room. ``size`` is what the quota gives it; at start, on a disk with less free, a smaller
-    one (half of what is free) is better than none."""
+    room. ``size`` is what the quota gives it, but never more than half of what is free: a
+    smaller one is better than none. After a full disk it is made again only once it can be
+    as large as it was (space has really returned)."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
         self._held: int | None = None
-        self._given_back = size  # the size it had when it was given back
+        self._given_back = ALARM_RESERVE_MIN_BYTES  # the size it had when it was given back
 
     @property
     def held(self) -> int:
@@ -981,12 +978,9 @@ class _AlarmReserve:
 
     def make(self, *, smaller: bool) -> bool:
         free = _free_bytes(self.path.parent)
-        if smaller:
-            size = min(self.size, free // 2 // ALARM_RESERVE_MIN_BYTES * ALARM_RESERVE_MIN_BYTES)
-        else:
-            size = self._given_back if free >= self._given_back * RESERVE_FREE_FACTOR else 0
-        if size < ALARM_RESERVE_MIN_BYTES:
-            return False
+        size = min(self.size, free // 2 // ALARM_RESERVE_MIN_BYTES * ALARM_RESERVE_MIN_BYTES)
+        if size < (ALARM_RESERVE_MIN_BYTES if smaller else self._given_back):
+            return False  # no room: tried again at the next write
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
@@ -1027,7 +1021,6 @@ class _DiskGuard:
         self.full_cap: int | None = None  # the disk is full: the database file may not grow
         self.page_size = 4096
         self.prepared: sqlite3.Connection | None = None
-        self.next_reserve_try = 0.0
         self.lock = threading.Lock()  # one checkpoint at a time
         self.wake_checkpointer: Callable[[], None] = lambda: None
 
