@@ -386,8 +386,8 @@ class SqliteStore:
             last += 1
             self._insert_row(db, last, event, now)
             seqs.append(last)
-        if not urgent and self._over_quota(db, 0):
-            last = self._evict(db, last, now, evicted, 0)
+        if not urgent and self._disk.full_cap is None and self._over_quota(db, 0):
+            last = self._evict(db, last, now, evicted, 0)  # (on a full disk: evicted before)
         db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
         return seqs, evicted
 
@@ -426,7 +426,7 @@ class SqliteStore:
     def _db_limit(self) -> int:
         disk = self._disk
         limit = disk.budget.db if disk.full_cap is None else min(disk.budget.db, disk.full_cap)
-        return limit - ALARM_HEADROOM_BYTES
+        return limit - min(ALARM_HEADROOM_BYTES, max(limit, 0) // 8)
 
     def _live_bytes(self, db: sqlite3.Connection) -> int:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
@@ -459,6 +459,7 @@ class SqliteStore:
         when one goes, the gaps it explained move into the new one, so every gap stays explained.
         """
         explained: list[tuple[int, int]] = []
+        unsequenced: dict[str, int] = {}  # counts of evicted reports of events without a seq
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
@@ -478,7 +479,11 @@ class SqliteStore:
                     self._stored_bytes -= size
                     evicted.append(seq)
                     if klass == "gateway" and which.startswith("kind="):
-                        explained.extend(tuple(r) for r in json.loads(data)["seq_ranges"])
+                        report = json.loads(data)
+                        explained.extend(tuple(r) for r in report["seq_ranges"])
+                        if not report["seq_ranges"]:
+                            reason = report["reason"]
+                            unsequenced[reason] = unsequenced.get(reason, 0) + report["count"]
             if not self._over_quota(db, incoming, evicting=True):
                 break
         if not evicted:
@@ -497,6 +502,10 @@ class SqliteStore:
             last += 1
             self._seqmark.ensure(last)
             self._insert_row(db, last, self._make_dropped(count, chunk, reason), now)
+        for why, count in unsequenced.items():  # carried over, so that no count is lost
+            last += 1
+            self._seqmark.ensure(last)
+            self._insert_row(db, last, self._make_dropped(count, [], why), now)
         log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason=reason)
         return last
 
@@ -919,7 +928,7 @@ WAL_FRAME_BYTES = 4096 + 24
 SHM_BLOCK_BYTES = 32 * 1024  # of the -shm index, per 4096 WAL frames
 SIDECAR_BYTES = 4096  # the seq mark and its temporary copy
 DB_BYTES_PER_ROW_BYTE = 2  # database pages per byte counted for a row (indexes, page slack)
-FULL_EVICT_SLACK_BYTES = 64 * 1024
+FULL_EVICT_SLACK_BYTES = 16 * 1024
 FULL_ATTEMPTS = 3
 ACK_RETRY_ON_FULL_S = 5.0
 MAX_ROWS_PER_TRANSACTION = 5000
@@ -1185,7 +1194,8 @@ class Outbox:
         self.changed = asyncio.Event()
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
-        self.dropped_unstored = 0  # dropped from the buffer and not yet reported
+        self.dropped_unstored = 0  # dropped from the buffer, not yet reported (stored)
+        self._reporting = 0  # of which in a report being stored now
         self._worker = _StoreWorker()
         self._checkpointer: _Checkpointer | None = None
         self._buffer: list[NewEvent] = []
@@ -1268,8 +1278,11 @@ class Outbox:
             self._timer = None
 
     async def _commit(self) -> None:
-        """Commit what is buffered now, in transactions of the store's size."""
+        """Commit what is buffered now, in transactions of the store's size; first, in one of
+        its own, the report of what the buffer dropped (it fits where the batch may not)."""
         self._cancel_timer()
+        if self.dropped_unstored and not self._reporting:
+            await self._insert([])
         left = len(self._buffer)
         while left > 0 and self._buffer:
             step = min(left, self.store.rows_per_transaction)
@@ -1290,11 +1303,11 @@ class Outbox:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
         to the batch (a cancelled caller must not make committed events be stored twice)."""
-        urgent = all(event.is_alarm for event in batch)
+        urgent = bool(batch) and all(event.is_alarm for event in batch)
         rows = batch
         reported = 0
-        if not urgent and self.dropped_unstored:
-            reported, self.dropped_unstored = self.dropped_unstored, 0
+        if not urgent and self.dropped_unstored and not self._reporting:
+            reported = self._reporting = self.dropped_unstored
             rows = [self.store.dropped_event(reported, [], "buffer_full"), *batch]
         future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
         future.add_done_callback(functools.partial(self._inserted, batch, reported))
@@ -1304,7 +1317,10 @@ class Outbox:
         self, batch: list[NewEvent], reported: int, future: asyncio.Future[list[int]]
     ) -> None:
         exc = future.exception()
+        if reported:
+            self._reporting = 0
         if exc is None:
+            self.dropped_unstored -= reported
             if self._failing and not all(event.is_alarm for event in batch):
                 self._failing = False
                 log.info("store_write_recovered", waiting=len(self._buffer))
@@ -1312,7 +1328,6 @@ class Outbox:
             if any(event.is_alarm for event in batch):
                 self.alarm_stored.set()
             return
-        self.dropped_unstored += reported  # reported with the next events that are stored
         waiting = [event for event in batch if not event.is_alarm]
         self._buffer[:0] = waiting  # kept for the next attempt, in order
         if len(self._buffer) > self.buffer_limit:
