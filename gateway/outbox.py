@@ -37,6 +37,7 @@ EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
 CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_SPACING_S = 0.25  # between checkpoints the store asks for
 SQL_CHUNK = 500  # seqs per IN (...) list
 _WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
@@ -522,7 +523,8 @@ class SqliteStore:
         db = self._require()
         disk = self._disk
         if disk.prepared is not db:
-            db.execute(f"PRAGMA journal_size_limit={disk.budget.wal // 4}")
+            # A restarted WAL is cut back to this: past it, the WAL holds that much since.
+            db.execute(f"PRAGMA journal_size_limit={disk.budget.wal // 8}")
             disk.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             disk.prepared = db
         if not disk.reserve.held:
@@ -1073,11 +1075,16 @@ class _Checkpointer:
     """
 
     def __init__(
-        self, path: Path, lock: threading.Lock, interval_s: float = CHECKPOINT_INTERVAL_S
+        self,
+        path: Path,
+        lock: threading.Lock,
+        interval_s: float = CHECKPOINT_INTERVAL_S,
+        spacing_s: float = CHECKPOINT_SPACING_S,
     ) -> None:
         self._path = path
         self._lock = lock
         self._interval_s = interval_s
+        self._spacing_s = spacing_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox.checkpoint", daemon=True)
@@ -1096,9 +1103,9 @@ class _Checkpointer:
         try:
             while True:
                 self._wake.wait(self._interval_s)
-                self._wake.clear()
-                if self._stop.is_set():
+                if self._stop.wait(self._spacing_s):  # woken often: at most this often
                     return
+                self._wake.clear()
                 try:
                     with self._lock:
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
