@@ -527,8 +527,8 @@ class SqliteStore:
             db.execute(f"PRAGMA journal_size_limit={disk.budget.wal // 8}")
             disk.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             disk.prepared = db
-        if not disk.reserve.held:
-            self.make_reserve()  # a statvfs, unless there is room
+        if not urgent and not disk.reserve.held:
+            self.make_reserve()  # a statvfs, unless there is room; never on an alarm's time
         if not urgent:
             wal, growth = self._pressure(db)
             full = disk.full_cap is not None  # the WAL must fit in the file it already has
@@ -1349,7 +1349,10 @@ class Outbox:
 
     async def flush(self) -> None:
         """Commit whatever is buffered now (``StoreError`` if the store cannot write)."""
-        await self._commit()
+        try:
+            await self._commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot store the buffered events: {exc}") from exc
         if self._commits:
             await asyncio.gather(*list(self._commits), return_exceptions=True)
 
