@@ -619,7 +619,6 @@ class SqliteStore:
         self._checkpoint(db, "RESTART")
 
     # ----------------------------------------------------------------------------- delivery
-    # ----------------------------------------------------------------------------- delivery
 
     def claim(self, max_events: int) -> list[StoredEvent]:
         """Events to publish next: alarms first, then the rest in seq order. They stay stored."""
@@ -675,7 +674,7 @@ class SqliteStore:
         db = self._prepare(urgent=False)
         pending: list[tuple[int, str, str, str | None, int]] = []
         done: list[int] = []
-        step = self.rows_per_transaction
+        step = min(SQL_CHUNK, self.rows_per_transaction)
         db.execute("PRAGMA synchronous=NORMAL")  # losing a delete only means a duplicate
         try:
             for start in range(0, len(seqs), step):
