@@ -598,10 +598,12 @@ class SqliteStore:
                 if attempt == FULL_ATTEMPTS:
                     log.error("store_full", write=what, attempts=attempt, error=str(exc))  # noqa: TRY400
                     raise StoreFullError(f"the disk is full: {what} failed: {exc}") from exc
-                self._make_room(db, exc, what)
+                self._make_room(db, exc, what, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _make_room(self, db: sqlite3.Connection, exc: BaseException, what: str) -> None:
+    def _make_room(
+        self, db: sqlite3.Connection, exc: BaseException, what: str, attempt: int
+    ) -> None:
         disk = self._disk
         pages = int(db.execute("PRAGMA page_count").fetchone()[0])
         first = disk.full_cap is None
@@ -616,7 +618,10 @@ class SqliteStore:
                 reserve_released=released,
                 database_bytes=disk.full_cap,
             )
-        self._checkpoint(db, "RESTART")
+        # RESTART: the next transaction writes the WAL from its beginning, in space it has.
+        # If that was not enough, TRUNCATE gives the WAL's blocks back to the filesystem: the
+        # seq mark may need one (a new file every 4096 seqs), the WAL grows again into the rest.
+        self._checkpoint(db, "RESTART" if attempt == 1 else "TRUNCATE")
 
     # ----------------------------------------------------------------------------- delivery
 
