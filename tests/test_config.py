@@ -162,3 +162,57 @@ def test_schema_command_prints_config_and_uplink_schemas() -> None:
     assert set(schemas) == {"config", "uplink"}
     assert set(schemas["uplink"]) == {"events", "status"}
     assert schemas["config"]["additionalProperties"] is False
+
+
+SECRET = "Zq-hunter2-0a9b8c7d"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (GOOD_PLAIN + f'pasword = "{SECRET}"\n', "mqtt.pasword: unknown key (did you mean"),
+        (GOOD_PLAIN + f'[MQTT]\npassword = "{SECRET}"\n', "MQTT: unknown section"),
+        (GOOD_PLAIN + f'[camera]\npass = "{SECRET}"\n', "camera.pass: unknown key"),
+        (GOOD_PLAIN + f'[Camera]\nuser = "admin"\npassword = "{SECRET}"\n', "Camera: unknown"),
+        (
+            GOOD_PLAIN.replace("[mqtt]", "[[mqtt]]") + f'password = "{SECRET}"\n',
+            "mqtt: should be a table (got an array of tables)",
+        ),
+        (GOOD_PLAIN + f'password = {{ value = "{SECRET}" }}\n', "mqtt.password:"),
+        (GOOD_PLAIN + f'secrets = ["{SECRET}"]\n', "mqtt.secrets: unknown key"),
+        (GOOD_PLAIN + f'password = "{SECRET}\n', "not valid TOML at line 8"),
+        (GOOD_PLAIN + f"password = {SECRET}\n", "not valid TOML at line 8, column 12: invalid"),
+        (
+            GOOD_PLAIN + f'password = "{SECRET}"\npassword = "{SECRET}"\n',
+            "not valid TOML at line 9, column 33: a key that is set twice",
+        ),
+        (GOOD_PLAIN + f'[camera]\nurl = "admin:{SECRET}@10.0.0.9"\n', "camera.url:"),
+        (GOOD_PLAIN + f'[camera.x]\npassword = "{SECRET}"\n', "camera.x: unknown table"),
+    ],
+    ids=[
+        "misspelt-key",
+        "upper-case-section",
+        "short-key",
+        "capitalised-section",
+        "array-of-tables",
+        "password-as-a-table",
+        "unknown-key-with-an-array",
+        "unterminated-string",
+        "unquoted-string",
+        "repeated-key",
+        "credentials-in-a-url",
+        "unknown-subtable",
+    ],
+)
+def test_a_mistyped_configuration_never_prints_the_password(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    path = write(tmp_path, text)
+    for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = carebed(*args)
+        assert result.returncode == EXIT_CONFIG, result.stderr
+        assert SECRET not in result.stderr + result.stdout
+        assert SECRET[:8] not in result.stderr + result.stdout
+        problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+        assert any(line.startswith(f"  - {named}") for line in problems), result.stderr
+        assert all("(fix: " in line for line in problems), result.stderr
