@@ -1,20 +1,26 @@
-"""Broken configurations: secrets never printed, and loader fuzzing."""
+"""Broken configurations: offline checks that exit 78, secrets never printed, loader fuzzing."""
 
 from __future__ import annotations
 
 import json
 import re
 import string
+import subprocess
+import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import config
 from gateway.errors import ConfigError
+from tests.support.certs import Pki
+from tests.support.daemon import toml_value
 from tests.support.reliability import record, scaled
 
 EXIT_CONFIG = 78
@@ -28,6 +34,199 @@ FILE_PROBLEMS = (
     "cannot read the file",
     "tables",
 )
+
+
+def carebed(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+# --------------------------------------------------------------------------- offline checks
+
+
+def _plain(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {
+        "gateway": {"id": "gw-a", "state_dir": tmp_path / "state"},
+        "mqtt": {"host": "127.0.0.1", "port": 1, "plaintext": True},
+    }
+
+
+def _tls(tmp_path: Path, pki: Pki, **files: Path) -> dict[str, dict[str, Any]]:
+    client = pki.client("gw-a")
+    sections = _plain(tmp_path)
+    del sections["mqtt"]["plaintext"]
+    sections["mqtt.tls"] = {
+        "ca_file": pki.ca_cert,
+        "cert_file": client.cert,
+        "key_file": client.key,
+        **files,
+    }
+    return sections
+
+
+def _file(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _half_a_certificate(pem: bytes) -> bytes:
+    lines = pem.splitlines()
+    body = lines[1:-1]
+    return b"\n".join([lines[0], *body[: len(body) // 2], lines[-1]]) + b"\n"
+
+
+def _encrypted_key(pki: Pki, tmp_path: Path) -> Path:
+    key = serialization.load_pem_private_key(pki.client("gw-a").key.read_bytes(), password=None)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    return _file(tmp_path, "encrypted.key", pem)
+
+
+Case = Callable[[Path, Pki], dict[str, dict[str, Any]]]
+
+OFFLINE_CASES: dict[str, tuple[Case, str, str]] = {
+    "tls-key-of-another-certificate": (
+        lambda tmp, pki: _tls(tmp, pki, key_file=pki.client("gw-b").key),
+        "mqtt.tls.key_file",
+        "is not the key of the certificate",
+    ),
+    "tls-key-with-a-passphrase": (
+        lambda tmp, pki: _tls(tmp, pki, key_file=_encrypted_key(pki, tmp)),
+        "mqtt.tls.key_file",
+        "passphrase",
+    ),
+    "tls-key-garbage": (
+        lambda tmp, pki: _tls(tmp, pki, key_file=_file(tmp, "k.pem", b"\x00garbage\n")),
+        "mqtt.tls.key_file",
+        "no usable private key",
+    ),
+    "tls-ca-garbage": (
+        lambda tmp, pki: _tls(tmp, pki, ca_file=_file(tmp, "ca.pem", b"not a certificate\n")),
+        "mqtt.tls.ca_file",
+        "no usable certificate",
+    ),
+    "tls-ca-is-a-private-key": (
+        lambda tmp, pki: _tls(tmp, pki, ca_file=pki.ca_key),
+        "mqtt.tls.ca_file",
+        "no usable certificate",
+    ),
+    "tls-ca-cut-in-half": (
+        lambda tmp, pki: _tls(
+            tmp, pki, ca_file=_file(tmp, "ca.pem", _half_a_certificate(pki.ca_cert.read_bytes()))
+        ),
+        "mqtt.tls.ca_file",
+        "no usable certificate",
+    ),
+    "tls-certificate-garbage": (
+        lambda tmp, pki: _tls(tmp, pki, cert_file=_file(tmp, "c.pem", b"-----BEGIN x\n")),
+        "mqtt.tls.cert_file",
+        "no usable certificate",
+    ),
+    "state-dir-under-a-file": (
+        lambda tmp, pki: {
+            **_plain(tmp),
+            "gateway": {"id": "gw-a", "state_dir": _file(tmp, "f", b"") / "state"},
+        },
+        "gateway.state_dir",
+        "is a file",
+    ),
+    "state-dir-under-proc": (
+        lambda tmp, pki: {**_plain(tmp), "gateway": {"id": "gw-a", "state_dir": "/proc/carebed"}},
+        "gateway.state_dir",
+        "cannot be made",
+    ),
+    "outbox-path-is-a-directory": (
+        lambda tmp, pki: {**_plain(tmp), "outbox": {"path": tmp}},
+        "outbox.path",
+        "is a directory",
+    ),
+    "pairing-file-is-a-directory": (
+        lambda tmp, pki: {
+            **_plain(tmp),
+            "button": {"enabled": True, "port": str(tmp / "tty"), "pairing_file": tmp},
+        },
+        "button.pairing_file",
+        "is a directory",
+    ),
+    "pairing-file-under-a-file": (
+        lambda tmp, pki: {
+            **_plain(tmp),
+            "button": {"enabled": True, "pairing_file": _file(tmp, "f", b"") / "buttons.json"},
+        },
+        "button.pairing_file",
+        "is a file",
+    ),
+    "watches-file-is-a-directory": (
+        lambda tmp, pki: {**_plain(tmp), "watch": {"enabled": True, "watches_file": tmp}},
+        "watch.watches_file",
+        "is a directory",
+    ),
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", sorted(OFFLINE_CASES))
+def test_bad_files_fail_check_config_and_run_with_78_naming_the_key(
+    tmp_path: Path, pki: Pki, case: str
+) -> None:
+    make, key, words = OFFLINE_CASES[case]
+    path = write_config(tmp_path / "carebed.toml", make(tmp_path, pki))
+    for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = carebed(*args)
+        assert result.returncode == EXIT_CONFIG, result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == 1, result.stderr
+        assert problems[0].startswith(f"  - {key}: "), result.stderr
+        assert words in problems[0]
+        assert "(fix: " in problems[0]
+    record(
+        "config",
+        f"bad file or directory: {case}",
+        count=1,
+        lost=0,
+        outcome=f"check-config and run exit 78 naming {key} and the fix",
+    )
+
+
+def test_check_config_leaves_nothing_behind(tmp_path: Path) -> None:
+    sections = _plain(tmp_path)
+    sections["gateway"]["state_dir"] = tmp_path / "new" / "state"
+    sections["button"] = {"enabled": True, "pairing_file": tmp_path / "pairing" / "b.json"}
+    path = write_config(tmp_path / "carebed.toml", sections)
+    before = sorted(tmp_path.iterdir())
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_run_makes_the_state_directory_for_the_service_only(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "carebed.toml", _plain(tmp_path))
+    cfg = config.load(path)
+    state = tmp_path / "var" / "state"
+    fresh = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"state_dir": state})})
+    assert config.preflight(fresh, path, create=True) == []
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert list(state.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- secrets
