@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import difflib
 import errno
+import grp
 import json
 import os
 import pwd
 import re
 import ssl
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -774,7 +776,7 @@ def preflight(cfg: GatewayConfig, source: Path, *, create: bool) -> list[ConfigW
     problems.extend(_path_problems(cfg, create=create))
     if problems:
         raise _failure(str(source), problems)
-    return []
+    return _secret_warnings(cfg, source)
 
 
 def _ssl_reason(exc: Exception) -> str:
@@ -835,6 +837,16 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+def _group() -> str:
+    """The group that should read the secrets: the service's, ``carebed`` when run as root."""
+    if os.geteuid() == 0:
+        return "carebed"
+    try:
+        return grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        return str(os.getegid())
 
 
 def _probe(directory: Path, *, create: bool) -> None:
@@ -931,6 +943,47 @@ def _path_problems(cfg: GatewayConfig, *, create: bool) -> list[str]:
         if problem is not None:
             problems.append(problem)
     return problems
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _secret_warnings(cfg: GatewayConfig, source: Path) -> list[ConfigWarning]:
+    """Secrets that every user of the machine can read."""
+    warnings: list[ConfigWarning] = []
+    group = _group()
+    held = [
+        key
+        for key, secret in (
+            ("mqtt.password", cfg.mqtt.password),
+            ("camera.password", cfg.camera.password),
+        )
+        if secret is not None and secret.get_secret_value()
+    ]
+    if held and _readable_by_others(source):
+        warnings.append(
+            ConfigWarning(
+                "config_file_readable_by_others",
+                source,
+                f"{source} holds {' and '.join(held)} and every user of this machine can read it",
+                f"chmod 640 {source} && chgrp {group} {source}",
+            )
+        )
+    if cfg.mqtt.tls is not None and _readable_by_others(cfg.mqtt.tls.key_file):
+        key_file = cfg.mqtt.tls.key_file
+        warnings.append(
+            ConfigWarning(
+                "tls_key_readable_by_others",
+                key_file,
+                f"mqtt.tls.key_file: every user of this machine can read {key_file}",
+                f"chmod 640 {key_file} && chgrp {group} {key_file}",
+            )
+        )
+    return warnings
 
 
 def json_schema() -> dict[str, Any]:

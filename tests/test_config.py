@@ -216,3 +216,31 @@ def test_a_mistyped_configuration_never_prints_the_password(
         problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
         assert any(line.startswith(f"  - {named}") for line in problems), result.stderr
         assert all("(fix: " in line for line in problems), result.stderr
+
+
+@pytest.mark.parametrize("key", ["mqtt.password", "camera.password"])
+def test_a_password_in_a_file_everyone_can_read_gets_a_warning(tmp_path: Path, key: str) -> None:
+    section, name = key.split(".")
+    text = GOOD_PLAIN + (f'{name} = "{SECRET}"\n' if section == "mqtt" else "")
+    text += f'[camera]\npassword = "{SECRET}"\n' if section == "camera" else ""
+    path = write(tmp_path, text)
+    path.chmod(0o644)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert key in warning
+    assert "every user of this machine can read it" in warning
+    assert f"(fix: chmod 640 {path} && chgrp " in warning
+    assert SECRET not in result.stderr + result.stdout
+    path.chmod(0o640)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0
+    assert "warning" not in result.stderr
+
+
+def test_a_file_everyone_can_read_without_a_password_gets_no_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_PLAIN + 'password = ""\n')
+    path.chmod(0o644)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0
+    assert result.stderr == ""
