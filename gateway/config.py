@@ -748,6 +748,7 @@ _PERMANENT_ERRNOS = frozenset(
         errno.ELOOP,
     }
 )
+_SYSTEMD_FIXES = frozenset({errno.EACCES, errno.EPERM})
 _ANY_DIRECTORY = f"a directory the service can write (e.g. {DEFAULT_STATE_DIR})"
 
 
@@ -876,8 +877,8 @@ def _directory_problem(
     except OSError as exc:
         if exc.errno not in _PERMANENT_ERRNOS:
             return None  # a full disk or an I/O error: the daemon reports those itself
-        if not create and directory == DEFAULT_STATE_DIR and not directory.exists():
-            return None  # systemd makes it (StateDirectory=carebed) for the carebed user
+        if not create and directory == DEFAULT_STATE_DIR and exc.errno in _SYSTEMD_FIXES:
+            return None  # StateDirectory=carebed: systemd makes it, and chowns it, at start
         where = exc.filename or directory
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
             return f"{key}: {where} is a file, so {target} cannot be made (fix: {fix})"
