@@ -11,6 +11,7 @@ import pytest
 
 from gateway import config
 from gateway.errors import ConfigError
+from tests.support.certs import Pki
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "carebed.example.toml"
 EXIT_CONFIG = 78
@@ -41,8 +42,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def tls_config(tmp_path: Path, **files: str) -> str:
-    for name in ("ca.pem", "gw.pem", "gw.key"):
+def tls_config(tmp_path: Path, *, keep: bool = False, **files: str) -> str:
+    for name in () if keep else ("ca.pem", "gw.pem", "gw.key"):
         (tmp_path / name).write_text("-----BEGIN-----\n")
     paths = {"ca_file": "ca.pem", "cert_file": "gw.pem", "key_file": "gw.key", **files}
     lines = "\n".join(f'{key} = "{value}"' for key, value in paths.items())
@@ -244,3 +245,21 @@ def test_a_file_everyone_can_read_without_a_password_gets_no_warning(tmp_path: P
     result = carebed("check-config", str(path))
     assert result.returncode == 0
     assert result.stderr == ""
+
+
+def test_a_tls_key_everyone_can_read_gets_a_warning(tmp_path: Path, pki: Pki) -> None:
+    client = pki.client("gw-a")
+    files = {"ca.pem": pki.ca_cert, "gw.pem": client.cert, "gw.key": client.key}
+    for name, source in files.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    key = tmp_path / "gw.key"
+    key.chmod(0o644)
+    path = write(tmp_path, tls_config(tmp_path, keep=True))
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("carebed: warning: mqtt.tls.key_file: every user of this machine")
+    assert f"(fix: chmod 640 {key} && chgrp " in warning
+    assert "PRIVATE KEY" not in result.stderr
+    key.chmod(0o640)
+    assert carebed("check-config", str(path)).stderr == ""
