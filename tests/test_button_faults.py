@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import EventSink
-from drivers.button.codec import Ack, Pattern
+from drivers.button.codec import Ack, ButtonEventCode, Pattern, encode_button_event
 from drivers.sim.receiver import SimReceiver
 from gateway import config, control
 from gateway.clock import ManualClock
@@ -22,8 +23,9 @@ from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.platform import PlatformClient
-from tests.support.reliability import record
+from tests.support.reliability import record, scaled
 from tests.test_button import BUTTON, DEVICE, STRANGER, button_rig
+from tests.test_button_codec import hostile_noise
 
 # --- A damaged pairing list: the real daemon, the pty receiver, the platform ------------------
 
@@ -280,3 +282,41 @@ async def test_a_port_that_cannot_be_opened_is_logged_with_the_error(
     assert len(failed) == 1
     assert failed[0]["port"] == str(port) and failed[0]["error"]
     assert failed[0]["log_level"] == "warning" and "dialout" in failed[0]["fix"]
+
+
+# --- Presses hidden in hostile line noise, through the pty -----------------------------------
+
+
+@pytest.mark.reliability
+async def test_every_press_hidden_in_hostile_noise_on_the_line_becomes_one_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    rng = random.Random(20261207)
+    presses = scaled(40, 300)
+    gap_bytes = scaled(64 * 1024, 1024 * 1024) // presses
+    stream = bytearray()
+    for n in range(presses):  # SEQ and RSSI vary: no press is a repeat of another
+        gap = bytearray()
+        while len(gap) < gap_bytes:
+            gap += hostile_noise(rng)
+        stream += gap
+        stream += encode_button_event(n % 256, BUTTON, ButtonEventCode.SHORT_PRESS, 50, -(n % 100))
+    async with button_rig(tmp_path, mosquitto) as (rig, sim):
+        for offset in range(0, len(stream), 4096):
+            await sim.send_raw(bytes(stream[offset : offset + 4096]))
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "alarm.button")) >= presses, "every press", 60
+        )
+        link = rig.gateway.button
+        assert link is not None
+        damaged = link.decoder.bad_crc + link.decoder.bad_length
+    alarms = [a for a in kinds(platform, "alarm.button") if a["device"] == DEVICE]
+    rssis = sorted(a["data"]["rssi"] for a in alarms)
+    assert rssis == sorted(-(n % 100) for n in range(presses))  # each once, none lost
+    record(
+        "serial",
+        "presses among random bytes, sync words, bad LEN, damaged and truncated frames (pty)",
+        count=len(stream),
+        lost=presses - len(alarms),
+        outcome=f"all {presses} presses became one alarm each; {damaged} damaged frames dropped",
+    )

@@ -151,6 +151,7 @@ class SerialButtonLink:
         self._unchecked_since = clock.wall() if pairing.damage is not None else None
         self._unchecked_heard: dict[int, float] = {}  # button id -> wall time, while unchecked
         self._unstored: deque[tuple[str, dict[str, Any], str | None]] = deque()
+        self._store_failing = False
         self._frame_alarm: str | None = None  # the alarm stored for the frame being handled
         self._port_trouble: tuple[str, str, str] | None = None  # (what, port, error) last logged
         self._port_trouble_logged = 0.0
@@ -490,21 +491,27 @@ class SerialButtonLink:
         await self._store_unstored()
 
     async def _store_unstored(self) -> None:
+        """Store the waiting events in order; logged when storing starts and stops failing."""
         while self._unstored:
             kind, data, device = self._unstored[0]
             try:
                 await self.sink.emit(kind, data, device)
             except Exception as exc:  # noqa: BLE001 - any store failure: kept and tried again
                 self.counters["events_deferred"] += 1
-                log.warning(
-                    "button_event_not_stored",
-                    kind=kind,
-                    device=device,
-                    waiting=len(self._unstored),
-                    error=str(exc) or type(exc).__name__,
-                )
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.warning(
+                        "button_event_not_stored",
+                        kind=kind,
+                        device=device,
+                        waiting=len(self._unstored),
+                        error=str(exc) or type(exc).__name__,
+                    )
                 return
             self._unstored.popleft()
+        if self._store_failing:
+            self._store_failing = False
+            log.info("button_events_stored_again")
 
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
