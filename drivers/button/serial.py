@@ -557,7 +557,7 @@ class SerialButtonLink:
         """The pairing list is good again (a button paired, or the file repaired)."""
         if self._unchecked_since is None or self.pairing.damage is not None:
             return
-        log.warning("button_pairing_checked_again", buttons=len(self.pairing.buttons()))
+        log.info("button_pairing_checked_again", buttons=len(self.pairing.buttons()))
         self._unchecked_since = None
         self._unchecked_heard.clear()
         now = self._mono()
