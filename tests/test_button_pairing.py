@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.button.pairing import PairingError, PairingStore
+from tests.support.reliability import record, scaled
 
 
 def test_pairings_survive_a_restart(tmp_path: Path) -> None:
@@ -126,3 +133,87 @@ def test_an_unreadable_file_is_an_error_not_an_empty_list(tmp_path: Path) -> Non
     path.mkdir()  # reading a directory fails with an OS error, as an I/O error would
     with pytest.raises(PairingError, match="cannot read"):
         PairingStore(path)
+
+
+# --- Any content: a good copy is always used, and no good copy is always damage ----------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+button_lists = st.dictionaries(
+    st.integers(0, 0xFFFF_FFFF).map(lambda bid: f"{bid:08X}"),
+    st.floats(0, 2e9) | st.integers(0, 2_000_000_000),
+    max_size=4,
+).map(lambda buttons: json.dumps({"buttons": buttons}))
+damaged_lists = st.one_of(
+    button_lists.flatmap(lambda text: st.integers(0, len(text) - 1).map(lambda n: text[:n])),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=3).map(
+        lambda buttons: json.dumps({"buttons": buttons})
+    ),
+)
+contents = st.one_of(
+    st.none(),  # no such file
+    st.binary(max_size=80),
+    json_values.map(json.dumps).map(str.encode),
+    button_lists.map(str.encode),
+    damaged_lists.map(str.encode),
+)
+HEX_ID = re.compile(r"[0-9A-Fa-f]{1,8}")
+
+
+def good_copy(content: bytes | None) -> list[int] | None:
+    """The buttons in ``content`` if it is a good pairing file (an oracle written apart)."""
+    if content is None:
+        return None
+    try:
+        raw = json.loads(content.decode())
+    except ValueError:
+        return None
+    buttons = raw.get("buttons") if isinstance(raw, dict) else None
+    if not isinstance(buttons, dict):
+        return None
+    for key, value in buttons.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (HEX_ID.fullmatch(key) and number and math.isfinite(value)):
+            return None
+    return sorted({int(key, 16) for key in buttons})
+
+
+tried: list[int] = []
+
+
+@settings(max_examples=scaled(300, 3000), deadline=None)
+@given(main=contents, backup=contents)
+def check_any_content(main: bytes | None, backup: bytes | None) -> None:
+    tried.append(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "buttons.json"
+        if main is not None:
+            path.write_bytes(main)
+        if backup is not None:
+            path.with_name("buttons.json.bak").write_bytes(backup)
+        store = PairingStore(path)
+        good = good_copy(main)
+        good = good if good is not None else good_copy(backup)
+        if good is not None:
+            assert (store.buttons(), store.damage) == (good, None)
+        elif main is None and backup is None:
+            assert (store.buttons(), store.damage) == ([], None)
+        else:  # never "no buttons" by mistake
+            assert store.damage is not None
+            assert PairingStore(path).damage is not None
+
+
+@pytest.mark.reliability
+def test_any_content_is_either_a_good_copy_or_reported_damage() -> None:
+    tried.clear()
+    check_any_content()
+    record(
+        "button",
+        "pairing file and backup of any content: random bytes, JSON of any shape, truncated",
+        count=len(tried),
+        lost=0,
+        outcome="a good copy always used; otherwise reported damage, never an empty list",
+    )

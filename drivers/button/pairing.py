@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,15 @@ from gateway.files import StateFileError as PairingError
 
 __all__ = ["PairingError", "PairingStore"]
 
-_BUTTON_ID_MAX = 0xFFFF_FFFF
+_BUTTON_ID = re.compile(r"[0-9A-Fa-f]{1,8}")  # written as 8 upper-case hex digits
 
 
 def _parse(raw: Any) -> dict[int, float]:
     paired: dict[int, float] = {}
     for key, value in raw["buttons"].items():
+        if not _BUTTON_ID.fullmatch(key):
+            raise ValueError(f"not a button id: {key!r}")
         bid = int(key, 16)
-        if not 0 <= bid <= _BUTTON_ID_MAX:
-            raise ValueError(f"button id {key!r} out of range")
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
