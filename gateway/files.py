@@ -111,17 +111,18 @@ class StateFile(Generic[T]):
                 f"{self.path.name}: {main_bad or 'missing'}; "
                 f"backup {self.backup.name}: {backup_bad or 'missing'}"
             )
-        kept: list[str] = []
-        for path, bad in ((self.path, main_bad), (self.backup, backup_bad)):
-            copy = self._keep_copy(path) if bad is not None and self._repair else None
-            if copy is not None:
-                kept.append(str(copy))
-        log.error("state_file_damaged", path=str(self.path), damage=self.damage, kept=kept)
+        if self._repair:  # the daemon's load: keep copies and say so (not a command's read)
+            kept: list[str] = []
+            for path, bad in ((self.path, main_bad), (self.backup, backup_bad)):
+                copy = self._keep_copy(path) if bad is not None else None
+                if copy is not None:
+                    kept.append(str(copy))
+            log.error("state_file_damaged", path=str(self.path), damage=self.damage, kept=kept)
         return self._empty()
 
     def recover(self) -> T | None:
         """While the file is damaged: its content once it reads well again (repaired or put back
-        by hand), else None. Never raises for a file that is still damaged or missing."""
+        by hand), else None. ``StateFileError`` if it cannot be read at all."""
         if self.damage is None:
             return None
         content, _, text = self._read(self.path)
