@@ -184,6 +184,7 @@ async def test_one_press_is_one_alarm_when_its_device_events_cannot_be_stored(
     async with button_rig(tmp_path, mosquitto) as (rig, sim):
         link = rig.gateway.button
         assert link is not None
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")  # else 0x03
         sink = FailingDeviceEvents(link.sink, failing)
         link.sink = sink
         seq = await sim.press(BUTTON, battery=10)  # low: device.battery follows the alarm
