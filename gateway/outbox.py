@@ -32,6 +32,7 @@ from gateway.events import NewEvent, StoredEvent, event_class, ts_from_unix
 log = structlog.get_logger("gateway.outbox")
 
 SEQ_RESERVE_BLOCK = 4096
+PRIVATE_FILE_MODE = 0o600  # the outbox, its -wal/-shm and seq mark: events name seniors' devices
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
@@ -117,31 +118,102 @@ class OpenReport:
 
 
 class _SeqMark:
-    """A sidecar file holding an upper bound of every seq ever allocated.
+    """A sidecar file: an upper bound of every seq ever allocated, and what the store held.
 
-    It is written (with fsync) a block ahead of the allocations, so that a store that has to be
-    moved aside never makes the gateway reuse a sequence number.
+    The bound is written (with fsync) a block ahead of the allocations, so that a store that has
+    to be moved aside never makes the gateway reuse a sequence number. Beside it: whether the
+    store was closed cleanly, and its last seq then (or, while it is open, the last committed one,
+    rewritten in place after each commit without fsync: it survives a crash of the process). A
+    store that reopens below that last seq has lost commits (its -wal file gone or older).
     """
+
+    OPEN, CLOSED = "open  ", "closed"  # fixed width: the record is rewritten in place
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.reserved = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            self.reserved = 0
+        self.reserved = 0
+        self.state: str | None = None  # None: no mark, or one from before the state was kept
+        self.last = 0
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            fields = path.read_text().split()
+            self.reserved = int(fields[0]) if fields else 0
+            if len(fields) == 3 and f"{fields[1]:6}" in (self.OPEN, self.CLOSED):
+                self.state, self.last = f"{fields[1]:6}", int(fields[2])
+
+    def _record(self) -> bytes:
+        return f"{self.reserved:020d} {self.state or self.OPEN} {self.last:020d}\n".encode()
 
     def ensure(self, seq: int) -> None:
         if seq <= self.reserved:
             return
-        reserved = seq + SEQ_RESERVE_BLOCK
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as handle:
-            handle.write(f"{reserved}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.reserved = seq + SEQ_RESERVE_BLOCK
+        self._replace()
+
+    def opened(self, last: int) -> None:
+        """The store is open at ``last``: from now on a crash leaves it "open"."""
+        self.state, self.last = self.OPEN, last
+        self.reserved = max(self.reserved, last)
+        self._replace()
+
+    def committed(self, last: int) -> None:
+        """A commit made ``last`` the last seq: noted in place, without fsync."""
+        if last <= self.last:
+            return
+        self.last = last
+        try:
+            if self._fd is None:
+                self._fd = _open_private(self.path, os.O_WRONLY)
+            os.pwrite(self._fd, self._record(), 0)
+        except OSError as exc:  # the commit stands: only the check after a lost -wal weakens
+            log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
+
+    def closed(self, last: int) -> None:
+        """The store was closed cleanly with ``last`` as its exact last seq."""
+        self.state, self.last = self.CLOSED, last
+        self._replace()
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _replace(self) -> None:
+        """Write the whole record durably: a temporary file, fsync, rename, fsync the folder."""
+        self.release()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, self._record())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(self.path)
         _fsync_dir(self.path.parent)
-        self.reserved = reserved
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """``os.open``; a new file gets mode 0600 whatever the umask, an existing one is made 0600."""
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except PermissionError:  # someone else's file: usable all the same
+        log.warning("store_file_mode_not_changed", path=str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _make_private(path: Path, *, create: bool = True) -> None:
+    """Give a store file mode 0600 (created so, whatever the umask, when ``create``)."""
+    try:
+        os.close(_open_private(path, os.O_RDONLY | (os.O_CREAT if create else 0)))
+    except FileNotFoundError:
+        if create:
+            raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -200,25 +272,35 @@ class SqliteStore:
 
     def open(self) -> OpenReport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(self.path)
         report = OpenReport()
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
             report.moved_aside, last_seq = self._move_aside(str(exc))
+            _make_private(self.path)
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
             report.loss_reason = "store_corrupt"
-            return report
-        if report.migrated_from == 0 and self._seqmark.reserved > 0:
-            # A new, empty database where one existed before (deleted, or emptied by hand).
-            log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
-            report.lost_ranges = self._restart_sequence_after_loss(None)
-            report.loss_reason = "store_missing"
+        else:
+            if report.migrated_from == 0 and self._seqmark.reserved > 0:
+                # A new, empty database where one existed before (deleted, or emptied by hand).
+                log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
+                report.lost_ranges = self._restart_sequence_after_loss(None)
+                report.loss_reason = "store_missing"
+            else:
+                report.lost_ranges = self._continue_after_rollback()
+                report.loss_reason = "store_rolled_back" if report.lost_ranges else None
+        self._seqmark.opened(self._last_seq())
         return report
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
+        # SQLite gives the -wal and -shm files the database file's mode (0600, see open); these
+        # may be left, broader, by an earlier version or another tool.
+        for suffix in ("-wal", "-shm"):
+            _make_private(Path(f"{self.path}{suffix}"), create=False)
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         # Checkpoints run on a thread of their own (_Checkpointer): run here, inside a commit,
@@ -294,19 +376,52 @@ class SqliteStore:
         reserved = max(self._seqmark.reserved, last_seq or 0)
         if reserved == 0:
             return []
-        db = self._require()
-        with _transaction(db):
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (reserved,))
-        self._seqmark.ensure(reserved)
+        self._continue_above(reserved)
         # What the damaged store still held is unknown: every seq up to the mark may be lost.
         return [(1, reserved)]
 
+    def _continue_after_rollback(self) -> list[tuple[int, int]]:
+        """A store below the last seq the mark saw committed has lost commits (its -wal file
+        deleted, or an older copy restored): continue above every seq it may have issued and
+        return the seqs that may be lost. An intact store (any kill -9 included) returns []."""
+        mark = self._seqmark
+        last = self._last_seq()
+        if mark.state is None or last >= mark.last:
+            return []
+        # Closed cleanly: its last seq then is exact. Open (a crash): commits may have followed
+        # the last one noted, up to the reserved bound.
+        resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
+        log.error(
+            "store_rolled_back",
+            path=str(self.path),
+            last_seq=last,
+            seq_mark=mark.last,
+            closed_cleanly=mark.state == mark.CLOSED,
+            resume_after=resume,
+        )
+        self._continue_above(resume)
+        return [(last + 1, resume)]
+
+    def _continue_above(self, seq: int) -> None:
+        db = self._require()
+        with _transaction(db):
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+        self._seqmark.ensure(seq)
+
     def close(self) -> None:
         if self._db is not None:
+            last: int | None = None
             with contextlib.suppress(sqlite3.Error):
+                last = self._last_seq()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
+            if last is not None:
+                try:
+                    self._seqmark.closed(last)
+                except OSError as exc:  # the next start then checks the store as after a crash
+                    log.warning("seq_mark_not_written", error=str(exc))
+        self._seqmark.release()
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -341,6 +456,7 @@ class SqliteStore:
                 db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
             )
             raise
+        self._seqmark.committed(last)
         for seq in evicted:
             self._released.pop(seq, None)
         return seqs
