@@ -14,9 +14,11 @@ import itertools
 import json
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,7 +29,14 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
-from gateway.events import NewEvent, StoredEvent, event_class, ts_from_unix
+from gateway.events import (
+    KIND_DATA,
+    TS_PATTERN,
+    NewEvent,
+    StoredEvent,
+    event_class,
+    ts_from_unix,
+)
 
 log = structlog.get_logger("gateway.outbox")
 
@@ -39,6 +48,12 @@ EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the qu
 CHECKPOINT_INTERVAL_S = 1.0
 SQL_CHUNK = 500  # seqs per IN (...) list
 _WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
+_CLAIM_COLUMNS = f"{_WIRE_COLUMNS}, crc"
+_TS = re.compile(TS_PATTERN, re.ASCII)  # [0-9] only, as JSON Schema reads \d
+_EVENT_ID = re.compile(r"[0-9A-Za-z_.:-]{1,128}")  # UUIDv7 (or ULID): nothing JSON must escape
+DAMAGED_ROW_REASON = "event_corrupt"  # gateway.dropped reason for a quarantined row
+QUARANTINE_KEPT = 1000  # damaged rows kept for inspection, the newest
+DAMAGED_PER_CLAIM = 500  # a claim stops there: their gateway.dropped stays small
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes that mean a damaged file
@@ -78,6 +93,84 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((first, last))
     return merged
+
+
+def row_crc(event_id: str, kind: str, device: str | None, data: str) -> int:
+    """The checksum stored with an event: CRC-32 of what goes raw into its wire JSON (the
+    timestamp is checked by its pattern instead, as clock correction rewrites it)."""
+    text = f"{event_id}\x1f{kind}\x1f{chr(0) if device is None else device}\x1f{data}"
+    return zlib.crc32(text.encode())
+
+
+def row_damage(row: Sequence[Any]) -> str | None:
+    """Why a stored row (``_CLAIM_COLUMNS``) cannot go on the wire as it is; None when intact.
+
+    An intact row makes valid JSON in ``StoredEvent.wire_json``. Rows stored before checksums
+    (``crc`` NULL) are checked by parsing their data instead.
+    """
+    seq, event_id, kind, device, data, ts, synced, attempt, crc = row
+    if not (type(seq) is int and type(synced) is int and type(attempt) is int):
+        return "not_an_integer"
+    if not (
+        type(event_id) is str
+        and type(kind) is str
+        and type(data) is str
+        and type(ts) is str
+        and (device is None or type(device) is str)
+    ):
+        return "not_text"
+    if _TS.fullmatch(ts) is None:
+        return "bad_timestamp"
+    try:
+        if crc is None:
+            return _unchecksummed_damage(event_id, kind, device, data)
+        if type(crc) is not int or crc != row_crc(event_id, kind, device, data):
+            return "checksum_mismatch"
+    except UnicodeEncodeError:
+        return "not_utf8"
+    return None
+
+
+def _unchecksummed_damage(event_id: str, kind: str, device: str | None, data: str) -> str | None:
+    if kind not in KIND_DATA:
+        return "unknown_kind"
+    if _EVENT_ID.fullmatch(event_id) is None:
+        return "bad_id"
+    if device is not None:
+        device.encode()
+    data.encode()
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError:
+        return "data_not_json"
+    return None if isinstance(value, dict) else "data_not_object"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient_text(raw: bytes) -> str:
+    """Text as stored, bytes that are not UTF-8 kept as surrogates (which ``row_damage`` finds)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@dataclass(slots=True)
+class _Claim:
+    """Rows a claim takes, checked; applied to the store's state only once all were read."""
+
+    cursor: int
+    rows: list[Any] = field(default_factory=list)
+    damaged: list[tuple[int, str, bool]] = field(default_factory=list)  # seq, why, alarm
+    taken_released: list[int] = field(default_factory=list)
+
+    def add(self, rows: Iterable[Any], *, alarm: bool = False) -> None:
+        for row in rows:
+            why = row_damage(row)
+            if why is None:
+                self.rows.append(row)
+            else:
+                self.damaged.append((row[0], why, alarm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,8 +559,8 @@ class SqliteStore:
         alarm = event.is_alarm
         db.execute(
             "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
-            "boot_id, size, attempt, alarm_state, due_at, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?)",
+            "boot_id, size, attempt, alarm_state, due_at, created_at, crc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)",
             (
                 seq,
                 event.id,
@@ -482,6 +575,7 @@ class SqliteStore:
                 size,
                 "pending" if alarm else None,
                 now,
+                row_crc(event.id, event.kind, event.device, event.data_json),
             ),
         )
         self._stored_bytes += size
@@ -532,49 +626,115 @@ class SqliteStore:
     # ----------------------------------------------------------------------------- delivery
 
     def claim(self, max_events: int) -> list[StoredEvent]:
-        """Events to publish next: alarms first, then the rest in seq order. They stay stored."""
+        """Events to publish next: alarms first, then the rest in seq order. They stay stored.
+
+        Every row is checked as it is claimed (``row_damage``): a damaged one would spoil the
+        whole message its raw JSON goes into, so it is never sent but quarantined and reported
+        with ``gateway.dropped``, and the rest goes out.
+        """
+        db = self._require()
+        try:
+            claim = self._claim_rows(max_events)
+        except sqlite3.OperationalError:
+            # Text that is not UTF-8 (a damaged row) cannot be read the usual way: read it so
+            # that the check can tell it apart.
+            db.text_factory = _lenient_text
+            try:
+                claim = self._claim_rows(max_events)
+            finally:
+                db.text_factory = str
+        for seq in claim.taken_released:
+            del self._released[seq]
+        self._cursor = claim.cursor
+        if claim.damaged:
+            self._quarantine(claim.damaged)
+        events = [
+            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
+            for seq, event_id, kind, device, data, ts, synced, attempt, _ in claim.rows
+        ]
+        self._inflight.update(event.seq for event in events)
+        return events
+
+    def _claim_rows(self, max_events: int) -> _Claim:
+        """What ``claim`` takes, checked; reads only, so that it can be run again."""
         db = self._require()
         now = self.mono()
-        claimed = [
+        claim = _Claim(cursor=self._cursor)
+        alarms = [
             row
             for row in db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
+                f"SELECT {_CLAIM_COLUMNS} FROM events "  # noqa: S608
                 "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
             )
             if row[0] not in self._inflight and self._released.get(row[0], now) <= now
         ]
-        for row in claimed:
-            self._released.pop(row[0], None)
-        room = max(0, max_events - len(claimed))
+        claim.taken_released += [row[0] for row in alarms if row[0] in self._released]
+        claim.add(alarms, alarm=True)
+        taken = set(claim.taken_released)
         ready = [
             seq
             for seq, retry_at in self._released.items()
-            if retry_at <= now and seq not in self._inflight
-        ][:room]
+            if retry_at <= now and seq not in self._inflight and seq not in taken
+        ][: max(0, max_events - len(claim.rows))]
         if ready:
             marks = ",".join("?" * len(ready))
-            claimed += db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-                ready,
-            ).fetchall()
-            for seq in ready:
-                del self._released[seq]
-            room = max(0, max_events - len(claimed))
-        if room > 0:
+            claim.add(
+                db.execute(
+                    f"SELECT {_CLAIM_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+                    ready,
+                ).fetchall()
+            )
+            claim.taken_released += ready
+        while (room := max_events - len(claim.rows)) > 0 and len(claim.damaged) < DAMAGED_PER_CLAIM:
             rows = db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
+                f"SELECT {_CLAIM_COLUMNS} FROM events "  # noqa: S608
                 "WHERE seq>? AND class!='alarm' ORDER BY seq LIMIT ?",
-                (self._cursor, room),
+                (claim.cursor, room),
             ).fetchall()
-            if rows:
-                self._cursor = rows[-1][0]
-            claimed += rows
-        events = [
-            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
-            for seq, event_id, kind, device, data, ts, synced, attempt in claimed
-        ]
-        self._inflight.update(event.seq for event in events)
-        return events
+            if not rows:
+                break
+            claim.cursor = rows[-1][0]
+            claim.add(rows)
+        return claim
+
+    def _quarantine(self, damaged: list[tuple[int, str, bool]]) -> None:
+        """Move damaged rows to the quarantine table and report their seqs as dropped.
+
+        The report is stored first: a crash in between reports a row twice, never not at all.
+        A row that cannot be moved now stays where it is and is found again later.
+        """
+        db = self._require()
+        seqs = sorted(seq for seq, _, _ in damaged)
+        now = self._now()
+        freed = 0
+        try:
+            self.insert([self._make_dropped(len(seqs), seq_ranges(seqs), DAMAGED_ROW_REASON)])
+            with _transaction(db):
+                for seq, why, _ in damaged:
+                    row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
+                    db.execute(
+                        "INSERT OR REPLACE INTO quarantine (seq, quarantined_at, why, id, kind, "
+                        "class, device, data, ts, ts_synced, attempt, alarm_state, crc) "
+                        "SELECT seq, ?, ?, id, kind, class, device, data, ts, ts_synced, attempt, "
+                        "alarm_state, crc FROM events WHERE seq=?",
+                        (now, why, seq),
+                    )
+                    db.execute("DELETE FROM events WHERE seq=?", (seq,))
+                    freed += 0 if row is None or type(row[0]) is not int else row[0]
+                db.execute(
+                    "DELETE FROM quarantine WHERE seq NOT IN "
+                    "(SELECT seq FROM quarantine ORDER BY seq DESC LIMIT ?)",
+                    (QUARANTINE_KEPT,),
+                )
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error("damaged_events_not_quarantined", seqs=seqs, error=str(exc))  # noqa: TRY400
+            return
+        self._stored_bytes -= freed
+        for seq in seqs:
+            self._released.pop(seq, None)
+            self._alarm_due.pop(seq, None)
+        for seq, why, alarm in damaged:
+            log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
 
     def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has them: delete them, except alarms, which wait for the platform's ack.
