@@ -54,6 +54,7 @@ _EVENT_ID = re.compile(r"[0-9A-Za-z_.:-]{1,128}")  # UUIDv7 (or ULID): nothing J
 DAMAGED_ROW_REASON = "event_corrupt"  # gateway.dropped reason for a quarantined row
 QUARANTINE_KEPT = 1000  # damaged rows kept for inspection, the newest
 DAMAGED_PER_CLAIM = 500  # a claim stops there: their gateway.dropped stays small
+COMMAND_IDS_KEPT = 10_000  # command ids remembered for idempotency, the newest
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes that mean a damaged file
@@ -916,15 +917,20 @@ class SqliteStore:
         )
         return None if row is None else str(row[0])
 
-    def remember_command(self, cmd_id: str, result_json: str, max_age_s: float) -> None:
+    def remember_command(self, cmd_id: str, result_json: str, keep: int = COMMAND_IDS_KEPT) -> None:
+        """Remember a command's result; the oldest ids beyond the ``keep`` newest are forgotten.
+
+        By arrival order, never by the clock: a clock step must not make a command run twice.
+        """
         db = self._require()
-        now = self._now()
         with _transaction(db):
-            db.execute(
-                "INSERT OR REPLACE INTO commands (id, received_at, result) VALUES (?, ?, ?)",
-                (cmd_id, now, result_json),
-            )
-            db.execute("DELETE FROM commands WHERE received_at<?", (now - max_age_s,))
+            db.execute("DELETE FROM commands WHERE id=?", (cmd_id,))
+            newest = db.execute(
+                "INSERT INTO commands (id, received_at, result) VALUES (?, ?, ?)",
+                (cmd_id, self._now(), result_json),
+            ).lastrowid  # n, the arrival order
+            assert newest is not None
+            db.execute("DELETE FROM commands WHERE n<=?", (newest - keep,))
 
     # ----------------------------------------------------------------------------- figures
 

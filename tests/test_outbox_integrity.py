@@ -21,11 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import ManualClock
-from gateway.emitter import EventFactory
+from gateway.commands import CommandProcessor
+from gateway.emitter import EventFactory, OutboxSink
 from gateway.events import KIND_DATA, StoredEvent, event_class
 from gateway.outbox import (
     DAMAGED_ROW_REASON,
     AlarmTiming,
+    Outbox,
     SqliteStore,
     row_crc,
     row_damage,
@@ -451,6 +453,7 @@ def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> 
              event.data_json if seq != 2 else '{"heart_rate":6', event.ts, BOOT),
         )  # fmt: skip
     db.execute("UPDATE meta SET value=3")
+    db.execute("INSERT INTO commands VALUES ('c-old', 1.0, '{}'), ('c-new', 2.0, '{}')")
     db.commit()
     db.close()
     store, factory = make_store(path)
@@ -459,6 +462,73 @@ def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> 
     (report,) = store.claim(10)
     assert (report.seq, report.kind) == (4, "gateway.dropped")
     assert json.loads(report.data_json)["seq_ranges"] == [[2, 2]]
+    assert store.command_result("c-old") == "{}"
+    store.remember_command("c-3", "{}", keep=2)
+    assert store.command_result("c-old") is None  # the oldest by arrival went first
+    assert store.command_result("c-new") == "{}"
+
+
+# ------------------------------------------------------------------ command ids and the clock
+
+
+def test_command_ids_are_forgotten_by_count_never_by_the_clock(tmp_path: Path) -> None:
+    clock = ManualClock(wall=1_700_000_000.0 - 30 * DAY_S, synced=False)  # 30 days behind
+    store, _ = make_store(tmp_path / "o.sqlite3", clock)
+    store.open()
+    store.remember_command("cmd-1", '{"n":1}')
+    clock.set_wall(1_700_000_000.0)  # NTP steps the clock forward
+    for n in range(2, 12):
+        store.remember_command(f"cmd-{n}", f'{{"n":{n}}}', keep=10)
+    assert store.command_result("cmd-1") is None  # ten newer ids arrived
+    assert store.command_result("cmd-2") == '{"n":2}'
+    clock.set_wall(1_700_000_000.0 + 400 * DAY_S)
+    store.remember_command("cmd-12", "{}", keep=10)
+    assert store.command_result("cmd-3") == '{"n":3}'  # still among the ten newest
+
+
+async def test_a_command_redelivered_after_a_forward_clock_step_runs_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(wall=1_700_000_000.0 - 30 * DAY_S, synced=False)
+    store, factory = make_store(tmp_path / "o.sqlite3", clock)
+    outbox = Outbox(store, group_commit_s=0)
+    await outbox.open()
+    runs: list[str] = []
+
+    async def test_alarm(args: dict[str, Any]) -> dict[str, Any]:
+        runs.append("test_alarm")
+        return {"alarm_id": "a"}
+
+    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock, max_age_s=7 * DAY_S)
+    commands.register("test_alarm", test_alarm)
+
+    def message(cmd_id: str, name: str = "test_alarm") -> bytes:
+        return json.dumps({"v": 1, "id": cmd_id, "name": name, "args": {}}).encode()
+
+    try:
+        await commands.handle(message("cmd-1"))
+        clock.set_wall(1_700_000_000.0)  # NTP: 30 days forward
+        clock.advance(60)
+        await commands.handle(message("cmd-2", "nope"))  # another command meanwhile
+        await commands.handle(message("cmd-1"))  # the broker delivers cmd-1 again
+        assert runs == ["test_alarm"], "the command ran twice"
+        db = sqlite3.connect(store.path)
+        results = [
+            json.loads(row[0])
+            for row in db.execute("SELECT data FROM events WHERE kind='cmd.result' ORDER BY seq")
+        ]
+        db.close()
+        assert [r["cmd_id"] for r in results] == ["cmd-1", "cmd-2", "cmd-1"]
+        assert results[0] == results[2]
+    finally:
+        await outbox.close()
+    record(
+        "clock",
+        "command redelivered after a 30-day forward clock step",
+        count=1,
+        lost=0,
+        outcome="not run again: its stored result sent again (ids kept by count)",
+    )
 
 
 # ------------------------------------------------------------------ file modes
