@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import sqlite3
+import stat
 import threading
 import time
 import zlib
@@ -301,13 +302,24 @@ def _open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def _make_private(path: Path, *, create: bool = True) -> None:
-    """Give a store file mode 0600 (created so, whatever the umask, when ``create``)."""
+def _make_private(path: Path, *, create: bool = False) -> None:
+    """Give a store file mode 0600: created so (``create``) whatever the umask, or tightened.
+
+    By its path, never by opening and closing it: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included (its -shm would then be reset under
+    it by the next process to open the store: SIGBUS).
+    """
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     try:
-        os.close(_open_private(path, os.O_RDONLY | (os.O_CREAT if create else 0)))
+        if stat.S_IMODE(os.stat(path).st_mode) != PRIVATE_FILE_MODE:
+            os.chmod(path, PRIVATE_FILE_MODE)
     except FileNotFoundError:
         if create:
             raise
+    except PermissionError:  # someone else's file: usable all the same
+        log.warning("store_file_mode_not_changed", path=str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -366,13 +378,16 @@ class SqliteStore:
 
     def open(self) -> OpenReport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _make_private(self.path)
+        # SQLite gives a new -wal and -shm the database file's mode; older ones (an earlier
+        # version's, another tool's) are tightened before any connection holds locks on them.
+        for suffix in ("", "-wal", "-shm"):
+            _make_private(Path(f"{self.path}{suffix}"), create=suffix == "")
         report = OpenReport()
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
             report.moved_aside, last_seq = self._move_aside(str(exc))
-            _make_private(self.path)
+            _make_private(self.path, create=True)
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
             report.loss_reason = "store_corrupt"
@@ -391,10 +406,6 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        # SQLite gives the -wal and -shm files the database file's mode (0600, see open); these
-        # may be left, broader, by an earlier version or another tool.
-        for suffix in ("-wal", "-shm"):
-            _make_private(Path(f"{self.path}{suffix}"), create=False)
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         # Checkpoints run on a thread of their own (_Checkpointer): run here, inside a commit,

@@ -577,6 +577,42 @@ def test_store_files_left_readable_by_an_earlier_version_are_made_private(
     store.close()
 
 
+# Another process asks for an exclusive lock over the whole -shm file: it must be refused while
+# the gateway has the store open (SQLite holds a lock in it for as long as a connection uses it).
+_SHM_LOCK_PROBE = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(0)
+    sys.exit(3)
+    """
+)
+
+
+def test_making_the_files_private_leaves_sqlites_locks_alone(tmp_path: Path) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: a mode
+    # fixed by opening the -shm would let the next process to open the store take it for unused
+    # and reset it under the running gateway (SIGBUS).
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    store.close()
+    for suffix in ("", ".seqmark"):
+        Path(f"{path}{suffix}").chmod(0o644)
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    probe = subprocess.run(
+        [sys.executable, "-c", _SHM_LOCK_PROBE, f"{path}-shm"], timeout=30, check=False
+    )
+    store.close()
+    assert probe.returncode == 0, "the open store's lock on its -shm file was dropped"
+
+
 def test_the_daemon_started_by_hand_keeps_its_outbox_private(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
