@@ -361,6 +361,7 @@ class SqliteStore:
         self._released: dict[int, float] = {}  # seq -> when to try again
         self._alarm_due: dict[int, float] = {}  # delivered alarm seq -> when to resend
         self._cursor = 0
+        self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
 
     def mono(self) -> float:
         """Seconds on the store's monotonic clock (deadlines for ``release``)."""
@@ -713,14 +714,24 @@ class SqliteStore:
         """Move damaged rows to the quarantine table and report their seqs as dropped.
 
         The report is stored first: a crash in between reports a row twice, never not at all.
-        A row that cannot be moved now stays where it is and is found again later.
+        A row that cannot be moved now stays where it is and is found again later (and is not
+        reported again by this process).
         """
         db = self._require()
         seqs = sorted(seq for seq, _, _ in damaged)
+        unreported = [seq for seq in seqs if seq not in self._damage_reported]
         now = self._now()
         freed = 0
         try:
-            self.insert([self._make_dropped(len(seqs), seq_ranges(seqs), DAMAGED_ROW_REASON)])
+            if unreported:
+                self.insert(
+                    [
+                        self._make_dropped(
+                            len(unreported), seq_ranges(unreported), DAMAGED_ROW_REASON
+                        )
+                    ]
+                )
+                self._damage_reported.update(unreported)
             with _transaction(db):
                 for seq, why, _ in damaged:
                     row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
@@ -745,6 +756,7 @@ class SqliteStore:
         for seq in seqs:
             self._released.pop(seq, None)
             self._alarm_due.pop(seq, None)
+            self._damage_reported.discard(seq)
         for seq, why, alarm in damaged:
             log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
 

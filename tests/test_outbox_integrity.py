@@ -436,6 +436,30 @@ async def test_damaged_rows_are_quarantined_and_the_rest_delivered(
     )
 
 
+def test_a_damaged_row_that_cannot_be_moved_is_held_back_and_reported_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory, 60 + i) for i in range(3)])
+    _corrupt(path, 2, "data", "substr(data, 2)")
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE quarantine RENAME TO quarantine_away")  # the move will fail
+    db.commit()
+    assert [e.seq for e in store.claim(10)] == [1, 3]
+    store.release_all()  # the link was lost: everything comes back, the damaged row too
+    assert [e.seq for e in store.claim(10)] == [1, 3, 4]  # 4: the one report
+    db.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
+    db.commit()
+    store.release_all()
+    assert [e.seq for e in store.claim(10)] == [1, 3, 4]
+    assert db.execute("SELECT seq FROM quarantine").fetchall() == [(2,)]
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='gateway.dropped'").fetchone() == (1,)
+    db.close()
+    store.close()
+
+
 def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     db = sqlite3.connect(path)
