@@ -313,13 +313,16 @@ def _make_private(path: Path, *, create: bool = False) -> None:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     try:
-        if stat.S_IMODE(os.stat(path).st_mode) != PRIVATE_FILE_MODE:
-            os.chmod(path, PRIVATE_FILE_MODE)
+        status = os.stat(path)
     except FileNotFoundError:
         if create:
             raise
-    except PermissionError:  # someone else's file: usable all the same
-        log.warning("store_file_mode_not_changed", path=str(path))
+        return
+    if stat.S_ISREG(status.st_mode) and stat.S_IMODE(status.st_mode) != PRIVATE_FILE_MODE:
+        try:
+            os.chmod(path, PRIVATE_FILE_MODE)
+        except PermissionError:  # someone else's file: usable all the same
+            log.warning("store_file_mode_not_changed", path=str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -379,16 +382,13 @@ class SqliteStore:
 
     def open(self) -> OpenReport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # SQLite gives a new -wal and -shm the database file's mode; older ones (an earlier
-        # version's, another tool's) are tightened before any connection holds locks on them.
-        for suffix in ("", "-wal", "-shm"):
-            _make_private(Path(f"{self.path}{suffix}"), create=suffix == "")
+        self._make_files_private()
         report = OpenReport()
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
             report.moved_aside, last_seq = self._move_aside(str(exc))
-            _make_private(self.path, create=True)
+            self._make_files_private()
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
             report.loss_reason = "store_corrupt"
@@ -403,6 +403,16 @@ class SqliteStore:
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
         self._seqmark.opened(self._last_seq())
         return report
+
+    def _make_files_private(self) -> None:
+        """Create the database file 0600; tighten it and an earlier -wal/-shm (an older
+        version's, another tool's) before any connection holds locks on them. SQLite gives a
+        new -wal and -shm the database file's mode."""
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                _make_private(Path(f"{self.path}{suffix}"), create=suffix == "")
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

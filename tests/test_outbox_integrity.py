@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from gateway.clock import ManualClock
 from gateway.commands import CommandProcessor
 from gateway.emitter import EventFactory, OutboxSink
+from gateway.errors import StoreError
 from gateway.events import KIND_DATA, StoredEvent, event_class
 from gateway.outbox import (
     DAMAGED_ROW_REASON,
@@ -629,6 +630,15 @@ def test_store_files_left_readable_by_an_earlier_version_are_made_private(
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.seqmark")):
         assert _mode(name) == 0o600, name
     store.close()
+
+
+def test_a_directory_in_the_outbox_path_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.mkdir(mode=0o755)
+    store, _ = make_store(path)
+    with pytest.raises(StoreError):
+        store.open()
+    assert _mode(path) == 0o755
 
 
 # Another process asks for an exclusive lock over the whole -shm file: it must be refused while
