@@ -249,7 +249,11 @@ class _SeqMark:
         """The store is open at ``last``: from now on a crash leaves it "open"."""
         self.state, self.last = self.OPEN, last
         self.reserved = max(self.reserved, last)
-        self._replace()
+        try:
+            self._replace()
+        except OSError as exc:  # a full disk must not stop the gateway; each commit's note in
+            # place (``committed``) still records the state as open
+            log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
 
     def committed(self, last: int) -> None:
         """A commit made ``last`` the last seq: noted in place, without fsync."""

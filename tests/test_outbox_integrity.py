@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from gateway.clock import ManualClock
 from gateway.commands import CommandProcessor
@@ -284,6 +285,22 @@ def test_a_mark_written_before_the_state_was_kept_is_still_honoured(tmp_path: Pa
     store, factory = make_store(path)
     report = store.open()
     assert report.loss_reason == "store_missing" and report.lost_ranges[-1][1] >= 5000
+
+
+def test_a_seq_mark_that_cannot_be_rewritten_does_not_stop_the_store(tmp_path: Path) -> None:
+    # A full disk: the mark's temporary file cannot be made (here: a directory in its way).
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(3)])
+    store.close()
+    Path(f"{path}.seqmark.tmp").mkdir()
+    store, factory = make_store(path)
+    with capture_logs() as logs:
+        assert store.open().lost_ranges == []
+    assert any(entry["event"] == "seq_mark_not_written" for entry in logs)
+    assert store.insert([telemetry(factory)]) == [4]
+    assert Path(f"{path}.seqmark").read_text().split()[1:] == ["open", f"{4:020d}"]
 
 
 # ------------------------------------------------------------------ damaged rows
