@@ -67,7 +67,6 @@ class CommandProcessor:
             self.outbox.store.remember_command,
             message.id,
             json.dumps(result, separators=(",", ":")),
-            self.max_age_s,
         )
         await self.sink.emit("cmd.result", result)
 
