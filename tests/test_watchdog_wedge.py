@@ -181,6 +181,7 @@ def test_a_wedged_event_loop_is_aborted_by_the_watchdog_and_restarts_losing_noth
                     filter(None, [str(hook), os.environ.get("PYTHONPATH")])
                 ),
                 "CAREBED_TEST_WEDGE_MARK": str(mark),
+                "PYTHONFAULTHANDLER": "1",  # as the shipped unit sets it
             }
             systemd.reset()
             daemon.start(env)
@@ -213,6 +214,10 @@ def test_a_wedged_event_loop_is_aborted_by_the_watchdog_and_restarts_losing_noth
             # What systemd does when WatchdogSec passes: SIGABRT, then a restart.
             daemon.proc.send_signal(signal.SIGABRT)
             assert daemon.proc.wait(timeout=10) == -signal.SIGABRT
+            # The fault handler's dump names the culprit on the loop's thread, for the journal.
+            dumps = daemon.log_text().split("Fatal Python error: Aborted")
+            assert len(dumps) == cycle + 2, "no stack dump on SIGABRT"
+            assert " in _wedge" in dumps[-1], dumps[-1][:2000]
     finally:
         for daemon in wedged:
             daemon.kill()
