@@ -32,7 +32,7 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
-from tests.support.platform import PlatformClient, Validator
+from tests.support.platform import PlatformClient, PlatformError, Validator
 from tests.support.reliability import record, scaled
 from tests.test_faults import store_counts
 
@@ -200,20 +200,28 @@ class Desk:
                 poll_until(lambda: raised <= logged(self.log, "alarm_acknowledged"), 1.0, "acks")
 
 
-def probe_subscription(platform: PlatformClient, tag: str) -> None:
-    """Return once the platform's subscriptions are live on the (restarted) broker.
+def probe_subscription(platform: PlatformClient, connects: int, tag: str) -> None:
+    """Return once the platform reconnected and its subscriptions are live on the new broker.
 
     The platform publishes a status for a made-up gateway and waits to receive it: a broker
     handles one client's packets in order, so the SUBSCRIBE of a lost session came first.
     """
-    platform.wait_for(lambda p: p.connected, 20, "the platform to reconnect")
-    probe_gw = f"probe-{tag}"
-    topic = f"carebed/v1/{probe_gw}/status"
-    body = {"v": 1, "gw": probe_gw, "state": "offline", "reason": "shutdown"}
-    platform.publish(topic, body)
     platform.wait_for(
-        lambda p: any(m.topic == topic for m in p.messages), 10, "the subscription probe"
+        lambda p: p.connects > connects and p.connected, 20, "the platform to reconnect"
     )
+    for attempt in range(3):  # a probe sent just as the link drops is resent by paho, or lost
+        probe_gw = f"probe-{tag}-{attempt}"
+        topic = f"carebed/v1/{probe_gw}/status"
+        body = {"v": 1, "gw": probe_gw, "state": "offline", "reason": "shutdown"}
+        try:
+            platform.publish(topic, body, timeout=5)
+            platform.wait_for(
+                lambda p, t=topic: any(m.topic == t for m in p.messages), 5, "the probe"
+            )
+        except (PlatformError, AssertionError):
+            continue
+        return
+    raise AssertionError(f"the platform's subscriptions did not come back\n{platform}")
 
 
 def run_outages(
@@ -260,6 +268,7 @@ def run_outages(
                 "events and an alarm acknowledged by the broker while the platform lags",
             )
             gate.close()  # the gateway keeps its connection until the broker goes
+            connects = platform.connects
             if how == "SIGKILL":
                 broker.kill()
             else:
@@ -275,7 +284,7 @@ def run_outages(
                 "a backlog while the broker is down",
             )
             broker.start()
-            probe_subscription(platform, f"{int(persistence)}-{cycle}")
+            probe_subscription(platform, connects, f"{int(persistence)}-{cycle}")
             gate.open()
             backlog_end = last_seq(state)
             poll_until(
@@ -338,6 +347,7 @@ def account(outages: list[Outage], seq_ids: dict[int, set[str]], n: int) -> list
 
 @pytest.mark.slow
 @pytest.mark.reliability
+@pytest.mark.timeout(scaled(120, 900))
 @pytest.mark.parametrize("persistence", [True, False], ids=["persistence", "no_persistence"])
 def test_broker_stopped_and_killed_again_and_again(
     tmp_path: Path, uplink_validator: Validator | None, persistence: bool

@@ -23,6 +23,7 @@ from tests.support.reliability import record, scaled
 KILL_CYCLES = scaled(20, 100)
 BROKER_RESTARTS = scaled(3, 20)
 FROZEN_BACKLOG = scaled(20_000, 50_000)
+TIMEOUT_S = scaled(120, 900)  # per test: the soak counts take longer than pytest's default
 FLOOD = {"telemetry_interval_s": 0.01, "burst": 20, "alarm_interval_s": 0.25, "seed": 7}
 STREAM = {**FLOOD, "burst": 4}
 
@@ -95,6 +96,7 @@ def drain_and_stop(daemon: GatewayProcess, platform: PlatformClient, state: Path
 
 @pytest.mark.slow
 @pytest.mark.reliability
+@pytest.mark.timeout(TIMEOUT_S)
 def test_sigkill_at_random_moments_loses_nothing(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, daemon_factory: Any
 ) -> None:
@@ -124,6 +126,7 @@ def test_sigkill_at_random_moments_loses_nothing(
 
 @pytest.mark.slow
 @pytest.mark.reliability
+@pytest.mark.timeout(TIMEOUT_S)
 def test_broker_down_at_start_then_everything_delivered_alarms_first(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, daemon_factory: Any
 ) -> None:
@@ -165,6 +168,7 @@ def test_broker_down_at_start_then_everything_delivered_alarms_first(
 
 @pytest.mark.slow
 @pytest.mark.reliability
+@pytest.mark.timeout(TIMEOUT_S)
 def test_broker_stopped_mid_stream_and_restarted(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, daemon_factory: Any
 ) -> None:
@@ -197,6 +201,7 @@ def test_broker_stopped_mid_stream_and_restarted(
 
 @pytest.mark.slow
 @pytest.mark.reliability
+@pytest.mark.timeout(TIMEOUT_S)
 def test_frozen_broker_then_daemon_killed_loses_nothing(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, daemon_factory: Any
 ) -> None:
