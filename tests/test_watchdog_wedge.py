@@ -249,8 +249,9 @@ def test_a_wedged_event_loop_is_aborted_by_the_watchdog_and_restarts_losing_noth
         count=WEDGES,
         lost=0,  # asserted: every alarm stored before a wedge delivered and acknowledged
         outcome=(
-            f"no ping after the wedge; the watchdog ran out {min(silences):.1f}-"
-            f"{max(silences):.1f} s after it; SIGABRT and restart delivered {len(stored)} "
-            f"alarms (all acknowledged) and every seq 1..{n:,} once"
+            f"no ping after the wedge; WatchdogSec ran out {min(silences):.1f}-"
+            f"{max(silences):.1f} s after it ({WATCHDOG_S:g} s after the last ping before it); "
+            f"SIGABRT (stack dump names the wedge) and restart delivered {len(stored)} alarms, "
+            f"all acknowledged, and every seq 1..{n:,} once"
         ),
     )
