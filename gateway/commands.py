@@ -55,7 +55,6 @@ class Command:
 class CommandStats:
     handled: int = 0  # answered with a cmd.result (executed, repeated, refused or invalid)
     invalid: int = 0  # answered invalid_args by validation
-    busy: int = 0  # answered busy without being run (the downlink queue was full)
     rejected: int = 0  # not answered: not JSON, not an object, or no usable id
 
 
@@ -137,8 +136,8 @@ class CommandProcessor:
     def register(self, name: str, handler: Handler, *, audited: bool = True) -> None:
         self._commands[name] = Command(handler, audited)
 
-    async def handle(self, payload: bytes, *, busy: bool = False) -> None:
-        """Validate, run once, answer. ``busy``: answer ``busy`` without running it."""
+    async def handle(self, payload: bytes) -> None:
+        """Validate, run once, answer."""
         try:
             message = parse_command(payload)
         except InvalidCommandError as exc:
@@ -149,13 +148,6 @@ class CommandProcessor:
         if isinstance(message, str):
             self.stats.rejected += 1
             log.warning("command_rejected", why=message, size=len(payload))
-            return
-        if busy:
-            self.stats.busy += 1
-            log.warning("command_busy", cmd_id=message.id, name=message.name)
-            await self._answer(
-                _error(message.id, "busy", "too many commands waiting: send it again later")
-            )
             return
         stored = await self.outbox.call(self.outbox.store.command_result, message.id)
         if stored is not None:
