@@ -254,7 +254,10 @@ class MqttUplink:
                 log.error("uplink_refused", reason=exc.reason)  # noqa: TRY400 - no traceback
                 delay = self._backoff.at_cap()
             except UplinkTransientError as exc:
-                log.warning("uplink_lost", error=str(exc))
+                if self._renew:
+                    log.info("uplink_renewed", reason=str(exc))
+                else:
+                    log.warning("uplink_lost", error=str(exc))
                 delay = self._backoff.next_delay()
             finally:
                 await self._teardown()
@@ -284,9 +287,13 @@ class MqttUplink:
         """Orderly shutdown: drain what can be drained, then say offline, then disconnect."""
         deadline = time.monotonic() + drain_timeout_s
         if self.connected.is_set():
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self._wait_drained()
+            except TimeoutError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - a failing store: stop without the drain
+                self._store_failed("stats", exc)
         self._stopping = True
         if self.connected.is_set():
             with contextlib.suppress(TimeoutError):
@@ -695,6 +702,7 @@ class MqttUplink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
+        self._last_inbound = time.monotonic()
         self._post(self._published, client, mid, reason)
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
