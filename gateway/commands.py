@@ -59,13 +59,18 @@ class CommandStats:
 
 
 def read_command_id(document: object) -> str | None:
-    """The id a ``cmd.result`` can be addressed to: text of 1 to 128 characters, else None."""
+    """The id a ``cmd.result`` can be addressed to: text of 1 to 128 characters that is valid
+    Unicode (JSON can carry a lone surrogate, which no store or platform can), else None."""
     if not isinstance(document, dict):
         return None
     cmd_id = document.get("id")
-    if isinstance(cmd_id, str) and 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS:
-        return cmd_id
-    return None
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS:
+        return None
+    try:
+        cmd_id.encode()
+    except UnicodeEncodeError:
+        return None
+    return cmd_id
 
 
 def parse_command(payload: bytes) -> CommandMessage | str:

@@ -51,6 +51,7 @@ UNANSWERABLE: dict[str, bytes] = {
     "id empty": b'{"v":1,"id":"","name":"ping"}',
     "id of 10 000 characters": json.dumps({"v": 1, "id": "i" * 10_000, "name": "ping"}).encode(),
     "id a number": b'{"v":1,"id":12,"name":"ping"}',
+    "id a lone surrogate": b'{"v":1,"id":"\\ud800","name":"ping"}',
     "id null": b'{"v":1,"id":null,"name":"ping"}',
     "no id": b'{"v":1,"name":"ping"}',
     "not JSON": b"{not json",
@@ -137,7 +138,9 @@ _command = st.fixed_dictionaries(
     {},
     optional={
         "v": _field,
-        "id": st.one_of(_field, st.text(min_size=0, max_size=200)),
+        "id": st.one_of(
+            _field, st.text(min_size=0, max_size=200), st.sampled_from(["\ud800", "a\udfff"])
+        ),
         "name": _field,
         "args": _field,
         "expires_at": _field,
@@ -149,7 +152,11 @@ _command = st.fixed_dictionaries(
 def test_parse_command_answers_exactly_the_readable_ids(document: dict[str, Any]) -> None:
     payload = json.dumps(document).encode()
     cmd_id = document.get("id")
-    readable = isinstance(cmd_id, str) and 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS
+    readable = (
+        isinstance(cmd_id, str)
+        and 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS
+        and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in cmd_id)
+    )
     try:
         parsed = parse_command(payload)
     except InvalidCommandError as exc:

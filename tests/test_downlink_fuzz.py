@@ -51,12 +51,13 @@ WEIRD: list[Any] = [
     "2020-01-01T00:00:00Z",
     "not a date",
     "\u0000\ud7ff\U0001f600",
+    "\ud800",  # a lone surrogate: valid JSON, not valid Unicode
 ]
 
 
 def readable_id(payload: bytes) -> str | None:
     """The contract's rule, independent of the code under test: a JSON object whose id is text
-    of 1 to 128 characters."""
+    of 1 to 128 characters, without lone surrogates."""
     try:
         document = json.loads(payload)
     except (ValueError, RecursionError):
@@ -64,9 +65,9 @@ def readable_id(payload: bytes) -> str | None:
     if not isinstance(document, dict):
         return None
     cmd_id = document.get("id")
-    if isinstance(cmd_id, str) and 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS:
-        return cmd_id
-    return None
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS:
+        return None
+    return None if any(0xD800 <= ord(ch) <= 0xDFFF for ch in cmd_id) else cmd_id
 
 
 def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:
