@@ -559,12 +559,13 @@ def test_oversized_downlink_leaves_memory_bounded_and_the_link_up(
     assert growth_mib < 48, f"peak RSS grew by {growth_mib:.0f} MiB"
     record(
         "downlink",
-        f"{count} acks of 8 MiB and a command of 8 MiB (MQTT {protocol})",
+        f"{count} acks and a command of 8 MiB, an ack of 70 kB (MQTT {protocol})",
         count=count + 2,
         lost=0,
         outcome=(
-            f"refused unread ({len(refused)} by the gateway, the rest by the broker), "
-            f"peak RSS +{growth_mib:.0f} MiB, link up, the next alarm acknowledged"
+            f"refused unread: {len(refused)} by the gateway"
+            + (", the rest by the broker (Maximum Packet Size)" if protocol == "5" else "")
+            + f"; peak RSS +{growth_mib:.0f} MiB, link up, the next alarm acknowledged"
         ),
     )
 
