@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import structlog
+
 from drivers.button.pairing import PairingError
 from gateway import config as config_module
 from gateway.errors import ConfigError, StoreVersionError
@@ -97,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return button_cli.main(cfg, args)
     if args.command == "check-config":
+        try:
+            warnings = config_module.preflight(cfg, path, create=False)
+        except ConfigError as error:
+            return _config_failure(error)
+        for warning in warnings:
+            print(f"carebed: warning: {warning}", file=sys.stderr)
         print(
             f"{path}: OK (gateway {cfg.gateway_id}, "
             f"broker {cfg.mqtt.host}:{cfg.mqtt.effective_port})"
@@ -106,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
     stop_request = app.StopRequest()
     logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        warnings = config_module.preflight(cfg, path, create=True)
+    except ConfigError as error:
+        return _config_failure(error)
+    log = structlog.get_logger("gateway.config")
+    for warning in warnings:
+        log.warning(warning.event, path=str(warning.path), problem=warning.problem, fix=warning.fix)
     try:
         return asyncio.run(app.run(cfg, stop_request))
     except StoreVersionError as exc:

@@ -71,14 +71,23 @@ class AlarmTracker:
             for alarm in held:
                 self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
 
-    async def acknowledged(
-        self, found: Sequence[HeldAlarm], unknown: Sequence[str], by: str
-    ) -> None:
-        for alarm_id in unknown:
-            log.info("ack_for_unknown_alarm", alarm_id=alarm_id, by=by)
-        for alarm in found:
+    def acknowledged(self, alarms: Sequence[HeldAlarm], by: str) -> None:
+        """The platform's alarm desk confirmed these alarms: help is on the way.
+
+        Told before the acknowledgement is applied to the store, so that a store that fails
+        does not keep the news from the senior (telling twice is harmless).
+        """
+        for alarm in alarms:
             log.info("alarm_acknowledged", alarm_id=alarm.id, seq=alarm.seq, by=by)
             self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.ACKNOWLEDGED)
+
+    def unknown_acknowledged(self, alarm_ids: Sequence[str], by: str) -> None:
+        for alarm_id in alarm_ids:
+            log.info("ack_for_unknown_alarm", alarm_id=alarm_id, by=by)
+
+    async def audit_acknowledged(self, alarms: Sequence[HeldAlarm], by: str) -> None:
+        """One ``audit.alarm_acknowledged`` per alarm (the caller makes them durable)."""
+        for alarm in alarms:
             await self.sink.emit(
                 "audit.alarm_acknowledged",
                 {"who": by, "what": "alarm acknowledged", "why": None, "alarm_id": alarm.id},

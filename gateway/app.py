@@ -107,6 +107,7 @@ class Gateway:
                 clock=self.clock,
             )
             self.alarms.subscribe(self.button)
+            self.status.add_fault_source(self.button)  # a damaged pairing list
             self.commands.register("button.pair", self._button_pair)
             self.commands.register("button.unpair", self._button_unpair)
         self.camera: CameraPolicy | None = None

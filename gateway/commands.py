@@ -6,10 +6,9 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.clock import Clock
 from gateway.emitter import OutboxSink
@@ -19,24 +18,108 @@ from gateway.outbox import Outbox
 
 log = structlog.get_logger("gateway.commands")
 
-MAX_COMMAND_BYTES = 64 * 1024
+MAX_COMMAND_BYTES = 64 * 1024  # larger commands are answered invalid_args, never run
+MAX_COMMAND_ID_CHARS = 128  # longer (or empty, or not text) ids cannot be answered
+MAX_COMMAND_NAME_CHARS = 64
+MAX_EXPIRES_AT_CHARS = 64
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class CommandMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    v: int
-    id: Annotated[str, Field(min_length=1, max_length=128)]
-    name: Annotated[str, Field(min_length=1, max_length=64)]
-    args: dict[str, Any] = Field(default_factory=dict)
-    expires_at: datetime | None = None
+@dataclass(frozen=True, slots=True)
+class CommandMessage:
+    """A command whose every field was checked against the contract."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    expires_at: datetime | None
+
+
+class InvalidCommandError(Exception):
+    """A command with a usable id and a bad field: answered ``invalid_args``."""
+
+    def __init__(self, cmd_id: str, message: str) -> None:
+        self.cmd_id = cmd_id
+        self.message = message
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     handler: Handler
     audited: bool  # commands that change something leave an audit.command event
+
+
+@dataclass(slots=True)
+class CommandStats:
+    handled: int = 0  # answered with a cmd.result (executed, repeated, refused or invalid)
+    invalid: int = 0  # answered invalid_args by validation
+    rejected: int = 0  # not answered: not JSON, not an object, or no usable id
+
+
+def read_command_id(document: object) -> str | None:
+    """The id a ``cmd.result`` can be addressed to: text of 1 to 128 characters that is valid
+    Unicode (JSON can carry a lone surrogate, which no store or platform can), else None."""
+    if not isinstance(document, dict):
+        return None
+    cmd_id = document.get("id")
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= MAX_COMMAND_ID_CHARS:
+        return None
+    try:
+        cmd_id.encode()
+    except UnicodeEncodeError:
+        return None
+    return cmd_id
+
+
+def parse_command(payload: bytes) -> CommandMessage | str:
+    """Check a ``down/cmd`` payload field by field, strictly (``"v": "1"`` is not version 1).
+
+    Returns the command; or raises ``InvalidCommandError`` for a bad command with a usable id;
+    or returns a short reason (``str``) when there is no id to answer to.
+    """
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return "not JSON"
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    cmd_id = read_command_id(document)
+    if cmd_id is None:
+        return "no usable id" if "id" in document else "no id"
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise InvalidCommandError(cmd_id, f"command larger than {MAX_COMMAND_BYTES} bytes")
+    version = document.get("v")
+    if type(version) is not int:
+        raise InvalidCommandError(cmd_id, "v: missing or not an integer")
+    if version != CONTRACT_VERSION:
+        raise InvalidCommandError(cmd_id, f"contract version {version} unsupported")
+    name = document.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_COMMAND_NAME_CHARS:
+        raise InvalidCommandError(
+            cmd_id, f"name: missing or not text of 1 to {MAX_COMMAND_NAME_CHARS} characters"
+        )
+    args = document.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidCommandError(cmd_id, "args: not an object")
+    return CommandMessage(cmd_id, name, args, _expires_at(cmd_id, document.get("expires_at")))
+
+
+def _expires_at(cmd_id: str, value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_EXPIRES_AT_CHARS:
+        raise InvalidCommandError(cmd_id, "expires_at: not an RFC 3339 timestamp or null")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidCommandError(cmd_id, "expires_at: not an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:  # the contract's timestamps are UTC
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 class CommandProcessor:
@@ -47,57 +130,52 @@ class CommandProcessor:
         self.sink = sink
         self.clock = clock
         self.max_age_s = max_age_s
-        self.rejected = 0
+        self.stats = CommandStats()
         self._commands: dict[str, Command] = {}
+
+    @property
+    def rejected(self) -> int:
+        """Commands that could not be answered (no usable id)."""
+        return self.stats.rejected
 
     def register(self, name: str, handler: Handler, *, audited: bool = True) -> None:
         self._commands[name] = Command(handler, audited)
 
     async def handle(self, payload: bytes) -> None:
-        message = self._parse(payload)
-        if message is None:
+        """Validate, run once, answer."""
+        try:
+            message = parse_command(payload)
+        except InvalidCommandError as exc:
+            self.stats.invalid += 1
+            log.warning("command_invalid", cmd_id=exc.cmd_id, why=exc.message, size=len(payload))
+            await self._answer(_error(exc.cmd_id, "invalid_args", exc.message))
+            return
+        if isinstance(message, str):
+            self.stats.rejected += 1
+            log.warning("command_rejected", why=message, size=len(payload))
             return
         stored = await self.outbox.call(self.outbox.store.command_result, message.id)
         if stored is not None:
             log.info("command_repeated", cmd_id=message.id, name=message.name)
-            await self.sink.emit("cmd.result", json.loads(stored))
+            await self._answer(json.loads(stored))
             return
         result = await self._execute(message)
         await self.outbox.call(
             self.outbox.store.remember_command,
             message.id,
             json.dumps(result, separators=(",", ":")),
-            self.max_age_s,
         )
-        await self.sink.emit("cmd.result", result)
+        await self._answer(result)
 
-    def _parse(self, payload: bytes) -> CommandMessage | None:
-        if len(payload) > MAX_COMMAND_BYTES:
-            self.rejected += 1
-            log.warning("command_rejected", why="too large", size=len(payload))
-            return None
-        try:
-            return CommandMessage.model_validate_json(payload)
-        except ValidationError as exc:
-            self.rejected += 1
-            log.warning(
-                "command_rejected",
-                why="not a command message",
-                errors=[f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()][:5],
-            )
-            return None
+    async def _answer(self, result: dict[str, Any]) -> None:
+        await self.sink.emit("cmd.result", result)
+        self.stats.handled += 1
 
     async def _execute(self, message: CommandMessage) -> dict[str, Any]:
-        if message.v != CONTRACT_VERSION:
-            return _error(message.id, "invalid_args", f"contract version {message.v} unsupported")
-        if message.expires_at is not None:
-            expires_at = message.expires_at
-            if expires_at.tzinfo is None:  # the contract's timestamps are UTC
-                expires_at = expires_at.replace(tzinfo=UTC)
-            expires = expires_at.timestamp()
-            if self.clock.wall() > expires:
-                log.info("command_expired", cmd_id=message.id, name=message.name)
-                return _error(message.id, "expired", "the command expired before it arrived")
+        expires_at = message.expires_at
+        if expires_at is not None and self.clock.wall() > expires_at.timestamp():
+            log.info("command_expired", cmd_id=message.id, name=message.name)
+            return _error(message.id, "expired", "the command expired before it arrived")
         command = self._commands.get(message.name)
         if command is None:
             log.info("command_unknown", cmd_id=message.id, name=message.name)

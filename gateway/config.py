@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
+import errno
+import grp
 import json
 import os
+import pwd
 import re
+import ssl
+import stat
+import tempfile
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -413,13 +422,53 @@ class GatewayConfig(_Section):
         return self.mqtt.username or self.gateway.id
 
 
+# --------------------------------------------------------------------------- error messages
+# An error names the key, says what is wrong and how to fix it, and never repeats a value that
+# could be a secret: nothing under a key that looks like one, nothing under an unknown key or
+# section, no tables or arrays, no string with an '@' (credentials in a URL).
+
+EXAMPLE_FILE = "config/carebed.example.toml"
+MAX_FILE_BYTES = 1024 * 1024
+_SHOWN_CHARS = 80
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|cred|auth|private", re.IGNORECASE)
+_TOML_POSITION = re.compile(r"(?s)(.*) \(at (line \d+, column \d+|end of document)\)\Z")
+_TOML_STATIC = re.compile(
+    r"Invalid statement|Cannot overwrite a value|Unclosed array|Unclosed inline table"
+    r"|Invalid initial character for a key part|Invalid hex value|Unterminated string"
+    r"|Escaped character is not a Unicode scalar value|Invalid date or datetime|Invalid value"
+    r"|Unescaped '\\' in a string|Expected '[^']{1,3}'( after a key in a key/value pair"
+    r"| at the end of a (table|array) declaration)?|Expected newline or end of document"
+    r" after a statement|Unrecognized escape sequence"
+)
+_TOML_KEYED = (  # (pattern, message naming the key, message when the key is not ours)
+    (
+        re.compile(r"Cannot declare (\(.*\)) twice"),
+        "{} is declared twice",
+        "a table is declared twice",
+    ),
+    (
+        re.compile(r"Cannot mutate immutable namespace (\(.*\))"),
+        "{} is an inline table: it cannot be extended",
+        "an inline table cannot be extended",
+    ),
+    (re.compile(r"Cannot redefine namespace (\(.*\))"), "{} is redefined", "a table is redefined"),
+    (
+        re.compile(r"Duplicate inline table key ('.*')"),
+        "{} appears twice in an inline table",
+        "a key appears twice in an inline table",
+    ),
+)
+_TOML_FIX = (
+    "fix: correct that line: strings in double quotes, one key = value per line, each [section] "
+    f"once; compare with {EXAMPLE_FILE}"
+)
+
 _FIXES = {
-    "extra_forbidden": "remove it or check its spelling against config/carebed.example.toml",
+    "extra_forbidden": f"remove it or check its spelling against {EXAMPLE_FILE}",
     "missing": "add it",
-    "string_pattern_mismatch": "see config/carebed.example.toml for the expected form",
+    "string_pattern_mismatch": f"see {EXAMPLE_FILE} for the expected form",
     "literal_error": "use one of the values listed",
 }
-
 
 _PATTERN_FIXES = {
     "gateway": "use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter or digit",
@@ -430,58 +479,517 @@ _PATTERN_FIXES = {
 }
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (keys are typed by hand)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        tables = bool(value) and all(isinstance(item, dict) for item in value)
+        return "an array of tables" if tables else "an array"
+    return "a date or time"
+
+
+def _shown(value: Any) -> str:
+    """A wrong value as an error may show it: a scalar, short, never with credentials."""
+    if isinstance(value, bool | float):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else "a very large integer"
+    if isinstance(value, str):
+        if "@" in value:
+            return "a string with '@' (not shown: it may hold credentials)"
+        if len(value) > _SHOWN_CHARS:
+            return json.dumps(value[: _SHOWN_CHARS - 3] + "...")
+        return json.dumps(value)
+    if isinstance(value, dict | list | tuple):
+        return _kind(value)
+    return json.dumps(str(value))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The section model behind a field's annotation (``X | None`` included), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        model = _model_of(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def known_keys(parent: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``parent`` accepts: ``("mqtt", "tls")`` gives ca_file, …
+
+    Empty when ``parent`` is not a section.
+    """
+    model: type[BaseModel] = GatewayConfig
+    for part in parent:
+        field = model.model_fields.get(str(part))
+        sub = None if field is None else _model_of(field.annotation)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _all_names() -> frozenset[str]:
+    names: set[str] = set()
+    todo: list[type[BaseModel]] = [GatewayConfig]
+    while todo:
+        model = todo.pop()
+        for name, field in model.model_fields.items():
+            names.add(name)
+            sub = _model_of(field.annotation)
+            if sub is not None:
+                todo.append(sub)
+    return frozenset(names)
+
+
+def _suggestion(name: str, known: list[str]) -> str | None:
+    lowered = {key.lower(): key for key in known}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown(loc: tuple[int | str, ...], value: Any) -> str:
+    """An unknown key or section: named, with a guess at what was meant; its value never shown."""
+    key = _key(loc)
+    what = "key"
+    if isinstance(value, dict):
+        what = "section" if len(loc) == 1 else "table"
+    elif _kind(value) == "an array of tables":
+        what = "array of tables"
+    guess = _suggestion(str(loc[-1]), known_keys(loc[:-1]))
+    hint = ""
+    if guess is not None:
+        full = ".".join([*(str(part) for part in loc[:-1]), guess])
+        hint = f" (did you mean [{full}]?)" if what != "key" else f" (did you mean {full}?)"
+    return f"{key}: unknown {what}{hint} (fix: {_FIXES['extra_forbidden']})"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _key(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc if part not in ("function-after[]",)) or "(file)"
+    """A location as TOML writes a dotted key: ``mqtt.tls.ca_file``, ``camera."user name"``."""
+    parts = [str(part) for part in loc if part not in ("function-after[]",)]
+    quoted = [part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in parts]
+    return ".".join(quoted) or "(file)"
 
 
 def _problem(error: Any) -> str:
     loc = tuple(error["loc"])
     key = _key(loc)
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return _unknown(loc, value)
     message = str(error["msg"]).removeprefix("Value error, ")
     if message.startswith(("mqtt.", "camera.", "sim.", "vitals.")):
         return message
-    fix: str | None = _FIXES.get(
-        error["type"], "see config/carebed.example.toml for the expected form"
-    )
+    if error["type"] == "model_type":
+        table_fix = f"write it as a table: [{key}] followed by its keys"
+        if _kind(value) == "an array of tables":
+            table_fix = f"write [{key}] with single brackets: [[{key}]] makes an array of tables"
+        return f"{key}: should be a table (got {_kind(value)}) (fix: {table_fix})"
+    fix: str | None = _FIXES.get(error["type"], f"see {EXAMPLE_FILE} for the expected form")
     if error["type"] == "string_pattern_mismatch":
         fix = _PATTERN_FIXES.get(str(loc[0]), fix)
     if error["type"] == "value_error":
         fix = None
-    secret = any("password" in str(part) for part in loc)
-    hidden = secret or error["type"] in ("missing", "value_error")
-    shown = "" if hidden else f" (got {json.dumps(error['input'], default=str)})"
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
+    if error["type"] in ("missing", "value_error", "assertion_error"):
+        shown = ""  # the input is the enclosing table, passwords included
+    elif any(_SECRET_NAME.search(str(part)) for part in loc):
+        shown = f" (got {_kind(value)})"
+    else:
+        shown = f" (got {_shown(value)})"
     text = f"{key}: {message}{shown}"
     return f"{text} (fix: {fix})" if fix else text
+
+
+def _nul_problems(data: Any, loc: tuple[str, ...] = ()) -> list[str]:
+    """Strings with a NUL character, which no path or name may hold (``"\\u0000"`` in TOML)."""
+    if isinstance(data, dict):
+        return [p for key, item in data.items() for p in _nul_problems(item, (*loc, str(key)))]
+    if isinstance(data, list):
+        return [p for i, item in enumerate(data) for p in _nul_problems(item, (*loc, str(i)))]
+    if isinstance(data, str) and "\x00" in data:
+        return [f"{_key(loc)}: contains a NUL character (fix: remove the \\u0000 escape)"]
+    return []
+
+
+def _failure(source: str, problems: list[str]) -> ConfigError:
+    return ConfigError(source, [_printable(problem) for problem in problems])
 
 
 def parse(
     data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None
 ) -> GatewayConfig:
     """Validate a parsed TOML document."""
+    nul = _nul_problems(data)
+    if nul:
+        raise _failure(source, nul)
     try:
         return GatewayConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         problems = [_problem(error) for error in exc.errors(include_url=False)]
-        raise ConfigError(source, problems) from None
+        raise _failure(source, problems) from None
+    except RecursionError:
+        raise _failure(source, ["tables nested too deeply (fix: flatten them)"]) from None
+
+
+def _toml_problem(exc: ValueError) -> str:
+    """A TOML syntax error as a problem: where it is and what, without quoting the file."""
+    text = str(exc)
+    match = _TOML_POSITION.match(text)
+    where, what = (f" at {match[2]}", match[1]) if match else ("", text)
+    if "integer string conversion" in what:
+        what = "a number with thousands of digits"
+    elif what.startswith(("Illegal character", "Found invalid character")):
+        what = "a character not allowed there (a control character, or a line break in a string)"
+    elif not _TOML_STATIC.fullmatch(what):
+        for pattern, named, unnamed in _TOML_KEYED:
+            keyed = pattern.fullmatch(what)
+            if keyed:
+                key = _toml_key(keyed[1])
+                what = named.format(key) if key else unnamed
+                break
+        else:
+            what = "a syntax error"
+    elif what == "Invalid value":
+        what = "invalid value (strings need double quotes)"
+    elif what == "Cannot overwrite a value":
+        what = "a key that is set twice"
+    else:
+        what = what[0].lower() + what[1:]
+    return f"not valid TOML{where}: {what} ({_TOML_FIX})"
+
+
+def _toml_key(text: str) -> str | None:
+    """A key from a TOML error, shown only when it is one of the configuration's own names."""
+    try:
+        parts = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    parts = (parts,) if isinstance(parts, str) else parts
+    if isinstance(parts, tuple) and parts and all(p in _NAMES for p in parts):
+        return "[" + ".".join(parts) + "]"
+    return None
+
+
+def _decode(raw: bytes, source: str) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _failure(
+            source,
+            ["the file is saved as UTF-16 (fix: save it as UTF-8, e.g. with iconv -t UTF-8)"],
+        )
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problem = f"not UTF-8 text at line {line} (fix: save the file as UTF-8)"
+        raise _failure(source, [problem]) from None
 
 
 def load(path: Path) -> GatewayConfig:
     """Read and validate the configuration file at ``path``."""
+    source = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
-            str(path), [f"cannot read the file: {exc.strerror} (fix: check the path)"]
+            source, [f"cannot read the file: {exc.strerror} (fix: check the path)"]
         ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _failure(
+            source, [f"the file is larger than {MAX_FILE_BYTES} bytes (fix: check the path)"]
+        )
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse(data, source=str(path), base_dir=path.parent.resolve())
+        data = tomllib.loads(_decode(raw, source))
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, and a 5000-digit number
+        problem = (
+            "not valid TOML: tables or arrays nested too deeply (fix: flatten them)"
+            if isinstance(exc, RecursionError)
+            else _toml_problem(exc)
+        )
+        raise _failure(source, [problem]) from None
+    return parse(data, source=source, base_dir=path.parent.resolve())
+
+
+# --------------------------------------------------------------------------- pre-flight checks
+# What a person must repair and can be checked before start: the TLS files together, paths that
+# must be files or writable directories. ``carebed check-config`` and ``carebed run`` both do it,
+# so a bad file stops with status 78 instead of failing (and restarting) forever.
+
+_PERMANENT_ERRNOS = frozenset(
+    {
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.EEXIST,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+_SYSTEMD_FIXES = frozenset({errno.EACCES, errno.EPERM})
+_ANY_DIRECTORY = f"a directory the service can write (e.g. {DEFAULT_STATE_DIR})"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something to repair that does not stop the gateway."""
+
+    event: str  # the log event, a snake_case fact
+    path: Path
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.problem} (fix: {self.fix})"
+
+
+def preflight(cfg: GatewayConfig, source: Path, *, create: bool) -> list[ConfigWarning]:
+    """Check the files and directories ``cfg`` names; raise ``ConfigError``, return warnings.
+
+    With ``create`` (``carebed run``) the directories are made; without it (``check-config``)
+    the checks leave nothing behind.
+    """
+    problems: list[str] = []
+    if cfg.mqtt.tls is not None:
+        problems.extend(_tls_problems(cfg.mqtt.tls))
+    problems.extend(_path_problems(cfg, create=create))
+    if problems:
+        raise _failure(str(source), problems)
+    return _secret_warnings(cfg, source)
+
+
+def _ssl_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason).replace("_", " ").lower() if exc.reason else "not in PEM form"
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def _tls_problems(tls: TlsSection) -> list[str]:
+    """Load the CA, then the certificate and its key together, as the uplink will."""
+    try:
+        ssl.create_default_context(cafile=str(tls.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        return [
+            f"mqtt.tls.ca_file: {tls.ca_file} holds no usable certificate ({_ssl_reason(exc)}) "
+            "(fix: give the platform's CA certificate in PEM form, the text between "
+            "-----BEGIN CERTIFICATE----- and -----END CERTIFICATE-----)"
+        ]
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        probe.load_verify_locations(cafile=str(tls.cert_file))
+    except (ssl.SSLError, OSError) as exc:
+        return [
+            f"mqtt.tls.cert_file: {tls.cert_file} holds no usable certificate "
+            f"({_ssl_reason(exc)}) (fix: give this gateway's client certificate in PEM form)"
+        ]
+    asked: list[bool] = []
+
+    def no_passphrase() -> bytes:
+        asked.append(True)
+        return b""
+
+    try:
+        probe.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=no_passphrase)
+    except (ssl.SSLError, OSError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            return [
+                f"mqtt.tls.key_file: {tls.key_file} is not the key of the certificate "
+                f"{tls.cert_file} (fix: give the key made with that certificate; "
+                "`openssl x509 -noout -pubkey -in CERT` and `openssl pkey -pubout -in KEY` "
+                "print the same public key for a matching pair)"
+            ]
+        if asked:
+            return [
+                f"mqtt.tls.key_file: {tls.key_file} is protected by a passphrase, which the "
+                "service cannot enter (fix: store it without one: openssl pkey -in KEY -out "
+                "NEW_KEY, mode 0640 root:carebed)"
+            ]
+        return [
+            f"mqtt.tls.key_file: {tls.key_file} holds no usable private key "
+            f"({_ssl_reason(exc)}) (fix: give the private key of mqtt.tls.cert_file in PEM form)"
+        ]
+    return []
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _group() -> str:
+    """The group that should read the secrets: the service's, ``carebed`` when run as root."""
+    if os.geteuid() == 0:
+        return "carebed"
+    try:
+        return grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        return str(os.getegid())
+
+
+def _probe(directory: Path, *, create: bool) -> None:
+    """Raise OSError unless a file can be made in ``directory`` (or the directory itself)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if create:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = directory
+    if existing == directory:
+        handle, name = tempfile.mkstemp(prefix=".carebed-check-", dir=directory)
+        os.close(handle)
+        os.unlink(name)
+    else:  # check-config: show the directory could be made, and leave nothing behind
+        os.rmdir(tempfile.mkdtemp(prefix=".carebed-check-", dir=existing))
+
+
+def _directory_problem(
+    key: str, directory: Path, target: Path, fix: str, *, create: bool
+) -> str | None:
+    """Why ``target`` cannot be made in ``directory`` (None when it can, or may later)."""
+    try:
+        _probe(directory, create=create)
+    except OSError as exc:
+        if exc.errno not in _PERMANENT_ERRNOS:
+            return None  # a full disk or an I/O error: the daemon reports those itself
+        if not create and directory == DEFAULT_STATE_DIR and exc.errno in _SYSTEMD_FIXES:
+            return None  # StateDirectory=carebed: systemd makes it, and chowns it, at start
+        where = exc.filename or directory
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            return f"{key}: {where} is a file, so {target} cannot be made (fix: {fix})"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            user = _user()
+            return (
+                f"{key}: user {user} cannot write in {where} ({exc.strerror}) "
+                f"(fix: chown {user} {directory}, or {fix})"
+            )
+        if exc.errno == errno.EROFS:
+            return (
+                f"{key}: {directory} is on a read-only file system (fix: {fix}; under systemd "
+                f"only {DEFAULT_STATE_DIR} is writable)"
+            )
+        return f"{key}: {target} cannot be made there ({exc.strerror}) (fix: {fix})"
+    return None
+
+
+def _file_problem(key: str, path: Path, what: str, example: Path, *, writable: bool) -> str | None:
+    """A path that must be a file (or not exist yet): not a directory, and usable."""
+    try:
+        if not path.exists():
+            return None
+        if path.is_dir():
+            return (
+                f"{key}: {path} is a directory, not {what} (fix: remove that directory, or set "
+                f"{key} to a file, e.g. {example})"
+            )
+        if not path.is_file():
+            return f"{key}: {path} is not a regular file (fix: set {key} to a file, e.g. {example})"
+        with path.open("r+b" if writable else "rb"):
+            pass
+    except OSError as exc:
+        if exc.errno not in _PERMANENT_ERRNOS:
+            return None
+        user = _user()
+        return (
+            f"{key}: user {user} cannot {'write' if writable else 'read'} {path} "
+            f"({exc.strerror}) (fix: chown {user} {path})"
+        )
+    return None
+
+
+def _path_problems(cfg: GatewayConfig, *, create: bool) -> list[str]:
+    state = cfg.gateway.state_dir
+    fix = f"set gateway.state_dir to {_ANY_DIRECTORY}"
+    problem = _directory_problem("gateway.state_dir", state, state, fix, create=create)
+    if problem is not None:
+        return [problem]  # the other files live in it, as a rule
+    files = [("outbox.path", cfg.outbox_path, "the outbox database", "outbox.sqlite3", True)]
+    if cfg.button.enabled:
+        files.append(("button.pairing_file", cfg.pairing_path, "a file", "buttons.json", False))
+    if cfg.watch.enabled:
+        files.append(("watch.watches_file", cfg.watches_path, "a file", "watches.json", False))
+    problems: list[str] = []
+    for key, path, what, name, writable in files:
+        problem = None
+        if path.parent != state:
+            fix = f"set {key} to a file the service can write, e.g. {DEFAULT_STATE_DIR / name}"
+            problem = _directory_problem(key, path.parent, path, fix, create=create)
+        if problem is None:
+            problem = _file_problem(key, path, what, path / name, writable=writable)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _secret_warnings(cfg: GatewayConfig, source: Path) -> list[ConfigWarning]:
+    """Secrets that every user of the machine can read."""
+    warnings: list[ConfigWarning] = []
+    group = _group()
+    held = [
+        key
+        for key, secret in (
+            ("mqtt.password", cfg.mqtt.password),
+            ("camera.password", cfg.camera.password),
+        )
+        if secret is not None and secret.get_secret_value()
+    ]
+    if held and _readable_by_others(source):
+        warnings.append(
+            ConfigWarning(
+                "config_file_readable_by_others",
+                source,
+                f"{source} holds {' and '.join(held)} and every user of this machine can read it",
+                f"chmod 640 {source} && chgrp {group} {source}",
+            )
+        )
+    if cfg.mqtt.tls is not None and _readable_by_others(cfg.mqtt.tls.key_file):
+        key_file = cfg.mqtt.tls.key_file
+        warnings.append(
+            ConfigWarning(
+                "tls_key_readable_by_others",
+                key_file,
+                f"mqtt.tls.key_file: every user of this machine can read {key_file}",
+                f"chmod 640 {key_file} && chgrp {group} {key_file}",
+            )
+        )
+    return warnings
 
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the configuration file."""
     return GatewayConfig.model_json_schema()
+
+
+_NAMES = _all_names()

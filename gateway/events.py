@@ -60,6 +60,8 @@ class ButtonAlarmData(_Data):
     battery: Annotated[int, Field(ge=0, le=100)] | None
     rssi: int | None
     test: bool = False
+    # The pairing list could not be read: the button may be a neighbour's (docs/PLATFORM.md).
+    unchecked: bool = False
 
 
 class CancelledData(_Data):
@@ -112,6 +114,15 @@ class LifecycleData(_Data):
     boot_id: str
 
 
+class Fault(_Data):
+    """Something a person must repair on the gateway (docs/PLATFORM.md, "Faults")."""
+
+    code: str
+    device: str | None
+    message: str
+    since: Timestamp
+
+
 class HeartbeatData(_Data):
     uptime_s: float
     queued: dict[str, int]
@@ -119,6 +130,7 @@ class HeartbeatData(_Data):
     disk_free_bytes: int
     clock_synced: bool
     version: str
+    faults: list[Fault] = []  # left out while there is none
 
 
 class PowerData(_Data):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -19,6 +20,18 @@ log = structlog.get_logger("gateway.housekeeping")
 CLOCK_POLL_S = 5.0
 
 
+class FaultSource(Protocol):
+    """A component that can find something a person must repair (a damaged pairing file)."""
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The current faults, each ``{"code", "device", "message", "since"}`` (events.Fault)."""
+        ...
+
+    def on_faults_changed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a fault appears or ends."""
+        ...
+
+
 class GatewayStatus:
     """What ``gateway.heartbeat`` and the ``status`` command report."""
 
@@ -28,6 +41,22 @@ class GatewayStatus:
         self.state_dir = state_dir
         self.version = version
         self.started_mono = time.monotonic()
+        self._fault_sources: list[FaultSource] = []
+        self._fault_listeners: list[Callable[[], None]] = []
+
+    def add_fault_source(self, source: FaultSource) -> None:
+        self._fault_sources.append(source)
+        source.on_faults_changed(self._faults_changed)
+
+    def on_faults_changed(self, callback: Callable[[], None]) -> None:
+        self._fault_listeners.append(callback)
+
+    def _faults_changed(self) -> None:
+        for callback in self._fault_listeners:
+            callback()
+
+    def faults(self) -> list[dict[str, Any]]:
+        return [fault for source in self._fault_sources for fault in source.faults()]
 
     async def snapshot(self) -> dict[str, Any]:
         stats = await self.outbox.call(self.outbox.store.stats)
@@ -42,16 +71,26 @@ class GatewayStatus:
             "oldest_queued_ts": stats.oldest_queued_ts,
             "disk_free_bytes": disk_free,
             "clock_synced": self.clock.is_synced(),
+            "faults": self.faults(),
             "version": self.version,
         }
 
 
 class Heartbeat:
+    """``gateway.heartbeat`` every interval, and at once when a fault appears or ends."""
+
     def __init__(self, status: GatewayStatus, sink: OutboxSink, interval_s: float) -> None:
         self.status = status
         self.sink = sink
         self.interval_s = interval_s
         self._changed = asyncio.Event()
+        self._now = False
+        status.on_faults_changed(self.report_now)
+
+    def report_now(self) -> None:
+        """Send a heartbeat at once (then the next one a whole interval later)."""
+        self._now = True
+        self._changed.set()
 
     def set_interval(self, interval_s: float) -> None:
         """A new interval (``config.set``): the next heartbeat comes one new interval from now."""
@@ -59,7 +98,11 @@ class Heartbeat:
         self._changed.set()
 
     async def run(self) -> None:
+        self._now = self._now or bool(self.status.faults())  # a fault found at start: at once
         while True:
+            if self._now:
+                self._now = False
+                await self.sink.emit("gateway.heartbeat", await self.status.snapshot())
             self._changed.clear()
             try:
                 async with asyncio.timeout(self.interval_s):

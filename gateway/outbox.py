@@ -15,9 +15,12 @@ import itertools
 import json
 import os
 import queue
+import re
 import sqlite3
+import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,11 +31,19 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import StoreCorruptError, StoreError, StoreFullError, StoreVersionError
-from gateway.events import NewEvent, StoredEvent, event_class, ts_from_unix
+from gateway.events import (
+    KIND_DATA,
+    TS_PATTERN,
+    NewEvent,
+    StoredEvent,
+    event_class,
+    ts_from_unix,
+)
 
 log = structlog.get_logger("gateway.outbox")
 
 SEQ_RESERVE_BLOCK = 4096
+PRIVATE_FILE_MODE = 0o600  # the outbox, its -wal/-shm and seq mark: events name seniors' devices
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
@@ -40,6 +51,13 @@ CHECKPOINT_INTERVAL_S = 1.0
 CHECKPOINT_SPACING_S = 0.25  # between checkpoints the store asks for
 SQL_CHUNK = 500  # seqs per IN (...) list
 _WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
+_CLAIM_COLUMNS = f"{_WIRE_COLUMNS}, crc"
+_TS = re.compile(TS_PATTERN, re.ASCII)  # [0-9] only, as JSON Schema reads \d
+_EVENT_ID = re.compile(r"[0-9A-Za-z_.:-]{1,128}")  # UUIDv7 (or ULID): nothing JSON must escape
+DAMAGED_ROW_REASON = "event_corrupt"  # gateway.dropped reason for a quarantined row
+QUARANTINE_KEPT = 1000  # damaged rows kept for inspection, the newest
+DAMAGED_PER_CLAIM = 500  # a claim stops there: their gateway.dropped stays small
+COMMAND_IDS_KEPT = 10_000  # command ids remembered for idempotency, the newest
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes that mean a damaged file
@@ -81,6 +99,84 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def row_crc(event_id: str, kind: str, device: str | None, data: str) -> int:
+    """The checksum stored with an event: CRC-32 of what goes raw into its wire JSON (the
+    timestamp is checked by its pattern instead, as clock correction rewrites it)."""
+    text = f"{event_id}\x1f{kind}\x1f{chr(0) if device is None else device}\x1f{data}"
+    return zlib.crc32(text.encode())
+
+
+def row_damage(row: Sequence[Any]) -> str | None:
+    """Why a stored row (``_CLAIM_COLUMNS``) cannot go on the wire as it is; None when intact.
+
+    An intact row makes valid JSON in ``StoredEvent.wire_json``. Rows stored before checksums
+    (``crc`` NULL) are checked by parsing their data instead.
+    """
+    seq, event_id, kind, device, data, ts, synced, attempt, crc = row
+    if not (type(seq) is int and type(synced) is int and type(attempt) is int):
+        return "not_an_integer"
+    if not (
+        type(event_id) is str
+        and type(kind) is str
+        and type(data) is str
+        and type(ts) is str
+        and (device is None or type(device) is str)
+    ):
+        return "not_text"
+    if _TS.fullmatch(ts) is None:
+        return "bad_timestamp"
+    try:
+        if crc is None:
+            return _unchecksummed_damage(event_id, kind, device, data)
+        if type(crc) is not int or crc != row_crc(event_id, kind, device, data):
+            return "checksum_mismatch"
+    except UnicodeEncodeError:
+        return "not_utf8"
+    return None
+
+
+def _unchecksummed_damage(event_id: str, kind: str, device: str | None, data: str) -> str | None:
+    if kind not in KIND_DATA:
+        return "unknown_kind"
+    if _EVENT_ID.fullmatch(event_id) is None:
+        return "bad_id"
+    if device is not None:
+        device.encode()
+    data.encode()
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError:
+        return "data_not_json"
+    return None if isinstance(value, dict) else "data_not_object"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient_text(raw: bytes) -> str:
+    """Text as stored, bytes that are not UTF-8 kept as surrogates (which ``row_damage`` finds)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@dataclass(slots=True)
+class _Claim:
+    """Rows a claim takes, checked; applied to the store's state only once all were read."""
+
+    cursor: int
+    rows: list[Any] = field(default_factory=list)
+    damaged: list[tuple[int, str, bool]] = field(default_factory=list)  # seq, why, alarm
+    taken_released: list[int] = field(default_factory=list)
+
+    def add(self, rows: Iterable[Any], *, alarm: bool = False) -> None:
+        for row in rows:
+            why = row_damage(row)
+            if why is None:
+                self.rows.append(row)
+            else:
+                self.damaged.append((row[0], why, alarm))
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmTiming:
     ack_timeout_s: float = 30.0
@@ -119,31 +215,120 @@ class OpenReport:
 
 
 class _SeqMark:
-    """A sidecar file holding an upper bound of every seq ever allocated.
+    """A sidecar file: an upper bound of every seq ever allocated, and what the store held.
 
-    It is written (with fsync) a block ahead of the allocations, so that a store that has to be
-    moved aside never makes the gateway reuse a sequence number.
+    The bound is written (with fsync) a block ahead of the allocations, so that a store that has
+    to be moved aside never makes the gateway reuse a sequence number. Beside it: whether the
+    store was closed cleanly, and its last seq then (or, while it is open, the last committed one,
+    rewritten in place after each commit without fsync: it survives a crash of the process). A
+    store that reopens below that last seq has lost commits (its -wal file gone or older).
     """
+
+    OPEN, CLOSED = "open  ", "closed"  # fixed width: the record is rewritten in place
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.reserved = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            self.reserved = 0
+        self.reserved = 0
+        self.state: str | None = None  # None: no mark, or one from before the state was kept
+        self.last = 0
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            fields = path.read_text().split()
+            self.reserved = int(fields[0]) if fields else 0
+            if len(fields) == 3 and f"{fields[1]:6}" in (self.OPEN, self.CLOSED):
+                self.state, self.last = f"{fields[1]:6}", int(fields[2])
+
+    def _record(self) -> bytes:
+        return f"{self.reserved:020d} {self.state or self.OPEN} {self.last:020d}\n".encode()
 
     def ensure(self, seq: int) -> None:
         if seq <= self.reserved:
             return
-        reserved = seq + SEQ_RESERVE_BLOCK
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as handle:
-            handle.write(f"{reserved}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.reserved = seq + SEQ_RESERVE_BLOCK
+        self._replace()
+
+    def opened(self, last: int) -> None:
+        """The store is open at ``last``: from now on a crash leaves it "open"."""
+        self.state, self.last = self.OPEN, last
+        self.reserved = max(self.reserved, last)
+        try:
+            self._replace()
+        except OSError as exc:  # a full disk must not stop the gateway; each commit's note in
+            # place (``committed``) still records the state as open
+            log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
+
+    def committed(self, last: int) -> None:
+        """A commit made ``last`` the last seq: noted in place, without fsync."""
+        if last <= self.last:
+            return
+        self.last = last
+        try:
+            if self._fd is None:
+                self._fd = _open_private(self.path, os.O_WRONLY)
+            os.pwrite(self._fd, self._record(), 0)
+        except OSError as exc:  # the commit stands: only the check after a lost -wal weakens
+            log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
+
+    def closed(self, last: int) -> None:
+        """The store was closed cleanly with ``last`` as its exact last seq."""
+        self.state, self.last = self.CLOSED, last
+        self._replace()
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _replace(self) -> None:
+        """Write the whole record durably: a temporary file, fsync, rename, fsync the folder."""
+        self.release()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, self._record())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(self.path)
         _fsync_dir(self.path.parent)
-        self.reserved = reserved
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """``os.open``; a new file gets mode 0600 whatever the umask, an existing one is made 0600."""
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except PermissionError:  # someone else's file: usable all the same
+        log.warning("store_file_mode_not_changed", path=str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _make_private(path: Path, *, create: bool = False) -> None:
+    """Give a store file mode 0600: created so (``create``) whatever the umask, or tightened.
+
+    By its path, never by opening and closing it: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included (its -shm would then be reset under
+    it by the next process to open the store: SIGBUS).
+    """
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    if stat.S_ISREG(status.st_mode) and stat.S_IMODE(status.st_mode) != PRIVATE_FILE_MODE:
+        try:
+            os.chmod(path, PRIVATE_FILE_MODE)
+        except PermissionError:  # someone else's file: usable all the same
+            log.warning("store_file_mode_not_changed", path=str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -185,6 +370,7 @@ class SqliteStore:
         self._released: dict[int, float] = {}  # seq -> when to try again
         self._alarm_due: dict[int, float] = {}  # delivered alarm seq -> when to resend
         self._cursor = 0
+        self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
         self._disk = _DiskGuard(path, max_bytes)
 
     def mono(self) -> float:
@@ -203,21 +389,37 @@ class SqliteStore:
 
     def open(self) -> OpenReport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_files_private()
         report = OpenReport()
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
             report.moved_aside, last_seq = self._move_aside(str(exc))
+            self._make_files_private()
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
             report.loss_reason = "store_corrupt"
-            return report
-        if report.migrated_from == 0 and self._seqmark.reserved > 0:
-            # A new, empty database where one existed before (deleted, or emptied by hand).
-            log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
-            report.lost_ranges = self._restart_sequence_after_loss(None)
-            report.loss_reason = "store_missing"
+        else:
+            if report.migrated_from == 0 and self._seqmark.reserved > 0:
+                # A new, empty database where one existed before (deleted, or emptied by hand).
+                log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
+                report.lost_ranges = self._restart_sequence_after_loss(None)
+                report.loss_reason = "store_missing"
+            else:
+                report.lost_ranges = self._continue_after_rollback()
+                report.loss_reason = "store_rolled_back" if report.lost_ranges else None
+        self._seqmark.opened(self._last_seq())
         return report
+
+    def _make_files_private(self) -> None:
+        """Create the database file 0600; tighten it and an earlier -wal/-shm (an older
+        version's, another tool's) before any connection holds locks on them. SQLite gives a
+        new -wal and -shm the database file's mode."""
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                _make_private(Path(f"{self.path}{suffix}"), create=suffix == "")
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -297,19 +499,52 @@ class SqliteStore:
         reserved = max(self._seqmark.reserved, last_seq or 0)
         if reserved == 0:
             return []
-        db = self._require()
-        with _transaction(db):
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (reserved,))
-        self._seqmark.ensure(reserved)
+        self._continue_above(reserved)
         # What the damaged store still held is unknown: every seq up to the mark may be lost.
         return [(1, reserved)]
 
+    def _continue_after_rollback(self) -> list[tuple[int, int]]:
+        """A store below the last seq the mark saw committed has lost commits (its -wal file
+        deleted, or an older copy restored): continue above every seq it may have issued and
+        return the seqs that may be lost. An intact store (any kill -9 included) returns []."""
+        mark = self._seqmark
+        last = self._last_seq()
+        if mark.state is None or last >= mark.last:
+            return []
+        # Closed cleanly: its last seq then is exact. Open (a crash): commits may have followed
+        # the last one noted, up to the reserved bound.
+        resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
+        log.error(
+            "store_rolled_back",
+            path=str(self.path),
+            last_seq=last,
+            seq_mark=mark.last,
+            closed_cleanly=mark.state == mark.CLOSED,
+            resume_after=resume,
+        )
+        self._continue_above(resume)
+        return [(last + 1, resume)]
+
+    def _continue_above(self, seq: int) -> None:
+        db = self._require()
+        with _transaction(db):
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+        self._seqmark.ensure(seq)
+
     def close(self) -> None:
         if self._db is not None:
+            last: int | None = None
             with contextlib.suppress(sqlite3.Error):
+                last = self._last_seq()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
+            if last is not None:
+                try:
+                    self._seqmark.closed(last)
+                except OSError as exc:  # the next start then checks the store as after a crash
+                    log.warning("seq_mark_not_written", error=str(exc))
+        self._seqmark.release()
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -364,9 +599,10 @@ class SqliteStore:
         urgent = all(event.is_alarm for event in events)
         db = self._prepare(urgent=urgent)
         now = self._now()
-        seqs, evicted = self._write(
+        seqs, evicted, last = self._write(
             db, functools.partial(self._insert_rows, events, now, urgent), "insert"
         )
+        self._seqmark.committed(last)
         for seq in evicted:
             self._released.pop(seq, None)
         self._after_write(db, urgent=urgent)
@@ -374,7 +610,7 @@ class SqliteStore:
 
     def _insert_rows(
         self, events: Sequence[NewEvent], now: float, urgent: bool, db: sqlite3.Connection
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], int]:
         seqs: list[int] = []
         evicted: list[int] = []
         last = self._last_seq()
@@ -390,15 +626,15 @@ class SqliteStore:
         if not urgent and self._disk.full_cap is None and self._over_quota(db, 0):
             last = self._evict(db, last, now, evicted, 0)  # (on a full disk: evicted before)
         db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
-        return seqs, evicted
+        return seqs, evicted, last
 
     def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
         size = _row_bytes(event)
         alarm = event.is_alarm
         db.execute(
             "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
-            "boot_id, size, attempt, alarm_state, due_at, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?)",
+            "boot_id, size, attempt, alarm_state, due_at, created_at, crc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)",
             (
                 seq,
                 event.id,
@@ -413,6 +649,7 @@ class SqliteStore:
                 size,
                 "pending" if alarm else None,
                 now,
+                row_crc(event.id, event.kind, event.device, event.data_json),
             ),
         )
         self._stored_bytes += size
@@ -626,49 +863,126 @@ class SqliteStore:
     # ----------------------------------------------------------------------------- delivery
 
     def claim(self, max_events: int) -> list[StoredEvent]:
-        """Events to publish next: alarms first, then the rest in seq order. They stay stored."""
+        """Events to publish next: alarms first, then the rest in seq order. They stay stored.
+
+        Every row is checked as it is claimed (``row_damage``): a damaged one would spoil the
+        whole message its raw JSON goes into, so it is never sent but quarantined and reported
+        with ``gateway.dropped``, and the rest goes out.
+        """
+        db = self._require()
+        try:
+            claim = self._claim_rows(max_events)
+        except sqlite3.OperationalError:
+            # Text that is not UTF-8 (a damaged row) cannot be read the usual way: read it so
+            # that the check can tell it apart.
+            db.text_factory = _lenient_text
+            try:
+                claim = self._claim_rows(max_events)
+            finally:
+                db.text_factory = str
+        for seq in claim.taken_released:
+            del self._released[seq]
+        self._cursor = claim.cursor
+        if claim.damaged:
+            self._quarantine(claim.damaged)
+        events = [
+            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
+            for seq, event_id, kind, device, data, ts, synced, attempt, _ in claim.rows
+        ]
+        self._inflight.update(event.seq for event in events)
+        return events
+
+    def _claim_rows(self, max_events: int) -> _Claim:
+        """What ``claim`` takes, checked; reads only, so that it can be run again."""
         db = self._require()
         now = self.mono()
-        claimed = [
+        claim = _Claim(cursor=self._cursor)
+        alarms = [
             row
             for row in db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
+                f"SELECT {_CLAIM_COLUMNS} FROM events "  # noqa: S608
                 "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
             )
             if row[0] not in self._inflight and self._released.get(row[0], now) <= now
         ]
-        for row in claimed:
-            self._released.pop(row[0], None)
-        room = max(0, max_events - len(claimed))
+        claim.taken_released += [row[0] for row in alarms if row[0] in self._released]
+        claim.add(alarms, alarm=True)
+        taken = set(claim.taken_released)
         ready = [
             seq
             for seq, retry_at in self._released.items()
-            if retry_at <= now and seq not in self._inflight
-        ][:room]
+            if retry_at <= now and seq not in self._inflight and seq not in taken
+        ][: max(0, max_events - len(claim.rows))]
         if ready:
             marks = ",".join("?" * len(ready))
-            claimed += db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-                ready,
-            ).fetchall()
-            for seq in ready:
-                del self._released[seq]
-            room = max(0, max_events - len(claimed))
-        if room > 0:
+            claim.add(
+                db.execute(
+                    f"SELECT {_CLAIM_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+                    ready,
+                ).fetchall()
+            )
+            claim.taken_released += ready
+        while (room := max_events - len(claim.rows)) > 0 and len(claim.damaged) < DAMAGED_PER_CLAIM:
             rows = db.execute(
-                f"SELECT {_WIRE_COLUMNS} FROM events "  # noqa: S608
+                f"SELECT {_CLAIM_COLUMNS} FROM events "  # noqa: S608
                 "WHERE seq>? AND class!='alarm' ORDER BY seq LIMIT ?",
-                (self._cursor, room),
+                (claim.cursor, room),
             ).fetchall()
-            if rows:
-                self._cursor = rows[-1][0]
-            claimed += rows
-        events = [
-            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
-            for seq, event_id, kind, device, data, ts, synced, attempt in claimed
-        ]
-        self._inflight.update(event.seq for event in events)
-        return events
+            if not rows:
+                break
+            claim.cursor = rows[-1][0]
+            claim.add(rows)
+        return claim
+
+    def _quarantine(self, damaged: list[tuple[int, str, bool]]) -> None:
+        """Move damaged rows to the quarantine table and report their seqs as dropped.
+
+        The report is stored first: a crash in between reports a row twice, never not at all.
+        A row that cannot be moved now stays where it is and is found again later (and is not
+        reported again by this process).
+        """
+        db = self._require()
+        seqs = sorted(seq for seq, _, _ in damaged)
+        unreported = [seq for seq in seqs if seq not in self._damage_reported]
+        now = self._now()
+        freed = 0
+        try:
+            if unreported:
+                self.insert(
+                    [
+                        self._make_dropped(
+                            len(unreported), seq_ranges(unreported), DAMAGED_ROW_REASON
+                        )
+                    ]
+                )
+                self._damage_reported.update(unreported)
+            with _transaction(db):
+                for seq, why, _ in damaged:
+                    row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
+                    db.execute(
+                        "INSERT OR REPLACE INTO quarantine (seq, quarantined_at, why, id, kind, "
+                        "class, device, data, ts, ts_synced, attempt, alarm_state, crc) "
+                        "SELECT seq, ?, ?, id, kind, class, device, data, ts, ts_synced, attempt, "
+                        "alarm_state, crc FROM events WHERE seq=?",
+                        (now, why, seq),
+                    )
+                    db.execute("DELETE FROM events WHERE seq=?", (seq,))
+                    freed += 0 if row is None or type(row[0]) is not int else row[0]
+                db.execute(
+                    "DELETE FROM quarantine WHERE seq NOT IN "
+                    "(SELECT seq FROM quarantine ORDER BY seq DESC LIMIT ?)",
+                    (QUARANTINE_KEPT,),
+                )
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error("damaged_events_not_quarantined", seqs=seqs, error=str(exc))  # noqa: TRY400
+            return
+        self._stored_bytes -= freed
+        for seq in seqs:
+            self._released.pop(seq, None)
+            self._alarm_due.pop(seq, None)
+            self._damage_reported.discard(seq)
+        for seq, why, alarm in damaged:
+            log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
 
     def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has them: delete them, except alarms, which wait for the platform's ack.
@@ -876,15 +1190,20 @@ class SqliteStore:
         )
         return None if row is None else str(row[0])
 
-    def remember_command(self, cmd_id: str, result_json: str, max_age_s: float) -> None:
+    def remember_command(self, cmd_id: str, result_json: str, keep: int = COMMAND_IDS_KEPT) -> None:
+        """Remember a command's result; the oldest ids beyond the ``keep`` newest are forgotten.
+
+        By arrival order, never by the clock: a clock step must not make a command run twice.
+        """
         db = self._require()
-        now = self._now()
         with _transaction(db):
-            db.execute(
-                "INSERT OR REPLACE INTO commands (id, received_at, result) VALUES (?, ?, ?)",
-                (cmd_id, now, result_json),
-            )
-            db.execute("DELETE FROM commands WHERE received_at<?", (now - max_age_s,))
+            db.execute("DELETE FROM commands WHERE id=?", (cmd_id,))
+            newest = db.execute(
+                "INSERT INTO commands (id, received_at, result) VALUES (?, ?, ?)",
+                (cmd_id, self._now(), result_json),
+            ).lastrowid  # n, the arrival order
+            assert newest is not None
+            db.execute("DELETE FROM commands WHERE n<=?", (newest - keep,))
 
     # ----------------------------------------------------------------------------- figures
 

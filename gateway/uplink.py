@@ -8,9 +8,9 @@ import functools
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -33,9 +33,10 @@ from gateway.events import (
     status_payload,
     ts_from_unix,
 )
-from gateway.outbox import Outbox
+from gateway.outbox import HeldAlarm, Outbox
 
 log = structlog.get_logger("gateway.uplink")
+_T = TypeVar("_T")
 
 IDLE_WAKE_S = 1.0  # how often an idle link looks for alarms due again
 BACKOFF_RESET_AFTER_S = 30.0
@@ -46,6 +47,21 @@ SHUTDOWN_STATUS_TIMEOUT_S = 2.0
 ALARM_EXTRA_INFLIGHT = 16  # alarms are published even when the window is full
 RECEIVE_MAXIMUM_RESERVE = 4  # of the broker's Receive Maximum, kept for alarms and status
 AUTH_REASONS = {0x84, 0x85, 0x86, 0x87, 0x8C}  # MQTT 5 CONNACK codes that mean "credentials"
+# Downlink limits, checked on paho's thread before a payload is copied or parsed. Larger ones are
+# refused (counted, logged, PUBACKed so that they are not redelivered); MQTT 5 brokers are told
+# the packet limit in CONNECT and do not send them at all.
+MAX_ACK_BYTES = 64 * 1024  # 1000 ids of 36 characters and their quotes fit with room to spare
+MAX_COMMAND_PAYLOAD_BYTES = 256 * 1024  # over 64 KiB a command is only read for its id
+PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic and properties of one PUBLISH
+MAX_PACKET_BYTES = MAX_COMMAND_PAYLOAD_BYTES + PACKET_OVERHEAD_BYTES
+MAX_QUEUED_ACKS = 1000  # more waiting acks end the session; the broker sends them again
+MAX_QUEUED_COMMANDS = 10_000
+MAX_QUEUED_COMMAND_BYTES = 16 * 1024 * 1024
+MAX_ACK_ID_CHARS = 128
+MAX_ACK_BY_CHARS = 128
+SILENT_LINK_KEEPALIVES = 1.5  # no packet at all from the broker for this long: half-open
+STORE_RETRY_MIN_S = 0.1  # a failing store call is retried with back-off, the link stays up
+STORE_RETRY_CAP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,7 @@ class Message:
     seqs: tuple[int, ...] = ()
     is_alarm: bool = False
     retain: bool = False
+    alarm_id: str | None = None  # the event id of an alarm message
 
 
 @dataclass(slots=True)
@@ -80,15 +97,43 @@ class UplinkStats:
     published_events: int = 0
     rejected_messages: int = 0
     connects: int = 0
-    downlink_rejected: int = 0
+    downlink_rejected: int = 0  # acks that are not acks, downlink on unknown topics
+    downlink_oversized: int = 0  # refused unread for their size
+    commands_deferred: int = 0  # not taken while the command queue was full: sent again later
+    acks_applied: int = 0
     subscribe_refused: int = 0
+    store_failures: int = 0  # store calls that raised; each was retried with back-off
+    silent_links: int = 0  # links dropped for silence (half-open)
+
+
+class CommandHandler(Protocol):
+    """What handles a ``down/cmd`` payload (``gateway.commands.CommandProcessor.handle``)."""
+
+    def __call__(self, payload: bytes) -> Awaitable[None]: ...
 
 
 class AckMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    """``down/ack``, strictly: ``"v": "1"`` is not version 1, and an id is text."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
     v: int
-    ids: list[str] = Field(max_length=1000)
-    by: str = "unknown"
+    ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ACK_ID_CHARS)]] = Field(
+        max_length=1000
+    )
+    by: Annotated[str, Field(max_length=MAX_ACK_BY_CHARS)] = "unknown"
+
+
+def parse_ack(payload: bytes) -> AckMessage | str:
+    """The acknowledgement, or why it is refused."""
+    if len(payload) > MAX_ACK_BYTES:
+        return "too large"
+    try:
+        ack = AckMessage.model_validate_json(payload)
+    except ValidationError as exc:
+        return f"not an ack ({exc.error_count()} errors)"
+    if ack.v != CONTRACT_VERSION:
+        return f"contract version {ack.v} unsupported"
+    return ack
 
 
 def topic_root(gateway_id: str) -> str:
@@ -106,7 +151,9 @@ def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
         klass = event.event_class
         if klass == "alarm":
             body = f"{prefix}{event.wire_json()}]}}".encode()
-            messages.append(Message(f"{root}/up/alarm", body, (event.seq,), is_alarm=True))
+            messages.append(
+                Message(f"{root}/up/alarm", body, (event.seq,), is_alarm=True, alarm_id=event.id)
+            )
         else:
             by_class.setdefault(klass, []).append(event)
     overhead = len(prefix) + 2
@@ -143,7 +190,7 @@ class MqttUplink:
         settings: MqttSection,
         outbox: Outbox,
         alarms: AlarmTracker,
-        on_command: Callable[[bytes], Awaitable[None]],
+        on_command: CommandHandler,
         *,
         username: str,
         version: str,
@@ -162,6 +209,11 @@ class MqttUplink:
         self.stats = UplinkStats()
         self.connected = asyncio.Event()
         self.root = topic_root(gateway_id)
+        self._ack_topic = f"{self.root}/down/ack"
+        self._limits = {  # downlink topic -> largest payload read
+            self._ack_topic: MAX_ACK_BYTES,
+            f"{self.root}/down/cmd": MAX_COMMAND_PAYLOAD_BYTES,
+        }
         self._backoff = Backoff(settings.backoff_min_s, settings.backoff_cap_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
@@ -172,13 +224,21 @@ class MqttUplink:
         self._stopping = False
         self._acks: list[int] = []
         self._ack_task: asyncio.Task[None] | None = None
-        self._downlink: asyncio.Queue[_Downlink | None] = asyncio.Queue()
+        self._ack_queue: asyncio.Queue[_Downlink | None] = asyncio.Queue()
+        self._command_queue: asyncio.Queue[_Downlink | None] = asyncio.Queue()
+        self._command_bytes = 0  # payload bytes waiting in the command queue
+        self._downlink_ack_task: asyncio.Task[None] | None = None
         self._downlink_task: asyncio.Task[None] | None = None
+        self._acking: set[str] = set()  # alarms told "acknowledged" whose ack is being applied
+        self._last_inbound = time.monotonic()  # any packet from the broker (paho's thread)
+        self._store_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         self._alarm_task: asyncio.Task[None] | None = None
         self._control: dict[int, asyncio.Future[ReasonCode]] = {}
         self._window = settings.max_inflight
         self._session_began: float | None = None
         self._downlink_closing = False
+        self._deferred = 0  # commands of this session left unacknowledged while the queue was full
+        self._renew = False  # the session was ended on purpose, to receive deferred downlink
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -194,12 +254,19 @@ class MqttUplink:
                 log.error("uplink_refused", reason=exc.reason)  # noqa: TRY400 - no traceback
                 delay = self._backoff.at_cap()
             except UplinkTransientError as exc:
-                log.warning("uplink_lost", error=str(exc))
+                if self._renew:
+                    log.info("uplink_renewed", reason=str(exc))
+                else:
+                    log.warning("uplink_lost", error=str(exc))
                 delay = self._backoff.next_delay()
             finally:
                 await self._teardown()
             if self.stopping:
                 break
+            if self._renew:
+                self._renew = False
+                self._backoff.tries = max(0, self._backoff.tries - 1)  # not a failure
+                continue
             if self._session_lasted_s() >= BACKOFF_RESET_AFTER_S:
                 # A link that held for a while was healthy: start the back-off afresh. A broker
                 # that accepts and then drops at once keeps growing it.
@@ -220,14 +287,19 @@ class MqttUplink:
         """Orderly shutdown: drain what can be drained, then say offline, then disconnect."""
         deadline = time.monotonic() + drain_timeout_s
         if self.connected.is_set():
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self._wait_drained()
+            except TimeoutError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - a failing store: stop without the drain
+                self._store_failed("stats", exc)
         self._stopping = True
         if self.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
-                    await self._downlink.join()
+                    await self._ack_queue.join()
+                    await self._command_queue.join()
         client = self._client
         if client is not None and self.connected.is_set():
             offline = status_payload(self.gateway_id, "offline", reason="shutdown")
@@ -284,18 +356,22 @@ class MqttUplink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_log = self._on_log
         return client
 
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         self._connack = loop.create_future()
+        self._last_inbound = time.monotonic()
         client = self._make_client()
         self._client = client
         v5_options: dict[str, Any] = {}
         if self.settings.protocol == "5":  # 3.1.1 gets clean_session=False from the constructor
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self.settings.session_expiry_s
+            # The broker sends nothing larger (3.1.1 has no such limit: see _on_message).
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
             v5_options = {"clean_start": False, "properties": properties}
         host, port = self.settings.host, self.settings.effective_port
         connect = loop.run_in_executor(
@@ -342,9 +418,10 @@ class MqttUplink:
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkTransientError(f"subscribe failed: {mqtt.error_string(result)}")
         self._downlink_closing = False
-        self._downlink_task = loop.create_task(self._downlink_worker(), name="uplink.downlink")
+        self._downlink_ack_task = loop.create_task(self._ack_worker(), name="uplink.down_ack")
+        self._downlink_task = loop.create_task(self._command_worker(), name="uplink.down_cmd")
         self._alarm_task = loop.create_task(self._alarm_path(), name="uplink.alarms")
-        for child in (self._downlink_task, self._alarm_task):
+        for child in (self._downlink_ack_task, self._downlink_task, self._alarm_task):
             child.add_done_callback(self._child_done)
         self.connected.set()
         self.alarms.link_changed(True, [])
@@ -360,19 +437,26 @@ class MqttUplink:
             if self._lost is not None and not self._lost.done():
                 self._lost.set_result(f"{task.get_name()} failed: {exc!r}")
 
+    def _lose(self, reason: str) -> None:
+        """End the session (the drain loop raises, the run loop tears down and reconnects)."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(reason)
+
     async def _stop_children(self) -> None:
-        """Let the downlink message being handled finish (bounded), then stop both tasks."""
+        """Let the downlink messages being handled finish (bounded), then stop the tasks."""
         self._downlink_closing = True
-        self._downlink.put_nowait(None)
-        downlink, alarm = self._downlink_task, self._alarm_task
-        self._downlink_task = self._alarm_task = None
+        self._ack_queue.put_nowait(None)
+        self._command_queue.put_nowait(None)
+        acks, commands, alarm = self._downlink_ack_task, self._downlink_task, self._alarm_task
+        self._downlink_ack_task = self._downlink_task = self._alarm_task = None
         if alarm is not None:
             alarm.cancel()
-        if downlink is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(downlink), DOWNLINK_FINISH_S)
-            downlink.cancel()
-        tasks = [task for task in (downlink, alarm) if task is not None]
+        workers = [task for task in (acks, commands) if task is not None]
+        if workers:
+            await asyncio.wait(workers, timeout=DOWNLINK_FINISH_S)
+            for task in workers:
+                task.cancel()
+        tasks = [task for task in (acks, commands, alarm) if task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _teardown(self) -> None:
@@ -383,11 +467,17 @@ class MqttUplink:
             await self._stop_children()
             self._client = None
             if client is not None:
-                if not self._stopping:
+                if self._renew:
+                    client.disconnect()  # on purpose: no will, the session stays
+                elif not self._stopping:
                     _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
                 await asyncio.to_thread(client.loop_stop)
             # unacknowledged downlink comes again next session
-            self._downlink = asyncio.Queue()
+            self._ack_queue = asyncio.Queue()
+            self._command_queue = asyncio.Queue()
+            self._command_bytes = 0
+            self._deferred = 0  # the broker sends them again to the next session
+            self._acking.clear()  # their acks were not PUBACKed: they come again
             for future in self._control.values():
                 if not future.done():
                     future.set_exception(UplinkTransientError("link lost"))
@@ -397,33 +487,56 @@ class MqttUplink:
                 await self._settle_acks()
         finally:
             self._client = None
-            await self.outbox.call(self.outbox.store.release_all, urgent=True)
-            held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
+            held: list[HeldAlarm] = []
+            try:
+                await self.outbox.call(self.outbox.store.release_all, urgent=True)
+                held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                self._store_failed("teardown", exc)
             # An orderly stop is no news for the senior: only a lost link says "not delivered".
             if (was_up or held) and not self._stopping:
                 self.alarms.link_changed(False, held)
 
     async def _drain(self) -> None:
+        """Publish what the outbox holds, until the link is lost. A store call that fails is
+        retried with back-off while the link stays up: what can be published still is."""
         assert self._lost is not None
         lost = self._lost
         while not lost.done():
-            promoted, given_up = await self.outbox.call(
-                self.outbox.store.promote_due_alarms, urgent=True
-            )
-            if promoted:
-                self.alarms.resending(promoted)
-            if given_up:
-                self.alarms.given_up(given_up)
+            self._check_half_open()
+            failed = False
+            try:
+                promoted, given_up = await self.outbox.call(
+                    self.outbox.store.promote_due_alarms, urgent=True
+                )
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                failed = True
+                self._store_failed("promote_due_alarms", exc)
+            else:
+                promoted = [a for a in promoted if a.id not in self._acking]
+                if promoted:
+                    self.alarms.resending(promoted)
+                if given_up:
+                    self.alarms.given_up(given_up)
             self.outbox.changed.clear()
             room = self._window - sum(1 for f in self._inflight.values() if not f.message.is_alarm)
             if self._alarm_on_its_way():
                 room = 0  # the backlog waits: the CPU, the store and the link go to the alarm
             claim = max(0, min(room, CLAIM_MESSAGES_PER_ROUND)) * MAX_EVENTS_PER_MESSAGE
-            events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
+            try:
+                events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                failed, events = True, []
+                self._store_failed("claim", exc)
             if events:
                 self._publish_within(build_messages(self.gateway_id, events), room)
+                if not failed:
+                    self._store_backoff.reset()
                 continue
-            self._check_half_open()
+            if failed:
+                await self._pause(self._store_backoff.next_delay(), lost)
+                continue
+            self._store_backoff.reset()
             self._wake.clear()
             waiters: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(self._wake.wait()),
@@ -431,7 +544,7 @@ class MqttUplink:
             ]
             try:
                 await asyncio.wait(
-                    [*waiters, lost], timeout=IDLE_WAKE_S, return_when="FIRST_COMPLETED"
+                    [*waiters, lost], timeout=self._idle_wait_s(), return_when="FIRST_COMPLETED"
                 )
             finally:
                 for waiter in waiters:
@@ -439,6 +552,26 @@ class MqttUplink:
         reason = lost.result()
         if reason != "shutdown":
             raise UplinkTransientError(reason)
+
+    def _store_failed(self, call: str, exc: Exception) -> None:
+        self.stats.store_failures += 1
+        log.error("store_call_failed", call=call, error=repr(exc))
+
+    async def _pause(self, delay_s: float, lost: asyncio.Future[str]) -> None:
+        """Wait ``delay_s`` (at most until the next silence check), or until the link is lost."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(delay_s, self._idle_wait_s())):
+                await asyncio.shield(lost)
+
+    async def _retry_store(self, call: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """An urgent store call, retried with back-off until it succeeds (or the task ends)."""
+        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
+        while True:
+            try:
+                return await self.outbox.call(fn, *args, urgent=True)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                self._store_failed(call, exc)
+                await asyncio.sleep(backoff.next_delay())
 
     def _publish_within(self, messages: list[Message], room: int) -> None:
         """Publish alarms and at most ``room`` other messages; put the rest back for later.
@@ -449,7 +582,8 @@ class MqttUplink:
         left = max(room, 0)
         for message in messages:
             if message.is_alarm:
-                self._publish_raw(message)
+                if message.alarm_id not in self._acking:
+                    self._publish_raw(message)
             elif left > 0:
                 self._publish_raw(message)
                 left -= 1
@@ -477,14 +611,41 @@ class MqttUplink:
         next round (which may be busy with the backlog). ``claim(0)`` claims alarms only; the
         store thread marks them in flight, so the drain loop never publishes them twice."""
         self.outbox.alarm_stored.set()  # alarms stored while the link was down
+        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         while True:
             await self.outbox.alarm_stored.wait()
             self.outbox.alarm_stored.clear()
-            alarms = await self.outbox.call(self.outbox.store.claim, 0, urgent=True)
+            try:
+                alarms = await self.outbox.call(self.outbox.store.claim, 0, urgent=True)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                self._store_failed("claim", exc)
+                await asyncio.sleep(backoff.next_delay())
+                self.outbox.alarm_stored.set()  # try again; the drain loop claims them too
+                continue
+            backoff.reset()
             for message in build_messages(self.gateway_id, alarms):
-                self._publish_raw(message)
+                if message.alarm_id not in self._acking:
+                    self._publish_raw(message)
+
+    def _silent_limit_s(self) -> float:
+        return SILENT_LINK_KEEPALIVES * self.settings.keepalive_s
+
+    def _idle_wait_s(self) -> float:
+        """How long the drain may sleep: at most until the link would count as silent."""
+        silent_for = time.monotonic() - self._last_inbound
+        return max(0.01, min(IDLE_WAKE_S, self._silent_limit_s() - silent_for + 0.005))
 
     def _check_half_open(self) -> None:
+        """paho notices a silent link only after about 2 x keepalive (it waits a whole
+        keepalive for the PINGRESP). On a healthy link something comes in at least once per
+        keepalive (a PUBACK, a PINGRESP), so silence for 1.5 x keepalive means half-open."""
+        silent_s = time.monotonic() - self._last_inbound
+        if silent_s > self._silent_limit_s():
+            self.stats.silent_links += 1
+            log.warning(
+                "link_silent", silent_s=round(silent_s, 2), keepalive_s=self.settings.keepalive_s
+            )
+            raise UplinkTransientError(f"nothing from the broker for {silent_s:.1f} s: half-open")
         if not self._inflight:
             return
         oldest = min(f.sent_mono for f in self._inflight.values())
@@ -541,13 +702,65 @@ class MqttUplink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
+        self._last_inbound = time.monotonic()
         self._post(self._published, client, mid, reason)
 
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        if buf.startswith("Received "):  # any packet from the broker, PINGRESP included
+            self._last_inbound = time.monotonic()
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = _Downlink(client, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
-        self._post(self._downlink.put_nowait, item)
+        """Sort downlink by topic; refuse what is too large before it is copied or parsed."""
+        self._last_inbound = time.monotonic()
+        size = len(msg.payload)
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = "?"
+        limit = self._limits.get(topic)
+        if limit is None or size > limit:
+            why = "unknown topic" if limit is None else "too large"
+            self._post(self._refuse, _Downlink(client, topic, b"", msg.mid, msg.qos), size, why)
+            return
+        self._post(self._enqueue, _Downlink(client, topic, bytes(msg.payload), msg.mid, msg.qos))
 
     # --------------------------------------------------------------------------- event loop side
+
+    def _refuse(self, item: _Downlink, size: int, why: str) -> None:
+        """Counted, logged and PUBACKed (so that it is not sent again), never read."""
+        if why == "too large":
+            self.stats.downlink_oversized += 1
+        else:
+            self.stats.downlink_rejected += 1
+        log.warning("downlink_refused", topic=item.topic, size=size, why=why)
+        self._puback(item)
+
+    def _enqueue(self, item: _Downlink) -> None:
+        """Acknowledgements and commands wait in queues of their own: an ack never waits
+        behind commands. Both queues are bounded."""
+        if item.client is not self._client:
+            return  # an earlier connection's: the broker sends it again, unacknowledged
+        if item.topic == self._ack_topic:
+            if self._ack_queue.qsize() >= MAX_QUEUED_ACKS:
+                log.error("downlink_queue_full", queue="ack", waiting=self._ack_queue.qsize())
+                self._lose("too many acknowledgements waiting")  # the broker sends them again
+                return
+            self._ack_queue.put_nowait(item)
+            return
+        size = len(item.payload)
+        if (
+            self._command_queue.qsize() >= MAX_QUEUED_COMMANDS
+            or self._command_bytes + size > MAX_QUEUED_COMMAND_BYTES
+        ):
+            # Not acknowledged, not kept: once the queue has drained the session is renewed
+            # and the broker sends the command again.
+            self._deferred += 1
+            self.stats.commands_deferred += 1
+            if self._deferred == 1:
+                log.warning("downlink_queue_full", queue="cmd", waiting=self._command_queue.qsize())
+            return
+        self._command_bytes += size
+        self._command_queue.put_nowait(item)
 
     def _connected(
         self, client: mqtt.Client, reason: ReasonCode, receive_maximum: int | None
@@ -613,7 +826,12 @@ class MqttUplink:
     async def _flush_acks(self) -> None:
         while self._acks:
             seqs, self._acks = self._acks[:ACKS_PER_CALL], self._acks[ACKS_PER_CALL:]
-            delivered = await self.outbox.call(self.outbox.store.ack, seqs)
+            try:
+                delivered = await self.outbox.call(self.outbox.store.ack, seqs)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                # The store puts them back to be published again: a duplicate, not a loss.
+                self._store_failed("ack", exc)
+                continue
             if delivered:
                 self.alarms.delivered(delivered)
         self._wake.set()
@@ -624,47 +842,111 @@ class MqttUplink:
                 await self._ack_task
         await self._flush_acks()
 
-    async def _downlink_worker(self) -> None:
-        """Handle downlink one message at a time, in order, and PUBACK each once handled."""
+    def _puback(self, item: _Downlink) -> None:
+        if item.qos > 0 and item.client is self._client:
+            item.client.ack(item.mid, item.qos)
+
+    async def _command_worker(self) -> None:
+        """Handle commands one at a time, in order, and PUBACK each once handled."""
         while not self._downlink_closing:
-            item = await self._downlink.get()
+            item = await self._command_queue.get()
             try:
                 if item is None or self._downlink_closing:
                     return
+                self._command_bytes -= len(item.payload)
                 if item.client is not self._client:
                     continue  # an earlier connection's: the broker sends it again, unacked
-                await self._handle_downlink(item.topic, item.payload)
-                if item.qos > 0:
-                    item.client.ack(item.mid, item.qos)
+                try:
+                    await self.on_command(item.payload)
+                except Exception:
+                    log.exception("downlink_failed", topic=item.topic)
+                self._puback(item)
             finally:
-                self._downlink.task_done()
+                self._command_queue.task_done()
+            if self._deferred and self._command_queue.empty():
+                log.info("downlink_resume", deferred=self._deferred)
+                self._renew = True  # reconnect at once: a renewal is no failure
+                self._lose("commands were deferred: renew the session to receive them")
+                return
 
-    async def _handle_downlink(self, topic: str, payload: bytes) -> None:
-        try:
-            if topic == f"{self.root}/down/ack":
-                await self._handle_ack(payload)
-            elif topic == f"{self.root}/down/cmd":
-                await self.on_command(payload)
-            else:
+    async def _ack_worker(self) -> None:
+        """Apply the platform's acknowledgements, all that wait at once, and PUBACK each only
+        once applied: one whose application fails is retried, never dropped."""
+        while not self._downlink_closing:
+            first = await self._ack_queue.get()
+            batch = [first]
+            while not self._ack_queue.empty():
+                batch.append(self._ack_queue.get_nowait())
+            try:
+                items = [item for item in batch if item is not None]
+                if len(items) < len(batch) or self._downlink_closing:
+                    return
+                await self._handle_acks([i for i in items if i.client is self._client])
+            finally:
+                for _ in batch:
+                    self._ack_queue.task_done()
+
+    async def _handle_acks(self, items: list[_Downlink]) -> None:
+        acks: list[AckMessage] = []
+        accepted: list[_Downlink] = []
+        for item in items:
+            ack = parse_ack(item.payload)
+            if isinstance(ack, str):
                 self.stats.downlink_rejected += 1
-                log.warning("downlink_unknown_topic", topic=topic)
-        except Exception:
-            log.exception("downlink_failed", topic=topic)
+                log.warning("ack_rejected", why=ack, size=len(item.payload))
+                self._puback(item)
+            else:
+                acks.append(ack)
+                accepted.append(item)
+        if acks:
+            await self.apply_acks(acks)
+            self.stats.acks_applied += len(acks)
+        for item in accepted:
+            self._puback(item)
 
-    async def _handle_ack(self, payload: bytes) -> None:
-        try:
-            ack = AckMessage.model_validate_json(payload)
-        except ValidationError as exc:
-            self.stats.downlink_rejected += 1
-            log.warning("ack_rejected", errors=exc.error_count())
+    async def apply_acks(self, acks: Sequence[AckMessage]) -> None:
+        """Tell the senior, make the audit durable, then forget the alarms.
+
+        In that order: the senior hears "help is on the way" even while the store fails; the
+        audit event is on disk before the alarm leaves the store (a crash in between gives a
+        second audit event when the broker sends the ack again, never none); and the alarm is
+        not resent while its acknowledgement is being applied.
+        """
+        by_id: dict[str, str] = {}
+        for ack in acks:
+            for alarm_id in ack.ids:
+                by_id.setdefault(alarm_id, ack.by)
+        if not by_id:
             return
-        if ack.v != CONTRACT_VERSION:
-            self.stats.downlink_rejected += 1
-            log.warning("ack_rejected", version=ack.v)
-            return
-        found = await self.outbox.call(self.outbox.store.acknowledge_alarms, ack.ids, urgent=True)
+        held = await self._retry_store("held_alarms", self.outbox.store.held_alarms)
+        found = [alarm for alarm in held if alarm.id in by_id]
         known = {alarm.id for alarm in found}
-        await self.alarms.acknowledged(found, [i for i in ack.ids if i not in known], ack.by)
+        fresh = [alarm for alarm in found if alarm.id not in self._acking]
+        self._acking.update(known)
+        for by in dict.fromkeys(by_id.values()):
+            self.alarms.unknown_acknowledged(
+                [i for i, b in by_id.items() if b == by and i not in known], by
+            )
+            told = [alarm for alarm in fresh if by_id[alarm.id] == by]
+            self.alarms.acknowledged(told, by)
+            try:
+                await self.alarms.audit_acknowledged(told, by)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                self._store_failed("audit", exc)
+        if fresh:
+            try:
+                await self.outbox.flush()  # the audit events, with a full fsync
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
+                self._store_failed("flush", exc)  # they wait in memory for the next commit
+        if not known:
+            return
+        try:
+            await self._retry_store(
+                "acknowledge_alarms", self.outbox.store.acknowledge_alarms, sorted(known)
+            )
+        finally:
+            self._acking.difference_update(known)
+        log.info("ack_applied", alarms=len(known))
 
 
 def _drop_socket(client: mqtt.Client) -> None:

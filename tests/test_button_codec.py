@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -44,6 +45,7 @@ from drivers.button.codec import (
     encode_status_request,
     parse,
 )
+from tests.support.reliability import record, scaled
 
 BUTTON = 0x00A1B2C3
 
@@ -493,3 +495,104 @@ def test_back_to_back_messages_round_trip(messages: list[Message], cuts: list[in
     stream = b"".join(encode_message(message) for message in messages)
     frames = feed_all(FrameDecoder(), split(stream, cuts))
     assert [parse(frame) for frame in frames] == messages
+
+
+# --- Fuzzing: a long, hostile line with presses planted in it ----------------------------------
+
+
+def hostile_noise(rng: random.Random) -> bytes:
+    """One piece of what a bad line can carry: random bytes, bare and doubled sync words, LENs
+    out of range, damaged and truncated frames of every type."""
+    choice = rng.random()
+    if choice < 1 / 3:
+        return rng.randbytes(rng.randint(1, 300))
+    if choice < 0.45:
+        return rng.choice([SYNC, SYNC[:1], SYNC * 2, SYNC[:1] + SYNC, SYNC + b"\x40"])
+    if choice < 0.6:
+        return SYNC + bytes([rng.choice([0, 1, *range(MAX_LEN + 1, 256)])])
+    length = rng.randint(0, MAX_LEN - 2)
+    raw = bytearray(encode_frame(rng.randint(0, 255), rng.randint(0, 255), rng.randbytes(length)))
+    if rng.random() < 0.5:
+        return bytes(raw[: rng.randint(1, len(raw) - 1)])  # truncated: the rest never comes
+    raw[rng.randrange(len(raw))] ^= rng.randint(1, 255)  # one byte changed
+    return bytes(raw)
+
+
+def hostile_line(rng: random.Random, size: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """At least ``size`` bytes of hostile noise with valid press frames planted among them,
+    often right after damage; returns the stream and (offset, frame) of each planted frame."""
+    out = bytearray()
+    planted: list[tuple[int, bytes]] = []
+    while len(out) < size:
+        if rng.random() < 0.75:
+            out += hostile_noise(rng)
+            continue
+        seq, button_id = rng.randint(0, 255), rng.getrandbits(32)
+        frame = encode_button_event(seq, button_id, ButtonEventCode.SHORT_PRESS, 50, -70)
+        planted.append((len(out), frame))
+        out += frame
+    return bytes(out), planted
+
+
+def chunks_of(rng: random.Random, stream: bytes) -> list[bytes]:
+    """The stream as reads return it: mostly small pieces, sometimes one byte, sometimes 4 KiB."""
+    pieces: list[bytes] = []
+    position = 0
+    while position < len(stream):
+        size = rng.choice([1, rng.randint(1, 64), rng.randint(1, 4096)])
+        pieces.append(stream[position : position + size])
+        position += size
+    return pieces
+
+
+@pytest.mark.reliability
+def test_a_million_hostile_bytes_hide_no_planted_press_and_invent_no_frame() -> None:
+    rng = random.Random(20261207)
+    size = scaled(1_000_000, 4_000_000)
+    stream, planted = hostile_line(rng, size)
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    for chunk in chunks_of(rng, stream):
+        frames += decoder.feed(chunk)  # raises nothing at all
+        assert decoder.buffered_bytes < MAX_FRAME_BYTES
+    rejected = 0
+    for frame in frames:
+        try:
+            parse(frame)
+        except FrameError:
+            rejected += 1
+    # Never invents one: exactly the frames that the datasheet's rules find in the whole stream
+    # at once, each a CRC-valid frame really on the line.
+    expected, bad_crc, bad_length = reference_decode(stream)
+    assert frames == expected
+    assert (decoder.bad_crc, decoder.bad_length) == (bad_crc, bad_length)
+    accounted = sum(len(frame.raw) for frame in frames) + decoder.garbage_bytes
+    assert accounted + decoder.buffered_bytes == len(stream)
+    # Finds every planted press where it was planted, unless the press is not a frame on the
+    # line: a damaged frame just before it, completed by its first bytes, can happen to be
+    # CRC-valid (a truncated frame's last CRC byte is A5 once in 256), and then the press's
+    # sync is inside that frame. The receiver retransmits such a press, as any it had no ACK for.
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for frame in frames:
+        position = stream.index(frame.raw, position)
+        spans.append((position, position + len(frame.raw)))
+        position += len(frame.raw)
+    found = {first for first, _ in spans}
+    missing = [offset for offset, _ in planted if offset not in found]
+    masked = [o for o in missing if any(first < o < end for first, end in spans)]
+    assert missing == masked
+    accidental = len(frames) - (len(planted) - len(masked))
+    record(
+        "serial",
+        "random bytes, sync words, bad LEN, damaged and truncated frames, presses planted",
+        count=len(stream),
+        lost=0,
+        outcome=(
+            f"{len(planted) - len(masked)} of {len(planted)} planted presses found, the other "
+            f"{len(masked)} inside a CRC-valid frame that damage and the press made (the receiver "
+            f"repeats it); no frame invented ({decoder.bad_crc} bad CRC, {decoder.bad_length} "
+            f"bad LEN dropped, {accidental} CRC-valid frames by chance, {rejected} rejected by "
+            "parse)"
+        ),
+    )

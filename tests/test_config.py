@@ -11,6 +11,7 @@ import pytest
 
 from gateway import config
 from gateway.errors import ConfigError
+from tests.support.certs import Pki
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "carebed.example.toml"
 EXIT_CONFIG = 78
@@ -41,8 +42,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def tls_config(tmp_path: Path, **files: str) -> str:
-    for name in ("ca.pem", "gw.pem", "gw.key"):
+def tls_config(tmp_path: Path, *, keep: bool = False, **files: str) -> str:
+    for name in () if keep else ("ca.pem", "gw.pem", "gw.key"):
         (tmp_path / name).write_text("-----BEGIN-----\n")
     paths = {"ca_file": "ca.pem", "cert_file": "gw.pem", "key_file": "gw.key", **files}
     lines = "\n".join(f'{key} = "{value}"' for key, value in paths.items())
@@ -162,3 +163,103 @@ def test_schema_command_prints_config_and_uplink_schemas() -> None:
     assert set(schemas) == {"config", "uplink"}
     assert set(schemas["uplink"]) == {"events", "status"}
     assert schemas["config"]["additionalProperties"] is False
+
+
+SECRET = "Zq-hunter2-0a9b8c7d"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (GOOD_PLAIN + f'pasword = "{SECRET}"\n', "mqtt.pasword: unknown key (did you mean"),
+        (GOOD_PLAIN + f'[MQTT]\npassword = "{SECRET}"\n', "MQTT: unknown section"),
+        (GOOD_PLAIN + f'[camera]\npass = "{SECRET}"\n', "camera.pass: unknown key"),
+        (GOOD_PLAIN + f'[Camera]\nuser = "admin"\npassword = "{SECRET}"\n', "Camera: unknown"),
+        (
+            GOOD_PLAIN.replace("[mqtt]", "[[mqtt]]") + f'password = "{SECRET}"\n',
+            "mqtt: should be a table (got an array of tables)",
+        ),
+        (GOOD_PLAIN + f'password = {{ value = "{SECRET}" }}\n', "mqtt.password:"),
+        (GOOD_PLAIN + f'secrets = ["{SECRET}"]\n', "mqtt.secrets: unknown key"),
+        (GOOD_PLAIN + f'password = "{SECRET}\n', "not valid TOML at line 8"),
+        (GOOD_PLAIN + f"password = {SECRET}\n", "not valid TOML at line 8, column 12: invalid"),
+        (
+            GOOD_PLAIN + f'password = "{SECRET}"\npassword = "{SECRET}"\n',
+            "not valid TOML at line 9, column 33: a key that is set twice",
+        ),
+        (GOOD_PLAIN + f'[camera]\nurl = "admin:{SECRET}@10.0.0.9"\n', "camera.url:"),
+        (GOOD_PLAIN + f'[camera.x]\npassword = "{SECRET}"\n', "camera.x: unknown table"),
+    ],
+    ids=[
+        "misspelt-key",
+        "upper-case-section",
+        "short-key",
+        "capitalised-section",
+        "array-of-tables",
+        "password-as-a-table",
+        "unknown-key-with-an-array",
+        "unterminated-string",
+        "unquoted-string",
+        "repeated-key",
+        "credentials-in-a-url",
+        "unknown-subtable",
+    ],
+)
+def test_a_mistyped_configuration_never_prints_the_password(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    path = write(tmp_path, text)
+    for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = carebed(*args)
+        assert result.returncode == EXIT_CONFIG, result.stderr
+        assert SECRET not in result.stderr + result.stdout
+        assert SECRET[:8] not in result.stderr + result.stdout
+        problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+        assert any(line.startswith(f"  - {named}") for line in problems), result.stderr
+        assert all("(fix: " in line for line in problems), result.stderr
+
+
+@pytest.mark.parametrize("key", ["mqtt.password", "camera.password"])
+def test_a_password_in_a_file_everyone_can_read_gets_a_warning(tmp_path: Path, key: str) -> None:
+    section, name = key.split(".")
+    text = GOOD_PLAIN + (f'{name} = "{SECRET}"\n' if section == "mqtt" else "")
+    text += f'[camera]\npassword = "{SECRET}"\n' if section == "camera" else ""
+    path = write(tmp_path, text)
+    path.chmod(0o644)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert key in warning
+    assert "every user of this machine can read it" in warning
+    assert f"(fix: chmod 640 {path} && chgrp " in warning
+    assert SECRET not in result.stderr + result.stdout
+    path.chmod(0o640)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0
+    assert "warning" not in result.stderr
+
+
+def test_a_file_everyone_can_read_without_a_password_gets_no_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_PLAIN + 'password = ""\n')
+    path.chmod(0o644)
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_a_tls_key_everyone_can_read_gets_a_warning(tmp_path: Path, pki: Pki) -> None:
+    client = pki.client("gw-a")
+    files = {"ca.pem": pki.ca_cert, "gw.pem": client.cert, "gw.key": client.key}
+    for name, source in files.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    key = tmp_path / "gw.key"
+    key.chmod(0o644)
+    path = write(tmp_path, tls_config(tmp_path, keep=True))
+    result = carebed("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("carebed: warning: mqtt.tls.key_file: every user of this machine")
+    assert f"(fix: chmod 640 {key} && chgrp " in warning
+    assert "PRIVATE KEY" not in result.stderr
+    key.chmod(0o640)
+    assert carebed("check-config", str(path)).stderr == ""

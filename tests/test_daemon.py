@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,35 @@ def test_store_of_a_newer_carebed_stops_with_status_78(
     assert daemon.proc is not None
     assert daemon.proc.wait(timeout=20) == 78
     assert "newer than this carebed" in daemon.log_text()
+
+
+def wait_for_event(daemon: GatewayProcess, event: str, timeout: float) -> dict[str, Any]:
+    """The first log record of ``event``, read from the daemon's log as it grows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in daemon.log_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == event:
+                return dict(json.loads(line))
+        assert daemon.proc is not None
+        assert daemon.proc.poll() is None, daemon.log_text()
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} within {timeout} s:\n{daemon.log_text()[-3000:]}")
+
+
+def test_a_password_everyone_can_read_is_warned_of_and_the_daemon_runs(
+    tmp_path: Path, mosquitto: Mosquitto, daemon: GatewayProcess
+) -> None:
+    path = gateway_config(tmp_path, mosquitto, mqtt={"password": SECRET})
+    path.chmod(0o644)
+    daemon.start()
+    warning = wait_for_event(daemon, "config_file_readable_by_others", 20)
+    assert warning["level"] == "warning"
+    assert warning["path"] == str(path)
+    assert "mqtt.password" in warning["problem"]
+    assert warning["fix"].startswith(f"chmod 640 {path} && chgrp ")
+    wait_for_event(daemon, "gateway_started", 20)
+    assert daemon.terminate(timeout=10) == 0
+    assert SECRET not in daemon.log_text()
 
 
 def test_a_killed_daemon_is_announced_offline_by_its_will(

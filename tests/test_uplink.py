@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.clock import ManualClock
+from drivers.base import AlarmState
+from gateway import uplink as uplink_module
+from gateway.alarms import AlarmTracker
+from gateway.clock import ManualClock, SystemClock
+from gateway.commands import CommandProcessor
+from gateway.config import MqttSection
+from gateway.emitter import EventFactory, OutboxSink
 from gateway.events import StoredEvent
-from gateway.uplink import build_messages
+from gateway.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
+from gateway.uplink import MqttUplink, build_messages
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
+from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.platform import PlatformClient
+from tests.support.proxy import RawPublisher
+from tests.support.reliability import record, scaled
 
 BUTTON = {"press": "short", "battery": 90, "rssi": -55}
+ACK_TOPIC = "carebed/v1/gw-a/down/ack"
+CMD_TOPIC = "carebed/v1/gw-a/down/cmd"
 
 
 async def test_events_reach_the_platform_in_batches_per_class(
@@ -263,3 +281,398 @@ async def test_a_half_open_link_is_detected_and_replaced(
             lambda p: any(e["id"] == alarm_id for e in kinds(p, "alarm.button")),
             "the alarm after the thaw",
         )
+
+
+# --------------------------------------------------------------------------- store failures
+
+
+class FlakyStore(SqliteStore):
+    """The real store, whose named methods raise while they are in ``failing`` (as a full or
+    failing disk makes them raise)."""
+
+    def __init__(self, path: Path, timing: AlarmTiming, factory: EventFactory) -> None:
+        super().__init__(
+            path,
+            max_bytes=64 * 1024 * 1024,
+            timing=timing,
+            make_dropped=lambda count, ranges, reason: factory.make(
+                "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
+            ),
+            boot_id="test-boot",
+        )
+        self.failing: set[str] = set()
+        self.failures: Counter[str] = Counter()
+
+    def _fail(self, name: str) -> None:
+        if name in self.failing:
+            self.failures[name] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        self._fail("promote_due_alarms")
+        return super().promote_due_alarms()
+
+    def claim(self, max_events: int) -> list[StoredEvent]:
+        self._fail("claim")
+        return super().claim(max_events)
+
+    def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
+        self._fail("acknowledge_alarms")
+        return super().acknowledge_alarms(ids)
+
+
+class Listener:
+    """What the senior is told, in order, with the time and what else had happened by then."""
+
+    def __init__(self, progress: Callable[[], int] = lambda: 0) -> None:
+        self.states: list[tuple[str, AlarmState, float, int]] = []
+        self._progress = progress
+
+    def alarm_state_changed(
+        self, alarm_id: str, kind: str, device: str | None, state: AlarmState
+    ) -> None:
+        self.states.append((alarm_id, state, time.monotonic(), self._progress()))
+
+    def told(self, alarm_id: str) -> list[AlarmState]:
+        return [state for aid, state, _, _ in self.states if aid == alarm_id]
+
+
+@dataclass
+class UplinkRig:
+    store: FlakyStore
+    outbox: Outbox
+    sink: OutboxSink
+    alarms: AlarmTracker
+    uplink: MqttUplink
+    listener: Listener
+
+
+@asynccontextmanager
+async def uplink_rig(
+    tmp_path: Path, broker: Mosquitto, timing: AlarmTiming
+) -> AsyncIterator[UplinkRig]:
+    """The uplink alone, on a store that can be made to fail, against a real broker."""
+    clock = SystemClock()
+    factory = EventFactory(clock, "test-boot")
+    store = FlakyStore(tmp_path / "outbox.sqlite3", timing, factory)
+    outbox = Outbox(store, group_commit_s=0.05)
+    await outbox.open()
+    sink = OutboxSink(outbox, factory)
+    alarms = AlarmTracker(sink)
+    listener = Listener()
+    alarms.subscribe(listener)
+    commands = CommandProcessor(outbox, sink, clock, max_age_s=3600)
+    settings = MqttSection(
+        host=broker.host,
+        port=broker.port,
+        plaintext=True,
+        keepalive_s=5,
+        backoff_min_s=0.1,
+        backoff_cap_s=1.0,
+        connect_timeout_s=3.0,
+    )
+    uplink = MqttUplink(
+        "gw-a",
+        settings,
+        outbox,
+        alarms,
+        commands.handle,
+        username="gw-a",
+        version="0.0.0",
+        boot_id="test-boot",
+    )
+    task = asyncio.create_task(uplink.run(), name="test.uplink")
+    try:
+        await wait_until(uplink.connected.is_set, 10, "the link")
+        yield UplinkRig(store, outbox, sink, alarms, uplink, listener)
+    finally:
+        store.failing.clear()
+        await uplink.stop(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
+
+
+@pytest.mark.reliability
+async def test_a_failing_store_does_not_tear_down_the_link(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    timing = AlarmTiming(ack_timeout_s=0.5, resend_interval_s=0.5)
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        # Promotions fail for good: whatever can still be published is.
+        rig.store.failing.add("promote_due_alarms")
+        alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        for i in range(50):
+            await rig.sink.emit("telemetry.vitals", {"heart_rate": 60 + i}, None)
+        await wait_platform(
+            platform,
+            lambda p: len(kinds(p, "telemetry.vitals")) == 50 and kinds(p, "alarm.button"),
+            "the alarm and the telemetry",
+        )
+        # Claims fail for a while too: nothing goes out, the link stays, then everything does.
+        rig.store.failing.add("claim")
+        for i in range(50):
+            await rig.sink.emit("telemetry.vitals", {"heart_rate": 60 + i}, None)
+        await wait_until(lambda: rig.store.failures["claim"] >= 5, 10, "claims to fail")
+        rig.store.failing.clear()
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "telemetry.vitals")) == 100, "the rest, afterwards"
+        )
+        # Resends resume once promotions work again, and the ack ends them.
+        await wait_platform(platform, lambda p: len(kinds(p, "alarm.button")) >= 2, "a resend")
+        await asyncio.to_thread(
+            platform.publish, "carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "op"}
+        )
+        await wait_until(lambda: AlarmState.ACKNOWLEDGED in rig.listener.told(alarm_id), 10, "ack")
+        assert rig.uplink.stats.connects == 1, "a failing store made the link go down"
+        assert rig.uplink.stats.store_failures >= 10
+    record(
+        "disk",
+        "store calls of the uplink raising (promote_due_alarms, claim), link up",
+        count=sum(rig.store.failures.values()),
+        lost=0,
+        outcome="retried with back-off on the same link; alarm and telemetry delivered",
+    )
+
+
+@pytest.mark.reliability
+async def test_an_ack_that_fails_to_apply_is_kept_and_applied_later(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    timing = AlarmTiming(ack_timeout_s=0.5, resend_interval_s=0.5)
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        await wait_platform(platform, lambda p: kinds(p, "alarm.button"), "the alarm")
+        rig.store.failing.add("acknowledge_alarms")
+        await asyncio.to_thread(
+            platform.publish, "carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "op"}
+        )
+        # The senior hears "help is on the way" although the store cannot apply the ack...
+        await wait_until(
+            lambda: AlarmState.ACKNOWLEDGED in rig.listener.told(alarm_id), 10, "the news"
+        )
+        await wait_until(lambda: rig.store.failures["acknowledge_alarms"] >= 3, 10, "failures")
+        # ...for longer than the ack timeout: the alarm is not resent meanwhile.
+        await asyncio.sleep(2 * timing.ack_timeout_s)
+        resent_while_failing = len(kinds(platform, "alarm.button")) - 1
+        rig.store.failing.clear()
+        async with asyncio.timeout(10):  # applied later, without the platform sending it again
+            while await rig.outbox.call(rig.store.held_alarms):
+                await asyncio.sleep(0.05)
+        await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "audit")
+        assert rig.uplink.stats.connects == 1
+    assert resent_while_failing == 0
+    assert rig.listener.told(alarm_id)[-1] == AlarmState.ACKNOWLEDGED
+    record(
+        "disk",
+        "down/ack whose application fails (acknowledge_alarms raising)",
+        count=rig.store.failures["acknowledge_alarms"],
+        lost=0,
+        outcome="senior told at once, no resend meanwhile, PUBACK only once applied",
+    )
+
+
+# --------------------------------------------------------------------------- downlink load
+
+
+@pytest.mark.reliability
+async def test_an_ack_overtakes_5000_queued_commands(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    commands = 5000
+    async with running_gateway(tmp_path, mosquitto) as rig:
+        stats = rig.gateway.commands.stats
+        listener = Listener(progress=lambda: stats.handled)
+        rig.gateway.alarms.subscribe(listener)
+        alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        await wait_platform(platform, lambda p: kinds(p, "alarm.button"), "the alarm")
+        with RawPublisher(mosquitto) as raw:
+            for i in range(commands):
+                body = {"v": 1, "id": f"q-{i}", "name": "ping", "args": {}}
+                raw.publish(CMD_TOPIC, json.dumps(body).encode(), wait=False)
+            ack = {"v": 1, "ids": [alarm_id], "by": "desk"}
+            await asyncio.to_thread(raw.publish, ACK_TOPIC, json.dumps(ack).encode())
+            sent = time.monotonic()
+        await wait_until(
+            lambda: AlarmState.ACKNOWLEDGED in listener.told(alarm_id), 20, "help on the way"
+        )
+        (told_at, handled_before) = next(
+            (t, n) for aid, s, t, n in listener.states if s == AlarmState.ACKNOWLEDGED
+        )
+    latency = max(0.0, told_at - sent)
+    assert handled_before < commands / 2, f"the ack waited for {handled_before} commands"
+    assert latency < 1.0
+    record(
+        "downlink",
+        f"down/ack sent behind {commands} queued commands",
+        count=1,
+        lost=0,
+        outcome=(
+            f"help-on-the-way {latency * 1000:.0f} ms after the ack reached the broker, "
+            f"{handled_before} commands answered before it"
+        ),
+    )
+
+
+def _rss_peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_oversized_downlink_leaves_memory_bounded_and_the_link_up(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, protocol: str
+) -> None:
+    count = scaled(12, 40)
+    config = gateway_config(tmp_path, mosquitto, mqtt={"protocol": protocol})
+    daemon = GatewayProcess(config, tmp_path / "gateway.log")
+    daemon.start()
+    try:
+        platform.wait_for(lambda p: kinds(p, "gateway.started"), 20, "the daemon")
+        assert daemon.proc is not None
+        baseline_kib = _rss_peak_kib(daemon.proc.pid)
+        big = b'{"v":1,"ids":["' + b"x" * (8 * 1024 * 1024) + b'"],"by":"flood"}'
+        with RawPublisher(mosquitto) as raw:
+            for _ in range(count):
+                raw.publish(ACK_TOPIC, big)
+            raw.publish(CMD_TOPIC, b'{"v":1,"id":"big","name":"ping","pad":"' + big + b'"}')
+            raw.publish(ACK_TOPIC, b'{"v":1,"ids":["' + b"y" * 70_000 + b'"]}')  # > 64 KiB
+        # The link is up and acks work: a test alarm goes round.
+        platform.publish(CMD_TOPIC, {"v": 1, "id": "t-1", "name": "test_alarm", "args": {}})
+        platform.wait_for(lambda p: kinds(p, "alarm.button"), 20, "the test alarm")
+        alarm_id = kinds(platform, "alarm.button")[0]["id"]
+        platform.publish(ACK_TOPIC, {"v": 1, "ids": [alarm_id], "by": "desk"})
+        platform.wait_for(lambda p: kinds(p, "audit.alarm_acknowledged"), 20, "the audit event")
+        peak_kib = _rss_peak_kib(daemon.proc.pid)
+    finally:
+        daemon.terminate()
+    logs = [json.loads(line) for line in daemon.log_text().splitlines() if line.startswith("{")]
+    refused = [e for e in logs if e["event"] == "downlink_refused"]
+    assert sum(1 for e in logs if e["event"] == "uplink_connected") == 1
+    if protocol == "3.1.1":  # MQTT 5: the broker was told the limit and kept them
+        assert len(refused) == count + 2
+    assert len(refused) >= 1  # the 70 kB ack is under the packet limit, over the ack limit
+    growth_mib = (peak_kib - baseline_kib) / 1024
+    assert growth_mib < 48, f"peak RSS grew by {growth_mib:.0f} MiB"
+    record(
+        "downlink",
+        f"{count} acks and a command of 8 MiB, an ack of 70 kB (MQTT {protocol})",
+        count=count + 2,
+        lost=0,
+        outcome=(
+            f"refused unread: {len(refused)} by the gateway"
+            + (", the rest by the broker (Maximum Packet Size)" if protocol == "5" else "")
+            + f"; peak RSS +{growth_mib:.0f} MiB, link up, the next alarm acknowledged"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- durability
+
+
+@pytest.mark.reliability
+def test_the_audit_of_an_ack_survives_kill_9_right_after_the_ack(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    cycles = scaled(3, 20)
+    config = gateway_config(tmp_path, mosquitto, outbox={"group_commit_s": 1.0})
+    log_path = tmp_path / "gateway.log"
+    daemon = GatewayProcess(config, log_path)
+    lost = 0
+    try:
+        for cycle in range(cycles):
+            daemon.start()
+            platform.wait_for(
+                lambda p, n=cycle + 1: len(kinds(p, "gateway.started")) >= n, 20, "the daemon"
+            )
+            body = {"v": 1, "id": f"t-{cycle}", "name": "test_alarm", "args": {}}
+            platform.publish(CMD_TOPIC, body)
+            platform.wait_for(
+                lambda p, n=cycle + 1: len({e["id"] for e in kinds(p, "alarm.button")}) >= n,
+                20,
+                "the test alarm",
+            )
+            alarm_id = kinds(platform, "alarm.button")[-1]["id"]
+            offset = log_path.stat().st_size
+            platform.publish(ACK_TOPIC, {"v": 1, "ids": [alarm_id], "by": "desk"})
+            _wait_log(log_path, offset, "alarm_acknowledged", alarm_id)
+            daemon.kill()  # as soon as the ack is applied
+            daemon.start()
+            try:
+                platform.wait_for(
+                    lambda p, a=alarm_id: any(
+                        e["data"]["alarm_id"] == a for e in kinds(p, "audit.alarm_acknowledged")
+                    ),
+                    20,
+                    "the audit event after the restart",
+                )
+            except AssertionError:
+                lost += 1
+            daemon.kill()
+    finally:
+        daemon.close()
+    assert lost == 0
+    record(
+        "durability",
+        "kill -9 right after an ack was applied (group commit 1 s)",
+        count=cycles,
+        lost=lost,
+        outcome="audit.alarm_acknowledged durable before the PUBACK; it arrived every time",
+    )
+
+
+def _wait_log(path: Path, offset: int, event: str, alarm_id: str) -> None:
+    """Poll the daemon's JSON log (flushed per line) for one event about ``alarm_id``."""
+    deadline = time.monotonic() + 20
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        pending = b""
+        while time.monotonic() < deadline:
+            pending += handle.read()
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if f'"event": "{event}"'.encode() in line and alarm_id.encode() in line:
+                    return
+            time.sleep(0.001)
+    raise AssertionError(f"no {event} for {alarm_id} in the log")
+
+
+@pytest.mark.reliability
+async def test_commands_beyond_the_queue_bound_are_received_again_not_lost(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uplink_module, "MAX_QUEUED_COMMANDS", 20)  # a bound a burst goes over
+    commands = 400
+    async with running_gateway(tmp_path, mosquitto) as rig:
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+        with RawPublisher(mosquitto) as raw:
+            for i in range(commands):
+                body = {"v": 1, "id": f"b-{i}", "name": "ping", "args": {}}
+                raw.publish(CMD_TOPIC, json.dumps(body).encode(), wait=False)
+            raw.publish(CMD_TOPIC, b'{"v":1,"id":"b-end","name":"ping"}')
+        await wait_platform(
+            platform,
+            lambda p: (
+                {e["data"]["cmd_id"] for e in kinds(p, "cmd.result")}
+                >= {f"b-{i}" for i in range(commands)}
+            ),
+            "a result for every command",
+            30,
+        )
+        stats = rig.gateway.uplink.stats
+        deferred, connects = stats.commands_deferred, stats.connects
+    assert deferred > 0 and connects >= 2
+    record(
+        "downlink",
+        f"a burst of {commands} commands over a command queue bounded at 20",
+        count=commands,
+        lost=0,
+        outcome=(
+            f"{deferred} left unacknowledged and received again after {connects - 1} "
+            "session renewals; every command answered"
+        ),
+    )

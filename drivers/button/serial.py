@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +33,7 @@ from drivers.button.codec import (
     encode_status_request,
     parse,
 )
-from drivers.button.pairing import PairingStore
+from drivers.button.pairing import PairingError, PairingStore
 
 _PRESSES = (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS)
 
@@ -44,6 +44,19 @@ log = structlog.get_logger("drivers.button")
 DUPLICATE_WINDOW_S = 6.0
 UPTIME_SLACK_S = 5
 READ_CHUNK_BYTES = 4096
+# A port that stays missing (or cannot be opened) is logged at once, then again at most this
+# often while nothing changes: the reopen loop retries every reopen_interval_s, quietly.
+PORT_PROBLEM_REPEAT_S = 300.0
+# Device events that could not be stored (the press's alarm was) wait here to be tried again.
+MAX_UNSTORED_EVENTS = 256
+MAX_UNCHECKED_BUTTONS = 64  # buttons heard while the pairing list is unreadable, for the installer
+PORT_MISSING_FIX = (
+    "check the receiver's USB cable and power, the udev rule that names it, "
+    "and the button.port key of the configuration"
+)
+PORT_OPEN_FIX = (
+    "the carebed user must be allowed to open it (group dialout) and no other program may hold it"
+)
 
 
 class LinkClock(Protocol):
@@ -81,6 +94,12 @@ class SerialButtonLink:
 
     An alarm frame is ACKed only once its alarm is stored durably; the senior then gets INDICATE
     0x01, later 0x02 when the platform acknowledges, 0x03 whenever it could not be delivered.
+    The ACK stands for the alarm: once the alarm is stored the frame is ACKed whatever becomes
+    of the device events that go with it (they are kept and stored later, or counted as lost).
+
+    While the pairing list cannot be read (``PairingStore.damage``), a press of any button
+    raises an alarm marked ``unchecked``: a neighbour's false alarm is better than a senior's
+    lost one. That is a fault (``faults()``) until a button is paired or the file is repaired.
     """
 
     def __init__(
@@ -128,6 +147,15 @@ class SerialButtonLink:
         self._deferred: list[tuple[int, int]] = []
         self.newly_paired: list[int] = []
         self._paired_event = asyncio.Event()
+        self._fault_listeners: list[Callable[[], None]] = []
+        self._unchecked_since = clock.wall() if pairing.damage is not None else None
+        self._unchecked_heard: dict[int, float] = {}  # button id -> wall time, while unchecked
+        self._unstored: deque[tuple[str, dict[str, Any], str | None]] = deque()
+        self._store_failing = False
+        self._frame_alarm: str | None = None  # the alarm stored for the frame being handled
+        self._port_trouble: tuple[str, str, str] | None = None  # (what, port, error) last logged
+        self._port_trouble_logged = 0.0
+        self._port_trouble_since = 0.0
 
     # ------------------------------------------------------------------------------ running
 
@@ -135,6 +163,13 @@ class SerialButtonLink:
         return self.clock.monotonic_ns() / 1e9
 
     async def run(self) -> None:
+        if self.pairing.damage is not None:
+            log.warning(
+                "button_pairing_unchecked",
+                path=str(self.pairing.path),
+                damage=self.pairing.damage,
+                fix="pair the home's buttons again (carebed button pair) or put a good copy back",
+            )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_link(), name=f"button[{self.settings.port}].link")
             group.create_task(self._supervise(), name=f"button[{self.settings.port}].supervise")
@@ -154,15 +189,41 @@ class SerialButtonLink:
     async def _keep_link(self) -> None:
         while True:
             path = self._find_port()
-            if path is not None:
+            if path is None:
+                self.counters["port_missing"] += 1
+                self._port_problem("missing", self.settings.port, "")
+            else:
                 try:
                     port = self.open_port(path, self.settings.baudrate)
                 except (serial.SerialException, OSError) as exc:
                     self.counters["open_failed"] += 1
-                    log.debug("button_port_open_failed", port=path, error=str(exc))
+                    self._port_problem("open_failed", path, str(exc))
                 else:
+                    self._port_trouble = None
                     await self._session(port, path)
             await asyncio.sleep(self.settings.reopen_interval_s)
+
+    def _port_problem(self, what: str, port: str, error: str) -> None:
+        """Log a port that is missing or cannot be opened: at once, then only when the problem
+        changes or every ``PORT_PROBLEM_REPEAT_S`` while it lasts."""
+        now = self._mono()
+        key = (what, port, error)
+        if key != self._port_trouble:
+            self._port_trouble_since = now
+        elif now - self._port_trouble_logged < PORT_PROBLEM_REPEAT_S:
+            return
+        self._port_trouble, self._port_trouble_logged = key, now
+        lasting_s = round(now - self._port_trouble_since)
+        if what == "missing":
+            log.warning("button_port_missing", port=port, for_s=lasting_s, fix=PORT_MISSING_FIX)
+        else:
+            log.warning(
+                "button_port_open_failed",
+                port=port,
+                error=error,
+                for_s=lasting_s,
+                fix=PORT_OPEN_FIX,
+            )
 
     async def _session(self, port: serial.Serial, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -208,7 +269,7 @@ class SerialButtonLink:
 
     async def _receiver_offline(self, reason: str) -> None:
         self._receiver_reported_offline = True
-        await self.sink.emit(
+        await self._emit_device(
             "device.offline",
             {"reason": reason, "last_seen": self._ts(self._receiver_seen_wall)},
             self.receiver_device,
@@ -218,7 +279,7 @@ class SerialButtonLink:
         self._receiver_heard = self._mono()
         if self._receiver_reported_offline:
             self._receiver_reported_offline = False
-            await self.sink.emit(
+            await self._emit_device(
                 "device.online",
                 {"reason": "heard", "last_seen": self._ts(self._receiver_seen_wall)},
                 self.receiver_device,
@@ -280,15 +341,22 @@ class SerialButtonLink:
         try:
             after_ack = await self._dispatch(message)
         except Exception:
-            # Not stored: no ACK, so the receiver retransmits and we try again; meanwhile the
-            # senior must not believe the alarm is on its way.
             self.counters["handling_failed"] += 1
             log.exception("button_frame_failed", type=frame.type, seq=frame.seq)
-            if isinstance(message, ButtonEvent) and message.event in _PRESSES:
-                self._indicate(message.button_id, Pattern.NOT_DELIVERED)
-            return
+            if self._frame_alarm is None or not isinstance(message, ButtonEvent):
+                # Not stored: no ACK, so the receiver retransmits and we try again; meanwhile
+                # the senior must not believe the alarm is on its way.
+                if isinstance(message, ButtonEvent) and message.event in _PRESSES:
+                    self._indicate(message.button_id, Pattern.NOT_DELIVERED)
+                return
+            # The alarm is stored: the ACK stands for it (a retransmission would be a second
+            # alarm), and the senior hears what the alarm became.
+            told = Pattern.RECEIVED if message.event in _PRESSES else Pattern.CANCEL_ACCEPTED
+            self._last_pattern[message.button_id] = told
+            after_ack = [encode_indicate(self._next_seq(), message.button_id, told)]
         finally:
             self._in_frame = False
+            self._frame_alarm = None
             deferred, self._deferred = self._deferred, []
         self._recent[key] = now
         self._send(encode_ack(self._next_seq(), frame.seq))
@@ -296,6 +364,8 @@ class SerialButtonLink:
             self._send(data)
         for bid, pattern in deferred:  # alarm states told while the frame was being handled
             self._indicate(bid, pattern)
+        if self._unstored:
+            await self._store_unstored()
 
     def _replay(self, frame: Frame) -> None:
         """A repeated press: say again what the senior was last told (it may have been lost)."""
@@ -314,7 +384,9 @@ class SerialButtonLink:
         if isinstance(message, ButtonEvent):
             return await self._button_event(message)
         if isinstance(message, ButtonHeartbeat):
-            if self._known(message.button_id):
+            if self._unchecked(message.button_id):
+                self._note_unchecked(message.button_id)
+            elif self._known(message.button_id):
                 await self._heard(message.button_id)
                 await self._battery(message.button_id, message.battery, event=False)
             return []
@@ -338,23 +410,46 @@ class SerialButtonLink:
         log.debug("button_not_paired", button=device_id(button_id))
         return False
 
+    def _unchecked(self, button_id: int) -> bool:
+        """A button that cannot be checked: not in the list, and the list is unreadable."""
+        return self.pairing.damage is not None and button_id not in self.pairing
+
+    def _note_unchecked(self, bid: int) -> None:
+        self.counters["unchecked"] += 1
+        if bid in self._unchecked_heard or len(self._unchecked_heard) < MAX_UNCHECKED_BUTTONS:
+            self._unchecked_heard[bid] = self.clock.wall()
+
     async def _button_event(self, event: ButtonEvent) -> list[bytes]:
         bid = event.button_id
-        if not self._known(bid):
-            return []
-        await self._heard(bid)
         device = device_id(bid)
         code = event.event
-        if code in (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS):
+        unchecked = self._unchecked(bid)
+        if unchecked:
+            self._note_unchecked(bid)
+            if code not in (*_PRESSES, ButtonEventCode.CANCEL):
+                return []  # no alarm in it: not worth a neighbour's device events
+        elif not self._known(bid):
+            return []
+        else:
+            await self._heard(bid)
+        if code in _PRESSES:
             press = "short" if code == ButtonEventCode.SHORT_PRESS else "long"
-            data = {"press": press, "battery": event.battery, "rssi": event.rssi}
+            data: dict[str, Any] = {"press": press, "battery": event.battery, "rssi": event.rssi}
+            if unchecked:
+                data["unchecked"] = True
+                log.warning("button_press_unchecked", button=device, damage=self.pairing.damage)
             alarm_id = await self.alarms.raise_alarm("alarm.button", data, device)
+            # Stored: from here on the frame is ACKed whatever happens (see _handle).
+            self._frame_alarm = alarm_id
             self._open_alarm[bid] = alarm_id
             self._last_pattern[bid] = Pattern.RECEIVED
-            await self._battery(bid, event.battery, event=False)
+            if not unchecked:
+                await self._battery(bid, event.battery, event=False)
             return [encode_indicate(self._next_seq(), bid, Pattern.RECEIVED)]
         if code == ButtonEventCode.CANCEL:
-            await self.alarms.raise_alarm(
+            if unchecked and bid not in self._open_alarm:
+                return []  # no alarm of this button to cancel: perhaps a neighbour's
+            self._frame_alarm = await self.alarms.raise_alarm(
                 "alarm.cancelled", {"alarm_id": self._open_alarm.pop(bid, None)}, device
             )
             self._last_pattern[bid] = Pattern.CANCEL_ACCEPTED
@@ -370,10 +465,53 @@ class SerialButtonLink:
         return []
 
     async def _battery(self, bid: int, level: int | None, *, event: bool) -> None:
+        """``device.battery`` on a change; a low-battery frame (``event``) is what its ACK
+        stands for (stored or not ACKed), a level that comes with other frames is not."""
         low = event or (level is not None and level <= self.settings.low_battery_percent)
         if event or (level is not None and self._low.get(bid) != low):
             self._low[bid] = low
-            await self.sink.emit("device.battery", {"level": level, "low": low}, device_id(bid))
+            data = {"level": level, "low": low}
+            if event:
+                await self.sink.emit("device.battery", data, device_id(bid))
+            else:
+                await self._emit_device("device.battery", data, device_id(bid))
+
+    async def _emit_device(self, kind: str, data: dict[str, Any], device: str | None) -> None:
+        """Store an event that no frame's ACK stands for (a device's presence or battery).
+
+        If it cannot be stored now it is kept, in order, and tried again after the next frame
+        and at every supervision check; beyond ``MAX_UNSTORED_EVENTS`` the oldest is counted
+        and logged as lost. It never raises: the frame that caused it is ACKed all the same.
+        """
+        if len(self._unstored) >= MAX_UNSTORED_EVENTS:
+            lost_kind, _, lost_device = self._unstored.popleft()
+            self.counters["events_lost"] += 1
+            log.error("button_event_lost", kind=lost_kind, device=lost_device)
+        self._unstored.append((kind, data, device))
+        await self._store_unstored()
+
+    async def _store_unstored(self) -> None:
+        """Store the waiting events in order; logged when storing starts and stops failing."""
+        while self._unstored:
+            kind, data, device = self._unstored[0]
+            try:
+                await self.sink.emit(kind, data, device)
+            except Exception as exc:  # noqa: BLE001 - any store failure: kept and tried again
+                self.counters["events_deferred"] += 1
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.warning(
+                        "button_event_not_stored",
+                        kind=kind,
+                        device=device,
+                        waiting=len(self._unstored),
+                        error=str(exc) or type(exc).__name__,
+                    )
+                return
+            self._unstored.popleft()
+        if self._store_failing:
+            self._store_failing = False
+            log.info("button_events_stored_again")
 
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
@@ -384,7 +522,7 @@ class SerialButtonLink:
         # hold it offline from before the restart.
         if bid in self._offline or first:
             self._offline.discard(bid)
-            await self.sink.emit(
+            await self._emit_device(
                 "device.online",
                 {"reason": "heard", "last_seen": self._ts(self._last_seen_wall[bid])},
                 device_id(bid),
@@ -410,13 +548,68 @@ class SerialButtonLink:
         if self.pairing.add(bid):
             self._last_seen[bid] = self._mono()
             log.info("button_paired", button=device_id(bid))
+            self._pairing_checked_again()
             await self.sink.emit("device.paired", {}, device_id(bid))
         self.newly_paired.append(bid)
         self._paired_event.set()
 
+    def _pairing_checked_again(self) -> None:
+        """The pairing list is good again (a button paired, or the file repaired)."""
+        if self._unchecked_since is None or self.pairing.damage is not None:
+            return
+        log.info("button_pairing_checked_again", buttons=len(self.pairing.buttons()))
+        self._unchecked_since = None
+        self._unchecked_heard.clear()
+        now = self._mono()
+        for bid in self.pairing.buttons():
+            self._last_seen.setdefault(bid, now)
+        self._faults_changed()
+
+    def _try_recover_pairing(self) -> None:
+        if self.pairing.damage is None:
+            return
+        try:
+            recovered = self.pairing.recover()
+        except PairingError as exc:
+            log.warning("button_pairing_unreadable", path=str(self.pairing.path), error=str(exc))
+            return
+        if recovered:
+            self._pairing_checked_again()
+
+    # ------------------------------------------------------------------------------ faults
+
+    def on_faults_changed(self, callback: Callable[[], None]) -> None:
+        """``FaultSource``: ``callback`` is called when a fault appears or ends."""
+        self._fault_listeners.append(callback)
+
+    def _faults_changed(self) -> None:
+        for callback in self._fault_listeners:
+            callback()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """``FaultSource``: what a person must repair here (the contract's ``events.Fault``)."""
+        damage = self.pairing.damage
+        if damage is None or self._unchecked_since is None:
+            return []
+        return [
+            {
+                "code": "pairing_unreadable",
+                "device": self.receiver_device,
+                "message": (
+                    f"the list of paired buttons ({self.pairing.path}) cannot be read: {damage}. "
+                    "A press of any button raises an alarm marked unchecked until the home's "
+                    "buttons are paired again or the file is repaired"
+                ),
+                "since": self._ts(self._unchecked_since),
+            }
+        ]
+
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(self.settings.supervision_check_s)
+            self._try_recover_pairing()
+            if self._unstored:
+                await self._store_unstored()
             now = self._mono()
             silent = now - self._receiver_heard > self.settings.receiver_silence_s
             if silent and not self._receiver_reported_offline:
@@ -429,7 +622,7 @@ class SerialButtonLink:
                     continue
                 self._offline.add(bid)
                 log.warning("button_silent", button=device_id(bid), silent_s=round(now - last))
-                await self.sink.emit(
+                await self._emit_device(
                     "device.offline",
                     {
                         "reason": "supervision_timeout",
@@ -496,13 +689,23 @@ class SerialButtonLink:
 
     def status(self) -> dict[str, Any]:
         now = self._mono()
+        trouble = self._port_trouble
         return {
             "receiver": {
                 "device": self.receiver_device,
                 "connected": self._serial is not None,
                 "port": self.port_path,
                 "mains": self._mains,
+                "port_problem": None
+                if trouble is None
+                else {"what": trouble[0], "port": trouble[1], "error": trouble[2] or None},
             },
+            "pairing": {
+                "file": str(self.pairing.path),
+                "damage": self.pairing.damage,
+                "unchecked_buttons": [device_id(bid) for bid in sorted(self._unchecked_heard)],
+            },
+            "faults": self.faults(),
             "buttons": [
                 {
                     "device": device_id(bid),

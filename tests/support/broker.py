@@ -74,6 +74,7 @@ class Mosquitto:
         acl: bool = False,
         port: int | None = None,
         persistence: bool = True,
+        autosave_interval_s: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = HOST
@@ -81,6 +82,9 @@ class Mosquitto:
         self.pki = pki
         self.acl = acl
         self.persistence = persistence
+        # Seconds between saves of the persistence file (Mosquitto's default: 1800). Only an
+        # orderly stop saves otherwise, so a SIGKILL loses everything since the last save.
+        self.autosave_interval_s = autosave_interval_s
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         # Mosquitto writes config errors to stderr before its log file is open.
@@ -222,6 +226,11 @@ class Mosquitto:
             # Global options.
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {_conf_path(self.workdir)}/",
+            *(
+                [f"autosave_interval {self.autosave_interval_s}"]
+                if self.autosave_interval_s is not None
+                else []
+            ),
             f"log_dest file {_conf_path(self.log_path)}",
             "log_type error",
             "log_type warning",

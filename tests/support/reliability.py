@@ -52,7 +52,10 @@ def render(records: Sequence[Record], *, command: str, when: str) -> str:
         "# Reliability: faults and bad input tried, and what was lost",
         "",
         f"Written by `{command}` on {when}; rerun it to refresh this page. Each row is one test",
-        "of the suite at its full (soak) count; the goal for *lost* is zero everywhere.",
+        "of the suite at its full (soak) count. *Lost* counts the good events (alarms, presses,",
+        "acknowledgements, events carebed had stored) that carebed lost; the goal is zero",
+        "everywhere. What a broker lost after it had confirmed a message (PUBACK) is no loss of",
+        "carebed's and is told in the row's outcome.",
         "",
     ]
     by_area: dict[str, list[Record]] = {}

@@ -1,0 +1,719 @@
+"""The outbox's integrity: seq after a lost -wal, damaged rows, command ids, file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from gateway.clock import ManualClock
+from gateway.commands import CommandProcessor
+from gateway.emitter import EventFactory, OutboxSink
+from gateway.errors import StoreError
+from gateway.events import KIND_DATA, StoredEvent, event_class
+from gateway.outbox import (
+    DAMAGED_ROW_REASON,
+    AlarmTiming,
+    Outbox,
+    SqliteStore,
+    row_crc,
+    row_damage,
+)
+from tests.gateway_rig import kinds, running_gateway, wait_platform
+from tests.support.broker import Mosquitto
+from tests.support.daemon import GatewayProcess, gateway_config
+from tests.support.platform import PlatformClient
+from tests.support.reliability import record, scaled
+
+BOOT = "boot-1"
+REPO = Path(__file__).resolve().parents[1]
+DAY_S = 24 * 3600.0
+
+
+def make_store(path: Path, clock: ManualClock | None = None) -> tuple[SqliteStore, EventFactory]:
+    clock = clock or ManualClock()
+    factory = EventFactory(clock, BOOT)
+    store = SqliteStore(
+        path,
+        max_bytes=10**9,
+        timing=AlarmTiming(),
+        make_dropped=lambda count, ranges, reason: factory.make(
+            "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
+        ),
+        now=clock.wall,
+        monotonic_ns=clock.monotonic_ns,
+        boot_id=BOOT,
+        clock_synced=clock.is_synced,
+    )
+    return store, factory
+
+
+def telemetry(factory: EventFactory, hr: int = 70) -> Any:
+    return factory.make("telemetry.vitals", {"heart_rate": hr}, "watch-AABBCCDDEEFF")
+
+
+def alarm(factory: EventFactory) -> Any:
+    return factory.make(
+        "alarm.button", {"press": "short", "battery": 80, "rssi": -50}, "btn-00000001"
+    )
+
+
+def remove_wal(path: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ seq after a lost -wal file
+
+# A gateway killed (SIGKILL) after ``before`` events were checkpointed into the database file
+# and ``after`` more were committed to the -wal file only (the checkpointer had not run yet).
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys
+    from pathlib import Path
+    from tests.test_outbox_integrity import make_store, telemetry
+
+    path, before, after = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(before)])
+    checkpointer = sqlite3.connect(path)
+    checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    checkpointer.close()
+    for _ in range(after):
+        store.insert([telemetry(factory)])
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def killed_writer(path: Path, before: int, after: int) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(before), str(after)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr.decode(errors="replace")[-2000:]
+    assert Path(f"{path}-wal").exists(), "the killed writer left no -wal file"
+
+
+@pytest.mark.reliability
+def test_seq_is_never_reused_after_the_wal_is_lost(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    cycles = scaled(3, 20)
+    path = tmp_path / "outbox.sqlite3"
+    issued = 0  # every seq the writers committed
+    for _ in range(cycles):
+        before, after = rng.randint(1, 50), rng.randint(1, 300)
+        killed_writer(path, before, after)
+        issued = max(issued, _last_seq_with_wal(path))
+        remove_wal(path)  # the -wal file is lost; the database file alone is left
+        store, factory = make_store(path)
+        report = store.open()
+        assert report.loss_reason == "store_rolled_back"
+        (first, last) = report.lost_ranges[-1]
+        assert first <= issued - after + 1 and last >= issued, "the gap is not explained"
+        (seq,) = store.insert([telemetry(factory)])
+        assert seq > issued, f"seq {seq} issued again (the lost -wal held up to {issued})"
+        issued = seq
+        store.close()
+    record(
+        "disk",
+        "-wal file lost after kill -9 (database file alone restored)",
+        count=cycles,
+        lost=0,
+        outcome="no seq reused; the possible loss reported as gateway.dropped store_rolled_back",
+    )
+
+
+def _last_seq_with_wal(path: Path) -> int:
+    """The last seq committed, read from a copy of the database and its -wal file."""
+    copy = path.with_name("peek.sqlite3")
+    for suffix in ("", "-wal"):
+        shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
+    db = sqlite3.connect(copy)
+    try:
+        return int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+
+def _last_seq_of_the_file_alone(path: Path) -> int:
+    copy = path.with_name("alone.sqlite3")
+    shutil.copyfile(path, copy)
+    db = sqlite3.connect(copy)
+    try:
+        return int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+    except sqlite3.OperationalError:  # not even the schema was checkpointed yet
+        return 0
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+
+def _complete_up_to(seq: int) -> Callable[[PlatformClient], bool]:
+    return lambda platform: platform.complete_up_to("gw-a") >= seq
+
+
+@pytest.mark.reliability
+def test_daemon_killed_and_its_wal_lost_reuses_no_seq(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    state = tmp_path / "state"
+    path = state / "outbox.sqlite3"
+    flood = {"telemetry_interval_s": 0.01, "burst": 4, "alarm_interval_s": 3600, "seed": 9}
+    daemon = GatewayProcess(gateway_config(tmp_path, mosquitto, sim=flood), tmp_path / "gw.log")
+    try:
+        for _ in range(5):  # until the kill leaves commits in the -wal file only
+            daemon.start()
+            target = platform.complete_up_to("gw-a") + 600
+            platform.wait_for(_complete_up_to(target), 30, "the flood")
+            daemon.kill()
+            if 0 < _last_seq_of_the_file_alone(path) < _last_seq_with_wal(path):
+                break
+        else:
+            pytest.fail("every kill found the -wal file checkpointed")
+        remove_wal(path)
+        daemon = GatewayProcess(gateway_config(tmp_path, mosquitto), tmp_path / "gw.log")
+        daemon.start()
+
+        def explained(p: PlatformClient) -> set[int]:
+            return {
+                seq
+                for event in kinds(p, "gateway.dropped")
+                if event["data"]["reason"] == "store_rolled_back"
+                for first, last in event["data"]["seq_ranges"]
+                for seq in range(first, last + 1)
+            }
+
+        def accounted(p: PlatformClient) -> bool:
+            seen = set(p.seq_ids("gw-a"))
+            gap = explained(p)
+            return bool(gap) and set(range(1, max(seen) + 1)) <= seen | gap
+
+        platform.wait_for(accounted, 30, "every seq delivered or explained")
+        assert daemon.terminate() == 0, daemon.log_text()[-3000:]
+    finally:
+        daemon.close()
+    forked = {seq: ids for seq, ids in platform.seq_ids("gw-a").items() if len(ids) > 1}
+    assert not forked, f"seqs issued again with new ids: {sorted(forked)[:10]}"
+    record(
+        "disk",
+        "daemon killed under a flood, then its -wal file lost",
+        count=1,
+        lost=0,
+        outcome="no seq reused; the gap reported as gateway.dropped store_rolled_back",
+    )
+
+
+def test_kill_with_the_wal_intact_leaves_no_gap(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    killed_writer(path, 20, 30)
+    store, factory = make_store(path)
+    report = store.open()
+    assert report.lost_ranges == [] and report.loss_reason is None
+    assert store.insert([telemetry(factory)]) == [51]
+
+
+def test_kill_then_another_tool_reading_the_store_leaves_no_gap(tmp_path: Path) -> None:
+    # A tool that opens the database after the crash (sqlite3, a status command) checkpoints the
+    # -wal file into it and deletes it on close: nothing is lost, and no gap may be reported.
+    path = tmp_path / "outbox.sqlite3"
+    killed_writer(path, 20, 30)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0] == 50
+    db.close()
+    assert not Path(f"{path}-wal").exists()
+    store, factory = make_store(path)
+    report = store.open()
+    assert report.lost_ranges == []
+    assert store.insert([telemetry(factory)]) == [51]
+
+
+def test_clean_restart_leaves_no_gap_and_an_older_copy_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(10)])
+    store.close()
+    shutil.copyfile(path, tmp_path / "copy")  # a backup taken at seq 10
+    store, factory = make_store(path)
+    report = store.open()
+    assert report.lost_ranges == []
+    assert store.insert([telemetry(factory) for _ in range(5)]) == [11, 12, 13, 14, 15]
+    store.close()
+    shutil.copyfile(tmp_path / "copy", path)  # restored: seqs 11..15 are gone from it
+    store, factory = make_store(path)
+    report = store.open()
+    # Closed cleanly: the mark's last seq is exact, so the range is too.
+    assert (report.loss_reason, report.lost_ranges) == ("store_rolled_back", [(11, 15)])
+    assert store.insert([telemetry(factory)]) == [16]
+
+
+def test_a_mark_written_before_the_state_was_kept_is_still_honoured(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(3)])
+    store.close()
+    Path(f"{path}.seqmark").write_text("5000\n")  # the format of earlier versions
+    store, factory = make_store(path)
+    assert store.open().lost_ranges == []
+    assert store.insert([telemetry(factory)]) == [4]
+    store.close()
+    path.unlink()
+    store, factory = make_store(path)
+    report = store.open()
+    assert report.loss_reason == "store_missing" and report.lost_ranges[-1][1] >= 5000
+
+
+def test_a_seq_mark_that_cannot_be_rewritten_does_not_stop_the_store(tmp_path: Path) -> None:
+    # A full disk: the mark's temporary file cannot be made (here: a directory in its way).
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(3)])
+    store.close()
+    Path(f"{path}.seqmark.tmp").mkdir()
+    store, factory = make_store(path)
+    with capture_logs() as logs:
+        assert store.open().lost_ranges == []
+    assert any(entry["event"] == "seq_mark_not_written" for entry in logs)
+    assert store.insert([telemetry(factory)]) == [4]
+    assert Path(f"{path}.seqmark").read_text().split()[1:] == ["open", f"{4:020d}"]
+
+
+# ------------------------------------------------------------------ damaged rows
+
+
+def _stored(event: Any, seq: int = 1, attempt: int = 1) -> tuple[Any, ...]:
+    """A row as ``claim`` reads it (``_CLAIM_COLUMNS``), with its checksum."""
+    crc = row_crc(event.id, event.kind, event.device, event.data_json)
+    return (seq, event.id, event.kind, event.device, event.data_json, event.ts, 1, attempt, crc)
+
+
+def _wire(row: tuple[Any, ...]) -> str:
+    seq, event_id, kind, device, data, ts, synced, attempt, _ = row
+    return StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt).wire_json()
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=refuse)
+
+
+_FACTORY = EventFactory(ManualClock(), BOOT)
+_EVENTS = st.sampled_from(
+    [
+        _FACTORY.make("telemetry.vitals", {"heart_rate": 70, "rr_ms": [812.5, 790.0]}, "watch-A1"),
+        _FACTORY.make("telemetry.vitals", {"spo2": 97.5, "contact": True}, "watch-AABBCCDDEEFF"),
+        _FACTORY.make("alarm.button", {"press": "long", "battery": None, "rssi": -71}, "btn-01"),
+        _FACTORY.make("alarm.cancelled", {"alarm_id": None}, "btn-00000001"),
+        _FACTORY.make("device.online", {"reason": "rssi", "last_seen": None}, "btn-00000002"),
+        _FACTORY.make("gateway.dropped", {"count": 2, "seq_ranges": [[3, 4]], "reason": "x"}),
+        _FACTORY.make("audit.command", {"who": "platform", "what": "ping", "why": "é ✓"}),
+    ]
+)
+
+
+FLIPS = scaled(300, 10_000)
+
+
+@settings(max_examples=FLIPS)
+@given(event=_EVENTS, column=st.sampled_from([1, 2, 3, 4]), data=st.data())
+def _flipped_bit_is_found(event: Any, column: int, data: st.DataObject) -> None:
+    row = _stored(event)
+    assert row_damage(row) is None
+    _strict_json(_wire(row))
+    original = (row[column] or "").encode()
+    if not original:
+        return
+    at = data.draw(st.integers(0, len(original) - 1), label="byte")
+    bit = data.draw(st.integers(0, 7), label="bit")
+    flipped = bytearray(original)
+    flipped[at] ^= 1 << bit
+    damaged = list(row)
+    damaged[column] = bytes(flipped).decode("utf-8", "surrogateescape")  # as claim reads it
+    assert row_damage(damaged) is not None
+
+
+@pytest.mark.reliability
+def test_any_flipped_bit_of_a_checksummed_row_is_found() -> None:
+    _flipped_bit_is_found()
+    record(
+        "disk",
+        "one bit flipped in a stored row's id, kind, device or data (hypothesis)",
+        count=FLIPS,
+        lost=0,
+        outcome="every one found by the row checksum",
+    )
+
+
+_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet='{}[]":,0123456789.-eEtrufalsnNI \\', max_size=40),
+    st.binary(max_size=20).map(lambda raw: raw.decode("utf-8", "surrogateescape")),
+    st.sampled_from(["{}", '{"a":1}', '{"a":NaN}', "[]", "null", "2026-12-07T06:00:00.000Z"]),
+    st.sampled_from(sorted(KIND_DATA)),
+)
+_ANY = st.one_of(_TEXT, st.none(), st.integers(-5, 2**40), st.floats(), st.binary(max_size=8))
+
+
+@st.composite
+def _damaged_rows(draw: st.DrawFn) -> tuple[Any, ...]:
+    """A stored row, with or without its checksum, some columns replaced by garbage."""
+    row = list(_stored(draw(_EVENTS)))
+    if draw(st.booleans()):
+        row[8] = None  # stored before checksums
+    for column in draw(st.sets(st.integers(0, 8), max_size=3)):
+        row[column] = draw(_ANY)
+    return tuple(row)
+
+
+GARBAGE_ROWS = scaled(1000, 20_000)
+
+
+@settings(max_examples=GARBAGE_ROWS)
+@given(row=_damaged_rows() | st.tuples(*[_ANY] * 8, st.none() | _ANY))
+def _intact_row_makes_valid_json(row: tuple[Any, ...]) -> None:
+    # Checksummed or not (crc NULL: stored before checksums), garbage in any column: a row that
+    # the check lets through puts valid JSON, with a JSON object as data, on the wire.
+    if row_damage(row) is not None:
+        return
+    event = _strict_json(_wire(row))
+    assert isinstance(event["data"], dict)
+    _wire(row).encode()  # and it can be sent: UTF-8 throughout
+
+
+@pytest.mark.reliability
+def test_a_row_passed_as_intact_always_makes_valid_json() -> None:
+    _intact_row_makes_valid_json()
+    record(
+        "disk",
+        "garbage in a stored row's columns, with and without checksum (hypothesis)",
+        count=GARBAGE_ROWS,
+        lost=0,
+        outcome="no row let through made invalid JSON",
+    )
+
+
+def _corrupt(path: Path, seq: int, column: str, sql_value: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE events SET {column}={sql_value} WHERE seq=?", (seq,))  # noqa: S608
+    db.commit()
+    db.close()
+
+
+@pytest.mark.reliability
+async def test_damaged_rows_are_quarantined_and_the_rest_delivered(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    path = tmp_path / "state" / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory, 40 + i % 100) for i in range(600)])  # seqs 1..600
+    store.insert([alarm(factory)])  # 601: damaged below
+    store.insert([alarm(factory)])  # 602: intact
+    store.insert([telemetry(factory, 99)])  # 603: made unchecksummed, then damaged
+    store.insert([telemetry(factory, 98)])  # 604: unchecksummed, intact
+    store.close()
+    _corrupt(path, 7, "data", "replace(data, '46', '47')")  # one bit: valid JSON, wrong value
+    _corrupt(path, 250, "data", "substr(data, 2)")  # a lost "{": the message would break
+    _corrupt(path, 300, "data", "CAST(X'7B2268656172745F72617465223AFF7D' AS TEXT)")  # not UTF-8
+    _corrupt(path, 301, "id", "id || '\"'")
+    _corrupt(path, 601, "data", "replace(data, 'short', 'sh\"rt')")
+    _corrupt(path, 603, "crc", "NULL")
+    _corrupt(path, 603, "data", "replace(data, '}', '')")
+    _corrupt(path, 604, "crc", "NULL")
+    damaged = {7, 250, 300, 301, 601, 603}
+    async with running_gateway(tmp_path, mosquitto) as running:
+        await wait_platform(
+            platform,
+            lambda p: (
+                any(e["data"]["reason"] == DAMAGED_ROW_REASON for e in kinds(p, "gateway.dropped"))
+                and set(range(1, 605)) - damaged <= set(p.seq_ids("gw-a"))
+            ),
+            "every intact event and the report of the damaged ones",
+        )
+        stats = await running.gateway.outbox.call(running.gateway.store.stats)
+    explained = {
+        seq
+        for event in kinds(platform, "gateway.dropped")
+        if event["data"]["reason"] == DAMAGED_ROW_REASON
+        for first, last in event["data"]["seq_ranges"]
+        for seq in range(first, last + 1)
+    }
+    assert explained == damaged
+    assert not damaged & set(platform.seq_ids("gw-a")), "a damaged row was sent"
+    assert [e["seq"] for e in kinds(platform, "alarm.button")] == [602]
+    assert stats.queued.get("alarm", 0) == 1  # 602, awaiting its ack; 601 is not resent
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    kept = dict(db.execute("SELECT seq, why FROM quarantine").fetchall())
+    db.close()
+    assert set(kept) == damaged, kept
+    record(
+        "disk",
+        "stored row damaged (flipped bit, cut JSON, not UTF-8, bad id, alarm, pre-checksum row)",
+        count=len(damaged),
+        lost=0,
+        outcome="damaged rows (one an alarm) quarantined and reported as gateway.dropped "
+        "event_corrupt; the other 598 delivered as valid JSON",
+    )
+
+
+def test_a_damaged_row_that_cannot_be_moved_is_held_back_and_reported_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory, 60 + i) for i in range(3)])
+    _corrupt(path, 2, "data", "substr(data, 2)")
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE quarantine RENAME TO quarantine_away")  # the move will fail
+    db.commit()
+    assert [e.seq for e in store.claim(10)] == [1, 3]
+    store.release_all()  # the link was lost: everything comes back, the damaged row too
+    assert [e.seq for e in store.claim(10)] == [1, 3, 4]  # 4: the one report
+    db.execute("ALTER TABLE quarantine_away RENAME TO quarantine")
+    db.commit()
+    store.release_all()
+    assert [e.seq for e in store.claim(10)] == [1, 3, 4]
+    assert db.execute("SELECT seq FROM quarantine").fetchall() == [(2,)]
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='gateway.dropped'").fetchone() == (1,)
+    db.close()
+    store.close()
+
+
+def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in (REPO / "gateway" / "schema" / "001_initial.sql").read_text().split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("PRAGMA user_version=1")
+    factory = EventFactory(ManualClock(), BOOT)
+    rows = [telemetry(factory, 60 + i) for i in range(3)]
+    for seq, event in enumerate(rows, 1):
+        db.execute(
+            "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
+            "boot_id, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 0, ?, 100, 0)",
+            (seq, event.id, event.kind, event_class(event.kind), event.device,
+             event.data_json if seq != 2 else '{"heart_rate":6', event.ts, BOOT),
+        )  # fmt: skip
+    db.execute("UPDATE meta SET value=3")
+    db.execute("INSERT INTO commands VALUES ('c-old', 1.0, '{}'), ('c-new', 2.0, '{}')")
+    db.commit()
+    db.close()
+    store, factory = make_store(path)
+    assert store.open().migrated_from == 1
+    assert [e.seq for e in store.claim(10)] == [1, 3]
+    (report,) = store.claim(10)
+    assert (report.seq, report.kind) == (4, "gateway.dropped")
+    assert json.loads(report.data_json)["seq_ranges"] == [[2, 2]]
+    assert store.command_result("c-old") == "{}"
+    store.remember_command("c-3", "{}", keep=2)
+    assert store.command_result("c-old") is None  # the oldest by arrival went first
+    assert store.command_result("c-new") == "{}"
+
+
+# ------------------------------------------------------------------ command ids and the clock
+
+
+def test_command_ids_are_forgotten_by_count_never_by_the_clock(tmp_path: Path) -> None:
+    clock = ManualClock(wall=1_700_000_000.0 - 30 * DAY_S, synced=False)  # 30 days behind
+    store, _ = make_store(tmp_path / "o.sqlite3", clock)
+    store.open()
+    store.remember_command("cmd-1", '{"n":1}')
+    clock.set_wall(1_700_000_000.0)  # NTP steps the clock forward
+    for n in range(2, 12):
+        store.remember_command(f"cmd-{n}", f'{{"n":{n}}}', keep=10)
+    assert store.command_result("cmd-1") is None  # ten newer ids arrived
+    assert store.command_result("cmd-2") == '{"n":2}'
+    clock.set_wall(1_700_000_000.0 + 400 * DAY_S)
+    store.remember_command("cmd-12", "{}", keep=10)
+    assert store.command_result("cmd-3") == '{"n":3}'  # still among the ten newest
+
+
+@pytest.mark.reliability
+async def test_a_command_redelivered_after_a_forward_clock_step_runs_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(wall=1_700_000_000.0 - 30 * DAY_S, synced=False)
+    store, factory = make_store(tmp_path / "o.sqlite3", clock)
+    outbox = Outbox(store, group_commit_s=0)
+    await outbox.open()
+    runs: list[str] = []
+
+    async def test_alarm(args: dict[str, Any]) -> dict[str, Any]:
+        runs.append("test_alarm")
+        return {"alarm_id": "a"}
+
+    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock, max_age_s=7 * DAY_S)
+    commands.register("test_alarm", test_alarm)
+
+    def message(cmd_id: str, name: str = "test_alarm") -> bytes:
+        return json.dumps({"v": 1, "id": cmd_id, "name": name, "args": {}}).encode()
+
+    try:
+        await commands.handle(message("cmd-1"))
+        clock.set_wall(1_700_000_000.0)  # NTP: 30 days forward
+        clock.advance(60)
+        await commands.handle(message("cmd-2", "nope"))  # another command meanwhile
+        await commands.handle(message("cmd-1"))  # the broker delivers cmd-1 again
+        assert runs == ["test_alarm"], "the command ran twice"
+        db = sqlite3.connect(store.path)
+        results = [
+            json.loads(row[0])
+            for row in db.execute("SELECT data FROM events WHERE kind='cmd.result' ORDER BY seq")
+        ]
+        db.close()
+        assert [r["cmd_id"] for r in results] == ["cmd-1", "cmd-2", "cmd-1"]
+        assert results[0] == results[2]
+    finally:
+        await outbox.close()
+    record(
+        "clock",
+        "command redelivered after a 30-day forward clock step",
+        count=1,
+        lost=0,
+        outcome="not run again: its stored result sent again (ids kept by count)",
+    )
+
+
+# ------------------------------------------------------------------ file modes
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(3)])
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.seqmark")]
+    assert {str(f): oct(_mode(f)) for f in files} == {str(f): "0o600" for f in files}
+    store.close()
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_store_files_left_readable_by_an_earlier_version_are_made_private(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    store.close()
+    for name in (path, Path(f"{path}.seqmark")):
+        name.chmod(0o644)
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.seqmark")):
+        assert _mode(name) == 0o600, name
+    store.close()
+
+
+def test_a_directory_in_the_outbox_path_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.mkdir(mode=0o755)
+    store, _ = make_store(path)
+    with pytest.raises(StoreError):
+        store.open()
+    assert _mode(path) == 0o755
+
+
+# Another process asks for an exclusive lock over the whole -shm file: it must be refused while
+# the gateway has the store open (SQLite holds a lock in it for as long as a connection uses it).
+_SHM_LOCK_PROBE = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(0)
+    sys.exit(3)
+    """
+)
+
+
+def test_making_the_files_private_leaves_sqlites_locks_alone(tmp_path: Path) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: a mode
+    # fixed by opening the -shm would let the next process to open the store take it for unused
+    # and reset it under the running gateway (SIGBUS).
+    path = tmp_path / "outbox.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    store.close()
+    for suffix in ("", ".seqmark"):
+        Path(f"{path}{suffix}").chmod(0o644)
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory)])
+    probe = subprocess.run(
+        [sys.executable, "-c", _SHM_LOCK_PROBE, f"{path}-shm"], timeout=30, check=False
+    )
+    store.close()
+    assert probe.returncode == 0, "the open store's lock on its -shm file was dropped"
+
+
+def test_the_daemon_started_by_hand_keeps_its_outbox_private(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # Outside systemd (no UMask=), with the usual umask 022.
+    daemon = GatewayProcess(gateway_config(tmp_path, mosquitto), tmp_path / "gateway.log")
+    previous = os.umask(0o022)
+    try:
+        daemon.start()
+    finally:
+        os.umask(previous)
+    state = tmp_path / "state"
+    names = ["outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm", "outbox.sqlite3.seqmark"]
+    try:
+        deadline = time.monotonic() + 20
+        while not all((state / name).exists() for name in names):
+            assert time.monotonic() < deadline, f"the daemon made no outbox\n{daemon.log_text()}"
+            time.sleep(0.05)
+        modes = {name: oct(_mode(state / name)) for name in names}
+        assert daemon.terminate() == 0, daemon.log_text()[-3000:]
+    finally:
+        daemon.close()
+    assert modes == dict.fromkeys(names, "0o600")
+    assert _mode(state / "outbox.sqlite3") == 0o600
