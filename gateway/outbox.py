@@ -769,8 +769,10 @@ class SqliteStore:
         if not urgent:
             wal, growth = self._pressure(db)
             full = disk.full_cap is not None  # the WAL must fit in the file it already has
-            if full or wal > disk.budget.wal // 4 or growth > self._growth_allowed() // 2:
+            if full or wal > disk.budget.wal // 2 or growth > self._growth_allowed() // 2:
                 self._checkpoint(db)
+            elif wal > disk.budget.wal // 4:
+                self._checkpoint(db, wait=False)  # unless the checkpointer is at it already
         return db
 
     def _growth_allowed(self) -> int:
@@ -804,16 +806,22 @@ class SqliteStore:
         pages = int(db.execute("PRAGMA page_count").fetchone()[0])
         return wal, max(0, pages * disk.page_size - on_disk)
 
-    def _checkpoint(self, db: sqlite3.Connection, mode: str = "PASSIVE") -> bool:
+    def _checkpoint(
+        self, db: sqlite3.Connection, mode: str = "PASSIVE", *, wait: bool = True
+    ) -> bool:
         """A checkpoint on the store's own connection: nothing else writes meanwhile, so it
         completes and the next transaction restarts the WAL at its beginning. After a failed
-        commit SQLite does not restart it by itself: ``RESTART`` makes sure it does."""
-        with self._disk.lock:
-            try:
-                busy = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-            except sqlite3.Error as exc:
-                log.warning("checkpoint_failed", error=str(exc), by="store")
-                return False
+        commit SQLite does not restart it by itself: ``RESTART`` makes sure it does. Without
+        ``wait``, nothing is done while the checkpointer is at work."""
+        if not self._disk.lock.acquire(blocking=wait):
+            return False
+        try:
+            busy = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("checkpoint_failed", error=str(exc), by="store")
+            return False
+        finally:
+            self._disk.lock.release()
         return not busy
 
     def _write(
