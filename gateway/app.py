@@ -27,7 +27,7 @@ from gateway.commands import CommandProcessor, no_args
 from gateway.config import CameraSection, GatewayConfig, ble_address
 from gateway.control import ControlError, ControlServer
 from gateway.emitter import EventFactory, OutboxSink
-from gateway.errors import CommandError
+from gateway.errors import CommandError, StoreError
 from gateway.events import NewEvent
 from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
 from gateway.outbox import AlarmTiming, Outbox, SqliteStore
@@ -400,8 +400,11 @@ class Gateway:
         log.info("gateway_stopping")
         self.notifier.stopping()
         await self.supervisor.stop("sim.source")
-        await self.sink.emit("gateway.stopping", lifecycle)
-        await self.outbox.flush()
+        try:
+            await self.sink.emit("gateway.stopping", lifecycle)
+            await self.outbox.flush()
+        except StoreError as exc:  # a full disk: what could not be stored is logged by close()
+            log.error("shutdown_store_failed", error=str(exc))  # noqa: TRY400
         await self.uplink.stop(SHUTDOWN_DRAIN_S)
         await self.supervisor.stop_all(SHUTDOWN_TASKS_S)  # the alarm sources first
         if self.camera is not None:

@@ -6,6 +6,7 @@
     ├── ConfigError            exit with a clear message (status 78); systemd must not restart
     ├── StoreError             the outbox database
     │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
+    │   ├── StoreFullError     no room on the disk even after making some: retry later
     │   └── StoreVersionError  schema newer than this build: stop and report (permanent)
     ├── UplinkError            the MQTT link
     │   ├── UplinkTransientError   retry with capped, jittered back-off
@@ -37,6 +38,10 @@ class StoreError(CarebedError):
 
 class StoreCorruptError(StoreError):
     """The outbox database is damaged."""
+
+
+class StoreFullError(StoreError):
+    """The disk is full: the outbox made what room it could and still cannot write."""
 
 
 class StoreVersionError(StoreError):

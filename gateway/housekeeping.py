@@ -60,8 +60,8 @@ class GatewayStatus:
 
     async def snapshot(self) -> dict[str, Any]:
         stats = await self.outbox.call(self.outbox.store.stats)
-        try:
-            vfs = os.statvfs(self.state_dir)
+        try:  # where the outbox is, which need not be the state directory
+            vfs = os.statvfs(self.outbox.store.path.parent)
             disk_free = vfs.f_bavail * vfs.f_frsize
         except OSError:
             disk_free = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
+from gateway.errors import StoreCorruptError, StoreError, StoreFullError, StoreVersionError
 from gateway.events import (
     KIND_DATA,
     TS_PATTERN,
@@ -47,6 +48,7 @@ EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 EVENT_OVERHEAD_BYTES = 160  # envelope bytes around data, counted against the quota
 CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_SPACING_S = 0.25  # between checkpoints the store asks for
 SQL_CHUNK = 500  # seqs per IN (...) list
 _WIRE_COLUMNS = "seq, id, kind, device, data, ts, ts_synced, attempt"  # StoredEvent's fields
 _CLAIM_COLUMNS = f"{_WIRE_COLUMNS}, crc"
@@ -369,6 +371,7 @@ class SqliteStore:
         self._alarm_due: dict[int, float] = {}  # delivered alarm seq -> when to resend
         self._cursor = 0
         self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
+        self._disk = _DiskGuard(path, max_bytes)
 
     def mono(self) -> float:
         """Seconds on the store's monotonic clock (deadlines for ``release``)."""
@@ -554,35 +557,79 @@ class SqliteStore:
 
     # ----------------------------------------------------------------------------- writing
 
+    @property
+    def rows_per_transaction(self) -> int:
+        """The most events one ``insert`` should carry, so that one commit keeps to its share of
+        the WAL (``Outbox`` splits its batches by it)."""
+        return self._disk.budget.rows_per_transaction
+
+    def set_checkpoint_waker(self, wake: Callable[[], None]) -> None:
+        """What to call when the WAL or the database's growth should be checkpointed soon."""
+        self._disk.wake_checkpointer = wake
+
+    @property
+    def checkpoint_lock(self) -> threading.Lock:
+        """Held by whoever checkpoints (the store thread or the checkpointer), one at a time."""
+        return self._disk.lock
+
+    def dropped_event(self, count: int, ranges: list[tuple[int, int]], reason: str) -> NewEvent:
+        """A ``gateway.dropped`` event, as the store reports its own evictions."""
+        return self._make_dropped(count, ranges, reason)
+
+    def make_reserve(self) -> bool:
+        """Create the alarm reserve if it is missing and there is room; True if it is held."""
+        disk = self._disk
+        if disk.reserve.held:
+            return True
+        # After a full disk, only once there is room for all of it: space has really returned.
+        if not disk.reserve.make(smaller=disk.full_cap is None):
+            return False
+        if disk.full_cap is not None:
+            disk.full_cap = None
+            log.info("disk_space_returned", reserve_bytes=disk.reserve.held)
+        return True
+
     def insert(self, events: Sequence[NewEvent]) -> list[int]:
-        """Store events in one transaction with a full fsync; return their seqs."""
-        db = self._require()
+        """Store events in one transaction with a full fsync; return their seqs.
+
+        Alarms are committed as they are: they never wait for an eviction or a checkpoint (the
+        next write of other events evicts for them). On a full disk the store makes room
+        (``_make_room``) and tries again; ``StoreFullError`` if there is still none.
+        """
+        urgent = all(event.is_alarm for event in events)
+        db = self._prepare(urgent=urgent)
         now = self._now()
-        seqs: list[int] = []
-        evicted: list[int] = []
-        try:
-            with _transaction(db):
-                last = self._last_seq()
-                self._seqmark.ensure(last + len(events) + 1)
-                for event in events:
-                    last += 1
-                    self._insert_row(db, last, event, now)
-                    seqs.append(last)
-                if self._stored_bytes > self.max_bytes:
-                    last = self._evict(db, last, now, evicted)
-                db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
-        except BaseException:
-            self._stored_bytes = int(
-                db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
-            )
-            raise
+        seqs, evicted, last = self._write(
+            db, functools.partial(self._insert_rows, events, now, urgent), "insert"
+        )
         self._seqmark.committed(last)
         for seq in evicted:
             self._released.pop(seq, None)
+        self._after_write(db, urgent=urgent)
         return seqs
 
+    def _insert_rows(
+        self, events: Sequence[NewEvent], now: float, urgent: bool, db: sqlite3.Connection
+    ) -> tuple[list[int], list[int], int]:
+        seqs: list[int] = []
+        evicted: list[int] = []
+        last = self._last_seq()
+        self._seqmark.ensure(last + len(events) + 1)
+        if not urgent:
+            incoming = sum(_row_bytes(event) for event in events)
+            if self._over_quota(db, incoming):
+                last = self._evict(db, last, now, evicted, incoming)
+        for event in events:
+            last += 1
+            self._insert_row(db, last, event, now)
+            seqs.append(last)
+        if not urgent and self._disk.full_cap is None and self._over_quota(db, 0):
+            last = self._evict(db, last, now, evicted, 0)  # (on a full disk: evicted before)
+        db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
+        return seqs, evicted, last
+
     def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
-        size = len(event.data_json) + EVENT_OVERHEAD_BYTES
+        size = _row_bytes(event)
         alarm = event.is_alarm
         db.execute(
             "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
@@ -607,22 +654,58 @@ class SqliteStore:
         )
         self._stored_bytes += size
 
-    def _evict(self, db: sqlite3.Connection, last: int, now: float, evicted: list[int]) -> int:
-        """Delete the oldest evictable events until under the quota; report them as dropped.
+    # The quota (outbox.max_bytes) bounds the files, not only the rows: the database may hold
+    # ``budget.db`` bytes of live pages (freed pages are reused, so the file stops growing
+    # there), the WAL is checkpointed and restarted before it passes ``budget.wal``, and the
+    # rest is the alarm reserve, the -shm index and the seq mark. On a full disk the database
+    # may not grow at all (``full_cap``). Either way telemetry leaves ALARM_HEADROOM_BYTES of
+    # free pages for alarms, which never evict.
+
+    def _db_limit(self) -> int:
+        disk = self._disk
+        limit = disk.budget.db if disk.full_cap is None else min(disk.budget.db, disk.full_cap)
+        return limit - min(ALARM_HEADROOM_BYTES, max(limit, 0) // 8)
+
+    def _live_bytes(self, db: sqlite3.Connection) -> int:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages - free) * self._disk.page_size
+
+    def _over_quota(self, db: sqlite3.Connection, incoming: int, *, evicting: bool = False) -> bool:
+        """Would ``incoming`` more row bytes take the outbox over its quota? ``evicting``: over
+        the level an eviction goes down to."""
+        fraction = EVICT_TO_FRACTION if evicting else 1.0
+        if self._stored_bytes + incoming > self.max_bytes * fraction:
+            return True
+        limit = self._db_limit() - (self._evict_slack() if evicting else 0)
+        return self._live_bytes(db) + incoming * DB_BYTES_PER_ROW_BYTE > limit
+
+    def _evict_slack(self) -> int:
+        """How far below its limit an eviction takes the database: a tenth of the quota (at
+        most a quarter of the WAL's share, so that its transaction fits the WAL); on a full
+        disk only a little, since every deleted page is written to the WAL."""
+        if self._disk.full_cap is not None:
+            return FULL_EVICT_SLACK_BYTES
+        return min(max(self._db_limit(), 0) // 10, self._disk.budget.wal // 8)
+
+    def _evict(
+        self, db: sqlite3.Connection, last: int, now: float, evicted: list[int], incoming: int
+    ) -> int:
+        """Delete the oldest evictable events until there is room; report them as dropped.
 
         Never alarms, never events in flight. Earlier ``gateway.dropped`` events go last, and
         when one goes, the gaps it explained move into the new one, so every gap stays explained.
         """
-        target = int(self.max_bytes * EVICT_TO_FRACTION)
         explained: list[tuple[int, int]] = []
+        unsequenced: dict[str, int] = {}  # counts of evicted reports of events without a seq
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
             cursor = 0
-            while self._stored_bytes > target:
+            while self._over_quota(db, incoming, evicting=True):
                 rows = db.execute(
                     f"SELECT seq, size, data FROM events WHERE class=? AND seq>? AND {which} "  # noqa: S608
-                    "ORDER BY seq LIMIT 256",
+                    "ORDER BY seq LIMIT 64",
                     (klass, cursor),
                 ).fetchall()
                 if not rows:
@@ -634,21 +717,156 @@ class SqliteStore:
                     self._stored_bytes -= size
                     evicted.append(seq)
                     if klass == "gateway" and which.startswith("kind="):
-                        explained.extend(tuple(r) for r in json.loads(data)["seq_ranges"])
-            if self._stored_bytes <= target:
+                        report = json.loads(data)
+                        explained.extend(tuple(r) for r in report["seq_ranges"])
+                        if not report["seq_ranges"]:
+                            reason = report["reason"]
+                            unsequenced[reason] = unsequenced.get(reason, 0) + report["count"]
+            if not self._over_quota(db, incoming, evicting=True):
                 break
         if not evicted:
-            log.warning("quota_exceeded", stored_bytes=self._stored_bytes, max_bytes=self.max_bytes)
+            log.warning(
+                "quota_exceeded",
+                stored_bytes=self._stored_bytes,
+                max_bytes=self.max_bytes,
+                disk_full=self._disk.full_cap is not None,
+            )
             return last
+        reason = "disk_quota" if self._disk.full_cap is None else "disk_full"
         ranges = merge_ranges([*seq_ranges(evicted), *explained])
         for start in range(0, len(ranges), MAX_RANGES_PER_DROPPED):
             chunk = ranges[start : start + MAX_RANGES_PER_DROPPED]
             count = sum(b - a + 1 for a, b in chunk)
             last += 1
             self._seqmark.ensure(last)
-            self._insert_row(db, last, self._make_dropped(count, chunk, "disk_quota"), now)
-        log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason="disk_quota")
+            self._insert_row(db, last, self._make_dropped(count, chunk, reason), now)
+        for why, count in unsequenced.items():  # carried over, so that no count is lost
+            last += 1
+            self._seqmark.ensure(last)
+            self._insert_row(db, last, self._make_dropped(count, [], why), now)
+        log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason=reason)
         return last
+
+    # A full disk (ENOSPC, SQLITE_FULL). In WAL mode every write, a DELETE included, appends to
+    # the WAL, and a checkpoint grows the database file by the pages the WAL added. So: keep the
+    # WAL and the pending growth small at all times (checkpointed early), keep a reserve file,
+    # and when a write finds the disk full give the reserve back, checkpoint (the WAL then
+    # restarts at its beginning and needs no new space), cap the database at its size (new
+    # telemetry evicts old) and try again.
+
+    def _prepare(self, *, urgent: bool) -> sqlite3.Connection:
+        """Before a write: the connection's settings, the reserve, and (not for alarms) a WAL
+        or a growth too large for the reserve is checkpointed now."""
+        db = self._require()
+        disk = self._disk
+        if disk.prepared is not db:
+            # A restarted WAL is cut back to this: past it, the WAL holds that much since.
+            db.execute(f"PRAGMA journal_size_limit={disk.budget.wal // 8}")
+            disk.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            disk.prepared = db
+        if not urgent and not disk.reserve.held:
+            self.make_reserve()  # a statvfs, unless there is room; never on an alarm's time
+        if not urgent:
+            wal, growth = self._pressure(db)
+            full = disk.full_cap is not None  # the WAL must fit in the file it already has
+            if full or wal > disk.budget.wal // 2 or growth > self._growth_allowed() // 2:
+                self._checkpoint(db)
+            elif wal > disk.budget.wal // 4:
+                self._checkpoint(db, wait=False)  # unless the checkpointer is at it already
+        return db
+
+    def _growth_allowed(self) -> int:
+        """How much the database may grow before a checkpoint: what the reserve can cover
+        (nothing without one: then every other write is checkpointed at once)."""
+        return self._disk.reserve.held
+
+    def _after_write(self, db: sqlite3.Connection, *, urgent: bool = False) -> None:
+        wal, growth = self._pressure(db)
+        disk = self._disk
+        if not urgent and growth > 0 and not disk.reserve.held:
+            self._checkpoint(db)
+        elif (
+            disk.full_cap is not None
+            or wal > disk.budget.wal // 8
+            or growth > self._growth_allowed() // 4
+        ):
+            disk.wake_checkpointer()
+
+    def _pressure(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """(bytes in the WAL file, bytes the database file grows by at the next checkpoint)."""
+        disk = self._disk
+        try:
+            wal = os.stat(disk.wal_path).st_size
+        except FileNotFoundError:
+            wal = 0
+        try:
+            on_disk = os.stat(self.path).st_size
+        except FileNotFoundError:
+            on_disk = 0
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        return wal, max(0, pages * disk.page_size - on_disk)
+
+    def _checkpoint(
+        self, db: sqlite3.Connection, mode: str = "PASSIVE", *, wait: bool = True
+    ) -> bool:
+        """A checkpoint on the store's own connection: nothing else writes meanwhile, so it
+        completes and the next transaction restarts the WAL at its beginning. After a failed
+        commit SQLite does not restart it by itself: ``RESTART`` makes sure it does. Without
+        ``wait``, nothing is done while the checkpointer is at work."""
+        if not self._disk.lock.acquire(blocking=wait):
+            return False
+        try:
+            busy = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("checkpoint_failed", error=str(exc), by="store")
+            return False
+        finally:
+            self._disk.lock.release()
+        return not busy
+
+    def _write(
+        self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T], what: str
+    ) -> _T:
+        """Run ``work`` in one transaction; on a full disk make room and run it again.
+
+        ``work`` may change ``_stored_bytes`` (put back on failure), nothing else in memory.
+        """
+        for attempt in range(1, FULL_ATTEMPTS + 1):
+            stored = self._stored_bytes
+            try:
+                with _transaction(db):
+                    return work(db)
+            except (sqlite3.Error, OSError) as exc:
+                self._stored_bytes = stored
+                if not _is_disk_full(exc):
+                    raise
+                if attempt == FULL_ATTEMPTS:
+                    log.error("store_full", write=what, attempts=attempt, error=str(exc))  # noqa: TRY400
+                    raise StoreFullError(f"the disk is full: {what} failed: {exc}") from exc
+                self._make_room(db, exc, what, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _make_room(
+        self, db: sqlite3.Connection, exc: BaseException, what: str, attempt: int
+    ) -> None:
+        disk = self._disk
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        first = disk.full_cap is None
+        disk.full_cap = pages * disk.page_size  # from now on the database may not grow
+        released = disk.reserve.release()
+        if first or released:
+            log.error(
+                "disk_full",
+                path=str(self.path),
+                write=what,
+                error=str(exc),
+                reserve_released=released,
+                database_bytes=disk.full_cap,
+            )
+        # RESTART: the next transaction writes the WAL from its beginning, in space it has.
+        # If that was not enough, TRUNCATE gives the WAL's blocks back to the filesystem: the
+        # seq mark may need one (a new file every 4096 seqs), the WAL grows again into the rest.
+        self._checkpoint(db, "RESTART" if attempt == 1 else "TRUNCATE")
 
     # ----------------------------------------------------------------------------- delivery
 
@@ -777,42 +995,28 @@ class SqliteStore:
     def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has them: delete them, except alarms, which wait for the platform's ack.
 
-        Returns the alarms that became delivered.
+        Returns the alarms that became delivered. On a full disk that leaves no room at all,
+        the events are published again later (a duplicate, never a loss) and nothing raises.
         """
-        db = self._require()
+        db = self._prepare(urgent=False)
         pending: list[tuple[int, str, str, str | None, int]] = []
-        deleted = 0
+        done: list[int] = []
+        step = min(SQL_CHUNK, self.rows_per_transaction)
         db.execute("PRAGMA synchronous=NORMAL")  # losing a delete only means a duplicate
         try:
-            with _transaction(db):
-                for start in range(0, len(seqs), SQL_CHUNK):
-                    chunk = list(seqs[start : start + SQL_CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    pending += db.execute(
-                        "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
-                        f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
-                        chunk,
-                    ).fetchall()
-                    deleted += db.execute(
-                        "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
-                        f"WHERE seq IN ({marks}) AND class!='alarm'",
-                        chunk,
-                    ).fetchone()[0]
-                    db.execute(
-                        f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
-                        chunk,
-                    )
-                db.executemany(
-                    "UPDATE events SET alarm_state='delivered' WHERE seq=?",
-                    [(row[0],) for row in pending],
-                )
+            for start in range(0, len(seqs), step):
+                chunk = list(seqs[start : start + step])
+                pending += self._write(db, functools.partial(self._ack_rows, chunk), "ack")
+                done += chunk
+        except StoreFullError:
+            self.release(seqs[len(done) :], self.mono() + ACK_RETRY_ON_FULL_S)
         except BaseException:
-            self.release(seqs, self.mono())  # not recorded: publish them again
+            self.release(seqs[len(done) :], self.mono())  # not recorded: publish them again
             raise
         finally:
             db.execute("PRAGMA synchronous=FULL")
-        self._stored_bytes -= deleted
-        self._inflight.difference_update(seqs)
+        self._inflight.difference_update(done)
+        self._after_write(db)
         now = self.mono()
         delivered = [
             HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
@@ -823,6 +1027,29 @@ class SqliteStore:
             )
             self._alarm_due[alarm.seq] = now + wait
         return delivered
+
+    def _ack_rows(
+        self, chunk: list[int], db: sqlite3.Connection
+    ) -> list[tuple[int, str, str, str | None, int]]:
+        marks = ",".join("?" * len(chunk))
+        pending: list[tuple[int, str, str, str | None, int]] = db.execute(
+            "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
+            f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
+            chunk,
+        ).fetchall()
+        self._stored_bytes -= db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
+            f"WHERE seq IN ({marks}) AND class!='alarm'",
+            chunk,
+        ).fetchone()[0]
+        db.execute(
+            f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
+            chunk,
+        )
+        db.executemany(
+            "UPDATE events SET alarm_state='delivered' WHERE seq=?", [(row[0],) for row in pending]
+        )
+        return pending
 
     def release(self, seqs: Iterable[int], retry_at: float) -> None:
         """Publication failed (refused by the broker): keep them and try again at ``retry_at``
@@ -857,28 +1084,38 @@ class SqliteStore:
             deadline = self._alarm_due.setdefault(row[0], now + self.timing.ack_timeout_s)
             if deadline <= now:
                 due.append(row)
-        promoted: list[HeldAlarm] = []
-        given_up: list[HeldAlarm] = []
         if not due:
-            return promoted, given_up
-        freed = 0
-        with _transaction(db):
-            for seq, event_id, kind, device, attempt, created_at, mono_ns, boot_id, synced in due:
-                if self._age_s(created_at, mono_ns, boot_id, bool(synced)) >= (
-                    self.timing.give_up_after_s
-                ):
-                    freed += self._delete_alarm(db, seq)
-                    given_up.append(HeldAlarm(event_id, seq, kind, device, attempt))
-                    continue
-                db.execute(
-                    "UPDATE events SET alarm_state='pending', attempt=attempt+1 WHERE seq=?", (seq,)
-                )
-                promoted.append(HeldAlarm(event_id, seq, kind, device, attempt + 1))
-        self._stored_bytes -= freed
+            return [], []
+        db = self._prepare(urgent=True)
+        try:
+            promoted, given_up = self._write(
+                db, functools.partial(self._promote_rows, due), "promote_due_alarms"
+            )
+        except StoreFullError:
+            return [], []  # tried again at the next round; the alarms stay held meanwhile
+        self._after_write(db, urgent=True)
         for alarm in [*promoted, *given_up]:
             self._alarm_due.pop(alarm.seq, None)
         for alarm in given_up:
             log.error("alarm_given_up", alarm_id=alarm.id, seq=alarm.seq, attempts=alarm.attempt)
+        return promoted, given_up
+
+    def _promote_rows(
+        self, due: list[Any], db: sqlite3.Connection
+    ) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        promoted: list[HeldAlarm] = []
+        given_up: list[HeldAlarm] = []
+        for seq, event_id, kind, device, attempt, created_at, mono_ns, boot_id, synced in due:
+            if self._age_s(created_at, mono_ns, boot_id, bool(synced)) >= (
+                self.timing.give_up_after_s
+            ):
+                self._stored_bytes -= self._delete_alarm(db, seq)
+                given_up.append(HeldAlarm(event_id, seq, kind, device, attempt))
+                continue
+            db.execute(
+                "UPDATE events SET alarm_state='pending', attempt=attempt+1 WHERE seq=?", (seq,)
+            )
+            promoted.append(HeldAlarm(event_id, seq, kind, device, attempt + 1))
         return promoted, given_up
 
     def _age_s(self, created_at: float, mono_ns: int, boot_id: str, synced: bool) -> float:
@@ -895,26 +1132,33 @@ class SqliteStore:
         return 0 if row is None else int(row[0])
 
     def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
-        """The platform acknowledged: forget these alarms. Returns those the store held."""
-        db = self._require()
-        found: list[HeldAlarm] = []
-        freed = 0
-        with _transaction(db):
-            for event_id in ids:
-                row = db.execute(
-                    "SELECT seq, kind, device, attempt FROM events WHERE id=? AND class='alarm'",
-                    (event_id,),
-                ).fetchone()
-                if row is None:
-                    continue
-                seq, kind, device, attempt = row
-                freed += self._delete_alarm(db, seq)
-                found.append(HeldAlarm(event_id, seq, kind, device, attempt))
-        self._stored_bytes -= freed
+        """The platform acknowledged: forget these alarms. Returns those the store held.
+
+        On a full disk room is made as for an alarm (``StoreFullError`` only if there is none).
+        """
+        db = self._prepare(urgent=True)
+        found = self._write(
+            db, functools.partial(self._acknowledge_rows, ids), "acknowledge_alarms"
+        )
         for alarm in found:
             self._inflight.discard(alarm.seq)
             self._released.pop(alarm.seq, None)
             self._alarm_due.pop(alarm.seq, None)
+        self._after_write(db, urgent=True)
+        return found
+
+    def _acknowledge_rows(self, ids: Sequence[str], db: sqlite3.Connection) -> list[HeldAlarm]:
+        found: list[HeldAlarm] = []
+        for event_id in ids:
+            row = db.execute(
+                "SELECT seq, kind, device, attempt FROM events WHERE id=? AND class='alarm'",
+                (event_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            seq, kind, device, attempt = row
+            self._stored_bytes -= self._delete_alarm(db, seq)
+            found.append(HeldAlarm(event_id, seq, kind, device, attempt))
         return found
 
     def held_alarms(self) -> list[HeldAlarm]:
@@ -1006,18 +1250,179 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
+# ----------------------------------------------------------------------------- disk budget
+
+ALARM_RESERVE_MIN_BYTES = 64 * 1024
+ALARM_RESERVE_MAX_BYTES = 4 * 1024 * 1024
+ALARM_HEADROOM_BYTES = 64 * 1024  # free pages in the database that telemetry leaves to alarms
+WAL_MIN_BYTES = 128 * 1024
+WAL_MAX_BYTES = 32 * 1024 * 1024
+WAL_FRAME_BYTES = 4096 + 24
+SHM_BLOCK_BYTES = 32 * 1024  # of the -shm index, per 4096 WAL frames
+SIDECAR_BYTES = 4096  # the seq mark and its temporary copy
+DB_BYTES_PER_ROW_BYTE = 2  # database pages per byte counted for a row (indexes, page slack)
+FULL_EVICT_SLACK_BYTES = 16 * 1024
+FULL_ATTEMPTS = 3
+ACK_RETRY_ON_FULL_S = 5.0
+MAX_ROWS_PER_TRANSACTION = 5000
+WAL_BYTES_PER_ROW = 512  # what one more row adds to a transaction's WAL (430 B measured)
+_SQLITE_FULL = 13
+
+
+@dataclass(frozen=True, slots=True)
+class DiskBudget:
+    """How ``outbox.max_bytes`` is shared out between the outbox's files."""
+
+    max_bytes: int
+    reserve: int  # the alarm reserve file
+    wal: int  # the -wal file
+    shm: int  # the -shm index
+    db: int  # live pages of the database file
+
+    @classmethod
+    def of(cls, max_bytes: int) -> DiskBudget:
+        reserve = min(ALARM_RESERVE_MAX_BYTES, max(ALARM_RESERVE_MIN_BYTES, max_bytes // 16))
+        wal = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // 8))
+        shm = SHM_BLOCK_BYTES * (1 + wal // WAL_FRAME_BYTES // 4096)
+        return cls(max_bytes, reserve, wal, shm, max_bytes - reserve - wal - shm - SIDECAR_BYTES)
+
+    @property
+    def rows_per_transaction(self) -> int:
+        """So that one transaction adds at most a quarter of the WAL's share, and of the
+        reserve (what a checkpoint on a full disk may need to grow the database by)."""
+        share = min(self.wal, self.reserve) // 4
+        return max(16, min(MAX_ROWS_PER_TRANSACTION, share // WAL_BYTES_PER_ROW))
+
+
+class _AlarmReserve:
+    """Disk space kept for alarms: a file beside the outbox, allocated and fsynced, given back
+    when the disk is full so that the WAL and the database can grow, made again once there is
+    room. ``size`` is what the quota gives it, but never more than half of what is free: a
+    smaller one is better than none. After a full disk it is made again only once it can be
+    as large as it was (space has really returned)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._held: int | None = None
+        self._given_back = ALARM_RESERVE_MIN_BYTES  # the size it had when it was given back
+
+    @property
+    def held(self) -> int:
+        """Bytes held (0: none)."""
+        if self._held is None:
+            try:
+                found = self.path.stat().st_size
+            except OSError:
+                found = 0
+            self._held = found if ALARM_RESERVE_MIN_BYTES <= found <= self.size else 0
+        return self._held
+
+    def make(self, *, smaller: bool) -> bool:
+        free = _free_bytes(self.path.parent)
+        size = min(self.size, free // 2 // ALARM_RESERVE_MIN_BYTES * ALARM_RESERVE_MIN_BYTES)
+        if size < (ALARM_RESERVE_MIN_BYTES if smaller else self._given_back):
+            return False  # no room: tried again at the next write
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, 0)
+                _allocate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self._held = 0
+            log.warning("alarm_reserve_not_made", path=str(self.path), error=str(exc))
+            return False
+        self._held = size
+        log.info("alarm_reserve_made", path=str(self.path), bytes=size)
+        return True
+
+    def release(self) -> bool:
+        """Give the space back; True if there was a reserve to give."""
+        self._given_back = self.held or self._given_back
+        self._held = 0
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class _DiskGuard:
+    """What the store keeps to bound its files and to write on a full disk (store thread)."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.budget = DiskBudget.of(max_bytes)
+        self.wal_path = Path(f"{path}-wal")
+        self.reserve = _AlarmReserve(path.with_name(path.name + ".reserve"), self.budget.reserve)
+        self.full_cap: int | None = None  # the disk is full: the database file may not grow
+        self.page_size = 4096
+        self.prepared: sqlite3.Connection | None = None
+        self.lock = threading.Lock()  # one checkpoint at a time
+        self.wake_checkpointer: Callable[[], None] = lambda: None
+
+
+def _allocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        block = bytes(64 * 1024)
+        for offset in range(0, size, len(block)):
+            os.pwrite(fd, block[: size - offset], offset)
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        vfs = os.statvfs(directory)
+    except OSError:
+        return 0
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == _SQLITE_FULL
+
+
+def _row_bytes(event: NewEvent) -> int:
+    return len(event.data_json) + EVENT_OVERHEAD_BYTES
+
+
 class _Checkpointer:
     """Copies the WAL into the database file from a connection and thread of its own.
 
-    A PASSIVE checkpoint never blocks the writer, so an alarm's commit does not wait for it.
+    A PASSIVE checkpoint never blocks the writer, so an alarm's commit does not wait for it. It
+    runs every ``interval_s``, and at once when the store says the WAL or the database's
+    pending growth is getting large.
     """
 
-    def __init__(self, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock: threading.Lock,
+        interval_s: float = CHECKPOINT_INTERVAL_S,
+        spacing_s: float = CHECKPOINT_SPACING_S,
+    ) -> None:
         self._path = path
+        self._lock = lock
         self._interval_s = interval_s
+        self._spacing_s = spacing_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox.checkpoint", daemon=True)
         self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def _run(self) -> None:
         try:
@@ -1025,17 +1430,30 @@ class _Checkpointer:
         except sqlite3.Error as exc:
             log.error("checkpointer_failed", error=str(exc))  # noqa: TRY400
             return
+        failing = False
         try:
-            while not self._stop.wait(self._interval_s):
+            while True:
+                self._wake.wait(self._interval_s)
+                if self._stop.wait(self._spacing_s):  # woken often: at most this often
+                    return
+                self._wake.clear()
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    with self._lock:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
-                    log.warning("checkpoint_failed", error=str(exc))
+                    if not failing:  # once, not every second while the disk is full
+                        log.warning("checkpoint_failed", error=str(exc))
+                    failing = True
+                    continue
+                if failing:
+                    log.info("checkpoint_recovered")
+                failing = False
         finally:
             db.close()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
 
 
@@ -1091,7 +1509,13 @@ def _log_failure(future: Future[object]) -> None:
 
 
 class Outbox:
-    """The asyncio face of the store: one worker thread, group commit for all but alarms."""
+    """The asyncio face of the store: one worker thread, group commit for all but alarms.
+
+    Events waiting for their group commit, or for a store that cannot write (a full disk), are
+    held in memory up to ``buffer_limit``; beyond it the oldest are dropped (telemetry first),
+    counted, and reported with one ``gateway.dropped`` (no seq ranges: they never had a seq,
+    reason ``buffer_full``) stored with the next events that can be stored.
+    """
 
     def __init__(
         self,
@@ -1099,19 +1523,24 @@ class Outbox:
         *,
         group_commit_s: float = 0.2,
         max_buffered: int = 5000,
+        buffer_limit: int = 20_000,
     ) -> None:
         self.store = store
         self.group_commit_s = group_commit_s
         self.max_buffered = max_buffered
+        self.buffer_limit = max(buffer_limit, max_buffered)
         self.changed = asyncio.Event()
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
+        self.dropped_unstored = 0  # dropped from the buffer, not yet reported (stored)
+        self._reporting = 0  # of which in a report being stored now
         self._worker = _StoreWorker()
         self._checkpointer: _Checkpointer | None = None
         self._buffer: list[NewEvent] = []
         self._timer: asyncio.TimerHandle | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._failing = False  # the last commit failed: wait for the retry timer
 
     async def call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
         """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
@@ -1124,21 +1553,50 @@ class Outbox:
 
     async def open(self) -> OpenReport:
         report = await self.call(self.store.open)
-        self._checkpointer = _Checkpointer(self.store.path)
+        await self.call(self.store.make_reserve)
+        self._checkpointer = _Checkpointer(self.store.path, self.store.checkpoint_lock)
+        self.store.set_checkpoint_waker(self._checkpointer.wake)
         return report
 
     async def put(self, event: NewEvent) -> None:
-        """Store an event. An alarm is on disk (fsync) on return; others within the window."""
+        """Store an event. An alarm is on disk (fsync) on return; others within the window.
+
+        Only an alarm that cannot be stored raises; other events wait in the buffer.
+        """
         if self._closed:
             raise StoreError("the outbox is closed")
         if event.is_alarm:
             await self._commit_alarm(event)
             return
         self._buffer.append(event)
+        if len(self._buffer) > self.buffer_limit:
+            self._drop_oldest()
+        if self._failing:
+            return  # the retry timer commits the buffer
         if self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
-            await self._commit()
+            await self._commit_logged()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.group_commit_s, self._on_timer)
+
+    def _drop_oldest(self) -> None:
+        """Bring the buffer down to 90 % of its limit: oldest first, by the eviction order."""
+        excess = len(self._buffer) - self.buffer_limit * 9 // 10
+        doomed: set[int] = set()
+        for klass in EVICTION_ORDER:
+            for index, event in enumerate(self._buffer):
+                if len(doomed) >= excess:
+                    break
+                if event.event_class == klass and not event.is_alarm:
+                    doomed.add(index)
+        self._buffer = [event for i, event in enumerate(self._buffer) if i not in doomed]
+        self.dropped_unstored += len(doomed)
+        log.error(
+            "events_dropped",
+            count=len(doomed),
+            reason="buffer_full",
+            buffered=len(self._buffer),
+            unreported=self.dropped_unstored,
+        )
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1158,9 +1616,16 @@ class Outbox:
             self._timer = None
 
     async def _commit(self) -> None:
+        """Commit what is buffered now, in transactions of the store's size; first, in one of
+        its own, the report of what the buffer dropped (it fits where the batch may not)."""
         self._cancel_timer()
-        batch, self._buffer = self._buffer, []
-        if batch:
+        if self.dropped_unstored and not self._reporting:
+            await self._insert([])
+        left = len(self._buffer)
+        while left > 0 and self._buffer:
+            step = min(left, self.store.rows_per_transaction)
+            batch, self._buffer = self._buffer[:step], self._buffer[step:]
+            left -= step
             await self._insert(batch)
 
     async def _commit_alarm(self, alarm: NewEvent) -> None:
@@ -1176,39 +1641,65 @@ class Outbox:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
         to the batch (a cancelled caller must not make committed events be stored twice)."""
-        urgent = all(event.is_alarm for event in batch)
-        future = asyncio.wrap_future(
-            self._worker.submit(self.store.insert, (batch,), urgent=urgent)
-        )
-        future.add_done_callback(functools.partial(self._inserted, batch))
+        urgent = bool(batch) and all(event.is_alarm for event in batch)
+        rows = batch
+        reported = 0
+        if not urgent and self.dropped_unstored and not self._reporting:
+            reported = self._reporting = self.dropped_unstored
+            rows = [self.store.dropped_event(reported, [], "buffer_full"), *batch]
+        future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
+        future.add_done_callback(functools.partial(self._inserted, batch, reported))
         await asyncio.shield(future)
 
-    def _inserted(self, batch: list[NewEvent], future: asyncio.Future[list[int]]) -> None:
+    def _inserted(
+        self, batch: list[NewEvent], reported: int, future: asyncio.Future[list[int]]
+    ) -> None:
         exc = future.exception()
+        if reported:
+            self._reporting = 0
         if exc is None:
+            self.dropped_unstored -= reported
+            if self._failing and not all(event.is_alarm for event in batch):
+                self._failing = False
+                log.info("store_write_recovered", waiting=len(self._buffer))
             self.changed.set()
             if any(event.is_alarm for event in batch):
                 self.alarm_stored.set()
             return
         waiting = [event for event in batch if not event.is_alarm]
         self._buffer[:0] = waiting  # kept for the next attempt, in order
+        if len(self._buffer) > self.buffer_limit:
+            self._drop_oldest()
         lost_alarms = [event.id for event in batch if event.is_alarm]
         log.error("store_insert_failed", error=repr(exc), requeued=len(waiting), alarms=lost_alarms)
+        if waiting:
+            self._failing = True
         if self._buffer and self._timer is None and not self._closed:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(max(self.group_commit_s, 1.0), self._on_timer)
 
     async def flush(self) -> None:
-        """Commit whatever is buffered now."""
-        await self._commit()
+        """Commit whatever is buffered now (``StoreError`` if the store cannot write)."""
+        try:
+            await self._commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot store the buffered events: {exc}") from exc
         if self._commits:
             await asyncio.gather(*list(self._commits), return_exceptions=True)
 
     async def close(self) -> None:
+        """Commit the buffer and close; what cannot be stored then is logged as lost."""
         try:
             await self.flush()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error(  # noqa: TRY400 - the reason is in the message
+                "events_lost_at_close",
+                count=len(self._buffer) + self.dropped_unstored,
+                error=str(exc),
+            )
         finally:
             self._closed = True
+            self._cancel_timer()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
             await self.call(self.store.close)

@@ -372,3 +372,37 @@ def test_a_locked_database_is_not_taken_for_a_damaged_one(tmp_path: Path) -> Non
     again = Rig(path)
     again.store.open()
     assert again.store.stats().queued == {"telemetry": 1}
+
+
+def _outbox_files_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.name.startswith("q.sqlite3"))
+
+
+def test_the_quota_bounds_the_files_not_only_the_rows(tmp_path: Path) -> None:
+    """1 MiB quota, batches of the store's transaction size: database, WAL, -shm, reserve and
+    seq mark together stay within it after every write (checkpoints by the store alone)."""
+    quota = 1024 * 1024
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=quota)
+    rig.store.open()
+    assert rig.store.make_reserve()
+    step = rig.store.rows_per_transaction
+    for n in range(300):
+        rig.store.insert([rig.telemetry(60 + (n + i) % 40) for i in range(step)])
+        assert _outbox_files_bytes(tmp_path) <= quota, n
+    assert rig.store.stats().queued.get("gateway", 0) > 0  # evictions were reported
+
+
+def test_an_evicted_report_of_unstored_events_keeps_its_count(tmp_path: Path) -> None:
+    """A gateway.dropped without seq ranges (buffer_full) that the quota evicts is replaced by
+    one with the same count: a count of events that never had a seq is never lost."""
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig.store.open()
+    rig.store.insert([rig.store.dropped_event(7, [], "buffer_full")])
+    for _ in range(50):
+        rig.store.insert([rig.telemetry() for _ in range(20)])
+    reports = [
+        json.loads(e.data_json) for e in rig.store.claim(10**6) if e.kind == "gateway.dropped"
+    ]
+    unsequenced = [r for r in reports if not r["seq_ranges"]]
+    assert unsequenced == [{"count": 7, "seq_ranges": [], "reason": "buffer_full"}]
+    assert any(1 in range(a, b + 1) for r in reports for a, b in r["seq_ranges"])
