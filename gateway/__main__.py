@@ -12,6 +12,7 @@ import structlog
 
 from drivers.button.pairing import PairingError
 from gateway import config as config_module
+from gateway import preflight
 from gateway.errors import ConfigError, StoreVersionError
 from gateway.events import uplink_json_schema
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return button_cli.main(cfg, args)
     if args.command == "check-config":
         try:
-            warnings = config_module.preflight(cfg, path, create=False)
+            warnings = preflight.preflight(cfg, path, create=False)
         except ConfigError as error:
             return _config_failure(error)
         for warning in warnings:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_request = app.StopRequest()
     logs.configure(cfg.logging.level, cfg.logging.format)
     try:
-        warnings = config_module.preflight(cfg, path, create=True)
+        warnings = preflight.preflight(cfg, path, create=True)
     except ConfigError as error:
         return _config_failure(error)
     log = structlog.get_logger("gateway.config")

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import config
+from gateway import config, preflight
 from gateway.errors import ConfigError
 from tests.support.certs import Pki
 from tests.support.daemon import toml_value
@@ -224,7 +224,7 @@ def test_run_makes_the_state_directory_for_the_service_only(tmp_path: Path) -> N
     cfg = config.load(path)
     state = tmp_path / "var" / "state"
     fresh = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"state_dir": state})})
-    assert config.preflight(fresh, path, create=True) == []
+    assert preflight.preflight(fresh, path, create=True) == []
     assert state.stat().st_mode & 0o777 == 0o700
     assert list(state.iterdir()) == []
 
