@@ -52,6 +52,10 @@ PORT_MISSING_FIX = (
     "check the receiver's USB cable and power, the udev rule that names it, "
     "and the button.port key of the configuration"
 )
+PAIRING_FIX = (
+    "pair the home's buttons again (carebed button pair), then confirm that the list is "
+    "complete (carebed button confirm); or put a good copy of the file back"
+)
 PORT_OPEN_FIX = (
     "the carebed user must be allowed to open it (group dialout) and no other program may hold it"
 )
@@ -95,9 +99,10 @@ class SerialButtonLink:
     The ACK stands for the alarm: once the alarm is stored the frame is ACKed whatever becomes
     of the device events that go with it (the outbox buffers them and reports what it drops).
 
-    While the pairing list cannot be read (``PairingStore.damage``), a press of any button
-    raises an alarm marked ``unchecked``: a neighbour's false alarm is better than a senior's
-    lost one. That is a fault (``faults()``) until a button is paired or the file is repaired.
+    While the pairing list is damaged (``PairingStore.damage``), a press of any button not in
+    it raises an alarm marked ``unchecked``: a neighbour's false alarm is better than a senior's
+    lost one. That is a fault (``faults()``) until the installer confirms the list
+    (``confirm_pairing``) or a good copy of the file is put back; pairing buttons does not end it.
     """
 
     def __init__(
@@ -164,7 +169,7 @@ class SerialButtonLink:
                 "button_pairing_unchecked",
                 path=str(self.pairing.path),
                 damage=self.pairing.damage,
-                fix="pair the home's buttons again (carebed button pair) or put a good copy back",
+                fix=PAIRING_FIX,
             )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_link(), name=f"button[{self.settings.port}].link")
@@ -517,13 +522,23 @@ class SerialButtonLink:
         if self.pairing.add(bid):
             self._last_seen[bid] = self._mono()
             log.info("button_paired", button=device_id(bid))
-            self._pairing_checked_again()
+            if self.pairing.damage is not None:
+                self._faults_changed()  # its message counts the buttons paired since
             await self.sink.emit("device.paired", {}, device_id(bid))
         self.newly_paired.append(bid)
         self._paired_event.set()
 
+    def confirm_pairing(self) -> bool:
+        """The installer confirms that the paired buttons are all of the home's: presses of
+        other buttons are ignored again. False when the list was not damaged."""
+        if not self.pairing.confirm():
+            return False
+        log.warning("button_pairing_confirmed", buttons=len(self.pairing.buttons()))
+        self._pairing_checked_again()
+        return True
+
     def _pairing_checked_again(self) -> None:
-        """The pairing list is good again (a button paired, or the file repaired)."""
+        """The pairing list is good again (confirmed by the installer, or the file repaired)."""
         if self._unchecked_since is None or self.pairing.damage is not None:
             return
         log.info("button_pairing_checked_again", buttons=len(self.pairing.buttons()))
@@ -543,6 +558,7 @@ class SerialButtonLink:
             log.warning("button_pairing_unreadable", path=str(self.pairing.path), error=str(exc))
             return
         if recovered:
+            log.warning("button_pairing_file_repaired", path=str(self.pairing.path))
             self._pairing_checked_again()
 
     # ------------------------------------------------------------------------------ faults
@@ -565,9 +581,11 @@ class SerialButtonLink:
                 "code": "pairing_unreadable",
                 "device": self.receiver_device,
                 "message": (
-                    f"the list of paired buttons ({self.pairing.path}) cannot be read: {damage}. "
-                    "A press of any button raises an alarm marked unchecked until the home's "
-                    "buttons are paired again or the file is repaired"
+                    f"the list of paired buttons ({self.pairing.path}) was damaged: {damage}. "
+                    f"{len(self.pairing.buttons())} button(s) paired since. A press of any other "
+                    "button raises an alarm marked unchecked until the installer pairs the "
+                    "home's buttons again and confirms the list (carebed button confirm), or "
+                    "puts a good copy of the file back"
                 ),
                 "since": self._ts(self._unchecked_since),
             }
