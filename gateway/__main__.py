@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     pair = actions.add_parser("pair", help="open pairing on the receiver and show what pairs")
     pair.add_argument("--seconds", type=int, default=60, help="how long pairing stays open")
     actions.add_parser("list", help="the paired buttons and their state")
+    actions.add_parser(
+        "confirm", help="after a damaged pairing list: the paired buttons are all of the home's"
+    )
     unpair = actions.add_parser("unpair", help="forget a button")
     unpair.add_argument("id", help="btn-00A1B2C3, or just 00A1B2C3")
     camera = commands.add_parser("camera", help="check the voice-call camera")

@@ -145,6 +145,7 @@ class Gateway:
                 "button.list": self._control_list,
                 "button.pair": self._control_pair,
                 "button.unpair": self._control_unpair,
+                "button.confirm": self._control_confirm,
                 "camera.test": self._control_camera_test,
                 "watch.list": self._control_watch_list,
                 "watch.scan": self._control_watch_scan,
@@ -284,6 +285,11 @@ class Gateway:
         except ValueError as exc:
             raise ControlError(str(exc)) from exc
         yield {"device": device_id(bid), "unpaired": await button.unpair(bid)}
+
+    async def _control_confirm(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        button = self._control_button()
+        confirmed = button.confirm_pairing()
+        yield {"confirmed": confirmed, "buttons": [device_id(b) for b in button.pairing.buttons()]}
 
     async def _control_camera_test(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if self.camera is None:

@@ -1,4 +1,4 @@
-"""``carebed button pair|list|unpair``: the installer's view of the buttons, via the daemon."""
+"""``carebed button …``: the installer's view of the buttons (pair, list, confirm, unpair)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from drivers.button.codec import device_id
-from drivers.button.pairing import PairingStore
+from drivers.button.pairing import PairingError, PairingStore
 from drivers.button.serial import parse_device
 from gateway import control
 from gateway.config import GatewayConfig
@@ -43,6 +43,10 @@ def _show_list(status: dict[str, Any]) -> None:
     receiver = status["receiver"]
     state = "connected" if receiver["connected"] else "NOT CONNECTED"
     _say(f"receiver {receiver['device']} on {receiver['port'] or '-'}: {state}")
+    damage = status.get("pairing", {}).get("damage")
+    if damage:
+        _say(f"PAIRING LIST DAMAGED ({damage}): a press of any button raises an alarm;")
+        _say("  pair every button of the home, then: carebed button confirm")
     if not status["buttons"]:
         _say("no button is paired (carebed button pair)")
     for b in status["buttons"]:
@@ -50,6 +54,15 @@ def _show_list(status: dict[str, Any]) -> None:
         if b.get("battery_low"):
             flags.append("battery low")
         _say(f"  {b['device']}  last heard {b['silent_s']:.0f} s ago  {' '.join(flags)}".rstrip())
+
+
+def _show_confirm(confirmed: bool, buttons: list[str]) -> None:
+    if not confirmed:
+        _say("the pairing list was not damaged: nothing to confirm")
+        return
+    _say(f"pairing list confirmed: {len(buttons)} button(s); presses of others are ignored again")
+    for device in buttons:
+        _say(f"  {device}")
 
 
 def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
@@ -66,6 +79,9 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         elif args.action == "list":
             (status,) = asyncio.run(control.ask(socket, "button.list", {}))
             _show_list(status)
+        elif args.action == "confirm":
+            (reply,) = asyncio.run(control.ask(socket, "button.confirm", {}))
+            _show_confirm(reply["confirmed"], reply["buttons"])
         else:
             device = _normalise(args.id)
             (reply,) = asyncio.run(control.ask(socket, "button.unpair", {"device": device}))
@@ -82,6 +98,14 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         _say(f"paired buttons {note}:")
         for bid in store.buttons():
             _say(f"  {device_id(bid)}")
+        return EXIT_OK
+    if args.action == "confirm":
+        try:
+            confirmed = store.confirm()
+        except PairingError as exc:
+            print(f"carebed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        _show_confirm(confirmed, [device_id(bid) for bid in store.buttons()])
         return EXIT_OK
     if args.action == "unpair":
         device = _normalise(args.id)

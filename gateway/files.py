@@ -43,10 +43,10 @@ class StateFile(Generic[T]):
     one is moved aside and the backup restored. When no good copy is left the file is *damaged*:
     ``damage`` says how, a copy of each damaged file is kept aside, the content starts empty and
     the damaged file stays where it is, so that a restart finds it damaged again (never "empty").
-    Saving new content, or a file repaired by hand (``recover``), ends the damage. A good file
-    whose backup is missing or outdated gets a fresh backup when it is loaded. A file that cannot
-    be *read* (I/O error, permissions) raises ``StateFileError``: forgetting every paired device
-    would drop every alarm they raise.
+    Saving new content ends the damage (``read`` tells whether the file was repaired by hand).
+    A good file whose backup is missing or outdated gets a fresh backup when it is loaded. A file
+    that cannot be *read* (I/O error, permissions) raises ``StateFileError``: forgetting every
+    paired device would drop every alarm they raise.
     """
 
     def __init__(
@@ -120,17 +120,10 @@ class StateFile(Generic[T]):
             log.error("state_file_damaged", path=str(self.path), damage=self.damage, kept=kept)
         return self._empty()
 
-    def recover(self) -> T | None:
-        """While the file is damaged: its content once it reads well again (repaired or put back
-        by hand), else None. ``StateFileError`` if it cannot be read at all."""
-        if self.damage is None:
-            return None
-        content, _, text = self._read(self.path)
-        if content is None:
-            return None
-        self.damage = None
-        self._ensure_backup(text)
-        log.warning("state_file_repaired", path=str(self.path))
+    def read(self) -> T | None:
+        """The file's content as it is now (repaired or put back by hand?); None when it is
+        missing or damaged. Changes nothing. ``StateFileError`` if it cannot be read at all."""
+        content, _, _ = self._read(self.path)
         return content
 
     def save(self, content: Any, *, backup: bool = True) -> None:

@@ -100,10 +100,10 @@ class Heartbeat:
     async def run(self) -> None:
         self._now = self._now or bool(self.status.faults())  # a fault found at start: at once
         while True:
+            self._changed.clear()  # before the emit: a fault that appears during it is not lost
             if self._now:
                 self._now = False
                 await self.sink.emit("gateway.heartbeat", await self.status.snapshot())
-            self._changed.clear()
             try:
                 async with asyncio.timeout(self.interval_s):
                     await self._changed.wait()

@@ -1,4 +1,4 @@
-"""``carebed button pair|list|unpair`` against the running daemon (a real process and pty)."""
+"""``carebed button pair|list|confirm|unpair``, through the running daemon or on the file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from drivers.button.codec import PairMode
+from drivers.button.pairing import PairingStore
 from drivers.sim.receiver import SimReceiver
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
@@ -72,3 +73,19 @@ async def test_without_the_daemon_list_reads_the_file_and_pair_says_why_not(
     status, out = await carebed(config, "button", "list")
     assert status == 0
     assert "the daemon is not running" in out
+
+
+async def test_without_the_daemon_confirm_ends_the_damage_in_the_file(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    config = gateway_config(tmp_path, mosquitto, button={"enabled": True})
+    path = tmp_path / "state" / "buttons.json"
+    path.parent.mkdir()
+    path.write_text('{"buttons": {"00A1B2C3": 1.0}, "unchecked": "buttons.json: not JSON"}')
+    assert PairingStore(path).damage == "buttons.json: not JSON"
+    status, out = await carebed(config, "button", "confirm")
+    assert status == 0, out
+    assert "pairing list confirmed: 1 button(s)" in out and "btn-00A1B2C3" in out
+    assert (PairingStore(path).damage, PairingStore(path).buttons()) == (None, [BUTTON])
+    status, out = await carebed(config, "button", "confirm")
+    assert (status, "nothing to confirm" in out) == (0, True)

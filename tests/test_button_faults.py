@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,16 +14,18 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import EventSink
-from drivers.button.codec import Ack, ButtonEventCode, Pattern, encode_button_event
+from drivers.button.codec import Ack, ButtonEventCode, Pattern, device_id, encode_button_event
 from drivers.sim.receiver import SimReceiver
 from gateway import config, control
 from gateway.clock import ManualClock
+from gateway.errors import StoreError
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 from tests.test_button import BUTTON, DEVICE, STRANGER, button_rig
+from tests.test_button_cli import carebed
 from tests.test_button_codec import hostile_noise
 
 # --- A damaged pairing list: the real daemon, the pty receiver, the platform ------------------
@@ -61,6 +62,15 @@ async def damaged_daemon(
         (state / "buttons.json").write_bytes(main)
     if backup is not None:
         (state / "buttons.json.bak").write_bytes(backup)
+    async with daemon_with_receiver(tmp_path, broker) as started:
+        yield started
+
+
+@asynccontextmanager
+async def daemon_with_receiver(
+    tmp_path: Path, broker: Mosquitto
+) -> AsyncIterator[tuple[SimReceiver, Path]]:
+    """The daemon over the state directory as it is, with the receiver on a pty."""
     link = tmp_path / "carebed-button"
     button = {"enabled": True, "port": str(link), "supervision_check_s": 0.1}
     path = gateway_config(tmp_path, broker, button=button)
@@ -72,6 +82,20 @@ async def damaged_daemon(
             yield sim, path
         finally:
             assert daemon.terminate() == 0, daemon.log_text()[-3000:]
+
+
+async def pair_through_the_platform(
+    sim: SimReceiver, platform: PlatformClient, bid: int, cmd_id: str
+) -> None:
+    paired = len(kinds(platform, "device.paired"))
+    platform.publish(
+        "carebed/v1/gw-a/down/cmd",
+        {"v": 1, "id": cmd_id, "name": "button.pair", "args": {"duration_s": 1}},
+    )
+    await sim.wait_for(lambda s: s.pairing_open, 10, "pairing open")
+    await sim.pair_button(bid)
+    await wait_platform(platform, lambda p: len(kinds(p, "device.paired")) > paired, "paired")
+    await sim.wait_for(lambda s: not s.pairing_open, 10, "pairing closed")
 
 
 async def press_until_acked(sim: SimReceiver, bid: int) -> int:
@@ -109,15 +133,11 @@ async def test_a_press_raises_an_alarm_while_the_pairing_list_is_damaged(
         socket = config.load(path).control_socket
         (listed,) = await control.ask(socket, "button.list", {})
         assert [f["code"] for f in listed["faults"]] == ["pairing_unreadable"]
-        # the installer pairs the button again: checking resumes, the platform sees it end
-        platform.publish(
-            "carebed/v1/gw-a/down/cmd",
-            {"v": 1, "id": "p-1", "name": "button.pair", "args": {"duration_s": 1}},
-        )
-        await sim.wait_for(lambda s: s.pairing_open, 10, "pairing open")
-        await sim.pair_button(BUTTON)
-        await wait_platform(platform, lambda p: len(kinds(p, "device.paired")) == 1, "paired")
-        await sim.wait_for(lambda s: not s.pairing_open, 10, "pairing closed")
+        # the installer pairs the button again and confirms the list: checking resumes, the
+        # platform sees the fault end
+        await pair_through_the_platform(sim, platform, BUTTON, "p-1")
+        (confirmed,) = await control.ask(socket, "button.confirm", {})
+        assert confirmed == {"confirmed": True, "buttons": [DEVICE]}
         await wait_platform(
             platform, lambda p: heartbeat_faults(p)[-1:] == [[]], "a heartbeat without fault"
         )
@@ -133,7 +153,61 @@ async def test_a_press_raises_an_alarm_while_the_pairing_list_is_damaged(
         count=1,
         lost=0,
         outcome="press raised an alarm marked unchecked with INDICATE 0x01; fault in heartbeat, "
-        "status and button.list; checking resumed after pairing",
+        "status and button.list; checking resumed after pairing and the installer's confirmation",
+    )
+
+
+def alarm_sources(platform: PlatformClient) -> list[tuple[str, bool]]:
+    """Each ``alarm.button``'s device and whether it was marked unchecked, in order."""
+    return [(a["device"], "unchecked" in a["data"]) for a in kinds(platform, "alarm.button")]
+
+
+@pytest.mark.reliability
+async def test_pairing_one_button_of_a_damaged_list_leaves_the_others_alarming(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    other = device_id(STRANGER)  # a button of the home, lost with the damaged file
+    async with damaged_daemon(tmp_path, mosquitto, "garbage") as (sim, path):
+        await wait_platform(platform, lambda p: any(heartbeat_faults(p)), "the fault")
+        await pair_through_the_platform(sim, platform, BUTTON, "p-1")
+        await press_until_acked(sim, STRANGER)
+        await wait_platform(platform, lambda p: len(alarm_sources(p)) == 1, "the other's alarm")
+        (listed,) = await control.ask(config.load(path).control_socket, "button.list", {})
+        assert [f["code"] for f in listed["faults"]] == ["pairing_unreadable"]
+        assert "1 button(s) paired since" in listed["faults"][0]["message"]
+        await wait_platform(  # the platform is told at once
+            platform,
+            lambda p: "1 button(s) paired since" in str(heartbeat_faults(p)[-1]),
+            "the fault with the button paired",
+        )
+        before = len(heartbeat_faults(platform))
+    async with daemon_with_receiver(tmp_path, mosquitto) as (sim, path):  # a restart
+        await wait_platform(
+            platform,
+            lambda p: len(heartbeat_faults(p)) > before and all(heartbeat_faults(p)),
+            "the fault after the restart",
+        )
+        await press_until_acked(sim, STRANGER)
+        await wait_platform(platform, lambda p: len(alarm_sources(p)) == 2, "the other's alarm")
+        status, out = await carebed(path, "button", "list")
+        assert status == 0 and "PAIRING LIST DAMAGED" in out and DEVICE in out, out
+        status, out = await carebed(path, "button", "confirm")  # the installer: list complete
+        assert status == 0, out
+        assert "pairing list confirmed: 1 button(s)" in out and DEVICE in out
+        await wait_platform(
+            platform, lambda p: heartbeat_faults(p)[-1:] == [[]], "a heartbeat without fault"
+        )
+        await press_until_acked(sim, STRANGER)  # no longer taken for the home's
+        await press_until_acked(sim, BUTTON)
+        await wait_platform(platform, lambda p: len(alarm_sources(p)) == 3, "the paired alarm")
+    assert alarm_sources(platform) == [(other, True), (other, True), (DEVICE, False)]
+    record(
+        "button",
+        "a button paired while the pairing list is damaged, then a restart",
+        count=2,
+        lost=0,
+        outcome="presses of the home's other buttons still raised unchecked alarms, also after "
+        "the restart; checking resumed only on the installer's confirmation",
     )
 
 
@@ -153,14 +227,17 @@ async def test_a_pairing_file_repaired_by_hand_ends_the_fault(
     (alarm,) = kinds(platform, "alarm.button")
     assert alarm["device"] == DEVICE
     assert "unchecked" not in alarm["data"]
-    assert (tmp_path / "state" / "buttons.json.bak").read_text() == good
+    state = tmp_path / "state"
+    assert json.loads((state / "buttons.json.bak").read_text()) == json.loads(good)
+    assert (state / "buttons.json.bak").read_text() == (state / "buttons.json").read_text()
 
 
 # --- One press, one alarm: the device events that go with it fail to store ---------------------
 
 
 class FailingDeviceEvents:
-    """The link's sink, except that events of ``kinds`` fail as a full disk would make them."""
+    """The link's sink, except that events of ``failing`` kinds raise, as the real outbox's
+    ``put`` does once it is closed (and as any ``EventSink`` may): after the alarm was stored."""
 
     def __init__(self, sink: EventSink, failing: tuple[str, ...]) -> None:
         self.sink = sink
@@ -170,7 +247,7 @@ class FailingDeviceEvents:
     async def emit(self, kind: str, data: dict[str, Any], device: str | None = None) -> str:
         if kind in self.failing:
             self.failed += 1
-            raise sqlite3.OperationalError("database or disk is full")
+            raise StoreError("the outbox is closed")
         return await self.sink.emit(kind, data, device)
 
 
@@ -194,31 +271,33 @@ async def test_one_press_is_one_alarm_when_its_device_events_cannot_be_stored(
         await sim.wait_for(lambda s: s.acked(marker), 10, "the marker's ACK")
         await wait_platform(platform, lambda p: len(kinds(p, "device.tamper")) == 1, "marker")
         assert sink.failed >= len(failing)
+        assert link.counters["handling_failed"] >= 1  # device.battery raised after the alarm
         alarm_ids = {a["id"] for a in kinds(platform, "alarm.button")}
         assert len(alarm_ids) == 1
         acks = [m for m in sim.received if isinstance(m, Ack) and m.acked_seq == seq]
         assert len(acks) == sim.transmissions(seq)  # every transmission ACKed, the first too
         assert sim.indications(BUTTON)[:1] == [Pattern.RECEIVED]
         assert Pattern.NOT_DELIVERED not in sim.indications(BUTTON)
-        # the store works again: the events that waited are stored, none was dropped
+        # the store works again: the battery change was not noted, the next frame reports it
         sink.failing = ()
         heartbeat = await sim.heartbeat(BUTTON, battery=10)
         await sim.wait_for(lambda s: s.acked(heartbeat), 10, "the heartbeat's ACK")
         await wait_platform(
             platform,
             lambda p: {"level": 10, "low": True} in [e["data"] for e in kinds(p, "device.battery")],
-            "the battery event that waited",
+            "the battery event",
         )
         online = [e for e in kinds(platform, "device.online") if e["device"] == DEVICE]
-        assert len(online) == 1
-        assert link.counters["events_deferred"] >= 1
-        assert link.counters["events_lost"] == 0
+        online_lost = int("device.online" in failing)  # no ACK stands for it: logged, counted
+        assert len(online) == 1 - online_lost
+        assert link.counters["events_lost"] == online_lost
     record(
         "button",
         f"{' and '.join(failing)} fail to store after the press's alarm",
         count=1,
         lost=0,
-        outcome="one alarm id, the frame ACKed, INDICATE 0x01; the device events stored later",
+        outcome="one alarm id, the frame ACKed, INDICATE 0x01; the battery level reported by "
+        "the next frame",
     )
 
 

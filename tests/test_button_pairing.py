@@ -72,10 +72,31 @@ def test_no_good_copy_is_damage_not_an_empty_list_and_stays_so_after_a_restart(
     kept = list(tmp_path.glob("buttons.json.damaged-*"))
     assert kept  # the damaged bytes are kept for the installer, once per content
     assert {k.read_bytes() for k in kept} == {b for b in (main, backup) if b is not None}
-    assert store.add(0x22)  # pairing writes a good file: checking resumes
-    assert store.damage is None
-    assert PairingStore(path).buttons() == [0x22]
-    assert PairingStore(path).damage is None
+    damage = store.damage
+    assert store.add(0x22)  # other buttons of the home may be missing: still damaged
+    assert store.damage == damage
+    assert 0x22 in store
+    restarted = PairingStore(path)  # the file says so: a restart does not end it either
+    assert (restarted.buttons(), restarted.damage) == ([0x22], damage)
+    assert restarted.confirm()  # the installer: the list is complete
+    assert restarted.damage is None
+    assert not restarted.confirm()
+    assert (PairingStore(path).buttons(), PairingStore(path).damage) == ([0x22], None)
+
+
+def test_pairing_unpairing_and_a_lost_file_keep_the_damage(tmp_path: Path) -> None:
+    path = tmp_path / "buttons.json"
+    path.write_text("{")
+    store = PairingStore(path)
+    damage = store.damage
+    assert damage is not None
+    store.add(0x22)
+    store.add(0x33)
+    assert store.remove(0x33)
+    assert PairingStore(path).damage == damage
+    path.unlink()  # the backup has the marker too
+    assert (PairingStore(path).buttons(), PairingStore(path).damage) == ([0x22], damage)
+    assert not PairingStore(path).recover()  # the file with the marker is no repaired file
 
 
 def test_a_file_repaired_by_hand_is_taken_back(tmp_path: Path) -> None:
@@ -88,6 +109,18 @@ def test_a_file_repaired_by_hand_is_taken_back(tmp_path: Path) -> None:
     assert store.recover()
     assert (store.damage, store.buttons()) == (None, [0x11])
     assert path.with_name("buttons.json.bak").read_text() == path.read_text()
+
+
+def test_a_good_copy_put_back_keeps_the_buttons_paired_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "buttons.json"
+    path.write_bytes(b"\x00garbage")
+    store = PairingStore(path)
+    store.add(0x22)
+    assert not store.recover()
+    path.write_text('{"buttons": {"00000011": 1.0}}')  # the installer's copy, from before
+    assert store.recover()
+    assert (store.damage, store.buttons()) == (None, [0x11, 0x22])
+    assert (PairingStore(path).damage, PairingStore(path).buttons()) == (None, [0x11, 0x22])
 
 
 def test_a_good_file_without_a_backup_gets_one_at_start(tmp_path: Path) -> None:
@@ -142,11 +175,17 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
-button_lists = st.dictionaries(
-    st.integers(0, 0xFFFF_FFFF).map(lambda bid: f"{bid:08X}"),
-    st.floats(0, 2e9) | st.integers(0, 2_000_000_000),
-    max_size=4,
-).map(lambda buttons: json.dumps({"buttons": buttons}))
+button_lists = st.builds(
+    lambda buttons, marker: json.dumps(
+        {"buttons": buttons} if marker is None else {"buttons": buttons, "unchecked": marker}
+    ),
+    st.dictionaries(
+        st.integers(0, 0xFFFF_FFFF).map(lambda bid: f"{bid:08X}"),
+        st.floats(0, 2e9) | st.integers(0, 2_000_000_000),
+        max_size=4,
+    ),
+    st.none() | st.none() | json_values,  # written while damaged: a description, or garbage
+)
 damaged_lists = st.one_of(
     button_lists.flatmap(lambda text: st.integers(0, len(text) - 1).map(lambda n: text[:n])),
     st.dictionaries(st.text(max_size=10), json_values, max_size=3).map(
@@ -163,8 +202,9 @@ contents = st.one_of(
 HEX_ID = re.compile(r"[0-9A-Fa-f]{1,8}")
 
 
-def good_copy(content: bytes | None) -> list[int] | None:
-    """The buttons in ``content`` if it is a good pairing file (an oracle written apart)."""
+def good_copy(content: bytes | None) -> tuple[list[int], str | None] | None:
+    """The buttons in ``content`` and its damage marker, if it is a good pairing file (an
+    oracle written apart)."""
     if content is None:
         return None
     try:
@@ -178,7 +218,10 @@ def good_copy(content: bytes | None) -> list[int] | None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not (HEX_ID.fullmatch(key) and number and math.isfinite(value)):
             return None
-    return sorted({int(key, 16) for key in buttons})
+    marker = raw.get("unchecked")
+    if marker is not None and not (isinstance(marker, str) and marker):
+        return None
+    return sorted({int(key, 16) for key in buttons}), marker
 
 
 tried: list[int] = []
@@ -198,7 +241,7 @@ def check_any_content(main: bytes | None, backup: bytes | None) -> None:
         good = good_copy(main)
         good = good if good is not None else good_copy(backup)
         if good is not None:
-            assert (store.buttons(), store.damage) == (good, None)
+            assert (store.buttons(), store.damage) == good
         elif main is None and backup is None:
             assert (store.buttons(), store.damage) == ([], None)
         else:  # never "no buttons" by mistake

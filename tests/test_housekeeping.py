@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.clock import ManualClock
 from gateway.emitter import EventFactory, OutboxSink
@@ -74,4 +77,60 @@ async def test_heartbeat_reports_the_queue(tmp_path: Path) -> None:
     assert data["disk_free_bytes"] > 0
     assert data["version"] == "1.2.3"
     assert data["clock_synced"] is True
+    await outbox.close()
+
+
+class FaultAppearingDuringEmit(OutboxSink):
+    """The real sink, except that a fault appears while the first heartbeat is being stored."""
+
+    def __init__(self, sink: OutboxSink, appear: Callable[[], None]) -> None:
+        super().__init__(sink.outbox, sink.factory)
+        self.appear = appear
+        self.beats = 0
+
+    async def emit(self, kind: str, data: dict[str, Any], device: str | None = None) -> str:
+        if kind == "gateway.heartbeat":
+            self.beats += 1
+            if self.beats == 1:
+                self.appear()
+        return await super().emit(kind, data, device)
+
+
+class OneFault:
+    """A ``FaultSource`` with a fault from the start."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[], None]] = []
+
+    def faults(self) -> list[dict[str, Any]]:
+        since = "2027-01-15T07:59:53.000Z"
+        return [{"code": "pairing_unreadable", "device": "rcv-gw", "message": "x", "since": since}]
+
+    def on_faults_changed(self, callback: Callable[[], None]) -> None:
+        self.listeners.append(callback)
+
+    def changed(self) -> None:
+        for callback in self.listeners:
+            callback()
+
+
+async def test_a_fault_that_changes_during_a_heartbeat_gets_its_own_at_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    outbox, real_sink = make_outbox(tmp_path, clock)
+    await outbox.open()
+    status = GatewayStatus(outbox, clock, tmp_path, "1.2.3")
+    source = OneFault()
+    status.add_fault_source(source)
+    sink = FaultAppearingDuringEmit(real_sink, source.changed)
+    task = asyncio.create_task(Heartbeat(status, sink, interval_s=3600).run())
+    try:
+        async with asyncio.timeout(5):  # not an hour later
+            while sink.beats < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await outbox.close()

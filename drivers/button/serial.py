@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,12 +47,14 @@ READ_CHUNK_BYTES = 4096
 # A port that stays missing (or cannot be opened) is logged at once, then again at most this
 # often while nothing changes: the reopen loop retries every reopen_interval_s, quietly.
 PORT_PROBLEM_REPEAT_S = 300.0
-# Device events that could not be stored (the press's alarm was) wait here to be tried again.
-MAX_UNSTORED_EVENTS = 256
 MAX_UNCHECKED_BUTTONS = 64  # buttons heard while the pairing list is unreadable, for the installer
 PORT_MISSING_FIX = (
     "check the receiver's USB cable and power, the udev rule that names it, "
     "and the button.port key of the configuration"
+)
+PAIRING_FIX = (
+    "pair the home's buttons again (carebed button pair), then confirm that the list is "
+    "complete (carebed button confirm); or put a good copy of the file back"
 )
 PORT_OPEN_FIX = (
     "the carebed user must be allowed to open it (group dialout) and no other program may hold it"
@@ -95,11 +97,12 @@ class SerialButtonLink:
     An alarm frame is ACKed only once its alarm is stored durably; the senior then gets INDICATE
     0x01, later 0x02 when the platform acknowledges, 0x03 whenever it could not be delivered.
     The ACK stands for the alarm: once the alarm is stored the frame is ACKed whatever becomes
-    of the device events that go with it (they are kept and stored later, or counted as lost).
+    of the device events that go with it (the outbox buffers them and reports what it drops).
 
-    While the pairing list cannot be read (``PairingStore.damage``), a press of any button
-    raises an alarm marked ``unchecked``: a neighbour's false alarm is better than a senior's
-    lost one. That is a fault (``faults()``) until a button is paired or the file is repaired.
+    While the pairing list is damaged (``PairingStore.damage``), a press of any button not in
+    it raises an alarm marked ``unchecked``: a neighbour's false alarm is better than a senior's
+    lost one. That is a fault (``faults()``) until the installer confirms the list
+    (``confirm_pairing``) or a good copy of the file is put back; pairing buttons does not end it.
     """
 
     def __init__(
@@ -150,8 +153,6 @@ class SerialButtonLink:
         self._fault_listeners: list[Callable[[], None]] = []
         self._unchecked_since = clock.wall() if pairing.damage is not None else None
         self._unchecked_heard: dict[int, float] = {}  # button id -> wall time, while unchecked
-        self._unstored: deque[tuple[str, dict[str, Any], str | None]] = deque()
-        self._store_failing = False
         self._frame_alarm: str | None = None  # the alarm stored for the frame being handled
         self._port_trouble: tuple[str, str, str] | None = None  # (what, port, error) last logged
         self._port_trouble_logged = 0.0
@@ -168,7 +169,7 @@ class SerialButtonLink:
                 "button_pairing_unchecked",
                 path=str(self.pairing.path),
                 damage=self.pairing.damage,
-                fix="pair the home's buttons again (carebed button pair) or put a good copy back",
+                fix=PAIRING_FIX,
             )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_link(), name=f"button[{self.settings.port}].link")
@@ -364,8 +365,6 @@ class SerialButtonLink:
             self._send(data)
         for bid, pattern in deferred:  # alarm states told while the frame was being handled
             self._indicate(bid, pattern)
-        if self._unstored:
-            await self._store_unstored()
 
     def _replay(self, frame: Frame) -> None:
         """A repeated press: say again what the senior was last told (it may have been lost)."""
@@ -443,7 +442,7 @@ class SerialButtonLink:
             self._frame_alarm = alarm_id
             self._open_alarm[bid] = alarm_id
             self._last_pattern[bid] = Pattern.RECEIVED
-            if not unchecked:
+            if not unchecked:  # may raise: the frame is ACKed all the same (see _handle)
                 await self._battery(bid, event.battery, event=False)
             return [encode_indicate(self._next_seq(), bid, Pattern.RECEIVED)]
         if code == ButtonEventCode.CANCEL:
@@ -465,53 +464,28 @@ class SerialButtonLink:
         return []
 
     async def _battery(self, bid: int, level: int | None, *, event: bool) -> None:
-        """``device.battery`` on a change; a low-battery frame (``event``) is what its ACK
-        stands for (stored or not ACKed), a level that comes with other frames is not."""
+        """``device.battery`` on a change (always for a low-battery frame, ``event``).
+
+        Part of what the frame's ACK stands for: an event that cannot be stored raises, the
+        frame is not ACKed and its retransmission tries again (the change is noted only once
+        stored). A press's frame is ACKed all the same: its ACK stands for the alarm.
+        """
         low = event or (level is not None and level <= self.settings.low_battery_percent)
         if event or (level is not None and self._low.get(bid) != low):
+            await self.sink.emit("device.battery", {"level": level, "low": low}, device_id(bid))
             self._low[bid] = low
-            data = {"level": level, "low": low}
-            if event:
-                await self.sink.emit("device.battery", data, device_id(bid))
-            else:
-                await self._emit_device("device.battery", data, device_id(bid))
 
     async def _emit_device(self, kind: str, data: dict[str, Any], device: str | None) -> None:
-        """Store an event that no frame's ACK stands for (a device's presence or battery).
+        """Store a device's presence, which no frame's ACK stands for; never raises.
 
-        If it cannot be stored now it is kept, in order, and tried again after the next frame
-        and at every supervision check; beyond ``MAX_UNSTORED_EVENTS`` the oldest is counted
-        and logged as lost. It never raises: the frame that caused it is ACKed all the same.
+        The outbox does not refuse such an event (it buffers it and reports what it has to drop
+        as ``gateway.dropped``); any other failure is logged and counted, and the event lost.
         """
-        if len(self._unstored) >= MAX_UNSTORED_EVENTS:
-            lost_kind, _, lost_device = self._unstored.popleft()
+        try:
+            await self.sink.emit(kind, data, device)
+        except Exception:  # any sink failure: logged, counted, not raised
             self.counters["events_lost"] += 1
-            log.error("button_event_lost", kind=lost_kind, device=lost_device)
-        self._unstored.append((kind, data, device))
-        await self._store_unstored()
-
-    async def _store_unstored(self) -> None:
-        """Store the waiting events in order; logged when storing starts and stops failing."""
-        while self._unstored:
-            kind, data, device = self._unstored[0]
-            try:
-                await self.sink.emit(kind, data, device)
-            except Exception as exc:  # noqa: BLE001 - any store failure: kept and tried again
-                self.counters["events_deferred"] += 1
-                if not self._store_failing:
-                    self._store_failing = True
-                    log.warning(
-                        "button_event_not_stored",
-                        kind=kind,
-                        device=device,
-                        waiting=len(self._unstored),
-                        error=str(exc) or type(exc).__name__,
-                    )
-                return
-            self._unstored.popleft()
-        if self._store_failing:
-            self._store_failing = False
-            log.info("button_events_stored_again")
+            log.exception("button_event_lost", kind=kind, device=device)
 
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
@@ -548,13 +522,23 @@ class SerialButtonLink:
         if self.pairing.add(bid):
             self._last_seen[bid] = self._mono()
             log.info("button_paired", button=device_id(bid))
-            self._pairing_checked_again()
+            if self.pairing.damage is not None:
+                self._faults_changed()  # its message counts the buttons paired since
             await self.sink.emit("device.paired", {}, device_id(bid))
         self.newly_paired.append(bid)
         self._paired_event.set()
 
+    def confirm_pairing(self) -> bool:
+        """The installer confirms that the paired buttons are all of the home's: presses of
+        other buttons are ignored again. False when the list was not damaged."""
+        if not self.pairing.confirm():
+            return False
+        log.warning("button_pairing_confirmed", buttons=len(self.pairing.buttons()))
+        self._pairing_checked_again()
+        return True
+
     def _pairing_checked_again(self) -> None:
-        """The pairing list is good again (a button paired, or the file repaired)."""
+        """The pairing list is good again (confirmed by the installer, or the file repaired)."""
         if self._unchecked_since is None or self.pairing.damage is not None:
             return
         log.info("button_pairing_checked_again", buttons=len(self.pairing.buttons()))
@@ -574,6 +558,7 @@ class SerialButtonLink:
             log.warning("button_pairing_unreadable", path=str(self.pairing.path), error=str(exc))
             return
         if recovered:
+            log.warning("button_pairing_file_repaired", path=str(self.pairing.path))
             self._pairing_checked_again()
 
     # ------------------------------------------------------------------------------ faults
@@ -596,9 +581,11 @@ class SerialButtonLink:
                 "code": "pairing_unreadable",
                 "device": self.receiver_device,
                 "message": (
-                    f"the list of paired buttons ({self.pairing.path}) cannot be read: {damage}. "
-                    "A press of any button raises an alarm marked unchecked until the home's "
-                    "buttons are paired again or the file is repaired"
+                    f"the list of paired buttons ({self.pairing.path}) was damaged: {damage}. "
+                    f"{len(self.pairing.buttons())} button(s) paired since. A press of any other "
+                    "button raises an alarm marked unchecked until the installer pairs the "
+                    "home's buttons again and confirms the list (carebed button confirm), or "
+                    "puts a good copy of the file back"
                 ),
                 "since": self._ts(self._unchecked_since),
             }
@@ -608,8 +595,6 @@ class SerialButtonLink:
         while True:
             await asyncio.sleep(self.settings.supervision_check_s)
             self._try_recover_pairing()
-            if self._unstored:
-                await self._store_unstored()
             now = self._mono()
             silent = now - self._receiver_heard > self.settings.receiver_silence_s
             if silent and not self._receiver_reported_offline:
