@@ -141,8 +141,8 @@ class OutboxSection(_Section):
     def _quota_holds_the_outbox(cls, value: int) -> int:
         if value < OUTBOX_MIN_BYTES:  # below it the WAL and the reserve leave the rows no room
             raise ValueError(
-                f"outbox.max_bytes = {value} is below the outbox's minimum of {OUTBOX_MIN_BYTES} "
-                "(1 MiB: its WAL, alarm reserve and index alone take a quarter of a MiB) "
+                f"{value} is below the minimum of {OUTBOX_MIN_BYTES} (1 MiB: the outbox's WAL, "
+                "alarm reserve and index alone take a quarter of a MiB) "
                 "(fix: set outbox.max_bytes to at least 1048576, or leave it out for 256 MiB)"
             )
         return value

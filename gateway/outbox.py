@@ -1595,7 +1595,7 @@ class Outbox:
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
         self.dropped_unstored = 0  # dropped from the buffer, not yet reported (stored)
-        self._reporting = 0  # of which in a report being stored now
+        self._reporting = False  # a report of them is being stored now
         self._worker = _StoreWorker()
         self._checkpointer: _Checkpointer | None = None
         self._buffer: list[NewEvent] = []
@@ -1648,7 +1648,7 @@ class Outbox:
             for index, event in enumerate(self._buffer):
                 if len(doomed) >= excess:
                     break
-                if event.event_class == klass and not event.is_alarm:
+                if event.event_class == klass:  # (alarms are never buffered)
                     doomed.add(index)
         self._buffer = [event for i, event in enumerate(self._buffer) if i not in doomed]
         self.dropped_unstored += len(doomed)
@@ -1682,7 +1682,7 @@ class Outbox:
         its own, the report of what the buffer dropped (it fits where the batch may not)."""
         self._cancel_timer()
         if self.dropped_unstored and not self._reporting:
-            await self._insert([])
+            await self._insert([], report=self.dropped_unstored)
         left = len(self._buffer)
         while left > 0 and self._buffer:
             step = min(left, self.store.rows_per_transaction)
@@ -1699,18 +1699,18 @@ class Outbox:
         finally:
             self.alarms_arriving -= 1
 
-    async def _insert(self, batch: list[NewEvent]) -> None:
+    async def _insert(self, batch: list[NewEvent], report: int = 0) -> None:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
-        to the batch (a cancelled caller must not make committed events be stored twice)."""
+        to the batch (a cancelled caller must not make committed events be stored twice).
+        ``report``: a count of dropped events, reported with the batch."""
         urgent = bool(batch) and all(event.is_alarm for event in batch)
         rows = batch
-        reported = 0
-        if not urgent and self.dropped_unstored and not self._reporting:
-            reported = self._reporting = self.dropped_unstored
-            rows = [self.store.dropped_event(reported, [], "buffer_full"), *batch]
+        if report:
+            self._reporting = True
+            rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
         future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
-        future.add_done_callback(functools.partial(self._inserted, batch, reported))
+        future.add_done_callback(functools.partial(self._inserted, batch, report))
         await asyncio.shield(future)
 
     def _inserted(
@@ -1718,7 +1718,7 @@ class Outbox:
     ) -> None:
         exc = future.exception()
         if reported:
-            self._reporting = 0
+            self._reporting = False
         if exc is None:
             self.dropped_unstored -= reported
             if self._failing and not all(event.is_alarm for event in batch):
