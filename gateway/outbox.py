@@ -1022,7 +1022,7 @@ class SqliteStore:
                 "alarm_state, crc FROM events WHERE seq=?",
                 (now, why, seq),
             )
-            self._stored_bytes -= self._delete_row(db, seq)
+            self._stored_bytes -= self._delete_alarm(db, seq)
         db.execute(
             "DELETE FROM quarantine WHERE seq NOT IN "
             "(SELECT seq FROM quarantine ORDER BY seq DESC LIMIT ?)",
@@ -1144,7 +1144,7 @@ class SqliteStore:
             if self._age_s(created_at, mono_ns, boot_id, bool(synced)) >= (
                 self.timing.give_up_after_s
             ):
-                self._stored_bytes -= self._delete_row(db, seq)
+                self._stored_bytes -= self._delete_alarm(db, seq)
                 given_up.append(HeldAlarm(event_id, seq, kind, device, attempt))
                 continue
             db.execute(
@@ -1161,7 +1161,7 @@ class SqliteStore:
             return self._now() - created_at
         return 0.0  # made in another boot with an unsynchronised clock: never give up early
 
-    def _delete_row(self, db: sqlite3.Connection, seq: int) -> int:
+    def _delete_alarm(self, db: sqlite3.Connection, seq: int) -> int:
         """Delete one event; return the bytes counted for it (0 for a damaged count)."""
         row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
         db.execute("DELETE FROM events WHERE seq=?", (seq,))
@@ -1193,7 +1193,7 @@ class SqliteStore:
             if row is None:
                 continue
             seq, kind, device, attempt = row
-            self._stored_bytes -= self._delete_row(db, seq)
+            self._stored_bytes -= self._delete_alarm(db, seq)
             found.append(HeldAlarm(event_id, seq, kind, device, attempt))
         return found
 
