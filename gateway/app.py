@@ -87,7 +87,7 @@ class Gateway:
         self.outbox = Outbox(self.store, group_commit_s=cfg.outbox.group_commit_s)
         self.sink = OutboxSink(self.outbox, self.factory)
         self.alarms = AlarmTracker(self.sink)
-        self.status = GatewayStatus(self.outbox, self.clock, cfg.gateway.state_dir, self.version)
+        self.status = GatewayStatus(self.outbox, self.clock, self.version)
         self.commands = CommandProcessor(
             self.outbox, self.sink, self.clock, max_age_s=cfg.commands.max_age_s
         )

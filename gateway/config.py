@@ -119,12 +119,26 @@ class MqttSection(_Section):
         return float(2 * self.keepalive_s)
 
 
+OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.outbox.DiskBudget refuses a smaller quota
+
+
 class OutboxSection(_Section):
     path: Path | None = None
-    max_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024 * 1024
+    max_bytes: int = 256 * 1024 * 1024
     group_commit_s: Annotated[float, Field(ge=0, le=1)] = 0.2
 
     _resolve_path = field_validator("path", mode="before")(_resolve)
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _quota_holds_the_outbox(cls, value: int) -> int:
+        if value < OUTBOX_MIN_BYTES:  # below it the WAL and the reserve leave the rows no room
+            raise ValueError(
+                f"{value} is below the minimum of {OUTBOX_MIN_BYTES} (1 MiB: the outbox's WAL, "
+                "alarm reserve and index alone take a quarter of a MiB) "
+                "(fix: set outbox.max_bytes to at least 1048576, or leave it out for 256 MiB)"
+            )
+        return value
 
 
 class AlarmsSection(_Section):

@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -35,10 +34,9 @@ class FaultSource(Protocol):
 class GatewayStatus:
     """What ``gateway.heartbeat`` and the ``status`` command report."""
 
-    def __init__(self, outbox: Outbox, clock: Clock, state_dir: Path, version: str) -> None:
+    def __init__(self, outbox: Outbox, clock: Clock, version: str) -> None:
         self.outbox = outbox
         self.clock = clock
-        self.state_dir = state_dir
         self.version = version
         self.started_mono = time.monotonic()
         self._fault_sources: list[FaultSource] = []

@@ -238,14 +238,18 @@ class _SeqMark:
             if len(fields) == 3 and f"{fields[1]:6}" in (self.OPEN, self.CLOSED):
                 self.state, self.last = f"{fields[1]:6}", int(fields[2])
 
-    def _record(self) -> bytes:
-        return f"{self.reserved:020d} {self.state or self.OPEN} {self.last:020d}\n".encode()
+    def _record(self, reserved: int | None = None) -> bytes:
+        bound = self.reserved if reserved is None else reserved
+        return f"{bound:020d} {self.state or self.OPEN} {self.last:020d}\n".encode()
 
     def ensure(self, seq: int) -> None:
+        """Make ``seq`` covered by the bound on disk; the bound in memory moves only once it is
+        written (a failed write is tried again by the next call)."""
         if seq <= self.reserved:
             return
-        self.reserved = seq + SEQ_RESERVE_BLOCK
-        self._replace()
+        reserved = seq + SEQ_RESERVE_BLOCK
+        self._replace(reserved)
+        self.reserved = reserved
 
     def opened(self, last: int) -> None:
         """The store is open at ``last``: from now on a crash leaves it "open"."""
@@ -263,8 +267,8 @@ class _SeqMark:
             return
         self.last = last
         try:
-            if self._fd is None:
-                self._fd = _open_private(self.path, os.O_WRONLY)
+            if self._fd is None:  # created here if the first start could not (a full disk)
+                self._fd = _open_private(self.path, os.O_WRONLY | os.O_CREAT)
             os.pwrite(self._fd, self._record(), 0)
         except OSError as exc:  # the commit stands: only the check after a lost -wal weakens
             log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
@@ -280,13 +284,13 @@ class _SeqMark:
             os.close(self._fd)
             self._fd = None
 
-    def _replace(self) -> None:
+    def _replace(self, reserved: int | None = None) -> None:
         """Write the whole record durably: a temporary file, fsync, rename, fsync the folder."""
         self.release()
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            os.write(fd, self._record())
+            os.write(fd, self._record(reserved))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -426,8 +430,10 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        # Checkpoints run on a thread of their own (_Checkpointer): run here, inside a commit,
-        # one would stall an alarm behind copying megabytes into the database file.
+        # Checkpoints run on a thread of their own (_Checkpointer), never inside a commit (an
+        # alarm would wait behind copying megabytes into the database file). The store thread
+        # checkpoints only before or after a write of other events, without waiting for the
+        # checkpointer unless the WAL or the database's growth is at its cap (``_prepare``).
         db.execute("PRAGMA wal_autocheckpoint=0")
         return db
 
@@ -526,9 +532,8 @@ class SqliteStore:
         return [(last + 1, resume)]
 
     def _continue_above(self, seq: int) -> None:
-        db = self._require()
-        with _transaction(db):
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+        db = self._prepare(urgent=True)
+        self._write(db, functools.partial(_set_last_seq, seq), "continue_above")
         self._seqmark.ensure(seq)
 
     def close(self) -> None:
@@ -698,26 +703,26 @@ class SqliteStore:
         """
         explained: list[tuple[int, int]] = []
         unsequenced: dict[str, int] = {}  # counts of evicted reports of events without a seq
+        self._trim_quarantine(db, incoming)
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
             cursor = 0
+            reports = which.startswith("kind=")
             while self._over_quota(db, incoming, evicting=True):
-                rows = db.execute(
-                    f"SELECT seq, size, data FROM events WHERE class=? AND seq>? AND {which} "  # noqa: S608
-                    "ORDER BY seq LIMIT 64",
-                    (klass, cursor),
-                ).fetchall()
+                rows = self._evictable(db, klass, which, cursor, lenient=reports)
                 if not rows:
                     break
                 cursor = rows[-1][0]
                 doomed = [row for row in rows if row[0] not in self._inflight]
+                if reports:  # a damaged report is left to the quarantine: its gaps stay explained
+                    doomed = [row for row in doomed if row_damage(row[2:]) is None]
                 db.executemany("DELETE FROM events WHERE seq=?", [(row[0],) for row in doomed])
-                for seq, size, data in doomed:
+                for seq, size, *row in doomed:
                     self._stored_bytes -= size
                     evicted.append(seq)
-                    if klass == "gateway" and which.startswith("kind="):
-                        report = json.loads(data)
+                    if reports:
+                        report = json.loads(row[4])  # data, intact
                         explained.extend(tuple(r) for r in report["seq_ranges"])
                         if not report["seq_ranges"]:
                             reason = report["reason"]
@@ -747,6 +752,39 @@ class SqliteStore:
         log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason=reason)
         return last
 
+    def _evictable(
+        self, db: sqlite3.Connection, klass: str, which: str, cursor: int, *, lenient: bool
+    ) -> list[Any]:
+        """The next rows of ``klass`` an eviction may take: (seq, size, *``_CLAIM_COLUMNS``)
+        for reports (``lenient``: text that is not UTF-8 read so that ``row_damage`` finds it),
+        (seq, size) for the rest."""
+        columns = f"seq, size, {_CLAIM_COLUMNS}" if lenient else "seq, size"
+        query = (
+            f"SELECT {columns} FROM events WHERE class=? AND seq>? AND {which} "  # noqa: S608
+            "ORDER BY seq LIMIT 64"
+        )
+        if not lenient:
+            return db.execute(query, (klass, cursor)).fetchall()
+        db.text_factory = _lenient_text
+        try:
+            return db.execute(query, (klass, cursor)).fetchall()
+        finally:
+            db.text_factory = str
+
+    def _trim_quarantine(self, db: sqlite3.Connection, incoming: int) -> None:
+        """Damaged rows kept for inspection are the first to go when the quota is reached."""
+        trimmed = 0
+        while self._over_quota(db, incoming, evicting=True):
+            gone = db.execute(
+                "DELETE FROM quarantine WHERE seq IN "
+                "(SELECT seq FROM quarantine ORDER BY seq LIMIT 64)"
+            ).rowcount
+            if gone <= 0:
+                break
+            trimmed += gone
+        if trimmed:
+            log.warning("quarantine_trimmed", count=trimmed)
+
     # A full disk (ENOSPC, SQLITE_FULL). In WAL mode every write, a DELETE included, appends to
     # the WAL, and a checkpoint grows the database file by the pages the WAL added. So: keep the
     # WAL and the pending growth small at all times (checkpointed early), keep a reserve file,
@@ -755,8 +793,10 @@ class SqliteStore:
     # telemetry evicts old) and try again.
 
     def _prepare(self, *, urgent: bool) -> sqlite3.Connection:
-        """Before a write: the connection's settings, the reserve, and (not for alarms) a WAL
-        or a growth too large for the reserve is checkpointed now."""
+        """Before a write: the connection's settings, the reserve, and (not for alarms) a large
+        WAL or growth is checkpointed now: waiting for the checkpointer only at their cap, where
+        one more transaction (rows and their eviction) could pass the WAL's share or the reserve;
+        below it, only if the checkpointer is not at it already (an alarm may be queued)."""
         db = self._require()
         disk = self._disk
         if disk.prepared is not db:
@@ -768,27 +808,23 @@ class SqliteStore:
             self.make_reserve()  # a statvfs, unless there is room; never on an alarm's time
         if not urgent:
             wal, growth = self._pressure(db)
+            held = disk.reserve.held  # the growth it covers (none: every write checkpointed)
             full = disk.full_cap is not None  # the WAL must fit in the file it already has
-            if full or wal > disk.budget.wal // 2 or growth > self._growth_allowed() // 2:
+            if full or wal > disk.budget.wal * 5 // 8 or growth > held * 3 // 4:
                 self._checkpoint(db)
-            elif wal > disk.budget.wal // 4:
-                self._checkpoint(db, wait=False)  # unless the checkpointer is at it already
+            elif wal > disk.budget.wal // 4 or growth > held // 2:
+                self._checkpoint(db, wait=False)
         return db
-
-    def _growth_allowed(self) -> int:
-        """How much the database may grow before a checkpoint: what the reserve can cover
-        (nothing without one: then every other write is checkpointed at once)."""
-        return self._disk.reserve.held
 
     def _after_write(self, db: sqlite3.Connection, *, urgent: bool = False) -> None:
         wal, growth = self._pressure(db)
         disk = self._disk
         if not urgent and growth > 0 and not disk.reserve.held:
-            self._checkpoint(db)
+            self._checkpoint(db, wait=False)  # else the next write's ``_prepare`` waits for it
         elif (
             disk.full_cap is not None
             or wal > disk.budget.wal // 8
-            or growth > self._growth_allowed() // 4
+            or growth > disk.reserve.held // 4
         ):
             disk.wake_checkpointer()
 
@@ -891,13 +927,14 @@ class SqliteStore:
         for seq in claim.taken_released:
             del self._released[seq]
         self._cursor = claim.cursor
-        if claim.damaged:
-            self._quarantine(claim.damaged)
         events = [
             StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
             for seq, event_id, kind, device, data, ts, synced, attempt, _ in claim.rows
         ]
+        # In flight before the report of damaged rows is stored: its eviction must spare them.
         self._inflight.update(event.seq for event in events)
+        if claim.damaged:
+            self._quarantine(claim.damaged)
         return events
 
     def _claim_rows(self, max_events: int) -> _Claim:
@@ -949,11 +986,9 @@ class SqliteStore:
         A row that cannot be moved now stays where it is and is found again later (and is not
         reported again by this process).
         """
-        db = self._require()
         seqs = sorted(seq for seq, _, _ in damaged)
         unreported = [seq for seq in seqs if seq not in self._damage_reported]
         now = self._now()
-        freed = 0
         try:
             if unreported:
                 self.insert(
@@ -964,33 +999,35 @@ class SqliteStore:
                     ]
                 )
                 self._damage_reported.update(unreported)
-            with _transaction(db):
-                for seq, why, _ in damaged:
-                    row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
-                    db.execute(
-                        "INSERT OR REPLACE INTO quarantine (seq, quarantined_at, why, id, kind, "
-                        "class, device, data, ts, ts_synced, attempt, alarm_state, crc) "
-                        "SELECT seq, ?, ?, id, kind, class, device, data, ts, ts_synced, attempt, "
-                        "alarm_state, crc FROM events WHERE seq=?",
-                        (now, why, seq),
-                    )
-                    db.execute("DELETE FROM events WHERE seq=?", (seq,))
-                    freed += 0 if row is None or type(row[0]) is not int else row[0]
-                db.execute(
-                    "DELETE FROM quarantine WHERE seq NOT IN "
-                    "(SELECT seq FROM quarantine ORDER BY seq DESC LIMIT ?)",
-                    (QUARANTINE_KEPT,),
-                )
+            db = self._prepare(urgent=False)
+            self._write(db, functools.partial(self._quarantine_rows, damaged, now), "quarantine")
         except (StoreError, sqlite3.Error, OSError) as exc:
             log.error("damaged_events_not_quarantined", seqs=seqs, error=str(exc))  # noqa: TRY400
             return
-        self._stored_bytes -= freed
         for seq in seqs:
             self._released.pop(seq, None)
             self._alarm_due.pop(seq, None)
             self._damage_reported.discard(seq)
         for seq, why, alarm in damaged:
             log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
+
+    def _quarantine_rows(
+        self, damaged: list[tuple[int, str, bool]], now: float, db: sqlite3.Connection
+    ) -> None:
+        for seq, why, _ in damaged:
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine (seq, quarantined_at, why, id, kind, "
+                "class, device, data, ts, ts_synced, attempt, alarm_state, crc) "
+                "SELECT seq, ?, ?, id, kind, class, device, data, ts, ts_synced, attempt, "
+                "alarm_state, crc FROM events WHERE seq=?",
+                (now, why, seq),
+            )
+            self._stored_bytes -= self._delete_alarm(db, seq)
+        db.execute(
+            "DELETE FROM quarantine WHERE seq NOT IN "
+            "(SELECT seq FROM quarantine ORDER BY seq DESC LIMIT ?)",
+            (QUARANTINE_KEPT,),
+        )
 
     def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has them: delete them, except alarms, which wait for the platform's ack.
@@ -1014,19 +1051,17 @@ class SqliteStore:
             self.release(seqs[len(done) :], self.mono())  # not recorded: publish them again
             raise
         finally:
+            # What was committed is done, whatever became of the rest.
+            self._inflight.difference_update(done)
+            now = self.mono()
+            for seq, _, _, _, attempt in pending:
+                wait = self.timing.ack_timeout_s if attempt == 1 else self.timing.resend_interval_s
+                self._alarm_due[seq] = now + wait
             db.execute("PRAGMA synchronous=FULL")
-        self._inflight.difference_update(done)
         self._after_write(db)
-        now = self.mono()
-        delivered = [
+        return [
             HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
         ]
-        for alarm in delivered:
-            wait = (
-                self.timing.ack_timeout_s if alarm.attempt == 1 else self.timing.resend_interval_s
-            )
-            self._alarm_due[alarm.seq] = now + wait
-        return delivered
 
     def _ack_rows(
         self, chunk: list[int], db: sqlite3.Connection
@@ -1127,9 +1162,10 @@ class SqliteStore:
         return 0.0  # made in another boot with an unsynchronised clock: never give up early
 
     def _delete_alarm(self, db: sqlite3.Connection, seq: int) -> int:
+        """Delete one event; return the bytes counted for it (0 for a damaged count)."""
         row = db.execute("SELECT size FROM events WHERE seq=?", (seq,)).fetchone()
         db.execute("DELETE FROM events WHERE seq=?", (seq,))
-        return 0 if row is None else int(row[0])
+        return 0 if row is None or type(row[0]) is not int else row[0]
 
     def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
         """The platform acknowledged: forget these alarms. Returns those the store held.
@@ -1179,15 +1215,16 @@ class SqliteStore:
         ).fetchall()
         if not rows:
             return 0
-        with _transaction(db):
-            db.executemany(
-                "UPDATE events SET ts=?, ts_synced=1, created_at=? WHERE seq=?",
-                [
-                    (ts_from_unix(wall), wall, seq)
-                    for seq, mono in rows
-                    for wall in (wall_now - (mono_now_ns - mono) / 1e9,)
-                ],
-            )
+        db = self._prepare(urgent=False)
+        step = self.rows_per_transaction  # each transaction keeps to its share of the WAL
+        for start in range(0, len(rows), step):
+            changes = [
+                (ts_from_unix(wall), wall, seq)
+                for seq, mono in rows[start : start + step]
+                for wall in (wall_now - (mono_now_ns - mono) / 1e9,)
+            ]
+            self._write(db, functools.partial(_correct_rows, changes), "correct_timestamps")
+        self._after_write(db)
         return len(rows)
 
     # ----------------------------------------------------------------------------- commands
@@ -1203,15 +1240,13 @@ class SqliteStore:
 
         By arrival order, never by the clock: a clock step must not make a command run twice.
         """
-        db = self._require()
-        with _transaction(db):
-            db.execute("DELETE FROM commands WHERE id=?", (cmd_id,))
-            newest = db.execute(
-                "INSERT INTO commands (id, received_at, result) VALUES (?, ?, ?)",
-                (cmd_id, self._now(), result_json),
-            ).lastrowid  # n, the arrival order
-            assert newest is not None
-            db.execute("DELETE FROM commands WHERE n<=?", (newest - keep,))
+        db = self._prepare(urgent=False)
+        self._write(
+            db,
+            functools.partial(_remember_command, cmd_id, result_json, self._now(), keep),
+            "remember_command",
+        )
+        self._after_write(db)
 
     # ----------------------------------------------------------------------------- figures
 
@@ -1230,6 +1265,26 @@ class SqliteStore:
             last_seq=self._last_seq(),
             alarms_held=held,
         )
+
+
+def _correct_rows(changes: list[tuple[str, float, int]], db: sqlite3.Connection) -> None:
+    db.executemany("UPDATE events SET ts=?, ts_synced=1, created_at=? WHERE seq=?", changes)
+
+
+def _remember_command(
+    cmd_id: str, result_json: str, now: float, keep: int, db: sqlite3.Connection
+) -> None:
+    db.execute("DELETE FROM commands WHERE id=?", (cmd_id,))
+    newest = db.execute(
+        "INSERT INTO commands (id, received_at, result) VALUES (?, ?, ?)",
+        (cmd_id, now, result_json),
+    ).lastrowid  # n, the arrival order
+    assert newest is not None
+    db.execute("DELETE FROM commands WHERE n<=?", (newest - keep,))
+
+
+def _set_last_seq(seq: int, db: sqlite3.Connection) -> None:
+    db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
 
 
 @contextlib.contextmanager
@@ -1252,6 +1307,7 @@ def _statements(script: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- disk budget
 
+QUOTA_MIN_BYTES = 1024 * 1024  # outbox.max_bytes: the database's share is then 3/4 of it
 ALARM_RESERVE_MIN_BYTES = 64 * 1024
 ALARM_RESERVE_MAX_BYTES = 4 * 1024 * 1024
 ALARM_HEADROOM_BYTES = 64 * 1024  # free pages in the database that telemetry leaves to alarms
@@ -1281,6 +1337,12 @@ class DiskBudget:
 
     @classmethod
     def of(cls, max_bytes: int) -> DiskBudget:
+        """Share out ``max_bytes``; ``ValueError`` below ``QUOTA_MIN_BYTES``, where the rows
+        would get too small a share (every write of other events would evict them all)."""
+        if max_bytes < QUOTA_MIN_BYTES:
+            raise ValueError(
+                f"an outbox quota of {max_bytes} bytes is below the minimum of {QUOTA_MIN_BYTES}"
+            )
         reserve = min(ALARM_RESERVE_MAX_BYTES, max(ALARM_RESERVE_MIN_BYTES, max_bytes // 16))
         wal = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // 8))
         shm = SHM_BLOCK_BYTES * (1 + wal // WAL_FRAME_BYTES // 4096)
@@ -1533,7 +1595,7 @@ class Outbox:
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
         self.dropped_unstored = 0  # dropped from the buffer, not yet reported (stored)
-        self._reporting = 0  # of which in a report being stored now
+        self._reporting = False  # a report of them is being stored now
         self._worker = _StoreWorker()
         self._checkpointer: _Checkpointer | None = None
         self._buffer: list[NewEvent] = []
@@ -1586,7 +1648,7 @@ class Outbox:
             for index, event in enumerate(self._buffer):
                 if len(doomed) >= excess:
                     break
-                if event.event_class == klass and not event.is_alarm:
+                if event.event_class == klass:  # (alarms are never buffered)
                     doomed.add(index)
         self._buffer = [event for i, event in enumerate(self._buffer) if i not in doomed]
         self.dropped_unstored += len(doomed)
@@ -1620,7 +1682,7 @@ class Outbox:
         its own, the report of what the buffer dropped (it fits where the batch may not)."""
         self._cancel_timer()
         if self.dropped_unstored and not self._reporting:
-            await self._insert([])
+            await self._insert([], report=self.dropped_unstored)
         left = len(self._buffer)
         while left > 0 and self._buffer:
             step = min(left, self.store.rows_per_transaction)
@@ -1637,18 +1699,18 @@ class Outbox:
         finally:
             self.alarms_arriving -= 1
 
-    async def _insert(self, batch: list[NewEvent]) -> None:
+    async def _insert(self, batch: list[NewEvent], report: int = 0) -> None:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
-        to the batch (a cancelled caller must not make committed events be stored twice)."""
+        to the batch (a cancelled caller must not make committed events be stored twice).
+        ``report``: a count of dropped events, reported with the batch."""
         urgent = bool(batch) and all(event.is_alarm for event in batch)
         rows = batch
-        reported = 0
-        if not urgent and self.dropped_unstored and not self._reporting:
-            reported = self._reporting = self.dropped_unstored
-            rows = [self.store.dropped_event(reported, [], "buffer_full"), *batch]
+        if report:
+            self._reporting = True
+            rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
         future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
-        future.add_done_callback(functools.partial(self._inserted, batch, reported))
+        future.add_done_callback(functools.partial(self._inserted, batch, report))
         await asyncio.shield(future)
 
     def _inserted(
@@ -1656,7 +1718,7 @@ class Outbox:
     ) -> None:
         exc = future.exception()
         if reported:
-            self._reporting = 0
+            self._reporting = False
         if exc is None:
             self.dropped_unstored -= reported
             if self._failing and not all(event.is_alarm for event in batch):

@@ -64,7 +64,7 @@ async def test_heartbeat_reports_the_queue(tmp_path: Path) -> None:
     outbox, sink = make_outbox(tmp_path, clock)
     await outbox.open()
     await sink.emit("telemetry.vitals", {"heart_rate": 70}, "watch-AABBCCDDEEFF")
-    status = GatewayStatus(outbox, clock, tmp_path, "1.2.3")
+    status = GatewayStatus(outbox, clock, "1.2.3")
     task = asyncio.create_task(Heartbeat(status, sink, interval_s=0.01).run())
     async with asyncio.timeout(10):
         while (await outbox.call(outbox.store.stats)).queued.get("gateway", 0) == 0:

@@ -10,12 +10,21 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gateway.clock import ManualClock
+from gateway.config import OutboxSection
 from gateway.emitter import EventFactory
 from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.events import NewEvent
-from gateway.outbox import AlarmTiming, Outbox, SqliteStore, merge_ranges, seq_ranges
+from gateway.outbox import (
+    AlarmTiming,
+    DiskBudget,
+    Outbox,
+    SqliteStore,
+    merge_ranges,
+    seq_ranges,
+)
 
 BOOT = "boot-1"
 
@@ -163,12 +172,22 @@ def test_a_rejected_alarm_waits_for_its_retry_time(rig: Rig) -> None:
     assert rig.store.claim(10) == []  # in flight: not claimed twice
 
 
+MiB = 1024 * 1024
+
+
+def fill_with_alarms(rig: Rig, count: int = 6000) -> None:
+    """Alarms (never evicted) enough to take a 1 MiB quota past its limit by themselves."""
+    for _ in range(0, count, 1000):
+        rig.store.insert([rig.alarm() for _ in range(1000)])
+
+
 def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
     tmp_path: Path,
 ) -> None:
-    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=MiB)
     rig.store.open()
     alarms = []
+    power = 0
     for i in range(600):
         if i % 50 == 0:
             event = rig.alarm()
@@ -176,11 +195,15 @@ def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
             rig.store.insert([event])
         elif i % 3 == 0:
             rig.store.insert([rig.factory.make("gateway.power", {"mains": i % 2 == 0})])
+            power += 1
         else:
-            rig.store.insert([rig.telemetry(60 + i % 40)])
+            rig.store.insert([rig.telemetry(60 + (i + n) % 40) for n in range(20)])
     last_seq = rig.store.stats().last_seq
-    assert rig.store.stats().stored_bytes <= 8192
+    assert rig.store.stats().stored_bytes <= MiB
     rows = rig.store.claim(100_000)
+    telemetry = [e.seq for e in rows if e.kind == "telemetry.vitals"]
+    assert telemetry, "the quota evicted every event: the test cannot tell the order"
+    assert sum(e.kind == "gateway.power" for e in rows) == power, "evicted before telemetry"
     kept = {e.seq for e in rows}
     assert {e.id for e in rows if e.kind == "alarm.button"} == set(alarms)
     covered: set[int] = set()
@@ -194,17 +217,20 @@ def test_quota_evicts_oldest_telemetry_never_alarms_and_explains_every_gap(
     assert covered, "nothing was evicted: the quota did not act"
     assert kept | covered == set(range(1, last_seq + 1))
     assert not kept & covered
+    assert max(covered) < min(telemetry), "not the oldest telemetry evicted"
 
 
 def test_quota_never_evicts_events_in_flight(tmp_path: Path) -> None:
-    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=MiB)
     rig.store.open()
     rig.store.insert([rig.telemetry() for _ in range(20)])
     in_flight = {e.seq for e in rig.store.claim(20)}
-    rig.store.insert([rig.telemetry() for _ in range(200)])
+    for _ in range(100):
+        rig.store.insert([rig.telemetry() for _ in range(100)])
     rig.store.release_all()
     still = {e.seq for e in rig.store.claim(100_000)}
     assert in_flight <= still
+    assert min(still - in_flight) > 1000, "the quota did not act"
 
 
 def test_a_deleted_database_does_not_make_seqs_start_again(tmp_path: Path) -> None:
@@ -395,9 +421,10 @@ def test_the_quota_bounds_the_files_not_only_the_rows(tmp_path: Path) -> None:
 def test_an_evicted_report_of_unstored_events_keeps_its_count(tmp_path: Path) -> None:
     """A gateway.dropped without seq ranges (buffer_full) that the quota evicts is replaced by
     one with the same count: a count of events that never had a seq is never lost."""
-    rig = Rig(tmp_path / "q.sqlite3", max_bytes=8192)
+    rig = Rig(tmp_path / "q.sqlite3", max_bytes=MiB)
     rig.store.open()
     rig.store.insert([rig.store.dropped_event(7, [], "buffer_full")])
+    fill_with_alarms(rig)  # so that the reports themselves are evicted
     for _ in range(50):
         rig.store.insert([rig.telemetry() for _ in range(20)])
     reports = [
@@ -406,3 +433,40 @@ def test_an_evicted_report_of_unstored_events_keeps_its_count(tmp_path: Path) ->
     unsequenced = [r for r in reports if not r["seq_ranges"]]
     assert unsequenced == [{"count": 7, "seq_ranges": [], "reason": "buffer_full"}]
     assert any(1 in range(a, b + 1) for r in reports for a, b in r["seq_ranges"])
+
+
+def test_an_ack_that_fails_partway_keeps_what_it_committed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk committed (an alarm delivered among it), the second failed: the first is
+    no longer in flight and its alarm waits for the platform's ack; the rest is published again."""
+    (alarm_seq,) = rig.store.insert([rig.alarm()])
+    seqs = rig.store.insert([rig.telemetry() for _ in range(599)])
+    claimed = [e.seq for e in rig.store.claim(600)]
+    assert claimed[0] == alarm_seq and len(claimed) == 600
+    real = rig.store._ack_rows
+    calls = []
+
+    def second_chunk_fails(chunk: list[int], db: sqlite3.Connection) -> object:
+        calls.append(chunk)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(chunk, db)
+
+    monkeypatch.setattr(rig.store, "_ack_rows", second_chunk_fails)
+    with pytest.raises(sqlite3.OperationalError):
+        rig.store.ack(claimed)
+    assert rig.store.in_flight() == 0
+    assert rig.store.resends_scheduled() == 1
+    again = [e.seq for e in rig.store.claim(1000)]
+    assert again == calls[1], "the failed chunk is published again, nothing else"
+    assert set(again) < set(seqs)
+
+
+def test_a_quota_too_small_for_the_outbox_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="below the minimum"):
+        Rig(tmp_path / "q.sqlite3", max_bytes=MiB - 1)
+    with pytest.raises(ValidationError, match=r"fix: set outbox\.max_bytes to at least 1048576"):
+        OutboxSection(max_bytes=256 * 1024)
+    assert OutboxSection(max_bytes=MiB).max_bytes == DiskBudget.of(MiB).max_bytes
+    assert DiskBudget.of(MiB).db >= MiB * 3 // 4
