@@ -40,7 +40,7 @@ def record(area: str, fault: str, *, count: int, lost: int, outcome: str) -> Non
     target = os.environ.get(LOG_ENV)
     if not target:
         return
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # "... (call)"
     entry = Record(area, fault, count, lost, outcome, test)
     with Path(target).open("a") as handle:
         handle.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
