@@ -157,7 +157,7 @@ async def handlers(tmp_path: Path) -> AsyncIterator[Handlers]:
     await outbox.open()
     sink = OutboxSink(outbox, factory)
     alarms = AlarmTracker(sink)
-    commands = CommandProcessor(outbox, sink, clock, max_age_s=3600)
+    commands = CommandProcessor(outbox, sink, clock)
 
     async def ping(args: dict[str, Any]) -> dict[str, Any]:
         no_args(args)

@@ -571,7 +571,7 @@ async def test_a_command_redelivered_after_a_forward_clock_step_runs_once(
         runs.append("test_alarm")
         return {"alarm_id": "a"}
 
-    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock, max_age_s=7 * DAY_S)
+    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock)
     commands.register("test_alarm", test_alarm)
 
     def message(cmd_id: str, name: str = "test_alarm") -> bytes:
