@@ -244,6 +244,7 @@ class MqttUplink:
         self._downlink_closing = False
         self._deferred = 0  # downlink of this session left unacknowledged, to be received again
         self._renew = False  # the session was ended on purpose, to receive deferred downlink
+        self._stop_requested = False
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -291,6 +292,11 @@ class MqttUplink:
     async def stop(self, drain_timeout_s: float) -> None:
         """Orderly shutdown: drain what can be drained, then say offline, then disconnect."""
         deadline = time.monotonic() + drain_timeout_s
+        self._stop_requested = True  # no session renewal from now on
+        if self._renew:  # one under way: its new connection says offline
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.connected.wait()
         if self.connected.is_set():
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -781,7 +787,7 @@ class MqttUplink:
         what was deferred again (never while stopping: the stop says offline and disconnects)."""
         if (
             not self._deferred
-            or self._stopping
+            or self._stop_requested
             or not self._ack_queue.empty()
             or not self._command_queue.empty()
         ):
