@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from gateway.alarms import AlarmTracker
 from gateway.clock import SystemClock
@@ -337,4 +339,37 @@ async def test_fuzzed_downlink_through_the_broker(
         count=count,
         lost=0,
         outcome=(f"{len(answerable)} readable ids all answered; link and downlink tasks stayed up"),
+    )
+
+
+@pytest.mark.reliability
+async def test_a_batch_of_acks_naming_many_unknown_ids_is_applied_at_once(
+    tmp_path: Path,
+) -> None:
+    acks, ids_each = 1000, 1000  # the queue bound, each ack full: 1000 operators, 1M ids
+    async with handlers(tmp_path) as rig:
+        alarm_id = await rig.alarms.raise_alarm(
+            "alarm.button", {"press": "short", "battery": None, "rssi": None}, "btn-00000001"
+        )
+        batch = [
+            AckMessage(v=1, ids=[f"u-{n}-{i}" for i in range(ids_each)], by=f"operator-{n}")
+            for n in range(acks)
+        ]
+        batch.append(AckMessage(v=1, ids=[alarm_id], by="desk"))
+        with capture_logs() as logs:
+            began = time.monotonic()
+            await rig.uplink.apply_acks(batch)
+            took_s = time.monotonic() - began
+        held = await rig.outbox.call(rig.store.held_alarms)
+    unknown = [e for e in logs if e["event"] == "ack_for_unknown_alarm"]
+    assert held == []
+    assert len(unknown) == acks, "one line per ack, not per id"
+    assert all(e["count"] == ids_each and len(e["alarm_ids"]) <= 5 for e in unknown)
+    assert took_s < 3.0, f"{took_s:.2f} s"
+    record(
+        "downlink",
+        f"{acks} acks applied together, {acks * ids_each} unknown ids, {acks} operators",
+        count=acks + 1,
+        lost=0,
+        outcome=f"applied in {took_s * 1000:.0f} ms, {len(unknown)} log lines",
     )
