@@ -9,10 +9,12 @@ import structlog
 
 from drivers.base import AlarmListener, AlarmState
 from gateway.emitter import OutboxSink
-from gateway.events import is_alarm
+from gateway.events import NewEvent, is_alarm
 from gateway.outbox import HeldAlarm
 
 log = structlog.get_logger("gateway.alarms")
+
+UNKNOWN_IDS_LOGGED = 5  # an ack naming many unknown ids is logged once, with the first few
 
 
 class AlarmTracker:
@@ -65,6 +67,12 @@ class AlarmTracker:
             log.error("alarm_abandoned", alarm_id=alarm.id, attempt=alarm.attempt)
             self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
 
+    def damaged(self, alarms: Sequence[HeldAlarm]) -> None:
+        """Found damaged in the store and quarantined: it will never be delivered."""
+        for alarm in alarms:
+            log.error("alarm_damaged", alarm_id=alarm.id, seq=alarm.seq)
+            self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.UNDELIVERED)
+
     def link_changed(self, up: bool, held: Sequence[HeldAlarm]) -> None:
         self.link_up = up
         if not up:
@@ -82,14 +90,19 @@ class AlarmTracker:
             self._tell(alarm.id, alarm.kind, alarm.device, AlarmState.ACKNOWLEDGED)
 
     def unknown_acknowledged(self, alarm_ids: Sequence[str], by: str) -> None:
-        for alarm_id in alarm_ids:
-            log.info("ack_for_unknown_alarm", alarm_id=alarm_id, by=by)
-
-    async def audit_acknowledged(self, alarms: Sequence[HeldAlarm], by: str) -> None:
-        """One ``audit.alarm_acknowledged`` per alarm (the caller makes them durable)."""
-        for alarm in alarms:
-            await self.sink.emit(
-                "audit.alarm_acknowledged",
-                {"who": by, "what": "alarm acknowledged", "why": None, "alarm_id": alarm.id},
-                alarm.device,
+        """One line per acknowledgement, however many ids it names that the store does not hold."""
+        if alarm_ids:
+            log.info(
+                "ack_for_unknown_alarm",
+                count=len(alarm_ids),
+                alarm_ids=list(alarm_ids[:UNKNOWN_IDS_LOGGED]),
+                by=by,
             )
+
+    def audit_event(self, alarm: HeldAlarm, by: str) -> NewEvent:
+        """The ``audit.alarm_acknowledged`` of one alarm, stored with its acknowledgement."""
+        return self.sink.factory.make(
+            "audit.alarm_acknowledged",
+            {"who": by, "what": "alarm acknowledged", "why": None, "alarm_id": alarm.id},
+            alarm.device,
+        )

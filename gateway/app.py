@@ -88,9 +88,7 @@ class Gateway:
         self.sink = OutboxSink(self.outbox, self.factory)
         self.alarms = AlarmTracker(self.sink)
         self.status = GatewayStatus(self.outbox, self.clock, self.version)
-        self.commands = CommandProcessor(
-            self.outbox, self.sink, self.clock, max_age_s=cfg.commands.max_age_s
-        )
+        self.commands = CommandProcessor(self.outbox, self.sink, self.clock)
         self.commands.register("ping", self._ping, audited=False)
         self.commands.register("status", self._status, audited=False)
         self.commands.register("test_alarm", self._test_alarm)

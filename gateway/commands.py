@@ -125,24 +125,22 @@ def _expires_at(cmd_id: str, value: object) -> datetime | None:
 class CommandProcessor:
     """Runs each command id at most once and answers every one with a ``cmd.result``."""
 
-    def __init__(self, outbox: Outbox, sink: OutboxSink, clock: Clock, *, max_age_s: float) -> None:
+    def __init__(self, outbox: Outbox, sink: OutboxSink, clock: Clock) -> None:
         self.outbox = outbox
         self.sink = sink
         self.clock = clock
-        self.max_age_s = max_age_s
         self.stats = CommandStats()
         self._commands: dict[str, Command] = {}
-
-    @property
-    def rejected(self) -> int:
-        """Commands that could not be answered (no usable id)."""
-        return self.stats.rejected
 
     def register(self, name: str, handler: Handler, *, audited: bool = True) -> None:
         self._commands[name] = Command(handler, audited)
 
     async def handle(self, payload: bytes) -> None:
-        """Validate, run once, answer."""
+        """Validate, run once, answer.
+
+        Raises if the store cannot say whether the command ran already: it is then not
+        acknowledged to the broker, and comes again.
+        """
         try:
             message = parse_command(payload)
         except InvalidCommandError as exc:
@@ -160,11 +158,14 @@ class CommandProcessor:
             await self._answer(json.loads(stored))
             return
         result = await self._execute(message)
-        await self.outbox.call(
-            self.outbox.store.remember_command,
-            message.id,
-            json.dumps(result, separators=(",", ":")),
-        )
+        try:
+            await self.outbox.call(
+                self.outbox.store.remember_command,
+                message.id,
+                json.dumps(result, separators=(",", ":")),
+            )
+        except Exception as exc:  # noqa: BLE001 - it ran: the answer goes out regardless
+            log.error("command_not_remembered", cmd_id=message.id, error=repr(exc))  # noqa: TRY400
         await self._answer(result)
 
     async def _answer(self, result: dict[str, Any]) -> None:

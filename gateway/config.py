@@ -153,6 +153,8 @@ class LoggingSection(_Section):
 
 
 class CommandsSection(_Section):
+    # Ignored: accepted so that existing files load. Command ids are remembered by count (the
+    # newest 10 000), never by age, so that a clock step cannot make a command run twice.
     max_age_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
 
 

@@ -375,6 +375,7 @@ class SqliteStore:
         self._alarm_due: dict[int, float] = {}  # delivered alarm seq -> when to resend
         self._cursor = 0
         self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
+        self._quarantined_alarms: list[HeldAlarm] = []  # until take_quarantined_alarms
         self._disk = _DiskGuard(path, max_bytes)
 
     def mono(self) -> float:
@@ -1010,6 +1011,8 @@ class SqliteStore:
             self._damage_reported.discard(seq)
         for seq, why, alarm in damaged:
             log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
+            if alarm:  # the alarm tracker tells the senior it will not be delivered
+                self._quarantined_alarms.append(self._quarantined_alarm(db, seq))
 
     def _quarantine_rows(
         self, damaged: list[tuple[int, str, bool]], now: float, db: sqlite3.Connection
@@ -1167,15 +1170,21 @@ class SqliteStore:
         db.execute("DELETE FROM events WHERE seq=?", (seq,))
         return 0 if row is None or type(row[0]) is not int else row[0]
 
-    def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
+    def acknowledge_alarms(
+        self, ids: Sequence[str], make_audit: Callable[[HeldAlarm], NewEvent] | None = None
+    ) -> list[HeldAlarm]:
         """The platform acknowledged: forget these alarms. Returns those the store held.
 
+        ``make_audit`` makes the audit event of each alarm found; it is stored in the same
+        transaction that deletes the alarm, so that neither is on disk without the other.
         On a full disk room is made as for an alarm (``StoreFullError`` only if there is none).
         """
         db = self._prepare(urgent=True)
-        found = self._write(
-            db, functools.partial(self._acknowledge_rows, ids), "acknowledge_alarms"
+        found, last = self._write(
+            db, functools.partial(self._acknowledge_rows, ids, make_audit), "acknowledge_alarms"
         )
+        if last is not None:
+            self._seqmark.committed(last)
         for alarm in found:
             self._inflight.discard(alarm.seq)
             self._released.pop(alarm.seq, None)
@@ -1183,7 +1192,12 @@ class SqliteStore:
         self._after_write(db, urgent=True)
         return found
 
-    def _acknowledge_rows(self, ids: Sequence[str], db: sqlite3.Connection) -> list[HeldAlarm]:
+    def _acknowledge_rows(
+        self,
+        ids: Sequence[str],
+        make_audit: Callable[[HeldAlarm], NewEvent] | None,
+        db: sqlite3.Connection,
+    ) -> tuple[list[HeldAlarm], int | None]:
         found: list[HeldAlarm] = []
         for event_id in ids:
             row = db.execute(
@@ -1195,7 +1209,36 @@ class SqliteStore:
             seq, kind, device, attempt = row
             self._stored_bytes -= self._delete_alarm(db, seq)
             found.append(HeldAlarm(event_id, seq, kind, device, attempt))
-        return found
+        if make_audit is None or not found:
+            return found, None
+        audits = [make_audit(alarm) for alarm in found]
+        _, _, last = self._insert_rows(audits, self._now(), True, db)  # as urgent as the alarm
+        return found, last
+
+    def _quarantined_alarm(self, db: sqlite3.Connection, seq: int) -> HeldAlarm:
+        """What can be read of a quarantined alarm (its fields may be the damaged part)."""
+        row = db.execute(
+            "SELECT CAST(id AS BLOB), CAST(kind AS BLOB), CAST(device AS BLOB), attempt "
+            "FROM quarantine WHERE seq=?",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return HeldAlarm("", seq, "alarm.button", None, 1)
+        event_id, kind, device, attempt = (
+            value.decode(errors="replace") if isinstance(value, bytes) else value for value in row
+        )
+        return HeldAlarm(
+            str(event_id or ""),
+            seq,
+            str(kind or "alarm.button"),
+            None if device is None else str(device),
+            attempt if type(attempt) is int else 1,
+        )
+
+    def take_quarantined_alarms(self) -> list[HeldAlarm]:
+        """The alarms quarantined as damaged since the last call (they will never be sent)."""
+        taken, self._quarantined_alarms = self._quarantined_alarms, []
+        return taken
 
     def held_alarms(self) -> list[HeldAlarm]:
         return [

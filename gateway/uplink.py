@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.alarms import AlarmTracker
+from gateway.alarms import UNKNOWN_IDS_LOGGED, AlarmTracker
 from gateway.backoff import Backoff
 from gateway.config import MqttSection
 from gateway.errors import UplinkAuthError, UplinkError, UplinkTransientError
@@ -33,7 +35,7 @@ from gateway.events import (
     status_payload,
     ts_from_unix,
 )
-from gateway.outbox import HeldAlarm, Outbox
+from gateway.outbox import HeldAlarm, Outbox, SqliteStore
 
 log = structlog.get_logger("gateway.uplink")
 _T = TypeVar("_T")
@@ -44,6 +46,8 @@ DOWNLINK_FINISH_S = 5.0  # at teardown, the message being handled may finish (bo
 CLAIM_MESSAGES_PER_ROUND = 1  # small claims keep the store thread free for alarms
 ACKS_PER_CALL = 500
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0
+DISCONNECT_SENT_TIMEOUT_S = 2.0  # paho's thread writes the DISCONNECT out before it is stopped
+CLOSE_DRAIN_S = 1.0  # after a DISCONNECT, downlink still arriving is read until the broker closes
 ALARM_EXTRA_INFLIGHT = 16  # alarms are published even when the window is full
 RECEIVE_MAXIMUM_RESERVE = 4  # of the broker's Receive Maximum, kept for alarms and status
 AUTH_REASONS = {0x84, 0x85, 0x86, 0x87, 0x8C}  # MQTT 5 CONNACK codes that mean "credentials"
@@ -54,7 +58,7 @@ MAX_ACK_BYTES = 64 * 1024  # 1000 ids of 36 characters and their quotes fit with
 MAX_COMMAND_PAYLOAD_BYTES = 256 * 1024  # over 64 KiB a command is only read for its id
 PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic and properties of one PUBLISH
 MAX_PACKET_BYTES = MAX_COMMAND_PAYLOAD_BYTES + PACKET_OVERHEAD_BYTES
-MAX_QUEUED_ACKS = 1000  # more waiting acks end the session; the broker sends them again
+MAX_QUEUED_ACKS = 1000  # more waiting acks are left unacknowledged; the broker sends them again
 MAX_QUEUED_COMMANDS = 10_000
 MAX_QUEUED_COMMAND_BYTES = 16 * 1024 * 1024
 MAX_ACK_ID_CHARS = 128
@@ -99,7 +103,8 @@ class UplinkStats:
     connects: int = 0
     downlink_rejected: int = 0  # acks that are not acks, downlink on unknown topics
     downlink_oversized: int = 0  # refused unread for their size
-    commands_deferred: int = 0  # not taken while the command queue was full: sent again later
+    commands_deferred: int = 0  # not taken (queue full, or failed): received again later
+    acks_deferred: int = 0  # not taken while the ack queue was full: received again later
     acks_applied: int = 0
     subscribe_refused: int = 0
     store_failures: int = 0  # store calls that raised; each was retried with back-off
@@ -124,9 +129,7 @@ class AckMessage(BaseModel):
 
 
 def parse_ack(payload: bytes) -> AckMessage | str:
-    """The acknowledgement, or why it is refused."""
-    if len(payload) > MAX_ACK_BYTES:
-        return "too large"
+    """The acknowledgement, or why it is refused (its size was checked on arrival)."""
     try:
         ack = AckMessage.model_validate_json(payload)
     except ValidationError as exc:
@@ -217,6 +220,7 @@ class MqttUplink:
         self._backoff = Backoff(settings.backoff_min_s, settings.backoff_cap_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
+        self._gone = threading.Event()  # the client's connection is closed (paho's thread)
         self._inflight: dict[int, _InFlight] = {}
         self._wake = asyncio.Event()
         self._lost: asyncio.Future[str] | None = None
@@ -232,13 +236,15 @@ class MqttUplink:
         self._acking: set[str] = set()  # alarms told "acknowledged" whose ack is being applied
         self._last_inbound = time.monotonic()  # any packet from the broker (paho's thread)
         self._store_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
+        self._command_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         self._alarm_task: asyncio.Task[None] | None = None
         self._control: dict[int, asyncio.Future[ReasonCode]] = {}
         self._window = settings.max_inflight
         self._session_began: float | None = None
         self._downlink_closing = False
-        self._deferred = 0  # commands of this session left unacknowledged while the queue was full
+        self._deferred = 0  # downlink of this session left unacknowledged, to be received again
         self._renew = False  # the session was ended on purpose, to receive deferred downlink
+        self._stop_requested = False
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -256,16 +262,16 @@ class MqttUplink:
             except UplinkTransientError as exc:
                 if self._renew:
                     log.info("uplink_renewed", reason=str(exc))
+                    delay = 0.0  # a renewal is no failure
                 else:
                     log.warning("uplink_lost", error=str(exc))
-                delay = self._backoff.next_delay()
+                    delay = self._backoff.next_delay()
             finally:
                 await self._teardown()
             if self.stopping:
                 break
             if self._renew:
                 self._renew = False
-                self._backoff.tries = max(0, self._backoff.tries - 1)  # not a failure
                 continue
             if self._session_lasted_s() >= BACKOFF_RESET_AFTER_S:
                 # A link that held for a while was healthy: start the back-off afresh. A broker
@@ -286,6 +292,11 @@ class MqttUplink:
     async def stop(self, drain_timeout_s: float) -> None:
         """Orderly shutdown: drain what can be drained, then say offline, then disconnect."""
         deadline = time.monotonic() + drain_timeout_s
+        self._stop_requested = True  # no session renewal from now on
+        if self._renew:  # one under way: its new connection says offline
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.connected.wait()
         if self.connected.is_set():
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -308,7 +319,7 @@ class MqttUplink:
                     await self._publish_control(f"{self.root}/status", offline, retain=True)
             except (TimeoutError, UplinkError) as exc:
                 log.warning("offline_status_not_confirmed", error=str(exc))
-            client.disconnect()
+            _disconnect(client)
         self._wake.set()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result("shutdown")
@@ -352,6 +363,7 @@ class MqttUplink:
         will = status_payload(self.gateway_id, "offline", reason="lost")
         client.will_set(f"{self.root}/status", will, qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.user_data_set(self._gone)
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -364,6 +376,7 @@ class MqttUplink:
         self._lost = loop.create_future()
         self._connack = loop.create_future()
         self._last_inbound = time.monotonic()
+        self._gone = threading.Event()
         client = self._make_client()
         self._client = client
         v5_options: dict[str, Any] = {}
@@ -468,9 +481,13 @@ class MqttUplink:
             self._client = None
             if client is not None:
                 if self._renew:
-                    client.disconnect()  # on purpose: no will, the session stays
+                    _disconnect(client)  # on purpose: no will, the session stays
                 elif not self._stopping:
                     _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
+                if was_up and (self._renew or self._stopping):
+                    # Stopped before it has written the DISCONNECT, paho's thread would close
+                    # the socket without it, and the broker would publish the will.
+                    await asyncio.to_thread(self._gone.wait, DISCONNECT_SENT_TIMEOUT_S)
                 await asyncio.to_thread(client.loop_stop)
             # unacknowledged downlink comes again next session
             self._ack_queue = asyncio.Queue()
@@ -493,8 +510,9 @@ class MqttUplink:
                 held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 self._store_failed("teardown", exc)
-            # An orderly stop is no news for the senior: only a lost link says "not delivered".
-            if (was_up or held) and not self._stopping:
+            # An orderly stop or a renewal is no news for the senior: only a lost link says
+            # "not delivered".
+            if (was_up or held) and not self._stopping and not self._renew:
                 self.alarms.link_changed(False, held)
 
     async def _drain(self) -> None:
@@ -524,7 +542,7 @@ class MqttUplink:
                 room = 0  # the backlog waits: the CPU, the store and the link go to the alarm
             claim = max(0, min(room, CLAIM_MESSAGES_PER_ROUND)) * MAX_EVENTS_PER_MESSAGE
             try:
-                events = await self.outbox.call(self.outbox.store.claim, claim, urgent=True)
+                events = await self._claim(claim)
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 failed, events = True, []
                 self._store_failed("claim", exc)
@@ -563,15 +581,22 @@ class MqttUplink:
             async with asyncio.timeout(min(delay_s, self._idle_wait_s())):
                 await asyncio.shield(lost)
 
-    async def _retry_store(self, call: str, fn: Callable[..., _T], *args: Any) -> _T:
-        """An urgent store call, retried with back-off until it succeeds (or the task ends)."""
+    async def _retry_store(self, call: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """A store call, retried with back-off until it succeeds (or the task ends)."""
         backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         while True:
             try:
-                return await self.outbox.call(fn, *args, urgent=True)
+                return await attempt()
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 self._store_failed(call, exc)
                 await asyncio.sleep(backoff.next_delay())
+
+    async def _claim(self, max_events: int) -> list[StoredEvent]:
+        """Claim; the alarms the claim found damaged and quarantined are told "not delivered"."""
+        events, damaged = await self.outbox.call(_claim, self.outbox.store, max_events, urgent=True)
+        if damaged:
+            self.alarms.damaged(damaged)
+        return events
 
     def _publish_within(self, messages: list[Message], room: int) -> None:
         """Publish alarms and at most ``room`` other messages; put the rest back for later.
@@ -611,18 +636,10 @@ class MqttUplink:
         next round (which may be busy with the backlog). ``claim(0)`` claims alarms only; the
         store thread marks them in flight, so the drain loop never publishes them twice."""
         self.outbox.alarm_stored.set()  # alarms stored while the link was down
-        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         while True:
             await self.outbox.alarm_stored.wait()
             self.outbox.alarm_stored.clear()
-            try:
-                alarms = await self.outbox.call(self.outbox.store.claim, 0, urgent=True)
-            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
-                self._store_failed("claim", exc)
-                await asyncio.sleep(backoff.next_delay())
-                self.outbox.alarm_stored.set()  # try again; the drain loop claims them too
-                continue
-            backoff.reset()
+            alarms = await self._retry_store("claim", lambda: self._claim(0))
             for message in build_messages(self.gateway_id, alarms):
                 if message.alarm_id not in self._acking:
                     self._publish_raw(message)
@@ -697,21 +714,21 @@ class MqttUplink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        if isinstance(userdata, threading.Event):  # this client's connection is closed
+            userdata.set()
         self._post(self._disconnected, client, str(reason))
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        self._last_inbound = time.monotonic()
         self._post(self._published, client, mid, reason)
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
-        if buf.startswith("Received "):  # any packet from the broker, PINGRESP included
+        if buf.startswith("Received "):  # any packet from the broker: PUBLISH, PUBACK, PINGRESP
             self._last_inbound = time.monotonic()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Sort downlink by topic; refuse what is too large before it is copied or parsed."""
-        self._last_inbound = time.monotonic()
         size = len(msg.payload)
         try:
             topic = msg.topic
@@ -740,10 +757,12 @@ class MqttUplink:
         behind commands. Both queues are bounded."""
         if item.client is not self._client:
             return  # an earlier connection's: the broker sends it again, unacknowledged
+        # One that does not fit is not acknowledged, not kept: once both queues have drained
+        # the session is renewed and the broker sends it again.
         if item.topic == self._ack_topic:
             if self._ack_queue.qsize() >= MAX_QUEUED_ACKS:
-                log.error("downlink_queue_full", queue="ack", waiting=self._ack_queue.qsize())
-                self._lose("too many acknowledgements waiting")  # the broker sends them again
+                self.stats.acks_deferred += 1
+                self._defer("ack", self._ack_queue.qsize())
                 return
             self._ack_queue.put_nowait(item)
             return
@@ -752,15 +771,31 @@ class MqttUplink:
             self._command_queue.qsize() >= MAX_QUEUED_COMMANDS
             or self._command_bytes + size > MAX_QUEUED_COMMAND_BYTES
         ):
-            # Not acknowledged, not kept: once the queue has drained the session is renewed
-            # and the broker sends the command again.
-            self._deferred += 1
             self.stats.commands_deferred += 1
-            if self._deferred == 1:
-                log.warning("downlink_queue_full", queue="cmd", waiting=self._command_queue.qsize())
+            self._defer("cmd", self._command_queue.qsize())
             return
         self._command_bytes += size
         self._command_queue.put_nowait(item)
+
+    def _defer(self, queue: str, waiting: int) -> None:
+        self._deferred += 1
+        if self._deferred == 1:
+            log.warning("downlink_deferred", queue=queue, waiting=waiting)
+
+    def _renew_when_drained(self) -> bool:
+        """Once both queues have drained, end the session on purpose so that the broker sends
+        what was deferred again (never while stopping: the stop says offline and disconnects)."""
+        if (
+            not self._deferred
+            or self._stop_requested
+            or not self._ack_queue.empty()
+            or not self._command_queue.empty()
+        ):
+            return False
+        log.info("downlink_resume", deferred=self._deferred)
+        self._renew = True  # reconnect at once: a renewal is no failure
+        self._lose("downlink was deferred: renew the session to receive it")
+        return True
 
     def _connected(
         self, client: mqtt.Client, reason: ReasonCode, receive_maximum: int | None
@@ -847,7 +882,9 @@ class MqttUplink:
             item.client.ack(item.mid, item.qos)
 
     async def _command_worker(self) -> None:
-        """Handle commands one at a time, in order, and PUBACK each once handled."""
+        """Handle commands one at a time, in order, and PUBACK each once handled. One whose
+        handling failed (its store calls) is not PUBACKed: it is received again later."""
+        backoff = self._command_backoff  # across sessions: a failing store is not hammered
         while not self._downlink_closing:
             item = await self._command_queue.get()
             try:
@@ -860,13 +897,15 @@ class MqttUplink:
                     await self.on_command(item.payload)
                 except Exception:
                     log.exception("downlink_failed", topic=item.topic)
-                self._puback(item)
+                    self.stats.commands_deferred += 1
+                    self._defer("cmd", self._command_queue.qsize())
+                    await asyncio.sleep(backoff.next_delay())  # the store is failing
+                else:
+                    backoff.reset()
+                    self._puback(item)
             finally:
                 self._command_queue.task_done()
-            if self._deferred and self._command_queue.empty():
-                log.info("downlink_resume", deferred=self._deferred)
-                self._renew = True  # reconnect at once: a renewal is no failure
-                self._lose("commands were deferred: renew the session to receive them")
+            if self._renew_when_drained():
                 return
 
     async def _ack_worker(self) -> None:
@@ -885,6 +924,8 @@ class MqttUplink:
             finally:
                 for _ in batch:
                     self._ack_queue.task_done()
+            if self._renew_when_drained():
+                return
 
     async def _handle_acks(self, items: list[_Downlink]) -> None:
         acks: list[AckMessage] = []
@@ -905,12 +946,11 @@ class MqttUplink:
             self._puback(item)
 
     async def apply_acks(self, acks: Sequence[AckMessage]) -> None:
-        """Tell the senior, make the audit durable, then forget the alarms.
+        """Tell the senior, then forget the alarms and store their audit events, both in one
+        transaction: once this returns (and the ack is PUBACKed) the audit event is on disk.
 
-        In that order: the senior hears "help is on the way" even while the store fails; the
-        audit event is on disk before the alarm leaves the store (a crash in between gives a
-        second audit event when the broker sends the ack again, never none); and the alarm is
-        not resent while its acknowledgement is being applied.
+        The senior hears "help is on the way" even while the store fails, and the alarm is not
+        resent while its acknowledgement is being applied.
         """
         by_id: dict[str, str] = {}
         for ack in acks:
@@ -918,35 +958,67 @@ class MqttUplink:
                 by_id.setdefault(alarm_id, ack.by)
         if not by_id:
             return
-        held = await self._retry_store("held_alarms", self.outbox.store.held_alarms)
+        store = self.outbox.store
+        held = await self._retry_store(
+            "held_alarms", lambda: self.outbox.call(store.held_alarms, urgent=True)
+        )
         found = [alarm for alarm in held if alarm.id in by_id]
         known = {alarm.id for alarm in found}
-        fresh = [alarm for alarm in found if alarm.id not in self._acking]
-        self._acking.update(known)
-        for by in dict.fromkeys(by_id.values()):
-            self.alarms.unknown_acknowledged(
-                [i for i, b in by_id.items() if b == by and i not in known], by
-            )
-            told = [alarm for alarm in fresh if by_id[alarm.id] == by]
+        for ack in acks:
+            self.alarms.unknown_acknowledged([i for i in ack.ids if i not in known], ack.by)
+        by_operator: dict[str, list[HeldAlarm]] = {}
+        for alarm in found:
+            by_operator.setdefault(by_id[alarm.id], []).append(alarm)
+        for by, told in by_operator.items():
             self.alarms.acknowledged(told, by)
-            try:
-                await self.alarms.audit_acknowledged(told, by)
-            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
-                self._store_failed("audit", exc)
-        if fresh:
-            try:
-                await self.outbox.flush()  # the audit events, with a full fsync
-            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
-                self._store_failed("flush", exc)  # they wait in memory for the next commit
-        if not known:
+        if not found:
             return
+        audits = {alarm.id: self.alarms.audit_event(alarm, by_id[alarm.id]) for alarm in found}
+        self._acking.update(known)
         try:
             await self._retry_store(
-                "acknowledge_alarms", self.outbox.store.acknowledge_alarms, sorted(known)
+                "acknowledge_alarms",
+                lambda: self.outbox.call(
+                    store.acknowledge_alarms,
+                    sorted(known),
+                    lambda alarm: audits[alarm.id],
+                    urgent=True,
+                ),
             )
         finally:
             self._acking.difference_update(known)
-        log.info("ack_applied", alarms=len(known))
+        self.outbox.changed.set()  # the audit events are to be sent
+        log.info("ack_applied", alarms=len(known), alarm_ids=sorted(known)[:UNKNOWN_IDS_LOGGED])
+
+
+def _claim(store: SqliteStore, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+    """On the store's thread: a claim, and the alarms it quarantined as damaged."""
+    return store.claim(max_events), store.take_quarantined_alarms()
+
+
+def _disconnect(client: mqtt.Client) -> None:
+    """DISCONNECT, so that the broker does not publish the will.
+
+    paho closes the socket as soon as the DISCONNECT is written. Downlink that arrived and was
+    not read by then makes the close a TCP reset, and the broker, which may not have read the
+    DISCONNECT yet, then drops it and publishes the will. So what comes in is read until the
+    broker closes its side (bounded) before the socket is closed.
+    """
+    close = client._sock_close  # paho has no hook between DISCONNECT and close
+
+    def close_when_read() -> None:
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            deadline = time.monotonic() + CLOSE_DRAIN_S
+            with contextlib.suppress(OSError):  # ssl.SSLWantReadError included
+                while (left := deadline - time.monotonic()) > 0:
+                    readable, _, _ = select.select([sock], [], [], left)
+                    if not readable or not sock.recv(65536):
+                        break
+        close()
+
+    client._sock_close = close_when_read  # type: ignore[method-assign]
+    client.disconnect()
 
 
 def _drop_socket(client: mqtt.Client) -> None:

@@ -6,11 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.broker import Mosquitto
 from tests.support.certs import Pki, make_pki
 from tests.support.platform import PLATFORM_CN, PlatformClient, Validator
 from tests.support.schema import validate_uplink
+
+# Property tests share two CPUs with brokers and daemons: timing is no property of the code.
+settings.register_profile(
+    "carebed", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("carebed")
 
 # --- Real MQTT broker and the platform's side of it -------------------------------------------
 # Each test gets its own Mosquitto on a free 127.0.0.1 port, in its own tmp_path; the fixtures

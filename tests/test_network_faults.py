@@ -74,7 +74,8 @@ class Traffic:
             await asyncio.gather(self._tasks[0], return_exceptions=True)
 
     async def settle(self, timeout: float = 30) -> tuple[int, int]:
-        """Wait until every seq arrived and every alarm was acknowledged; return (seqs, lost)."""
+        """Wait (bounded) until every seq arrived and every alarm was acknowledged and audited;
+        return (seqs, lost), lost counted from what the platform received."""
         gateway = self.rig.gateway
         await gateway.outbox.flush()
         last = (await gateway.outbox.call(gateway.store.stats)).last_seq
@@ -82,29 +83,27 @@ class Traffic:
             await wait_platform(
                 self.platform, lambda p: p.complete_up_to("gw-a") >= last, f"seqs 1..{last}"
             )
-
-            async def no_alarm_held() -> bool:
-                return not await gateway.outbox.call(gateway.store.held_alarms)
-
             async with asyncio.timeout(timeout):
-                while not await no_alarm_held():
+                while await gateway.outbox.call(gateway.store.held_alarms):
                     await asyncio.sleep(0.05)
+            await wait_platform(
+                self.platform,
+                lambda p: (
+                    {e["data"]["alarm_id"] for e in kinds(p, "audit.alarm_acknowledged")}
+                    >= set(self.alarm_ids)
+                ),
+                "an audit event for every alarm",
+            )
+        except (AssertionError, TimeoutError):
+            pass  # counted below: what did not arrive is lost
         finally:
             self._tasks[1].cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        missing_seqs = set(range(1, last + 1)) - set(self.platform.seq_ids("gw-a"))
+        arrived = {e["id"] for e in kinds(self.platform, "alarm.button")}
         audited = {e["data"]["alarm_id"] for e in kinds(self.platform, "audit.alarm_acknowledged")}
-        await wait_platform(
-            self.platform,
-            lambda p: (
-                {e["data"]["alarm_id"] for e in kinds(p, "audit.alarm_acknowledged")}
-                >= set(self.alarm_ids)
-            ),
-            "an audit event for every alarm",
-        )
-        audited = {e["data"]["alarm_id"] for e in kinds(self.platform, "audit.alarm_acknowledged")}
-        missing_seqs = last - self.platform.complete_up_to("gw-a")
-        lost = len(set(self.alarm_ids) - audited) + max(0, missing_seqs)
-        return last, lost
+        unaudited = set(self.alarm_ids) - audited  # an ack or its audit lost
+        return last, len(missing_seqs) + len((set(self.alarm_ids) - arrived) | unaudited)
 
 
 @pytest.mark.reliability
@@ -134,7 +133,6 @@ async def test_a_blackholed_link_is_replaced_within_one_and_a_half_keepalives(
         seqs, lost = await traffic.settle()
     assert max(detections) <= 1.5 * KEEPALIVE_S + DETECTION_SLACK_S, detections
     assert uplink.stats.silent_links >= cycles
-    assert lost == 0
     record(
         "network",
         "half-open link (proxy blackholes both ways), alarms and telemetry flowing",
@@ -142,9 +140,10 @@ async def test_a_blackholed_link_is_replaced_within_one_and_a_half_keepalives(
         lost=lost,
         outcome=(
             f"detected after {max(detections):.1f} s at most (keepalive {KEEPALIVE_S} s), "
-            f"reconnected; {seqs} seqs and {len(traffic.alarm_ids)} alarms delivered, all acked"
+            f"reconnected; {seqs} seqs and {len(traffic.alarm_ids)} alarms sent, {lost} lost"
         ),
     )
+    assert lost == 0
 
 
 @pytest.mark.reliability
@@ -168,14 +167,14 @@ async def test_nothing_is_lost_across_a_network_fault(
         seqs, lost = await traffic.settle()
     if mode in ("drop", "reset"):
         assert uplink.stats.connects >= cycles + 1
-    assert lost == 0
     record(
         "network",
         f"proxy {mode} for {FAULT_S[mode]} s, alarms and telemetry flowing",
         count=cycles,
         lost=lost,
         outcome=(
-            f"{seqs} seqs and {len(traffic.alarm_ids)} alarms delivered, every alarm "
-            f"acknowledged and audited; {uplink.stats.connects} connections"
+            f"{seqs} seqs and {len(traffic.alarm_ids)} alarms sent, {lost} lost (seq never "
+            f"received, alarm not delivered or not audited); {uplink.stats.connects} connections"
         ),
     )
+    assert lost == 0

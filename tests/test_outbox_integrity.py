@@ -686,7 +686,7 @@ async def test_a_command_redelivered_after_a_forward_clock_step_runs_once(
         runs.append("test_alarm")
         return {"alarm_id": "a"}
 
-    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock, max_age_s=7 * DAY_S)
+    commands = CommandProcessor(outbox, OutboxSink(outbox, factory), clock)
     commands.register("test_alarm", test_alarm)
 
     def message(cmd_id: str, name: str = "test_alarm") -> bytes:
@@ -832,3 +832,24 @@ def test_the_daemon_started_by_hand_keeps_its_outbox_private(
         daemon.close()
     assert modes == dict.fromkeys(names, "0o600")
     assert _mode(state / "outbox.sqlite3") == 0o600
+
+
+def test_quarantined_alarms_are_handed_over_once(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    store, factory = make_store(path)
+    store.open()
+    first, second = alarm(factory), alarm(factory)
+    store.insert([first])
+    store.insert([second])
+    store.insert([telemetry(factory)])
+    _corrupt(path, 1, "data", "substr(data, 2)")
+    _corrupt(path, 2, "id", "CAST(X'FF' AS TEXT)")  # not even the id is readable
+    assert {1, 2}.isdisjoint(event.seq for event in store.claim(10))
+    taken = store.take_quarantined_alarms()
+    assert [(a.seq, a.kind, a.device) for a in taken] == [
+        (1, "alarm.button", "btn-00000001"),
+        (2, "alarm.button", "btn-00000001"),
+    ]
+    assert taken[0].id == first.id
+    assert store.take_quarantined_alarms() == []
+    store.close()

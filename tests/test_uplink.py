@@ -23,7 +23,7 @@ from gateway.clock import ManualClock, SystemClock
 from gateway.commands import CommandProcessor
 from gateway.config import MqttSection
 from gateway.emitter import EventFactory, OutboxSink
-from gateway.events import StoredEvent
+from gateway.events import NewEvent, StoredEvent
 from gateway.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
 from gateway.uplink import MqttUplink, build_messages
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
@@ -142,7 +142,7 @@ async def test_commands_ping_status_idempotency_expiry_and_errors(
         bad_args = {"v": 1, "id": "c-5", "name": "ping", "args": {"x": 1}}
         assert (await command(platform, bad_args, 7))["error"]["code"] == "invalid_args"
         platform.publish("carebed/v1/gw-a/down/cmd", {"name": "ping"})  # no id: cannot answer
-        await wait_until(lambda: rig.gateway.commands.rejected == 1, 10, "counted rejection")
+        await wait_until(lambda: rig.gateway.commands.stats.rejected == 1, 10, "counted rejection")
 
 
 async def test_puback_with_failure_reason_is_not_a_delivery(
@@ -316,9 +316,38 @@ class FlakyStore(SqliteStore):
         self._fail("claim")
         return super().claim(max_events)
 
-    def acknowledge_alarms(self, ids: Sequence[str]) -> list[HeldAlarm]:
+    def acknowledge_alarms(
+        self, ids: Sequence[str], make_audit: Callable[[HeldAlarm], NewEvent] | None = None
+    ) -> list[HeldAlarm]:
         self._fail("acknowledge_alarms")
-        return super().acknowledge_alarms(ids)
+        return super().acknowledge_alarms(ids, make_audit)
+
+    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+        if any(event.kind.startswith("audit.") for event in events):
+            self._fail("insert_audit")
+        return super().insert(events)
+
+    def command_result(self, cmd_id: str) -> str | None:
+        self._fail("command_result")
+        return super().command_result(cmd_id)
+
+    def remember_command(self, cmd_id: str, result_json: str, keep: int = 10_000) -> None:
+        self._fail("remember_command")
+        super().remember_command(cmd_id, result_json, keep)
+
+
+def watch_pubacks(rig: UplinkRig, topic: str) -> list[bool]:
+    """For each PUBACK the uplink sends for ``topic``: whether the store was failing then."""
+    sent: list[bool] = []
+    puback = rig.uplink._puback
+
+    def recording(item: Any) -> None:
+        if item.topic == topic:
+            sent.append(bool(rig.store.failing))
+        puback(item)
+
+    rig.uplink._puback = recording  # type: ignore[method-assign]
+    return sent
 
 
 class Listener:
@@ -349,7 +378,7 @@ class UplinkRig:
 
 @asynccontextmanager
 async def uplink_rig(
-    tmp_path: Path, broker: Mosquitto, timing: AlarmTiming
+    tmp_path: Path, broker: Mosquitto, timing: AlarmTiming, *, keepalive_s: int = 5
 ) -> AsyncIterator[UplinkRig]:
     """The uplink alone, on a store that can be made to fail, against a real broker."""
     clock = SystemClock()
@@ -361,12 +390,12 @@ async def uplink_rig(
     alarms = AlarmTracker(sink)
     listener = Listener()
     alarms.subscribe(listener)
-    commands = CommandProcessor(outbox, sink, clock, max_age_s=3600)
+    commands = CommandProcessor(outbox, sink, clock)
     settings = MqttSection(
         host=broker.host,
         port=broker.port,
         plaintext=True,
-        keepalive_s=5,
+        keepalive_s=keepalive_s,
         backoff_min_s=0.1,
         backoff_cap_s=1.0,
         connect_timeout_s=3.0,
@@ -443,6 +472,7 @@ async def test_an_ack_that_fails_to_apply_is_kept_and_applied_later(
     async with uplink_rig(tmp_path, mosquitto, timing) as rig:
         alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
         await wait_platform(platform, lambda p: kinds(p, "alarm.button"), "the alarm")
+        pubacks = watch_pubacks(rig, ACK_TOPIC)
         rig.store.failing.add("acknowledge_alarms")
         await asyncio.to_thread(
             platform.publish, "carebed/v1/gw-a/down/ack", {"v": 1, "ids": [alarm_id], "by": "op"}
@@ -460,7 +490,9 @@ async def test_an_ack_that_fails_to_apply_is_kept_and_applied_later(
             while await rig.outbox.call(rig.store.held_alarms):
                 await asyncio.sleep(0.05)
         await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "audit")
+        await wait_until(lambda: len(pubacks) == 1, 10, "the PUBACK")
         assert rig.uplink.stats.connects == 1
+    assert pubacks == [False], "the ack was PUBACKed while it could not be applied"
     assert resent_while_failing == 0
     assert rig.listener.told(alarm_id)[-1] == AlarmState.ACKNOWLEDGED
     record(
@@ -476,11 +508,14 @@ async def test_an_ack_that_fails_to_apply_is_kept_and_applied_later(
 
 
 @pytest.mark.reliability
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_an_ack_overtakes_5000_queued_commands(
-    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, protocol: str
 ) -> None:
+    # On 3.1.1 the gateway announces no Receive Maximum: the broker's own per-client in-flight
+    # window applies (max_inflight_messages, 100 here as in the shipped configuration).
     commands = 5000
-    async with running_gateway(tmp_path, mosquitto) as rig:
+    async with running_gateway(tmp_path, mosquitto, mqtt={"protocol": protocol}) as rig:
         stats = rig.gateway.commands.stats
         listener = Listener(progress=lambda: stats.handled)
         rig.gateway.alarms.subscribe(listener)
@@ -504,7 +539,7 @@ async def test_an_ack_overtakes_5000_queued_commands(
     assert latency < 1.0
     record(
         "downlink",
-        f"down/ack sent behind {commands} queued commands",
+        f"down/ack sent behind {commands} queued commands (MQTT {protocol})",
         count=1,
         lost=0,
         outcome=(
@@ -581,7 +616,7 @@ def test_the_audit_of_an_ack_survives_kill_9_right_after_the_ack(
     config = gateway_config(tmp_path, mosquitto, outbox={"group_commit_s": 1.0})
     log_path = tmp_path / "gateway.log"
     daemon = GatewayProcess(config, log_path)
-    lost = 0
+    lost = duplicated = 0
     try:
         for cycle in range(cycles):
             daemon.start()
@@ -598,8 +633,10 @@ def test_the_audit_of_an_ack_survives_kill_9_right_after_the_ack(
             alarm_id = kinds(platform, "alarm.button")[-1]["id"]
             offset = log_path.stat().st_size
             platform.publish(ACK_TOPIC, {"v": 1, "ids": [alarm_id], "by": "desk"})
-            _wait_log(log_path, offset, "alarm_acknowledged", alarm_id)
-            daemon.kill()  # as soon as the ack is applied
+            # Killed after the alarm was deleted and before the PUBACK went out: the broker
+            # sends the ack again, the alarm is gone by then, the audit event must be stored.
+            _wait_log(log_path, offset, "ack_applied", alarm_id)
+            daemon.kill()
             daemon.start()
             try:
                 platform.wait_for(
@@ -611,16 +648,30 @@ def test_the_audit_of_an_ack_survives_kill_9_right_after_the_ack(
                 )
             except AssertionError:
                 lost += 1
+            # A redelivered ack comes before a later command, and its events before the
+            # command's result: once that is in, a second audit event would be too.
+            platform.publish(CMD_TOPIC, {"v": 1, "id": f"m-{cycle}", "name": "ping", "args": {}})
+            platform.wait_for(
+                lambda p, c=f"m-{cycle}": any(
+                    e["data"]["cmd_id"] == c for e in kinds(p, "cmd.result")
+                ),
+                20,
+                "the marker command's result",
+            )
             daemon.kill()
+            # Distinct events: a retransmission of the same one (same id) is at-least-once.
+            audits = kinds(platform, "audit.alarm_acknowledged")
+            duplicated += len({e["id"] for e in audits if e["data"]["alarm_id"] == alarm_id}) - 1
     finally:
         daemon.close()
     assert lost == 0
+    assert duplicated == 0
     record(
         "durability",
-        "kill -9 right after an ack was applied (group commit 1 s)",
+        "kill -9 after an ack was applied, before its PUBACK (group commit 1 s)",
         count=cycles,
         lost=lost,
-        outcome="audit.alarm_acknowledged durable before the PUBACK; it arrived every time",
+        outcome="audit.alarm_acknowledged stored with the deletion: it arrived exactly once",
     )
 
 
@@ -676,3 +727,202 @@ async def test_commands_beyond_the_queue_bound_are_received_again_not_lost(
             "session renewals; every command answered"
         ),
     )
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.reliability
+async def test_the_audit_of_an_ack_is_stored_with_the_deletion_while_inserts_fail(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    timing = AlarmTiming(ack_timeout_s=30, resend_interval_s=30)
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        await wait_platform(platform, lambda p: kinds(p, "alarm.button"), "the alarm")
+        rig.store.failing.add("insert_audit")  # the ordinary write path of events fails
+        await asyncio.to_thread(
+            platform.publish, ACK_TOPIC, {"v": 1, "ids": [alarm_id], "by": "desk"}
+        )
+        async with asyncio.timeout(10):
+            while await rig.outbox.call(rig.store.held_alarms):
+                await asyncio.sleep(0.02)
+        # The alarm is gone from the store: its audit event is on disk with it.
+        db = sqlite3.connect(f"file:{rig.store.path}?mode=ro", uri=True)
+        stored = [
+            json.loads(data)["alarm_id"]
+            for (data,) in db.execute(
+                "SELECT data FROM events WHERE kind='audit.alarm_acknowledged'"
+            )
+        ]
+        db.close()
+        assert stored == [alarm_id], "the alarm left the store without its audit event"
+        await wait_platform(
+            platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "the audit event"
+        )
+    assert [e["data"]["alarm_id"] for e in kinds(platform, "audit.alarm_acknowledged")] == [
+        alarm_id
+    ]
+    record(
+        "disk",
+        "down/ack applied while inserting events fails",
+        count=1,
+        lost=0,
+        outcome="audit.alarm_acknowledged written in the transaction that deletes the alarm",
+    )
+
+
+@pytest.mark.reliability
+async def test_a_command_whose_store_call_fails_is_answered_not_dropped(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    timing = AlarmTiming()
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        # The store cannot say whether the command ran: not PUBACKed, received again later.
+        rig.store.failing.add("command_result")
+        await asyncio.to_thread(
+            platform.publish, CMD_TOPIC, {"v": 1, "id": "c-1", "name": "ping", "args": {}}
+        )
+        await wait_until(lambda: rig.store.failures["command_result"] >= 1, 10, "a failure")
+        rig.store.failing.clear()
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"]["cmd_id"] == "c-1" for e in kinds(p, "cmd.result")),
+            "the result of c-1, after the store recovered",
+        )
+        # The command ran but its result cannot be remembered: answered all the same.
+        rig.store.failing.add("remember_command")
+        await asyncio.to_thread(
+            platform.publish, CMD_TOPIC, {"v": 1, "id": "c-2", "name": "ping", "args": {}}
+        )
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"]["cmd_id"] == "c-2" for e in kinds(p, "cmd.result")),
+            "the result of c-2 while remembering fails",
+        )
+        failures = sum(rig.store.failures.values())
+    record(
+        "downlink",
+        "down/cmd whose store calls fail (command_result, remember_command)",
+        count=2,
+        lost=0,
+        outcome=f"{failures} store failures; not PUBACKed until answerable, every command answered",
+    )
+
+
+@pytest.mark.reliability
+async def test_acks_beyond_the_queue_bound_are_received_again_without_losing_the_link(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uplink_module, "MAX_QUEUED_ACKS", 5)
+    acks = 300
+    timing = AlarmTiming()
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        await wait_platform(platform, lambda p: kinds(p, "alarm.button"), "the alarm")
+        with capture_logs() as logs, RawPublisher(mosquitto) as raw:
+            for i in range(acks):
+                body = {"v": 1, "ids": [f"unknown-{i}"], "by": "desk"}
+                raw.publish(ACK_TOPIC, json.dumps(body).encode(), wait=False)
+            ack = {"v": 1, "ids": [alarm_id], "by": "desk"}
+            await asyncio.to_thread(raw.publish, ACK_TOPIC, json.dumps(ack).encode())
+            await wait_platform(
+                platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "the audit event"
+            )
+            await wait_until(lambda: rig.uplink.stats.acks_applied >= acks + 1, 20, "every ack")
+        deferred = rig.uplink.stats.acks_deferred
+    events = [e["event"] for e in logs]
+    assert deferred > 0
+    assert "uplink_lost" not in events, "an overflowing ack queue was taken for a lost link"
+    statuses = [m.payload for m in platform.messages if m.topic.endswith("/status")]
+    assert not [p for p in statuses if p and p.get("reason") == "lost"]
+    assert AlarmState.UNDELIVERED not in rig.listener.told(alarm_id)[2:]
+    record(
+        "downlink",
+        f"a burst of {acks} acks over an ack queue bounded at 5",
+        count=acks + 1,
+        lost=0,
+        outcome=f"{deferred} left unacknowledged and received again after a session renewal "
+        "(no will, no back-off); every ack applied",
+    )
+
+
+async def test_a_session_renewal_does_not_tell_held_alarms_not_delivered(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uplink_module, "MAX_QUEUED_COMMANDS", 5)
+    async with uplink_rig(tmp_path, mosquitto, AlarmTiming()) as rig:
+        alarm_id = await rig.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+        await wait_until(
+            lambda: AlarmState.DELIVERED in rig.listener.told(alarm_id), 10, "delivered"
+        )
+        with RawPublisher(mosquitto) as raw:
+            for i in range(100):
+                body = {"v": 1, "id": f"r-{i}", "name": "ping", "args": {}}
+                raw.publish(CMD_TOPIC, json.dumps(body).encode(), wait=i == 99)
+        await wait_until(lambda: rig.uplink.stats.connects >= 2, 20, "a session renewal")
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "cmd.result")) >= 100, "every command answered"
+        )
+    told = rig.listener.told(alarm_id)
+    assert told == [AlarmState.RECEIVED, AlarmState.DELIVERED], told
+
+
+async def test_a_quarantined_alarm_is_told_not_delivered(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    timing = AlarmTiming()
+    factory = EventFactory(SystemClock(), "test-boot")
+    store = FlakyStore(tmp_path / "outbox.sqlite3", timing, factory)
+    store.open()
+    damaged = factory.make("alarm.button", BUTTON, "btn-00000001")
+    store.insert([damaged])
+    store.close()
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    db.execute("UPDATE events SET data=substr(data, 2) WHERE id=?", (damaged.id,))
+    db.commit()
+    db.close()
+    async with uplink_rig(tmp_path, mosquitto, timing) as rig:
+        await wait_until(
+            lambda: AlarmState.UNDELIVERED in rig.listener.told(damaged.id), 10, "not delivered"
+        )
+        assert not await rig.outbox.call(rig.store.held_alarms)
+    assert not kinds(platform, "alarm.button")
+
+
+async def test_an_idle_healthy_link_is_not_declared_silent(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    keepalive_s = 5
+    async with uplink_rig(tmp_path, mosquitto, AlarmTiming(), keepalive_s=keepalive_s) as rig:
+        # Nothing to send, nothing to receive: only PINGRESPs keep the link known to be alive.
+        deadline = time.monotonic() + 3 * keepalive_s
+        while time.monotonic() < deadline:
+            assert rig.uplink.connected.is_set()
+            await asyncio.sleep(0.1)
+        assert rig.uplink.stats.silent_links == 0
+        assert rig.uplink.stats.connects == 1
+
+
+async def test_a_stop_while_deferred_commands_drain_says_offline(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uplink_module, "MAX_QUEUED_COMMANDS", 5)
+    async with uplink_rig(tmp_path, mosquitto, AlarmTiming()) as rig:
+        with RawPublisher(mosquitto) as raw:
+            for i in range(200):
+                body = {"v": 1, "id": f"s-{i}", "name": "ping", "args": {}}
+                raw.publish(CMD_TOPIC, json.dumps(body).encode(), wait=i == 199)
+        await wait_until(lambda: rig.uplink.stats.commands_deferred > 0, 10, "a deferral")
+        await rig.uplink.stop(3.0)  # while the queue drains: no renewal now
+    await wait_platform(
+        platform,
+        lambda p: any(
+            m.payload and m.payload.get("reason") == "shutdown"
+            for m in p.messages
+            if m.topic.endswith("/status")
+        ),
+        "the offline status",
+    )
+    statuses = [m.payload for m in platform.messages if m.topic.endswith("/status")]
+    assert statuses[-1] == {"v": 1, "gw": "gw-a", "state": "offline", "reason": "shutdown"}
