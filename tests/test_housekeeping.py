@@ -120,7 +120,7 @@ async def test_a_fault_that_changes_during_a_heartbeat_gets_its_own_at_once(
     clock = ManualClock()
     outbox, real_sink = make_outbox(tmp_path, clock)
     await outbox.open()
-    status = GatewayStatus(outbox, clock, tmp_path, "1.2.3")
+    status = GatewayStatus(outbox, clock, "1.2.3")
     source = OneFault()
     status.add_fault_source(source)
     sink = FaultAppearingDuringEmit(real_sink, source.changed)
