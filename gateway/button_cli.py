@@ -43,10 +43,7 @@ def _show_list(status: dict[str, Any]) -> None:
     receiver = status["receiver"]
     state = "connected" if receiver["connected"] else "NOT CONNECTED"
     _say(f"receiver {receiver['device']} on {receiver['port'] or '-'}: {state}")
-    damage = status.get("pairing", {}).get("damage")
-    if damage:
-        _say(f"PAIRING LIST DAMAGED ({damage}): a press of any button raises an alarm;")
-        _say("  pair every button of the home, then: carebed button confirm")
+    _show_damage(status.get("pairing", {}).get("damage"))
     if not status["buttons"]:
         _say("no button is paired (carebed button pair)")
     for b in status["buttons"]:
@@ -54,6 +51,12 @@ def _show_list(status: dict[str, Any]) -> None:
         if b.get("battery_low"):
             flags.append("battery low")
         _say(f"  {b['device']}  last heard {b['silent_s']:.0f} s ago  {' '.join(flags)}".rstrip())
+
+
+def _show_damage(damage: str | None) -> None:
+    if damage:
+        _say(f"PAIRING LIST DAMAGED ({damage}): a press of any button raises an alarm;")
+        _say("  pair every button of the home, then: carebed button confirm")
 
 
 def _show_confirm(confirmed: bool, buttons: list[str]) -> None:
@@ -95,6 +98,7 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     store = PairingStore(cfg.pairing_path, repair=False)
     note = f"(the daemon is not running: from {cfg.pairing_path})"
     if args.action == "list":
+        _show_damage(store.damage)
         _say(f"paired buttons {note}:")
         for bid in store.buttons():
             _say(f"  {device_id(bid)}")

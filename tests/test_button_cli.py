@@ -83,9 +83,14 @@ async def test_without_the_daemon_confirm_ends_the_damage_in_the_file(
     path.parent.mkdir()
     path.write_text('{"buttons": {"00A1B2C3": 1.0}, "unchecked": "buttons.json: not JSON"}')
     assert PairingStore(path).damage == "buttons.json: not JSON"
+    status, out = await carebed(config, "button", "list")
+    assert status == 0, out
+    assert "PAIRING LIST DAMAGED (buttons.json: not JSON)" in out and "btn-00A1B2C3" in out
     status, out = await carebed(config, "button", "confirm")
     assert status == 0, out
     assert "pairing list confirmed: 1 button(s)" in out and "btn-00A1B2C3" in out
     assert (PairingStore(path).damage, PairingStore(path).buttons()) == (None, [BUTTON])
     status, out = await carebed(config, "button", "confirm")
     assert (status, "nothing to confirm" in out) == (0, True)
+    status, out = await carebed(config, "button", "list")
+    assert (status, "DAMAGED" in out) == (0, False)
