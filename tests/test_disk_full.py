@@ -198,13 +198,15 @@ async def test_a_full_disk_with_the_broker_down_stores_every_alarm_and_delivers_
                 timeout=60,
             )
             other.unlink()  # space returns: the next write makes the reserve again
+            # (wait for the store to say so: the reserve file also exists for a moment while an
+            # attempt to allocate it on the still full disk fails)
             async with asyncio.timeout(10):
-                while not (state / "outbox.sqlite3.reserve").exists():
+                while not events_logged(logs, "disk_space_returned"):
                     await gateway.sink.emit(
                         "telemetry.vitals", {"heart_rate": 60}, "watch-AABBCCDDEEFF"
                     )
                     await asyncio.sleep(0.05)
-            assert events_logged(logs, "disk_space_returned")
+            assert (state / "outbox.sqlite3.reserve").exists()
     assert not events_logged(logs, "task_crashed")
     assert not events_logged(logs, "shutdown_store_failed")
 
@@ -256,7 +258,9 @@ def test_the_uplinks_store_calls_work_on_a_full_disk(small_disk: Path) -> None:
         wall, mono = rig.clock.wall(), rig.clock.monotonic_ns()
         assert rig.store.correct_timestamps(BOOT, wall, mono) >= 1  # the alarm's, at least
         fill_up(small_disk / "other-program.log")
-        seqs = [seq] + [e.seq for e in rig.store.claim(100) if e.seq != seq]
+        # A few events per ack: after a truncated WAL, a large delete may find no room at all
+        # and is then put back to be published again (a duplicate, never a loss).
+        seqs = [seq] + [e.seq for e in rig.store.claim(5) if e.seq != seq]
         delivered = rig.store.ack(seqs)
         assert [a.id for a in delivered] == [alarm.id], f"round {n}"
         rig.clock.advance(31)
