@@ -17,7 +17,7 @@ deps: $(STAMP)
 	scripts/install-system-deps
 
 demo: deps
-	$(PY) -m drivers.sim.demo
+	$(PY) -m hil.sim.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from bench.common import BOOT_ID, TELEMETRY_KIND, WATCH, CachedSyncClock, gateway_config, vitals
-from gateway.app import Gateway
-from gateway.sdnotify import SystemdNotifier
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
 
 OUTBOX_NAME = "outbox.sqlite3"
 SIDE_FILES = ("", ".seqmark")

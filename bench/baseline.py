@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bench.common import cpu_seconds, emit, now_ns, proc_status_kb
-from gateway.events import StoredEvent, payload_prefix
-from gateway.uplink import topic_root
+from gateway.core.events import StoredEvent, payload_prefix
+from gateway.uplink.link import topic_root
 
 CONNECT_TIMEOUT_S = 10.0
 # Messages handed to paho and not yet acknowledged, in flight or queued behind the window. paho

@@ -1,6 +1,6 @@
 """The watch's central as a child process of the watch bench: the real gateway, or plain bleak.
 
-The simulated watch (``drivers.sim.bluez.WatchSim``) and the fake BlueZ run in the bench's own
+The simulated watch (``hil.sim.bluez.WatchSim``) and the fake BlueZ run in the bench's own
 process; this process reaches them through ``DBUS_SYSTEM_BUS_ADDRESS``, as bleak on a gateway
 reaches BlueZ, in an event loop (and on a CPU) of its own.
 
@@ -34,10 +34,10 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from bench.common import BOOT_ID, cpu_seconds, emit, gateway_config, now_ns, proc_status_kb
 from drivers.watch.codec import ALERT_CONFIRM, CARE_ALERT, AlertConfirmStatus
-from gateway import logs
-from gateway.app import Gateway
-from gateway.clock import SystemClock
-from gateway.sdnotify import SystemdNotifier
+from gateway.app import logs
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
+from gateway.core.clock import SystemClock
 
 START_TIMEOUT_S = 60.0
 POLL_S = 0.005

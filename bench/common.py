@@ -11,18 +11,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from gateway import config
-from gateway.clock import SystemClock
+from gateway.app import config
+from gateway.core.clock import SystemClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
-TELEMETRY_KIND = "telemetry.vitals"
+TELEMETRY_KIND: Final = "telemetry.vitals"
 WATCH = "watch-C0FFEE000001"
 BUTTON = "btn-0000A11C"
-ALARM_KIND = "alarm.button"
+ALARM_KIND: Final = "alarm.button"
 ALARM_DATA: dict[str, Any] = {"press": "short", "battery": 80, "rssi": -60}
 BOOT_ID = "bench-boot"
 # The bench's emergency buttons: one paired button id per press, so that each alarm names its press.

@@ -23,9 +23,9 @@ from bench.common import (
     proc_io,
     vitals,
 )
-from gateway import logs
-from gateway.app import Gateway
-from gateway.sdnotify import SystemdNotifier
+from gateway.app import logs
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
 
 UNREACHABLE_PORT = 9  # no uplink runs in this process
 

@@ -34,10 +34,10 @@ from bench.common import (
     proc_io,
     proc_status_kb,
 )
-from drivers.base import AlarmState
-from gateway import logs
-from gateway.app import Gateway
-from gateway.sdnotify import SystemdNotifier
+from gateway.app import logs
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
+from gateway.core.ports import AlarmState
 
 START_TIMEOUT_S = 30.0
 POLL_S = 0.001

@@ -1,6 +1,6 @@
 """The emergency-button receiver as a child process of the bench: presses, stamped at the pty.
 
-Runs the simulated receiver (``drivers.sim.receiver.SimReceiver``) on a real pseudo-terminal, in
+Runs the simulated receiver (``hil.sim.receiver.SimReceiver``) on a real pseudo-terminal, in
 a process and event loop of its own, so that the gateway's loop is not shared. ``--link`` is made
 a symlink to the pty's slave: the gateway's ``[button] port``.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.common import BUTTON_ID_BASE, emit, now_ns
 from drivers.button.codec import StatusRequest
-from drivers.sim.receiver import RETRANSMIT_INTERVAL_S, SimReceiver
+from hil.sim.receiver import RETRANSMIT_INTERVAL_S, SimReceiver
 
 LINK_TIMEOUT_S = 30.0
 ACK_TIMEOUT_S = 30.0

@@ -65,7 +65,7 @@ from bench.watch import QUICK_ALERTS, WatchBench, summary_line
 from bench.watch import summarise as summarise_watch
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
-from gateway import logs
+from gateway.app import logs
 from tests.support.broker import Mosquitto, mosquitto_binary
 
 PARTS = ("drain", "alarms", "button", "disk", "diag", "watch")

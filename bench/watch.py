@@ -11,7 +11,7 @@ Measures, as distributions (p50/p95/p99/max, ms):
    the transport's own round trip (D-Bus daemon, the fake BlueZ, bleak, dbus-fast), which the
    gateway's figure contains too. The ratios gateway ÷ baseline (p50, p99) are what to compare.
 
-The watch (``drivers.sim.bluez.WatchSim``), the fake BlueZ and the private D-Bus daemon run in
+The watch (``hil.sim.bluez.WatchSim``), the fake BlueZ and the private D-Bus daemon run in
 the bench's process; the gateway (``bench.central --role gateway``, the real ``Gateway`` with
 ``[watch]`` enabled) and the baseline (``bench.central --role bleak``) are child processes, so
 that neither shares the simulator's event loop. Each round runs both on one fresh bus, in
@@ -55,10 +55,10 @@ from bench.common import (
     percentile,
 )
 from bench.subscriber import EventCounter
-from drivers.sim.bluez import FakeBluez, WatchSim
-from drivers.sim.dbus import PrivateSystemBus
 from drivers.watch.codec import ALERT_CONFIRM, CARE_ALERT, HEART_RATE_MEASUREMENT, CareEvent
 from drivers.watch.store import MAX_ALERTS_PER_WATCH as MAX_ALERTS
+from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.dbus import PrivateSystemBus
 from tests.support.broker import Mosquitto
 
 ADDRESS = "C0:FF:EE:00:00:01"  # watch-C0FFEE000001 (bench.common.WATCH)

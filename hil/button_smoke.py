@@ -18,9 +18,9 @@ from pathlib import Path
 
 from drivers.button.codec import Pattern
 from drivers.button.pairing import PairingStore
-from drivers.sim.camera import SimCamera
-from drivers.sim.demo import local_mosquitto
-from drivers.sim.receiver import SimReceiver
+from hil.sim.camera import SimCamera
+from hil.sim.demo import local_mosquitto
+from hil.sim.receiver import SimReceiver
 from hil.uplink_smoke import Platform, platform_for, run_device_scenario
 
 BUTTON = 0x00A1B2C3

@@ -23,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.sim.demo import local_mosquitto
+from hil.sim.demo import local_mosquitto
 
 STEP_TIMEOUT_S = 30.0
 

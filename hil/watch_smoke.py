@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from drivers.sim.bluez import FakeBluez, WatchSim
-from drivers.sim.dbus import PrivateSystemBus
-from drivers.sim.demo import local_mosquitto
 from drivers.watch import codec
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
+from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.dbus import PrivateSystemBus
+from hil.sim.demo import local_mosquitto
 from hil.uplink_smoke import Platform, platform_for, run_device_scenario
 
 ADDRESS = "C0:FF:EE:00:00:01"

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.camera.gpio import OutputLine
-from gateway import config
-from gateway.app import Gateway
-from gateway.clock import Clock
-from gateway.sdnotify import SystemdNotifier
+from gateway.app import config
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
+from gateway.core.clock import Clock
 from tests.support.broker import Mosquitto
 from tests.support.daemon import gateway_config
 from tests.support.platform import PlatformClient

@@ -22,8 +22,8 @@ from drivers.button.codec import (
     encode_receiver_status,
 )
 from drivers.button.pairing import PairingStore
-from drivers.sim.receiver import SimReceiver
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
+from hil.sim.receiver import SimReceiver
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient

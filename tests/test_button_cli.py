@@ -8,7 +8,7 @@ from pathlib import Path
 
 from drivers.button.codec import PairMode
 from drivers.button.pairing import PairingStore
-from drivers.sim.receiver import SimReceiver
+from hil.sim.receiver import SimReceiver
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.base import EventSink
 from drivers.button.codec import Ack, ButtonEventCode, Pattern, device_id, encode_button_event
-from drivers.sim.receiver import SimReceiver
-from gateway import config, control
-from gateway.clock import ManualClock
-from gateway.errors import StoreError
+from gateway.app import config, control
+from gateway.core.clock import ManualClock
+from gateway.core.errors import StoreError
+from gateway.core.ports import EventSink
+from hil.sim.receiver import SimReceiver
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from drivers.sim.camera import SimCamera
+from hil.sim.camera import SimCamera
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.platform import PlatformClient

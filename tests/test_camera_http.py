@@ -20,7 +20,7 @@ from drivers.camera.errors import (
     CameraUnavailableError,
 )
 from drivers.camera.http import CameraStatus, HttpCamera
-from drivers.sim.camera import Algorithm, SimCamera
+from hil.sim.camera import Algorithm, SimCamera
 
 USER = "installer"
 PASSWORD = "s3cret"

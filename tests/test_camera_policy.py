@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from drivers.camera.gpio import GpiodLine
-from drivers.sim.camera import SimCamera
-from drivers.sim.gpio import SimLine
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
+from hil.sim.camera import SimCamera
+from hil.sim.gpio import SimLine
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.commands import (
+from gateway.app.commands import (
     MAX_COMMAND_BYTES,
     MAX_COMMAND_ID_CHARS,
     CommandMessage,

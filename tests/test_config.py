@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
-from gateway.errors import ConfigError
+from gateway.app import config
+from gateway.core.errors import ConfigError
 from tests.support.certs import Pki
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "carebed.example.toml"

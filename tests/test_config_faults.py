@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import config, preflight
-from gateway.errors import ConfigError
+from gateway.app import config, preflight
+from gateway.core.errors import ConfigError
 from tests.support.certs import Pki
 from tests.support.daemon import toml_value
 from tests.support.reliability import record, scaled

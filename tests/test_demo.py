@@ -89,7 +89,7 @@ def test_demo_shows_the_alarm_chains_and_a_clean_stop(tmp_path: Path) -> None:
     with (
         log_path.open("w") as log,
         subprocess.Popen(
-            [sys.executable, "-m", "drivers.sim.demo", "--alarm-every", "1", "--sos-every", "2"],
+            [sys.executable, "-m", "hil.sim.demo", "--alarm-every", "1", "--sos-every", "2"],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

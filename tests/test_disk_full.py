@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.clock import ManualClock
-from gateway.errors import StoreError
-from gateway.outbox import DiskBudget, Outbox
+from gateway.core.clock import ManualClock
+from gateway.core.errors import StoreError
+from gateway.store.outbox import DiskBudget, Outbox
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
@@ -177,7 +177,7 @@ async def test_a_full_disk_with_the_broker_down_stores_every_alarm_and_delivers_
                 alarm_ids.append(
                     await gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
                 )
-            held = {alarm.id for alarm in await gateway.outbox.call(gateway.store.held_alarms)}
+            held = {alarm.id for alarm in await gateway.outbox.held_alarms()}
             assert set(alarm_ids) <= held
             await flood.stop()
             assert flood.refused == 0, "telemetry producers were refused"
@@ -187,7 +187,7 @@ async def test_a_full_disk_with_the_broker_down_stores_every_alarm_and_delivers_
             assert not events_logged(logs, "uplink_task_failed")
 
             mosquitto.start()
-            last = (await gateway.outbox.call(gateway.store.stats)).last_seq
+            last = (await gateway.outbox.stats()).last_seq
             await wait_platform(
                 platform,
                 lambda p: (
@@ -293,7 +293,7 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
     outbox = Outbox(rig.store, group_commit_s=0.01, max_buffered=100, buffer_limit=500)
     await outbox.open()
     # Each write attempt against the lock fails after 50 ms instead of SQLite's 5 s.
-    await outbox.call(rig.store._require().execute, "PRAGMA busy_timeout=50")
+    await outbox._call(rig.store._require().execute, "PRAGMA busy_timeout=50")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     made: list[str] = []
@@ -313,7 +313,7 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
         holder.close()
     await wait_until(lambda: outbox.dropped_unstored == 0, 20, "the drops to be reported")
     await outbox.flush()
-    stored = await outbox.call(rig.store.claim, 10**6)
+    stored = (await outbox.claim(10**6))[0]
     reports = [json.loads(e.data_json) for e in stored if e.kind == "gateway.dropped"]
     assert reports == [{"count": dropped, "seq_ranges": [], "reason": "buffer_full"}]
     kept = [e.id for e in sorted(stored, key=lambda e: e.seq) if e.kind == "telemetry.vitals"]

@@ -16,14 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from gateway.alarms import AlarmTracker
-from gateway.clock import SystemClock
-from gateway.commands import MAX_COMMAND_ID_CHARS, CommandProcessor, no_args
-from gateway.config import MqttSection
-from gateway.emitter import EventFactory, OutboxSink
-from gateway.errors import CommandError
-from gateway.outbox import AlarmTiming, Outbox, SqliteStore
-from gateway.uplink import MAX_ACK_BYTES, AckMessage, MqttUplink, parse_ack
+from gateway.app.alarms import AlarmTracker
+from gateway.app.commands import MAX_COMMAND_ID_CHARS, CommandProcessor, no_args
+from gateway.app.config import MqttSection
+from gateway.core.clock import SystemClock
+from gateway.core.errors import CommandError
+from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.sink import EventFactory, OutboxSink
+from gateway.uplink.link import MAX_ACK_BYTES, AckMessage, MqttUplink, parse_ack
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient
@@ -206,7 +206,7 @@ async def test_fuzzed_commands_through_the_real_handler(tmp_path: Path) -> None:
                 answerable += 1
             await rig.commands.handle(payload)  # never raises
         await rig.outbox.flush()
-        results = await rig.outbox.call(_count_results, rig.store)
+        results = await rig.outbox._call(_count_results, rig.store)
         stats = rig.commands.stats
     assert results == answerable == stats.handled
     assert stats.rejected == count - answerable
@@ -249,7 +249,7 @@ async def test_fuzzed_acks_through_the_real_handler(tmp_path: Path) -> None:
             await rig.uplink.apply_acks([ack])
             acked.update(ack.ids)
             applied += 1
-        held = await rig.outbox.call(rig.store.held_alarms)
+        held = await rig.outbox.held_alarms()
         await rig.outbox.flush()
     assert refused > count / 10 and applied > count / 10
     # every id that came in a valid ack was acknowledged; the others are still held
@@ -360,7 +360,7 @@ async def test_a_batch_of_acks_naming_many_unknown_ids_is_applied_at_once(
             began = time.monotonic()
             await rig.uplink.apply_acks(batch)
             took_s = time.monotonic() - began
-        held = await rig.outbox.call(rig.store.held_alarms)
+        held = await rig.outbox.held_alarms()
     unknown = [e for e in logs if e["event"] == "ack_for_unknown_alarm"]
     assert held == []
     assert len(unknown) == acks, "one line per ack, not per id"

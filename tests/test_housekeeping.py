@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.clock import ManualClock
-from gateway.emitter import EventFactory, OutboxSink
-from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
-from gateway.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.app.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
+from gateway.core.clock import ManualClock
+from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.sink import EventFactory, OutboxSink
 
 BOOT = "boot-7"
 
@@ -47,11 +47,14 @@ async def test_clock_sync_corrects_waiting_events_and_says_so(tmp_path: Path) ->
     clock.set_wall(1_800_000_000.0)
     clock.synced = True
     async with asyncio.timeout(10):
-        while (await outbox.call(outbox.store.stats)).queued.get("gateway", 0) == 0:
+        while (await outbox.stats()).queued.get("gateway", 0) == 0:
             await asyncio.sleep(0.01)
     task.cancel()
-    events = {e.kind: e for e in await outbox.call(outbox.store.claim, 10)}
-    assert json.loads(events["gateway.clock"].data_json) == {"synced": True, "corrected_events": 2}
+    events = {e.kind: e for e in (await outbox.claim(10))[0]}
+    assert json.loads(events["gateway.clock"].data_json) == {
+        "synced": True,
+        "corrected_events": 2,
+    }
     assert events["telemetry.vitals"].ts_synced
     assert events["telemetry.vitals"].ts == "2027-01-15T07:59:53.000Z"  # 7 s before the sync
     assert events["device.tamper"].ts == "2027-01-15T07:59:58.000Z"
@@ -67,10 +70,10 @@ async def test_heartbeat_reports_the_queue(tmp_path: Path) -> None:
     status = GatewayStatus(outbox, clock, "1.2.3")
     task = asyncio.create_task(Heartbeat(status, sink, interval_s=0.01).run())
     async with asyncio.timeout(10):
-        while (await outbox.call(outbox.store.stats)).queued.get("gateway", 0) == 0:
+        while (await outbox.stats()).queued.get("gateway", 0) == 0:
             await asyncio.sleep(0.01)
     task.cancel()
-    beats = [e for e in await outbox.call(outbox.store.claim, 10) if e.kind == "gateway.heartbeat"]
+    beats = [e for e in (await outbox.claim(10))[0] if e.kind == "gateway.heartbeat"]
     data = json.loads(beats[0].data_json)
     assert data["queued"] == {"telemetry": 1}
     assert data["oldest_queued_ts"] is not None

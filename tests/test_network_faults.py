@@ -78,13 +78,13 @@ class Traffic:
         return (seqs, lost), lost counted from what the platform received."""
         gateway = self.rig.gateway
         await gateway.outbox.flush()
-        last = (await gateway.outbox.call(gateway.store.stats)).last_seq
+        last = (await gateway.outbox.stats()).last_seq
         try:
             await wait_platform(
                 self.platform, lambda p: p.complete_up_to("gw-a") >= last, f"seqs 1..{last}"
             )
             async with asyncio.timeout(timeout):
-                while await gateway.outbox.call(gateway.store.held_alarms):
+                while await gateway.outbox.held_alarms():
                     await asyncio.sleep(0.05)
             await wait_platform(
                 self.platform,

@@ -12,12 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.clock import ManualClock
-from gateway.config import OutboxSection
-from gateway.emitter import EventFactory
-from gateway.errors import StoreCorruptError, StoreError, StoreVersionError
-from gateway.events import NewEvent
-from gateway.outbox import (
+from gateway.app.config import OutboxSection
+from gateway.core.clock import ManualClock
+from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
+from gateway.core.events import NewEvent
+from gateway.store.outbox import (
     AlarmTiming,
     DiskBudget,
     Outbox,
@@ -25,6 +24,7 @@ from gateway.outbox import (
     merge_ranges,
     seq_ranges,
 )
+from gateway.store.sink import EventFactory
 
 BOOT = "boot-1"
 
@@ -348,7 +348,7 @@ async def test_a_cancelled_put_neither_loses_nor_doubles_the_alarm(rig: Rig) -> 
         await task
     await outbox.put(rig.alarm())  # would fail on a duplicate id if the first were re-queued
     await outbox.flush()
-    kinds = [e.kind for e in await outbox.call(rig.store.claim, 100)]
+    kinds = [e.kind for e in (await outbox.claim(100))[0]]
     assert sorted(kinds) == ["alarm.button", "alarm.button", "telemetry.vitals"]
     await outbox.close()
 
@@ -370,7 +370,7 @@ async def test_an_alarm_does_not_reorder_the_events_of_another_class(rig: Rig) -
     await outbox.put(rig.alarm())
     await outbox.put(online)
     await outbox.flush()
-    device = [e for e in await outbox.call(rig.store.claim, 10) if e.event_class == "device"]
+    device = [e for e in (await outbox.claim(10))[0] if e.event_class == "device"]
     assert [e.kind for e in sorted(device, key=lambda e: e.seq)] == [
         "device.offline",
         "device.online",

@@ -21,12 +21,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from gateway.clock import ManualClock
-from gateway.commands import CommandProcessor
-from gateway.emitter import EventFactory, OutboxSink
-from gateway.errors import StoreError
-from gateway.events import KIND_DATA, StoredEvent, event_class
-from gateway.outbox import (
+from gateway.app.commands import CommandProcessor
+from gateway.core.clock import ManualClock
+from gateway.core.errors import StoreError
+from gateway.core.events import KIND_DATA, StoredEvent, event_class
+from gateway.store.outbox import (
     DAMAGED_ROW_REASON,
     AlarmTiming,
     Outbox,
@@ -34,6 +33,7 @@ from gateway.outbox import (
     row_crc,
     row_damage,
 )
+from gateway.store.sink import EventFactory, OutboxSink
 from tests.gateway_rig import kinds, running_gateway, wait_platform
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
@@ -496,7 +496,7 @@ async def test_damaged_rows_are_quarantined_and_the_rest_delivered(
             ),
             "every intact event and the report of the damaged ones",
         )
-        stats = await running.gateway.outbox.call(running.gateway.store.stats)
+        stats = await running.gateway.outbox.stats()
     explained = {
         seq
         for event in kinds(platform, "gateway.dropped")

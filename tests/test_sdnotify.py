@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.app.sdnotify import SystemdNotifier, watchdog_loop
 
 RECV_TIMEOUT_S = 5.0
 

@@ -10,9 +10,9 @@ import pytest
 
 from drivers.watch.rules import RULE_METRIC
 from drivers.watch.vitals import METRICS
-from gateway import config
-from gateway.errors import CommandError
-from gateway.settings import RemoteSettings
+from gateway.app import config
+from gateway.app.settings import RemoteSettings
+from gateway.core.errors import CommandError
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient

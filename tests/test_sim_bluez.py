@@ -19,20 +19,6 @@ from bleak.exc import (
     BleakGATTProtocolErrorCode,
 )
 
-from drivers.sim.bluez import (
-    ALL_SERVICES,
-    CONNECT_FAILED_REASON,
-    FakeBluez,
-    WatchSim,
-    encode_blood_pressure,
-    encode_care_alert,
-    encode_heart_rate,
-    encode_plx_continuous,
-    encode_sfloat,
-    encode_steps,
-    encode_temperature,
-)
-from drivers.sim.dbus import connection_count, match_rule_count, match_rules
 from drivers.watch.codec import (
     ALERT_CONFIRM,
     BATTERY_LEVEL,
@@ -54,6 +40,20 @@ from drivers.watch.codec import (
     parse_steps,
     parse_temperature,
 )
+from hil.sim.bluez import (
+    ALL_SERVICES,
+    CONNECT_FAILED_REASON,
+    FakeBluez,
+    WatchSim,
+    encode_blood_pressure,
+    encode_care_alert,
+    encode_heart_rate,
+    encode_plx_continuous,
+    encode_sfloat,
+    encode_steps,
+    encode_temperature,
+)
+from hil.sim.dbus import connection_count, match_rule_count, match_rules
 from tests.support.ble import private_system_bus
 
 ADDRESS = "AA:BB:CC:DD:EE:01"

@@ -34,7 +34,7 @@ from drivers.button.codec import (
     encode_status_request,
     parse,
 )
-from drivers.sim.receiver import SimReceiver
+from hil.sim.receiver import SimReceiver
 
 BUTTON = 0x00A1B2C3
 OTHER = 0x0BADF00D

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.base import AlarmState
-from gateway import uplink as uplink_module
-from gateway.alarms import AlarmTracker
-from gateway.clock import ManualClock, SystemClock
-from gateway.commands import CommandProcessor
-from gateway.config import MqttSection
-from gateway.emitter import EventFactory, OutboxSink
-from gateway.events import NewEvent, StoredEvent
-from gateway.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
-from gateway.uplink import MqttUplink, build_messages
+from gateway.app.alarms import AlarmTracker
+from gateway.app.commands import CommandProcessor
+from gateway.app.config import MqttSection
+from gateway.core.clock import ManualClock, SystemClock
+from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.ports import AlarmState
+from gateway.store.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
+from gateway.store.sink import EventFactory, OutboxSink
+from gateway.uplink import link as uplink_module
+from gateway.uplink.link import MqttUplink, build_messages
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
@@ -154,10 +154,10 @@ async def test_puback_with_failure_reason_is_not_a_delivery(
         async with running_gateway(tmp_path, mosquitto_tls, cert_of="gw-b") as rig:
             await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
             await wait_until(lambda: rig.gateway.uplink.stats.rejected_messages >= 2, 20, "0x87")
-            stats = await rig.gateway.outbox.call(rig.gateway.store.stats)
+            stats = await rig.gateway.outbox.stats()
             assert stats.queued.get("alarm") == 1
             assert stats.queued.get("gateway") == 1  # gateway.started, also refused
-            held = await rig.gateway.outbox.call(rig.gateway.store.held_alarms)
+            held = await rig.gateway.outbox.held_alarms()
             assert held and held[0].attempt == 1
     rejected = [e for e in logs if e["event"] == "publish_rejected"]
     assert rejected and all(e["code"] == 0x87 for e in rejected)
@@ -487,7 +487,7 @@ async def test_an_ack_that_fails_to_apply_is_kept_and_applied_later(
         resent_while_failing = len(kinds(platform, "alarm.button")) - 1
         rig.store.failing.clear()
         async with asyncio.timeout(10):  # applied later, without the platform sending it again
-            while await rig.outbox.call(rig.store.held_alarms):
+            while await rig.outbox.held_alarms():
                 await asyncio.sleep(0.05)
         await wait_platform(platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "audit")
         await wait_until(lambda: len(pubacks) == 1, 10, "the PUBACK")
@@ -745,7 +745,7 @@ async def test_the_audit_of_an_ack_is_stored_with_the_deletion_while_inserts_fai
             platform.publish, ACK_TOPIC, {"v": 1, "ids": [alarm_id], "by": "desk"}
         )
         async with asyncio.timeout(10):
-            while await rig.outbox.call(rig.store.held_alarms):
+            while await rig.outbox.held_alarms():
                 await asyncio.sleep(0.02)
         # The alarm is gone from the store: its audit event is on disk with it.
         db = sqlite3.connect(f"file:{rig.store.path}?mode=ro", uri=True)
@@ -886,7 +886,7 @@ async def test_a_quarantined_alarm_is_told_not_delivered(
         await wait_until(
             lambda: AlarmState.UNDELIVERED in rig.listener.told(damaged.id), 10, "not delivered"
         )
-        assert not await rig.outbox.call(rig.store.held_alarms)
+        assert not await rig.outbox.held_alarms()
     assert not kinds(platform, "alarm.button")
 
 

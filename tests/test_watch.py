@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from bleak import BleakClient
 
-from drivers.sim.bluez import (
+from drivers.watch import codec
+from drivers.watch.codec import CareEvent
+from hil.sim.bluez import (
     ALL_SERVICES,
     FakeBluez,
     WatchSim,
@@ -25,9 +27,7 @@ from drivers.sim.bluez import (
     encode_heart_rate,
     encode_temperature,
 )
-from drivers.sim.dbus import connection_count, match_rule_count
-from drivers.watch import codec
-from drivers.watch.codec import CareEvent
+from hil.sim.dbus import connection_count, match_rule_count
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
 from tests.support.broker import Mosquitto

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
 from drivers.watch import codec
+from hil.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
 from tests.gateway_rig import kinds, running_gateway, wait_platform
 from tests.support.ble import private_system_bus
 from tests.support.broker import Mosquitto

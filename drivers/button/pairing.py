@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.files import StateFile
-from gateway.files import StateFileError as PairingError
+from gateway.core.errors import StateFileError
+from gateway.core.files import StateFile
 
 __all__ = ["PairingError", "PairingStore"]
+
+
+class PairingError(StateFileError):
+    """The pairing list cannot be read or written (not damaged: unreadable)."""
+
 
 _BUTTON_ID = re.compile(r"[0-9A-Fa-f]{1,8}")  # written as 8 upper-case hex digits
 # The key that marks a list written while it was damaged: buttons of the home may be missing.
@@ -58,7 +63,9 @@ class PairingStore:
 
     def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
-        self._file: StateFile[_Content] = StateFile(path, _parse, _Content, repair=repair)
+        self._file: StateFile[_Content] = StateFile(
+            path, _parse, _Content, repair=repair, error=PairingError
+        )
         content = self._file.load()
         self._paired = content.buttons
         self._damage = self._file.damage or content.unchecked

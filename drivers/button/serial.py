@@ -13,7 +13,6 @@ from typing import Any, Protocol
 import serial
 import structlog
 
-from drivers.base import AlarmRaiser, AlarmState, EventSink
 from drivers.button.codec import (
     ButtonEvent,
     ButtonEventCode,
@@ -34,6 +33,8 @@ from drivers.button.codec import (
     parse,
 )
 from drivers.button.pairing import PairingError, PairingStore
+from gateway.core.events import EventKind
+from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 
 _PRESSES = (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS)
 
@@ -475,7 +476,7 @@ class SerialButtonLink:
             await self.sink.emit("device.battery", {"level": level, "low": low}, device_id(bid))
             self._low[bid] = low
 
-    async def _emit_device(self, kind: str, data: dict[str, Any], device: str | None) -> None:
+    async def _emit_device(self, kind: EventKind, data: dict[str, Any], device: str | None) -> None:
         """Store a device's presence, which no frame's ACK stands for; never raises.
 
         The outbox does not refuse such an event (it buffers it and reports what it has to drop
@@ -617,7 +618,7 @@ class SerialButtonLink:
                 )
 
     def _ts(self, wall: float | None) -> str | None:
-        from gateway.events import ts_from_unix  # noqa: PLC0415 - formatting only
+        from gateway.core.events import ts_from_unix  # noqa: PLC0415 - formatting only
 
         return None if wall is None else ts_from_unix(wall)
 

@@ -2,7 +2,7 @@
 
 ::
 
-    CameraError                  root: anything the camera driver raises
+    CameraError                  root: anything the camera driver raises (a DriverError)
     ├── CameraUnavailableError   transient: 5xx, timeout, refused or dropped connection -> retry
     │                            with back-off within a bounded total time
     ├── CameraBusyError          409: a call is already running (``call_id``) -> follow that call
@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+from gateway.core.errors import DriverError
 
-class CameraError(Exception):
+
+class CameraError(DriverError):
     """Root of every error of the camera driver."""
 
 

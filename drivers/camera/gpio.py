@@ -11,7 +11,7 @@ log = structlog.get_logger("drivers.camera.gpio")
 
 
 class OutputLine(Protocol):
-    """One GPIO line driven as an output (``GpiodLine``; ``drivers.sim.gpio.SimLine`` in tests)."""
+    """One GPIO line driven as an output (``GpiodLine``; ``hil.sim.gpio.SimLine`` in tests)."""
 
     def set_active(self, active: bool) -> None: ...
     def close(self) -> None: ...

@@ -9,11 +9,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from drivers.base import AlarmState, EventSink
 from drivers.camera.calls import CallRunner, error_code
 from drivers.camera.errors import CameraError
 from drivers.camera.gpio import RelayTrigger
 from drivers.camera.http import CallReason, HttpCamera
+from gateway.core.ports import AlarmState, EventSink
 
 log = structlog.get_logger("drivers.camera")
 

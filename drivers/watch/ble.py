@@ -43,14 +43,14 @@ from bleak_retry_connector import (
 )
 from bleak_retry_connector.bluez import get_connected_devices
 
-from drivers.base import AlarmRaiser, AlarmState, EventSink
 from drivers.watch import codec
 from drivers.watch.codec import AlertConfirmStatus, CareAlert, CareEvent, WatchFrameError
 from drivers.watch.rules import Rule, RuleEngine
 from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
 from drivers.watch.vitals import METRICS, VitalsAggregator
-from gateway.backoff import Backoff
-from gateway.events import ts_from_unix
+from gateway.core.backoff import Backoff
+from gateway.core.events import AlarmKind, ts_from_unix
+from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 
 log = structlog.get_logger("drivers.watch.ble")
 
@@ -98,7 +98,7 @@ class WatchSettings(Protocol):
 
 
 class VitalsSettings(Protocol):
-    """The reporting intervals and the edge rules (``gateway.config.VitalsSection``)."""
+    """The reporting intervals and the edge rules (``gateway.app.config.VitalsSection``)."""
 
     @property
     def intervals(self) -> Any: ...
@@ -663,7 +663,7 @@ class BleWatch:
         """Store what the alert says (alarms durably); the event's id, "" when none was sent."""
         event = alert.event
         if event in (CareEvent.SOS, CareEvent.FALL):
-            kind = "alarm.watch_sos" if event == CareEvent.SOS else "alarm.fall"
+            kind: AlarmKind = "alarm.watch_sos" if event == CareEvent.SOS else "alarm.fall"
             alarm_id = await self.alarms.raise_alarm(kind, {}, self.device)
             log.warning("watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq)
             return alarm_id

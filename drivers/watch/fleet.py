@@ -21,7 +21,6 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
 
-from drivers.base import AlarmRaiser, AlarmState, EventSink
 from drivers.watch import codec
 from drivers.watch.ble import (
     MAX_CONNECT_ATTEMPTS,
@@ -35,7 +34,8 @@ from drivers.watch.ble import (
     offered_services,
 )
 from drivers.watch.store import WatchStore
-from gateway.supervisor import Supervisor
+from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
+from gateway.core.supervisor import Supervisor
 
 log = structlog.get_logger("drivers.watch.fleet")
 

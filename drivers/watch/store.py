@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from drivers.watch.codec import CareEvent
-from gateway.files import StateFile
+from gateway.core.errors import StateFileError
+from gateway.core.files import StateFile
 
 ALERT_MEMORY_S = 24 * 3600.0  # as long as the platform's alarm give-up window
 CONFIRMED_REPEAT_S = 60.0
@@ -72,6 +73,10 @@ def _over(alert: RaisedAlert, now: float) -> bool:
     if alert.event == CareEvent.FALL and now - alert.at <= FALL_KEPT_S:
         return False
     return alert.acknowledged or alert.event not in ALARM_EVENTS
+
+
+class WatchListError(StateFileError):
+    """The watch list cannot be read or written (not damaged: unreadable)."""
 
 
 _STATUSES = (1, 2, 3)
@@ -135,7 +140,9 @@ class WatchStore:
 
     def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
-        self._file: StateFile[_Content] = StateFile(path, _parse, _Content, repair=repair)
+        self._file: StateFile[_Content] = StateFile(
+            path, _parse, _Content, repair=repair, error=WatchListError
+        )
         self._content = self._file.load()
         self._dirty = False
         self._backup_behind = False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.sim.dbus import PrivateSystemBus
+from hil.sim.dbus import PrivateSystemBus
 
 
 async def close_bleak_manager() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from gateway.events import MAX_MESSAGE_BYTES, event_class, uplink_json_schema
+from gateway.core.events import MAX_MESSAGE_BYTES, event_class, uplink_json_schema
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:

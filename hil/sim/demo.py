@@ -34,14 +34,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.button.codec import Indicate, Pattern
 from drivers.button.pairing import PairingStore
-from drivers.sim.bluez import FakeBluez, WatchSim
-from drivers.sim.camera import SimCamera
-from drivers.sim.dbus import DBUS_DAEMON, PrivateSystemBus
-from drivers.sim.receiver import SimReceiver
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
-from gateway import config, logs
-from gateway.app import Gateway, StopRequest
-from gateway.events import format_ts
+from gateway.app import config, logs
+from gateway.app.daemon import Gateway, StopRequest
+from gateway.core.events import format_ts
+from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.camera import SimCamera
+from hil.sim.dbus import DBUS_DAEMON, PrivateSystemBus
+from hil.sim.receiver import SimReceiver
 
 GATEWAY_ID = "gw-demo"
 DEMO_BUTTON = 0x00A1B2C3
@@ -326,7 +326,7 @@ async def _close_bleak_bus() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drivers.sim.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hil.sim.demo", description=__doc__)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--state-dir", type=Path, default=None, help="keep the outbox here")
     parser.add_argument("--alarm-every", type=float, default=20.0, help="seconds between presses")

@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import uuid6
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from gateway.config import GATEWAY_ID_PATTERN
-
 CONTRACT_VERSION = 1
+GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
 MAX_EVENTS_PER_MESSAGE = 500
 MAX_MESSAGE_BYTES = 256 * 1024
 TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
@@ -175,7 +174,44 @@ class CmdResultData(_Data):
     error: CommandErrorBody | None
 
 
-KIND_DATA: dict[str, type[BaseModel]] = {
+AlarmKind = Literal[
+    "alarm.button",
+    "alarm.cancelled",
+    "alarm.watch_sos",
+    "alarm.fall",
+    "alarm.vitals",
+]
+"""The alarm kinds of the contract: what a driver may raise."""
+
+EventKind = (
+    AlarmKind
+    | Literal[
+        "telemetry.vitals",
+        "device.online",
+        "device.offline",
+        "device.battery",
+        "device.tamper",
+        "device.worn",
+        "device.not_worn",
+        "device.paired",
+        "device.unpaired",
+        "gateway.started",
+        "gateway.stopping",
+        "gateway.heartbeat",
+        "gateway.power",
+        "gateway.dropped",
+        "gateway.clock",
+        "camera.call",
+        "audit.alarm_acknowledged",
+        "audit.command",
+        "audit.config_changed",
+        "audit.camera_activated",
+        "cmd.result",
+    ]
+)
+"""Every kind of the contract: a closed type, so that a misspelt kind fails the type check."""
+
+KIND_DATA: dict[str, type[BaseModel]] = {  # keyed by EventKind (a test checks they agree)
     "alarm.button": ButtonAlarmData,
     "alarm.cancelled": CancelledData,
     "alarm.watch_sos": EmptyData,

@@ -28,7 +28,7 @@ from drivers.button.codec import (
     encode_receiver_status,
     parse,
 )
-from drivers.sim.service import Observed, SimService
+from hil.sim.service import Observed, SimService
 
 READ_CHUNK_BYTES = 4096
 RETRANSMIT_INTERVAL_S = 0.5  # datasheet: every 500 ms ...

@@ -25,7 +25,7 @@ from pathlib import Path
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from drivers.sim.service import SimService
+from hil.sim.service import SimService
 
 DBUS_DAEMON = "dbus-daemon"
 START_TIMEOUT_S = 5.0

@@ -11,13 +11,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-log = structlog.get_logger("gateway.files")
+from gateway.core.errors import StateFileError
+
+log = structlog.get_logger("gateway.core.files")
 
 T = TypeVar("T")
-
-
-class StateFileError(Exception):
-    """A state file cannot be read (not damaged: unreadable). Never taken as 'empty'."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -50,7 +48,13 @@ class StateFile(Generic[T]):
     """
 
     def __init__(
-        self, path: Path, parse: Callable[[Any], T], empty: Callable[[], T], *, repair: bool = True
+        self,
+        path: Path,
+        parse: Callable[[Any], T],
+        empty: Callable[[], T],
+        *,
+        repair: bool = True,
+        error: type[StateFileError] = StateFileError,
     ) -> None:
         self.path = path
         self.backup = path.with_name(path.name + ".bak")
@@ -58,6 +62,7 @@ class StateFile(Generic[T]):
         self._parse = parse
         self._empty = empty
         self._repair = repair
+        self._error = error  # what an unreadable file raises: the owner's StateFileError
 
     def _read(self, path: Path) -> tuple[T | None, str | None, str]:
         """``(content, None, text)`` when good, ``(None, None, "")`` when it does not exist,
@@ -67,7 +72,7 @@ class StateFile(Generic[T]):
         except FileNotFoundError:
             return None, None, ""
         except OSError as exc:
-            raise StateFileError(f"cannot read {path}: {exc.strerror}") from exc
+            raise self._error(f"cannot read {path}: {exc.strerror}") from exc
         try:
             text = data.decode()
         except UnicodeDecodeError:

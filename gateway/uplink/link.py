@@ -22,11 +22,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.alarms import UNKNOWN_IDS_LOGGED, AlarmTracker
-from gateway.backoff import Backoff
-from gateway.config import MqttSection
-from gateway.errors import UplinkAuthError, UplinkError, UplinkTransientError
-from gateway.events import (
+from gateway.app.alarms import UNKNOWN_IDS_LOGGED, AlarmTracker
+from gateway.app.config import MqttSection
+from gateway.core.backoff import Backoff
+from gateway.core.errors import UplinkAuthError, UplinkError, UplinkTransientError
+from gateway.core.events import (
     CONTRACT_VERSION,
     MAX_EVENTS_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
@@ -35,9 +35,9 @@ from gateway.events import (
     status_payload,
     ts_from_unix,
 )
-from gateway.outbox import HeldAlarm, Outbox, SqliteStore
+from gateway.store.outbox import HeldAlarm, Outbox
 
-log = structlog.get_logger("gateway.uplink")
+log = structlog.get_logger("gateway.uplink.link")
 _T = TypeVar("_T")
 
 IDLE_WAKE_S = 1.0  # how often an idle link looks for alarms due again
@@ -112,7 +112,7 @@ class UplinkStats:
 
 
 class CommandHandler(Protocol):
-    """What handles a ``down/cmd`` payload (``gateway.commands.CommandProcessor.handle``)."""
+    """What handles a ``down/cmd`` payload (``gateway.app.commands.CommandProcessor.handle``)."""
 
     def __call__(self, payload: bytes) -> Awaitable[None]: ...
 
@@ -326,7 +326,7 @@ class MqttUplink:
 
     async def _wait_drained(self) -> None:
         while True:
-            stats = await self.outbox.call(self.outbox.store.stats)
+            stats = await self.outbox.stats()
             pending_non_alarm = sum(n for klass, n in stats.queued.items() if klass != "alarm")
             if pending_non_alarm == 0 and not self._inflight and self.outbox.buffered == 0:
                 return
@@ -506,8 +506,8 @@ class MqttUplink:
             self._client = None
             held: list[HeldAlarm] = []
             try:
-                await self.outbox.call(self.outbox.store.release_all, urgent=True)
-                held = await self.outbox.call(self.outbox.store.held_alarms, urgent=True)
+                await self.outbox.release_all()
+                held = await self.outbox.held_alarms()
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 self._store_failed("teardown", exc)
             # An orderly stop or a renewal is no news for the senior: only a lost link says
@@ -524,9 +524,7 @@ class MqttUplink:
             self._check_half_open()
             failed = False
             try:
-                promoted, given_up = await self.outbox.call(
-                    self.outbox.store.promote_due_alarms, urgent=True
-                )
+                promoted, given_up = await self.outbox.promote_due_alarms()
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 failed = True
                 self._store_failed("promote_due_alarms", exc)
@@ -593,7 +591,7 @@ class MqttUplink:
 
     async def _claim(self, max_events: int) -> list[StoredEvent]:
         """Claim; the alarms the claim found damaged and quarantined are told "not delivered"."""
-        events, damaged = await self.outbox.call(_claim, self.outbox.store, max_events, urgent=True)
+        events, damaged = await self.outbox.claim(max_events)
         if damaged:
             self.alarms.damaged(damaged)
         return events
@@ -613,9 +611,7 @@ class MqttUplink:
                 self._publish_raw(message)
                 left -= 1
             else:
-                self.outbox.call_nowait(
-                    self.outbox.store.release, message.seqs, self.outbox.store.mono()
-                )
+                self.outbox.release(message.seqs)
 
     def _alarm_on_its_way(self) -> bool:
         """An alarm is being stored, or is stored and waits for its PUBACK.
@@ -841,7 +837,7 @@ class MqttUplink:
         if reason.is_failure:
             # paho counts this message as published; the broker did not take it.
             self.stats.rejected_messages += 1
-            retry_at = self.outbox.store.mono() + self._backoff.cap_s / 4
+            retry_at = self.outbox.mono() + self._backoff.cap_s / 4
             log.error(
                 "publish_rejected",
                 topic=flight.message.topic,
@@ -850,7 +846,7 @@ class MqttUplink:
                 events=len(flight.message.seqs),
                 first_seq=flight.message.seqs[0],
             )
-            self.outbox.call_nowait(self.outbox.store.release, flight.message.seqs, retry_at)
+            self.outbox.release(flight.message.seqs, retry_at)
             return
         self._acks.extend(flight.message.seqs)
         if self._ack_task is None or self._ack_task.done():
@@ -862,7 +858,7 @@ class MqttUplink:
         while self._acks:
             seqs, self._acks = self._acks[:ACKS_PER_CALL], self._acks[ACKS_PER_CALL:]
             try:
-                delivered = await self.outbox.call(self.outbox.store.ack, seqs)
+                delivered = await self.outbox.ack(seqs)
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 # The store puts them back to be published again: a duplicate, not a loss.
                 self._store_failed("ack", exc)
@@ -958,10 +954,7 @@ class MqttUplink:
                 by_id.setdefault(alarm_id, ack.by)
         if not by_id:
             return
-        store = self.outbox.store
-        held = await self._retry_store(
-            "held_alarms", lambda: self.outbox.call(store.held_alarms, urgent=True)
-        )
+        held = await self._retry_store("held_alarms", self.outbox.held_alarms)
         found = [alarm for alarm in held if alarm.id in by_id]
         known = {alarm.id for alarm in found}
         for ack in acks:
@@ -978,22 +971,14 @@ class MqttUplink:
         try:
             await self._retry_store(
                 "acknowledge_alarms",
-                lambda: self.outbox.call(
-                    store.acknowledge_alarms,
-                    sorted(known),
-                    lambda alarm: audits[alarm.id],
-                    urgent=True,
+                lambda: self.outbox.acknowledge_alarms(
+                    sorted(known), lambda alarm: audits[alarm.id]
                 ),
             )
         finally:
             self._acking.difference_update(known)
         self.outbox.changed.set()  # the audit events are to be sent
         log.info("ack_applied", alarms=len(known), alarm_ids=sorted(known)[:UNKNOWN_IDS_LOGGED])
-
-
-def _claim(store: SqliteStore, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
-    """On the store's thread: a claim, and the alarms it quarantined as damaged."""
-    return store.claim(max_events), store.take_quarantined_alarms()
 
 
 def _disconnect(client: mqtt.Client) -> None:

@@ -10,11 +10,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.emitter import OutboxSink
-from gateway.outbox import Outbox
+from gateway.core.clock import Clock
+from gateway.store.outbox import Outbox
+from gateway.store.sink import OutboxSink
 
-log = structlog.get_logger("gateway.housekeeping")
+log = structlog.get_logger("gateway.app.housekeeping")
 
 CLOCK_POLL_S = 5.0
 
@@ -57,9 +57,9 @@ class GatewayStatus:
         return [fault for source in self._fault_sources for fault in source.faults()]
 
     async def snapshot(self) -> dict[str, Any]:
-        stats = await self.outbox.call(self.outbox.store.stats)
+        stats = await self.outbox.stats()
         try:  # where the outbox is, which need not be the state directory
-            vfs = os.statvfs(self.outbox.store.path.parent)
+            vfs = os.statvfs(self.outbox.path.parent)
             disk_free = vfs.f_bavail * vfs.f_frsize
         except OSError:
             disk_free = 0
@@ -139,8 +139,7 @@ class ClockWatcher:
 
     async def correct(self) -> int:
         await self.outbox.flush()
-        corrected = await self.outbox.call(
-            self.outbox.store.correct_timestamps,
+        corrected = await self.outbox.correct_timestamps(
             self.boot_id,
             self.clock.wall(),
             self.clock.monotonic_ns(),

@@ -18,25 +18,25 @@ from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
-from drivers.sim.source import SimEventSource
 from drivers.watch.fleet import MAX_SCAN_S, WatchCheckError, WatchFleet
 from drivers.watch.store import WatchStore
-from gateway.alarms import AlarmTracker
-from gateway.clock import Clock, SystemClock, read_boot_id
-from gateway.commands import CommandProcessor, no_args
-from gateway.config import CameraSection, GatewayConfig, ble_address
-from gateway.control import ControlError, ControlServer
-from gateway.emitter import EventFactory, OutboxSink
-from gateway.errors import CommandError, StoreError
-from gateway.events import NewEvent
-from gateway.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
-from gateway.outbox import AlarmTiming, Outbox, SqliteStore
-from gateway.sdnotify import SystemdNotifier, watchdog_loop
-from gateway.settings import RemoteSettings
-from gateway.supervisor import Supervisor
-from gateway.uplink import MqttUplink
+from gateway.app.alarms import AlarmTracker
+from gateway.app.commands import CommandProcessor, no_args
+from gateway.app.config import CameraSection, GatewayConfig, ble_address
+from gateway.app.control import ControlServer
+from gateway.app.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
+from gateway.app.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.app.settings import RemoteSettings
+from gateway.core.clock import Clock, SystemClock, read_boot_id
+from gateway.core.errors import CommandError, ControlError, StoreError
+from gateway.core.events import NewEvent
+from gateway.core.supervisor import Supervisor
+from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.sink import EventFactory, OutboxSink
+from gateway.uplink.link import MqttUplink
+from hil.sim.source import SimEventSource
 
-log = structlog.get_logger("gateway.app")
+log = structlog.get_logger("gateway.app.daemon")
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_DRAIN_S = 3.0
@@ -169,7 +169,7 @@ class Gateway:
         if self.watches is not None:
             devices.append({"watches": self.watches.status()})
         snapshot["devices"] = devices
-        snapshot["alarms_held"] = len(await self.outbox.call(self.store.held_alarms))
+        snapshot["alarms_held"] = len(await self.outbox.held_alarms())
         snapshot["uplink"] = {
             "connected": self.uplink.connected.is_set(),
             "rejected_messages": self.uplink.stats.rejected_messages,

@@ -22,9 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
+from gateway.core.events import GATEWAY_ID_PATTERN
 
-GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
 DEFAULT_STATE_DIR = Path("/var/lib/carebed")
 RUNTIME_DIR = Path("/run/carebed")
 MIN_SESSION_EXPIRY_S = 24 * 3600
@@ -119,7 +119,7 @@ class MqttSection(_Section):
         return float(2 * self.keepalive_s)
 
 
-OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.outbox.DiskBudget refuses a smaller quota
+OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.store.outbox.DiskBudget refuses a smaller quota
 
 
 class OutboxSection(_Section):

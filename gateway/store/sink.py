@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.clock import Clock
-from gateway.events import NewEvent, new_event_id, normalise_data, ts_from_unix
-from gateway.outbox import Outbox
+from gateway.core.clock import Clock
+from gateway.core.events import EventKind, NewEvent, new_event_id, normalise_data, ts_from_unix
+from gateway.store.outbox import Outbox
 
 
 class EventFactory:
@@ -16,7 +16,7 @@ class EventFactory:
         self.clock = clock
         self.boot_id = boot_id
 
-    def make(self, kind: str, data: dict[str, Any], device: str | None = None) -> NewEvent:
+    def make(self, kind: EventKind, data: dict[str, Any], device: str | None = None) -> NewEvent:
         return NewEvent(
             id=new_event_id(),
             kind=kind,
@@ -36,7 +36,7 @@ class OutboxSink:
         self.outbox = outbox
         self.factory = factory
 
-    async def emit(self, kind: str, data: dict[str, Any], device: str | None = None) -> str:
+    async def emit(self, kind: EventKind, data: dict[str, Any], device: str | None = None) -> str:
         event = self.factory.make(kind, data, device)
         await self.outbox.put(event)
         return event.id

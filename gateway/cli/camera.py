@@ -10,8 +10,9 @@ from typing import Any
 from drivers.camera.calls import error_code
 from drivers.camera.errors import CameraError
 from drivers.camera.http import HttpCamera
-from gateway import control
-from gateway.config import GatewayConfig
+from gateway.app import control
+from gateway.app.config import GatewayConfig
+from gateway.core.errors import ControlError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -84,7 +85,7 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
             return EXIT_OK if _show({"trigger": "relay"}) else EXIT_FAILED
         print("(the daemon is not running: asking the camera directly)")
         ok = asyncio.run(_directly(cfg))
-    except control.ControlError as exc:
+    except ControlError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if ok else EXIT_FAILED

@@ -10,8 +10,8 @@ from typing import Any
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingError, PairingStore
 from drivers.button.serial import parse_device
-from gateway import control
-from gateway.config import GatewayConfig
+from gateway.app import control
+from gateway.app.config import GatewayConfig
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

@@ -23,8 +23,8 @@ from drivers.watch.fleet import (
     scan_nearby,
 )
 from drivers.watch.store import WatchStore
-from gateway import control
-from gateway.config import GatewayConfig, ble_address
+from gateway.app import control
+from gateway.app.config import GatewayConfig, ble_address
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import structlog
 
-from drivers.base import AlarmListener, AlarmState
-from gateway.emitter import OutboxSink
-from gateway.events import NewEvent, is_alarm
-from gateway.outbox import HeldAlarm
+from gateway.core.events import AlarmKind, NewEvent, is_alarm
+from gateway.core.ports import AlarmListener, AlarmState
+from gateway.store.outbox import HeldAlarm
+from gateway.store.sink import OutboxSink
 
-log = structlog.get_logger("gateway.alarms")
+log = structlog.get_logger("gateway.app.alarms")
 
 UNKNOWN_IDS_LOGGED = 5  # an ack naming many unknown ids is logged once, with the first few
 
@@ -39,7 +39,7 @@ class AlarmTracker:
             except Exception:
                 log.exception("alarm_listener_failed", alarm_id=alarm_id, state=state.value)
 
-    async def raise_alarm(self, kind: str, data: dict[str, Any], device: str | None) -> str:
+    async def raise_alarm(self, kind: AlarmKind, data: dict[str, Any], device: str | None) -> str:
         """Store an alarm durably; when this returns the senior may be told it was received."""
         if not is_alarm(kind):
             raise ValueError(f"{kind!r} is not an alarm kind")

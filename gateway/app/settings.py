@@ -18,11 +18,11 @@ from typing import Annotated, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config import GatewayConfig, VitalsSection
-from gateway.errors import CommandError
-from gateway.files import write_atomic
+from gateway.app.config import GatewayConfig, VitalsSection
+from gateway.core.errors import CommandError
+from gateway.core.files import write_atomic
 
-log = structlog.get_logger("gateway.settings")
+log = structlog.get_logger("gateway.app.settings")
 
 REMOTE_KEYS = ("vitals", "heartbeat_s")
 

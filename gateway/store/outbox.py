@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.errors import StoreCorruptError, StoreError, StoreFullError, StoreVersionError
-from gateway.events import (
+from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError, StoreVersionError
+from gateway.core.events import (
     KIND_DATA,
     TS_PATTERN,
     NewEvent,
@@ -40,7 +40,7 @@ from gateway.events import (
     ts_from_unix,
 )
 
-log = structlog.get_logger("gateway.outbox")
+log = structlog.get_logger("gateway.store.outbox")
 
 SEQ_RESERVE_BLOCK = 4096
 PRIVATE_FILE_MODE = 0o600  # the outbox, its -wal/-shm and seq mark: events name seniors' devices
@@ -66,7 +66,7 @@ DroppedFactory = Callable[[int, list[tuple[int, int]], str], NewEvent]
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("gateway") / "schema"
+    folder = resources.files("gateway.store") / "schema"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -1647,18 +1647,76 @@ class Outbox:
         self._closed = False
         self._failing = False  # the last commit failed: wait for the retry timer
 
-    async def call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
+    async def _call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
         """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
         return await asyncio.wrap_future(self._worker.submit(fn, args, urgent=urgent))
 
-    def call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
+    def _call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue a store call behind the others without waiting for it."""
         future = self._worker.submit(fn, args, urgent=False)
         future.add_done_callback(_log_failure)
 
+    # The store's work for the uplink and the application. Each method chooses its priority:
+    # what an alarm waits for (claims, the alarm schedule, acknowledgements) goes first.
+
+    @property
+    def path(self) -> Path:
+        """The database file (its directory is the state directory)."""
+        return self.store.path
+
+    def mono(self) -> float:
+        """Seconds on the store's monotonic clock (deadlines for ``release``)."""
+        return self.store.mono()
+
+    async def claim(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+        """Events to publish (alarms first), and the alarms the claim found damaged."""
+        return await self._call(_claim, self.store, max_events, urgent=True)
+
+    async def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
+        """The broker has these (PUBACK): delete them; the alarms among them now wait for
+        the platform's acknowledgement and are returned."""
+        return await self._call(self.store.ack, seqs)
+
+    def release(self, seqs: Sequence[int], retry_at: float | None = None) -> None:
+        """Put claimed events back, to be claimed again from ``retry_at`` (now by default)."""
+        self._call_nowait(self.store.release, seqs, self.mono() if retry_at is None else retry_at)
+
+    async def release_all(self) -> None:
+        """The link is lost: every event in flight is put back."""
+        await self._call(self.store.release_all, urgent=True)
+
+    async def held_alarms(self) -> list[HeldAlarm]:
+        """The alarms stored and not yet acknowledged by the platform."""
+        return await self._call(self.store.held_alarms, urgent=True)
+
+    async def promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        """Alarms due for a resend, and those given up after ``give_up_after_s``."""
+        return await self._call(self.store.promote_due_alarms, urgent=True)
+
+    async def acknowledge_alarms(
+        self, ids: Sequence[str], make_audit: Callable[[HeldAlarm], NewEvent] | None = None
+    ) -> list[HeldAlarm]:
+        """The platform acknowledged: forget these alarms, storing each one's audit event in
+        the same transaction. Returns those the store held."""
+        return await self._call(self.store.acknowledge_alarms, ids, make_audit, urgent=True)
+
+    async def stats(self) -> StoreStats:
+        return await self._call(self.store.stats)
+
+    async def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
+        """The clock is synchronised: recompute ``ts`` of this boot's waiting events."""
+        return await self._call(self.store.correct_timestamps, boot_id, wall_now, mono_now_ns)
+
+    async def command_result(self, cmd_id: str) -> str | None:
+        """The result already sent for a command id, if it ran before."""
+        return await self._call(self.store.command_result, cmd_id)
+
+    async def remember_command(self, cmd_id: str, result_json: str) -> None:
+        await self._call(self.store.remember_command, cmd_id, result_json)
+
     async def open(self) -> OpenReport:
-        report = await self.call(self.store.open)
-        await self.call(self.store.make_reserve)
+        report = await self._call(self.store.open)
+        await self._call(self.store.make_reserve)
         self._checkpointer = _Checkpointer(self.store.path, self.store.checkpoint_lock)
         self.store.set_checkpoint_waker(self._checkpointer.wake)
         return report
@@ -1807,9 +1865,14 @@ class Outbox:
             self._cancel_timer()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
-            await self.call(self.store.close)
+            await self._call(self.store.close)
             await asyncio.to_thread(self._worker.shutdown)
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+
+def _claim(store: SqliteStore, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+    """On the store's thread: a claim, and the alarms it quarantined as damaged."""
+    return store.claim(max_events), store.take_quarantined_alarms()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.core.events import AlarmKind, EventKind
+
 
 class AlarmState(StrEnum):
     """Where an alarm is on its way to the care platform; drivers turn it into feedback."""
@@ -18,7 +20,7 @@ class AlarmState(StrEnum):
 class EventSink(Protocol):
     """Where drivers put what they observed."""
 
-    async def emit(self, kind: str, data: dict[str, Any], device: str | None = None) -> str:
+    async def emit(self, kind: EventKind, data: dict[str, Any], device: str | None = None) -> str:
         """Store an event (an alarm durably before returning); return its id."""
         ...
 
@@ -32,6 +34,8 @@ class AlarmListener(Protocol):
 
 
 class AlarmRaiser(Protocol):
-    """Raises an alarm durably and follows it to the platform (``gateway.alarms.AlarmTracker``)."""
+    """Raises an alarm durably and follows it to the platform (``AlarmTracker``)."""
 
-    async def raise_alarm(self, kind: str, data: dict[str, Any], device: str | None) -> str: ...
+    async def raise_alarm(
+        self, kind: AlarmKind, data: dict[str, Any], device: str | None
+    ) -> str: ...

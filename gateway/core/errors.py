@@ -1,9 +1,13 @@
-"""The error tree of the gateway core, split by what the caller should do.
+"""Every error carebed raises, under one root, split by what the caller should do.
 
 ::
 
     CarebedError
     ├── ConfigError            exit with a clear message (status 78); systemd must not restart
+    ├── StateFileError         a state file (paired buttons, watches) cannot be read: never
+    │   │                      taken as empty; the daemon exits 1 and systemd tries again
+    │   ├── PairingError       the receiver's pairing list        (drivers.button.pairing)
+    │   └── WatchListError     the watch list                     (drivers.watch.store)
     ├── StoreError             the outbox database
     │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
     │   ├── StoreFullError     no room on the disk even after making some: retry later
@@ -11,9 +15,15 @@
     ├── UplinkError            the MQTT link
     │   ├── UplinkTransientError   retry with capped, jittered back-off
     │   └── UplinkAuthError        refused credentials: retry at the back-off cap, report
-    └── CommandError           a platform command that cannot be run; carries the contract's code
+    ├── CommandError           a platform command that cannot be run; carries the contract's code
+    ├── ControlError           a control-socket request that cannot be served; told to the caller
+    └── DriverError            a device: each driver package draws its own subtree
+        ├── ReceiverError      the button receiver's serial link  (drivers.button.errors)
+        ├── WatchError         a watch's BLE link, a watch check   (drivers.watch.errors)
+        └── CameraError        the camera's HTTP API or relay     (drivers.camera.errors)
 
-Frame errors of device codecs live in their driver packages (``drivers.*.codec``).
+Frame and payload errors of the device codecs (``drivers.*.codec``) are ``ValueError``s: they are
+counted rejections of bad input, never raised past the driver.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ class ConfigError(CarebedError):
         self.path = path
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class StateFileError(CarebedError):
+    """A state file cannot be read (not damaged: unreadable). Never taken as 'empty'."""
 
 
 class StoreError(CarebedError):
@@ -71,3 +85,11 @@ class CommandError(CarebedError):
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}")
+
+
+class ControlError(CarebedError):
+    """A control request that cannot be served; its message goes back to the caller."""
+
+
+class DriverError(CarebedError):
+    """Root of the errors of the device drivers (``drivers.*``); each draws its subtree."""

@@ -1,6 +1,6 @@
 """A fake BlueZ (``org.bluez``) on a private D-Bus bus, serving simulated health watches to bleak.
 
-``FakeBluez`` owns the name ``org.bluez`` on a bus (see ``drivers.sim.dbus.PrivateSystemBus``)
+``FakeBluez`` owns the name ``org.bluez`` on a bus (see ``hil.sim.dbus.PrivateSystemBus``)
 and exports what bleak's BlueZ backend reads, with the object paths, interfaces, properties and
 errors of BlueZ 5.66: the ObjectManager at ``/``, ``org.bluez.Adapter1`` at ``/org/bluez/hci0``,
 one ``org.bluez.Device1`` per watch, and while a watch is connected its ``GattService1``,
@@ -66,7 +66,6 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from drivers.sim.service import Observed, SimService
 from drivers.watch.codec import (
     ALERT_CONFIRM,
     BATTERY_LEVEL,
@@ -86,6 +85,7 @@ from drivers.watch.codec import (
     TEMPERATURE_MEASUREMENT,
     CareEvent,
 )
+from hil.sim.service import Observed, SimService
 
 # --- D-Bus names (BlueZ 5.66) -------------------------------------------------------------------
 

@@ -19,17 +19,15 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("gateway.control")
+from gateway.core.errors import ControlError
+
+log = structlog.get_logger("gateway.app.control")
 
 REQUEST_LIMIT_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 10.0
 MAX_CLIENTS = 4
 
 Handler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
-
-
-class ControlError(Exception):
-    """A control request that cannot be served; its message goes back to the caller."""
 
 
 class ControlServer:

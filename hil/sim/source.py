@@ -7,9 +7,9 @@ import random
 
 import structlog
 
-from drivers.base import AlarmRaiser, EventSink
+from gateway.core.ports import AlarmRaiser, EventSink
 
-log = structlog.get_logger("drivers.sim")
+log = structlog.get_logger("hil.sim")
 
 SIM_WATCH = "watch-C0FFEE000001"
 SIM_BUTTON = "btn-0000A11C"

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import DEFAULT_STATE_DIR, GatewayConfig, TlsSection, config_error
+from gateway.app.config import DEFAULT_STATE_DIR, GatewayConfig, TlsSection, config_error
 
 # --------------------------------------------------------------------------- pre-flight checks
 # What a person must repair and can be checked before start: the TLS files together, paths that

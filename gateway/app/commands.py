@@ -10,13 +10,13 @@ from typing import Any
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.emitter import OutboxSink
-from gateway.errors import CommandError
-from gateway.events import CONTRACT_VERSION
-from gateway.outbox import Outbox
+from gateway.core.clock import Clock
+from gateway.core.errors import CommandError
+from gateway.core.events import CONTRACT_VERSION
+from gateway.store.outbox import Outbox
+from gateway.store.sink import OutboxSink
 
-log = structlog.get_logger("gateway.commands")
+log = structlog.get_logger("gateway.app.commands")
 
 MAX_COMMAND_BYTES = 64 * 1024  # larger commands are answered invalid_args, never run
 MAX_COMMAND_ID_CHARS = 128  # longer (or empty, or not text) ids cannot be answered
@@ -152,15 +152,14 @@ class CommandProcessor:
             self.stats.rejected += 1
             log.warning("command_rejected", why=message, size=len(payload))
             return
-        stored = await self.outbox.call(self.outbox.store.command_result, message.id)
+        stored = await self.outbox.command_result(message.id)
         if stored is not None:
             log.info("command_repeated", cmd_id=message.id, name=message.name)
             await self._answer(json.loads(stored))
             return
         result = await self._execute(message)
         try:
-            await self.outbox.call(
-                self.outbox.store.remember_command,
+            await self.outbox.remember_command(
                 message.id,
                 json.dumps(result, separators=(",", ":")),
             )

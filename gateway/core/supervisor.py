@@ -9,9 +9,9 @@ from typing import Any
 
 import structlog
 
-from gateway.backoff import Backoff
+from gateway.core.backoff import Backoff
 
-log = structlog.get_logger("gateway.supervisor")
+log = structlog.get_logger("gateway.core.supervisor")
 
 Factory = Callable[[], Coroutine[Any, Any, None]]
 

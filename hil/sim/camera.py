@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from drivers.sim.service import SimService
+from hil.sim.service import SimService
 
 REALM = "carebed-sim-camera"
 MAX_HEADER_BYTES = 16 * 1024

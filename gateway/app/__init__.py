@@ -1,0 +1,1 @@
+"""The application: configuration, composition root, command handlers, control socket."""

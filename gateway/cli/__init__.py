@@ -1,0 +1,1 @@
+"""The carebed command line."""

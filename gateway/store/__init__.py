@@ -1,0 +1,1 @@
+"""The durable event store on the gateway (SQLite)."""
