@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bench.common import cpu_seconds, emit, now_ns, proc_status_kb
 from gateway.core.events import StoredEvent, payload_prefix
-from gateway.uplink.link import topic_root
+from gateway.uplink.messages import topic_root
 
 CONNECT_TIMEOUT_S = 10.0
 # Messages handed to paho and not yet acknowledged, in flight or queued behind the window. paho

@@ -23,7 +23,8 @@ from gateway.core.clock import SystemClock
 from gateway.core.errors import CommandError
 from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
 from gateway.store.sink import EventFactory, OutboxSink
-from gateway.uplink.link import MAX_ACK_BYTES, AckMessage, MqttUplink, parse_ack
+from gateway.uplink.link import MqttUplink
+from gateway.uplink.messages import MAX_ACK_BYTES, AckMessage, parse_ack
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.platform import PlatformClient

@@ -25,7 +25,8 @@ from gateway.core.ports import AlarmState
 from gateway.store.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
 from gateway.store.sink import EventFactory, OutboxSink
 from gateway.uplink import link as uplink_module
-from gateway.uplink.link import MqttUplink, build_messages
+from gateway.uplink.link import MqttUplink
+from gateway.uplink.messages import build_messages
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config

@@ -1,41 +1,28 @@
-"""Outbox → MQTT: batches up, presence, acknowledgements and commands down, per the contract."""
+"""Outbox → MQTT, the policy: alarms first, resends, presence, acknowledgements and commands down.
+
+Written against one ``MqttConnection`` per session (``gateway.uplink.client``); the messages are
+built and parsed by ``gateway.uplink.messages``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import select
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.app.alarms import UNKNOWN_IDS_LOGGED, AlarmTracker
-from gateway.app.config import MqttSection
 from gateway.core.backoff import Backoff
 from gateway.core.errors import UplinkAuthError, UplinkError, UplinkTransientError
-from gateway.core.events import (
-    CONTRACT_VERSION,
-    MAX_EVENTS_PER_MESSAGE,
-    MAX_MESSAGE_BYTES,
-    StoredEvent,
-    payload_prefix,
-    status_payload,
-    ts_from_unix,
-)
+from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, status_payload, ts_from_unix
 from gateway.store.outbox import HeldAlarm, Outbox
+from gateway.uplink.client import Downlink, MqttConnection
+from gateway.uplink.messages import AckMessage, Message, Topics, build_messages, parse_ack
+from gateway.uplink.ports import AlarmFeedback, CommandHandler, MqttSettings
 
 log = structlog.get_logger("gateway.uplink.link")
 _T = TypeVar("_T")
@@ -47,52 +34,20 @@ CLAIM_MESSAGES_PER_ROUND = 1  # small claims keep the store thread free for alar
 ACKS_PER_CALL = 500
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0
 DISCONNECT_SENT_TIMEOUT_S = 2.0  # paho's thread writes the DISCONNECT out before it is stopped
-CLOSE_DRAIN_S = 1.0  # after a DISCONNECT, downlink still arriving is read until the broker closes
-ALARM_EXTRA_INFLIGHT = 16  # alarms are published even when the window is full
 RECEIVE_MAXIMUM_RESERVE = 4  # of the broker's Receive Maximum, kept for alarms and status
-AUTH_REASONS = {0x84, 0x85, 0x86, 0x87, 0x8C}  # MQTT 5 CONNACK codes that mean "credentials"
-# Downlink limits, checked on paho's thread before a payload is copied or parsed. Larger ones are
-# refused (counted, logged, PUBACKed so that they are not redelivered); MQTT 5 brokers are told
-# the packet limit in CONNECT and do not send them at all.
-MAX_ACK_BYTES = 64 * 1024  # 1000 ids of 36 characters and their quotes fit with room to spare
-MAX_COMMAND_PAYLOAD_BYTES = 256 * 1024  # over 64 KiB a command is only read for its id
-PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic and properties of one PUBLISH
-MAX_PACKET_BYTES = MAX_COMMAND_PAYLOAD_BYTES + PACKET_OVERHEAD_BYTES
 MAX_QUEUED_ACKS = 1000  # more waiting acks are left unacknowledged; the broker sends them again
 MAX_QUEUED_COMMANDS = 10_000
 MAX_QUEUED_COMMAND_BYTES = 16 * 1024 * 1024
-MAX_ACK_ID_CHARS = 128
-MAX_ACK_BY_CHARS = 128
+ACKED_IDS_LOGGED = 5  # an applied ack is logged once, with the first few alarm ids
 SILENT_LINK_KEEPALIVES = 1.5  # no packet at all from the broker for this long: half-open
 STORE_RETRY_MIN_S = 0.1  # a failing store call is retried with back-off, the link stays up
 STORE_RETRY_CAP_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One MQTT publication: events of one class, or a control message."""
-
-    topic: str
-    payload: bytes
-    seqs: tuple[int, ...] = ()
-    is_alarm: bool = False
-    retain: bool = False
-    alarm_id: str | None = None  # the event id of an alarm message
 
 
 @dataclass(slots=True)
 class _InFlight:
     message: Message
     sent_mono: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Downlink:
-    client: mqtt.Client
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
 
 
 @dataclass(slots=True)
@@ -111,88 +66,15 @@ class UplinkStats:
     silent_links: int = 0  # links dropped for silence (half-open)
 
 
-class CommandHandler(Protocol):
-    """What handles a ``down/cmd`` payload (``gateway.app.commands.CommandProcessor.handle``)."""
-
-    def __call__(self, payload: bytes) -> Awaitable[None]: ...
-
-
-class AckMessage(BaseModel):
-    """``down/ack``, strictly: ``"v": "1"`` is not version 1, and an id is text."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
-    v: int
-    ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ACK_ID_CHARS)]] = Field(
-        max_length=1000
-    )
-    by: Annotated[str, Field(max_length=MAX_ACK_BY_CHARS)] = "unknown"
-
-
-def parse_ack(payload: bytes) -> AckMessage | str:
-    """The acknowledgement, or why it is refused (its size was checked on arrival)."""
-    try:
-        ack = AckMessage.model_validate_json(payload)
-    except ValidationError as exc:
-        return f"not an ack ({exc.error_count()} errors)"
-    if ack.v != CONTRACT_VERSION:
-        return f"contract version {ack.v} unsupported"
-    return ack
-
-
-def topic_root(gateway_id: str) -> str:
-    return f"carebed/v1/{gateway_id}"
-
-
-def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
-    """Group claimed events into publications: alarms alone and first, then per class in order,
-    at most 500 events and 256 KiB each."""
-    root = topic_root(gateway_id)
-    prefix = payload_prefix(gateway_id)
-    messages: list[Message] = []
-    by_class: dict[str, list[StoredEvent]] = {}
-    for event in events:
-        klass = event.event_class
-        if klass == "alarm":
-            body = f"{prefix}{event.wire_json()}]}}".encode()
-            messages.append(
-                Message(f"{root}/up/alarm", body, (event.seq,), is_alarm=True, alarm_id=event.id)
-            )
-        else:
-            by_class.setdefault(klass, []).append(event)
-    overhead = len(prefix) + 2
-    for klass, members in by_class.items():
-        parts: list[str] = []
-        seqs: list[int] = []
-        size = overhead
-        for event in members:
-            text = event.wire_json()
-            if parts and (
-                len(parts) >= MAX_EVENTS_PER_MESSAGE or size + len(text) + 1 > MAX_MESSAGE_BYTES
-            ):
-                messages.append(_pack(root, klass, prefix, parts, seqs))
-                parts, seqs, size = [], [], overhead
-            parts.append(text)
-            seqs.append(event.seq)
-            size += len(text) + 1
-        if parts:
-            messages.append(_pack(root, klass, prefix, parts, seqs))
-    return messages
-
-
-def _pack(root: str, klass: str, prefix: str, parts: list[str], seqs: list[int]) -> Message:
-    body = (prefix + ",".join(parts) + "]}").encode()
-    return Message(f"{root}/up/{klass}", body, tuple(seqs))
-
-
 class MqttUplink:
     """One long-lived task that keeps a link to the broker and drains the outbox through it."""
 
     def __init__(
         self,
         gateway_id: str,
-        settings: MqttSection,
+        settings: MqttSettings,
         outbox: Outbox,
-        alarms: AlarmTracker,
+        alarms: AlarmFeedback,
         on_command: CommandHandler,
         *,
         username: str,
@@ -211,34 +93,25 @@ class MqttUplink:
         self.wall = wall
         self.stats = UplinkStats()
         self.connected = asyncio.Event()
-        self.root = topic_root(gateway_id)
-        self._ack_topic = f"{self.root}/down/ack"
-        self._limits = {  # downlink topic -> largest payload read
-            self._ack_topic: MAX_ACK_BYTES,
-            f"{self.root}/down/cmd": MAX_COMMAND_PAYLOAD_BYTES,
-        }
+        self.topics = Topics.of(gateway_id)
+        self._read_limits = self.topics.read_limits()
         self._backoff = Backoff(settings.backoff_min_s, settings.backoff_cap_s)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
-        self._gone = threading.Event()  # the client's connection is closed (paho's thread)
+        self._client: MqttConnection | None = None
         self._inflight: dict[int, _InFlight] = {}
         self._wake = asyncio.Event()
         self._lost: asyncio.Future[str] | None = None
-        self._connack: asyncio.Future[ReasonCode] | None = None
         self._stopping = False
         self._acks: list[int] = []
         self._ack_task: asyncio.Task[None] | None = None
-        self._ack_queue: asyncio.Queue[_Downlink | None] = asyncio.Queue()
-        self._command_queue: asyncio.Queue[_Downlink | None] = asyncio.Queue()
+        self._ack_queue: asyncio.Queue[Downlink | None] = asyncio.Queue()
+        self._command_queue: asyncio.Queue[Downlink | None] = asyncio.Queue()
         self._command_bytes = 0  # payload bytes waiting in the command queue
         self._downlink_ack_task: asyncio.Task[None] | None = None
         self._downlink_task: asyncio.Task[None] | None = None
         self._acking: set[str] = set()  # alarms told "acknowledged" whose ack is being applied
-        self._last_inbound = time.monotonic()  # any packet from the broker (paho's thread)
         self._store_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         self._command_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         self._alarm_task: asyncio.Task[None] | None = None
-        self._control: dict[int, asyncio.Future[ReasonCode]] = {}
         self._window = settings.max_inflight
         self._session_began: float | None = None
         self._downlink_closing = False
@@ -250,7 +123,6 @@ class MqttUplink:
 
     async def run(self) -> None:
         """Connect, drain, and reconnect with capped, jittered back-off, until cancelled."""
-        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             self._session_began = None
             try:
@@ -316,10 +188,10 @@ class MqttUplink:
             offline = status_payload(self.gateway_id, "offline", reason="shutdown")
             try:
                 async with asyncio.timeout(SHUTDOWN_STATUS_TIMEOUT_S):
-                    await self._publish_control(f"{self.root}/status", offline, retain=True)
+                    await self._publish_control(self.topics.status, offline, retain=True)
             except (TimeoutError, UplinkError) as exc:
                 log.warning("offline_status_not_confirmed", error=str(exc))
-            _disconnect(client)
+            client.disconnect()
         self._wake.set()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result("shutdown")
@@ -337,85 +209,31 @@ class MqttUplink:
 
     # --------------------------------------------------------------------------- one link
 
-    def _make_client(self) -> mqtt.Client:
-        v5 = self.settings.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.gateway_id,
-            clean_session=None if v5 else False,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,
-            manual_ack=True,  # PUBACK downlink only once it has been handled and stored
-        )
-        client.connect_timeout = self.settings.connect_timeout_s
-        client.max_inflight_messages_set(self.settings.max_inflight + ALARM_EXTRA_INFLIGHT)
-        client.max_queued_messages_set(0)
-        password = self.settings.password
-        client.username_pw_set(
-            self.username, password.get_secret_value() if password is not None else None
-        )
-        tls = self.settings.tls
-        if tls is not None:
-            context = ssl.create_default_context(cafile=str(tls.ca_file))
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            client.tls_set_context(context)
-        will = status_payload(self.gateway_id, "offline", reason="lost")
-        client.will_set(f"{self.root}/status", will, qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.user_data_set(self._gone)
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_log = self._on_log
-        return client
-
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        self._connack = loop.create_future()
-        self._last_inbound = time.monotonic()
-        self._gone = threading.Event()
-        client = self._make_client()
-        self._client = client
-        v5_options: dict[str, Any] = {}
-        if self.settings.protocol == "5":  # 3.1.1 gets clean_session=False from the constructor
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = self.settings.session_expiry_s
-            # The broker sends nothing larger (3.1.1 has no such limit: see _on_message).
-            properties.MaximumPacketSize = MAX_PACKET_BYTES
-            v5_options = {"clean_start": False, "properties": properties}
-        host, port = self.settings.host, self.settings.effective_port
-        connect = loop.run_in_executor(
-            None,
-            functools.partial(client.connect, host, port, self.settings.keepalive_s, **v5_options),
+        will = status_payload(self.gateway_id, "offline", reason="lost")
+        client = MqttConnection(
+            self.settings,
+            self,
+            client_id=self.gateway_id,
+            username=self.username,
+            will=Message(self.topics.status, will, retain=True),
+            read_limits=self._read_limits,
         )
-        try:
-            # paho bounds the TCP connect and the TLS handshake by connect_timeout. The thread is
-            # never abandoned while it may still send a CONNECT that would take over the session.
-            try:
-                await asyncio.shield(connect)
-            except asyncio.CancelledError:
-                connect.add_done_callback(lambda _: _drop_socket(client))
-                raise
-            client.loop_start()
-            async with asyncio.timeout(self.settings.connect_timeout_s):
-                reason = await self._connack
-        except ssl.SSLCertVerificationError as exc:
-            raise UplinkAuthError(f"TLS verification failed: {exc.verify_message}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise UplinkTransientError(f"cannot connect to {host}:{port}: {exc!r}") from exc
-        if reason.is_failure:
-            if reason.value in AUTH_REASONS or reason.value in (4, 5):
-                raise UplinkAuthError(str(reason))
-            raise UplinkTransientError(f"broker refused the connection: {reason}")
+        self._client = client
+        receive_maximum = await client.connect()
+        self._window = self.settings.max_inflight
+        if receive_maximum:
+            # The broker's Receive Maximum bounds what may be in flight (paho does not apply it,
+            # and cannot change its own limit once connected): leave room for alarms and status.
+            self._window = max(1, min(self._window, receive_maximum - RECEIVE_MAXIMUM_RESERVE))
         self.stats.connects += 1
         self._session_began = time.monotonic()
         log.info(
             "uplink_connected",
-            host=host,
-            port=port,
+            host=self.settings.host,
+            port=self.settings.effective_port,
             protocol=self.settings.protocol,
             window=self._window,
         )
@@ -426,10 +244,8 @@ class MqttUplink:
             version=self.version,
             boot_id=self.boot_id,
         )
-        self._publish_raw(Message(f"{self.root}/status", online, retain=True))
-        result, _ = client.subscribe(f"{self.root}/down/#", qos=1)
-        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise UplinkTransientError(f"subscribe failed: {mqtt.error_string(result)}")
+        self._publish_raw(Message(self.topics.status, online, retain=True))
+        client.subscribe(self.topics.downlink)
         self._downlink_closing = False
         self._downlink_ack_task = loop.create_task(self._ack_worker(), name="uplink.down_ack")
         self._downlink_task = loop.create_task(self._command_worker(), name="uplink.down_cmd")
@@ -438,7 +254,7 @@ class MqttUplink:
             child.add_done_callback(self._child_done)
         self.connected.set()
         self.alarms.link_changed(True, [])
-        await self._drain()
+        await self._drain(client)
 
     def _child_done(self, task: asyncio.Task[None]) -> None:
         """A session task that fails ends the session (and so gets a clean teardown)."""
@@ -480,30 +296,29 @@ class MqttUplink:
             await self._stop_children()
             self._client = None
             if client is not None:
+                client.detach()  # its late PUBACKs and downlink are dropped
                 if self._renew:
-                    _disconnect(client)  # on purpose: no will, the session stays
+                    client.disconnect()  # on purpose: no will, the session stays
                 elif not self._stopping:
-                    _drop_socket(client)  # no DISCONNECT: the broker publishes the will ("lost")
+                    client.drop()  # no DISCONNECT: the broker publishes the will ("lost")
                 if was_up and (self._renew or self._stopping):
                     # Stopped before it has written the DISCONNECT, paho's thread would close
                     # the socket without it, and the broker would publish the will.
-                    await asyncio.to_thread(self._gone.wait, DISCONNECT_SENT_TIMEOUT_S)
-                await asyncio.to_thread(client.loop_stop)
+                    await client.wait_closed(DISCONNECT_SENT_TIMEOUT_S)
+                await client.stop()
             # unacknowledged downlink comes again next session
             self._ack_queue = asyncio.Queue()
             self._command_queue = asyncio.Queue()
             self._command_bytes = 0
             self._deferred = 0  # the broker sends them again to the next session
             self._acking.clear()  # their acks were not PUBACKed: they come again
-            for future in self._control.values():
-                if not future.done():
-                    future.set_exception(UplinkTransientError("link lost"))
-            self._control.clear()
             self._inflight.clear()
             with contextlib.suppress(Exception):
                 await self._settle_acks()
         finally:
             self._client = None
+            if client is not None:
+                client.detach()
             held: list[HeldAlarm] = []
             try:
                 await self.outbox.release_all()
@@ -515,13 +330,13 @@ class MqttUplink:
             if (was_up or held) and not self._stopping and not self._renew:
                 self.alarms.link_changed(False, held)
 
-    async def _drain(self) -> None:
+    async def _drain(self, client: MqttConnection) -> None:
         """Publish what the outbox holds, until the link is lost. A store call that fails is
         retried with back-off while the link stays up: what can be published still is."""
         assert self._lost is not None
         lost = self._lost
         while not lost.done():
-            self._check_half_open()
+            self._check_half_open(client)
             failed = False
             try:
                 promoted, given_up = await self.outbox.promote_due_alarms()
@@ -550,7 +365,7 @@ class MqttUplink:
                     self._store_backoff.reset()
                 continue
             if failed:
-                await self._pause(self._store_backoff.next_delay(), lost)
+                await self._pause(self._store_backoff.next_delay(), lost, client)
                 continue
             self._store_backoff.reset()
             self._wake.clear()
@@ -560,7 +375,9 @@ class MqttUplink:
             ]
             try:
                 await asyncio.wait(
-                    [*waiters, lost], timeout=self._idle_wait_s(), return_when="FIRST_COMPLETED"
+                    [*waiters, lost],
+                    timeout=self._idle_wait_s(client),
+                    return_when="FIRST_COMPLETED",
                 )
             finally:
                 for waiter in waiters:
@@ -573,10 +390,12 @@ class MqttUplink:
         self.stats.store_failures += 1
         log.error("store_call_failed", call=call, error=repr(exc))
 
-    async def _pause(self, delay_s: float, lost: asyncio.Future[str]) -> None:
+    async def _pause(
+        self, delay_s: float, lost: asyncio.Future[str], client: MqttConnection
+    ) -> None:
         """Wait ``delay_s`` (at most until the next silence check), or until the link is lost."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(delay_s, self._idle_wait_s())):
+            async with asyncio.timeout(min(delay_s, self._idle_wait_s(client))):
                 await asyncio.shield(lost)
 
     async def _retry_store(self, call: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
@@ -643,16 +462,16 @@ class MqttUplink:
     def _silent_limit_s(self) -> float:
         return SILENT_LINK_KEEPALIVES * self.settings.keepalive_s
 
-    def _idle_wait_s(self) -> float:
+    def _idle_wait_s(self, client: MqttConnection) -> float:
         """How long the drain may sleep: at most until the link would count as silent."""
-        silent_for = time.monotonic() - self._last_inbound
+        silent_for = client.silent_s()
         return max(0.01, min(IDLE_WAKE_S, self._silent_limit_s() - silent_for + 0.005))
 
-    def _check_half_open(self) -> None:
+    def _check_half_open(self, client: MqttConnection) -> None:
         """paho notices a silent link only after about 2 x keepalive (it waits a whole
         keepalive for the PINGRESP). On a healthy link something comes in at least once per
         keepalive (a PUBACK, a PINGRESP), so silence for 1.5 x keepalive means half-open."""
-        silent_s = time.monotonic() - self._last_inbound
+        silent_s = client.silent_s()
         if silent_s > self._silent_limit_s():
             self.stats.silent_links += 1
             log.warning(
@@ -670,76 +489,26 @@ class MqttUplink:
         client = self._client
         if client is None:
             raise UplinkTransientError("not connected")
-        info = client.publish(message.topic, message.payload, qos=1, retain=message.retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise UplinkTransientError(f"publish failed: {mqtt.error_string(info.rc)}")
-        self._inflight[info.mid] = _InFlight(message, time.monotonic())
+        mid = client.publish(message)
+        self._inflight[mid] = _InFlight(message, time.monotonic())
         if message.seqs:
             self.stats.published_messages += 1
             self.stats.published_events += len(message.seqs)
-        return info.mid
+        return mid
 
     async def _publish_control(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        mid = self._publish_raw(Message(topic, payload, retain=retain))
-        future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
-        self._control[mid] = future
-        reason = await future
+        client = self._client
+        if client is None:
+            raise UplinkTransientError("not connected")
+        reason = await client.confirmation(
+            self._publish_raw(Message(topic, payload, retain=retain))
+        )
         if reason.is_failure:
             raise UplinkTransientError(f"broker refused {topic}: {reason}")
 
-    # --------------------------------------------------------------------------- paho thread
+    # ------------------------------------------------------------------ what the connection reports
 
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(callback, *args)
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
-        self._post(self._connected, client, reason, receive_maximum)
-
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
-    ) -> None:
-        refused = [str(reason) for reason in reasons if reason.is_failure]
-        if refused:
-            self._post(self._subscribe_refused, refused)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        if isinstance(userdata, threading.Event):  # this client's connection is closed
-            userdata.set()
-        self._post(self._disconnected, client, str(reason))
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
-    ) -> None:
-        self._post(self._published, client, mid, reason)
-
-    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
-        if buf.startswith("Received "):  # any packet from the broker: PUBLISH, PUBACK, PINGRESP
-            self._last_inbound = time.monotonic()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Sort downlink by topic; refuse what is too large before it is copied or parsed."""
-        size = len(msg.payload)
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = "?"
-        limit = self._limits.get(topic)
-        if limit is None or size > limit:
-            why = "unknown topic" if limit is None else "too large"
-            self._post(self._refuse, _Downlink(client, topic, b"", msg.mid, msg.qos), size, why)
-            return
-        self._post(self._enqueue, _Downlink(client, topic, bytes(msg.payload), msg.mid, msg.qos))
-
-    # --------------------------------------------------------------------------- event loop side
-
-    def _refuse(self, item: _Downlink, size: int, why: str) -> None:
+    def on_refused(self, item: Downlink, size: int, why: str) -> None:
         """Counted, logged and PUBACKed (so that it is not sent again), never read."""
         if why == "too large":
             self.stats.downlink_oversized += 1
@@ -748,14 +517,12 @@ class MqttUplink:
         log.warning("downlink_refused", topic=item.topic, size=size, why=why)
         self._puback(item)
 
-    def _enqueue(self, item: _Downlink) -> None:
+    def on_downlink(self, item: Downlink) -> None:
         """Acknowledgements and commands wait in queues of their own: an ack never waits
         behind commands. Both queues are bounded."""
-        if item.client is not self._client:
-            return  # an earlier connection's: the broker sends it again, unacknowledged
         # One that does not fit is not acknowledged, not kept: once both queues have drained
         # the session is renewed and the broker sends it again.
-        if item.topic == self._ack_topic:
+        if item.topic == self.topics.ack:
             if self._ack_queue.qsize() >= MAX_QUEUED_ACKS:
                 self.stats.acks_deferred += 1
                 self._defer("ack", self._ack_queue.qsize())
@@ -793,38 +560,16 @@ class MqttUplink:
         self._lose("downlink was deferred: renew the session to receive it")
         return True
 
-    def _connected(
-        self, client: mqtt.Client, reason: ReasonCode, receive_maximum: int | None
-    ) -> None:
-        if client is not self._client or self._connack is None or self._connack.done():
-            return
-        self._window = self.settings.max_inflight
-        if receive_maximum:
-            # The broker's Receive Maximum bounds what may be in flight (paho does not apply it,
-            # and cannot change its own limit once connected): leave room for alarms and status.
-            self._window = max(1, min(self._window, receive_maximum - RECEIVE_MAXIMUM_RESERVE))
-        self._connack.set_result(reason)
-
-    def _subscribe_refused(self, reasons: list[str]) -> None:
+    def on_subscribe_refused(self, reasons: list[str]) -> None:
         self.stats.subscribe_refused += 1
-        log.error("subscribe_refused", topic=f"{self.root}/down/#", reasons=reasons)
+        log.error("subscribe_refused", topic=self.topics.downlink, reasons=reasons)
 
-    def _disconnected(self, client: mqtt.Client, reason: str) -> None:
-        if client is not self._client:
-            return
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(UplinkTransientError(f"disconnected: {reason}"))
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(f"disconnected: {reason}")
+    def on_disconnected(self, reason: str) -> None:
+        self._lose(f"disconnected: {reason}")
 
-    def _published(self, client: mqtt.Client, mid: int, reason: ReasonCode) -> None:
-        if client is not self._client:
-            return
+    def on_published(self, mid: int, reason: ReasonCode) -> None:
         flight = self._inflight.pop(mid, None)
         self._wake.set()
-        control = self._control.pop(mid, None)
-        if control is not None and not control.done():
-            control.set_result(reason)
         if flight is None or not flight.message.seqs:
             if reason.is_failure:
                 log.error(
@@ -873,9 +618,8 @@ class MqttUplink:
                 await self._ack_task
         await self._flush_acks()
 
-    def _puback(self, item: _Downlink) -> None:
-        if item.qos > 0 and item.client is self._client:
-            item.client.ack(item.mid, item.qos)
+    def _puback(self, item: Downlink) -> None:
+        item.connection.puback(item.mid, item.qos)
 
     async def _command_worker(self) -> None:
         """Handle commands one at a time, in order, and PUBACK each once handled. One whose
@@ -887,7 +631,7 @@ class MqttUplink:
                 if item is None or self._downlink_closing:
                     return
                 self._command_bytes -= len(item.payload)
-                if item.client is not self._client:
+                if item.connection is not self._client:
                     continue  # an earlier connection's: the broker sends it again, unacked
                 try:
                     await self.on_command(item.payload)
@@ -916,16 +660,16 @@ class MqttUplink:
                 items = [item for item in batch if item is not None]
                 if len(items) < len(batch) or self._downlink_closing:
                     return
-                await self._handle_acks([i for i in items if i.client is self._client])
+                await self._handle_acks([i for i in items if i.connection is self._client])
             finally:
                 for _ in batch:
                     self._ack_queue.task_done()
             if self._renew_when_drained():
                 return
 
-    async def _handle_acks(self, items: list[_Downlink]) -> None:
+    async def _handle_acks(self, items: list[Downlink]) -> None:
         acks: list[AckMessage] = []
-        accepted: list[_Downlink] = []
+        accepted: list[Downlink] = []
         for item in items:
             ack = parse_ack(item.payload)
             if isinstance(ack, str):
@@ -978,37 +722,4 @@ class MqttUplink:
         finally:
             self._acking.difference_update(known)
         self.outbox.changed.set()  # the audit events are to be sent
-        log.info("ack_applied", alarms=len(known), alarm_ids=sorted(known)[:UNKNOWN_IDS_LOGGED])
-
-
-def _disconnect(client: mqtt.Client) -> None:
-    """DISCONNECT, so that the broker does not publish the will.
-
-    paho closes the socket as soon as the DISCONNECT is written. Downlink that arrived and was
-    not read by then makes the close a TCP reset, and the broker, which may not have read the
-    DISCONNECT yet, then drops it and publishes the will. So what comes in is read until the
-    broker closes its side (bounded) before the socket is closed.
-    """
-    close = client._sock_close  # paho has no hook between DISCONNECT and close
-
-    def close_when_read() -> None:
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            deadline = time.monotonic() + CLOSE_DRAIN_S
-            with contextlib.suppress(OSError):  # ssl.SSLWantReadError included
-                while (left := deadline - time.monotonic()) > 0:
-                    readable, _, _ = select.select([sock], [], [], left)
-                    if not readable or not sock.recv(65536):
-                        break
-        close()
-
-    client._sock_close = close_when_read  # type: ignore[method-assign]
-    client.disconnect()
-
-
-def _drop_socket(client: mqtt.Client) -> None:
-    """Close a client's connection without DISCONNECT, so that the broker publishes its will."""
-    sock = client.socket()
-    if isinstance(sock, socket.socket):  # ssl.SSLSocket included
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        log.info("ack_applied", alarms=len(known), alarm_ids=sorted(known)[:ACKED_IDS_LOGGED])
