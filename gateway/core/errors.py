@@ -16,6 +16,7 @@
     │   ├── UplinkTransientError   retry with capped, jittered back-off
     │   └── UplinkAuthError        refused credentials: retry at the back-off cap, report
     ├── CommandError           a platform command that cannot be run; carries the contract's code
+    │   └── InvalidCommandError  a bad field in a command with an id: answered invalid_args
     ├── ControlError           a control-socket request that cannot be served; told to the caller
     └── DriverError            a device: each driver package draws its own subtree
         ├── ReceiverError      the button receiver's serial link  (drivers.button.errors)
