@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from drivers.button.codec import device_id
+from drivers.button.errors import ReceiverUnavailableError
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
@@ -252,7 +253,7 @@ class Gateway:
             raise CommandError("invalid_args", "takes duration_s, an integer from 1 to 255")
         try:
             button.open_pairing(duration)
-        except ConnectionError as exc:
+        except ReceiverUnavailableError as exc:
             raise CommandError("busy", str(exc)) from exc
         return {"duration_s": duration}
 
@@ -344,7 +345,7 @@ class Gateway:
             raise ControlError("seconds must be an integer from 1 to 255")
         try:
             button.open_pairing(seconds)
-        except ConnectionError as exc:
+        except ReceiverUnavailableError as exc:
             raise ControlError(str(exc)) from exc
         paired: list[str] = []
         yield {"event": "open", "seconds": seconds}

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from drivers.button.codec import device_id
-from drivers.button.pairing import PairingError, PairingStore
+from drivers.button.errors import PairingError
+from drivers.button.pairing import PairingStore
 from drivers.button.serial import parse_device
 from gateway.app import control
 from gateway.app.config import GatewayConfig

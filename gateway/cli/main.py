@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from drivers.button.pairing import PairingError
+from drivers.button.errors import PairingError
 from gateway.app import config as config_module
 from gateway.app import preflight
 from gateway.core.errors import ConfigError, StoreVersionError

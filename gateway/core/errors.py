@@ -6,7 +6,7 @@
     ├── ConfigError            exit with a clear message (status 78); systemd must not restart
     ├── StateFileError         a state file (paired buttons, watches) cannot be read: never
     │   │                      taken as empty; the daemon exits 1 and systemd tries again
-    │   ├── PairingError       the receiver's pairing list        (drivers.button.pairing)
+    │   ├── PairingError       the receiver's pairing list        (drivers.button.errors)
     │   └── WatchListError     the watch list                     (drivers.watch.store)
     ├── StoreError             the outbox database
     │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
