@@ -203,8 +203,3 @@ def _error(cmd_id: str, code: str, message: str) -> dict[str, Any]:
         "result": None,
         "error": {"code": code, "message": message},
     }
-
-
-def no_args(args: dict[str, Any]) -> None:
-    if args:
-        raise CommandError("invalid_args", f"takes no arguments, got {sorted(args)}")

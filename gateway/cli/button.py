@@ -78,7 +78,7 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     def talk() -> None:
         if args.action == "pair":
             asyncio.run(
-                control.ask(socket, "button.pair", {"seconds": args.seconds}, _show_pairing)
+                control.ask(socket, "button.pair", {"duration_s": args.seconds}, _show_pairing)
             )
         elif args.action == "list":
             (status,) = asyncio.run(control.ask(socket, "button.list", {}))
