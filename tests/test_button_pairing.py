@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.button.pairing import PairingError, PairingStore
+from drivers.button.errors import PairingError
+from drivers.button.pairing import PairingStore
 from tests.support.reliability import record, scaled
 
 

@@ -111,6 +111,26 @@ def test_store_of_a_newer_carebed_stops_with_status_78(
     assert "newer than this carebed" in daemon.log_text()
 
 
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [("button", "buttons.json"), ("watch", "watches.json")],
+)
+def test_a_state_file_that_cannot_be_read_stops_with_status_1(
+    tmp_path: Path, mosquitto: Mosquitto, daemon: GatewayProcess, section: str, name: str
+) -> None:
+    """Unreadable is not empty: no paired button or watch is forgotten; systemd tries again.
+
+    The backup copy is a directory (the file itself looks fine to the preflight checks): reading
+    it fails with EISDIR, even for root."""
+    state = tmp_path / "state"
+    (state / f"{name}.bak").mkdir(parents=True)
+    gateway_config(tmp_path, mosquitto, **{section: {"enabled": True}})
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=20) == 1
+    assert f"carebed: cannot read {state / name}.bak: Is a directory" in daemon.log_text()
+
+
 def wait_for_event(daemon: GatewayProcess, event: str, timeout: float) -> dict[str, Any]:
     """The first log record of ``event``, read from the daemon's log as it grows."""
     deadline = time.monotonic() + timeout

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.app.alarms import AlarmTracker
-from gateway.app.commands import MAX_COMMAND_ID_CHARS, CommandProcessor, no_args
+from gateway.app.commands import MAX_COMMAND_ID_CHARS, CommandProcessor
 from gateway.app.config import MqttSection
+from gateway.app.handlers import NoArgs, command_args
 from gateway.core.clock import SystemClock
 from gateway.core.errors import CommandError
 from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
@@ -163,7 +164,7 @@ async def handlers(tmp_path: Path) -> AsyncIterator[Handlers]:
     commands = CommandProcessor(outbox, sink, clock)
 
     async def ping(args: dict[str, Any]) -> dict[str, Any]:
-        no_args(args)
+        command_args(NoArgs, args)
         return {"pong": True}
 
     async def echo(args: dict[str, Any]) -> dict[str, Any]:

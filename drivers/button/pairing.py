@@ -9,14 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.core.errors import StateFileError
+from drivers.button.errors import PairingError
 from gateway.core.files import StateFile
 
-__all__ = ["PairingError", "PairingStore"]
-
-
-class PairingError(StateFileError):
-    """The pairing list cannot be read or written (not damaged: unreadable)."""
+__all__ = ["PairingStore"]
 
 
 _BUTTON_ID = re.compile(r"[0-9A-Fa-f]{1,8}")  # written as 8 upper-case hex digits

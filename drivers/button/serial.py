@@ -32,7 +32,8 @@ from drivers.button.codec import (
     encode_status_request,
     parse,
 )
-from drivers.button.pairing import PairingError, PairingStore
+from drivers.button.errors import PairingError, ReceiverUnavailableError
+from drivers.button.pairing import PairingStore
 from gateway.core.events import EventKind
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 
@@ -645,12 +646,18 @@ class SerialButtonLink:
     # ------------------------------------------------------------------------------ commands
 
     def open_pairing(self, duration_s: int) -> None:
-        """Open pairing on the receiver; buttons that pair are reported as ``device.paired``."""
+        """Open pairing on the receiver; buttons that pair are reported as ``device.paired``.
+
+        ``ReceiverUnavailableError`` when the receiver is not connected or did not take it."""
         if self._serial is None:
-            raise ConnectionError("the button receiver is not connected")
+            raise ReceiverUnavailableError(
+                "the button receiver is not connected", port=self.port_path
+            )
         self.newly_paired = []
         if not self._send(encode_pair_mode(self._next_seq(), duration_s)):
-            raise ConnectionError("the button receiver did not take the PAIR_MODE frame")
+            raise ReceiverUnavailableError(
+                "the button receiver did not take the PAIR_MODE frame", port=self.port_path
+            )
         log.info("button_pairing_open", duration_s=duration_s)
 
     async def paired_during(self, duration_s: float) -> AsyncIterator[int]:

@@ -36,13 +36,12 @@ class CommandMessage:
     expires_at: datetime | None
 
 
-class InvalidCommandError(Exception):
-    """A command with a usable id and a bad field: answered ``invalid_args``."""
+class InvalidCommandError(CommandError):
+    """A command with a usable id and a bad field: answered ``invalid_args``, never run."""
 
     def __init__(self, cmd_id: str, message: str) -> None:
+        super().__init__("invalid_args", message)
         self.cmd_id = cmd_id
-        self.message = message
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,7 @@ class CommandProcessor:
         except InvalidCommandError as exc:
             self.stats.invalid += 1
             log.warning("command_invalid", cmd_id=exc.cmd_id, why=exc.message, size=len(payload))
-            await self._answer(_error(exc.cmd_id, "invalid_args", exc.message))
+            await self._answer(_error(exc.cmd_id, exc.code, exc.message))
             return
         if isinstance(message, str):
             self.stats.rejected += 1
@@ -204,8 +203,3 @@ def _error(cmd_id: str, code: str, message: str) -> dict[str, Any]:
         "result": None,
         "error": {"code": code, "message": message},
     }
-
-
-def no_args(args: dict[str, Any]) -> None:
-    if args:
-        raise CommandError("invalid_args", f"takes no arguments, got {sorted(args)}")

@@ -6,29 +6,35 @@ import asyncio
 import gc
 import signal
 import sys
-from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
 
 import structlog
 
-from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
-from drivers.button.serial import SerialButtonLink, parse_device
+from drivers.button.serial import SerialButtonLink
 from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
-from drivers.watch.fleet import MAX_SCAN_S, WatchCheckError, WatchFleet
+from drivers.watch.fleet import WatchFleet
 from drivers.watch.store import WatchStore
 from gateway.app.alarms import AlarmTracker
-from gateway.app.commands import CommandProcessor, no_args
-from gateway.app.config import CameraSection, GatewayConfig, ble_address
+from gateway.app.commands import CommandProcessor
+from gateway.app.config import CameraSection, GatewayConfig
 from gateway.app.control import ControlServer
+from gateway.app.control import Handler as ControlHandler
+from gateway.app.handlers import (
+    ButtonCommands,
+    CameraCommands,
+    GatewayCommands,
+    SettingsCommand,
+    WatchCommands,
+)
 from gateway.app.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
 from gateway.app.sdnotify import SystemdNotifier, watchdog_loop
 from gateway.app.settings import RemoteSettings
 from gateway.core.clock import Clock, SystemClock, read_boot_id
-from gateway.core.errors import CommandError, ControlError, StoreError
+from gateway.core.errors import StoreError
 from gateway.core.events import NewEvent
 from gateway.core.supervisor import Supervisor
 from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
@@ -64,7 +70,6 @@ class Gateway:
     ) -> None:
         self.remote_settings = RemoteSettings(cfg.remote_settings_path)
         cfg = self.remote_settings.load(cfg)
-        self.cfg = cfg
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier.from_env()
         self.boot_id = boot_id or read_boot_id()
@@ -89,10 +94,6 @@ class Gateway:
         self.alarms = AlarmTracker(self.sink)
         self.status = GatewayStatus(self.outbox, self.clock, self.version)
         self.commands = CommandProcessor(self.outbox, self.sink, self.clock)
-        self.commands.register("ping", self._ping, audited=False)
-        self.commands.register("status", self._status, audited=False)
-        self.commands.register("test_alarm", self._test_alarm)
-        self.commands.register("config.set", self._config_set)
         self.heartbeat = Heartbeat(self.status, self.sink, cfg.gateway.heartbeat_s)
         self.button: SerialButtonLink | None = None
         if cfg.button.enabled:
@@ -106,13 +107,10 @@ class Gateway:
             )
             self.alarms.subscribe(self.button)
             self.status.add_fault_source(self.button)  # a damaged pairing list
-            self.commands.register("button.pair", self._button_pair)
-            self.commands.register("button.unpair", self._button_unpair)
         self.camera: CameraPolicy | None = None
         if cfg.camera.enabled:
             self.camera = self._camera_policy(cfg.camera, relay_line)
             self.alarms.subscribe(self.camera)
-        self.commands.register("camera.call", self._camera_call)
         self.watches: WatchFleet | None = None
         if cfg.watch.enabled:
             self.watches = WatchFleet(
@@ -137,66 +135,20 @@ class Gateway:
             wall=self.clock.wall,
         )
         self.supervisor = Supervisor()
-        self.control = ControlServer(
-            cfg.control_socket,
-            {
-                "button.list": self._control_list,
-                "button.pair": self._control_pair,
-                "button.unpair": self._control_unpair,
-                "button.confirm": self._control_confirm,
-                "camera.test": self._control_camera_test,
-                "watch.list": self._control_watch_list,
-                "watch.scan": self._control_watch_scan,
-                "watch.pair": self._control_watch_pair,
-                "watch.unpair": self._control_watch_unpair,
-            },
+        self.settings = SettingsCommand(
+            cfg,
+            self.remote_settings,
+            heartbeat=self.heartbeat,
+            watches=self.watches,
+            sink=self.sink,
         )
+        self.control = ControlServer(cfg.control_socket, self._wire_commands(cfg))
         self.started = asyncio.Event()
 
     def _dropped_event(self, count: int, ranges: list[tuple[int, int]], reason: str) -> NewEvent:
         return self.factory.make(
             "gateway.dropped", {"count": count, "seq_ranges": ranges, "reason": reason}
         )
-
-    async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        no_args(args)
-        return {"pong": True}
-
-    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        no_args(args)
-        snapshot = await self.status.snapshot()
-        devices: list[dict[str, Any]] = [] if self.button is None else [self.button.status()]
-        if self.watches is not None:
-            devices.append({"watches": self.watches.status()})
-        snapshot["devices"] = devices
-        snapshot["alarms_held"] = len(await self.outbox.held_alarms())
-        snapshot["uplink"] = {
-            "connected": self.uplink.connected.is_set(),
-            "rejected_messages": self.uplink.stats.rejected_messages,
-        }
-        return snapshot
-
-    async def _test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The whole alarm chain with ``data.test: true``; no camera, no button is told."""
-        no_args(args)
-        data = {"press": "short", "battery": None, "rssi": None, "test": True}
-        alarm_id = await self.alarms.raise_alarm("alarm.button", data, f"rcv-{self.cfg.gateway_id}")
-        return {"alarm_id": alarm_id}
-
-    async def _config_set(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The platform changes intervals or thresholds: validated, applied, persisted, audited."""
-        self.cfg, changes = self.remote_settings.apply(self.cfg, args)
-        if not changes:
-            return {"changed": []}
-        self.heartbeat.set_interval(self.cfg.gateway.heartbeat_s)
-        if self.watches is not None:
-            self.watches.update_vitals(self.cfg.vitals)
-        log.info("config_changed", by="platform", keys=[change["key"] for change in changes])
-        await self.sink.emit(
-            "audit.config_changed",
-            {"who": "platform", "what": "config.set", "why": None, "changes": changes},
-        )
-        return {"changed": [change["key"] for change in changes]}
 
     def _camera_policy(self, camera: CameraSection, line: OutputLine | None) -> CameraPolicy:
         if camera.trigger == "relay":
@@ -226,132 +178,44 @@ class Gateway:
             ),
         )
 
-    async def _camera_call(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The platform asks for a call: only when remote camera access is enabled here."""
-        if self.camera is None or not self.cfg.camera.remote_access:
-            raise CommandError("forbidden", "remote camera access is disabled on this gateway")
-        alarm_id, reason = args.get("alarm_id"), args.get("reason")
-        if (
-            set(args) - {"alarm_id", "reason"}
-            or not isinstance(reason, str)
-            or not (alarm_id is None or isinstance(alarm_id, str))
-        ):
-            raise CommandError("invalid_args", "takes reason (text) and alarm_id (id or null)")
-        self.camera.call_for_platform(alarm_id, reason)
-        return {"requested": True}
+    @property
+    def cfg(self) -> GatewayConfig:
+        """The configuration in force: the file's, with the platform's ``config.set`` laid over."""
+        return self.settings.cfg
 
-    def _require_button(self) -> SerialButtonLink:
-        if self.button is None:
-            raise CommandError("forbidden", "no button receiver is configured on this gateway")
-        return self.button
-
-    async def _button_pair(self, args: dict[str, Any]) -> dict[str, Any]:
-        button = self._require_button()
-        duration = args.get("duration_s", 60)
-        if set(args) - {"duration_s"} or not isinstance(duration, int) or not 1 <= duration <= 255:
-            raise CommandError("invalid_args", "takes duration_s, an integer from 1 to 255")
-        try:
-            button.open_pairing(duration)
-        except ConnectionError as exc:
-            raise CommandError("busy", str(exc)) from exc
-        return {"duration_s": duration}
-
-    async def _button_unpair(self, args: dict[str, Any]) -> dict[str, Any]:
-        button = self._require_button()
-        if set(args) != {"device"}:
-            raise CommandError("invalid_args", "takes exactly one argument, device")
-        try:
-            bid = parse_device(str(args["device"]))
-        except ValueError as exc:
-            raise CommandError("invalid_args", f"{exc} (e.g. btn-00A1B2C3)") from exc
-        return {"unpaired": await button.unpair(bid)}
-
-    # ------------------------------------------------------------------ control socket
-
-    def _control_button(self) -> SerialButtonLink:
-        if self.button is None:
-            raise ControlError("no button receiver is configured ([button] enabled = false)")
-        return self.button
-
-    async def _control_list(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        yield self._control_button().status()
-
-    async def _control_unpair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        button = self._control_button()
-        try:
-            bid = parse_device(str(args.get("device")))
-        except ValueError as exc:
-            raise ControlError(str(exc)) from exc
-        yield {"device": device_id(bid), "unpaired": await button.unpair(bid)}
-
-    async def _control_confirm(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        button = self._control_button()
-        confirmed = button.confirm_pairing()
-        yield {"confirmed": confirmed, "buttons": [device_id(b) for b in button.pairing.buttons()]}
-
-    async def _control_camera_test(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        if self.camera is None:
-            raise ControlError("no camera is configured ([camera] enabled = false)")
-        yield {"event": "status", **await self.camera.check()}
-        if args.get("call"):
-            self.camera.test_call()  # runs on; its states go to the platform as camera.call
-            yield {"event": "called", "device": self.camera.device}
-
-    def _control_watches(self) -> WatchFleet:
-        if self.watches is None:
-            raise ControlError("watches are not enabled ([watch] enabled = false)")
-        return self.watches
-
-    async def _control_watch_list(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        yield {"watches": self._control_watches().status()}
-
-    async def _control_watch_scan(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        seconds = args.get("seconds", 10)
-        if not isinstance(seconds, int) or not 1 <= seconds <= MAX_SCAN_S:
-            raise ControlError(f"seconds must be an integer from 1 to {MAX_SCAN_S}")
-        async for report in self._control_watches().scan(seconds):
-            yield report
-        yield {"event": "done"}
-
-    @staticmethod
-    def _watch_address(args: dict[str, Any]) -> str:
-        try:
-            return ble_address(str(args.get("address", "")))
-        except ValueError as exc:
-            raise ControlError(str(exc)) from exc
-
-    async def _control_watch_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        watches = self._control_watches()
-        address = self._watch_address(args)
-        yield {"event": "checking", "address": address}
-        try:
-            yield {"event": "paired", **await watches.pair(address)}
-        except WatchCheckError as exc:
-            raise ControlError(str(exc)) from exc
-
-    async def _control_watch_unpair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        address = self._watch_address(args)
-        try:
-            unpaired = await self._control_watches().unpair(address)
-        except WatchCheckError as exc:
-            raise ControlError(str(exc)) from exc
-        yield {"address": address, "unpaired": unpaired}
-
-    async def _control_pair(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        button = self._control_button()
-        seconds = args.get("seconds", 60)
-        if not isinstance(seconds, int) or not 1 <= seconds <= 255:
-            raise ControlError("seconds must be an integer from 1 to 255")
-        try:
-            button.open_pairing(seconds)
-        except ConnectionError as exc:
-            raise ControlError(str(exc)) from exc
-        paired: list[str] = []
-        yield {"event": "open", "seconds": seconds}
-        async for bid in button.paired_during(seconds):
-            paired.append(device_id(bid))
-            yield {"event": "paired", "device": device_id(bid)}
-        yield {"event": "closed", "paired": paired}
+    def _wire_commands(self, cfg: GatewayConfig) -> dict[str, ControlHandler]:
+        """Register the platform's commands; the control socket's, returned."""
+        gateway = GatewayCommands(
+            cfg.gateway_id,
+            status=self.status,
+            outbox=self.outbox,
+            uplink=self.uplink,
+            alarms=self.alarms,
+            button=self.button,
+            watches=self.watches,
+        )
+        buttons = ButtonCommands(self.button)
+        camera = CameraCommands(self.camera, remote_access=cfg.camera.remote_access)
+        watches = WatchCommands(self.watches)
+        self.commands.register("ping", gateway.ping, audited=False)
+        self.commands.register("status", gateway.status, audited=False)
+        self.commands.register("test_alarm", gateway.test_alarm)
+        self.commands.register("config.set", self.settings.config_set)
+        if self.button is not None:
+            self.commands.register("button.pair", buttons.pair)
+            self.commands.register("button.unpair", buttons.unpair)
+        self.commands.register("camera.call", camera.call)
+        return {
+            "button.list": buttons.control_list,
+            "button.pair": buttons.control_pair,
+            "button.unpair": buttons.control_unpair,
+            "button.confirm": buttons.control_confirm,
+            "camera.test": camera.control_test,
+            "watch.list": watches.control_list,
+            "watch.scan": watches.control_scan,
+            "watch.pair": watches.control_pair,
+            "watch.unpair": watches.control_unpair,
+        }
 
     async def run(self, stop: asyncio.Event) -> int:
         # The event loop, the store thread and paho's thread share the GIL; at the default 5 ms

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from drivers.button.codec import device_id
-from drivers.button.pairing import PairingError, PairingStore
+from drivers.button.errors import PairingError
+from drivers.button.pairing import PairingStore
 from drivers.button.serial import parse_device
 from gateway.app import control
 from gateway.app.config import GatewayConfig
@@ -77,7 +78,7 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     def talk() -> None:
         if args.action == "pair":
             asyncio.run(
-                control.ask(socket, "button.pair", {"seconds": args.seconds}, _show_pairing)
+                control.ask(socket, "button.pair", {"duration_s": args.seconds}, _show_pairing)
             )
         elif args.action == "list":
             (status,) = asyncio.run(control.ask(socket, "button.list", {}))

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import structlog
 
-from drivers.button.pairing import PairingError
 from gateway.app import config as config_module
 from gateway.app import preflight
-from gateway.core.errors import ConfigError, StoreVersionError
+from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
 
 EXIT_OK = 0
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreVersionError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except PairingError as exc:  # unreadable, not damaged: systemd tries again
+    except StateFileError as exc:  # pairing or watch list unreadable, not damaged: systemd retries
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@
     ├── ConfigError            exit with a clear message (status 78); systemd must not restart
     ├── StateFileError         a state file (paired buttons, watches) cannot be read: never
     │   │                      taken as empty; the daemon exits 1 and systemd tries again
-    │   ├── PairingError       the receiver's pairing list        (drivers.button.pairing)
+    │   ├── PairingError       the receiver's pairing list        (drivers.button.errors)
     │   └── WatchListError     the watch list                     (drivers.watch.store)
     ├── StoreError             the outbox database
     │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
@@ -16,6 +16,7 @@
     │   ├── UplinkTransientError   retry with capped, jittered back-off
     │   └── UplinkAuthError        refused credentials: retry at the back-off cap, report
     ├── CommandError           a platform command that cannot be run; carries the contract's code
+    │   └── InvalidCommandError  a bad field in a command with an id: answered invalid_args
     ├── ControlError           a control-socket request that cannot be served; told to the caller
     └── DriverError            a device: each driver package draws its own subtree
         ├── ReceiverError      the button receiver's serial link  (drivers.button.errors)
