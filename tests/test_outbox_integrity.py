@@ -625,7 +625,8 @@ def test_the_quarantine_is_trimmed_before_any_event_is_evicted(tmp_path: Path) -
 def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     db = sqlite3.connect(path)
-    for statement in (REPO / "gateway" / "schema" / "001_initial.sql").read_text().split(";"):
+    schema = REPO / "gateway" / "store" / "schema" / "001_initial.sql"
+    for statement in schema.read_text().split(";"):
         if statement.strip():
             db.execute(statement)
     db.execute("PRAGMA user_version=1")
