@@ -21,8 +21,10 @@ from gateway.app.commands import MAX_COMMAND_ID_CHARS, CommandProcessor, no_args
 from gateway.app.config import MqttSection
 from gateway.core.clock import SystemClock
 from gateway.core.errors import CommandError
-from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.alarms import AlarmTiming
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from gateway.uplink.link import MAX_ACK_BYTES, AckMessage, MqttUplink, parse_ack
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto

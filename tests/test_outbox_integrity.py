@@ -25,15 +25,11 @@ from gateway.app.commands import CommandProcessor
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
 from gateway.core.events import KIND_DATA, StoredEvent, event_class
-from gateway.store.outbox import (
-    DAMAGED_ROW_REASON,
-    AlarmTiming,
-    Outbox,
-    SqliteStore,
-    row_crc,
-    row_damage,
-)
+from gateway.store.alarms import AlarmTiming
+from gateway.store.integrity import DAMAGED_ROW_REASON, row_crc, row_damage
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from tests.gateway_rig import kinds, running_gateway, wait_platform
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config

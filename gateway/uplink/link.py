@@ -35,7 +35,8 @@ from gateway.core.events import (
     status_payload,
     ts_from_unix,
 )
-from gateway.store.outbox import HeldAlarm, Outbox
+from gateway.store.alarms import HeldAlarm
+from gateway.store.outbox import Outbox
 
 log = structlog.get_logger("gateway.uplink.link")
 _T = TypeVar("_T")
