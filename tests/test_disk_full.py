@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
-from gateway.store.outbox import DiskBudget, Outbox
+from gateway.store.disk import DiskBudget
+from gateway.store.outbox import Outbox
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq

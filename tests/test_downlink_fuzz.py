@@ -22,8 +22,10 @@ from gateway.app.config import MqttSection
 from gateway.app.handlers import NoArgs, command_args
 from gateway.core.clock import SystemClock
 from gateway.core.errors import CommandError
-from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.alarms import AlarmTiming
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from gateway.uplink.link import MqttUplink
 from gateway.uplink.messages import MAX_ACK_BYTES, AckMessage, parse_ack
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until

@@ -11,8 +11,10 @@ from typing import Any
 
 from gateway.app.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
 from gateway.core.clock import ManualClock
-from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.alarms import AlarmTiming
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 
 BOOT = "boot-7"
 

@@ -16,15 +16,11 @@ from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.core.events import NewEvent
-from gateway.store.outbox import (
-    AlarmTiming,
-    DiskBudget,
-    Outbox,
-    SqliteStore,
-    merge_ranges,
-    seq_ranges,
-)
+from gateway.store.alarms import AlarmTiming
+from gateway.store.disk import DiskBudget
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
+from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
 
 BOOT = "boot-1"
 

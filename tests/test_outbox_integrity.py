@@ -25,15 +25,11 @@ from gateway.app.commands import CommandProcessor
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
 from gateway.core.events import KIND_DATA, StoredEvent, event_class
-from gateway.store.outbox import (
-    DAMAGED_ROW_REASON,
-    AlarmTiming,
-    Outbox,
-    SqliteStore,
-    row_crc,
-    row_damage,
-)
+from gateway.store.alarms import AlarmTiming
+from gateway.store.integrity import DAMAGED_ROW_REASON, row_crc, row_damage
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from tests.gateway_rig import kinds, running_gateway, wait_platform
 from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
@@ -625,9 +621,8 @@ def test_the_quarantine_is_trimmed_before_any_event_is_evicted(tmp_path: Path) -
 def test_rows_stored_before_checksums_are_checked_by_parsing(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     db = sqlite3.connect(path)
-    for statement in (
-        (REPO / "gateway" / "store" / "schema" / "001_initial.sql").read_text().split(";")
-    ):
+    schema = REPO / "gateway" / "store" / "schema" / "001_initial.sql"
+    for statement in schema.read_text().split(";"):
         if statement.strip():
             db.execute(statement)
     db.execute("PRAGMA user_version=1")

@@ -22,8 +22,10 @@ from gateway.app.config import MqttSection
 from gateway.core.clock import ManualClock, SystemClock
 from gateway.core.events import NewEvent, StoredEvent
 from gateway.core.ports import AlarmState
-from gateway.store.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
+from gateway.store.alarms import AlarmTiming, HeldAlarm
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from gateway.uplink import link as uplink_module
 from gateway.uplink.link import MqttUplink
 from gateway.uplink.messages import build_messages

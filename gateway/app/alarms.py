@@ -9,7 +9,7 @@ import structlog
 
 from gateway.core.events import AlarmKind, NewEvent, is_alarm
 from gateway.core.ports import AlarmListener, AlarmState
-from gateway.store.outbox import HeldAlarm
+from gateway.store.alarms import HeldAlarm
 from gateway.store.sink import OutboxSink
 
 log = structlog.get_logger("gateway.app.alarms")

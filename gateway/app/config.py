@@ -119,7 +119,7 @@ class MqttSection(_Section):
         return float(2 * self.keepalive_s)
 
 
-OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.store.outbox.DiskBudget refuses a smaller quota
+OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.store.disk.DiskBudget refuses a smaller quota
 
 
 class OutboxSection(_Section):

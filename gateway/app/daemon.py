@@ -37,8 +37,10 @@ from gateway.core.clock import Clock, SystemClock, read_boot_id
 from gateway.core.errors import StoreError
 from gateway.core.events import NewEvent
 from gateway.core.supervisor import Supervisor
-from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
+from gateway.store.alarms import AlarmTiming
+from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
+from gateway.store.sqlite import SqliteStore
 from gateway.uplink.link import MqttUplink
 from hil.sim.source import SimEventSource
 

@@ -19,7 +19,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.core.backoff import Backoff
 from gateway.core.errors import UplinkAuthError, UplinkError, UplinkTransientError
 from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, status_payload, ts_from_unix
-from gateway.store.outbox import HeldAlarm, Outbox
+from gateway.store.alarms import HeldAlarm
+from gateway.store.outbox import Outbox
 from gateway.uplink.client import Downlink, MqttConnection
 from gateway.uplink.messages import AckMessage, Message, Topics, build_messages, parse_ack
 from gateway.uplink.ports import AlarmFeedback, CommandHandler, MqttSettings

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from pydantic import SecretStr
 
 from gateway.core.events import NewEvent
-from gateway.store.outbox import HeldAlarm
+from gateway.store.alarms import HeldAlarm
 
 
 class TlsSettings(Protocol):

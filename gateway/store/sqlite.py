@@ -1,0 +1,783 @@
+"""The outbox database as a queue: insert, claim, ack, release, and eviction under the quota.
+
+``SqliteStore`` is synchronous and owned by one thread (``worker.StoreWorker``); it composes the
+store's other jobs, each in its own module: the database file (``database``), the seq mark
+(``files``), the disk quota (``disk``), damaged rows (``integrity``), the alarm resend schedule
+(``alarms``), clock correction (``timestamps``) and command ids (``commands``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError
+from gateway.core.events import NewEvent, StoredEvent, event_class
+from gateway.store import commands, database, integrity, timestamps
+from gateway.store.alarms import (
+    AlarmTiming,
+    HeldAlarm,
+    ResendSchedule,
+    acknowledged_rows,
+    read_held_alarms,
+)
+from gateway.store.database import OpenReport, set_last_seq, transaction
+from gateway.store.disk import (
+    ACK_RETRY_ON_FULL_S,
+    DB_BYTES_PER_ROW_BYTE,
+    FULL_ATTEMPTS,
+    DiskGuard,
+    is_disk_full,
+    row_bytes,
+)
+from gateway.store.files import SeqMark
+from gateway.store.integrity import (
+    CLAIM_COLUMNS,
+    DAMAGED_PER_CLAIM,
+    lenient_text,
+    row_crc,
+    row_damage,
+)
+
+log = structlog.get_logger("gateway.store.sqlite")
+
+EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
+EVICT_TO_FRACTION = 0.9
+SQL_CHUNK = 500  # seqs per IN (...) list
+MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
+_T = TypeVar("_T")
+
+DroppedFactory = Callable[[int, list[tuple[int, int]], str], NewEvent]
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Compress sequence numbers into inclusive ``[first, last]`` ranges."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of inclusive ranges, sorted, adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+@dataclass(slots=True)
+class _Claim:
+    """Rows a claim takes, checked; applied to the store's state only once all were read."""
+
+    cursor: int
+    rows: list[Any] = field(default_factory=list)
+    damaged: list[tuple[int, str, bool]] = field(default_factory=list)  # seq, why, alarm
+    taken_released: list[int] = field(default_factory=list)
+
+    def add(self, rows: Iterable[Any], *, alarm: bool = False) -> None:
+        for row in rows:
+            why = row_damage(row)
+            if why is None:
+                self.rows.append(row)
+            else:
+                self.damaged.append((row[0], why, alarm))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    queued: dict[str, int]
+    oldest_queued_ts: str | None
+    stored_bytes: int
+    last_seq: int
+    alarms_held: int
+
+
+class SqliteStore:
+    """The outbox database. Not thread-safe: one thread calls every method."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        timing: AlarmTiming,
+        make_dropped: DroppedFactory,
+        now: Callable[[], float] = time.time,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+        boot_id: str = "",
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._make_dropped = make_dropped
+        self._now = now
+        self._monotonic_ns = monotonic_ns
+        self._db: sqlite3.Connection | None = None
+        self._seqmark = SeqMark(path.with_name(path.name + ".seqmark"))
+        self._stored_bytes = 0
+        # In memory only, on the monotonic clock (seconds): a restart starts them afresh.
+        self._inflight: set[int] = set()
+        self._released: dict[int, float] = {}  # seq -> when to try again
+        self._resends = ResendSchedule(
+            timing,
+            now=now,
+            monotonic_ns=monotonic_ns,
+            boot_id=boot_id,
+            clock_synced=clock_synced,
+        )
+        self._cursor = 0
+        self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
+        self._quarantined_alarms: list[HeldAlarm] = []  # until take_quarantined_alarms
+        self._disk = DiskGuard(path, max_bytes)
+
+    def mono(self) -> float:
+        """Seconds on the store's monotonic clock (deadlines for ``release``)."""
+        return self._monotonic_ns() / 1e9
+
+    def in_flight(self) -> int:
+        """How many events are claimed and awaiting their PUBACK."""
+        return len(self._inflight)
+
+    def resends_scheduled(self) -> int:
+        """How many delivered alarms have a resend scheduled (awaiting the platform's ack)."""
+        return len(self._resends)
+
+    # ----------------------------------------------------------------------------- opening
+
+    def open(self) -> OpenReport:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        database.make_files_private(self.path)
+        report = OpenReport()
+        try:
+            report.migrated_from = self._open_checked()
+        except StoreCorruptError as exc:
+            report.moved_aside, last_seq = database.move_aside(self.path, self._now(), str(exc))
+            database.make_files_private(self.path)
+            self._open_checked()
+            report.lost_ranges = self._restart_sequence_after_loss(last_seq)
+            report.loss_reason = "store_corrupt"
+        else:
+            if report.migrated_from == 0 and self._seqmark.reserved > 0:
+                # A new, empty database where one existed before (deleted, or emptied by hand).
+                log.error("store_missing", path=str(self.path), seq_mark=self._seqmark.reserved)
+                report.lost_ranges = self._restart_sequence_after_loss(None)
+                report.loss_reason = "store_missing"
+            else:
+                report.lost_ranges = self._continue_after_rollback()
+                report.loss_reason = "store_rolled_back" if report.lost_ranges else None
+        self._seqmark.opened(self._last_seq())
+        return report
+
+    def _open_checked(self) -> int | None:
+        """Open, check and migrate; return the schema version migrated from (0: a new file)."""
+        db, migrated_from = database.open_checked(self.path)
+        self._db = db
+        self._stored_bytes = int(
+            db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+        )
+        if migrated_from != 0:
+            self._seqmark.ensure(self._last_seq())
+        return migrated_from
+
+    def _restart_sequence_after_loss(self, last_seq: int | None) -> list[tuple[int, int]]:
+        """After a damaged store, continue above every seq that may have been allocated."""
+        reserved = max(self._seqmark.reserved, last_seq or 0)
+        if reserved == 0:
+            return []
+        self._continue_above(reserved)
+        # What the damaged store still held is unknown: every seq up to the mark may be lost.
+        return [(1, reserved)]
+
+    def _continue_after_rollback(self) -> list[tuple[int, int]]:
+        """A store below the last seq the mark saw committed has lost commits (its -wal file
+        deleted, or an older copy restored): continue above every seq it may have issued and
+        return the seqs that may be lost. An intact store (any kill -9 included) returns []."""
+        mark = self._seqmark
+        last = self._last_seq()
+        if mark.state is None or last >= mark.last:
+            return []
+        # Closed cleanly: its last seq then is exact. Open (a crash): commits may have followed
+        # the last one noted, up to the reserved bound.
+        resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
+        log.error(
+            "store_rolled_back",
+            path=str(self.path),
+            last_seq=last,
+            seq_mark=mark.last,
+            closed_cleanly=mark.state == mark.CLOSED,
+            resume_after=resume,
+        )
+        self._continue_above(resume)
+        return [(last + 1, resume)]
+
+    def _continue_above(self, seq: int) -> None:
+        db = self._prepare(urgent=True)
+        self._write(db, functools.partial(set_last_seq, seq), "continue_above")
+        self._seqmark.ensure(seq)
+
+    def close(self) -> None:
+        if self._db is not None:
+            last: int | None = None
+            with contextlib.suppress(sqlite3.Error):
+                last = self._last_seq()
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+            if last is not None:
+                try:
+                    self._seqmark.closed(last)
+                except OSError as exc:  # the next start then checks the store as after a crash
+                    log.warning("seq_mark_not_written", error=str(exc))
+        self._seqmark.release()
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the outbox is not open")
+        return self._db
+
+    def _last_seq(self) -> int:
+        return database.last_seq(self._require())
+
+    # ----------------------------------------------------------------------------- writing
+
+    @property
+    def rows_per_transaction(self) -> int:
+        """The most events one ``insert`` should carry, so that one commit keeps to its share of
+        the WAL (``Outbox`` splits its batches by it)."""
+        return self._disk.budget.rows_per_transaction
+
+    def set_checkpoint_waker(self, wake: Callable[[], None]) -> None:
+        """What to call when the WAL or the database's growth should be checkpointed soon."""
+        self._disk.wake_checkpointer = wake
+
+    @property
+    def checkpoint_lock(self) -> threading.Lock:
+        """Held by whoever checkpoints (the store thread or the checkpointer), one at a time."""
+        return self._disk.lock
+
+    def dropped_event(self, count: int, ranges: list[tuple[int, int]], reason: str) -> NewEvent:
+        """A ``gateway.dropped`` event, as the store reports its own evictions."""
+        return self._make_dropped(count, ranges, reason)
+
+    def make_reserve(self) -> bool:
+        """Create the alarm reserve if it is missing and there is room; True if it is held."""
+        return self._disk.make_reserve()
+
+    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+        """Store events in one transaction with a full fsync; return their seqs.
+
+        Alarms are committed as they are: they never wait for an eviction or a checkpoint (the
+        next write of other events evicts for them). On a full disk the store makes room
+        (``DiskGuard.make_room``) and tries again; ``StoreFullError`` if there is still none.
+        """
+        urgent = all(event.is_alarm for event in events)
+        db = self._prepare(urgent=urgent)
+        now = self._now()
+        seqs, evicted, last = self._write(
+            db, functools.partial(self._insert_rows, events, now, urgent), "insert"
+        )
+        self._seqmark.committed(last)
+        for seq in evicted:
+            self._released.pop(seq, None)
+        self._disk.after_write(db, urgent=urgent)
+        return seqs
+
+    def _insert_rows(
+        self, events: Sequence[NewEvent], now: float, urgent: bool, db: sqlite3.Connection
+    ) -> tuple[list[int], list[int], int]:
+        seqs: list[int] = []
+        evicted: list[int] = []
+        last = self._last_seq()
+        self._seqmark.ensure(last + len(events) + 1)
+        if not urgent:
+            incoming = sum(row_bytes(event) for event in events)
+            if self._over_quota(db, incoming):
+                last = self._evict(db, last, now, evicted, incoming)
+        for event in events:
+            last += 1
+            self._insert_row(db, last, event, now)
+            seqs.append(last)
+        if not urgent and self._disk.full_cap is None and self._over_quota(db, 0):
+            last = self._evict(db, last, now, evicted, 0)  # (on a full disk: evicted before)
+        set_last_seq(last, db)
+        return seqs, evicted, last
+
+    def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
+        size = row_bytes(event)
+        alarm = event.is_alarm
+        db.execute(
+            "INSERT INTO events (seq, id, kind, class, device, data, ts, ts_synced, mono_ns, "
+            "boot_id, size, attempt, alarm_state, due_at, created_at, crc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)",
+            (
+                seq,
+                event.id,
+                event.kind,
+                event_class(event.kind),
+                event.device,
+                event.data_json,
+                event.ts,
+                int(event.ts_synced),
+                event.mono_ns,
+                event.boot_id,
+                size,
+                "pending" if alarm else None,
+                now,
+                row_crc(event.id, event.kind, event.device, event.data_json),
+            ),
+        )
+        self._stored_bytes += size
+
+    def _over_quota(self, db: sqlite3.Connection, incoming: int, *, evicting: bool = False) -> bool:
+        """Would ``incoming`` more row bytes take the outbox over its quota (the rows' bytes, or
+        the database's live pages: ``DiskGuard.db_limit``)? ``evicting``: over the level an
+        eviction goes down to."""
+        fraction = EVICT_TO_FRACTION if evicting else 1.0
+        if self._stored_bytes + incoming > self.max_bytes * fraction:
+            return True
+        limit = self._disk.db_limit() - (self._disk.evict_slack() if evicting else 0)
+        return self._disk.live_bytes(db) + incoming * DB_BYTES_PER_ROW_BYTE > limit
+
+    def _evict(
+        self, db: sqlite3.Connection, last: int, now: float, evicted: list[int], incoming: int
+    ) -> int:
+        """Delete the oldest evictable events until there is room; report them as dropped.
+
+        Never alarms, never events in flight. Earlier ``gateway.dropped`` events go last, and
+        when one goes, the gaps it explained move into the new one, so every gap stays explained.
+        """
+        explained: list[tuple[int, int]] = []
+        unsequenced: dict[str, int] = {}  # counts of evicted reports of events without a seq
+        self._trim_quarantine(db, incoming)
+        passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
+        passes.append(("gateway", "kind='gateway.dropped'"))
+        for klass, which in passes:
+            cursor = 0
+            reports = which.startswith("kind=")
+            while self._over_quota(db, incoming, evicting=True):
+                rows = self._evictable(db, klass, which, cursor, lenient=reports)
+                if not rows:
+                    break
+                cursor = rows[-1][0]
+                doomed = [row for row in rows if row[0] not in self._inflight]
+                if reports:  # a damaged report is left to the quarantine: its gaps stay explained
+                    doomed = [row for row in doomed if row_damage(row[2:]) is None]
+                db.executemany("DELETE FROM events WHERE seq=?", [(row[0],) for row in doomed])
+                for seq, size, *row in doomed:
+                    self._stored_bytes -= size
+                    evicted.append(seq)
+                    if reports:
+                        report = json.loads(row[4])  # data, intact
+                        explained.extend(tuple(r) for r in report["seq_ranges"])
+                        if not report["seq_ranges"]:
+                            reason = report["reason"]
+                            unsequenced[reason] = unsequenced.get(reason, 0) + report["count"]
+            if not self._over_quota(db, incoming, evicting=True):
+                break
+        if not evicted:
+            log.warning(
+                "quota_exceeded",
+                stored_bytes=self._stored_bytes,
+                max_bytes=self.max_bytes,
+                disk_full=self._disk.full_cap is not None,
+            )
+            return last
+        reason = "disk_quota" if self._disk.full_cap is None else "disk_full"
+        ranges = merge_ranges([*seq_ranges(evicted), *explained])
+        for start in range(0, len(ranges), MAX_RANGES_PER_DROPPED):
+            chunk = ranges[start : start + MAX_RANGES_PER_DROPPED]
+            count = sum(b - a + 1 for a, b in chunk)
+            last += 1
+            self._seqmark.ensure(last)
+            self._insert_row(db, last, self._make_dropped(count, chunk, reason), now)
+        for why, count in unsequenced.items():  # carried over, so that no count is lost
+            last += 1
+            self._seqmark.ensure(last)
+            self._insert_row(db, last, self._make_dropped(count, [], why), now)
+        log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason=reason)
+        return last
+
+    def _evictable(
+        self, db: sqlite3.Connection, klass: str, which: str, cursor: int, *, lenient: bool
+    ) -> list[Any]:
+        """The next rows of ``klass`` an eviction may take: (seq, size, *``CLAIM_COLUMNS``)
+        for reports (``lenient``: text that is not UTF-8 read so that ``row_damage`` finds it),
+        (seq, size) for the rest."""
+        columns = f"seq, size, {CLAIM_COLUMNS}" if lenient else "seq, size"
+        query = (
+            f"SELECT {columns} FROM events WHERE class=? AND seq>? AND {which} "  # noqa: S608
+            "ORDER BY seq LIMIT 64"
+        )
+        if not lenient:
+            return db.execute(query, (klass, cursor)).fetchall()
+        db.text_factory = lenient_text
+        try:
+            return db.execute(query, (klass, cursor)).fetchall()
+        finally:
+            db.text_factory = str
+
+    def _trim_quarantine(self, db: sqlite3.Connection, incoming: int) -> None:
+        """Damaged rows kept for inspection are the first to go when the quota is reached."""
+        trimmed = 0
+        while self._over_quota(db, incoming, evicting=True):
+            gone = integrity.trim_quarantine(db)
+            if gone <= 0:
+                break
+            trimmed += gone
+        if trimmed:
+            log.warning("quarantine_trimmed", count=trimmed)
+
+    def _prepare(self, *, urgent: bool) -> sqlite3.Connection:
+        """The connection, made ready for a write (``DiskGuard.prepare``)."""
+        db = self._require()
+        self._disk.prepare(db, urgent=urgent)
+        return db
+
+    def _write(
+        self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T], what: str
+    ) -> _T:
+        """Run ``work`` in one transaction; on a full disk make room and run it again.
+
+        ``work`` may change ``_stored_bytes`` (put back on failure), nothing else in memory.
+        """
+        for attempt in range(1, FULL_ATTEMPTS + 1):
+            stored = self._stored_bytes
+            try:
+                with transaction(db):
+                    return work(db)
+            except (sqlite3.Error, OSError) as exc:
+                self._stored_bytes = stored
+                if not is_disk_full(exc):
+                    raise
+                if attempt == FULL_ATTEMPTS:
+                    log.error("store_full", write=what, attempts=attempt, error=str(exc))  # noqa: TRY400
+                    raise StoreFullError(f"the disk is full: {what} failed: {exc}") from exc
+                self._disk.make_room(db, exc, what, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----------------------------------------------------------------------------- delivery
+
+    def claim(self, max_events: int) -> list[StoredEvent]:
+        """Events to publish next: alarms first, then the rest in seq order. They stay stored.
+
+        Every row is checked as it is claimed (``row_damage``): a damaged one would spoil the
+        whole message its raw JSON goes into, so it is never sent but quarantined and reported
+        with ``gateway.dropped``, and the rest goes out.
+        """
+        db = self._require()
+        try:
+            claim = self._claim_rows(max_events)
+        except sqlite3.OperationalError:
+            # Text that is not UTF-8 (a damaged row) cannot be read the usual way: read it so
+            # that the check can tell it apart.
+            db.text_factory = lenient_text
+            try:
+                claim = self._claim_rows(max_events)
+            finally:
+                db.text_factory = str
+        for seq in claim.taken_released:
+            del self._released[seq]
+        self._cursor = claim.cursor
+        events = [
+            StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
+            for seq, event_id, kind, device, data, ts, synced, attempt, _ in claim.rows
+        ]
+        # In flight before the report of damaged rows is stored: its eviction must spare them.
+        self._inflight.update(event.seq for event in events)
+        if claim.damaged:
+            self._quarantine(claim.damaged)
+        return events
+
+    def _claim_rows(self, max_events: int) -> _Claim:
+        """What ``claim`` takes, checked; reads only, so that it can be run again."""
+        db = self._require()
+        now = self.mono()
+        claim = _Claim(cursor=self._cursor)
+        alarms = [
+            row
+            for row in db.execute(
+                f"SELECT {CLAIM_COLUMNS} FROM events "  # noqa: S608
+                "WHERE class='alarm' AND alarm_state='pending' ORDER BY seq"
+            )
+            if row[0] not in self._inflight and self._released.get(row[0], now) <= now
+        ]
+        claim.taken_released += [row[0] for row in alarms if row[0] in self._released]
+        claim.add(alarms, alarm=True)
+        taken = set(claim.taken_released)
+        ready = [
+            seq
+            for seq, retry_at in self._released.items()
+            if retry_at <= now and seq not in self._inflight and seq not in taken
+        ][: max(0, max_events - len(claim.rows))]
+        if ready:
+            marks = ",".join("?" * len(ready))
+            claim.add(
+                db.execute(
+                    f"SELECT {CLAIM_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+                    ready,
+                ).fetchall()
+            )
+            claim.taken_released += ready
+        while (room := max_events - len(claim.rows)) > 0 and len(claim.damaged) < DAMAGED_PER_CLAIM:
+            rows = db.execute(
+                f"SELECT {CLAIM_COLUMNS} FROM events "  # noqa: S608
+                "WHERE seq>? AND class!='alarm' ORDER BY seq LIMIT ?",
+                (claim.cursor, room),
+            ).fetchall()
+            if not rows:
+                break
+            claim.cursor = rows[-1][0]
+            claim.add(rows)
+        return claim
+
+    def _quarantine(self, damaged: list[tuple[int, str, bool]]) -> None:
+        """Move damaged rows to the quarantine table and report their seqs as dropped.
+
+        The report is stored first: a crash in between reports a row twice, never not at all.
+        A row that cannot be moved now stays where it is and is found again later (and is not
+        reported again by this process).
+        """
+        seqs = sorted(seq for seq, _, _ in damaged)
+        unreported = [seq for seq in seqs if seq not in self._damage_reported]
+        now = self._now()
+        try:
+            if unreported:
+                self.insert(
+                    [
+                        self._make_dropped(
+                            len(unreported), seq_ranges(unreported), integrity.DAMAGED_ROW_REASON
+                        )
+                    ]
+                )
+                self._damage_reported.update(unreported)
+            db = self._prepare(urgent=False)
+            self._write(db, functools.partial(self._quarantine_rows, damaged, now), "quarantine")
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error("damaged_events_not_quarantined", seqs=seqs, error=str(exc))  # noqa: TRY400
+            return
+        for seq in seqs:
+            self._released.pop(seq, None)
+            self._resends.forget(seq)
+            self._damage_reported.discard(seq)
+        for seq, why, alarm in damaged:
+            log.error("damaged_event_quarantined", seq=seq, why=why, alarm=alarm)
+            if alarm:  # the alarm tracker tells the senior it will not be delivered
+                self._quarantined_alarms.append(integrity.quarantined_alarm(db, seq))
+
+    def _quarantine_rows(
+        self, damaged: list[tuple[int, str, bool]], now: float, db: sqlite3.Connection
+    ) -> None:
+        self._stored_bytes -= integrity.quarantine_rows(damaged, now, db)
+
+    def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
+        """The broker has them: delete them, except alarms, which wait for the platform's ack.
+
+        Returns the alarms that became delivered. On a full disk that leaves no room at all,
+        the events are published again later (a duplicate, never a loss) and nothing raises.
+        """
+        db = self._prepare(urgent=False)
+        pending: list[tuple[int, str, str, str | None, int]] = []
+        done: list[int] = []
+        step = min(SQL_CHUNK, self.rows_per_transaction)
+        db.execute("PRAGMA synchronous=NORMAL")  # losing a delete only means a duplicate
+        try:
+            for start in range(0, len(seqs), step):
+                chunk = list(seqs[start : start + step])
+                pending += self._write(db, functools.partial(self._ack_rows, chunk), "ack")
+                done += chunk
+        except StoreFullError:
+            self.release(seqs[len(done) :], self.mono() + ACK_RETRY_ON_FULL_S)
+        except BaseException:
+            self.release(seqs[len(done) :], self.mono())  # not recorded: publish them again
+            raise
+        finally:
+            # What was committed is done, whatever became of the rest.
+            self._inflight.difference_update(done)
+            self._resends.delivered(pending, self.mono())
+            db.execute("PRAGMA synchronous=FULL")
+        self._disk.after_write(db)
+        return [
+            HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
+        ]
+
+    def _ack_rows(
+        self, chunk: list[int], db: sqlite3.Connection
+    ) -> list[tuple[int, str, str, str | None, int]]:
+        marks = ",".join("?" * len(chunk))
+        pending: list[tuple[int, str, str, str | None, int]] = db.execute(
+            "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
+            f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
+            chunk,
+        ).fetchall()
+        self._stored_bytes -= db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
+            f"WHERE seq IN ({marks}) AND class!='alarm'",
+            chunk,
+        ).fetchone()[0]
+        db.execute(
+            f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
+            chunk,
+        )
+        db.executemany(
+            "UPDATE events SET alarm_state='delivered' WHERE seq=?", [(row[0],) for row in pending]
+        )
+        return pending
+
+    def release(self, seqs: Iterable[int], retry_at: float) -> None:
+        """Publication failed (refused by the broker): keep them and try again at ``retry_at``
+        (seconds on the store's monotonic clock, ``mono()``)."""
+        for seq in seqs:
+            self._inflight.discard(seq)
+            self._released[seq] = retry_at
+
+    def release_all(self) -> None:
+        """The link is gone: nothing is in flight any more; start again from the oldest."""
+        self._inflight.clear()
+        self._released.clear()
+        self._cursor = 0
+
+    # ----------------------------------------------------------------------------- alarms
+
+    def promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        """Delivered alarms whose ack did not come in time go out again with attempt + 1.
+
+        Returns (promoted, given_up): alarms older than the give-up window are dropped instead.
+        Deadlines are monotonic, so a clock step cannot make an alarm look 24 h old; a delivered
+        alarm found after a restart gets a fresh ack timeout.
+        """
+        due = self._resends.due(self._require(), self.mono())
+        if not due:
+            return [], []
+        db = self._prepare(urgent=True)
+        try:
+            promoted, given_up = self._write(
+                db, functools.partial(self._promote_rows, due), "promote_due_alarms"
+            )
+        except StoreFullError:
+            return [], []  # tried again at the next round; the alarms stay held meanwhile
+        self._disk.after_write(db, urgent=True)
+        for alarm in [*promoted, *given_up]:
+            self._resends.forget(alarm.seq)
+        for alarm in given_up:
+            log.error("alarm_given_up", alarm_id=alarm.id, seq=alarm.seq, attempts=alarm.attempt)
+        return promoted, given_up
+
+    def _promote_rows(
+        self, due: list[Any], db: sqlite3.Connection
+    ) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        promoted, given_up, freed = self._resends.promote_rows(due, db)
+        self._stored_bytes -= freed
+        return promoted, given_up
+
+    def acknowledge_alarms(
+        self, ids: Sequence[str], make_audit: Callable[[HeldAlarm], NewEvent] | None = None
+    ) -> list[HeldAlarm]:
+        """The platform acknowledged: forget these alarms. Returns those the store held.
+
+        ``make_audit`` makes the audit event of each alarm found; it is stored in the same
+        transaction that deletes the alarm, so that neither is on disk without the other.
+        On a full disk room is made as for an alarm (``StoreFullError`` only if there is none).
+        """
+        db = self._prepare(urgent=True)
+        found, last = self._write(
+            db, functools.partial(self._acknowledge_rows, ids, make_audit), "acknowledge_alarms"
+        )
+        if last is not None:
+            self._seqmark.committed(last)
+        for alarm in found:
+            self._inflight.discard(alarm.seq)
+            self._released.pop(alarm.seq, None)
+            self._resends.forget(alarm.seq)
+        self._disk.after_write(db, urgent=True)
+        return found
+
+    def _acknowledge_rows(
+        self,
+        ids: Sequence[str],
+        make_audit: Callable[[HeldAlarm], NewEvent] | None,
+        db: sqlite3.Connection,
+    ) -> tuple[list[HeldAlarm], int | None]:
+        found, freed = acknowledged_rows(ids, db)
+        self._stored_bytes -= freed
+        if make_audit is None or not found:
+            return found, None
+        audits = [make_audit(alarm) for alarm in found]
+        _, _, last = self._insert_rows(audits, self._now(), True, db)  # as urgent as the alarm
+        return found, last
+
+    def take_quarantined_alarms(self) -> list[HeldAlarm]:
+        """The alarms quarantined as damaged since the last call (they will never be sent)."""
+        taken, self._quarantined_alarms = self._quarantined_alarms, []
+        return taken
+
+    def held_alarms(self) -> list[HeldAlarm]:
+        return read_held_alarms(self._require())
+
+    # ----------------------------------------------------------------------------- clock
+
+    def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
+        """Rewrite the unsynchronised timestamps taken during this boot from monotonic time."""
+        rows = timestamps.unsynced(self._require(), boot_id)
+        if not rows:
+            return 0
+        db = self._prepare(urgent=False)
+        step = self.rows_per_transaction  # each transaction keeps to its share of the WAL
+        for start in range(0, len(rows), step):
+            changes = timestamps.corrections(rows[start : start + step], wall_now, mono_now_ns)
+            self._write(
+                db, functools.partial(timestamps.correct_rows, changes), "correct_timestamps"
+            )
+        self._disk.after_write(db)
+        return len(rows)
+
+    # ----------------------------------------------------------------------------- commands
+
+    def command_result(self, cmd_id: str) -> str | None:
+        return commands.command_result(self._require(), cmd_id)
+
+    def remember_command(
+        self, cmd_id: str, result_json: str, keep: int = commands.COMMAND_IDS_KEPT
+    ) -> None:
+        """Remember a command's result (``commands.remember_command``)."""
+        db = self._prepare(urgent=False)
+        self._write(
+            db,
+            functools.partial(commands.remember_command, cmd_id, result_json, self._now(), keep),
+            "remember_command",
+        )
+        self._disk.after_write(db)
+
+    # ----------------------------------------------------------------------------- figures
+
+    def stats(self) -> StoreStats:
+        db = self._require()
+        queued = {
+            klass: count
+            for klass, count in db.execute("SELECT class, COUNT(*) FROM events GROUP BY class")
+        }
+        oldest = db.execute("SELECT ts FROM events ORDER BY seq LIMIT 1").fetchone()
+        held = sum(1 for _ in db.execute("SELECT 1 FROM events WHERE class='alarm'"))
+        return StoreStats(
+            queued=queued,
+            oldest_queued_ts=None if oldest is None else str(oldest[0]),
+            stored_bytes=self._stored_bytes,
+            last_seq=self._last_seq(),
+            alarms_held=held,
+        )
