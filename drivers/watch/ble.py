@@ -35,7 +35,6 @@ import structlog
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
-from bleak.exc import BleakError
 from bleak_retry_connector import (
     close_stale_connections,
     establish_connection,
@@ -45,6 +44,7 @@ from bleak_retry_connector.bluez import get_connected_devices
 
 from drivers.watch import codec
 from drivers.watch.codec import AlertConfirmStatus, CareAlert, CareEvent, WatchFrameError
+from drivers.watch.errors import LINK_ERRORS, WatchLinkError
 from drivers.watch.rules import Rule, RuleEngine
 from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
 from drivers.watch.vitals import METRICS, VitalsAggregator
@@ -127,7 +127,7 @@ async def bounded_disconnect(client: BleakClient, timeout_s: float) -> None:
     try:
         async with asyncio.timeout(timeout_s):
             await client.disconnect()
-    except (TimeoutError, BleakError, EOFError, OSError) as exc:
+    except LINK_ERRORS as exc:
         log.warning("watch_disconnect_failed", error=type(exc).__name__)
 
 
@@ -151,10 +151,6 @@ class _Session:
     client: BleakClient
     lost: asyncio.Event
     started: float  # monotonic s
-
-
-class _LinkLostError(Exception):
-    """The session must end: the link is stalled or a handler asked for a fresh connection."""
 
 
 class BleWatch:
@@ -237,7 +233,7 @@ class BleWatch:
                     await self._session_with(device)
             except asyncio.CancelledError:
                 raise
-            except (BleakError, TimeoutError, EOFError, OSError) as exc:
+            except LINK_ERRORS as exc:
                 self.counters["connect_failed"] += 1
                 log.info("watch_connect_failed", watch=self.device, error=str(exc)[:200])
             except Exception:
@@ -255,7 +251,7 @@ class BleWatch:
         try:
             async with asyncio.timeout(STALE_CLOSE_S):
                 await close_stale_connections(device)
-        except (BleakError, TimeoutError, EOFError, OSError) as exc:
+        except LINK_ERRORS as exc:
             log.error(  # noqa: TRY400 - the reason is in the message
                 "watch_stale_close_failed", watch=self.device, error=str(exc)[:200]
             )
@@ -284,7 +280,7 @@ class BleWatch:
                 await self._start(client)
             await self._connected_now()
             await self._until_lost(session)
-        except _LinkLostError:
+        except WatchLinkError:
             pass
         finally:
             self._session = None
@@ -326,7 +322,7 @@ class BleWatch:
     def _optional(self, uuid: str, what: str) -> Iterator[None]:
         try:
             yield
-        except (BleakError, EOFError, OSError) as exc:
+        except LINK_ERRORS as exc:
             self.counters[f"{what}_failed"] += 1
             log.warning(
                 "watch_gatt_failed", what=what, watch=self.device, uuid=uuid, error=str(exc)
@@ -358,7 +354,7 @@ class BleWatch:
         while not session.lost.is_set():
             if self._relink:
                 log.info("watch_relink", watch=self.device)
-                raise _LinkLostError
+                raise WatchLinkError
             await self._check_alive(session.client)
             # A new link: the watch repeats what it still holds first, and each repeat or new
             # alert settles what its alert_seq stands for before anything is written to it.
@@ -386,7 +382,7 @@ class BleWatch:
             try:
                 async with asyncio.timeout(self._gatt_timeout_s()):
                     value = await client.read_gatt_char(codec.BATTERY_LEVEL)
-            except (BleakError, TimeoutError, EOFError, OSError):
+            except LINK_ERRORS:
                 await self._silent_link(silent_s)
             self._queue.put_nowait((codec.BATTERY_LEVEL, bytes(value)))
         self._last_data = self._mono()
@@ -402,7 +398,7 @@ class BleWatch:
             await self.sink.emit(
                 "device.offline", {"reason": "silent_link", "last_seen": last_seen}, self.device
             )
-        raise _LinkLostError
+        raise WatchLinkError
 
     def _next_due(self) -> RaisedAlert | None:
         for alert in self._current.values():
@@ -429,8 +425,8 @@ class BleWatch:
         except TimeoutError:
             self.counters["confirm_failed"] += 1
             log.warning("watch_confirm_timeout", watch=self.device, alert_seq=alert.seq)
-            raise _LinkLostError from None  # BlueZ does not answer: make the link again
-        except (BleakError, EOFError, OSError) as exc:
+            raise WatchLinkError from None  # BlueZ does not answer: make the link again
+        except LINK_ERRORS as exc:
             self.counters["confirm_failed"] += 1
             log.info("watch_confirm_failed", watch=self.device, alert_seq=alert.seq, error=str(exc))
             await asyncio.sleep(SUPERVISE_TICK_S)  # the link is likely going: let it be noticed

@@ -18,7 +18,8 @@ from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
 from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
-from drivers.watch.fleet import MAX_SCAN_S, WatchCheckError, WatchFleet
+from drivers.watch.errors import WatchCheckError
+from drivers.watch.fleet import MAX_SCAN_S, WatchFleet
 from drivers.watch.store import WatchStore
 from gateway.app.alarms import AlarmTracker
 from gateway.app.commands import CommandProcessor, no_args
