@@ -33,18 +33,6 @@ from drivers.watch.codec import (
     TEMPERATURE_MEASUREMENT,
     CareEvent,
     encode_alert_confirm,
-    parse_blood_pressure,
-    parse_care_alert,
-    parse_heart_rate,
-    parse_plx_continuous,
-    parse_steps,
-    parse_temperature,
-)
-from hil.sim.bluez import (
-    ALL_SERVICES,
-    CONNECT_FAILED_REASON,
-    FakeBluez,
-    WatchSim,
     encode_blood_pressure,
     encode_care_alert,
     encode_heart_rate,
@@ -52,7 +40,14 @@ from hil.sim.bluez import (
     encode_sfloat,
     encode_steps,
     encode_temperature,
+    parse_blood_pressure,
+    parse_care_alert,
+    parse_heart_rate,
+    parse_plx_continuous,
+    parse_steps,
+    parse_temperature,
 )
+from hil.sim.bluez import ALL_SERVICES, CONNECT_FAILED_REASON, FakeBluez, WatchSim
 from hil.sim.dbus import connection_count, match_rule_count, match_rules
 from tests.support.ble import private_system_bus
 

@@ -18,15 +18,13 @@ import pytest
 from bleak import BleakClient
 
 from drivers.watch import codec
-from drivers.watch.codec import CareEvent
-from hil.sim.bluez import (
-    ALL_SERVICES,
-    FakeBluez,
-    WatchSim,
+from drivers.watch.codec import (
+    CareEvent,
     encode_blood_pressure,
     encode_heart_rate,
     encode_temperature,
 )
+from hil.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
 from hil.sim.dbus import connection_count, match_rule_count
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus

@@ -1,10 +1,11 @@
-"""The watch codec against the datasheet's hex vectors, and its parsers' properties."""
+"""The watch codec against the datasheet's hex vectors, its parsers' properties, and its
+encoders read back by its parsers."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -19,19 +20,34 @@ from drivers.watch.codec import (
     CARE_SERVICE,
     HEART_RATE_MEASUREMENT,
     HEART_RATE_SERVICE,
+    KPA_TO_MMHG,
+    RR_UNITS_PER_SECOND,
     STEPS,
     TEMPERATURE_MEASUREMENT,
+    WATCH_EPOCH,
     AlertConfirmStatus,
     Battery,
     BloodPressure,
     CareAlert,
     HeartRate,
     PlxContinuous,
+    PlxSpotCheck,
     Steps,
     Temperature,
     WatchFrameError,
     device_id,
     encode_alert_confirm,
+    encode_battery,
+    encode_blood_pressure,
+    encode_care_alert,
+    encode_float,
+    encode_heart_rate,
+    encode_plx_continuous,
+    encode_plx_spot_check,
+    encode_sfloat,
+    encode_steps,
+    encode_temperature,
+    encode_timestamp,
     float32,
     parse_battery,
     parse_blood_pressure,
@@ -315,3 +331,154 @@ def test_sfloat_out_of_range_rejected() -> None:
         sfloat(0x10000)
     with pytest.raises(WatchFrameError):
         float32(-1)
+
+
+# --- Encoders: what they write, the parsers read back -------------------------------------------
+
+
+def _decimals(max_mantissa: int, exponents: tuple[int, int]) -> st.SearchStrategy[float]:
+    """Numbers the watch states exactly: a mantissa that fits, a small power of ten."""
+    return st.builds(
+        lambda mantissa, exponent: float(Decimal(mantissa).scaleb(exponent)),
+        st.integers(-max_mantissa, max_mantissa),
+        st.integers(*exponents),
+    )
+
+
+SFLOATS = _decimals(0x07FD, (-3, 3))
+FLOATS = _decimals(0x7F_FFFD, (-6, 3))
+READINGS = st.none() | SFLOATS
+TIMESTAMPS = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+    lambda when: when.replace(microsecond=0)
+)
+U8 = st.integers(0, 0xFF)
+U16 = st.integers(0, 0xFFFF)
+
+
+@given(value=SFLOATS)
+def test_sfloat_encoder_round_trip(value: float) -> None:
+    assert sfloat(int.from_bytes(encode_sfloat(value), "little")) == value
+
+
+@given(value=FLOATS)
+def test_float_encoder_round_trip(value: float) -> None:
+    assert float32(int.from_bytes(encode_float(value), "little")) == value
+
+
+def test_float_encoders_nan_and_too_large() -> None:
+    assert sfloat(int.from_bytes(encode_sfloat(None), "little")) is None
+    assert float32(int.from_bytes(encode_float(None), "little")) is None
+    with pytest.raises(WatchFrameError):
+        encode_sfloat(1e20)
+    with pytest.raises(WatchFrameError):
+        encode_float(1e200)
+
+
+@given(when=TIMESTAMPS)
+def test_timestamp_round_trip(when: datetime) -> None:
+    assert parse_plx_spot_check(b"\x01" + encode_sfloat(97) * 2 + encode_timestamp(when)) == (
+        PlxSpotCheck(97.0, 97.0, timestamp=when)
+    )
+
+
+@given(
+    bpm=st.integers(0, 0xFFFF),
+    contact=st.none() | st.booleans(),
+    energy_kj=st.none() | U16,
+    rr_units=st.lists(U16, max_size=8),
+)
+def test_heart_rate_round_trip(
+    bpm: int, contact: bool | None, energy_kj: int | None, rr_units: list[int]
+) -> None:
+    rr_s = [units / RR_UNITS_PER_SECOND for units in rr_units]
+    reading = parse_heart_rate(
+        encode_heart_rate(bpm, contact=contact, energy_kj=energy_kj, rr_intervals_s=rr_s)
+    )
+    worn = contact is not False
+    assert reading == HeartRate(
+        heart_rate=bpm if worn else None,
+        contact=contact,
+        worn=worn,
+        energy_kj=energy_kj,
+        rr_ms=tuple(units * 1000 / RR_UNITS_PER_SECOND for units in rr_units),
+    )
+
+
+@given(percent=U8)
+def test_battery_round_trip(percent: int) -> None:
+    assert parse_battery(encode_battery(percent)) == Battery(percent if percent <= 100 else None)
+
+
+@given(steps=st.integers(0, 0xFFFF_FFFF))
+def test_steps_round_trip(steps: int) -> None:
+    assert parse_steps(encode_steps(steps)) == Steps(steps)
+
+
+@given(spo2=READINGS, pulse_rate=READINGS)
+def test_plx_continuous_round_trip(spo2: float | None, pulse_rate: float | None) -> None:
+    assert parse_plx_continuous(encode_plx_continuous(spo2, pulse_rate)) == PlxContinuous(
+        spo2, pulse_rate
+    )
+
+
+@given(spo2=READINGS, pulse_rate=READINGS, timestamp=st.none() | TIMESTAMPS)
+def test_plx_spot_check_round_trip(
+    spo2: float | None, pulse_rate: float | None, timestamp: datetime | None
+) -> None:
+    payload = encode_plx_spot_check(spo2, pulse_rate, timestamp=timestamp)
+    assert parse_plx_spot_check(payload) == PlxSpotCheck(spo2, pulse_rate, timestamp=timestamp)
+
+
+@given(
+    pressures=st.tuples(SFLOATS, SFLOATS, SFLOATS),
+    kpa=st.booleans(),
+    timestamp=st.none() | TIMESTAMPS,
+    pulse_rate=READINGS,
+    user_id=st.none() | U8,
+    status=st.none() | U16,
+)
+def test_blood_pressure_round_trip(
+    *,
+    pressures: tuple[float, float, float],
+    kpa: bool,
+    timestamp: datetime | None,
+    pulse_rate: float | None,
+    user_id: int | None,
+    status: int | None,
+) -> None:
+    payload = encode_blood_pressure(
+        *pressures,
+        kpa=kpa,
+        timestamp=timestamp,
+        pulse_rate=pulse_rate,
+        user_id=user_id,
+        status=status,
+    )
+    systolic, diastolic, mean = (round(p * KPA_TO_MMHG, 1) if kpa else p for p in pressures)
+    assert parse_blood_pressure(payload) == BloodPressure(
+        systolic, diastolic, mean, timestamp, pulse_rate, user_id, status
+    )
+
+
+@given(
+    value=FLOATS,
+    fahrenheit=st.booleans(),
+    timestamp=st.none() | TIMESTAMPS,
+    temperature_type=st.none() | U8,
+)
+def test_temperature_round_trip(
+    value: float, fahrenheit: bool, timestamp: datetime | None, temperature_type: int | None
+) -> None:
+    payload = encode_temperature(
+        value, fahrenheit=fahrenheit, timestamp=timestamp, temperature_type=temperature_type
+    )
+    celsius = round((value - 32) * 5 / 9, 1) if fahrenheit else value
+    assert parse_temperature(payload) == Temperature(celsius, timestamp, temperature_type)
+
+
+@given(event=U8, alert_seq=U8, watch_time=st.integers(0, 0xFFFF_FFFF))
+def test_care_alert_round_trip(event: int, alert_seq: int, watch_time: int) -> None:
+    when = WATCH_EPOCH + timedelta(seconds=watch_time) if watch_time else None
+    assert parse_care_alert(encode_care_alert(event, alert_seq, watch_time)) == CareAlert(
+        event, alert_seq, when
+    )

@@ -35,7 +35,9 @@ from drivers.button.codec import (
 from drivers.button.errors import PairingError, ReceiverUnavailableError
 from drivers.button.pairing import PairingStore
 from gateway.core.events import EventKind
+from gateway.core.feedback import FeedbackHold
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
+from gateway.core.presence import BatteryReporter, Presence
 
 _PRESSES = (ButtonEventCode.SHORT_PRESS, ButtonEventCode.LONG_PRESS)
 
@@ -135,21 +137,18 @@ class SerialButtonLink:
         self._recent: dict[tuple[int, int, bytes], float] = {}
         now = self._mono()
         self._last_seen: dict[int, float] = dict.fromkeys(pairing.buttons(), now)
-        self._last_seen_wall: dict[int, float] = {}
-        self._offline: set[int] = set()
-        self._low: dict[int, bool] = {}
+        self._presence: dict[int, Presence] = {}
+        self._batteries: dict[int, BatteryReporter] = {}
         self._open_alarm: dict[int, str] = {}
         self._mains: bool | None = None
-        self._receiver_seen_wall: float | None = None
         self._receiver_heard = now  # monotonic; the start counts as heard
-        self._receiver_reported_offline = False
+        # The platform takes the receiver as online from the start (its own gateway's device).
+        self._receiver = Presence(self.receiver_device, self._emit_device, online=True)
         self._receiver_uptime: tuple[int, float] | None = None  # (uptime_s, when) last status
         self._answered = asyncio.Event()  # a valid frame arrived in this session
         self._no_answer: set[str] = set()  # glob matches that did not answer, skipped a round
-        self._heard_since_start: set[int] = set()
         self._last_pattern: dict[int, int] = {}
-        self._in_frame = False
-        self._deferred: list[tuple[int, int]] = []
+        self._held: FeedbackHold[tuple[int, int]] = FeedbackHold()  # during raise_alarm
         self.newly_paired: list[int] = []
         self._paired_event = asyncio.Event()
         self._fault_listeners: list[Callable[[], None]] = []
@@ -255,8 +254,8 @@ class SerialButtonLink:
                 port.close()
             self._serial = None
         log.warning("button_receiver_lost", port=path)
-        if self._answered.is_set() and not self._receiver_reported_offline:
-            await self._receiver_offline("unplugged")
+        if self._answered.is_set():
+            await self._receiver.went_offline("unplugged")
 
     async def _expect_answer(self, path: str) -> None:
         """A port that sends no valid frame after STATUS_REQUEST is not the receiver (or it
@@ -270,23 +269,9 @@ class SerialButtonLink:
             log.warning("button_port_no_answer", port=path)
             self._frames.put_nowait(None)
 
-    async def _receiver_offline(self, reason: str) -> None:
-        self._receiver_reported_offline = True
-        await self._emit_device(
-            "device.offline",
-            {"reason": reason, "last_seen": self._ts(self._receiver_seen_wall)},
-            self.receiver_device,
-        )
-
     async def _receiver_heard_now(self) -> None:
         self._receiver_heard = self._mono()
-        if self._receiver_reported_offline:
-            self._receiver_reported_offline = False
-            await self._emit_device(
-                "device.online",
-                {"reason": "heard", "last_seen": self._ts(self._receiver_seen_wall)},
-                self.receiver_device,
-            )
+        await self._receiver.came_online("heard")
 
     def _readable(self, port: serial.Serial) -> None:
         try:
@@ -299,7 +284,7 @@ class SerialButtonLink:
             return
         frames = self.decoder.feed(data)
         if frames:
-            self._receiver_seen_wall = self.clock.wall()
+            self._receiver.heard(self.clock.wall())
             self._answered.set()
             self._no_answer.discard(self.port_path or "")
         for frame in frames:
@@ -340,7 +325,7 @@ class SerialButtonLink:
             self.counters["bad_payload"] += 1
             log.warning("button_frame_rejected", type=frame.type, seq=frame.seq, error=str(exc))
             return  # not acknowledged: the receiver sends it again
-        self._in_frame = True
+        self._held.start()
         try:
             after_ack = await self._dispatch(message)
         except Exception:
@@ -358,9 +343,8 @@ class SerialButtonLink:
             self._last_pattern[message.button_id] = told
             after_ack = [encode_indicate(self._next_seq(), message.button_id, told)]
         finally:
-            self._in_frame = False
             self._frame_alarm = None
-            deferred, self._deferred = self._deferred, []
+            deferred = self._held.end()
         self._recent[key] = now
         self._send(encode_ack(self._next_seq(), frame.seq))
         for data in after_ack:
@@ -472,10 +456,12 @@ class SerialButtonLink:
         frame is not ACKed and its retransmission tries again (the change is noted only once
         stored). A press's frame is ACKed all the same: its ACK stands for the alarm.
         """
-        low = event or (level is not None and level <= self.settings.low_battery_percent)
-        if event or (level is not None and self._low.get(bid) != low):
-            await self.sink.emit("device.battery", {"level": level, "low": low}, device_id(bid))
-            self._low[bid] = low
+        battery = self._batteries.get(bid)
+        if battery is None:
+            battery = self._batteries[bid] = BatteryReporter(
+                device_id(bid), self.sink.emit, low_percent=self.settings.low_battery_percent
+            )
+        await battery.level(level, low_alarm=event)
 
     async def _emit_device(self, kind: EventKind, data: dict[str, Any], device: str | None) -> None:
         """Store a device's presence, which no frame's ACK stands for; never raises.
@@ -489,20 +475,19 @@ class SerialButtonLink:
             self.counters["events_lost"] += 1
             log.exception("button_event_lost", kind=kind, device=device)
 
+    def _presence_of(self, bid: int) -> Presence:
+        presence = self._presence.get(bid)
+        if presence is None:
+            presence = self._presence[bid] = Presence(device_id(bid), self._emit_device)
+        return presence
+
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
-        self._last_seen_wall[bid] = self.clock.wall()
-        first = bid not in self._heard_since_start
-        self._heard_since_start.add(bid)
+        presence = self._presence_of(bid)
+        presence.heard(self.clock.wall())
         # Online when heard again, and when first heard after a start: the platform may still
         # hold it offline from before the restart.
-        if bid in self._offline or first:
-            self._offline.discard(bid)
-            await self._emit_device(
-                "device.online",
-                {"reason": "heard", "last_seen": self._ts(self._last_seen_wall[bid])},
-                device_id(bid),
-            )
+        await presence.came_online("heard")
 
     async def _receiver_status(self, status: ReceiverStatus) -> None:
         now = self._mono()
@@ -599,24 +584,17 @@ class SerialButtonLink:
             self._try_recover_pairing()
             now = self._mono()
             silent = now - self._receiver_heard > self.settings.receiver_silence_s
-            if silent and not self._receiver_reported_offline:
+            if silent and self._receiver.online is not False:
                 reason = "silent" if self.connected.is_set() else "not_found"
                 log.warning("button_receiver_silent", reason=reason)
-                await self._receiver_offline(reason)
+                await self._receiver.went_offline(reason)
             for bid in self.pairing.buttons():
                 last = self._last_seen.setdefault(bid, now)
-                if bid in self._offline or now - last <= self.settings.supervision_window_s:
+                presence = self._presence_of(bid)
+                if presence.online is False or now - last <= self.settings.supervision_window_s:
                     continue
-                self._offline.add(bid)
                 log.warning("button_silent", button=device_id(bid), silent_s=round(now - last))
-                await self._emit_device(
-                    "device.offline",
-                    {
-                        "reason": "supervision_timeout",
-                        "last_seen": self._ts(self._last_seen_wall.get(bid)),
-                    },
-                    device_id(bid),
-                )
+                await presence.went_offline("supervision_timeout")
 
     def _ts(self, wall: float | None) -> str | None:
         from gateway.core.events import ts_from_unix  # noqa: PLC0415 - formatting only
@@ -638,9 +616,7 @@ class SerialButtonLink:
         if pattern is None:
             return
         bid = parse_device(device)
-        if self._in_frame:  # during raise_alarm: after the frame's ACK and INDICATE 0x01
-            self._deferred.append((bid, pattern))
-        else:
+        if not self._held.hold((bid, pattern)):  # during raise_alarm: after ACK and INDICATE 0x01
             self._indicate(bid, pattern)
 
     # ------------------------------------------------------------------------------ commands
@@ -676,7 +652,8 @@ class SerialButtonLink:
         if not self.pairing.remove(bid):
             return False
         self._last_seen.pop(bid, None)
-        self._offline.discard(bid)
+        if bid in self._presence:
+            self._presence[bid].unpaired()
         await self.sink.emit("device.unpaired", {}, device_id(bid))
         return True
 
@@ -702,9 +679,9 @@ class SerialButtonLink:
             "buttons": [
                 {
                     "device": device_id(bid),
-                    "online": bid not in self._offline,
+                    "online": bid not in self._presence or self._presence[bid].online is not False,
                     "silent_s": round(now - self._last_seen.get(bid, now), 1),
-                    "battery_low": self._low.get(bid),
+                    "battery_low": self._batteries[bid].low if bid in self._batteries else None,
                 }
                 for bid in self.pairing.buttons()
             ],

@@ -12,7 +12,8 @@
 - ``device.offline`` when the watch has been away for ``offline_after_s``, ``device.online`` when it
   connects again (and at its first connection after a start: the platform may hold it offline);
 - care alerts become alarms once per ``alert_seq`` (``WatchStore``), are confirmed to the watch with
-  0x01 once stored, 0x02 when the platform acknowledges and 0x03 when they could not be delivered;
+  0x01 once stored, 0x02 when the platform acknowledges and 0x03 when they could not be delivered
+  (which status is owed when: ``AlertConfirms``; this module writes them);
 - not worn (heart-rate contact bits, take-off / put-on alerts): ``device.not_worn`` and
   ``device.worn`` once per change; no vitals and no edge rule while not worn;
 - vitals are aggregated per metric (``VitalsAggregator``) and checked by the edge rules
@@ -20,6 +21,9 @@
 
 Notifications arrive in bleak's callbacks; they are queued and handled in order by one task, so a
 slow durable write never reorders events and never blocks bleak.
+
+The link's lifecycle is ``LinkState``. Its client class and device finder are arguments, so that
+it runs against bleak's BlueZ backend in the gateway and against a simulated watch in tests.
 """
 
 from __future__ import annotations
@@ -27,15 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
-from bleak.exc import BleakError
 from bleak_retry_connector import (
     close_stale_connections,
     establish_connection,
@@ -44,13 +48,17 @@ from bleak_retry_connector import (
 from bleak_retry_connector.bluez import get_connected_devices
 
 from drivers.watch import codec
-from drivers.watch.codec import AlertConfirmStatus, CareAlert, CareEvent, WatchFrameError
+from drivers.watch.alerts import AlertConfirms, confirm_grace_s
+from drivers.watch.codec import CareAlert, CareEvent, WatchFrameError
+from drivers.watch.errors import LINK_ERRORS, WatchLinkError
 from drivers.watch.rules import Rule, RuleEngine
 from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
 from drivers.watch.vitals import METRICS, VitalsAggregator
 from gateway.core.backoff import Backoff
-from gateway.core.events import AlarmKind, ts_from_unix
+from gateway.core.events import AlarmKind
+from gateway.core.feedback import FeedbackHold
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
+from gateway.core.presence import BatteryReporter, Presence
 
 log = structlog.get_logger("drivers.watch.ble")
 
@@ -60,8 +68,6 @@ SUPERVISE_TICK_S = 0.25
 GATT_TIMEOUT_S = 10.0  # one read or write with response; a stalled BlueZ never answers
 FIND_SLACK_S = 5.0  # a scan's start and stop on top of its duration
 STORE_EVERY_S = 0.5  # coalesces the watch list's writes after confirms
-MAX_CONFIRM_REFUSALS = 5  # writes of one status refused on a live link, then given up
-CONFIRM_GRACE_S = 0.5  # on a new link, time for the watch's repeats before confirms are written
 STALE_CLOSE_S = 10.0
 WRIST_METRICS = tuple(metric for metric in METRICS if metric != "steps")  # not while off
 BATTERY_REPORT_STEP = 10  # device.battery when the level moved this much (or low changed)
@@ -127,13 +133,16 @@ async def bounded_disconnect(client: BleakClient, timeout_s: float) -> None:
     try:
         async with asyncio.timeout(timeout_s):
             await client.disconnect()
-    except (TimeoutError, BleakError, EOFError, OSError) as exc:
+    except LINK_ERRORS as exc:
         log.warning("watch_disconnect_failed", error=type(exc).__name__)
 
 
 def offered_services(client: BleakClient) -> list[str]:
     """The datasheet's services the connected watch offers, by name."""
     return [name for uuid, name in SERVICES.items() if client.services.get_service(uuid)]
+
+
+DeviceFinder = Callable[[str, str, float], Awaitable[BLEDevice | None]]
 
 
 async def find_device(address: str, adapter: str, scan_s: float) -> BLEDevice | None:
@@ -146,15 +155,22 @@ async def find_device(address: str, adapter: str, scan_s: float) -> BLEDevice | 
     )
 
 
+class LinkState(StrEnum):
+    """Where the link to the watch is in its lifecycle."""
+
+    IDLE = "idle"  # no link: backing off before the next try
+    CONNECTING = "connecting"  # finding the watch, closing a stale link, connecting
+    STARTING = "starting"  # connected: subscribing, first reads
+    CONNECTED = "connected"  # writing confirms as they come due, watching for silence
+    RELINK = "relink"  # a fresh connection is asked for: the session ends at its next check
+    DISCONNECTING = "disconnecting"  # the session is over: a bounded disconnect()
+
+
 @dataclass(slots=True)
 class _Session:
     client: BleakClient
     lost: asyncio.Event
     started: float  # monotonic s
-
-
-class _LinkLostError(Exception):
-    """The session must end: the link is stalled or a handler asked for a fresh connection."""
 
 
 class BleWatch:
@@ -170,6 +186,8 @@ class BleWatch:
         alarms: AlarmRaiser,
         store: WatchStore,
         clock: LinkClock,
+        client_class: type[BleakClient] = BleakClient,
+        find: DeviceFinder = find_device,
     ) -> None:
         self.address = address.upper()
         self.device = codec.device_id(self.address)
@@ -178,35 +196,39 @@ class BleWatch:
         self.alarms = alarms
         self.store = store
         self.clock = clock
+        self.client_class = client_class
+        self.find = find
+        self.state = LinkState.IDLE
         self.counters: Counter[str] = Counter()
         self.aggregator = VitalsAggregator(intervals_of(vitals))
         self.rules = RuleEngine(rules_of(vitals))
         self.services: list[str] = []
-        self.battery: int | None = None
+        self.battery: int | None = None  # the last level read
+        self.presence = Presence(self.device, sink.emit)
+        self.batteries = BatteryReporter(
+            self.device,
+            sink.emit,
+            low_percent=settings.low_battery_percent,
+            step=BATTERY_REPORT_STEP,
+        )
         self.connected = asyncio.Event()
         self.worn: bool | None = store.worn(self.address)
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._session: _Session | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_cap_s)
         self._last_data = self._mono()
-        self._last_seen_wall: float | None = None
         self._away_since = self._mono()
-        self._offline: bool | None = None  # None: not known since the start
-        self._battery_reported: tuple[int, bool] | None = None
         self._vitals_added = asyncio.Event()
         self._wake = asyncio.Event()  # a confirm is due, the link was lost, or a relink is asked
         self._persist = asyncio.Event()  # the store has changes to write
         self._persist_urgent = False
-        self._relink = False
         self._missing_logged: set[str] = set()
         self._subscribed: set[str] = set()
-        self._confirm_refusals: Counter[tuple[str, int]] = Counter()  # (event id, status)
-        self._alerting = False  # a care alert is being settled (see _care_alert)
-        # The alert each alert_seq currently stands for (an older one with that number is over).
-        self._current: dict[int, RaisedAlert] = {}
-        for alert in store.state(self.address).alerts:
-            self._current[alert.seq] = alert
-        self._deferred: list[tuple[str, AlarmState]] = []
+        self.alerts = AlertConfirms(
+            self.device, store.state(self.address).alerts, self._store_changed
+        )
+        # Alarm states told while a care alert is being settled (see _care_alert).
+        self._held: FeedbackHold[tuple[str, AlarmState]] = FeedbackHold()
 
     def _mono(self) -> float:
         return self.clock.monotonic_ns() / 1e9
@@ -225,9 +247,10 @@ class BleWatch:
 
     async def _keep_link(self) -> None:
         while True:
+            self.state = LinkState.CONNECTING
             try:
                 async with asyncio.timeout(self.settings.connect_timeout_s + FIND_SLACK_S):
-                    device = await find_device(
+                    device = await self.find(
                         self.address, self.settings.adapter, self.settings.connect_timeout_s
                     )
                 if device is None:
@@ -237,12 +260,13 @@ class BleWatch:
                     await self._session_with(device)
             except asyncio.CancelledError:
                 raise
-            except (BleakError, TimeoutError, EOFError, OSError) as exc:
+            except LINK_ERRORS as exc:
                 self.counters["connect_failed"] += 1
                 log.info("watch_connect_failed", watch=self.device, error=str(exc)[:200])
             except Exception:
                 self.counters["link_crashed"] += 1
                 log.exception("watch_link_crashed", watch=self.device)
+            self.state = LinkState.IDLE
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _close_stale(self, device: BLEDevice) -> None:
@@ -255,7 +279,7 @@ class BleWatch:
         try:
             async with asyncio.timeout(STALE_CLOSE_S):
                 await close_stale_connections(device)
-        except (BleakError, TimeoutError, EOFError, OSError) as exc:
+        except LINK_ERRORS as exc:
             log.error(  # noqa: TRY400 - the reason is in the message
                 "watch_stale_close_failed", watch=self.device, error=str(exc)[:200]
             )
@@ -270,7 +294,7 @@ class BleWatch:
         await self._close_stale(device)
         async with asyncio.timeout(self.settings.connect_timeout_s):
             client = await establish_connection(
-                BleakClient,
+                self.client_class,
                 device,
                 self.device,
                 disconnected_callback=disconnected,
@@ -278,15 +302,16 @@ class BleWatch:
             )
         session = _Session(client, lost, self._mono())
         self._session = session
-        self._relink = False
+        self.state = LinkState.STARTING
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self._start(client)
             await self._connected_now()
             await self._until_lost(session)
-        except _LinkLostError:
+        except WatchLinkError:
             pass
         finally:
+            self.state = LinkState.DISCONNECTING
             self._session = None
             self.connected.clear()
             self._away_since = self._mono()
@@ -326,7 +351,7 @@ class BleWatch:
     def _optional(self, uuid: str, what: str) -> Iterator[None]:
         try:
             yield
-        except (BleakError, EOFError, OSError) as exc:
+        except LINK_ERRORS as exc:
             self.counters[f"{what}_failed"] += 1
             log.warning(
                 "watch_gatt_failed", what=what, watch=self.device, uuid=uuid, error=str(exc)
@@ -340,31 +365,26 @@ class BleWatch:
         return callback
 
     async def _connected_now(self) -> None:
-        now = self._mono()
-        self._last_data = now
-        self._last_seen_wall = self.clock.wall()
+        self._last_data = self._mono()
+        self.presence.heard(self.clock.wall())
+        if self.state is LinkState.STARTING:  # not when a relink was asked meanwhile
+            self.state = LinkState.CONNECTED
         self.connected.set()
-        if self._offline is not False:  # back, or first seen since the start
-            self._offline = False
-            await self.sink.emit(
-                "device.online",
-                {"reason": "connected", "last_seen": ts_from_unix(self._last_seen_wall)},
-                self.device,
-            )
+        await self.presence.came_online("connected")  # back, or first seen since the start
         self._wake.set()  # statuses that came due while the watch was away
 
     async def _until_lost(self, session: _Session) -> None:
         """Write Alert Confirms as they come due; end when the link is lost or falls silent."""
         while not session.lost.is_set():
-            if self._relink:
+            if self.state is LinkState.RELINK:
                 log.info("watch_relink", watch=self.device)
-                raise _LinkLostError
+                raise WatchLinkError
             await self._check_alive(session.client)
             # A new link: the watch repeats what it still holds first, and each repeat or new
             # alert settles what its alert_seq stands for before anything is written to it.
-            grace_s = min(CONFIRM_GRACE_S, self.settings.silent_after_s / 2)
-            settled = self._mono() - session.started >= grace_s and not self._alerting
-            alert = self._next_due() if settled else None
+            grace_s = confirm_grace_s(self.settings.silent_after_s)
+            settled = self._mono() - session.started >= grace_s and not self._held.holding
+            alert = self.alerts.next_due() if settled else None
             if alert is not None:
                 await self._write_confirm(session.client, alert)
                 continue
@@ -386,7 +406,7 @@ class BleWatch:
             try:
                 async with asyncio.timeout(self._gatt_timeout_s()):
                     value = await client.read_gatt_char(codec.BATTERY_LEVEL)
-            except (BleakError, TimeoutError, EOFError, OSError):
+            except LINK_ERRORS:
                 await self._silent_link(silent_s)
             self._queue.put_nowait((codec.BATTERY_LEVEL, bytes(value)))
         self._last_data = self._mono()
@@ -396,19 +416,8 @@ class BleWatch:
         in that time reaches the gateway only when the watch repeats it on the new link)."""
         self.counters["silent_link"] += 1
         log.warning("watch_link_silent", watch=self.device, silent_s=round(silent_s, 1))
-        if not self._offline:
-            self._offline = True
-            last_seen = None if self._last_seen_wall is None else ts_from_unix(self._last_seen_wall)
-            await self.sink.emit(
-                "device.offline", {"reason": "silent_link", "last_seen": last_seen}, self.device
-            )
-        raise _LinkLostError
-
-    def _next_due(self) -> RaisedAlert | None:
-        for alert in self._current.values():
-            if alert.due:
-                return alert
-        return None
+        await self.presence.went_offline("silent_link")
+        raise WatchLinkError
 
     def _gatt_timeout_s(self) -> float:
         """A read or write takes a few connection intervals; one that hangs is a stalled BlueZ."""
@@ -419,9 +428,7 @@ class BleWatch:
         try:
             value = codec.encode_alert_confirm(alert.seq, status)
         except WatchFrameError:  # only from a damaged watch list: nothing the watch could take
-            log.error("watch_confirm_invalid", watch=self.device, alert_seq=alert.seq)  # noqa: TRY400
-            alert.due.clear()
-            self._store_changed()
+            self.alerts.unwritable(alert)
             return
         try:
             async with asyncio.timeout(self._gatt_timeout_s()):
@@ -429,53 +436,21 @@ class BleWatch:
         except TimeoutError:
             self.counters["confirm_failed"] += 1
             log.warning("watch_confirm_timeout", watch=self.device, alert_seq=alert.seq)
-            raise _LinkLostError from None  # BlueZ does not answer: make the link again
-        except (BleakError, EOFError, OSError) as exc:
+            raise WatchLinkError from None  # BlueZ does not answer: make the link again
+        except LINK_ERRORS as exc:
             self.counters["confirm_failed"] += 1
             log.info("watch_confirm_failed", watch=self.device, alert_seq=alert.seq, error=str(exc))
             await asyncio.sleep(SUPERVISE_TICK_S)  # the link is likely going: let it be noticed
-            if client.is_connected and alert.due[:1] == [status]:
-                self._refused(alert, status)  # a refusal on a live link, not a lost link
+            if client.is_connected:
+                self.alerts.refused(alert, status)  # a refusal on a live link, not a lost link
             return
-        self._confirm_refusals.pop((alert.event_id, status), None)
-        if alert.due[:1] == [status]:  # what was due may have changed while this was written
-            alert.due.pop(0)
-        alert.told, alert.told_at = status, self.clock.wall()
-        self._store_changed()
+        self.alerts.written(alert, status, self.clock.wall())
         self.counters["confirm_written"] += 1
         log.info(
             "watch_confirm_written", watch=self.device, alert_seq=alert.seq, status=int(status)
         )
 
-    def _refused(self, alert: RaisedAlert, status: int) -> None:
-        key = (alert.event_id, status)
-        self._confirm_refusals[key] += 1
-        if self._confirm_refusals[key] < MAX_CONFIRM_REFUSALS:
-            return
-        # The watch keeps refusing this status on a live link: stop asking (it repeats an alert
-        # it has not had confirmed, which asks again).
-        log.error("watch_confirm_abandoned", watch=self.device, alert_seq=alert.seq, status=status)
-        del self._confirm_refusals[key]
-        alert.due.pop(0)
-        self._store_changed()
-
-    def _confirm(self, alert: RaisedAlert, status: int, *, again: bool = False) -> None:
-        """Tell the watch ``status`` for ``alert`` (now, or when it is connected again), after
-        what it was told before; a status it already shows is not written twice unless
-        ``again`` (the watch repeated the alert: it did not get it). An alert whose number a
-        newer alert has taken is not written to: the watch would take it for the new one."""
-        if self._current.get(alert.seq) is not alert:
-            log.info("watch_confirm_superseded", watch=self.device, alert_seq=alert.seq)
-            return
-        if alert.told is None and not alert.due and status != AlertConfirmStatus.RECEIVED:
-            alert.due.append(AlertConfirmStatus.RECEIVED)  # "received" always comes first
-        last = alert.due[-1] if alert.due else (None if again else alert.told)
-        if status != last:
-            alert.due.append(status)
-            self._store_changed(urgent=status == AlertConfirmStatus.ACKNOWLEDGED)
-        self._wake.set()
-
-    def _store_changed(self, *, urgent: bool = False) -> None:
+    def _store_changed(self, urgent: bool = False) -> None:
         self.store.changed()
         self._persist_urgent = self._persist_urgent or urgent
         self._persist.set()
@@ -499,14 +474,14 @@ class BleWatch:
         while True:
             await asyncio.sleep(SUPERVISE_TICK_S)
             away = self._mono() - self._away_since
-            if self.connected.is_set() or self._offline or away < self.settings.offline_after_s:
+            if (
+                self.connected.is_set()
+                or self.presence.online is False
+                or away < self.settings.offline_after_s
+            ):
                 continue
-            self._offline = True
             log.warning("watch_offline", watch=self.device, away_s=round(away))
-            last_seen = None if self._last_seen_wall is None else ts_from_unix(self._last_seen_wall)
-            await self.sink.emit(
-                "device.offline", {"reason": "disconnected", "last_seen": last_seen}, self.device
-            )
+            await self.presence.went_offline("disconnected")
 
     # ------------------------------------------------------------------------------ handling
 
@@ -523,7 +498,7 @@ class BleWatch:
         }
         while True:
             uuid, data = await self._queue.get()
-            self._last_seen_wall = self.clock.wall()
+            self.presence.heard(self.clock.wall())
             try:
                 await handlers[uuid](data)
             except WatchFrameError as exc:
@@ -534,8 +509,8 @@ class BleWatch:
                 # is not confirmed; a fresh connection makes the watch repeat it.
                 self.counters["handler_failed"] += 1
                 log.exception("watch_handler_failed", watch=self.device, uuid=uuid)
-                if uuid == codec.CARE_ALERT:
-                    self._relink = True
+                if uuid == codec.CARE_ALERT and self.state in _LIVE:
+                    self.state = LinkState.RELINK
                     self._wake.set()
 
     async def _heart_rate(self, data: bytes) -> None:
@@ -552,11 +527,7 @@ class BleWatch:
         if level is None:
             return
         self.battery = level
-        low = level <= self.settings.low_battery_percent
-        last = self._battery_reported
-        if last is None or last[1] != low or abs(last[0] - level) >= BATTERY_REPORT_STEP:
-            self._battery_reported = (level, low)
-            await self.sink.emit("device.battery", {"level": level, "low": low}, self.device)
+        await self.batteries.level(level)
 
     async def _plx_continuous(self, data: bytes) -> None:
         reading = codec.parse_plx_continuous(data)
@@ -613,14 +584,13 @@ class BleWatch:
         of an alarm raised for it wait: its 0x01 is due once the alert is on disk, so it always
         comes first."""
         alert = codec.parse_care_alert(data)
-        self._alerting = True
+        self._held.start()
         try:
             await self._settle(alert, _watch_seconds(alert))
         finally:
-            self._alerting = False
-            deferred, self._deferred = self._deferred, []
+            held = self._held.end()
             self._wake.set()
-        for alarm_id, state in deferred:
+        for alarm_id, state in held:
             self.alarm_state_changed(alarm_id, "", self.device, state)
 
     async def _settle(self, alert: CareAlert, watch_time: int) -> None:
@@ -628,11 +598,9 @@ class BleWatch:
         if earlier is not None:
             self.counters["alert_repeated"] += 1
             log.info("watch_alert_repeated", watch=self.device, alert_seq=alert.alert_seq)
-            self._take_seq(alert.alert_seq, earlier)
-            if not earlier.due:
-                self._confirm(earlier, earlier.told or AlertConfirmStatus.RECEIVED, again=True)
+            self.alerts.repeated(earlier)
             return
-        self._take_seq(alert.alert_seq, None)  # a new alert takes its number at once
+        self.alerts.new(alert.alert_seq)
         event_id = await self._raise_for(alert)
         raised = RaisedAlert(
             alert.alert_seq,
@@ -640,24 +608,12 @@ class BleWatch:
             watch_time,
             event_id,
             self.clock.wall(),
-            due=[AlertConfirmStatus.RECEIVED],
+            due=[codec.AlertConfirmStatus.RECEIVED],
         )
-        self._current[alert.alert_seq] = raised
+        self.alerts.raised(raised)
         self.store.raised(self.address, raised)
         # Known as raised before the watch is told: no second alarm for a repeat after a crash.
         await self.store.flush(backup=False)
-
-    def _take_seq(self, seq: int, alert: RaisedAlert | None) -> None:
-        """``alert`` is what ``seq`` stands for now (None: a new alert, being raised); what an
-        older alert with that number still had to say is dropped (the watch would take it for
-        this one)."""
-        older = self._current.pop(seq, None)
-        if older is not None and older is not alert and older.due:
-            log.info("watch_alert_superseded", watch=self.device, alert_seq=seq)
-            older.due.clear()
-            self._store_changed()
-        if alert is not None:
-            self._current[seq] = alert
 
     async def _raise_for(self, alert: CareAlert) -> str:
         """Store what the alert says (alarms durably); the event's id, "" when none was sent."""
@@ -720,18 +676,11 @@ class BleWatch:
         """``AlarmListener``: an alarm raised from this watch's alert changed state."""
         if device != self.device:
             return
-        if self._alerting:  # after the alert is settled (see _care_alert)
-            self._deferred.append((alarm_id, state))
+        if self._held.hold((alarm_id, state)):  # after the alert is settled (see _care_alert)
             return
         alert = self._alert_of(alarm_id)
-        if alert is None:
-            return
-        if state == AlarmState.ACKNOWLEDGED:
-            alert.acknowledged = True
-            self._store_changed()
-            self._confirm(alert, AlertConfirmStatus.ACKNOWLEDGED)
-        elif state == AlarmState.UNDELIVERED and not alert.acknowledged:
-            self._confirm(alert, AlertConfirmStatus.NOT_DELIVERED)
+        if alert is not None and self.alerts.alarm_state(alert, state):
+            self._wake.set()
 
     # ------------------------------------------------------------------------------ status
 
@@ -750,13 +699,16 @@ class BleWatch:
             "device": self.device,
             "address": self.address,
             "connected": self.connected.is_set(),
-            "online": None if self._offline is None else not self._offline,
+            "online": self.presence.online,
             "worn": self.worn,
             "battery": self.battery,
             "services": self.services,
             "silent_s": round(now - self._last_data, 1),
             "counters": dict(self.counters),
         }
+
+
+_LIVE = (LinkState.STARTING, LinkState.CONNECTED)  # states a relink can be asked in
 
 
 def _watch_seconds(alert: CareAlert) -> int:

@@ -3,7 +3,9 @@
 The watch vendor's datasheet (specs/watch-ble.md) is implemented exactly; its hex test vectors are
 the tests in ``tests/test_watch_codec.py``. Every parser takes the characteristic value as notified
 (little endian) and returns a frozen dataclass, or raises ``WatchFrameError`` -- the only exception
-the parsers raise -- so that the connection handler can drop and count a bad payload.
+the parsers raise -- so that the connection handler can drop and count a bad payload. The
+encoders write what the watch sends (the simulated watch uses them; each is read back by its
+parser in the tests) and the Alert Confirm the gateway writes.
 
 Choices where the datasheet leaves room:
 
@@ -23,6 +25,7 @@ Choices where the datasheet leaves room:
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -91,8 +94,13 @@ _TEMP_FAHRENHEIT = 0x01
 _TEMP_TIMESTAMP = 0x02
 _TEMP_TYPE = 0x04
 
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _TIMESTAMP = struct.Struct("<HBBBBB")
 _CARE_ALERT = struct.Struct("<BBI")
+_SFLOAT_NAN = 0x07FF
+_FLOAT_NAN = 0x007F_FFFF
 
 
 class WatchFrameError(ValueError):
@@ -472,6 +480,163 @@ def encode_alert_confirm(alert_seq: int, status: int) -> bytes:
     if status not in tuple(AlertConfirmStatus):
         raise WatchFrameError(f"alert confirm status {status} outside 1..3")
     return bytes((alert_seq, status))
+
+
+# --- Encoders (what the watch sends; the simulated watch and the round-trip tests use them) ----
+
+
+def encode_sfloat(value: float | None) -> bytes:
+    """IEEE-11073 16-bit SFLOAT (little endian); None is NaN. Exact when the value has few enough
+    digits (97, 36.5, 120), otherwise rounded to the 12-bit mantissa."""
+    if value is None:
+        return _U16.pack(_SFLOAT_NAN)
+    mantissa, exponent = _decimal_parts(value, mantissa_max=0x07FD, exponent_range=(-8, 7))
+    return _U16.pack(((exponent & 0x0F) << 12) | (mantissa & 0x0FFF))
+
+
+def encode_float(value: float | None) -> bytes:
+    """IEEE-11073 32-bit FLOAT (little endian); None is NaN."""
+    if value is None:
+        return _U32.pack(_FLOAT_NAN)
+    mantissa, exponent = _decimal_parts(value, mantissa_max=0x7FFFFD, exponent_range=(-128, 127))
+    return _U32.pack(((exponent & 0xFF) << 24) | (mantissa & 0xFFFFFF))
+
+
+def _decimal_parts(
+    value: float, *, mantissa_max: int, exponent_range: tuple[int, int]
+) -> tuple[int, int]:
+    """The (mantissa, exponent) with the fewest decimals that states ``value`` exactly, or the
+    most precise one that fits."""
+    exact = Decimal(repr(value))
+    low, high = exponent_range
+    best: tuple[int, int] | None = None
+    for exponent in range(0, low - 1, -1):
+        scaled = exact.scaleb(-exponent)
+        mantissa = int(scaled.to_integral_value())
+        if abs(mantissa) > mantissa_max:
+            break
+        best = (mantissa, exponent)
+        if scaled == mantissa:
+            return best
+    if best is not None:
+        return best
+    for exponent in range(1, high + 1):
+        mantissa = int(exact.scaleb(-exponent).to_integral_value())
+        if abs(mantissa) <= mantissa_max:
+            return mantissa, exponent
+    raise WatchFrameError(f"{value} does not fit an IEEE-11073 float")
+
+
+def encode_timestamp(when: datetime) -> bytes:
+    """The 7-byte date-time (year u16, month, day, hours, minutes, seconds)."""
+    return _TIMESTAMP.pack(when.year, when.month, when.day, when.hour, when.minute, when.second)
+
+
+def encode_heart_rate(
+    bpm: int,
+    *,
+    contact: bool | None = True,
+    energy_kj: int | None = None,
+    rr_intervals_s: Sequence[float] = (),
+) -> bytes:
+    """Heart Rate Measurement (0x2A37). ``contact``: True "supported, detected", False
+    "supported, not detected" (not worn), None "not supported". u16 format above 255 bpm."""
+    flags = 0
+    body = bytearray()
+    if bpm > _U8_MAX:
+        flags |= _HR_U16
+        body += _U16.pack(bpm)
+    else:
+        body += _U8.pack(bpm)
+    if contact is not None:
+        flags |= _HR_CONTACT_SUPPORTED | (_HR_CONTACT_DETECTED if contact else 0)
+    if energy_kj is not None:
+        flags |= _HR_ENERGY
+        body += _U16.pack(energy_kj)
+    if rr_intervals_s:
+        flags |= _HR_RR
+        for rr in rr_intervals_s:
+            body += _U16.pack(round(rr * RR_UNITS_PER_SECOND))
+    return bytes((flags,)) + bytes(body)
+
+
+def encode_battery(percent: int) -> bytes:
+    """Battery Level (0x2A19)."""
+    return _U8.pack(percent)
+
+
+def encode_steps(steps: int) -> bytes:
+    """Steps (vendor): steps today, u32."""
+    return _U32.pack(steps)
+
+
+def encode_plx_continuous(spo2: float | None, pulse_rate: float | None) -> bytes:
+    """PLX Continuous Measurement (0x2A5F) without optional fields; None is NaN (probe off)."""
+    return b"\x00" + encode_sfloat(spo2) + encode_sfloat(pulse_rate)
+
+
+def encode_plx_spot_check(
+    spo2: float | None, pulse_rate: float | None, *, timestamp: datetime | None = None
+) -> bytes:
+    """PLX Spot-Check Measurement (0x2A5E), with the measurement time when given."""
+    flags = _PLXS_TIMESTAMP if timestamp is not None else 0x00
+    body = encode_sfloat(spo2) + encode_sfloat(pulse_rate)
+    if timestamp is not None:
+        body += encode_timestamp(timestamp)
+    return bytes((flags,)) + body
+
+
+def encode_blood_pressure(
+    systolic: float,
+    diastolic: float,
+    mean: float,
+    *,
+    kpa: bool = False,
+    timestamp: datetime | None = None,
+    pulse_rate: float | None = None,
+    user_id: int | None = None,
+    status: int | None = None,
+) -> bytes:
+    """Blood Pressure Measurement (0x2A35), in mmHg unless ``kpa``."""
+    flags = _BP_KPA if kpa else 0x00
+    body = encode_sfloat(systolic) + encode_sfloat(diastolic) + encode_sfloat(mean)
+    if timestamp is not None:
+        flags |= _BP_TIMESTAMP
+        body += encode_timestamp(timestamp)
+    if pulse_rate is not None:
+        flags |= _BP_PULSE
+        body += encode_sfloat(pulse_rate)
+    if user_id is not None:
+        flags |= _BP_USER
+        body += _U8.pack(user_id)
+    if status is not None:
+        flags |= _BP_STATUS
+        body += _U16.pack(status)
+    return bytes((flags,)) + body
+
+
+def encode_temperature(
+    value: float,
+    *,
+    fahrenheit: bool = False,
+    timestamp: datetime | None = None,
+    temperature_type: int | None = None,
+) -> bytes:
+    """Temperature Measurement (0x2A1C), in degC unless ``fahrenheit``."""
+    flags = _TEMP_FAHRENHEIT if fahrenheit else 0x00
+    body = encode_float(value)
+    if timestamp is not None:
+        flags |= _TEMP_TIMESTAMP
+        body += encode_timestamp(timestamp)
+    if temperature_type is not None:
+        flags |= _TEMP_TYPE
+        body += _U8.pack(temperature_type)
+    return bytes((flags,)) + body
+
+
+def encode_care_alert(event: int, alert_seq: int, watch_time: int = 0) -> bytes:
+    """Care Alert (vendor): event u8, alert_seq u8, watch_time u32 (0 = clock not set)."""
+    return _CARE_ALERT.pack(event, alert_seq, watch_time)
 
 
 def device_id(address: str) -> str:

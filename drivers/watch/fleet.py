@@ -18,7 +18,6 @@ import structlog
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
 
 from drivers.watch import codec
@@ -33,6 +32,7 @@ from drivers.watch.ble import (
     find_device,
     offered_services,
 )
+from drivers.watch.errors import LINK_ERRORS, WatchCheckError
 from drivers.watch.store import WatchStore
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 from gateway.core.supervisor import Supervisor
@@ -41,10 +41,6 @@ log = structlog.get_logger("drivers.watch.fleet")
 
 MAX_SCAN_S = 120
 PROGRESS_EVERY_S = 1.0
-
-
-class WatchCheckError(Exception):
-    """A watch could not be checked (not found, refused the connection): the reason says why."""
 
 
 @dataclass(slots=True)
@@ -111,7 +107,7 @@ async def check_watch(address: str, settings: WatchSettings) -> dict[str, Any]:
             f"{address} did not answer within {settings.connect_timeout_s:.0f} s: is the watch "
             "on, charged and within a few metres?"
         ) from exc
-    except (BleakError, EOFError, OSError) as exc:
+    except LINK_ERRORS as exc:
         raise WatchCheckError(f"{address} refused the connection: {exc}") from exc
     try:
         services = offered_services(client)
@@ -119,7 +115,9 @@ async def check_watch(address: str, settings: WatchSettings) -> dict[str, Any]:
         if client.services.get_characteristic(codec.BATTERY_LEVEL) is not None:
             raw = await client.read_gatt_char(codec.BATTERY_LEVEL)
             battery = codec.parse_battery(bytes(raw)).level
-    except (BleakError, TimeoutError, EOFError, codec.WatchFrameError) as exc:
+    except LINK_ERRORS as exc:
+        raise WatchCheckError(f"{address}: reading the watch failed: {exc}") from exc
+    except codec.WatchFrameError as exc:
         raise WatchCheckError(f"{address}: reading the watch failed: {exc}") from exc
     finally:
         await bounded_disconnect(client, settings.disconnect_timeout_s)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.watch.codec import CareEvent
-from gateway.core.errors import StateFileError
+from drivers.watch.errors import WatchListError
 from gateway.core.files import StateFile
 
 ALERT_MEMORY_S = 24 * 3600.0  # as long as the platform's alarm give-up window
@@ -73,10 +73,6 @@ def _over(alert: RaisedAlert, now: float) -> bool:
     if alert.event == CareEvent.FALL and now - alert.at <= FALL_KEPT_S:
         return False
     return alert.acknowledged or alert.event not in ALARM_EVENTS
-
-
-class WatchListError(StateFileError):
-    """The watch list cannot be read or written (not damaged: unreadable)."""
 
 
 _STATUSES = (1, 2, 3)

@@ -18,7 +18,8 @@ from drivers.button.codec import device_id
 from drivers.button.errors import ReceiverUnavailableError
 from drivers.button.serial import SerialButtonLink, parse_device
 from drivers.camera.policy import CameraPolicy
-from drivers.watch.fleet import MAX_SCAN_S, WatchCheckError, WatchFleet
+from drivers.watch.errors import WatchCheckError
+from drivers.watch.fleet import MAX_SCAN_S, WatchFleet
 from gateway.app.alarms import AlarmTracker
 from gateway.app.config import GatewayConfig, ble_address
 from gateway.app.housekeeping import GatewayStatus, Heartbeat

@@ -15,9 +15,9 @@ from typing import Any
 
 from bleak.exc import BleakError
 
+from drivers.watch.errors import WatchCheckError
 from drivers.watch.fleet import (
     MAX_SCAN_S,
-    WatchCheckError,
     check_watch,
     missing_services,
     scan_nearby,

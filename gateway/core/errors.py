@@ -7,7 +7,7 @@
     ├── StateFileError         a state file (paired buttons, watches) cannot be read: never
     │   │                      taken as empty; the daemon exits 1 and systemd tries again
     │   ├── PairingError       the receiver's pairing list        (drivers.button.errors)
-    │   └── WatchListError     the watch list                     (drivers.watch.store)
+    │   └── WatchListError     the watch list                     (drivers.watch.errors)
     ├── StoreError             the outbox database
     │   ├── StoreCorruptError  damaged file: moved aside and reported, a fresh store is created
     │   ├── StoreFullError     no room on the disk even after making some: retry later

@@ -50,7 +50,6 @@ import struct
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from dbus_fast import (
@@ -80,10 +79,17 @@ from drivers.watch.codec import (
     PLX_CONTINUOUS_MEASUREMENT,
     PLX_SPOT_CHECK_MEASUREMENT,
     PULSE_OXIMETER_SERVICE,
-    RR_UNITS_PER_SECOND,
     STEPS,
     TEMPERATURE_MEASUREMENT,
     CareEvent,
+    encode_battery,
+    encode_blood_pressure,
+    encode_care_alert,
+    encode_heart_rate,
+    encode_plx_continuous,
+    encode_plx_spot_check,
+    encode_steps,
+    encode_temperature,
 )
 from hil.sim.service import Observed, SimService
 
@@ -132,19 +138,7 @@ FIRST_HANDLE = 0x0010  # after the GAP and GATT services, which BlueZ does not e
 WATCH_APPEARANCE = 0x00C0  # GAP appearance "Generic Watch"
 STOP_TIMEOUT_S = 5.0
 
-_U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_TIMESTAMP = struct.Struct("<HBBBBB")
-_CARE_ALERT = struct.Struct("<BBI")
-_SFLOAT_NAN = 0x07FF
-_FLOAT_NAN = 0x007FFFFF
-_HR_U16 = 0x01
-_HR_CONTACT_DETECTED = 0x02
-_HR_CONTACT_SUPPORTED = 0x04
-_HR_ENERGY = 0x08
-_HR_RR = 0x10
-_U8_MAX = 0xFF
 _ALARM_EVENTS = (CareEvent.SOS, CareEvent.FALL)
 _NAME_OWNER_CHANGED_RULE = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
@@ -215,163 +209,6 @@ GATT_TABLE: tuple[ServiceSpec, ...] = (
     ),
 )
 ALL_SERVICES: tuple[str, ...] = tuple(service.uuid for service in GATT_TABLE)
-
-
-# --- Encoders (the datasheet's layouts, for the simulated watch) --------------------------------
-
-
-def encode_sfloat(value: float | None) -> bytes:
-    """IEEE-11073 16-bit SFLOAT (little endian); None is NaN. Exact when the value has few enough
-    digits (97, 36.5, 120), otherwise rounded to the 12-bit mantissa."""
-    if value is None:
-        return _U16.pack(_SFLOAT_NAN)
-    mantissa, exponent = _decimal_parts(value, mantissa_max=0x07FD, exponent_range=(-8, 7))
-    return _U16.pack(((exponent & 0x0F) << 12) | (mantissa & 0x0FFF))
-
-
-def encode_float(value: float | None) -> bytes:
-    """IEEE-11073 32-bit FLOAT (little endian); None is NaN."""
-    if value is None:
-        return _U32.pack(_FLOAT_NAN)
-    mantissa, exponent = _decimal_parts(value, mantissa_max=0x7FFFFD, exponent_range=(-128, 127))
-    return _U32.pack(((exponent & 0xFF) << 24) | (mantissa & 0xFFFFFF))
-
-
-def _decimal_parts(
-    value: float, *, mantissa_max: int, exponent_range: tuple[int, int]
-) -> tuple[int, int]:
-    """The (mantissa, exponent) with the fewest decimals that states ``value`` exactly, or the
-    most precise one that fits."""
-    exact = Decimal(repr(value))
-    low, high = exponent_range
-    best: tuple[int, int] | None = None
-    for exponent in range(0, low - 1, -1):
-        scaled = exact.scaleb(-exponent)
-        mantissa = int(scaled.to_integral_value())
-        if abs(mantissa) > mantissa_max:
-            break
-        best = (mantissa, exponent)
-        if scaled == mantissa:
-            return best
-    if best is not None:
-        return best
-    for exponent in range(1, high + 1):
-        mantissa = int(exact.scaleb(-exponent).to_integral_value())
-        if abs(mantissa) <= mantissa_max:
-            return mantissa, exponent
-    raise ValueError(f"{value} does not fit an IEEE-11073 float")
-
-
-def encode_timestamp(when: datetime) -> bytes:
-    """The 7-byte date-time (year u16, month, day, hours, minutes, seconds)."""
-    return _TIMESTAMP.pack(when.year, when.month, when.day, when.hour, when.minute, when.second)
-
-
-def encode_heart_rate(
-    bpm: int,
-    *,
-    contact: bool | None = True,
-    energy_kj: int | None = None,
-    rr_intervals_s: Sequence[float] = (),
-) -> bytes:
-    """Heart Rate Measurement (0x2A37). ``contact``: True "supported, detected", False
-    "supported, not detected" (not worn), None "not supported". u16 format above 255 bpm."""
-    flags = 0
-    body = bytearray()
-    if bpm > _U8_MAX:
-        flags |= _HR_U16
-        body += _U16.pack(bpm)
-    else:
-        body += _U8.pack(bpm)
-    if contact is not None:
-        flags |= _HR_CONTACT_SUPPORTED | (_HR_CONTACT_DETECTED if contact else 0)
-    if energy_kj is not None:
-        flags |= _HR_ENERGY
-        body += _U16.pack(energy_kj)
-    if rr_intervals_s:
-        flags |= _HR_RR
-        for rr in rr_intervals_s:
-            body += _U16.pack(round(rr * RR_UNITS_PER_SECOND))
-    return bytes((flags,)) + bytes(body)
-
-
-def encode_battery(percent: int) -> bytes:
-    """Battery Level (0x2A19)."""
-    return _U8.pack(percent)
-
-
-def encode_steps(steps: int) -> bytes:
-    """Steps (vendor): steps today, u32."""
-    return _U32.pack(steps)
-
-
-def encode_plx_continuous(spo2: float | None, pulse_rate: float | None) -> bytes:
-    """PLX Continuous Measurement (0x2A5F) without optional fields; None is NaN (probe off)."""
-    return b"\x00" + encode_sfloat(spo2) + encode_sfloat(pulse_rate)
-
-
-def encode_plx_spot_check(
-    spo2: float | None, pulse_rate: float | None, *, timestamp: datetime | None = None
-) -> bytes:
-    """PLX Spot-Check Measurement (0x2A5E), with the measurement time when given."""
-    flags = 0x01 if timestamp is not None else 0x00
-    body = encode_sfloat(spo2) + encode_sfloat(pulse_rate)
-    if timestamp is not None:
-        body += encode_timestamp(timestamp)
-    return bytes((flags,)) + body
-
-
-def encode_blood_pressure(
-    systolic: float,
-    diastolic: float,
-    mean: float,
-    *,
-    kpa: bool = False,
-    timestamp: datetime | None = None,
-    pulse_rate: float | None = None,
-    user_id: int | None = None,
-    status: int | None = None,
-) -> bytes:
-    """Blood Pressure Measurement (0x2A35), in mmHg unless ``kpa``."""
-    flags = 0x01 if kpa else 0x00
-    body = encode_sfloat(systolic) + encode_sfloat(diastolic) + encode_sfloat(mean)
-    if timestamp is not None:
-        flags |= 0x02
-        body += encode_timestamp(timestamp)
-    if pulse_rate is not None:
-        flags |= 0x04
-        body += encode_sfloat(pulse_rate)
-    if user_id is not None:
-        flags |= 0x08
-        body += _U8.pack(user_id)
-    if status is not None:
-        flags |= 0x10
-        body += _U16.pack(status)
-    return bytes((flags,)) + body
-
-
-def encode_temperature(
-    value: float,
-    *,
-    fahrenheit: bool = False,
-    timestamp: datetime | None = None,
-    temperature_type: int | None = None,
-) -> bytes:
-    """Temperature Measurement (0x2A1C), in degC unless ``fahrenheit``."""
-    flags = 0x01 if fahrenheit else 0x00
-    body = encode_float(value)
-    if timestamp is not None:
-        flags |= 0x02
-        body += encode_timestamp(timestamp)
-    if temperature_type is not None:
-        flags |= 0x04
-        body += _U8.pack(temperature_type)
-    return bytes((flags,)) + body
-
-
-def encode_care_alert(event: int, alert_seq: int, watch_time: int = 0) -> bytes:
-    """Care Alert (vendor): event u8, alert_seq u8, watch_time u32 (0 = clock not set)."""
-    return _CARE_ALERT.pack(event, alert_seq, watch_time)
 
 
 # --- The watch --------------------------------------------------------------------------------
