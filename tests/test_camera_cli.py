@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 from hil.sim.camera import SimCamera
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
+from hil.sim.platform import PlatformClient
 from tests.test_button_cli import carebed
 
 

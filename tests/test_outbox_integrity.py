@@ -35,9 +35,9 @@ from gateway.store.outbox import (
 )
 from gateway.store.sink import EventFactory, OutboxSink
 from tests.gateway_rig import kinds, running_gateway, wait_platform
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
+from hil.sim.platform import PlatformClient
 from tests.support.reliability import record, scaled
 
 BOOT = "boot-1"

@@ -14,8 +14,8 @@ from gateway.app import config
 from gateway.app.settings import RemoteSettings
 from gateway.core.errors import CommandError
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 
 
 def _local(**sections: Any) -> config.GatewayConfig:
