@@ -15,8 +15,8 @@ from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.core.clock import Clock
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import gateway_config
 from hil.sim.platform import PlatformClient
+from tests.support.daemon import gateway_config
 
 
 @dataclass

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from hil.sim.platform import PlatformClient, PlatformError, Validator
+from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from tests.support.reliability import record, scaled
 from tests.test_faults import store_counts
 

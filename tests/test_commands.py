@@ -18,9 +18,9 @@ from gateway.app.commands import (
     InvalidCommandError,
     parse_command,
 )
-from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient, raw_publisher
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.reliability import record
 
 CMD_TOPIC = "carebed/v1/gw-a/down/cmd"

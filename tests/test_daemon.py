@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config
 from hil.sim.platform import PlatformClient
+from tests.support.daemon import GatewayProcess, gateway_config
 
 SECRET = "hunter2-do-not-log"
 

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
 from gateway.store.outbox import DiskBudget, Outbox
-from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from hil.sim.platform import PlatformClient
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
+from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from tests.support.reliability import record, scaled
 from tests.test_outbox import BOOT, Rig
 

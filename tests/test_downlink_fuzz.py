@@ -24,9 +24,9 @@ from gateway.core.errors import CommandError
 from gateway.store.outbox import AlarmTiming, Outbox, SqliteStore
 from gateway.store.sink import EventFactory, OutboxSink
 from gateway.uplink.link import MAX_ACK_BYTES, AckMessage, MqttUplink, parse_ack
-from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient, raw_publisher
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.reliability import record, scaled
 
 CMD_TOPIC = "carebed/v1/gw-a/down/cmd"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from hil.sim.platform import PlatformClient
+from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from tests.support.reliability import record, scaled
 
 KILL_CYCLES = scaled(20, 100)

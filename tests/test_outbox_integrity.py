@@ -34,10 +34,10 @@ from gateway.store.outbox import (
     row_damage,
 )
 from gateway.store.sink import EventFactory, OutboxSink
-from tests.gateway_rig import kinds, running_gateway, wait_platform
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config
 from hil.sim.platform import PlatformClient
+from tests.gateway_rig import kinds, running_gateway, wait_platform
+from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.reliability import record, scaled
 
 BOOT = "boot-1"

@@ -26,10 +26,10 @@ from gateway.store.outbox import AlarmTiming, HeldAlarm, Outbox, SqliteStore
 from gateway.store.sink import EventFactory, OutboxSink
 from gateway.uplink import link as uplink_module
 from gateway.uplink.link import MqttUplink, build_messages
-from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config
 from hil.sim.platform import PlatformClient, raw_publisher
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
+from tests.support.daemon import GatewayProcess, gateway_config
 from tests.support.reliability import record, scaled
 
 BUTTON = {"press": "short", "battery": 90, "rssi": -55}

@@ -27,11 +27,11 @@ from hil.sim.bluez import (
     encode_heart_rate,
     encode_temperature,
 )
+from hil.sim.broker import Mosquitto
 from hil.sim.dbus import connection_count, match_rule_count
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
-from hil.sim.broker import Mosquitto
-from hil.sim.platform import PlatformClient
 
 ADDRESS = "C0:FF:EE:00:00:01"
 DEVICE = "watch-C0FFEE000001"

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from hil.sim.broker import Mosquitto
-from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from hil.sim.platform import PlatformClient
+from tests.support.daemon import GatewayProcess, gateway_config, last_seq
 from tests.support.reliability import record, scaled
 from tests.test_faults import assert_complete_without_invention, has_all
 

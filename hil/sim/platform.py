@@ -51,10 +51,12 @@ class PlatformError(Exception):
 class Broker(Protocol):
     """Where the platform connects: a rig ``Mosquitto`` or a ``RemoteBroker``."""
 
-    host: str
-    port: int
-    pki: Pki | None
-
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def pki(self) -> Pki | None: ...
     def log_tail(self) -> str: ...
 
 
