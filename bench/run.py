@@ -66,7 +66,7 @@ from bench.watch import summarise as summarise_watch
 from drivers.button.codec import device_id
 from drivers.button.pairing import PairingStore
 from gateway.app import logs
-from tests.support.broker import Mosquitto, mosquitto_binary
+from hil.sim.broker import Mosquitto, mosquitto_binary
 
 PARTS = ("drain", "alarms", "button", "disk", "diag", "watch")
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}

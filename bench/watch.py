@@ -58,8 +58,8 @@ from bench.subscriber import EventCounter
 from drivers.watch.codec import ALERT_CONFIRM, CARE_ALERT, HEART_RATE_MEASUREMENT, CareEvent
 from drivers.watch.store import MAX_ALERTS_PER_WATCH as MAX_ALERTS
 from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.broker import Mosquitto
 from hil.sim.dbus import PrivateSystemBus
-from tests.support.broker import Mosquitto
 
 ADDRESS = "C0:FF:EE:00:00:01"  # watch-C0FFEE000001 (bench.common.WATCH)
 ROLES = ("baseline", "gateway")

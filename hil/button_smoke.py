@@ -18,22 +18,26 @@ from pathlib import Path
 
 from drivers.button.codec import Pattern
 from drivers.button.pairing import PairingStore
+from hil import rig
+from hil.sim.broker import Mosquitto
 from hil.sim.camera import SimCamera
-from hil.sim.demo import local_mosquitto
+from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
-from hil.uplink_smoke import Platform, platform_for, run_device_scenario
 
 BUTTON = 0x00A1B2C3
 TIMEOUT_S = 30.0
 
 
-def _alarms(platform: Platform) -> list[dict[str, object]]:
-    return [e for e in platform.events() if e["kind"] == "alarm.button"]
+def _alarms(platform: PlatformClient) -> list[dict[str, object]]:
+    return [e for e in rig.events(platform) if e["kind"] == "alarm.button"]
 
 
 async def _sim_step(sim: SimReceiver, what: str, pattern: int) -> None:
     began = time.monotonic()
-    await sim.wait_for(lambda s: pattern in s.indications(BUTTON), TIMEOUT_S, what)
+    try:
+        await sim.wait_for(lambda s: pattern in s.indications(BUTTON), TIMEOUT_S, what)
+    except TimeoutError:
+        raise SystemExit(f"FAIL {what}: nothing within {TIMEOUT_S:.0f} s") from None
     print(f"ok   {what} ({(time.monotonic() - began) * 1000:.0f} ms)", flush=True)
 
 
@@ -43,8 +47,11 @@ async def simulated(gw: str) -> None:
         link = workdir / "carebed-button"
         PairingStore(workdir / "state" / "buttons.json").add(BUTTON)
         config = workdir / "carebed.toml"
-        with local_mosquitto(workdir) as port:
-            platform = Platform("127.0.0.1", port, gw, None)
+        with (
+            Mosquitto(workdir / "mosquitto", persistence=False) as broker,
+            rig.platform(broker, gw) as platform,
+        ):
+            port = broker.port
             async with SimReceiver(link_path=link) as sim, SimCamera() as camera:
                 config.write_text(
                     f'[gateway]\nid = "{gw}"\nstate_dir = "{workdir / "state"}"\n'
@@ -70,19 +77,22 @@ async def simulated(gw: str) -> None:
                     await sim.press(BUTTON)
                     await _sim_step(sim, "senior told: received", Pattern.RECEIVED)
                     await asyncio.to_thread(
-                        platform.wait,
+                        rig.wait,
+                        platform,
                         "alarm.button at the platform",
                         lambda: bool(_alarms(platform)),
                     )
                     await asyncio.to_thread(
-                        platform.wait,
+                        rig.wait,
+                        platform,
                         "the camera call started",
                         lambda: any(
                             e["kind"] == "camera.call" and e["data"]["state"] == "started"
-                            for e in platform.events()
+                            for e in rig.events(platform)
                         ),
                     )
-                    platform.ack(_alarms(platform)[0]["id"])
+                    alarm_id = str(_alarms(platform)[0]["id"])
+                    await asyncio.to_thread(platform.ack, gw, [alarm_id], "hil")
                     await _sim_step(sim, "senior told: help is on the way", Pattern.ACKNOWLEDGED)
                     await sim.cancel(BUTTON)
                     await _sim_step(sim, "senior told: cancel accepted", Pattern.CANCEL_ACCEPTED)
@@ -90,27 +100,23 @@ async def simulated(gw: str) -> None:
                     proc.terminate()
                     await proc.wait()
                     log.close()
-                    platform.close()
 
 
 def hardware(args: argparse.Namespace) -> None:
-    platform = platform_for(args)
-    try:
+    with rig.platform_for(args) as platform:
         print("Press the senior's emergency button now.", flush=True)
-        platform.wait("alarm.button at the platform", lambda: bool(_alarms(platform)))
+        rig.wait(platform, "alarm.button at the platform", lambda: bool(_alarms(platform)))
         alarm = _alarms(platform)[0]
         print(f"     {alarm['device']} {alarm['data']}", flush=True)
-        platform.ack(alarm["id"])
+        platform.ack(args.gateway_id, [str(alarm["id"])], "hil")
         answer = input("Acknowledged. Did the receiver say 'help is on the way'? [y/n] ")
         if answer.strip().lower() != "y":
             raise SystemExit("FAIL the senior was not told that help is on the way")
         print("ok   senior told: help is on the way", flush=True)
-    finally:
-        platform.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_device_scenario("python -m hil.button_smoke", __doc__, argv, simulated, hardware)
+    return rig.run_device_scenario("python -m hil.button_smoke", __doc__, argv, simulated, hardware)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from drivers.watch import codec
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
+from hil import rig
 from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.broker import Mosquitto
 from hil.sim.dbus import PrivateSystemBus
-from hil.sim.demo import local_mosquitto
-from hil.uplink_smoke import Platform, platform_for, run_device_scenario
+from hil.sim.platform import PlatformClient
 
 ADDRESS = "C0:FF:EE:00:00:01"
 DEVICE = codec.device_id(ADDRESS)
@@ -41,17 +42,19 @@ VITALS_WAIT_S = 150.0
 PERSON_WAIT_S = 90.0
 
 
-def _events(platform: Platform, kind: str, device: str | None = None) -> list[dict[str, object]]:
+def _events(
+    platform: PlatformClient, kind: str, device: str | None = None
+) -> list[dict[str, object]]:
     """The events of ``kind`` (from ``device``, or from any watch) the platform received."""
     return [
         e
-        for e in platform.events()
+        for e in rig.events(platform)
         if e["kind"] == kind
         and (e["device"] == device if device else str(e["device"]).startswith("watch-"))
     ]
 
 
-def _heart_rates(platform: Platform, device: str | None = None) -> list[dict[str, object]]:
+def _heart_rates(platform: PlatformClient, device: str | None = None) -> list[dict[str, object]]:
     return [
         e
         for e in _events(platform, "telemetry.vitals", device)
@@ -67,14 +70,14 @@ async def _sim_step(what: str, step: Awaitable[None]) -> None:
     began = time.monotonic()
     try:
         await step
-    except AssertionError:
+    except TimeoutError:
         raise SystemExit(f"FAIL {what}: nothing within {TIMEOUT_S:.0f} s") from None
     print(f"ok   {what} ({(time.monotonic() - began) * 1000:.0f} ms)", flush=True)
 
 
-async def _platform_step(platform: Platform, what: str, check: Callable[[], bool]) -> None:
-    """``Platform.wait`` off the event loop: the fake BlueZ runs on it."""
-    await asyncio.to_thread(platform.wait, what, check)
+async def _platform_step(platform: PlatformClient, what: str, check: Callable[[], bool]) -> None:
+    """``rig.wait`` off the event loop: the fake BlueZ runs on it."""
+    await asyncio.to_thread(rig.wait, platform, what, check)
 
 
 async def _wear(watch: WatchSim) -> None:
@@ -96,7 +99,7 @@ def _config(workdir: Path, gw: str, port: int) -> Path:
     return config
 
 
-async def _scenario(watch: WatchSim, platform: Platform) -> None:
+async def _scenario(watch: WatchSim, platform: PlatformClient, gw: str) -> None:
     await _sim_step(
         "the daemon connected to the watch",
         watch.wait_for(
@@ -125,7 +128,8 @@ async def _scenario(watch: WatchSim, platform: Platform) -> None:
             "watch told: received (0x01)",
             watch.wait_for(_told(AlertConfirmStatus.RECEIVED), TIMEOUT_S, "0x01"),
         )
-        platform.ack(_events(platform, "alarm.watch_sos", DEVICE)[0]["id"])
+        alarm_id = str(_events(platform, "alarm.watch_sos", DEVICE)[0]["id"])
+        await asyncio.to_thread(platform.ack, gw, [alarm_id], "hil")
         await _sim_step(
             "watch told: help is on the way (0x02)",
             watch.wait_for(_told(AlertConfirmStatus.ACKNOWLEDGED), TIMEOUT_S, "0x02"),
@@ -144,7 +148,7 @@ async def _scenario(watch: WatchSim, platform: Platform) -> None:
     _one_alarm(platform, DEVICE)
 
 
-def _one_alarm(platform: Platform, device: str) -> None:
+def _one_alarm(platform: PlatformClient, device: str) -> None:
     alarms = _events(platform, "alarm.watch_sos", device)
     if len(alarms) != 1:
         raise SystemExit(f"FAIL one SOS gave {len(alarms)} alarm.watch_sos")
@@ -154,40 +158,39 @@ def _one_alarm(platform: Platform, device: str) -> None:
 async def simulated(gw: str) -> None:
     with tempfile.TemporaryDirectory(prefix="carebed-hil-") as tmp:
         workdir = Path(tmp)
-        with local_mosquitto(workdir) as port:
-            platform = Platform("127.0.0.1", port, gw, None)
+        with (
+            Mosquitto(workdir / "mosquitto", persistence=False) as broker,
+            rig.platform(broker, gw) as platform,
+        ):
             watch = WatchSim(ADDRESS)
-            try:
-                async with (
-                    PrivateSystemBus(workdir / "dbus") as bus,
-                    FakeBluez(bus.address, [watch]),
-                ):
-                    config = _config(workdir, gw, port)
-                    log_path = workdir / "gateway.log"
-                    log = log_path.open("wb")
-                    proc = await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "gateway",
-                        "run",
-                        "--config",
-                        str(config),
-                        stdout=log,
-                        stderr=log,
-                        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address},
-                    )
-                    try:
-                        await _scenario(watch, platform)
-                    except SystemExit:
-                        tail = log_path.read_text(errors="replace")[-3000:]
-                        print(f"---- the daemon's log (end)\n{tail}", file=sys.stderr)
-                        raise
-                    finally:
-                        proc.terminate()
-                        await proc.wait()
-                        log.close()
-            finally:
-                platform.close()
+            async with (
+                PrivateSystemBus(workdir / "dbus") as bus,
+                FakeBluez(bus.address, [watch]),
+            ):
+                config = _config(workdir, gw, broker.port)
+                log_path = workdir / "gateway.log"
+                log = log_path.open("wb")
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "run",
+                    "--config",
+                    str(config),
+                    stdout=log,
+                    stderr=log,
+                    env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address},
+                )
+                try:
+                    await _scenario(watch, platform, gw)
+                except SystemExit:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    print(f"---- the daemon's log (end)\n{tail}", file=sys.stderr)
+                    raise
+                finally:
+                    proc.terminate()
+                    await proc.wait()
+                    log.close()
 
 
 def _confirm(question: str, failure: str) -> None:
@@ -196,14 +199,14 @@ def _confirm(question: str, failure: str) -> None:
 
 
 def hardware(args: argparse.Namespace) -> None:
-    platform = platform_for(args)
-    try:
+    with rig.platform_for(args) as platform:
         print(
             "Wear the paired watch (or put it on the senior's wrist) within a few metres of the "
             f"gateway. Its heart rate should reach the platform within {VITALS_WAIT_S:.0f} s.",
             flush=True,
         )
-        platform.wait(
+        rig.wait(
+            platform,
             "heart rate at the platform as telemetry.vitals",
             lambda: bool(_heart_rates(platform)),
             VITALS_WAIT_S,
@@ -211,7 +214,8 @@ def hardware(args: argparse.Namespace) -> None:
         device = str(_heart_rates(platform)[0]["device"])
         print(f"     {device}", flush=True)
         print("Hold the SOS key on the watch now.", flush=True)
-        platform.wait(
+        rig.wait(
+            platform,
             "alarm.watch_sos at the platform",
             lambda: bool(_events(platform, "alarm.watch_sos", device)),
             PERSON_WAIT_S,
@@ -220,26 +224,25 @@ def hardware(args: argparse.Namespace) -> None:
         print(f"     {alarm['device']} {alarm['data']}", flush=True)
         _confirm("Did the watch vibrate (alarm received)?", "the watch did not confirm the SOS")
         print("ok   watch told: received", flush=True)
-        platform.ack(alarm["id"])
+        platform.ack(args.gateway_id, [str(alarm["id"])], "hil")
         _confirm(
             "Acknowledged. Does the watch show 'help is on the way'?",
             "the wearer was not told that help is on the way",
         )
         print("ok   watch told: help is on the way", flush=True)
         print("Take the watch off the wrist now.", flush=True)
-        platform.wait(
+        rig.wait(
+            platform,
             "device.not_worn at the platform",
             lambda: bool(_events(platform, "device.not_worn", device)),
             PERSON_WAIT_S,
         )
         _one_alarm(platform, device)
         print("Done: put the watch back on.", flush=True)
-    finally:
-        platform.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_device_scenario("python -m hil.watch_smoke", __doc__, argv, simulated, hardware)
+    return rig.run_device_scenario("python -m hil.watch_smoke", __doc__, argv, simulated, hardware)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.support.broker import Mosquitto
-from tests.support.certs import Pki, make_pki
-from tests.support.platform import PLATFORM_CN, PlatformClient, Validator
+from hil.sim.broker import Mosquitto
+from hil.sim.pki import Pki, make_pki
+from hil.sim.platform import PLATFORM_CN, PlatformClient, Validator
 from tests.support.schema import validate_uplink
 
 # Property tests share two CPUs with brokers and daemons: timing is no property of the code.

@@ -14,9 +14,9 @@ from gateway.app import config
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.core.clock import Clock
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.support.daemon import gateway_config
-from tests.support.platform import PlatformClient
 
 
 @dataclass

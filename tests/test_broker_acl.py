@@ -16,9 +16,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.broker import REPO_ROOT, Mosquitto, MosquittoError
-from tests.support.certs import ClientCert, Pki, client_ssl_context
-from tests.support.platform import PlatformClient
+from hil.sim.broker import REPO_ROOT, Mosquitto, MosquittoError
+from hil.sim.pki import ClientCert, Pki, client_ssl_context
+from hil.sim.platform import PlatformClient
 
 TIMEOUT_S = 10.0
 # How long a frozen broker is watched for a PUBACK that must not come. Only bounds the

@@ -23,10 +23,10 @@ from drivers.button.codec import (
 )
 from drivers.button.pairing import PairingStore
 from gateway.core.clock import ManualClock
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record
 
 BUTTON = 0x00A1B2C3

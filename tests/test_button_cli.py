@@ -8,8 +8,8 @@ from pathlib import Path
 
 from drivers.button.codec import PairMode
 from drivers.button.pairing import PairingStore
+from hil.sim.broker import Mosquitto
 from hil.sim.receiver import SimReceiver
-from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
 
 BUTTON = 0x00A1B2C3

@@ -18,11 +18,11 @@ from gateway.app import config, control
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
 from gateway.core.ports import EventSink
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 from tests.test_button import BUTTON, DEVICE, STRANGER, button_rig
 from tests.test_button_cli import carebed

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from hil.sim.broker import Mosquitto
 from hil.sim.camera import SimCamera
-from tests.support.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
 from tests.test_button_cli import carebed
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from drivers.camera.gpio import GpiodLine
 from gateway.core.clock import ManualClock
+from hil.sim.broker import Mosquitto
 from hil.sim.camera import SimCamera
 from hil.sim.gpio import SimLine
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 
 PRESS = {"press": "short", "battery": 80, "rssi": -50}
 BUTTON = "btn-00A1B2C3"

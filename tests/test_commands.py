@@ -18,10 +18,9 @@ from gateway.app.commands import (
     InvalidCommandError,
     parse_command,
 )
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient, raw_publisher
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
-from tests.support.proxy import RawPublisher
 from tests.support.reliability import record
 
 CMD_TOPIC = "carebed/v1/gw-a/down/cmd"
@@ -62,14 +61,14 @@ UNANSWERABLE: dict[str, bytes] = {
 
 
 @pytest.fixture
-def raw(mosquitto: Mosquitto) -> Iterator[RawPublisher]:
-    with RawPublisher(mosquitto) as publisher:
+def raw(mosquitto: Mosquitto) -> Iterator[PlatformClient]:
+    with raw_publisher(mosquitto) as publisher:
         yield publisher
 
 
 @pytest.mark.reliability
 async def test_every_command_with_a_readable_id_gets_invalid_args(
-    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: RawPublisher
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: PlatformClient
 ) -> None:
     async with running_gateway(tmp_path, mosquitto) as rig:
         await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
@@ -117,7 +116,7 @@ async def test_every_command_with_a_readable_id_gets_invalid_args(
 
 
 async def test_an_expired_command_with_a_naive_timestamp_counts_as_utc(
-    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: RawPublisher
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: PlatformClient
 ) -> None:
     async with running_gateway(tmp_path, mosquitto) as rig:
         await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.app import config, preflight
 from gateway.core.errors import ConfigError
-from tests.support.certs import Pki
+from hil.sim.pki import Pki
 from tests.support.daemon import toml_value
 from tests.support.reliability import record, scaled
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
 
 SECRET = "hunter2-do-not-log"
 

@@ -21,10 +21,10 @@ from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
 from gateway.store.disk import DiskBudget
 from gateway.store.outbox import Outbox
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 from tests.test_outbox import BOOT, Rig
 

@@ -28,10 +28,9 @@ from gateway.store.sink import EventFactory, OutboxSink
 from gateway.store.sqlite import SqliteStore
 from gateway.uplink.link import MqttUplink
 from gateway.uplink.messages import MAX_ACK_BYTES, AckMessage, parse_ack
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient, raw_publisher
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
-from tests.support.proxy import RawPublisher
 from tests.support.reliability import record, scaled
 
 CMD_TOPIC = "carebed/v1/gw-a/down/cmd"
@@ -295,14 +294,14 @@ def test_parse_ack_is_strict_and_never_raises(document: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def raw(mosquitto: Mosquitto) -> Iterator[RawPublisher]:
-    with RawPublisher(mosquitto) as publisher:
+def raw(mosquitto: Mosquitto) -> Iterator[PlatformClient]:
+    with raw_publisher(mosquitto) as publisher:
         yield publisher
 
 
 @pytest.mark.reliability
 async def test_fuzzed_downlink_through_the_broker(
-    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: RawPublisher
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, raw: PlatformClient
 ) -> None:
     count = scaled(300, 2_000)
     rng = random.Random(5)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 
 KILL_CYCLES = scaled(20, 100)

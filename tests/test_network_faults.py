@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 from tests.support.proxy import FaultProxy, Mode
 from tests.support.reliability import record, scaled
 

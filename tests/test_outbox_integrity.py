@@ -30,10 +30,10 @@ from gateway.store.integrity import DAMAGED_ROW_REASON, row_crc, row_damage
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
 from gateway.store.sqlite import SqliteStore
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform
-from tests.support.broker import Mosquitto
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 
 BOOT = "boot-1"

@@ -13,9 +13,9 @@ from drivers.watch.vitals import METRICS
 from gateway.app import config
 from gateway.app.settings import RemoteSettings
 from gateway.core.errors import CommandError
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 
 
 def _local(**sections: Any) -> config.GatewayConfig:

@@ -483,9 +483,9 @@ async def test_replug_gives_a_working_port_at_the_same_link(tmp_path: Path) -> N
 # --- The helper itself --------------------------------------------------------------------------
 
 
-async def test_wait_for_raises_assertion_error_with_what_on_timeout(tmp_path: Path) -> None:
+async def test_wait_for_raises_timeout_error_with_what_on_timeout(tmp_path: Path) -> None:
     async with simulator(tmp_path) as sim:
-        with pytest.raises(AssertionError, match="a frame that never comes"):
+        with pytest.raises(TimeoutError, match="a frame that never comes"):
             await sim.wait_for(lambda s: False, 0.05, "a frame that never comes")
 
 

@@ -25,11 +25,11 @@ from drivers.watch.codec import (
     encode_temperature,
 )
 from hil.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
+from hil.sim.broker import Mosquitto
 from hil.sim.dbus import connection_count, match_rule_count
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 
 ADDRESS = "C0:FF:EE:00:00:01"
 DEVICE = "watch-C0FFEE000001"

@@ -10,11 +10,11 @@ import pytest
 
 from drivers.watch import codec
 from hil.sim.bluez import ALL_SERVICES, FakeBluez, WatchSim
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform
 from tests.support.ble import private_system_bus
-from tests.support.broker import Mosquitto
 from tests.support.daemon import gateway_config
-from tests.support.platform import PlatformClient
 from tests.test_button_cli import carebed
 
 PAIRED = "C0:FF:EE:00:00:01"

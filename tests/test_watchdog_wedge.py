@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
-from tests.support.platform import PlatformClient
 from tests.support.reliability import record, scaled
 from tests.test_faults import assert_complete_without_invention, has_all
 

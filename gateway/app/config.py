@@ -362,16 +362,6 @@ class WatchSection(_Section):
         return tuple(dict.fromkeys(address.upper() for address in addresses))
 
 
-class SimSection(_Section):
-    """The simulated event source used by the demo and the tests."""
-
-    enabled: bool = False
-    telemetry_interval_s: Annotated[float, Field(gt=0)] = 5.0
-    alarm_interval_s: Annotated[float, Field(gt=0)] | None = None
-    burst: Annotated[int, Field(ge=1, le=10000)] = 1
-    seed: int | None = None
-
-
 class GatewayConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection
@@ -383,16 +373,6 @@ class GatewayConfig(_Section):
     camera: CameraSection = CameraSection()
     watch: WatchSection = WatchSection()
     vitals: VitalsSection = VitalsSection()
-    sim: SimSection = SimSection()
-
-    @model_validator(mode="after")
-    def _no_fake_alarms_to_a_camera(self) -> GatewayConfig:
-        if self.sim.enabled and self.sim.alarm_interval_s is not None and self.camera.enabled:
-            raise ValueError(
-                "sim.alarm_interval_s with camera.enabled: simulated alarms would open calls "
-                "into the home (fix: disable one of them)"
-            )
-        return self
 
     @property
     def gateway_id(self) -> str:
@@ -607,7 +587,7 @@ def _problem(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return _unknown(loc, value)
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith(("mqtt.", "camera.", "sim.", "vitals.")):
+    if message.startswith(("mqtt.", "camera.", "vitals.")):
         return message
     if error["type"] == "model_type":
         table_fix = f"write it as a table: [{key}] followed by its keys"

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -36,19 +37,23 @@ from gateway.app.settings import RemoteSettings
 from gateway.core.clock import Clock, SystemClock, read_boot_id
 from gateway.core.errors import StoreError
 from gateway.core.events import NewEvent
-from gateway.core.supervisor import Supervisor
+from gateway.core.ports import AlarmRaiser, EventSink
+from gateway.core.supervisor import Factory, Supervisor
 from gateway.store.alarms import AlarmTiming
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
 from gateway.store.sqlite import SqliteStore
 from gateway.uplink.link import MqttUplink
-from hil.sim.source import SimEventSource
 
 log = structlog.get_logger("gateway.app.daemon")
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_DRAIN_S = 3.0
 SHUTDOWN_TASKS_S = 5.0  # the watches disconnect (bounded by watch.disconnect_timeout_s)
+
+# An event source beyond the configured devices (the simulated rig's): given the sink and the
+# alarm raiser, it returns the coroutine function the supervisor runs.
+EventSource = Callable[[EventSink, AlarmRaiser], Factory]
 
 
 def version() -> str:
@@ -69,6 +74,7 @@ class Gateway:
         notifier: SystemdNotifier | None = None,
         boot_id: str | None = None,
         relay_line: OutputLine | None = None,
+        sources: Mapping[str, EventSource] | None = None,
     ) -> None:
         self.remote_settings = RemoteSettings(cfg.remote_settings_path)
         cfg = self.remote_settings.load(cfg)
@@ -136,6 +142,9 @@ class Gateway:
             boot_id=self.boot_id,
             wall=self.clock.wall,
         )
+        self.sources = {
+            name: make(self.sink, self.alarms) for name, make in (sources or {}).items()
+        }
         self.supervisor = Supervisor()
         self.settings = SettingsCommand(
             cfg,
@@ -246,16 +255,8 @@ class Gateway:
             self.supervisor.start(f"button[{self.cfg.button.port}]", self.button.run)
         if self.watches is not None:
             self.supervisor.start(f"watches[{self.cfg.watch.adapter}]", self.watches.run)
-        if self.cfg.sim.enabled:
-            sim = SimEventSource(
-                self.sink,
-                self.alarms,
-                telemetry_interval_s=self.cfg.sim.telemetry_interval_s,
-                alarm_interval_s=self.cfg.sim.alarm_interval_s,
-                burst=self.cfg.sim.burst,
-                seed=self.cfg.sim.seed,
-            )
-            self.supervisor.start("sim.source", sim.run)
+        for name, source in self.sources.items():
+            self.supervisor.start(name, source)
         # Everything allocated so far lives as long as the daemon: keep it out of the collector's
         # full passes, which otherwise pause the loop for ~10 ms while a backlog drains.
         gc.freeze()
@@ -269,7 +270,8 @@ class Gateway:
     async def shutdown(self, lifecycle: dict[str, Any]) -> None:
         log.info("gateway_stopping")
         self.notifier.stopping()
-        await self.supervisor.stop("sim.source")
+        for name in self.sources:  # nothing more from them once gateway.stopping is stored
+            await self.supervisor.stop(name)
         try:
             await self.sink.emit("gateway.stopping", lifecycle)
             await self.outbox.flush()
@@ -308,6 +310,10 @@ class StopRequest:
         return self._event
 
 
-async def run(cfg: GatewayConfig, stop_request: StopRequest) -> int:
+async def run(
+    cfg: GatewayConfig,
+    stop_request: StopRequest,
+    sources: Mapping[str, EventSource] | None = None,
+) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    return await Gateway(cfg).run(stop_request.attach())
+    return await Gateway(cfg, sources=sources).run(stop_request.attach())

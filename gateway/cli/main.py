@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -14,6 +16,9 @@ from gateway.app import config as config_module
 from gateway.app import preflight
 from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
+
+if TYPE_CHECKING:
+    from gateway.app.daemon import EventSource
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -77,7 +82,8 @@ def _config_failure(error: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | None = None) -> int:
+    """``sources``: event sources ``run`` starts beyond the configured devices (the rig's)."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
         schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         log.warning(warning.event, path=str(warning.path), problem=warning.problem, fix=warning.fix)
     try:
-        return asyncio.run(app.run(cfg, stop_request))
+        return asyncio.run(app.run(cfg, stop_request, sources))
     except StoreVersionError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -19,28 +19,25 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from drivers.button.codec import Indicate, Pattern
 from drivers.button.pairing import PairingStore
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
 from gateway.app import config, logs
 from gateway.app.daemon import Gateway, StopRequest
-from gateway.core.events import format_ts
 from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.broker import Mosquitto, MosquittoError
 from hil.sim.camera import SimCamera
 from hil.sim.dbus import DBUS_DAEMON, PrivateSystemBus
+from hil.sim.platform import PlatformClient, Received
 from hil.sim.receiver import SimReceiver
 
 GATEWAY_ID = "gw-demo"
@@ -69,51 +66,23 @@ def _show(text: str) -> None:
     sys.stdout.flush()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def local_mosquitto(workdir: Path) -> Iterator[int]:
-    """A Mosquitto of our own on 127.0.0.1 and a free port (never the system broker)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 class PlatformDesk:
     """Prints what the platform receives and acknowledges alarms like an operator would."""
 
-    def __init__(self, port: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, broker: Mosquitto, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-platform-desk")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("carebed/v1/+/up/#", qos=1)
-        self.client.subscribe("carebed/v1/+/status", qos=1)
-        self.client.loop_start()
+        self.client = PlatformClient(
+            broker,
+            client_id="demo-platform-desk",
+            protocol=MQTTProtocolVersion.MQTTv311,
+            session_expiry_s=0,
+            on_received=self._on_received,
+        )
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        body = json.loads(msg.payload)
+    def _on_received(self, msg: Received) -> None:
+        body = msg.payload
+        if body is None:
+            return
         if msg.topic.endswith("/status"):
             _show(f"platform ← status {body['state']}")
             return
@@ -131,13 +100,10 @@ class PlatformDesk:
 
     def _ack(self, gw: str, alarm_id: str) -> None:
         _show(f"platform → ack {alarm_id} (operator desk-1)")
-        now = datetime.now(UTC)
-        ack = {"v": 1, "ids": [alarm_id], "by": "desk-1", "ts": format_ts(now)}
-        self.client.publish(f"carebed/v1/{gw}/down/ack", json.dumps(ack), qos=1)
+        self.client.ack(gw, [alarm_id], "desk-1", wait=False)  # the loop must not block
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.close()
 
 
 async def _senior(sim: SimReceiver) -> None:
@@ -148,7 +114,7 @@ async def _senior(sim: SimReceiver) -> None:
         return lambda s: len(s.received) > seen
 
     while True:
-        with contextlib.suppress(AssertionError):  # nothing for IDLE_WAIT_S: wait again
+        with contextlib.suppress(TimeoutError):  # nothing for IDLE_WAIT_S: wait again
             await sim.wait_for(more(shown), IDLE_WAIT_S, "a frame")
         for message in sim.received[shown:]:
             if isinstance(message, Indicate) and message.button_id == DEMO_BUTTON:
@@ -172,7 +138,7 @@ async def _wrist(watch: WatchSim) -> None:
         return lambda w: len(w.confirms) > seen
 
     while True:
-        with contextlib.suppress(AssertionError):  # nothing for IDLE_WAIT_S: wait again
+        with contextlib.suppress(TimeoutError):  # nothing for IDLE_WAIT_S: wait again
             await watch.wait_for(more(shown), IDLE_WAIT_S, "an alert confirm")
         for _alert_seq, status in watch.confirms[shown:]:
             _show(WATCH_TELLS.get(status, f"senior's watch: status {status:#04x}"))
@@ -215,7 +181,11 @@ def _press_on_enter(sim: SimReceiver, loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def _run(
-    workdir: Path, state_dir: Path, port: int, args: argparse.Namespace, stop_request: StopRequest
+    workdir: Path,
+    state_dir: Path,
+    broker: Mosquitto,
+    args: argparse.Namespace,
+    stop_request: StopRequest,
 ) -> int:
     link = workdir / "carebed-button"
     PairingStore(state_dir / "buttons.json").add(DEMO_BUTTON)
@@ -238,7 +208,7 @@ async def _run(
                     args,
                     stop,
                     state_dir=state_dir,
-                    port=port,
+                    broker=broker,
                     link=link,
                     camera=camera,
                     sim=sim,
@@ -256,7 +226,7 @@ async def _gateway(
     stop: asyncio.Event,
     *,
     state_dir: Path,
-    port: int,
+    broker: Mosquitto,
     link: Path,
     camera: SimCamera,
     sim: SimReceiver,
@@ -266,7 +236,7 @@ async def _gateway(
     cfg = config.parse(
         {
             "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir), "heartbeat_s": 30},
-            "mqtt": {"host": "127.0.0.1", "port": port, "plaintext": True},
+            "mqtt": {"host": broker.host, "port": broker.port, "plaintext": True},
             "button": {"enabled": True, "port": str(link)},
             "camera": {
                 "enabled": True,
@@ -287,7 +257,7 @@ async def _gateway(
         },
         source="demo",
     )
-    desk = PlatformDesk(port, loop)
+    desk = await asyncio.to_thread(PlatformDesk, broker, loop)  # returns once subscribed
     helpers = [
         loop.create_task(_senior(sim), name="demo.senior"),
         loop.create_task(_presses(sim, args.alarm_every), name="demo.presses"),
@@ -349,8 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="carebed-demo-") as tmp:
         workdir = Path(tmp)
         state_dir = args.state_dir or workdir / "state"
-        with local_mosquitto(workdir) as port:
-            return asyncio.run(_run(workdir, state_dir, port, args, stop_request))
+        broker = Mosquitto(workdir / "mosquitto", persistence=False)
+        try:
+            broker.start()
+        except MosquittoError as exc:
+            raise SystemExit(f"carebed demo: {exc}") from None
+        try:
+            return asyncio.run(_run(workdir, state_dir, broker, args, stop_request))
+        finally:
+            broker.close()
 
 
 if __name__ == "__main__":

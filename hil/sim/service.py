@@ -1,4 +1,4 @@
-"""What the simulators share: ``async with`` starts and closes them; tests wait on their state."""
+"""What the simulators share: ``async with`` starts and closes them; callers wait on their state."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class SimService:
 
 
 class Observed:
-    """State a test waits on: ``wait_for`` re-checks its predicate at every ``_notify_change``.
+    """State a test, a hil/ scenario or the demo waits on: ``wait_for`` re-checks its predicate
+    at every ``_notify_change``.
 
     A condition variable without a lock: every waiter holds the current event; setting it wakes
     them all, and later waiters get a fresh one.
@@ -51,13 +52,13 @@ class Observed:
     async def wait_for(
         self,
         predicate: Callable[[Self], bool],
-        timeout: float,  # noqa: ASYNC109 - a test helper: the deadline is the caller's to say
+        timeout: float,  # noqa: ASYNC109 - the deadline is the caller's to say
         what: str,
     ) -> None:
-        """Wait until ``predicate(self)`` holds; AssertionError(what) after ``timeout`` seconds."""
+        """Wait until ``predicate(self)`` holds; TimeoutError(what) after ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
                 while not predicate(self):
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(self._timed_out(what)) from None
+            raise TimeoutError(self._timed_out(what)) from None

@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tomllib
+from pathlib import Path
+from typing import Annotated
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.core.errors import ConfigError
 from gateway.core.ports import AlarmRaiser, EventSink
+from gateway.core.supervisor import Factory
 
 log = structlog.get_logger("hil.sim")
 
 SIM_WATCH = "watch-C0FFEE000001"
 SIM_BUTTON = "btn-0000A11C"
+
+
+class SimSettings(BaseModel):
+    """The ``[sim]`` table of the rig's settings file: how fast and how much the source emits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    telemetry_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    alarm_interval_s: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1, le=10000)] = 1
+    seed: int | None = None
+
+    def source(self, sink: EventSink, alarms: AlarmRaiser) -> Factory:
+        """The ``EventSource`` the daemon starts: this source's ``run``."""
+        return SimEventSource(sink, alarms, **self.model_dump()).run
+
+
+class _SimFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sim: SimSettings = SimSettings()
+
+
+def load_settings(path: Path) -> SimSettings:
+    """Read the ``[sim]`` table of ``path``; ConfigError names the key that is wrong."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), [f"cannot read it: {exc}"]) from exc
+    try:
+        return _SimFile.model_validate(data).sim
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise ConfigError(str(path), problems) from exc
 
 
 class SimEventSource:

@@ -1,4 +1,9 @@
-"""Run the real daemon (``python -m gateway run``) as a child process, and write its config."""
+"""Run the real daemon (``python -m gateway run``) as a child process, and write its config.
+
+With a simulated event source the child is the rig's entry instead (``python -m hil.sim.daemon
+--sim SIM.toml run``): a config written with ``sim=`` names its SIM.toml in its first line, so
+the file keeps its source when a test renames it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.broker import Mosquitto
+from hil.sim.broker import Mosquitto
+
+SIM_MARKER = "# simulated source: "
 
 
 def toml_value(value: Any) -> str:
@@ -27,8 +34,10 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
+def write_config(
+    path: Path, sections: dict[str, dict[str, Any]], *, header: str | None = None
+) -> Path:
+    lines: list[str] = [] if header is None else [header]
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
@@ -44,7 +53,11 @@ def gateway_config(
     sim: dict[str, Any] | None = None,
     **overrides: dict[str, Any],
 ) -> Path:
-    """A config for a gateway on ``broker`` (plain TCP, or TLS with ``gateway_id``'s cert)."""
+    """A config for a gateway on ``broker`` (plain TCP, or TLS with ``gateway_id``'s cert).
+
+    ``sim``: the ``[sim]`` settings of a simulated event source (``hil.sim.source.SimSettings``),
+    written to ``sim.toml`` beside the config, which names it for ``GatewayProcess``.
+    """
     mqtt: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": broker.port,
@@ -61,8 +74,6 @@ def gateway_config(
     }
     if broker.pki is None:
         mqtt["plaintext"] = True
-    if sim is not None:
-        sections["sim"] = {"enabled": True, **sim}
     for name, values in overrides.items():
         sections.setdefault(name, {}).update(values)
     if broker.pki is not None:
@@ -72,11 +83,29 @@ def gateway_config(
             "cert_file": cert.cert,
             "key_file": cert.key,
         }
-    return write_config(workdir / "carebed.toml", sections)
+    header = None
+    if sim is not None:
+        sim_path = write_config(workdir / "sim.toml", {"sim": sim})
+        header = SIM_MARKER + str(sim_path)
+    return write_config(workdir / "carebed.toml", sections, header=header)
+
+
+def sim_settings_of(config: Path) -> Path | None:
+    """The SIM.toml that a config written by ``gateway_config(sim=...)`` names, if any."""
+    try:
+        with config.open(encoding="utf-8") as handle:
+            first = handle.readline().rstrip("\n")
+    except OSError:  # no config at all: the daemon says so itself
+        return None
+    return Path(first.removeprefix(SIM_MARKER)) if first.startswith(SIM_MARKER) else None
 
 
 class GatewayProcess:
-    """The daemon as systemd would run it: a child process, killed or stopped by signals."""
+    """The daemon as systemd would run it: a child process, killed or stopped by signals.
+
+    A config that names a simulated source runs under the rig's entry, which is the same
+    daemon with that source added.
+    """
 
     def __init__(self, config: Path, log_path: Path) -> None:
         self.config = config
@@ -87,8 +116,10 @@ class GatewayProcess:
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         env.update(extra_env or {})
+        sim = sim_settings_of(self.config)
+        entry = ["gateway"] if sim is None else ["hil.sim.daemon", "--sim", str(sim)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+            [sys.executable, "-m", *entry, "run", "--config", str(self.config)],
             stdout=log,
             stderr=log,
             env=env,

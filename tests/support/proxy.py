@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-
-from tests.support.broker import HOST, Mosquitto
+from hil.sim.broker import HOST, Mosquitto
 
 Mode = Literal["pass", "drop", "blackhole", "delay", "throttle", "reset"]
 MODES: tuple[Mode, ...] = ("drop", "blackhole", "delay", "throttle", "reset")
@@ -230,44 +227,3 @@ class FaultProxy:
             writer.close()
             return
         self.pipes.add(_Pipe(self, (reader, writer), upstream))
-
-
-class RawPublisher:
-    """A platform-side MQTT client that publishes bytes as given: what a well-behaved platform
-    client would never send (not JSON, oversized, wrong types)."""
-
-    def __init__(self, broker: Mosquitto, client_id: str = "platform-raw") -> None:
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv311,
-        )
-        self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(0)
-        self._client.connect(broker.host, broker.port, 30)
-        self._client.loop_start()
-
-    def publish(self, topic: str, payload: bytes, *, wait: bool = True) -> mqtt.MQTTMessageInfo:
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise ProxyError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        if wait:
-            info.wait_for_publish(CALL_TIMEOUT_S * 3)
-            if not info.is_published():
-                raise ProxyError(f"no PUBACK for {topic}")
-        return info
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -1,15 +1,21 @@
-"""The city platform as the tests see it: a paho client that records everything gateways send."""
+"""The city platform's side of the broker: records what gateways send, sends commands and acks.
+
+The one platform client of tests, hil/ scenarios and the demo's desk; it also publishes bytes as
+given, which a well-behaved platform never sends, for the fuzz tests.
+"""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -17,8 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.broker import Mosquitto
-from tests.support.certs import ClientCert, client_ssl_context
+from gateway.core.events import format_ts
+from hil.sim.pki import ClientCert, Pki, client_ssl_context
 
 PLATFORM_CN = "platform"
 DEFAULT_SUBSCRIPTIONS = ("carebed/v1/+/up/#", "carebed/v1/+/status")
@@ -28,15 +34,42 @@ CONNECT_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
 RECONNECT_MIN_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 1.0
+PAHO_MAX_INFLIGHT = 20  # paho's own default
+RAW_MAX_INFLIGHT = 1000
 SUMMARY_LAST_MESSAGES = 8
 SUMMARY_PAYLOAD_CHARS = 160
 
 Validator = Callable[[str, dict[str, Any]], None]
 Predicate = Callable[["PlatformClient"], bool]
+Listener = Callable[["Received"], None]
 
 
 class PlatformError(Exception):
     """The platform stand-in could not connect, subscribe or publish."""
+
+
+class Broker(Protocol):
+    """Where the platform connects: a rig ``Mosquitto`` or a ``RemoteBroker``."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def pki(self) -> Pki | None: ...
+    def log_tail(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBroker:
+    """A broker the rig did not start (an installed gateway's); TLS comes with ``tls=``."""
+
+    host: str
+    port: int
+    pki: Pki | None = None
+
+    def log_tail(self) -> str:
+        return f"(the broker at {self.host}:{self.port} is not the rig's: no log here)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +107,27 @@ class PlatformClient:
 
     Every message is recorded in arrival order. Uplink payloads (see `is_uplink`) must be JSON
     objects and, when `validate` is given, pass it; failures are appended to `errors` (tests
-    assert it stays empty) rather than raised in paho's thread.
+    assert it stays empty) rather than raised in paho's thread. `on_received`, if given, sees
+    each message once recorded (in paho's thread: it must not block).
+
+    `tls` replaces the certificate of the broker's PKI (a real broker's CA and client files).
     """
 
     def __init__(
         self,
-        broker: Mosquitto,
+        broker: Broker,
         *,
         client_id: str = "platform",
         cert: ClientCert | None = None,
+        tls: ssl.SSLContext | None = None,
         protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
         validate: Validator | None = None,
         subscriptions: Sequence[str] = DEFAULT_SUBSCRIPTIONS,
         session_expiry_s: int = SESSION_EXPIRY_S,
         keepalive_s: int = KEEPALIVE_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_inflight: int = PAHO_MAX_INFLIGHT,
+        on_received: Listener | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -99,6 +138,7 @@ class PlatformClient:
         self.connected = False
         self.session_present: bool | None = None
         self._validate = validate
+        self._on_received = on_received
         self._subscriptions = tuple(subscriptions)
         self._cond = threading.Condition(threading.RLock())
         self._messages: list[Received] = []
@@ -116,9 +156,12 @@ class PlatformClient:
             protocol=protocol,
             clean_session=None if v5 else False,
         )
-        if broker.pki is not None:
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        elif broker.pki is not None:
             cert = broker.pki.client(PLATFORM_CN) if cert is None else cert
             self._client.tls_set_context(client_ssl_context(broker.pki.ca_cert, cert))
+        self._client.max_inflight_messages_set(max_inflight)
         # paho annotates the delays as int; it does arithmetic on them, floats work.
         self._client.reconnect_delay_set(
             min_delay=RECONNECT_MIN_DELAY_S,  # type: ignore[arg-type]
@@ -201,32 +244,40 @@ class PlatformClient:
     def wait_for(self, predicate: Predicate, timeout: float, what: str) -> None:
         """Block until `predicate(self)` holds; re-checked on every message and (re)connection.
 
-        Raises AssertionError naming `what`, with a summary of what did arrive, on timeout.
+        Raises TimeoutError naming `what`, with a summary of what did arrive, on timeout.
         """
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self), timeout):
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self}")
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{self}")
 
     # -- downlink ----------------------------------------------------------------------------
 
     def publish(
         self,
         topic: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | bytes,
         qos: int = 1,
         *,
         retain: bool = False,
+        wait: bool = True,
         timeout: float = PUBLISH_TIMEOUT_S,
     ) -> None:
-        """Publish `payload` as JSON and return once the broker acknowledged it (for QoS > 0).
+        """Publish `payload` (a dict as JSON, bytes as given) and, with `wait`, return once the
+        broker acknowledged it (for QoS > 0).
 
         Raises PlatformError if paho cannot send it, the PUBACK does not come in time, or (MQTT 5)
         the broker answers with a failure reason code such as 0x87 Not authorized.
         """
-        data = json.dumps(payload, separators=(",", ":")).encode()
+        data = (
+            payload
+            if isinstance(payload, bytes)
+            else json.dumps(payload, separators=(",", ":")).encode()
+        )
         info = self._client.publish(topic, data, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise PlatformError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if not wait:
+            return
         info.wait_for_publish(timeout)
         if not info.is_published():
             raise PlatformError(f"no PUBACK for {topic} (mid {info.mid}) within {timeout} s")
@@ -234,6 +285,20 @@ class PlatformClient:
             reason = self._pubacks.pop(info.mid, None)
         if reason is not None and reason.is_failure:
             raise PlatformError(f"broker refused publish to {topic}: {reason} ({reason.value:#x})")
+
+    def command(
+        self, gw: str, name: str, args: dict[str, Any] | None = None, *, wait: bool = True
+    ) -> str:
+        """Send command `name` to gateway `gw`; returns its id (the `cmd.result` carries it)."""
+        command_id = f"{self.client_id}-{name}-{time.time_ns()}"
+        body = {"v": 1, "id": command_id, "name": name, "args": args or {}}
+        self.publish(f"carebed/v1/{gw}/down/cmd", body, wait=wait)
+        return command_id
+
+    def ack(self, gw: str, alarm_ids: Sequence[str], by: str, *, wait: bool = True) -> None:
+        """Acknowledge alarms of gateway `gw`, as the platform's alarm desk does."""
+        body = {"v": 1, "ids": list(alarm_ids), "by": by, "ts": format_ts(datetime.now(UTC))}
+        self.publish(f"carebed/v1/{gw}/down/ack", body, wait=wait)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -294,7 +359,9 @@ class PlatformClient:
                 self.session_present = flags.session_present
                 # Subscribe on our first connection; later only if the broker lost the session
                 # (killed before it saved). Resubscribing would replay retained status messages.
-                if self.connects == 1 or not flags.session_present:
+                if not self._subscriptions:
+                    self._subscribed = True
+                elif self.connects == 1 or not flags.session_present:
                     client.subscribe([(topic, 1) for topic in self._subscriptions])
             self._cond.notify_all()
 
@@ -361,9 +428,9 @@ class PlatformClient:
                 elif self._validate is not None:
                     try:
                         self._validate(msg.topic, payload)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - recorded, never raised in paho's thread
                         problems.append(f"{msg.topic}: invalid: {exc!r}; payload {payload!r}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded, never raised in paho's thread
             problems.append(f"{msg.topic}: error while recording: {exc!r}")
         record = Received(
             topic=msg.topic,
@@ -381,3 +448,22 @@ class PlatformClient:
             if payload is not None and "/up/" in msg.topic:
                 self._index(msg.topic.split("/")[2], payload)
             self._cond.notify_all()
+        if self._on_received is not None:
+            try:
+                self._on_received(record)
+            except Exception as exc:  # noqa: BLE001 - paho's thread must not die of a listener's bug
+                with self._cond:
+                    self.errors.append(f"{msg.topic}: listener failed: {exc!r}")
+
+
+def raw_publisher(broker: Broker, client_id: str = "platform-raw") -> PlatformClient:
+    """A platform client that subscribes to nothing and publishes bytes as given (MQTT 3.1.1,
+    many in flight): what a well-behaved platform would never send (not JSON, oversized, wrong
+    types)."""
+    return PlatformClient(
+        broker,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv311,
+        subscriptions=(),
+        max_inflight=RAW_MAX_INFLIGHT,
+    )

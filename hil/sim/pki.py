@@ -1,4 +1,5 @@
-"""A throw-away test PKI: a CA, a broker certificate for 127.0.0.1, client certificates by CN."""
+"""A throw-away PKI for the rig's TLS broker: a CA, a broker certificate for 127.0.0.1,
+client certificates by CN."""
 
 from __future__ import annotations
 
