@@ -22,9 +22,9 @@ from gateway.app.handlers import (
     control_args,
 )
 from gateway.core.errors import CommandError, ControlError
+from hil.sim.broker import Mosquitto
+from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
-from tests.support.broker import Mosquitto
-from tests.support.platform import PlatformClient
 
 MODELS = [
     NoArgs,
