@@ -163,3 +163,35 @@ def test_the_wheel_holds_the_product_only(tmp_path: Path) -> None:
     assert "gateway/cli/main.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "carebed = gateway.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_drivers_load_without_the_contract_models_or_the_configuration() -> None:
+    """A driver needs the kinds and the clock, not pydantic (the event models, the config)."""
+    code = (
+        "import sys\n"
+        "import drivers.button.serial, drivers.watch.fleet, drivers.camera.policy\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'gateway')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = result.stdout
+    assert "pydantic" not in loaded, loaded
+    assert "gateway.app" not in loaded, loaded
+    assert "gateway.core.events" not in loaded, loaded
+
+
+def test_the_closed_kind_type_names_every_kind_of_the_contract() -> None:
+    from typing import get_args
+
+    from gateway.core.events import KIND_DATA
+    from gateway.core.kinds import AlarmKind, EventKind
+
+    def flatten(tp: object) -> set[str]:
+        names: set[str] = set()
+        for arg in get_args(tp):
+            names |= {arg} if isinstance(arg, str) else flatten(arg)
+        return names
+
+    assert flatten(EventKind) == set(KIND_DATA)
+    assert flatten(AlarmKind) == {kind for kind in KIND_DATA if kind.startswith("alarm.")}

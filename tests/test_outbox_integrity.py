@@ -24,7 +24,8 @@ from structlog.testing import capture_logs
 from gateway.app.commands import CommandProcessor
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreError
-from gateway.core.events import KIND_DATA, StoredEvent, event_class
+from gateway.core.events import KIND_DATA, StoredEvent
+from gateway.core.kinds import event_class
 from gateway.store.alarms import AlarmTiming
 from gateway.store.integrity import DAMAGED_ROW_REASON, row_crc, row_damage
 from gateway.store.outbox import Outbox

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.events import ts_from_unix
+from gateway.core.clock import ts_from_unix
 from gateway.core.feedback import FeedbackHold
 from gateway.core.presence import BatteryReporter, Presence
 

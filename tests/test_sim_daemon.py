@@ -57,7 +57,7 @@ def test_unknown_sim_setting_is_refused_with_78(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_the_product_no_longer_knows_a_sim_section(tmp_path: Path) -> None:
+def test_the_product_refuses_an_enabled_sim_section(tmp_path: Path) -> None:
     config = tmp_path / "carebed.toml"
     config.write_text(GOOD_PLAIN + "[sim]\nenabled = true\n")
     result = subprocess.run(
@@ -68,7 +68,28 @@ def test_the_product_no_longer_knows_a_sim_section(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == EXIT_CONFIG, result.stderr
-    assert "  - sim" in result.stderr
+    assert "  - sim.enabled: the simulated event source is no longer part" in result.stderr
+    assert "python -m hil.sim.daemon" in result.stderr
+
+
+def test_an_upgraded_gateway_with_the_old_example_sim_section_still_starts(
+    tmp_path: Path,
+) -> None:
+    """carebed 0.1's example config, copied by every install, ended with a disabled [sim]."""
+    config = tmp_path / "carebed.toml"
+    config.write_text(
+        GOOD_PLAIN + "[sim]\nenabled = false                   # simulated devices, for the demo\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[sim] is no longer read" in result.stderr
+    assert f"remove the [sim] section from {config}" in result.stderr
 
 
 def test_the_daemon_runs_with_the_simulated_source(

@@ -34,8 +34,10 @@ from drivers.button.codec import (
 )
 from drivers.button.errors import PairingError, ReceiverUnavailableError
 from drivers.button.pairing import PairingStore
-from gateway.core.events import EventKind
+from gateway.core.clock import ts_from_unix
+from gateway.core.faults import FaultListeners
 from gateway.core.feedback import FeedbackHold
+from gateway.core.kinds import EventKind
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 from gateway.core.presence import BatteryReporter, Presence
 
@@ -151,7 +153,7 @@ class SerialButtonLink:
         self._held: FeedbackHold[tuple[int, int]] = FeedbackHold()  # during raise_alarm
         self.newly_paired: list[int] = []
         self._paired_event = asyncio.Event()
-        self._fault_listeners: list[Callable[[], None]] = []
+        self._fault_listeners = FaultListeners()
         self._unchecked_since = clock.wall() if pairing.damage is not None else None
         self._unchecked_heard: dict[int, float] = {}  # button id -> wall time, while unchecked
         self._frame_alarm: str | None = None  # the alarm stored for the frame being handled
@@ -510,7 +512,7 @@ class SerialButtonLink:
             self._last_seen[bid] = self._mono()
             log.info("button_paired", button=device_id(bid))
             if self.pairing.damage is not None:
-                self._faults_changed()  # its message counts the buttons paired since
+                self._fault_listeners.notify()  # its message counts the buttons paired since
             await self.sink.emit("device.paired", {}, device_id(bid))
         self.newly_paired.append(bid)
         self._paired_event.set()
@@ -534,7 +536,7 @@ class SerialButtonLink:
         now = self._mono()
         for bid in self.pairing.buttons():
             self._last_seen.setdefault(bid, now)
-        self._faults_changed()
+        self._fault_listeners.notify()
 
     def _try_recover_pairing(self) -> None:
         if self.pairing.damage is None:
@@ -552,11 +554,7 @@ class SerialButtonLink:
 
     def on_faults_changed(self, callback: Callable[[], None]) -> None:
         """``FaultSource``: ``callback`` is called when a fault appears or ends."""
-        self._fault_listeners.append(callback)
-
-    def _faults_changed(self) -> None:
-        for callback in self._fault_listeners:
-            callback()
+        self._fault_listeners.add(callback)
 
     def faults(self) -> list[dict[str, Any]]:
         """``FaultSource``: what a person must repair here (the contract's ``events.Fault``)."""
@@ -597,7 +595,6 @@ class SerialButtonLink:
                 await presence.went_offline("supervision_timeout")
 
     def _ts(self, wall: float | None) -> str | None:
-        from gateway.core.events import ts_from_unix  # noqa: PLC0415 - formatting only
 
         return None if wall is None else ts_from_unix(wall)
 

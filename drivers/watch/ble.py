@@ -55,8 +55,8 @@ from drivers.watch.rules import Rule, RuleEngine
 from drivers.watch.store import FALL_KEPT_S, RaisedAlert, WatchStore
 from drivers.watch.vitals import METRICS, VitalsAggregator
 from gateway.core.backoff import Backoff
-from gateway.core.events import AlarmKind
 from gateway.core.feedback import FeedbackHold
+from gateway.core.kinds import AlarmKind
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 from gateway.core.presence import BatteryReporter, Presence
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import structlog
 
-from gateway.core.events import AlarmKind, NewEvent, is_alarm
+from gateway.core.events import NewEvent, is_alarm
+from gateway.core.kinds import AlarmKind
 from gateway.core.ports import AlarmListener, AlarmState
 from gateway.store.alarms import HeldAlarm
 from gateway.store.sink import OutboxSink

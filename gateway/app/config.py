@@ -362,6 +362,33 @@ class WatchSection(_Section):
         return tuple(dict.fromkeys(address.upper() for address in addresses))
 
 
+class RetiredSimSection(_Section):
+    """``[sim]`` of carebed 0.1, whose example configuration every installed gateway copied.
+
+    The simulated event source is no longer part of the gateway (it runs from the simulated rig,
+    ``python -m hil.sim.daemon``). A disabled section is accepted, so that an upgrade does not stop
+    the gateway, and reported as a warning; an enabled one is an error.
+    """
+
+    enabled: bool = Field(
+        False, description="retired: the simulated source runs with python -m hil.sim.daemon"
+    )
+    telemetry_interval_s: float | None = None
+    alarm_interval_s: float | None = None
+    burst: int | None = None
+    seed: int | None = None
+
+    @field_validator("enabled")
+    @classmethod
+    def _not_enabled(cls, enabled: bool) -> bool:
+        if enabled:
+            raise ValueError(
+                "the simulated event source is no longer part of the gateway (fix: remove the "
+                "[sim] section; the simulated rig runs it: python -m hil.sim.daemon)"
+            )
+        return enabled
+
+
 class GatewayConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection
@@ -373,6 +400,7 @@ class GatewayConfig(_Section):
     camera: CameraSection = CameraSection()
     watch: WatchSection = WatchSection()
     vitals: VitalsSection = VitalsSection()
+    sim: RetiredSimSection | None = None  # retired; see RetiredSimSection
 
     @property
     def gateway_id(self) -> str:

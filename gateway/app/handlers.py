@@ -185,7 +185,7 @@ class GatewayCommands:
         if self._watches is not None:
             devices.append({"watches": self._watches.status()})
         snapshot["devices"] = devices
-        snapshot["alarms_held"] = len(await self._outbox.held_alarms())
+        snapshot["alarms_held"] = await self._outbox.count_held_alarms()
         snapshot["uplink"] = {
             "connected": self._uplink.connected.is_set(),
             "rejected_messages": self._uplink.stats.rejected_messages,

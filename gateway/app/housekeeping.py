@@ -6,29 +6,19 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from gateway.core.clock import Clock
+from gateway.core.faults import FaultListeners
+from gateway.core.ports import FaultSource
 from gateway.store.outbox import Outbox
 from gateway.store.sink import OutboxSink
 
 log = structlog.get_logger("gateway.app.housekeeping")
 
 CLOCK_POLL_S = 5.0
-
-
-class FaultSource(Protocol):
-    """A component that can find something a person must repair (a damaged pairing file)."""
-
-    def faults(self) -> list[dict[str, Any]]:
-        """The current faults, each ``{"code", "device", "message", "since"}`` (events.Fault)."""
-        ...
-
-    def on_faults_changed(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` whenever a fault appears or ends."""
-        ...
 
 
 class GatewayStatus:
@@ -40,18 +30,14 @@ class GatewayStatus:
         self.version = version
         self.started_mono = time.monotonic()
         self._fault_sources: list[FaultSource] = []
-        self._fault_listeners: list[Callable[[], None]] = []
+        self._fault_listeners = FaultListeners()
 
     def add_fault_source(self, source: FaultSource) -> None:
         self._fault_sources.append(source)
-        source.on_faults_changed(self._faults_changed)
+        source.on_faults_changed(self._fault_listeners.notify)
 
     def on_faults_changed(self, callback: Callable[[], None]) -> None:
-        self._fault_listeners.append(callback)
-
-    def _faults_changed(self) -> None:
-        for callback in self._fault_listeners:
-            callback()
+        self._fault_listeners.add(callback)
 
     def faults(self) -> list[dict[str, Any]]:
         return [fault for source in self._fault_sources for fault in source.faults()]

@@ -61,7 +61,21 @@ def preflight(cfg: GatewayConfig, source: Path, *, create: bool) -> list[ConfigW
     problems.extend(_path_problems(cfg, create=create))
     if problems:
         raise config_error(str(source), problems)
-    return _secret_warnings(cfg, source)
+    return _retired_warnings(cfg, source) + _secret_warnings(cfg, source)
+
+
+def _retired_warnings(cfg: GatewayConfig, source: Path) -> list[ConfigWarning]:
+    """Sections an older carebed read and this one ignores."""
+    if cfg.sim is None:
+        return []
+    return [
+        ConfigWarning(
+            "config_section_retired",
+            source,
+            "[sim] is no longer read: the simulated event source is not part of the gateway",
+            f"remove the [sim] section from {source}",
+        )
+    ]
 
 
 def _ssl_reason(exc: Exception) -> str:

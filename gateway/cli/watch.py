@@ -13,9 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bleak.exc import BleakError
-
-from drivers.watch.errors import WatchCheckError
+from drivers.watch.errors import LINK_ERRORS, WatchCheckError
 from drivers.watch.fleet import (
     MAX_SCAN_S,
     check_watch,
@@ -155,7 +153,7 @@ def _without_daemon(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     except WatchCheckError as exc:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (BleakError, OSError, EOFError, TimeoutError) as exc:  # no adapter, BlueZ, permission
+    except LINK_ERRORS as exc:  # no adapter, BlueZ, permission
         print(
             f"carebed: Bluetooth is not usable here ({exc}): is BlueZ running "
             "(systemctl status bluetooth) and the adapter present (bluetoothctl list)?",

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -108,3 +109,13 @@ def read_boot_id(path: Path = BOOT_ID_FILE) -> str:
         return path.read_text().strip()
     except OSError:
         return "unknown"
+
+
+def format_ts(moment: datetime) -> str:
+    """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def ts_from_unix(seconds: float) -> str:
+    return format_ts(datetime.fromtimestamp(seconds, UTC))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import uuid6
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from gateway.core.kinds import event_class
 
 CONTRACT_VERSION = 1
 GATEWAY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
@@ -21,21 +22,6 @@ DEVICE_PATTERN = (
 EVENT_CLASSES = ("alarm", "telemetry", "device", "gateway", "camera", "audit", "cmdres")
 
 Timestamp = Annotated[str, Field(pattern=TS_PATTERN)]
-
-
-def event_class(kind: str) -> str:
-    """The topic class of a kind: the part before the first dot; ``cmd.result`` goes to cmdres."""
-    return "cmdres" if kind == "cmd.result" else kind.split(".", 1)[0]
-
-
-def format_ts(moment: datetime) -> str:
-    """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
-
-
-def ts_from_unix(seconds: float) -> str:
-    return format_ts(datetime.fromtimestamp(seconds, UTC))
 
 
 def new_event_id() -> str:
@@ -173,43 +159,6 @@ class CmdResultData(_Data):
     result: dict[str, Any] | None
     error: CommandErrorBody | None
 
-
-AlarmKind = Literal[
-    "alarm.button",
-    "alarm.cancelled",
-    "alarm.watch_sos",
-    "alarm.fall",
-    "alarm.vitals",
-]
-"""The alarm kinds of the contract: what a driver may raise."""
-
-EventKind = (
-    AlarmKind
-    | Literal[
-        "telemetry.vitals",
-        "device.online",
-        "device.offline",
-        "device.battery",
-        "device.tamper",
-        "device.worn",
-        "device.not_worn",
-        "device.paired",
-        "device.unpaired",
-        "gateway.started",
-        "gateway.stopping",
-        "gateway.heartbeat",
-        "gateway.power",
-        "gateway.dropped",
-        "gateway.clock",
-        "camera.call",
-        "audit.alarm_acknowledged",
-        "audit.command",
-        "audit.config_changed",
-        "audit.camera_activated",
-        "cmd.result",
-    ]
-)
-"""Every kind of the contract: a closed type, so that a misspelt kind fails the type check."""
 
 KIND_DATA: dict[str, type[BaseModel]] = {  # keyed by EventKind (a test checks they agree)
     "alarm.button": ButtonAlarmData,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.core.events import AlarmKind, EventKind
+from gateway.core.kinds import AlarmKind, EventKind
 
 
 class AlarmState(StrEnum):
@@ -22,6 +23,18 @@ class EventSink(Protocol):
 
     async def emit(self, kind: EventKind, data: dict[str, Any], device: str | None = None) -> str:
         """Store an event (an alarm durably before returning); return its id."""
+        ...
+
+
+class FaultSource(Protocol):
+    """A component that can find something a person must repair (a damaged pairing file)."""
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The current faults, each ``{"code", "device", "message", "since"}`` (events.Fault)."""
+        ...
+
+    def on_faults_changed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a fault appears or ends."""
         ...
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.core.events import EventKind, ts_from_unix
+from gateway.core.clock import ts_from_unix
+from gateway.core.kinds import EventKind
 
 Emit = Callable[[EventKind, dict[str, Any], str | None], Awaitable[object]]
 

@@ -107,6 +107,10 @@ class Outbox:
         """The alarms stored and not yet acknowledged by the platform."""
         return await self._call(self.store.held_alarms, urgent=True)
 
+    async def count_held_alarms(self) -> int:
+        """How many alarms wait for the platform's acknowledgement (for reports: not urgent)."""
+        return len(await self._call(self.store.held_alarms))
+
     async def promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
         """Alarms due for a resend, and those given up after ``give_up_after_s``."""
         return await self._call(self.store.promote_due_alarms, urgent=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.core.clock import Clock
-from gateway.core.events import EventKind, NewEvent, new_event_id, normalise_data, ts_from_unix
+from gateway.core.clock import Clock, ts_from_unix
+from gateway.core.events import NewEvent, new_event_id, normalise_data
+from gateway.core.kinds import EventKind
 from gateway.store.outbox import Outbox
 
 

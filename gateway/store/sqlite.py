@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError
-from gateway.core.events import NewEvent, StoredEvent, event_class
+from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.kinds import event_class
 from gateway.store import commands, database, integrity, timestamps
 from gateway.store.alarms import (
     AlarmTiming,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from gateway.core.events import ts_from_unix
+from gateway.core.clock import ts_from_unix
 
 
 def unsynced(db: sqlite3.Connection, boot_id: str) -> list[tuple[int, int]]:

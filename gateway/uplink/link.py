@@ -17,8 +17,9 @@ import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.core.backoff import Backoff
+from gateway.core.clock import ts_from_unix
 from gateway.core.errors import UplinkAuthError, UplinkError, UplinkTransientError
-from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, status_payload, ts_from_unix
+from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, status_payload
 from gateway.store.alarms import HeldAlarm
 from gateway.store.outbox import Outbox
 from gateway.uplink.client import Downlink, MqttConnection

@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.core.events import format_ts
+from gateway.core.clock import format_ts
 from hil.sim.pki import ClientCert, Pki, client_ssl_context
 
 PLATFORM_CN = "platform"

@@ -10,7 +10,8 @@ from typing import Any
 
 import jsonschema
 
-from gateway.core.events import MAX_MESSAGE_BYTES, event_class, uplink_json_schema
+from gateway.core.events import MAX_MESSAGE_BYTES, uplink_json_schema
+from gateway.core.kinds import event_class
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
