@@ -106,6 +106,7 @@ def test_sigkill_at_random_moments_loses_nothing(
     daemon = daemon_factory(config)
     for _ in range(KILL_CYCLES):
         daemon.start()
+        daemon.wait_started()
         time.sleep(rng.uniform(0.3, 1.2))  # the fault schedule, not a wait for a result
         daemon.kill()
     produced = last_seq(state)

@@ -12,12 +12,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hil.sim.broker import Mosquitto
 
 SIM_MARKER = "# simulated source: "
+
+
+STARTED = '"gateway_started"'  # the log line of a daemon whose store is open and sources run
 
 
 def toml_value(value: Any) -> str:
@@ -111,8 +115,25 @@ class GatewayProcess:
         self.config = config
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._starts_logged = 0
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        """Until the daemon last started has logged ``gateway_started`` (its store is open and
+        its sources run): a fault schedule counts from there, not from a slow start-up."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(STARTED) <= self._starts_logged:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the daemon exited before it started:\n{self.log_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the daemon did not start in {timeout} s:\n{self.log_text()[-3000:]}"
+                )
+            time.sleep(0.05)
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
+        self._starts_logged = self.log_text().count(STARTED)
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         env.update(extra_env or {})
