@@ -13,7 +13,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +29,6 @@ FAULTS = scaled(8, 40)
 TIMEOUT_S = scaled(180, 900)
 FLOOD = {"telemetry_interval_s": 0.01, "burst": 20, "alarm_interval_s": 0.25, "seed": 11}
 START_TIMEOUT_S = 30.0
-STARTED = '"gateway_started"'  # the daemon's log line once its store is open and sources run
 GW = "gw-a"
 
 pytestmark = pytest.mark.skipif(
@@ -98,14 +97,6 @@ def test_sqlite_keeps_its_synced_commits_and_loses_the_others(disk: PowerCutDisk
 
 
 # ------------------------------------------------------------------- the daemon under power cuts
-
-
-def wait_log(daemon: GatewayProcess, check: Callable[[str], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not check(daemon.log_text()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {daemon.log_text()[-3000:]}")
-        time.sleep(0.05)
 
 
 def stored_alarms(log_text: str) -> set[str]:
@@ -196,12 +187,11 @@ def test_power_cuts_and_kills_under_a_flood_lose_no_alarm_and_reuse_no_seq(
     reports: list[CutReport] = []
     kills = 0
     for _ in range(FAULTS):
-        started = daemon.log_text().count(STARTED)
         daemon.start()
         if rng.random() < 0.2:  # while it starts: opening and recovering the store
             time.sleep(rng.uniform(0.2, 3.0))  # the fault schedule, not a wait for a result
         else:  # in the flood
-            wait_log(daemon, lambda text, n=started: text.count(STARTED) > n, "the daemon to start")
+            daemon.wait_started(START_TIMEOUT_S)
             time.sleep(rng.uniform(0.0, 1.5))
         daemon.kill()
         if rng.random() < 0.75:
