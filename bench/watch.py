@@ -77,6 +77,7 @@ DEFAULT_SPACING_MS = 20.0
 DEFAULT_WARMUP = 5
 STATS = ("p50", "p95", "p99", "max")
 FEW_REMEMBERED = 16  # alerts in the gateway's watch list: "a quiet day"
+TARGET_RATIO_P50 = 3.0  # SOS → 0x01, gateway ÷ plain bleak (issue 11)
 
 
 class WatchBenchError(Exception):
@@ -469,6 +470,8 @@ def summarise(
     gateway, baseline = out["gateway"]["confirm_ms"], out["baseline"]["confirm_ms"]
     out["ratio_p50"] = gateway["p50"] / baseline["p50"]
     out["ratio_p99"] = gateway["p99"] / baseline["p99"]
+    out["target_ratio_p50"] = TARGET_RATIO_P50
+    out["meets_target"] = out["ratio_p50"] <= TARGET_RATIO_P50
     out["ratio_p50_per_round"] = [
         g["confirm_ms"]["p50"] / b["confirm_ms"]["p50"]
         for g, b in zip(gateway_runs, baseline_runs, strict=False)
@@ -486,7 +489,9 @@ def summary_line(watch: dict[str, Any]) -> str:
     return (
         f"watch SOS → 0x01: gateway p50 {gateway['p50']:.2f} / p99 {gateway['p99']:.2f} ms   "
         f"plain bleak p50 {baseline['p50']:.2f} / p99 {baseline['p99']:.2f} ms   ratio p50 "
-        f"{watch['ratio_p50']:.1f}x, p99 {watch['ratio_p99']:.1f}x   SOS → platform p50 "
+        f"{watch['ratio_p50']:.1f}x (target <= {TARGET_RATIO_P50:g}x: "
+        f"{'ok' if watch['meets_target'] else 'MISSED'}), p99 {watch['ratio_p99']:.1f}x   "
+        "SOS → platform p50 "
         f"{platform['p50']:.2f} / p99 {platform['p99']:.2f} ms"
     )
 
