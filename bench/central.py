@@ -13,9 +13,16 @@ Alert Confirm 0x01 goes back to the watch: what the bench times.
 subscribes to Care Alert only and, in the notification callback, starts writing Alert Confirm
 0x01 (with response) for the notified ``alert_seq`` at once: nothing is stored, parsed or sent on.
 
+With ``--button-port`` the gateway's ``[button]`` receiver link is enabled too, on the pty of a
+simulated receiver (``bench.presser``). With ``--idle-s`` the gateway, once linked, is left alone
+for that long and reports its idle cost: CPU time and RSS over the idle window, and how long it
+took to be online (uplink connected) and to have the watch linked, from ``--spawned-ns`` (when the
+bench started the process) and from ``Gateway.run``.
+
 Protocol: JSON lines on stdout; the logs go to ``--log`` (gateway) or stderr.
 
 - out ``linked`` once the central is connected and subscribed to Care Alert;
+- out ``idle`` (``--idle-s`` only) after the idle window;
 - in any line (or end of file): stop (the gateway shuts down, the client disconnects);
 - out ``result``: CPU time, what was written or counted.
 """
@@ -66,6 +73,7 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
         state_dir=args.state_dir,
         port=args.port,
         watch_addresses=[args.address],
+        button_port=args.button_port,
         overrides={"alarms": {"ack_timeout_s": ACK_TIMEOUT_S}},
     )
     gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
@@ -73,10 +81,12 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
     assert fleet is not None
     stop = _stop_event()
     cpu_before = cpu_seconds()
+    run_ns = now_ns()
     task = asyncio.create_task(gateway.run(stop), name="gateway")
     async with asyncio.timeout(START_TIMEOUT_S):
         await gateway.started.wait()
         await gateway.uplink.connected.wait()
+        online_ns = now_ns()
         # The fleet starts each watch's link in its own task, with no event to wait on: poll.
         address = args.address.upper()
         while address not in fleet.watches:
@@ -84,7 +94,11 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
                 await task
             await asyncio.sleep(POLL_S)
         await fleet.watches[address].connected.wait()
-    emit({"event": "linked", "linked_ns": now_ns()})
+    linked_ns = now_ns()
+    emit({"event": "linked", "linked_ns": linked_ns})
+    if args.idle_s:
+        spawned_ns = args.spawned_ns or run_ns
+        emit(await _idle(args.idle_s, spawned_ns, run_ns, online_ns, linked_ns))
     await task
     (status,) = [s for s in fleet.status() if s.get("address") == address] or [{}]
     return {
@@ -94,6 +108,27 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
         "published_messages": gateway.uplink.stats.published_messages,
         "watch_counters": status.get("counters", {}),
         "vmhwm_kb": proc_status_kb("VmHWM"),
+    }
+
+
+async def _idle(
+    seconds: float, spawned_ns: int, run_ns: int, online_ns: int, linked_ns: int
+) -> dict[str, Any]:
+    """The gateway's cost while nothing happens for ``seconds``: CPU (% of one core) and RSS;
+    and how long it took to come online, from the process's start (interpreter and imports,
+    as systemd sees it) and from ``Gateway.run``."""
+    cpu_before, before_ns = cpu_seconds(), now_ns()
+    await asyncio.sleep(seconds)
+    window_s = (now_ns() - before_ns) / 1e9
+    return {
+        "event": "idle",
+        "idle_s": window_s,
+        "cpu_percent": (cpu_seconds() - cpu_before) / window_s * 100,
+        "vmrss_kb": proc_status_kb("VmRSS"),
+        "vmhwm_kb": proc_status_kb("VmHWM"),
+        "start_to_online_s": (online_ns - spawned_ns) / 1e9,
+        "start_to_linked_s": (linked_ns - spawned_ns) / 1e9,
+        "run_to_online_s": (online_ns - run_ns) / 1e9,
     }
 
 
@@ -150,6 +185,11 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, help="the gateway's state directory")
     parser.add_argument("--gateway-id", help="a fresh gateway id for the run (gateway)")
     parser.add_argument("--log", type=Path, help="the gateway's JSON log lines")
+    parser.add_argument("--button-port", help="enable the [button] receiver on this port")
+    parser.add_argument("--idle-s", type=float, default=0.0, help="report the idle cost (gateway)")
+    parser.add_argument(
+        "--spawned-ns", type=int, default=0, help="CLOCK_MONOTONIC ns when the bench started this"
+    )
     args = parser.parse_args()
     if args.role == "bleak":
         emit(asyncio.run(run_bleak(args)))

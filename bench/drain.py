@@ -102,6 +102,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port=args.port,
         max_inflight=args.max_inflight,
         button_port=args.button_port,
+        overrides=(
+            {"outbox": {"max_bytes": args.outbox_max_bytes}} if args.outbox_max_bytes else None
+        ),
     )
     gateway = Gateway(
         cfg, clock=make_clock(args.clock), notifier=SystemdNotifier(None), boot_id=BOOT_ID
@@ -166,6 +169,12 @@ def main() -> None:
     parser.add_argument("--alarms-after-events", type=int, default=0)
     parser.add_argument(
         "--button-port", default=None, help="enable the [button] receiver on this serial port"
+    )
+    parser.add_argument(
+        "--outbox-max-bytes",
+        type=int,
+        default=None,
+        help="the outbox quota (default: the config's)",
     )
     args = parser.parse_args()
     with args.log.open("a") as log_stream:

@@ -1,0 +1,158 @@
+"""Flash writes per telemetry event (a child process): a whole gateway, as a home runs it.
+
+Runs the real ``Gateway`` (outbox, uplink, supervisor: everything ``gateway run`` starts) on a
+state directory a gateway has run in before (copied by the bench), with its uplink connected to
+the bench's Mosquitto (``--uplink up``) or pointed at a closed port (``--uplink down``: every
+event must be kept). Once it is online it produces ``telemetry.vitals`` through its own sink at
+``--rate`` events/s for ``--seconds``, then waits for a line on stdin (the bench sends it when
+its subscriber has every event, or at once when the uplink is down), shuts the gateway down and
+reports what this process wrote (``/proc/self/io`` ``write_bytes``, all threads, exited ones
+included): the WAL, checkpoints, the database and every sidecar file.
+
+The gateway's logs go to stderr, a pipe the bench copies to a file: in production they go to
+journald, which writes them itself. The bench starts this child with ``PYTHONDONTWRITEBYTECODE``
+so that no byte-code cache is written either.
+
+Protocol: JSON lines on stdout.
+
+- out ``online`` once the gateway has started (and, uplink up, is connected);
+- out ``produced`` once every event was handed to the sink (uplink up: and acknowledged, none
+  left in the outbox);
+- in any line (or end of file): stop;
+- out ``result``: bytes written at start-up (process start → online) and while online
+  (online → after the gateway closed everything), the events, the size of one event's JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BOOT_ID,
+    TELEMETRY_KIND,
+    WATCH,
+    cpu_seconds,
+    emit,
+    gateway_config,
+    now_ns,
+    proc_io,
+    vitals,
+)
+from gateway.app import logs
+from gateway.app.daemon import Gateway
+from gateway.app.sdnotify import SystemdNotifier
+from gateway.core.clock import SystemClock
+from gateway.core.events import StoredEvent
+
+UNREACHABLE_PORT = 9  # uplink down: connections are refused, the gateway keeps retrying
+START_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 60.0
+SETTLE_POLL_S = 0.1
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Any line (or end of file) on stdin asks the gateway to stop."""
+    sys.stdin.readline()
+    loop.call_soon_threadsafe(stop.set)
+
+
+def event_json_bytes(gateway: Gateway, seq: int) -> int:
+    """The size of one telemetry event object as it goes on the wire (``wire_json``), made by
+    the gateway's own factory from the bench's sample; ``seq`` as the run's last one."""
+    event = gateway.factory.make(TELEMETRY_KIND, vitals(seq), WATCH)
+    stored = StoredEvent(
+        seq=seq,
+        id=event.id,
+        kind=event.kind,
+        device=event.device,
+        data_json=event.data_json,
+        ts=event.ts,
+        ts_synced=event.ts_synced,
+        attempt=1,
+    )
+    return len(stored.wire_json().encode())
+
+
+async def _settled(gateway: Gateway) -> None:
+    """Wait until no telemetry is buffered or queued: every event was published and its PUBACK
+    applied (the gateway's stats are a read, they write nothing)."""
+    async with asyncio.timeout(SETTLE_TIMEOUT_S):
+        while True:  # the outbox has no event for "empty": poll it
+            stats = await gateway.outbox.stats()
+            if not gateway.outbox.buffered and not stats.queued.get("telemetry"):
+                return
+            await asyncio.sleep(SETTLE_POLL_S)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    up = args.uplink == "up"
+    cfg = gateway_config(
+        gateway_id=args.gateway_id,
+        state_dir=args.state_dir,
+        port=args.port if up else UNREACHABLE_PORT,
+    )
+    gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+
+    start_ns = now_ns()
+    task = asyncio.create_task(gateway.run(stop), name="gateway")
+    async with asyncio.timeout(START_TIMEOUT_S):
+        await gateway.started.wait()
+        if up:
+            await gateway.uplink.connected.wait()
+    online, online_ns, cpu_online = proc_io(), now_ns(), cpu_seconds()
+    emit({"event": "online", "start_ns": start_ns, "online_ns": online_ns})
+
+    interval_s = 1.0 / args.rate
+    count = max(1, round(args.rate * args.seconds))
+    first = loop.time()
+    for n in range(count):
+        delay = first + n * interval_s - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await gateway.sink.emit(TELEMETRY_KIND, vitals(n), WATCH)
+    produced_s = loop.time() - first
+    if up:  # as in a home, where the gateway runs on: what was acknowledged is settled
+        await _settled(gateway)
+    emit({"event": "produced", "events": count})
+    await task
+    end = proc_io()
+    return {
+        "event": "result",
+        "uplink": args.uplink,
+        "events": count,
+        "rate_target": args.rate,
+        "rate_achieved": (count - 1) / produced_s if produced_s > 0 else float(count),
+        "online_s": (now_ns() - online_ns) / 1e9,
+        "event_json_bytes": event_json_bytes(gateway, count),
+        "start_write_bytes": online["write_bytes"],
+        "write_bytes": end["write_bytes"] - online["write_bytes"],
+        "cancelled_write_bytes": end["cancelled_write_bytes"] - online["cancelled_write_bytes"],
+        "syscw": end["syscw"] - online["syscw"],
+        "cpu_s": cpu_seconds() - cpu_online,
+        "published_events": gateway.uplink.stats.published_events,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--uplink", choices=("up", "down"), required=True)
+    parser.add_argument("--port", type=int, required=True, help="the bench broker's port")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--gateway-id", required=True)
+    parser.add_argument("--rate", type=float, required=True, help="events per second")
+    parser.add_argument("--seconds", type=float, required=True)
+    args = parser.parse_args()
+    logs.configure("info", "json", stream=sys.stderr)
+    emit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The bench's summary: every figure with a target is checked, and a miss is named."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from bench.run import parse_args, print_summary, summarise
+
+
+def _latency(p50: float, p99: float) -> dict[str, float]:
+    return {"p50": p50, "p99": p99, "max": p99}
+
+
+def _runs(*, flash_up_ratio: float = 0.5, drain_large_per_s: float = 100_000.0) -> dict[str, Any]:
+    alarm = {
+        "alarms": {
+            "latency_ms": _latency(1.0, 2.0),
+            "stored_ms": _latency(0.5, 1.0),
+            "delivered_ms": _latency(0.8, 1.5),
+            "counted": 200,
+        },
+        "vmhwm_kb": 45_000,
+    }
+    button = {
+        "latency_ms": _latency(2.0, 3.0),
+        "ack_ms": _latency(1.0, 2.0),
+        "counted": 500,
+        "gateway_runs": [{"presses": {"samples_ms": [2.0, 3.0]}}],
+    }
+    watch_stats = {"p50": 1.0, "p95": 1.5, "p99": 2.0, "max": 3.0}
+    watch = {
+        "confirm_ms": watch_stats,
+        "confirm_samples_ms": [1.0, 2.0],
+        "platform_ms": watch_stats,
+        "confirm_ms_few_remembered": watch_stats,
+        "confirm_ms_full_list": watch_stats,
+    }
+    runs: dict[str, Any] = {
+        "baseline_inflight_20": [{"events_per_s": 5_000.0}],
+        "baseline_inflight_100": [{"events_per_s": 6_000.0}],
+        "drain": [
+            {
+                "events_per_s": 60_000.0,
+                "events_per_s_from_connected": 61_000.0,
+                "cpu_s": 1.0,
+                "write_bytes_per_event": 400.0,
+                "vmhwm_kb": 47_000,
+            }
+        ],
+        "alarms_idle": [alarm],
+        "alarms_draining": [alarm],
+        "button_idle": [button],
+        "button_draining": [button],
+        "watch_gateway": [watch],
+        "watch_baseline": [{**watch, "confirm_ms": {**watch_stats, "p50": 0.5}}],
+        "queued_empty": [{"put_us_per_event": 10.0, "claim_us_per_event": 5.0}],
+        "queued_large": [{"put_us_per_event": 11.0, "claim_us_per_event": 5.5}],
+        "drain_large": [{"events_per_s": drain_large_per_s}],
+    }
+    for rate in ("0.2", "2", "500"):
+        for uplink, ratio in (("up", flash_up_ratio), ("down", 1.5)):
+            runs[f"flash_{uplink}_rate{rate}"] = [
+                {
+                    "events": 60,
+                    "online_s": 300.0,
+                    "bytes_per_event": ratio * 250,
+                    "event_json_bytes": 250,
+                    "start_write_bytes": 40_000,
+                    "ratio": ratio,
+                }
+            ]
+    return runs
+
+
+def test_every_figure_with_a_target_is_checked() -> None:
+    summary = summarise(parse_args([]), _runs())
+    assert sorted(t["name"] for t in summary["targets"]) == sorted(
+        [
+            "drain",
+            "alarm p99 draining/idle",
+            "button idle p99",
+            "button p99 draining/idle",
+            "watch SOS → 0x01 p50 gateway/bleak",
+            *(
+                f"flash writes, uplink {u}, {r}/s"
+                for u in ("up", "down")
+                for r in ("0.2", "2", "500")
+            ),
+            "put cost, 1000000 queued/empty",
+            "claim cost, 1000000 queued/empty",
+            "drain of 1000000 queued",
+        ]
+    )
+    assert all(t["ok"] for t in summary["targets"])
+
+
+def test_a_missed_target_is_named_in_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    summary = summarise(parse_args([]), _runs(flash_up_ratio=1.2, drain_large_per_s=math.nan))
+    missed = {t["name"] for t in summary["targets"] if not t["ok"]}
+    # A figure that could not be computed (NaN) misses its target too.
+    assert missed == {
+        "flash writes, uplink up, 0.2/s",
+        "flash writes, uplink up, 2/s",
+        "flash writes, uplink up, 500/s",
+        "drain of 1000000 queued",
+    }
+    print_summary({"date": "today", "nproc": 2, "cpu_model": "test"}, summary)
+    out = capsys.readouterr().out
+    assert "target <= 1x: MISSED" in out
+    assert "targets: 10 of 14 met; MISSED: flash writes, uplink up, 0.2/s" in out
