@@ -535,3 +535,31 @@ def test_a_checkpoint_waits_for_a_moment_without_alarms(tmp_path: Path) -> None:
     arriving = False  # none: at once
     assert checkpointed_after_s() < 0.2
     writer.close()
+
+
+def test_the_wal_restarts_once_the_checkpointer_has_copied_it(tmp_path: Path) -> None:
+    """The checkpointer's copy does not let the WAL restart while the store keeps writing; once
+    it has been seen at work and is done, the store copies what is left and the WAL restarts
+    long before a quarter of its share (where the store would copy all of it itself)."""
+    rig = Rig(tmp_path / "o.sqlite3", max_bytes=8 * MiB)
+    rig.store.open()
+    assert rig.store.make_reserve()
+    budget = DiskBudget.of(8 * MiB)
+    wal = Path(f"{rig.path}-wal")
+    while wal.stat().st_size <= budget.wal // 8:
+        rig.store.insert([rig.telemetry() for _ in range(20)])
+    checkpointer = sqlite3.connect(rig.path, isolation_level=None)
+    reader = sqlite3.connect(rig.path, isolation_level=None)  # as a transaction begun meanwhile
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()
+    with rig.store.checkpoint_lock:  # the checkpointer at work, seen by the next write
+        checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        rig.store.insert([rig.telemetry() for _ in range(20)])  # appended during its copy
+    reader.execute("COMMIT")
+    grown = wal.stat().st_size
+    assert budget.wal // 8 < grown < budget.wal // 4
+    rig.store.insert([rig.telemetry() for _ in range(20)])  # copies the rest first
+    rig.store.insert([rig.telemetry() for _ in range(20)])
+    assert wal.stat().st_size <= budget.wal // 8  # restarted, cut back to its restart size
+    checkpointer.close()
+    reader.close()
