@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from gateway.store.disk import DiskBudget
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
+from gateway.store.worker import CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
 
 BOOT = "boot-1"
 
@@ -466,3 +469,97 @@ def test_a_quota_too_small_for_the_outbox_is_refused(tmp_path: Path) -> None:
         OutboxSection(max_bytes=256 * 1024)
     assert OutboxSection(max_bytes=MiB).max_bytes == DiskBudget.of(MiB).max_bytes
     assert DiskBudget.of(MiB).db >= MiB * 3 // 4
+
+
+def test_alarms_that_arrive_while_the_store_is_busy_are_committed_together(rig: Rig) -> None:
+    """One transaction (one fsync) for the alarms queued behind the call in progress; one that
+    cannot be stored (a duplicate id) leaves the others stored, each with its own outcome."""
+    worker = StoreWorker()
+    try:
+        for duplicate in (False, True):
+            gate = threading.Event()
+            busy = worker.submit(gate.wait, (5.0,), urgent=False)  # the call in progress
+            while not busy.running():
+                time.sleep(0.001)
+            alarms = [rig.alarm() for _ in range(3)]
+            futures = [worker.submit_joined(rig.store.insert, alarm) for alarm in alarms]
+            if duplicate:
+                again = worker.submit_joined(rig.store.insert, alarms[1])
+            gate.set()
+            assert busy.result(5)
+            results = [future.result(5) for future in futures]
+            if duplicate:
+                with pytest.raises(sqlite3.IntegrityError):
+                    again.result(5)
+                assert len({seq for seqs in results for seq in seqs}) == 3  # each alone
+            else:
+                assert results[0] == results[1] == results[2]  # one insert of all three
+                assert len(results[0]) == 3
+    finally:
+        worker.shutdown()
+    assert rig.store.stats().queued == {"alarm": 6}
+
+
+def test_a_checkpoint_waits_for_a_moment_without_alarms(tmp_path: Path) -> None:
+    """While alarms are being committed the checkpointer copies nothing into the database file
+    (its fsyncs would share the disk with theirs); once they stop, it does; and if they never
+    stop, it waits no longer than CHECKPOINT_HOLD_MAX_S."""
+    path = tmp_path / "o.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    arriving = True
+
+    def checkpointed_after_s() -> float:
+        """Seconds until the checkpointer (woken at once) copied new pages into the file."""
+        nonlocal arriving
+        writer.executemany("INSERT INTO t VALUES (?)", [(bytes(4000),)] * 100)
+        before = path.stat().st_size
+        checkpointer = Checkpointer(path, threading.Lock(), interval_s=0.01, hold=lambda: arriving)
+        start = time.monotonic()
+        try:
+            while path.stat().st_size == before:
+                assert time.monotonic() - start < 5, "never checkpointed"
+                time.sleep(0.005)
+                if time.monotonic() - start > 0.2 and stop_at_0_2_s:
+                    arriving = False
+        finally:
+            checkpointer.stop()
+        return time.monotonic() - start
+
+    stop_at_0_2_s = True  # alarms stop coming after 0.2 s
+    assert 0.2 <= checkpointed_after_s() < CHECKPOINT_HOLD_MAX_S
+    arriving, stop_at_0_2_s = True, False  # they never stop
+    assert checkpointed_after_s() >= CHECKPOINT_HOLD_MAX_S
+    arriving = False  # none: at once
+    assert checkpointed_after_s() < 0.2
+    writer.close()
+
+
+def test_the_wal_restarts_once_the_checkpointer_has_copied_it(tmp_path: Path) -> None:
+    """The checkpointer's copy does not let the WAL restart while the store keeps writing; once
+    it has been seen at work and is done, the store copies what is left and the WAL restarts
+    long before a quarter of its share (where the store would copy all of it itself)."""
+    rig = Rig(tmp_path / "o.sqlite3", max_bytes=8 * MiB)
+    rig.store.open()
+    assert rig.store.make_reserve()
+    budget = DiskBudget.of(8 * MiB)
+    wal = Path(f"{rig.path}-wal")
+    while wal.stat().st_size <= budget.wal // 8:
+        rig.store.insert([rig.telemetry() for _ in range(20)])
+    checkpointer = sqlite3.connect(rig.path, isolation_level=None)
+    reader = sqlite3.connect(rig.path, isolation_level=None)  # as a transaction begun meanwhile
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()
+    with rig.store.checkpoint_lock:  # the checkpointer at work, seen by the next write
+        checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        rig.store.insert([rig.telemetry() for _ in range(20)])  # appended during its copy
+    reader.execute("COMMIT")
+    grown = wal.stat().st_size
+    assert budget.wal // 8 < grown < budget.wal // 4
+    rig.store.insert([rig.telemetry() for _ in range(20)])  # copies the rest first
+    rig.store.insert([rig.telemetry() for _ in range(20)])
+    assert wal.stat().st_size <= budget.wal // 8  # restarted, cut back to its restart size
+    checkpointer.close()
+    reader.close()

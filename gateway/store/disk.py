@@ -145,6 +145,7 @@ class DiskGuard:
         self.page_size = 4096
         self.prepared: sqlite3.Connection | None = None
         self.lock = threading.Lock()  # one checkpoint at a time
+        self._checkpointer_seen = False  # at work at the last write of other events
         self.wake_checkpointer: Callable[[], None] = lambda: None
 
     def make_reserve(self) -> bool:
@@ -194,7 +195,14 @@ class DiskGuard:
         """Before a write: the connection's settings, the reserve, and (not for alarms) a large
         WAL or growth is checkpointed now: waiting for the checkpointer only at their cap, where
         one more transaction (rows and their eviction) could pass the WAL's share or the reserve;
-        below it, only if the checkpointer is not at it already (an alarm may be queued)."""
+        below it, only if the checkpointer is not at it already (an alarm may be queued).
+
+        The checkpointer copies the WAL off this thread, but while the store keeps writing its
+        copy never lets the WAL restart (a transaction begun meanwhile appends to it), and the
+        WAL would grow to the quarter of its share, where this thread copies megabytes (tens of
+        milliseconds that an alarm queued behind the call in progress waits for). So once the
+        checkpointer has been seen at work and is done, this thread copies what was appended
+        meanwhile (little), and the next transaction restarts the WAL."""
         if self.prepared is not db:
             # A restarted WAL is cut back to this: past it, the WAL holds that much since.
             db.execute(f"PRAGMA journal_size_limit={self.budget.wal // 8}")
@@ -210,6 +218,14 @@ class DiskGuard:
                 self.checkpoint(db)
             elif wal > self.budget.wal // 4 or growth > held // 2:
                 self.checkpoint(db, wait=False)
+            elif self._checkpointer_done() and wal > self.budget.wal // 8:
+                self.checkpoint(db, wait=False)  # what the checkpointer left: the WAL restarts
+
+    def _checkpointer_done(self) -> bool:
+        """The checkpointer was at work at the last check and is done now."""
+        busy = self.lock.locked()
+        done, self._checkpointer_seen = self._checkpointer_seen and not busy, busy
+        return done
 
     def after_write(self, db: sqlite3.Connection, *, urgent: bool = False) -> None:
         wal, growth = self.pressure(db)

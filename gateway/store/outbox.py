@@ -139,7 +139,9 @@ class Outbox:
     async def open(self) -> OpenReport:
         report = await self._call(self.store.open)
         await self._call(self.store.make_reserve)
-        self._checkpointer = Checkpointer(self.store.path, self.store.checkpoint_lock)
+        self._checkpointer = Checkpointer(
+            self.store.path, self.store.checkpoint_lock, hold=lambda: self.alarms_arriving > 0
+        )
         self.store.set_checkpoint_waker(self._checkpointer.wake)
         return report
 
@@ -232,7 +234,11 @@ class Outbox:
         if report:
             self._reporting = True
             rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
-        future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
+        if urgent and len(rows) == 1:  # alarms arriving meanwhile are committed with it
+            submitted = self._worker.submit_joined(self.store.insert, rows[0])
+        else:
+            submitted = self._worker.submit(self.store.insert, (rows,), urgent=urgent)
+        future = asyncio.wrap_future(submitted)
         future.add_done_callback(functools.partial(self._inserted, batch, report))
         await asyncio.shield(future)
 
