@@ -200,12 +200,14 @@ async def test_a_full_disk_with_the_broker_down_stores_every_alarm_and_delivers_
             )
             other.unlink()  # space returns: the next write makes the reserve again
             # (wait for the store to say so: the reserve file also exists for a moment while an
-            # attempt to allocate it on the still full disk fails)
+            # attempt to allocate it on the still full disk fails). Written at once: delivered
+            # within its window, it would never be written.
             async with asyncio.timeout(10):
                 while not events_logged(logs, "disk_space_returned"):
                     await gateway.sink.emit(
                         "telemetry.vitals", {"heart_rate": 60}, "watch-AABBCCDDEEFF"
                     )
+                    await gateway.outbox.flush()
                     await asyncio.sleep(0.05)
             assert (state / "outbox.sqlite3.reserve").exists()
     assert not events_logged(logs, "task_crashed")
