@@ -258,11 +258,11 @@ def run_outages(
             how = "SIGKILL" if cycle % 2 else "SIGTERM"
             # The platform lags: the broker acknowledges to the gateway and queues for it.
             platform_gate.stall()
-            stalled_at = last_seq(state)
+            stalled_at = daemon.allocated_seq()
             delivered = len(logged(log, "alarm_delivered"))
             poll_until(
                 lambda floor=stalled_at + STALL_SEQS, alarms=delivered: (
-                    last_seq(state) >= floor and len(logged(log, "alarm_delivered")) > alarms
+                    daemon.allocated_seq() >= floor and len(logged(log, "alarm_delivered")) > alarms
                 ),
                 30,
                 "events and an alarm acknowledged by the broker while the platform lags",
@@ -274,19 +274,19 @@ def run_outages(
             else:
                 broker.stop()
             # Seqs allocated from now on cannot have been acknowledged by the stopped broker.
-            allocated = last_seq(state)
+            allocated = daemon.allocated_seq()
             platform_gate.flow()
             outages.append(Outage(how, first, allocated))
             first = allocated + 1
             poll_until(
-                lambda floor=allocated + BACKLOG_WHILE_DOWN: last_seq(state) >= floor,
+                lambda floor=allocated + BACKLOG_WHILE_DOWN: daemon.allocated_seq() >= floor,
                 30,
                 "a backlog while the broker is down",
             )
             broker.start()
             probe_subscription(platform, connects, f"{int(persistence)}-{cycle}")
             gate.open()
-            backlog_end = last_seq(state)
+            backlog_end = daemon.allocated_seq()
             poll_until(
                 lambda lo=first, hi=backlog_end: (
                     set(range(lo, hi + 1)) <= platform.seq_ids(GW).keys()

@@ -77,7 +77,7 @@ def test_config_models_are_frozen(tmp_path: Path) -> None:
         (GOOD_PLAIN.replace("gw-test", "GW_1"), "gateway.id", "a-z, 0-9"),
         (GOOD_PLAIN.replace("plaintext = true", ""), "mqtt.tls", "plaintext = true"),
         (GOOD_PLAIN + "protocol = '4'\n", "mqtt.protocol", "'5' or '3.1.1'"),
-        (GOOD_PLAIN + "[outbox]\ngroup_commit_s = 5\n", "outbox.group_commit_s", "less than"),
+        (GOOD_PLAIN + "[outbox]\ngroup_commit_s = 601\n", "outbox.group_commit_s", "less than"),
         (
             GOOD_PLAIN + '[camera]\nenabled = true\nurl = "https://10.0.0.9"\n',
             "camera.fingerprint_sha256",

@@ -200,12 +200,14 @@ async def test_a_full_disk_with_the_broker_down_stores_every_alarm_and_delivers_
             )
             other.unlink()  # space returns: the next write makes the reserve again
             # (wait for the store to say so: the reserve file also exists for a moment while an
-            # attempt to allocate it on the still full disk fails)
+            # attempt to allocate it on the still full disk fails). Written at once: delivered
+            # within its window, it would never be written.
             async with asyncio.timeout(10):
                 while not events_logged(logs, "disk_space_returned"):
                     await gateway.sink.emit(
                         "telemetry.vitals", {"heart_rate": 60}, "watch-AABBCCDDEEFF"
                     )
+                    await gateway.outbox.flush()
                     await asyncio.sleep(0.05)
             assert (state / "outbox.sqlite3.reserve").exists()
     assert not events_logged(logs, "task_crashed")
@@ -286,8 +288,8 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
 ) -> None:
     """While the store cannot write (here: another process holds the database locked; a full
     disk looks the same to the buffer), the buffer stays bounded, what it drops is counted, and
-    once the store writes again every drop is reported by one gateway.dropped without seq
-    ranges (reason buffer_full); every other event is stored, in order."""
+    once the store writes again every drop is reported by one gateway.dropped (reason
+    buffer_full) with the seqs they had in memory; every other event is stored, in order."""
     produced = scaled(3000, 30000)
     path = tmp_path / "outbox.sqlite3"
     rig = Rig(path)
@@ -316,7 +318,11 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
     await outbox.flush()
     stored = (await outbox.claim(10**6))[0]
     reports = [json.loads(e.data_json) for e in stored if e.kind == "gateway.dropped"]
-    assert reports == [{"count": dropped, "seq_ranges": [], "reason": "buffer_full"}]
+    (report,) = reports
+    assert (report["count"], report["reason"]) == (dropped, "buffer_full")
+    explained = {seq for first, last in report["seq_ranges"] for seq in range(first, last + 1)}
+    assert len(explained) == dropped
+    assert explained.isdisjoint(e.seq for e in stored)
     kept = [e.id for e in sorted(stored, key=lambda e: e.seq) if e.kind == "telemetry.vitals"]
     assert len(kept) + dropped == produced
     survivors = set(kept)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
 from gateway.store.worker import CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
+from tests.gateway_rig import wait_until
 
 BOOT = "boot-1"
 
@@ -563,3 +565,120 @@ def test_the_wal_restarts_once_the_checkpointer_has_copied_it(tmp_path: Path) ->
     assert wal.stat().st_size <= budget.wal // 8  # restarted, cut back to its restart size
     checkpointer.close()
     reader.close()
+
+
+# ------------------------------------------------------------------ the hot window
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The database and its -wal file as they are on disk now."""
+    return b"".join(
+        Path(f"{path}{suffix}").read_bytes()
+        for suffix in ("", "-wal")
+        if Path(f"{path}{suffix}").exists()
+    )
+
+
+def _rows(path: Path) -> list[int]:
+    reader = sqlite3.connect(path)
+    try:
+        return [seq for (seq,) in reader.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        reader.close()
+
+
+async def test_events_delivered_within_their_window_are_never_written(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=0.2)
+    await outbox.open()
+    events = [rig.telemetry(60 + n) for n in range(20)]
+    for event in events:
+        await outbox.put(event)
+    claimed, _ = await outbox.claim(100)
+    assert [e.seq for e in claimed] == list(range(1, 21))  # seqs given at put, from memory
+    assert await outbox.ack([e.seq for e in claimed]) == []
+    assert outbox.buffered == 0
+    await asyncio.sleep(0.4)  # past the window
+    assert _rows(rig.path) == []
+    on_disk = _file_bytes(rig.path)
+    assert not [e.id for e in events if e.id.encode() in on_disk], "a delivered event was written"
+    await outbox.close()
+    # A clean close leaves no gap: the next start continues at the next seq.
+    again = Rig(tmp_path / "o.sqlite3")
+    assert again.store.open().lost_ranges == []
+    assert again.store.insert([again.telemetry()]) == [21]
+    assert not [e.id for e in events if e.id.encode() in _file_bytes(rig.path)]
+
+
+async def test_undelivered_events_are_written_when_their_window_ends_and_survive_a_crash(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=0.3)
+    await outbox.open()
+    for n in range(5):
+        await outbox.put(rig.telemetry(60 + n))
+    in_flight, _ = await outbox.claim(2)
+    assert [e.seq for e in in_flight] == [1, 2]
+    assert _rows(rig.path) == []
+    await wait_until(lambda: _rows(rig.path) == [1, 2, 3, 4, 5], 5, "the window's end")
+    # Those in flight when they were written stay in flight: never claimed twice.
+    rest, _ = await outbox.claim(10)
+    assert [e.seq for e in rest] == [3, 4, 5]
+    await outbox.ack([1, 2])  # their PUBACK deletes the rows
+    assert _rows(rig.path) == [3, 4, 5]
+    # A crash now (the files as they are, the process gone): the rows are there, and the
+    # seqs that may have been handed out beyond them are reported, never handed out again.
+    copy = tmp_path / "copy.sqlite3"
+    for suffix in ("", "-wal", ".seqmark"):
+        shutil.copyfile(f"{rig.path}{suffix}", f"{copy}{suffix}")
+    crashed = Rig(copy)
+    report = crashed.store.open()
+    assert crashed.store.stats().queued == {"telemetry": 3}
+    assert report.loss_reason == "store_rolled_back"
+    assert report.lost_ranges[0][0] == 6
+    (seq,) = crashed.store.insert([crashed.telemetry()])
+    assert seq > report.lost_ranges[-1][1]
+    crashed.store.close()
+    await outbox.close()
+
+
+async def test_an_ack_for_events_being_written_reaches_the_store_after_them(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=30)
+    await outbox.open()
+    for _ in range(3):
+        await outbox.put(rig.telemetry())
+    claimed, _ = await outbox.claim(3)
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.sleep(0)  # the batch is on its way to the store thread
+    await outbox.ack([e.seq for e in claimed])
+    await flushing
+    assert _rows(rig.path) == []
+    assert rig.store.in_flight() == 0
+    assert (await outbox.claim(10))[0] == []
+    await outbox.close()
+
+
+async def test_released_events_in_memory_are_claimed_again_and_alarms_go_first(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=30)
+    await outbox.open()
+    await outbox.put(rig.telemetry())
+    await outbox.put(rig.telemetry())
+    first, _ = await outbox.claim(10)
+    assert [e.seq for e in first] == [1, 2]
+    outbox.release([1])
+    await outbox.put(rig.alarm())  # seq 3, from the same counter, stored at once
+    again, _ = await outbox.claim(10)
+    assert [(e.seq, e.kind) for e in again] == [(3, "alarm.button"), (1, "telemetry.vitals")]
+    await outbox.release_all()
+    await outbox.flush()  # written: those released keep being claimable, in seq order
+    assert _rows(rig.path) == [1, 2, 3]
+    after, _ = await outbox.claim(10)
+    assert [e.seq for e in after] == [3, 1, 2]
+    await outbox.close()

@@ -928,3 +928,33 @@ async def test_a_stop_while_deferred_commands_drain_says_offline(
     )
     statuses = [m.payload for m in platform.messages if m.topic.endswith("/status")]
     assert statuses[-1] == {"v": 1, "gw": "gw-a", "state": "offline", "reason": "shutdown"}
+
+
+def _store_bytes(path: Path) -> bytes:
+    """The database and its -wal file as they are on disk now."""
+    return b"".join(
+        Path(f"{path}{suffix}").read_bytes()
+        for suffix in ("", "-wal")
+        if Path(f"{path}{suffix}").exists()
+    )
+
+
+async def test_telemetry_delivered_within_its_window_is_never_written(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    async with running_gateway(tmp_path, mosquitto, outbox={"group_commit_s": 60}) as rig:
+        await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+        ids = []
+        for n in range(50):
+            event_id = await rig.gateway.sink.emit(
+                "telemetry.vitals", {"heart_rate": 60 + n % 40}, "watch-AABBCCDDEEFF"
+            )
+            ids.append(event_id)
+            await asyncio.sleep(0.005)
+        await wait_platform(
+            platform, lambda p: len(kinds(p, "telemetry.vitals")) == 50, "the 50 vitals"
+        )
+        await wait_until(lambda: rig.gateway.outbox.buffered == 0, 10, "their PUBACKs")
+        on_disk = _store_bytes(rig.gateway.outbox.path)
+        assert not [i for i in ids if i.encode() in on_disk], "delivered telemetry was written"
+    assert [e["id"] for e in kinds(platform, "telemetry.vitals")] == ids

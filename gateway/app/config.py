@@ -125,7 +125,7 @@ OUTBOX_MIN_BYTES = 1024 * 1024  # gateway.store.disk.DiskBudget refuses a smalle
 class OutboxSection(_Section):
     path: Path | None = None
     max_bytes: int = 256 * 1024 * 1024
-    group_commit_s: Annotated[float, Field(ge=0, le=1)] = 0.2
+    group_commit_s: Annotated[float, Field(ge=0, le=600)] = 60.0
 
     _resolve_path = field_validator("path", mode="before")(_resolve)
 

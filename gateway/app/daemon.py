@@ -217,6 +217,7 @@ class Gateway:
             self.commands.register("button.unpair", buttons.unpair)
         self.commands.register("camera.call", camera.call)
         return {
+            "status": gateway.control_status,
             "button.list": buttons.control_list,
             "button.pair": buttons.control_pair,
             "button.unpair": buttons.control_unpair,

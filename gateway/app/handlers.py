@@ -192,6 +192,14 @@ class GatewayCommands:
         }
         return snapshot
 
+    async def control_status(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The installer's view: what ``status`` tells the platform, and the last seq handed
+        out (events delivered from memory never reach the database, so only the daemon knows)."""
+        control_args(NoArgs, args)
+        snapshot = await self.status({})
+        snapshot["last_seq"] = (await self._outbox.stats()).last_seq
+        yield snapshot
+
     async def test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
         """The whole alarm chain with ``data.test: true``; no camera, no button is told."""
         command_args(NoArgs, args)

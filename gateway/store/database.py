@@ -130,8 +130,32 @@ def last_seq(db: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def set_last_seq(seq: int, db: sqlite3.Connection) -> None:
-    db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+def raise_watermark(seq: int, db: sqlite3.Connection) -> None:
+    """``meta.last_seq`` is the watermark: every seq up to it is on disk, delivered or
+    reported. It only moves up."""
+    db.execute("UPDATE meta SET value=? WHERE key='last_seq' AND value<?", (seq, seq))
+
+
+def top_seq(db: sqlite3.Connection) -> int:
+    """The highest seq the file knows of: the watermark, a row, a quarantined row."""
+    row = db.execute(
+        "SELECT MAX((SELECT value FROM meta WHERE key='last_seq'), "
+        "COALESCE((SELECT MAX(seq) FROM events), 0), "
+        "COALESCE((SELECT MAX(seq) FROM quarantine), 0))"
+    ).fetchone()
+    return int(row[0])
+
+
+def seqs_above(db: sqlite3.Connection, seq: int) -> list[int]:
+    """The seqs of rows (quarantined ones included) above ``seq``, in order."""
+    return [
+        int(found)
+        for (found,) in db.execute(
+            "SELECT seq FROM events WHERE seq>? UNION SELECT seq FROM quarantine WHERE seq>? "
+            "ORDER BY 1",
+            (seq, seq),
+        )
+    ]
 
 
 @contextlib.contextmanager

@@ -16,23 +16,22 @@ PRIVATE_FILE_MODE = 0o600  # the outbox, its -wal/-shm and seq mark: events name
 
 
 class SeqMark:
-    """A sidecar file: an upper bound of every seq ever allocated, and what the store held.
+    """A sidecar file: an upper bound of every seq ever handed out, and how the store was left.
 
-    The bound is written (with fsync) a block ahead of the allocations, so that a store that has
-    to be moved aside never makes the gateway reuse a sequence number. Beside it: whether the
-    store was closed cleanly, and its last seq then (or, while it is open, the last committed one,
-    rewritten in place after each commit without fsync: it survives a crash of the process). A
-    store that reopens below that last seq has lost commits (its -wal file gone or older).
+    The bound is written (with fsync) a block ahead of the seqs handed out, before any seq of
+    the block is used, so that seqs of events kept in memory, and a store that has to be moved
+    aside, never make the gateway reuse a sequence number. Beside it: whether the store was
+    closed cleanly, with its exact last seq then, or is open (a crash leaves it so: every seq up
+    to the bound may then have been handed out). The mark is not written per commit.
     """
 
-    OPEN, CLOSED = "open  ", "closed"  # fixed width: the record is rewritten in place
+    OPEN, CLOSED = "open  ", "closed"  # fixed width: the record can be rewritten in place
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.reserved = 0
         self.state: str | None = None  # None: no mark, or one from before the state was kept
         self.last = 0
-        self._fd: int | None = None
         with contextlib.suppress(OSError, ValueError):
             fields = path.read_text().split()
             self.reserved = int(fields[0]) if fields else 0
@@ -44,8 +43,8 @@ class SeqMark:
         return f"{bound:020d} {self.state or self.OPEN} {self.last:020d}\n".encode()
 
     def ensure(self, seq: int) -> None:
-        """Make ``seq`` covered by the bound on disk; the bound in memory moves only once it is
-        written (a failed write is tried again by the next call)."""
+        """Make ``seq`` covered by the bound on disk, a block ahead; the bound in memory moves
+        only once it is written (a failed write is tried again by the next call)."""
         if seq <= self.reserved:
             return
         reserved = seq + SEQ_RESERVE_BLOCK
@@ -58,36 +57,28 @@ class SeqMark:
         self.reserved = max(self.reserved, last)
         try:
             self._replace()
-        except OSError as exc:  # a full disk must not stop the gateway; each commit's note in
-            # place (``committed``) still records the state as open
+        except OSError as exc:  # a full disk must not stop the gateway: the state at least is
+            # noted in place (no new block is needed), so that a crash is not taken for a close
             log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
+            self._note_in_place()
 
-    def committed(self, last: int) -> None:
-        """A commit made ``last`` the last seq: noted in place, without fsync."""
-        if last <= self.last:
-            return
-        self.last = last
+    def _note_in_place(self) -> None:
         try:
-            if self._fd is None:  # created here if the first start could not (a full disk)
-                self._fd = open_private(self.path, os.O_WRONLY | os.O_CREAT)
-            os.pwrite(self._fd, self._record(), 0)
-        except OSError as exc:  # the commit stands: only the check after a lost -wal weakens
+            fd = open_private(self.path, os.O_WRONLY | os.O_CREAT)
+            try:
+                os.pwrite(fd, self._record(), 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
             log.warning("seq_mark_not_written", path=str(self.path), error=str(exc))
 
     def closed(self, last: int) -> None:
         """The store was closed cleanly with ``last`` as its exact last seq."""
         self.state, self.last = self.CLOSED, last
         self._replace()
-        self.release()
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
     def _replace(self, reserved: int | None = None) -> None:
         """Write the whole record durably: a temporary file, fsync, rename, fsync the folder."""
-        self.release()
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:

@@ -1,13 +1,17 @@
 """The asyncio face of the store: every store call runs on the store's thread, alarms first;
-telemetry is group-committed (alarms are committed with a full fsync before ``put`` returns)."""
+other events are kept in memory for a window with their seqs (alarms are committed with a full
+fsync before ``put`` returns)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,34 +21,53 @@ from gateway.core.errors import StoreError
 from gateway.core.events import NewEvent, StoredEvent
 from gateway.store.alarms import HeldAlarm
 from gateway.store.database import OpenReport
-from gateway.store.sqlite import EVICTION_ORDER, SqliteStore, StoreStats
+from gateway.store.files import SEQ_RESERVE_BLOCK
+from gateway.store.sqlite import EVICTION_ORDER, HotBatch, SqliteStore, StoreStats
 from gateway.store.worker import Checkpointer, StoreWorker
 
 log = structlog.get_logger("gateway.store.outbox")
 
 _T = TypeVar("_T")
+WRITE_RETRY_S = 1.0  # after a write that failed (a full disk)
 
 
-def _log_failure(future: Future[object]) -> None:
+def _log_failure(future: Future[Any]) -> None:
     exc = future.exception()
     if exc is not None:
         log.error("store_call_failed", error=repr(exc))
 
 
-class Outbox:
-    """The asyncio face of the store: one worker thread, group commit for all but alarms.
+@dataclass(slots=True)
+class _Hot:
+    """An event kept in memory with its seq, and its state in the uplink."""
 
-    Events waiting for their group commit, or for a store that cannot write (a full disk), are
-    held in memory up to ``buffer_limit``; beyond it the oldest are dropped (telemetry first),
-    counted, and reported with one ``gateway.dropped`` (no seq ranges: they never had a seq,
-    reason ``buffer_full``) stored with the next events that can be stored.
+    event: NewEvent
+    born: float  # time.monotonic() at put: its window ends ``group_commit_s`` later
+    inflight: bool = False
+    retry_at: float = 0.0  # released: to be claimed again from then (``Outbox.mono``)
+
+
+class Outbox:
+    """The asyncio face of the store: one worker thread; events other than alarms kept in memory.
+
+    An event other than an alarm gets its seq at ``put``, from a block reserved on disk
+    (``SqliteStore.next_seq``), and waits in memory for at most ``group_commit_s`` (the window).
+    The uplink claims it from there; if its PUBACK comes within the window it is never written.
+    At the window's end, at close, when ``max_buffered`` are waiting, and for ``flush``, those
+    not yet acknowledged are written in one transaction with their seqs (``HotBatch``). A crash
+    loses at most the window's events, whose seqs the next start reports (``gateway.dropped``).
+
+    Events that a store that cannot write (a full disk) leaves in memory are held up to
+    ``buffer_limit``; beyond it the oldest are dropped (telemetry first), counted, and reported
+    with one ``gateway.dropped`` (reason ``buffer_full``, with their seqs) written with the next
+    events that can be.
     """
 
     def __init__(
         self,
         store: SqliteStore,
         *,
-        group_commit_s: float = 0.2,
+        group_commit_s: float = 60.0,
         max_buffered: int = 5000,
         buffer_limit: int = 20_000,
     ) -> None:
@@ -55,15 +78,23 @@ class Outbox:
         self.changed = asyncio.Event()
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
-        self.dropped_unstored = 0  # dropped from the buffer, not yet reported (stored)
-        self._reporting = False  # a report of them is being stored now
+        self._dropped_count = 0  # dropped from memory, not yet in a batch
+        self._dropped_seqs: list[int] = []  # the seqs among them
         self._worker = StoreWorker()
         self._checkpointer: Checkpointer | None = None
-        self._buffer: list[NewEvent] = []
+        self._unsequenced: list[NewEvent] = []  # no seq yet: the bound could not be written
+        self._hot: dict[int, _Hot] = {}  # by seq, in seq order
+        self._flushing: dict[int, _Hot] = {}  # in a batch on its way to the store
+        self._acked_flushing: set[int] = set()  # acknowledged while being written
+        self._batches: dict[HotBatch, asyncio.Future[None]] = {}  # on their way to the store
+        self._written_watermark = 0
+        self._epoch = 0  # release_all calls
+        self._reserving = False
+        self._last_ack = -float("inf")  # time.monotonic() of the last ack of events in memory
         self._timer: asyncio.TimerHandle | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._failing = False  # the last commit failed: wait for the retry timer
+        self._failing = False  # the last write failed: wait for the retry timer
 
     async def _call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
         """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
@@ -87,21 +118,69 @@ class Outbox:
         return self.store.mono()
 
     async def claim(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
-        """Events to publish (alarms first), and the alarms the claim found damaged."""
-        return await self._call(_claim, self.store, max_events, urgent=True)
+        """Events to publish (alarms first, then the stored ones in seq order, then those in
+        memory in seq order), and the alarms the claim found damaged."""
+        events, damaged = await self._call(_claim, self.store, max_events, urgent=True)
+        room = max_events - len(events)
+        if room > 0 and self._hot:
+            now = self.mono()
+            for seq, hot in self._hot.items():
+                if room <= 0:
+                    break
+                if hot.inflight or hot.retry_at > now:
+                    continue
+                hot.inflight = True
+                event = hot.event
+                events.append(
+                    StoredEvent(
+                        seq,
+                        event.id,
+                        event.kind,
+                        event.device,
+                        event.data_json,
+                        event.ts,
+                        event.ts_synced,
+                        1,
+                    )
+                )
+                room -= 1
+        return events, damaged
 
     async def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
-        """The broker has these (PUBACK): delete them; the alarms among them now wait for
-        the platform's acknowledgement and are returned."""
-        return await self._call(self.store.ack, seqs)
+        """The broker has these (PUBACK): forget those in memory (never written), delete the
+        stored ones; the alarms among them now wait for the platform's acknowledgement and are
+        returned. An ack for an event being written goes to the store after the write."""
+        stored = []
+        for seq in seqs:
+            if self._hot.pop(seq, None) is not None:
+                self._last_ack = time.monotonic()
+                continue
+            if seq in self._flushing:
+                self._acked_flushing.add(seq)
+            stored.append(seq)
+        if not stored:
+            return []
+        return await self._call(self.store.ack, stored)
 
     def release(self, seqs: Sequence[int], retry_at: float | None = None) -> None:
         """Put claimed events back, to be claimed again from ``retry_at`` (now by default)."""
-        self._call_nowait(self.store.release, seqs, self.mono() if retry_at is None else retry_at)
+        at = self.mono() if retry_at is None else retry_at
+        stored = []
+        for seq in seqs:
+            hot = self._hot.get(seq) or self._flushing.get(seq)
+            if hot is not None:
+                hot.inflight, hot.retry_at = False, at
+            if seq not in self._hot:
+                stored.append(seq)
+        if stored:
+            self._call_nowait(self.store.release, stored, at)
 
     async def release_all(self) -> None:
         """The link is lost: every event in flight is put back."""
-        await self._call(self.store.release_all, urgent=True)
+        self._epoch += 1
+        for hot in [*self._hot.values(), *self._flushing.values()]:
+            hot.inflight, hot.retry_at = False, 0.0
+        await self._call(self.store.release_all, self._epoch, urgent=True)
 
     async def held_alarms(self) -> list[HeldAlarm]:
         """The alarms stored and not yet acknowledged by the platform."""
@@ -123,10 +202,21 @@ class Outbox:
         return await self._call(self.store.acknowledge_alarms, ids, make_audit, urgent=True)
 
     async def stats(self) -> StoreStats:
-        return await self._call(self.store.stats)
+        """The store's figures, the events in memory counted as queued (those on their way to
+        the store are counted there: the figures are taken behind them)."""
+        stats = await self._call(self.store.stats)
+        waiting = [hot.event for hot in self._hot.values()] + self._unsequenced
+        if not waiting:
+            return stats
+        queued = dict(stats.queued)
+        for event in waiting:
+            queued[event.event_class] = queued.get(event.event_class, 0) + 1
+        oldest = stats.oldest_queued_ts or min(event.ts for event in waiting)
+        return dataclasses.replace(stats, queued=queued, oldest_queued_ts=oldest)
 
     async def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
-        """The clock is synchronised: recompute ``ts`` of this boot's waiting events."""
+        """The clock is synchronised: recompute ``ts`` of this boot's waiting events (the
+        caller writes those in memory first: ``flush``)."""
         return await self._call(self.store.correct_timestamps, boot_id, wall_now, mono_now_ns)
 
     async def command_result(self, cmd_id: str) -> str | None:
@@ -146,146 +236,242 @@ class Outbox:
         return report
 
     async def put(self, event: NewEvent) -> None:
-        """Store an event. An alarm is on disk (fsync) on return; others within the window.
+        """Store an event. An alarm is on disk (fsync) on return; others within the window
+        unless delivered before (a report of dropped events is written at once).
 
-        Only an alarm that cannot be stored raises; other events wait in the buffer.
+        Only an alarm that cannot be stored raises; other events wait in memory.
         """
         if self._closed:
             raise StoreError("the outbox is closed")
         if event.is_alarm:
             await self._commit_alarm(event)
             return
-        self._buffer.append(event)
-        if len(self._buffer) > self.buffer_limit:
+        self._unsequenced.append(event)
+        self._sequence()
+        if self.buffered > self.buffer_limit:
             self._drop_oldest()
+        self.changed.set()
         if self._failing:
-            return  # the retry timer commits the buffer
-        if self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
+            return  # the retry timer writes them
+        if (
+            self.group_commit_s == 0
+            or len(self._hot) >= self.max_buffered
+            or event.kind == "gateway.dropped"  # it explains gaps: never only in memory
+        ):
             await self._commit_logged()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.group_commit_s, self._on_timer)
+        else:
+            self._arm()
+
+    def _sequence(self) -> None:
+        """Give the events waiting for one a seq, in order; reserve the next block early."""
+        while self._unsequenced:
+            try:
+                seq = self.store.next_seq()
+            except OSError as exc:
+                log.error("seq_not_reserved", error=str(exc), waiting=len(self._unsequenced))  # noqa: TRY400
+                return
+            self._hot[seq] = _Hot(self._unsequenced.pop(0), time.monotonic())
+        if not self._reserving and self.store.seqs_left() < SEQ_RESERVE_BLOCK // 2:
+            self._reserving = True
+            future = self._worker.submit(self.store.reserve_seqs, (), urgent=False)
+            future.add_done_callback(self._reserved)
+
+    def _reserved(self, future: Future[Any]) -> None:
+        self._reserving = False
+        _log_failure(future)
 
     def _drop_oldest(self) -> None:
-        """Bring the buffer down to 90 % of its limit: oldest first, by the eviction order."""
-        excess = len(self._buffer) - self.buffer_limit * 9 // 10
-        doomed: set[int] = set()
-        for klass in EVICTION_ORDER:
-            for index, event in enumerate(self._buffer):
-                if len(doomed) >= excess:
+        """Bring memory down to 90 % of its limit: oldest first, by the eviction order; never
+        events in flight or being written."""
+        excess = self.buffered - self.buffer_limit * 9 // 10
+        doomed: list[int] = []
+        unsequenced: set[int] = set()
+        for klass in EVICTION_ORDER:  # (alarms are never kept in memory)
+            for seq, hot in self._hot.items():
+                if len(doomed) + len(unsequenced) >= excess:
                     break
-                if event.event_class == klass:  # (alarms are never buffered)
-                    doomed.add(index)
-        self._buffer = [event for i, event in enumerate(self._buffer) if i not in doomed]
-        self.dropped_unstored += len(doomed)
+                if not hot.inflight and hot.event.event_class == klass:
+                    doomed.append(seq)
+            for index, event in enumerate(self._unsequenced):
+                if len(doomed) + len(unsequenced) >= excess:
+                    break
+                if event.event_class == klass:
+                    unsequenced.add(index)
+        for seq in doomed:
+            del self._hot[seq]
+        self._unsequenced = [e for i, e in enumerate(self._unsequenced) if i not in unsequenced]
+        self._dropped_seqs += doomed
+        self._dropped_count += len(doomed) + len(unsequenced)
         log.error(
             "events_dropped",
-            count=len(doomed),
+            count=len(doomed) + len(unsequenced),
             reason="buffer_full",
-            buffered=len(self._buffer),
+            buffered=self.buffered,
             unreported=self.dropped_unstored,
         )
 
+    def _arm(self) -> None:
+        """Wake up when the window of the oldest event in memory ends."""
+        if self._timer is not None or not self._hot or self._closed or self._failing:
+            return
+        oldest = next(iter(self._hot.values())).born
+        delay = max(0.0, oldest + self.group_commit_s - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
     def _on_timer(self) -> None:
         self._timer = None
-        task = asyncio.get_running_loop().create_task(self._commit_logged(), name="outbox.commit")
+        task = asyncio.get_running_loop().create_task(
+            self._commit_logged(due_only=True), name="outbox.commit"
+        )
         self._commits.add(task)
         task.add_done_callback(self._commits.discard)
 
-    async def _commit_logged(self) -> None:
+    async def _commit_logged(self, *, due_only: bool = False) -> None:
         try:
-            await self._commit()
+            await self._commit(due_only=due_only)
         except (StoreError, sqlite3.Error, OSError) as exc:
-            log.error("store_write_failed", error=str(exc), waiting=len(self._buffer))  # noqa: TRY400
+            log.error("store_write_failed", error=str(exc), waiting=self.buffered)  # noqa: TRY400
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    async def _commit(self) -> None:
-        """Commit what is buffered now, in transactions of the store's size; first, in one of
-        its own, the report of what the buffer dropped (it fits where the batch may not)."""
+    async def _commit(self, *, due_only: bool = False) -> None:
+        """Write the events in memory not yet acknowledged, with the report of what memory
+        dropped, in one batch; its watermark is the last seq handed out, below any batch still
+        on its way and any event left in memory. With nothing to write, the watermark alone,
+        once it lags a block behind.
+
+        ``due_only`` (a window's end): while the uplink delivers (events in flight, or acked
+        within the window), only the events whose own window has ended, so that one about to be
+        acknowledged is not written for nothing; otherwise (the uplink down) all of them, in one
+        transaction rather than one per window's end.
+        """
         self._cancel_timer()
-        if self.dropped_unstored and not self._reporting:
-            await self._insert([], report=self.dropped_unstored)
-        left = len(self._buffer)
-        while left > 0 and self._buffer:
-            step = min(left, self.store.rows_per_transaction)
-            batch, self._buffer = self._buffer[:step], self._buffer[step:]
-            left -= step
-            await self._insert(batch)
+        self._sequence()
+        now = time.monotonic()
+        take, keep = self._hot, {}
+        if due_only and self._delivering(now):
+            horizon = now - self.group_commit_s
+            take = {seq: hot for seq, hot in self._hot.items() if hot.born <= horizon}
+            keep = {seq: hot for seq, hot in self._hot.items() if hot.born > horizon}
+        watermark = self.store.last_handed_out
+        for other in self._batches:  # below what may still fail to be written
+            lows = [seq for seq, _ in other.rows[:1]] + other.dropped_seqs
+            watermark = min([watermark, *(seq - 1 for seq in lows)])
+        if keep:
+            watermark = min(watermark, min(keep) - 1)
+        if not (
+            take or self._dropped_count or watermark - self._written_watermark >= SEQ_RESERVE_BLOCK
+        ):
+            self._arm()
+            return
+        batch = HotBatch(
+            rows=[(seq, hot.event) for seq, hot in take.items()],
+            watermark=watermark,
+            epoch=self._epoch,
+            inflight={seq for seq, hot in take.items() if hot.inflight},
+            retry_at={
+                seq: hot.retry_at
+                for seq, hot in take.items()
+                if not hot.inflight and hot.retry_at > 0
+            },
+            dropped_count=self._dropped_count,
+            dropped_seqs=self._dropped_seqs,
+        )
+        self._flushing.update(take)
+        self._hot = keep
+        self._dropped_count, self._dropped_seqs = 0, []
+        self._arm()
+        future = asyncio.wrap_future(
+            self._worker.submit(self.store.insert_hot, (batch,), urgent=False)
+        )
+        self._batches[batch] = future
+        future.add_done_callback(functools.partial(self._written, batch))
+        await asyncio.shield(future)
+
+    def _delivering(self, now: float) -> bool:
+        """The uplink takes events from memory: some are in flight, or were acked lately."""
+        if now - self._last_ack < self.group_commit_s:
+            return True
+        return any(hot.inflight for hot in self._hot.values())
+
+    def _written(self, batch: HotBatch, future: asyncio.Future[None]) -> None:
+        """On the loop, whatever became of the caller: what is written is forgotten; what is
+        not goes back to memory (less what was acknowledged meanwhile), for the retry timer."""
+        self._batches.pop(batch, None)
+        exc = future.exception()
+        for seq, _ in batch.rows[: batch.written]:
+            self._flushing.pop(seq, None)
+            self._acked_flushing.discard(seq)
+        if exc is None:
+            self._written_watermark = max(self._written_watermark, batch.watermark)
+            if self._failing:
+                self._failing = False
+                log.info("store_write_recovered", waiting=self.buffered)
+                self._arm()
+            self.changed.set()
+            return
+        if batch.written == 0:  # the report was in the first transaction
+            self._dropped_count += batch.dropped_count
+            self._dropped_seqs[:0] = batch.dropped_seqs
+        back = {}
+        for seq, _ in batch.rows[batch.written :]:
+            hot = self._flushing.pop(seq, None)
+            if hot is not None and seq not in self._acked_flushing:
+                back[seq] = hot
+            self._acked_flushing.discard(seq)
+        self._hot = dict(sorted({**self._hot, **back}.items()))
+        if self.buffered > self.buffer_limit:
+            self._drop_oldest()
+        log.error("store_insert_failed", error=repr(exc), requeued=len(back))
+        self._failing = True
+        self._cancel_timer()
+        if not self._closed:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(WRITE_RETRY_S, self._on_timer)
 
     async def _commit_alarm(self, alarm: NewEvent) -> None:
-        """Commit the alarm alone, ahead of queued telemetry work (alarms are their own class, so
-        this reorders nothing within a class; the buffer keeps its normal path and order)."""
+        """Commit the alarm alone, ahead of queued store work; it takes its seq in its own
+        transaction from the same counter as the events in memory."""
         self.alarms_arriving += 1
         try:
-            await self._insert([alarm])
+            # Alarms arriving while this one waits for the store thread join its transaction.
+            future = asyncio.wrap_future(self._worker.submit_joined(self.store.insert, alarm))
+            future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
+            # To its end even when the caller is cancelled: only the real outcome counts.
+            await asyncio.shield(future)
         finally:
             self.alarms_arriving -= 1
 
-    async def _insert(self, batch: list[NewEvent], report: int = 0) -> None:
-        """Run one insert to its end even when the caller is cancelled meanwhile: the store
-        thread commits or rolls back regardless, and only its real outcome decides what happens
-        to the batch (a cancelled caller must not make committed events be stored twice).
-        ``report``: a count of dropped events, reported with the batch."""
-        urgent = bool(batch) and all(event.is_alarm for event in batch)
-        rows = batch
-        if report:
-            self._reporting = True
-            rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
-        if urgent and len(rows) == 1:  # alarms arriving meanwhile are committed with it
-            submitted = self._worker.submit_joined(self.store.insert, rows[0])
-        else:
-            submitted = self._worker.submit(self.store.insert, (rows,), urgent=urgent)
-        future = asyncio.wrap_future(submitted)
-        future.add_done_callback(functools.partial(self._inserted, batch, report))
-        await asyncio.shield(future)
-
-    def _inserted(
-        self, batch: list[NewEvent], reported: int, future: asyncio.Future[list[int]]
-    ) -> None:
+    def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
         exc = future.exception()
-        if reported:
-            self._reporting = False
-        if exc is None:
-            self.dropped_unstored -= reported
-            if self._failing and not all(event.is_alarm for event in batch):
-                self._failing = False
-                log.info("store_write_recovered", waiting=len(self._buffer))
-            self.changed.set()
-            if any(event.is_alarm for event in batch):
-                self.alarm_stored.set()
+        if exc is not None:
+            log.error("store_insert_failed", error=repr(exc), requeued=0, alarms=[alarm.id])
             return
-        waiting = [event for event in batch if not event.is_alarm]
-        self._buffer[:0] = waiting  # kept for the next attempt, in order
-        if len(self._buffer) > self.buffer_limit:
-            self._drop_oldest()
-        lost_alarms = [event.id for event in batch if event.is_alarm]
-        log.error("store_insert_failed", error=repr(exc), requeued=len(waiting), alarms=lost_alarms)
-        if waiting:
-            self._failing = True
-        if self._buffer and self._timer is None and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(self.group_commit_s, 1.0), self._on_timer)
+        self.changed.set()
+        self.alarm_stored.set()
 
     async def flush(self) -> None:
-        """Commit whatever is buffered now (``StoreError`` if the store cannot write)."""
+        """Write whatever is in memory now (``StoreError`` if the store cannot write)."""
         try:
             await self._commit()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot store the buffered events: {exc}") from exc
-        if self._commits:
-            await asyncio.gather(*list(self._commits), return_exceptions=True)
+        pending = [*self._commits, *self._batches.values()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def close(self) -> None:
-        """Commit the buffer and close; what cannot be stored then is logged as lost."""
+        """Write what is in memory and close; what cannot be stored then is logged as lost
+        (and its seqs reported at the next start)."""
         try:
             await self.flush()
         except (StoreError, sqlite3.Error, OSError) as exc:
             log.error(  # noqa: TRY400 - the reason is in the message
                 "events_lost_at_close",
-                count=len(self._buffer) + self.dropped_unstored,
+                count=self.buffered + self.dropped_unstored,
                 error=str(exc),
             )
         finally:
@@ -293,12 +479,23 @@ class Outbox:
             self._cancel_timer()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
-            await self._call(self.store.close)
+            await self._call(self.store.close, self._floor())
             await asyncio.to_thread(self._worker.shutdown)
+
+    def _floor(self) -> int | None:
+        """The last seq below every one kept in memory unwritten (None: there is none)."""
+        outstanding = [*self._hot, *self._flushing, *self._dropped_seqs]
+        return min(outstanding) - 1 if outstanding else None
+
+    @property
+    def dropped_unstored(self) -> int:
+        """Events dropped from memory whose report is not yet written."""
+        return self._dropped_count + sum(batch.dropped_count for batch in self._batches)
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Events in memory, not yet written (delivered ones are forgotten)."""
+        return len(self._hot) + len(self._flushing) + len(self._unsequenced)
 
 
 def _claim(store: SqliteStore, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:

@@ -32,7 +32,7 @@ from gateway.store.alarms import (
     acknowledged_rows,
     read_held_alarms,
 )
-from gateway.store.database import OpenReport, set_last_seq, transaction
+from gateway.store.database import OpenReport, transaction
 from gateway.store.disk import (
     ACK_RETRY_ON_FULL_S,
     DB_BYTES_PER_ROW_BYTE,
@@ -41,7 +41,7 @@ from gateway.store.disk import (
     is_disk_full,
     row_bytes,
 )
-from gateway.store.files import SeqMark
+from gateway.store.files import SEQ_RESERVE_BLOCK, SeqMark
 from gateway.store.integrity import (
     CLAIM_COLUMNS,
     DAMAGED_PER_CLAIM,
@@ -72,6 +72,21 @@ def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return ranges
 
 
+def _complement(present: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:
+    """The ranges of ``[first, last]`` that ``present`` (sorted) leaves out."""
+    gaps: list[tuple[int, int]] = []
+    start = first
+    for seq in present:
+        if seq > last:
+            break
+        if seq > start:
+            gaps.append((start, seq - 1))
+        start = max(start, seq + 1)
+    if start <= last:
+        gaps.append((start, last))
+    return gaps
+
+
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Union of inclusive ranges, sorted, adjacent ones joined."""
     merged: list[tuple[int, int]] = []
@@ -99,6 +114,27 @@ class _Claim:
                 self.rows.append(row)
             else:
                 self.damaged.append((row[0], why, alarm))
+
+
+@dataclass(slots=True, eq=False)
+class HotBatch:
+    """Events kept in memory (``Outbox``) with their seqs, written at the end of their window.
+
+    ``watermark``: every seq up to it is written by this batch, on disk already, delivered, or
+    reported; it is recorded with the batch, so that a restart after a crash reports only the
+    seqs above it that are not on disk. ``inflight``/``retry_at``: their state in the uplink
+    when the batch was taken (``inflight`` ignored if ``release_all`` came since ``epoch``).
+    ``written``: how many of ``rows`` are committed (set by the store thread as it goes).
+    """
+
+    rows: list[tuple[int, NewEvent]]
+    watermark: int
+    epoch: int
+    inflight: set[int] = field(default_factory=set)
+    retry_at: dict[int, float] = field(default_factory=dict)
+    dropped_count: int = 0  # dropped from memory (``buffer_full``), reported with the first rows
+    dropped_seqs: list[int] = field(default_factory=list)
+    written: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +169,11 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._seqmark = SeqMark(path.with_name(path.name + ".seqmark"))
         self._stored_bytes = 0
+        self._seq_lock = threading.Lock()  # seqs are handed out on the loop and store threads
+        self._last = 0  # the last seq handed out
+        self._taken: list[int] = []  # seqs handed out to the transaction being attempted
+        self._lost: list[int] = []  # seqs of transactions rolled back, not yet reported
+        self._epoch = 0  # of the last ``release_all``
         # In memory only, on the monotonic clock (seconds): a restart starts them afresh.
         self._inflight: set[int] = set()
         self._released: dict[int, float] = {}  # seq -> when to try again
@@ -183,7 +224,7 @@ class SqliteStore:
             else:
                 report.lost_ranges = self._continue_after_rollback()
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
-        self._seqmark.opened(self._last_seq())
+        self._seqmark.opened(self._last)
         return report
 
     def _open_checked(self) -> int | None:
@@ -193,8 +234,9 @@ class SqliteStore:
         self._stored_bytes = int(
             db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
         )
+        self._last = database.top_seq(db)
         if migrated_from != 0:
-            self._seqmark.ensure(self._last_seq())
+            self._seqmark.ensure(self._last)
         return migrated_from
 
     def _restart_sequence_after_loss(self, last_seq: int | None) -> list[tuple[int, int]]:
@@ -207,37 +249,56 @@ class SqliteStore:
         return [(1, reserved)]
 
     def _continue_after_rollback(self) -> list[tuple[int, int]]:
-        """A store below the last seq the mark saw committed has lost commits (its -wal file
-        deleted, or an older copy restored): continue above every seq it may have issued and
-        return the seqs that may be lost. An intact store (any kill -9 included) returns []."""
+        """Continue above every seq the last run may have handed out; return those that may be
+        lost: none after a clean close, those above the watermark and not on disk after a crash
+        (events kept in memory, the window's telemetry), or when commits were lost (its -wal
+        file deleted, or an older copy restored)."""
         mark = self._seqmark
-        last = self._last_seq()
-        if mark.state is None or last >= mark.last:
+        watermark = self._last_seq()
+        if mark.state is None:
             return []
-        # Closed cleanly: its last seq then is exact. Open (a crash): commits may have followed
-        # the last one noted, up to the reserved bound.
+        # Closed cleanly: its last seq then is exact. Open (a crash): seqs may have been handed
+        # out up to the reserved bound.
         resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
-        log.error(
-            "store_rolled_back",
+        if watermark >= resume:
+            return []
+        present = database.seqs_above(self._require(), watermark)
+        missing = [
+            (first, last)
+            for first, last in _complement(present, watermark + 1, resume)
+            if last >= first
+        ]
+        self._continue_above(resume)
+        if not missing:
+            return []
+        log.warning(
+            "seqs_unaccounted",
             path=str(self.path),
-            last_seq=last,
+            watermark=watermark,
             seq_mark=mark.last,
             closed_cleanly=mark.state == mark.CLOSED,
             resume_after=resume,
+            ranges=len(missing),
         )
-        self._continue_above(resume)
-        return [(last + 1, resume)]
+        return missing
 
     def _continue_above(self, seq: int) -> None:
-        db = self._prepare(urgent=True)
-        self._write(db, functools.partial(set_last_seq, seq), "continue_above")
+        """Hand out seqs above ``seq`` only. The watermark stays where it is until the report
+        of the gap is written (with it, in ``insert_hot``): a crash before then reports the gap
+        again rather than never."""
         self._seqmark.ensure(seq)
+        self._last = max(self._last, seq)
 
-    def close(self) -> None:
+    def close(self, watermark: int | None = None) -> None:
+        """Close; the mark records the last seq handed out, exact. ``watermark``: the last seq
+        below which nothing is kept in memory unwritten (by default every seq handed out): up to
+        it the store's watermark is brought, so that a clean close leaves no gap."""
         if self._db is not None:
             last: int | None = None
+            with contextlib.suppress(StoreError, sqlite3.Error, OSError):
+                self._raise_watermark(self._last if watermark is None else watermark)
             with contextlib.suppress(sqlite3.Error):
-                last = self._last_seq()
+                last = self._last
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
@@ -246,7 +307,16 @@ class SqliteStore:
                     self._seqmark.closed(last)
                 except OSError as exc:  # the next start then checks the store as after a crash
                     log.warning("seq_mark_not_written", error=str(exc))
-        self._seqmark.release()
+
+    def _raise_watermark(self, watermark: int) -> None:
+        db = self._require()
+        target = self._bounded_watermark(watermark)
+        if target > self._last_seq():
+            self._write(db, functools.partial(database.raise_watermark, target), "watermark")
+
+    def _bounded_watermark(self, watermark: int) -> int:
+        """``watermark``, kept below the seqs of rolled-back writes not yet reported."""
+        return min(watermark, *(seq - 1 for seq in self._lost)) if self._lost else watermark
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -254,7 +324,43 @@ class SqliteStore:
         return self._db
 
     def _last_seq(self) -> int:
+        """The watermark on disk (``HotBatch.watermark``)."""
         return database.last_seq(self._require())
+
+    # ----------------------------------------------------------------------------- seqs
+
+    @property
+    def last_handed_out(self) -> int:
+        """The last seq handed out (to events in memory or stored)."""
+        return self._last
+
+    def seqs_left(self) -> int:
+        """How many seqs the bound on disk still covers."""
+        return self._seqmark.reserved - self._last
+
+    def next_seq(self) -> int:
+        """A seq for an event kept in memory (any thread); covered by the bound on disk before
+        it is handed out (``OSError`` if the bound had to move and could not be written)."""
+        with self._seq_lock:
+            self._seqmark.ensure(self._last + 1)
+            self._last += 1
+            return self._last
+
+    def reserve_seqs(self) -> None:
+        """Move the bound on disk a block ahead before the seqs it covers run out, here rather
+        than in ``next_seq`` on the event loop."""
+        with self._seq_lock:
+            self._seqmark.ensure(self._last + SEQ_RESERVE_BLOCK // 2)
+
+    def _allocate(self, count: int) -> int:
+        """``count`` seqs for rows of the transaction being attempted; return the first. If the
+        transaction rolls back they are not handed out again but reported (``_write``)."""
+        with self._seq_lock:
+            self._seqmark.ensure(self._last + count)
+            first = self._last + 1
+            self._last += count
+        self._taken.extend(range(first, first + count))
+        return first
 
     # ----------------------------------------------------------------------------- writing
 
@@ -291,10 +397,9 @@ class SqliteStore:
         urgent = all(event.is_alarm for event in events)
         db = self._prepare(urgent=urgent)
         now = self._now()
-        seqs, evicted, last = self._write(
+        seqs, evicted = self._write(
             db, functools.partial(self._insert_rows, events, now, urgent), "insert"
         )
-        self._seqmark.committed(last)
         for seq in evicted:
             self._released.pop(seq, None)
         self._disk.after_write(db, urgent=urgent)
@@ -302,23 +407,95 @@ class SqliteStore:
 
     def _insert_rows(
         self, events: Sequence[NewEvent], now: float, urgent: bool, db: sqlite3.Connection
-    ) -> tuple[list[int], list[int], int]:
-        seqs: list[int] = []
+    ) -> tuple[list[int], list[int]]:
         evicted: list[int] = []
-        last = self._last_seq()
-        self._seqmark.ensure(last + len(events) + 1)
         if not urgent:
             incoming = sum(row_bytes(event) for event in events)
             if self._over_quota(db, incoming):
-                last = self._evict(db, last, now, evicted, incoming)
-        for event in events:
-            last += 1
-            self._insert_row(db, last, event, now)
-            seqs.append(last)
+                self._evict(db, now, evicted, incoming)
+        first = self._allocate(len(events)) if events else 0
+        seqs = list(range(first, first + len(events)))
+        for seq, event in zip(seqs, events, strict=True):
+            self._insert_row(db, seq, event, now)
         if not urgent and self._disk.full_cap is None and self._over_quota(db, 0):
-            last = self._evict(db, last, now, evicted, 0)  # (on a full disk: evicted before)
-        set_last_seq(last, db)
-        return seqs, evicted, last
+            self._evict(db, now, evicted, 0)  # (on a full disk: evicted before)
+        return seqs, evicted
+
+    def insert_hot(self, batch: HotBatch) -> None:
+        """Write events kept in memory with their seqs, in transactions of the store's size
+        (``batch.written`` counts what is committed if one fails), then record the watermark.
+
+        Those in flight stay in flight (their ack deletes them), released ones keep their retry
+        time; the others are claimed in seq order, even below the claim cursor.
+        """
+        fresh = batch.epoch == self._epoch
+        step = self.rows_per_transaction
+        rows = batch.rows
+        for start in range(0, max(len(rows), 1), step):
+            chunk = rows[start : start + step]
+            ahead = rows[start + step][0] - 1 if start + step < len(rows) else batch.watermark
+            inflight = {seq for seq, _ in chunk if seq in batch.inflight} if fresh else set()
+            added = inflight - self._inflight
+            self._inflight |= added  # spared by an eviction in the same transaction
+            db = self._prepare(urgent=False)
+            work = functools.partial(
+                self._insert_hot_rows,
+                chunk,
+                batch if start == 0 else None,
+                min(ahead, batch.watermark),
+                self._now(),
+            )
+            try:
+                evicted, reported = self._write(db, work, "insert")
+            except BaseException:
+                self._inflight -= added
+                raise
+            batch.written = start + len(chunk)
+            lost = set(reported)
+            self._lost = [seq for seq in self._lost if seq not in lost]
+            now = self.mono()
+            for seq, _ in chunk:
+                if seq in inflight:
+                    continue
+                retry_at = batch.retry_at.get(seq)
+                if retry_at is not None:
+                    self._released[seq] = retry_at
+                elif seq <= self._cursor:
+                    self._released[seq] = now
+            for seq in evicted:
+                self._released.pop(seq, None)
+            self._disk.after_write(db)
+
+    def _insert_hot_rows(
+        self,
+        chunk: list[tuple[int, NewEvent]],
+        report: HotBatch | None,
+        watermark: int,
+        now: float,
+        db: sqlite3.Connection,
+    ) -> tuple[list[int], list[int]]:
+        evicted: list[int] = []
+        incoming = sum(row_bytes(event) for _, event in chunk)
+        if self._over_quota(db, incoming):
+            self._evict(db, now, evicted, incoming)
+        reports: list[NewEvent] = []
+        if report is not None and report.dropped_count:
+            reports.append(
+                self._make_dropped(
+                    report.dropped_count, seq_ranges(report.dropped_seqs), "buffer_full"
+                )
+            )
+        lost = list(self._lost)
+        if lost:
+            reports.append(self._make_dropped(len(lost), seq_ranges(lost), "store_rolled_back"))
+        for event in reports:
+            self._insert_row(db, self._allocate(1), event, now)
+        for seq, event in chunk:
+            self._insert_row(db, seq, event, now)
+        if self._disk.full_cap is None and self._over_quota(db, 0):
+            self._evict(db, now, evicted, 0)
+        database.raise_watermark(watermark, db)  # the rolled-back seqs are reported here
+        return evicted, lost
 
     def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
         size = row_bytes(event)
@@ -356,9 +533,7 @@ class SqliteStore:
         limit = self._disk.db_limit() - (self._disk.evict_slack() if evicting else 0)
         return self._disk.live_bytes(db) + incoming * DB_BYTES_PER_ROW_BYTE > limit
 
-    def _evict(
-        self, db: sqlite3.Connection, last: int, now: float, evicted: list[int], incoming: int
-    ) -> int:
+    def _evict(self, db: sqlite3.Connection, now: float, evicted: list[int], incoming: int) -> None:
         """Delete the oldest evictable events until there is room; report them as dropped.
 
         Never alarms, never events in flight. Earlier ``gateway.dropped`` events go last, and
@@ -399,21 +574,16 @@ class SqliteStore:
                 max_bytes=self.max_bytes,
                 disk_full=self._disk.full_cap is not None,
             )
-            return last
+            return
         reason = "disk_quota" if self._disk.full_cap is None else "disk_full"
         ranges = merge_ranges([*seq_ranges(evicted), *explained])
         for start in range(0, len(ranges), MAX_RANGES_PER_DROPPED):
             chunk = ranges[start : start + MAX_RANGES_PER_DROPPED]
             count = sum(b - a + 1 for a, b in chunk)
-            last += 1
-            self._seqmark.ensure(last)
-            self._insert_row(db, last, self._make_dropped(count, chunk, reason), now)
+            self._insert_row(db, self._allocate(1), self._make_dropped(count, chunk, reason), now)
         for why, count in unsequenced.items():  # carried over, so that no count is lost
-            last += 1
-            self._seqmark.ensure(last)
-            self._insert_row(db, last, self._make_dropped(count, [], why), now)
+            self._insert_row(db, self._allocate(1), self._make_dropped(count, [], why), now)
         log.warning("events_evicted", count=len(evicted), ranges=len(ranges), reason=reason)
-        return last
 
     def _evictable(
         self, db: sqlite3.Connection, klass: str, which: str, cursor: int, *, lenient: bool
@@ -456,21 +626,29 @@ class SqliteStore:
     ) -> _T:
         """Run ``work`` in one transaction; on a full disk make room and run it again.
 
-        ``work`` may change ``_stored_bytes`` (put back on failure), nothing else in memory.
+        ``work`` may change ``_stored_bytes`` (put back on failure) and take seqs (``_allocate``:
+        on failure they are lost, reported by the next ``insert_hot``), nothing else in memory.
         """
         for attempt in range(1, FULL_ATTEMPTS + 1):
             stored = self._stored_bytes
+            self._taken = []
             try:
                 with transaction(db):
-                    return work(db)
-            except (sqlite3.Error, OSError) as exc:
+                    done = work(db)
+            except BaseException as exc:
                 self._stored_bytes = stored
+                self._lost += self._taken
+                if not isinstance(exc, (sqlite3.Error, OSError)):
+                    raise
                 if not is_disk_full(exc):
                     raise
                 if attempt == FULL_ATTEMPTS:
                     log.error("store_full", write=what, attempts=attempt, error=str(exc))  # noqa: TRY400
                     raise StoreFullError(f"the disk is full: {what} failed: {exc}") from exc
                 self._disk.make_room(db, exc, what, attempt)
+            else:
+                self._taken = []
+                return done
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ----------------------------------------------------------------------------- delivery
@@ -545,7 +723,7 @@ class SqliteStore:
             if not rows:
                 break
             claim.cursor = rows[-1][0]
-            claim.add(rows)
+            claim.add(row for row in rows if row[0] not in self._inflight)  # written in flight
         return claim
 
     def _quarantine(self, damaged: list[tuple[int, str, bool]]) -> None:
@@ -648,8 +826,11 @@ class SqliteStore:
             self._inflight.discard(seq)
             self._released[seq] = retry_at
 
-    def release_all(self) -> None:
-        """The link is gone: nothing is in flight any more; start again from the oldest."""
+    def release_all(self, epoch: int | None = None) -> None:
+        """The link is gone: nothing is in flight any more; start again from the oldest.
+        ``epoch``: the caller's count of them (``HotBatch.epoch``)."""
+        if epoch is not None:
+            self._epoch = epoch
         self._inflight.clear()
         self._released.clear()
         self._cursor = 0
@@ -697,11 +878,9 @@ class SqliteStore:
         On a full disk room is made as for an alarm (``StoreFullError`` only if there is none).
         """
         db = self._prepare(urgent=True)
-        found, last = self._write(
+        found = self._write(
             db, functools.partial(self._acknowledge_rows, ids, make_audit), "acknowledge_alarms"
         )
-        if last is not None:
-            self._seqmark.committed(last)
         for alarm in found:
             self._inflight.discard(alarm.seq)
             self._released.pop(alarm.seq, None)
@@ -714,14 +893,14 @@ class SqliteStore:
         ids: Sequence[str],
         make_audit: Callable[[HeldAlarm], NewEvent] | None,
         db: sqlite3.Connection,
-    ) -> tuple[list[HeldAlarm], int | None]:
+    ) -> list[HeldAlarm]:
         found, freed = acknowledged_rows(ids, db)
         self._stored_bytes -= freed
         if make_audit is None or not found:
-            return found, None
+            return found
         audits = [make_audit(alarm) for alarm in found]
-        _, _, last = self._insert_rows(audits, self._now(), True, db)  # as urgent as the alarm
-        return found, last
+        self._insert_rows(audits, self._now(), True, db)  # as urgent as the alarm
+        return found
 
     def take_quarantined_alarms(self) -> list[HeldAlarm]:
         """The alarms quarantined as damaged since the last call (they will never be sent)."""
@@ -779,6 +958,6 @@ class SqliteStore:
             queued=queued,
             oldest_queued_ts=None if oldest is None else str(oldest[0]),
             stored_bytes=self._stored_bytes,
-            last_seq=self._last_seq(),
+            last_seq=self._last,
             alarms_held=held,
         )

@@ -7,6 +7,7 @@ the file keeps its source when a test renames it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.app import config, control
 from hil.sim.broker import Mosquitto
 
 SIM_MARKER = "# simulated source: "
@@ -146,6 +148,18 @@ class GatewayProcess:
             env=env,
         )
         log.close()
+
+    def allocated_seq(self) -> int:
+        """The last seq the running daemon handed out (its control socket's ``status``): events
+        delivered from memory never reach the database, so the database cannot tell."""
+        socket = config.load(self.config).control_socket
+
+        async def ask() -> int:
+            async for reply in control.request(socket, "status", {}):
+                return int(reply["last_seq"])
+            raise RuntimeError("the control socket answered nothing")
+
+        return asyncio.run(ask())
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
