@@ -143,25 +143,30 @@ class Outbox:
         self.store.set_checkpoint_waker(self._checkpointer.wake)
         return report
 
-    async def put(self, event: NewEvent) -> None:
-        """Store an event. An alarm is on disk (fsync) on return; others within the window.
+    async def put(self, event: NewEvent, *, key: str | None = None) -> str:
+        """Store an event; return the id stored. An alarm is on disk (fsync) on return; others
+        within the window.
 
-        Only an alarm that cannot be stored raises; other events wait in the buffer.
+        ``key`` (alarms only): an alarm already stored under it is not stored again, and its
+        id is returned instead of the event's. Only an alarm that cannot be stored raises;
+        other events wait in the buffer.
         """
         if self._closed:
             raise StoreError("the outbox is closed")
         if event.is_alarm:
-            await self._commit_alarm(event)
-            return
+            return await self._commit_alarm(event, key)
+        if key is not None:
+            raise ValueError("only alarms are stored under a key")
         self._buffer.append(event)
         if len(self._buffer) > self.buffer_limit:
             self._drop_oldest()
         if self._failing:
-            return  # the retry timer commits the buffer
+            return event.id  # the retry timer commits the buffer
         if self.group_commit_s == 0 or len(self._buffer) >= self.max_buffered:
             await self._commit_logged()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.group_commit_s, self._on_timer)
+        return event.id
 
     def _drop_oldest(self) -> None:
         """Bring the buffer down to 90 % of its limit: oldest first, by the eviction order."""
@@ -213,28 +218,39 @@ class Outbox:
             left -= step
             await self._insert(batch)
 
-    async def _commit_alarm(self, alarm: NewEvent) -> None:
+    async def _commit_alarm(self, alarm: NewEvent, key: str | None) -> str:
         """Commit the alarm alone, ahead of queued telemetry work (alarms are their own class, so
-        this reorders nothing within a class; the buffer keeps its normal path and order)."""
+        this reorders nothing within a class; the buffer keeps its normal path and order).
+        The id stored: the alarm's, or that of the alarm stored under ``key`` before."""
         self.alarms_arriving += 1
         try:
-            await self._insert([alarm])
+            seqs = await self._insert([alarm], key=key)
         finally:
             self.alarms_arriving -= 1
+        if seqs or key is None:
+            return alarm.id
+        earlier = await self._call(self.store.alarm_under_key, key, urgent=True)
+        if earlier is None:  # only if the key was pruned in between, a day after it was stored
+            raise StoreError(f"the alarm stored under {key!r} is forgotten")
+        return earlier
 
-    async def _insert(self, batch: list[NewEvent], report: int = 0) -> None:
+    async def _insert(
+        self, batch: list[NewEvent], report: int = 0, *, key: str | None = None
+    ) -> list[int]:
         """Run one insert to its end even when the caller is cancelled meanwhile: the store
         thread commits or rolls back regardless, and only its real outcome decides what happens
         to the batch (a cancelled caller must not make committed events be stored twice).
-        ``report``: a count of dropped events, reported with the batch."""
+        ``report``: a count of dropped events, reported with the batch. ``key``: the batch is
+        one alarm, stored under it (``SqliteStore.insert``). Returns the seqs stored."""
         urgent = bool(batch) and all(event.is_alarm for event in batch)
         rows = batch
         if report:
             self._reporting = True
             rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
-        future = asyncio.wrap_future(self._worker.submit(self.store.insert, (rows,), urgent=urgent))
+        insert = functools.partial(self.store.insert, key=key)
+        future = asyncio.wrap_future(self._worker.submit(insert, (rows,), urgent=urgent))
         future.add_done_callback(functools.partial(self._inserted, batch, report))
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     def _inserted(
         self, batch: list[NewEvent], reported: int, future: asyncio.Future[list[int]]
