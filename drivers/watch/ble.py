@@ -23,7 +23,8 @@
   (``RuleEngine``), which raise ``alarm.vitals``.
 
 Notifications arrive in bleak's callbacks; they are queued and handled in order by one task, so a
-slow durable write never reorders events and never blocks bleak.
+slow durable write never reorders events and never blocks bleak. The link's task writes the Alert
+Confirms as they come due, except a new alert's own, which the handling task writes at once.
 
 The link's lifecycle is ``LinkState``. Its client class and device finder are arguments, so that
 it runs against bleak's BlueZ backend in the gateway and against a simulated watch in tests.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -223,6 +225,7 @@ class BleWatch:
         self._away_since = self._mono()
         self._vitals_added = asyncio.Event()
         self._wake = asyncio.Event()  # a confirm is due, the link was lost, or a relink is asked
+        self._writing = asyncio.Lock()  # one Alert Confirm write at a time
         self._persist = asyncio.Event()  # the store has changes to write
         self._persist_now = asyncio.Event()  # ... and one of them must be on disk at once
         self._missing_logged: set[str] = set()
@@ -383,13 +386,7 @@ class BleWatch:
                 log.info("watch_relink", watch=self.device)
                 raise WatchLinkError
             await self._check_alive(session.client)
-            # A new link: the watch repeats what it still holds first, and each repeat or new
-            # alert settles what its alert_seq stands for before anything is written to it.
-            grace_s = confirm_grace_s(self.settings.silent_after_s)
-            settled = self._mono() - session.started >= grace_s and not self._held.holding
-            alert = self.alerts.next_due() if settled else None
-            if alert is not None:
-                await self._write_confirm(session.client, alert)
+            if self._settled(session) and await self._write_due(session):
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -421,6 +418,45 @@ class BleWatch:
         log.warning("watch_link_silent", watch=self.device, silent_s=round(silent_s, 1))
         await self.presence.went_offline("silent_link")
         raise WatchLinkError
+
+    def _settled(self, session: _Session) -> bool:
+        """Whether confirms may be written: on a new link the watch repeats what it still holds
+        first, and each repeat or new alert settles what its alert_seq stands for before
+        anything is written to it."""
+        grace_s = confirm_grace_s(self.settings.silent_after_s)
+        return self._mono() - session.started >= grace_s and not self._held.holding
+
+    async def _write_due(self, session: _Session) -> bool:
+        """Write the next status due, one write at a time; False when none is due. True also
+        when the session is ending: the link's loop then ends it."""
+        async with self._writing:
+            if session.lost.is_set() or self.state is LinkState.RELINK:
+                return True
+            alert = self.alerts.next_due()
+            if alert is None:
+                return False
+            await self._write_confirm(session.client, alert)
+            return True
+
+    async def _confirm_at_once(self) -> None:
+        """A new alert's 0x01, written by the task that raised its alarm, in the same step: the
+        link's task would wake only after every callback queued before it, the uplink's claim of
+        that alarm among them, and the watch is waiting. Left to the link's task when it could
+        not write now itself (not connected, not settled, writing)."""
+        session = self._session
+        if (
+            session is None
+            or self.state is not LinkState.CONNECTED
+            or self._writing.locked()
+            or not self._settled(session)
+        ):
+            return
+        try:
+            await self._write_due(session)
+        except WatchLinkError:  # BlueZ does not answer: the link's task makes the link again
+            if self.state in _LIVE:
+                self.state = LinkState.RELINK
+            self._wake.set()
 
     def _gatt_timeout_s(self) -> float:
         """A read or write takes a few connection intervals; one that hangs is a stalled BlueZ."""
@@ -598,6 +634,7 @@ class BleWatch:
             self._wake.set()
         for alarm_id, state in held:
             self.alarm_state_changed(alarm_id, "", self.device, state)
+        await self._confirm_at_once()
 
     async def _settle(self, alert: CareAlert, watch_time: int) -> None:
         earlier = self.store.repeat_of(self.address, alert.alert_seq, alert.event, watch_time)
@@ -632,7 +669,10 @@ class BleWatch:
         if event in (CareEvent.SOS, CareEvent.FALL):
             kind: AlarmKind = "alarm.watch_sos" if event == CareEvent.SOS else "alarm.fall"
             alarm_id = await self.alarms.raise_alarm(kind, {}, self.device, key=key)
-            log.warning("watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq)
+            logged = functools.partial(
+                log.warning, "watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq
+            )
+            asyncio.get_running_loop().call_soon(logged)  # once the 0x01 is on its way
             return alarm_id
         if event == CareEvent.FALL_CANCELLED:  # the fall being counted down on the watch
             fall = self.store.latest(self.address, CareEvent.FALL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +57,11 @@ class AlarmTracker:
         if alarm_id != alarm.id:
             log.info("alarm_already_stored", alarm_id=alarm_id, kind=kind, device=device, key=key)
             return alarm_id
-        log.info("alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
+        # Logged at the loop's next turn: what the producer does on "stored" (a watch's Alert
+        # Confirm, a button's ACK) goes first; a log line costs about as much as a D-Bus write.
+        asyncio.get_running_loop().call_soon(
+            functools.partial(log.info, "alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
+        )
         self._tell(alarm_id, kind, device, AlarmState.RECEIVED)
         if not self.link_up:
             self._tell(alarm_id, kind, device, AlarmState.UNDELIVERED)
