@@ -247,7 +247,7 @@ class Outbox:
         if report:
             self._reporting = True
             rows = [self.store.dropped_event(report, [], "buffer_full"), *batch]
-        insert = functools.partial(self.store.insert, key=key)
+        insert = self.store.insert if key is None else functools.partial(self.store.insert, key=key)
         future = asyncio.wrap_future(self._worker.submit(insert, (rows,), urgent=urgent))
         future.add_done_callback(functools.partial(self._inserted, batch, report))
         return await asyncio.shield(future)
