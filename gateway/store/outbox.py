@@ -265,9 +265,9 @@ class Outbox:
                 log.info("store_write_recovered", waiting=len(self._buffer))
             self.changed.set()
             if any(event.is_alarm for event in batch):
-                # At the loop's next turn, after the task that put the alarm has resumed: what
-                # it does on "stored" (a watch's 0x01, a button's ACK) goes before the uplink's
-                # claim, which would otherwise hold the store thread and the GIL meanwhile.
+                # At the loop's next turn, so that the uplink's task wakes after the task that
+                # put the alarm: what that one does on "stored" (a watch's 0x01, a button's ACK)
+                # goes before the uplink's claim, which would hold the store thread and the GIL.
                 asyncio.get_running_loop().call_soon(self.alarm_stored.set)
             return
         waiting = [event for event in batch if not event.is_alarm]
