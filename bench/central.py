@@ -6,8 +6,8 @@ reaches BlueZ, in an event loop (and on a CPU) of its own.
 
 ``--role gateway``: the real ``Gateway`` (outbox, uplink, supervisor and the ``[watch]`` link
 to ``--address``), on a plain-TCP broker at 127.0.0.1:``--port``. Each Care Alert SOS becomes
-``alarm.watch_sos``, stored with its fsync, then the alert is written to ``watches.json`` and
-Alert Confirm 0x01 goes back to the watch: what the bench times.
+``alarm.watch_sos``, stored with its fsync under the alert's key, then Alert Confirm 0x01 goes
+back to the watch (the alert is written to ``watches.json`` after): what the bench times.
 
 ``--role bleak``: the baseline, the transport's own round trip. A plain ``BleakClient``
 subscribes to Care Alert only and, in the notification callback, starts writing Alert Confirm

@@ -4,7 +4,8 @@ Measures, as distributions (p50/p95/p99/max, ms):
 
 1. SOS → Alert Confirm 0x01: from the simulated watch notifying a Care Alert SOS until the
    gateway's Alert Confirm 0x01 write arrives at the watch. In between the gateway stores
-   ``alarm.watch_sos`` (SQLite, fsync) and the alert in ``watches.json`` (atomic writes, fsync).
+   ``alarm.watch_sos`` under the alert's key (SQLite, one fsync); the alert is written to
+   ``watches.json`` after the 0x01.
    Also SOS → ``alarm.watch_sos`` at a platform subscriber on the local Mosquitto.
 2. The baseline, on the same bus, fake BlueZ and watch: a plain ``BleakClient`` subscribed to
    Care Alert that writes Alert Confirm 0x01 (with response) as soon as a notification arrives:

@@ -15,11 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from drivers.watch.store import ALERT_MEMORY_S
 from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.core.events import NewEvent
-from gateway.store.alarms import AlarmTiming
+from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming
 from gateway.store.disk import DiskBudget
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
@@ -352,6 +353,61 @@ async def test_a_cancelled_put_neither_loses_nor_doubles_the_alarm(rig: Rig) -> 
     kinds = [e.kind for e in (await outbox.claim(100))[0]]
     assert sorted(kinds) == ["alarm.button", "alarm.button", "telemetry.vitals"]
     await outbox.close()
+
+
+async def test_an_alarm_raised_again_under_its_key_is_stored_once_also_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store)
+    await outbox.open()
+    first = rig.alarm()
+    assert await outbox.put(first, key="watch/C0:FF:EE:00:00:01/5/1/850000000") == first.id
+    second = await outbox.put(rig.alarm(), key="watch/C0:FF:EE:00:00:01/6/1/850000001")
+    assert second != first.id
+    assert await outbox.put(rig.alarm(), key="watch/C0:FF:EE:00:00:01/5/1/850000000") == first.id
+    await outbox.close()  # (a kill -9 keeps what was committed just as well)
+
+    again = Rig(tmp_path / "o.sqlite3", clock=rig.clock)
+    outbox = Outbox(again.store)
+    await outbox.open()
+    # Acknowledged meanwhile: the key still names it, nothing is stored.
+    await outbox.acknowledge_alarms([first.id])
+    repeat = again.alarm()
+    assert await outbox.put(repeat, key="watch/C0:FF:EE:00:00:01/5/1/850000000") == first.id
+    assert [alarm.id for alarm in await outbox.held_alarms()] == [second]  # the other key's
+    assert (await outbox.stats()).last_seq == 2
+    await outbox.close()
+
+
+def test_alarm_keys_are_forgotten_after_a_day_by_the_writes_that_add_keys(rig: Rig) -> None:
+    assert ALARM_KEY_KEPT_S >= ALERT_MEMORY_S  # as long as a watch repeats an alert
+    old = rig.alarm()
+    assert rig.store.insert([old], key="old") == [1]
+    rig.clock.advance(ALARM_KEY_KEPT_S - 1)
+    assert rig.store.insert([rig.alarm()], key="recent") == [2]
+    assert rig.store.alarm_under_key("old") == old.id
+    rig.clock.advance(2)
+    assert rig.store.insert([rig.alarm()], key="new") == [3]
+    assert rig.store.alarm_under_key("old") is None
+    assert rig.store.alarm_under_key("recent") is not None
+    # A key stored a day ahead of the clock (before the clock was set back) goes as well.
+    rig.clock.set_wall(rig.clock.wall() - 2 * ALARM_KEY_KEPT_S)
+    assert rig.store.insert([rig.alarm()], key="after the clock step") == [4]
+    assert rig.store.alarm_under_key("new") is None
+    reader = sqlite3.connect(rig.path)
+    assert reader.execute("SELECT COUNT(*) FROM alarm_keys").fetchone()[0] == 1
+    reader.close()
+    # Forgotten, the key stores a new alarm.
+    assert rig.store.insert([rig.alarm()], key="old") == [5]
+
+
+def test_a_key_names_one_alarm(rig: Rig) -> None:
+    with pytest.raises(ValueError, match="one alarm"):
+        rig.store.insert([rig.telemetry()], key="k")
+    with pytest.raises(ValueError, match="one alarm"):
+        rig.store.insert([rig.alarm(), rig.alarm()], key="k")
+    assert rig.store.stats().last_seq == 0
 
 
 @given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), max_size=30))

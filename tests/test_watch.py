@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +32,7 @@ from hil.sim.dbus import connection_count, match_rule_count
 from hil.sim.platform import PlatformClient
 from tests.gateway_rig import RunningGateway, kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
+from tests.support.daemon import GatewayProcess, gateway_config
 
 ADDRESS = "C0:FF:EE:00:00:01"
 DEVICE = "watch-C0FFEE000001"
@@ -391,6 +394,69 @@ async def test_a_repeated_sos_after_a_gateway_restart_is_not_a_second_alarm(
             await wait_platform(platform, lambda p: kinds(p, "gateway.power"), "the marker")
     assert len(kinds(platform, "alarm.watch_sos")) == 1
     assert watch.confirms == [(5, 0x01)]
+
+
+def _alerts_listed(state_dir: Path) -> list[dict[str, Any]]:
+    """The alerts ``watches.json`` holds for the watch (none when it was never written)."""
+    try:
+        content = json.loads((state_dir / "watches.json").read_text())
+    except FileNotFoundError:
+        return []
+    return list(content["state"].get(ADDRESS, {}).get("alerts", []))
+
+
+def _alarms_stored(state_dir: Path, kind: str) -> int:
+    db = sqlite3.connect(f"file:{state_dir / 'outbox.sqlite3'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM events WHERE kind=?", (kind,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_a_daemon_killed_between_the_alarms_commit_and_the_0x01_raises_no_second_alarm(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 0x01 goes out as soon as the alarm is committed, before the watch list is written:
+    a daemon killed in between forgets the alert, and the watch repeats it to the next one."""
+    watch = WatchSim(ADDRESS)
+    state = tmp_path / "state"
+    daemon = GatewayProcess(
+        gateway_config(tmp_path, mosquitto, watch=FAST_LINK), tmp_path / "daemon.log"
+    )
+    async with (
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [watch]),
+    ):
+        try:
+            daemon.start()
+            await watch.wait_subscribed(codec.CARE_ALERT, 60.0)
+            # Every 0x01 is lost with the link: the alarm is committed, the watch never hears
+            # of it, and nothing has it written to the watch list when the daemon is killed.
+            watch.fail_next_confirms(1000)
+            await watch.care_alert(CareEvent.SOS, 5, watch_time=850_000_000)
+            await wait_platform(platform, lambda p: kinds(p, "alarm.watch_sos"), "the alarm")
+            await watch.wait_for(lambda w: w.connections >= 3, TIMEOUT_S, "repeats")
+            daemon.kill()
+            assert _alerts_listed(state) == []
+            assert _alarms_stored(state, "alarm.watch_sos") == 1
+
+            watch.fail_next_confirms(0)
+            daemon.start()
+            await watch.wait_confirmed(5, 60.0)
+            # A second alarm would be on disk before its 0x01.
+            assert _alarms_stored(state, "alarm.watch_sos") == 1
+            assert watch.confirms == [(5, 0x01)]
+            assert '"alarm_already_stored"' in daemon.log_text()
+            # The watch took its 0x01: the watch list has the alert at once, for the 0x02.
+            await wait_until(
+                lambda: [a["told"] for a in _alerts_listed(state)] == [1],
+                TIMEOUT_S,
+                "the alert listed",
+            )
+            assert await asyncio.to_thread(daemon.terminate) == 0
+        finally:
+            daemon.close()
+    assert len(kinds(platform, "alarm.watch_sos")) == 1
 
 
 async def test_config_set_changes_a_watchs_interval_and_rules_while_it_runs(

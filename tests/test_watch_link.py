@@ -42,7 +42,9 @@ class Platform:
         self.events.append((kind, data, device))
         return f"event-{next(self._ids)}"
 
-    async def raise_alarm(self, kind: Any, data: dict[str, Any], device: str | None) -> str:
+    async def raise_alarm(
+        self, kind: Any, data: dict[str, Any], device: str | None, *, key: str | None = None
+    ) -> str:
         alarm_id = await self.emit(kind, data, device)
         if self.on_raise is not None:
             self.on_raise(alarm_id)

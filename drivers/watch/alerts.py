@@ -125,7 +125,9 @@ class AlertConfirms:
         if alert.due[:1] == [status]:  # what was due may have changed while this was written
             alert.due.pop(0)
         alert.told, alert.told_at = status, wall
-        self._changed(False)
+        # Having taken "received" the watch repeats the alert no more: from now on only the
+        # watch list remembers what it is still owed.
+        self._changed(status == AlertConfirmStatus.RECEIVED)
 
     def refused(self, alert: RaisedAlert, status: int) -> None:
         """The watch refused ``status`` on a live link; given up after a few refusals."""

@@ -13,14 +13,18 @@
   connects again (and at its first connection after a start: the platform may hold it offline);
 - care alerts become alarms once per ``alert_seq`` (``WatchStore``), are confirmed to the watch with
   0x01 once stored, 0x02 when the platform acknowledges and 0x03 when they could not be delivered
-  (which status is owed when: ``AlertConfirms``; this module writes them);
+  (which status is owed when: ``AlertConfirms``; this module writes them). An alert stamped by
+  the watch's clock raises its alarm under a key naming the alert (``alert_key``), so the 0x01
+  goes out as soon as the alarm is committed: a repeat after a crash finds the alarm by its key,
+  and the watch list is written once the watch took the 0x01 (it repeats the alert until then);
 - not worn (heart-rate contact bits, take-off / put-on alerts): ``device.not_worn`` and
   ``device.worn`` once per change; no vitals and no edge rule while not worn;
 - vitals are aggregated per metric (``VitalsAggregator``) and checked by the edge rules
   (``RuleEngine``), which raise ``alarm.vitals``.
 
 Notifications arrive in bleak's callbacks; they are queued and handled in order by one task, so a
-slow durable write never reorders events and never blocks bleak.
+slow durable write never reorders events and never blocks bleak. The link's task writes the Alert
+Confirms as they come due, except a new alert's own, which the handling task writes at once.
 
 The link's lifecycle is ``LinkState``. Its client class and device finder are arguments, so that
 it runs against bleak's BlueZ backend in the gateway and against a simulated watch in tests.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -220,8 +225,9 @@ class BleWatch:
         self._away_since = self._mono()
         self._vitals_added = asyncio.Event()
         self._wake = asyncio.Event()  # a confirm is due, the link was lost, or a relink is asked
+        self._writing = asyncio.Lock()  # one Alert Confirm write at a time
         self._persist = asyncio.Event()  # the store has changes to write
-        self._persist_urgent = False
+        self._persist_now = asyncio.Event()  # ... and one of them must be on disk at once
         self._missing_logged: set[str] = set()
         self._subscribed: set[str] = set()
         self.alerts = AlertConfirms(
@@ -380,13 +386,7 @@ class BleWatch:
                 log.info("watch_relink", watch=self.device)
                 raise WatchLinkError
             await self._check_alive(session.client)
-            # A new link: the watch repeats what it still holds first, and each repeat or new
-            # alert settles what its alert_seq stands for before anything is written to it.
-            grace_s = confirm_grace_s(self.settings.silent_after_s)
-            settled = self._mono() - session.started >= grace_s and not self._held.holding
-            alert = self.alerts.next_due() if settled else None
-            if alert is not None:
-                await self._write_confirm(session.client, alert)
+            if self._settled(session) and await self._write_due(session):
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -418,6 +418,45 @@ class BleWatch:
         log.warning("watch_link_silent", watch=self.device, silent_s=round(silent_s, 1))
         await self.presence.went_offline("silent_link")
         raise WatchLinkError
+
+    def _settled(self, session: _Session) -> bool:
+        """Whether confirms may be written: on a new link the watch repeats what it still holds
+        first, and each repeat or new alert settles what its alert_seq stands for before
+        anything is written to it."""
+        grace_s = confirm_grace_s(self.settings.silent_after_s)
+        return self._mono() - session.started >= grace_s and not self._held.holding
+
+    async def _write_due(self, session: _Session) -> bool:
+        """Write the next status due, one write at a time; False when none is due. True also
+        when the session is ending: the link's loop then ends it."""
+        async with self._writing:
+            if session.lost.is_set() or self.state is LinkState.RELINK:
+                return True
+            alert = self.alerts.next_due()
+            if alert is None:
+                return False
+            await self._write_confirm(session.client, alert)
+            return True
+
+    async def _confirm_at_once(self) -> None:
+        """A new alert's 0x01, written by the task that raised its alarm, in the same step: the
+        link's task would wake only after every callback queued before it, the uplink's claim of
+        that alarm among them, and the watch is waiting. Left to the link's task when it could
+        not write now itself (not connected, not settled, writing)."""
+        session = self._session
+        if (
+            session is None
+            or self.state is not LinkState.CONNECTED
+            or self._writing.locked()
+            or not self._settled(session)
+        ):
+            return
+        try:
+            await self._write_due(session)
+        except WatchLinkError:  # BlueZ does not answer: the link's task makes the link again
+            if self.state in _LIVE:
+                self.state = LinkState.RELINK
+            self._wake.set()
 
     def _gatt_timeout_s(self) -> float:
         """A read or write takes a few connection intervals; one that hangs is a stalled BlueZ."""
@@ -452,18 +491,21 @@ class BleWatch:
 
     def _store_changed(self, urgent: bool = False) -> None:
         self.store.changed()
-        self._persist_urgent = self._persist_urgent or urgent
         self._persist.set()
+        if urgent:
+            self._persist_now.set()
 
     async def _write_store(self) -> None:
         """Write what changed (statuses told and due, worn), at most every ``STORE_EVERY_S``;
-        at once for an acknowledgement, which the watch must show even after a crash."""
+        at once (also in the middle of that wait) for what the watch must be shown even after a
+        crash: an acknowledgement, and the alert whose 0x01 the watch took."""
         while True:
             await self._persist.wait()
-            if not self._persist_urgent:
-                await asyncio.sleep(STORE_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STORE_EVERY_S):
+                    await self._persist_now.wait()
             self._persist.clear()
-            self._persist_urgent = False
+            self._persist_now.clear()
             try:
                 await self.store.flush()
             except OSError:
@@ -592,6 +634,7 @@ class BleWatch:
             self._wake.set()
         for alarm_id, state in held:
             self.alarm_state_changed(alarm_id, "", self.device, state)
+        await self._confirm_at_once()
 
     async def _settle(self, alert: CareAlert, watch_time: int) -> None:
         earlier = self.store.repeat_of(self.address, alert.alert_seq, alert.event, watch_time)
@@ -601,7 +644,8 @@ class BleWatch:
             self.alerts.repeated(earlier)
             return
         self.alerts.new(alert.alert_seq)
-        event_id = await self._raise_for(alert)
+        key = alert_key(self.address, alert, watch_time) if alert.event in _ALARM_ALERTS else None
+        event_id = await self._raise_for(alert, key)
         raised = RaisedAlert(
             alert.alert_seq,
             alert.event,
@@ -612,23 +656,30 @@ class BleWatch:
         )
         self.alerts.raised(raised)
         self.store.raised(self.address, raised)
-        # Known as raised before the watch is told: no second alarm for a repeat after a crash.
-        await self.store.flush(backup=False)
+        if key is None:
+            # Known as raised before the watch is told: no second alarm (or device.worn) for a
+            # repeat after a crash. Under a key the alarm's store knows it already; the list is
+            # written when the watch takes the 0x01 (``AlertConfirms.written``).
+            await self.store.flush(backup=False)
 
-    async def _raise_for(self, alert: CareAlert) -> str:
-        """Store what the alert says (alarms durably); the event's id, "" when none was sent."""
+    async def _raise_for(self, alert: CareAlert, key: str | None) -> str:
+        """Store what the alert says (alarms durably, under ``key``); the event's id, "" when
+        none was sent."""
         event = alert.event
         if event in (CareEvent.SOS, CareEvent.FALL):
             kind: AlarmKind = "alarm.watch_sos" if event == CareEvent.SOS else "alarm.fall"
-            alarm_id = await self.alarms.raise_alarm(kind, {}, self.device)
-            log.warning("watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq)
+            alarm_id = await self.alarms.raise_alarm(kind, {}, self.device, key=key)
+            logged = functools.partial(
+                log.warning, "watch_alarm", watch=self.device, kind=kind, alert_seq=alert.alert_seq
+            )
+            asyncio.get_running_loop().call_soon(logged)  # once the 0x01 is on its way
             return alarm_id
         if event == CareEvent.FALL_CANCELLED:  # the fall being counted down on the watch
             fall = self.store.latest(self.address, CareEvent.FALL)
             recent = fall is not None and self.clock.wall() - fall.at <= FALL_KEPT_S
             fall_id = fall.event_id if fall is not None and recent and fall.event_id else None
             return await self.alarms.raise_alarm(
-                "alarm.cancelled", {"alarm_id": fall_id}, self.device
+                "alarm.cancelled", {"alarm_id": fall_id}, self.device, key=key
             )
         if event in (CareEvent.TAKEN_OFF, CareEvent.PUT_ON):
             return await self._set_worn(event == CareEvent.PUT_ON) or ""
@@ -709,6 +760,16 @@ class BleWatch:
 
 
 _LIVE = (LinkState.STARTING, LinkState.CONNECTED)  # states a relink can be asked in
+_ALARM_ALERTS = (CareEvent.SOS, CareEvent.FALL, CareEvent.FALL_CANCELLED)  # raise an alarm
+
+
+def alert_key(address: str, alert: CareAlert, watch_time: int) -> str | None:
+    """The key an alert's alarm is raised under: the watch and the alert as the watch names it
+    (``alert_seq``, event, its own clock's time). None without that time: ``alert_seq`` restarts
+    with the watch, so a new alert could take an old one's key; its alarm is raised unkeyed."""
+    if watch_time == 0:
+        return None
+    return f"watch/{address}/{alert.alert_seq}/{alert.event}/{watch_time}"
 
 
 def _watch_seconds(alert: CareAlert) -> int:

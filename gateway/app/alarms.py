@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,12 +42,26 @@ class AlarmTracker:
             except Exception:
                 log.exception("alarm_listener_failed", alarm_id=alarm_id, state=state.value)
 
-    async def raise_alarm(self, kind: AlarmKind, data: dict[str, Any], device: str | None) -> str:
-        """Store an alarm durably; when this returns the senior may be told it was received."""
+    async def raise_alarm(
+        self, kind: AlarmKind, data: dict[str, Any], device: str | None, *, key: str | None = None
+    ) -> str:
+        """Store an alarm durably; when this returns the senior may be told it was received.
+
+        Under a ``key`` already stored (``AlarmRaiser``) the earlier alarm's id is returned and
+        nothing is told: its states were told from its storing on, and follow as they come.
+        """
         if not is_alarm(kind):
             raise ValueError(f"{kind!r} is not an alarm kind")
-        alarm_id = await self.sink.emit(kind, data, device)
-        log.info("alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
+        alarm = self.sink.factory.make(kind, data, device)
+        alarm_id = await self.sink.outbox.put(alarm, key=key)
+        if alarm_id != alarm.id:
+            log.info("alarm_already_stored", alarm_id=alarm_id, kind=kind, device=device, key=key)
+            return alarm_id
+        # Logged at the loop's next turn: what the producer does on "stored" (a watch's Alert
+        # Confirm, a button's ACK) goes first; a log line costs about as much as a D-Bus write.
+        asyncio.get_running_loop().call_soon(
+            functools.partial(log.info, "alarm_stored", alarm_id=alarm_id, kind=kind, device=device)
+        )
         self._tell(alarm_id, kind, device, AlarmState.RECEIVED)
         if not self.link_up:
             self._tell(alarm_id, kind, device, AlarmState.UNDELIVERED)

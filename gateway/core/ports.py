@@ -50,5 +50,9 @@ class AlarmRaiser(Protocol):
     """Raises an alarm durably and follows it to the platform (``AlarmTracker``)."""
 
     async def raise_alarm(
-        self, kind: AlarmKind, data: dict[str, Any], device: str | None
-    ) -> str: ...
+        self, kind: AlarmKind, data: dict[str, Any], device: str | None, *, key: str | None = None
+    ) -> str:
+        """Store an alarm durably; return its id. ``key`` names what the producer raises it
+        for (a watch's alert): raised again under the same key (a repeat, also after a restart),
+        nothing is stored and the id of the alarm stored the first time is returned."""
+        ...

@@ -1,5 +1,6 @@
 """The alarms the outbox holds until the platform acknowledges them: resent when no
-acknowledgement comes in time, given up after a day, forgotten when acknowledged."""
+acknowledgement comes in time, given up after a day, forgotten when acknowledged; and the key
+each alarm was raised under, so that a producer's repeat is not a second alarm."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.store.database import delete_event
+
+# At least as long as any producer repeats an alarm under its key (the watch remembers its alerts
+# for a day: drivers.watch.store.ALERT_MEMORY_S); a repeat after that is a second alarm.
+ALARM_KEY_KEPT_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +140,21 @@ def read_held_alarms(db: sqlite3.Connection) -> list[HeldAlarm]:
             "SELECT id, seq, kind, device, attempt FROM events WHERE class='alarm' ORDER BY seq"
         )
     ]
+
+
+def alarm_under_key(db: sqlite3.Connection, key: str) -> str | None:
+    """The id of the alarm stored under ``key`` (within ``ALARM_KEY_KEPT_S``), if any."""
+    row = db.execute("SELECT alarm_id FROM alarm_keys WHERE key=?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def remember_alarm_key(key: str, alarm_id: str, now: float, db: sqlite3.Connection) -> None:
+    """In the alarm's transaction: ``key`` names it from now on; the keys older than
+    ``ALARM_KEY_KEPT_S`` go (or that lie that far ahead: stored before the clock was set back)."""
+    db.execute(
+        "DELETE FROM alarm_keys WHERE created_at < ? OR created_at > ?",
+        (now - ALARM_KEY_KEPT_S, now + ALARM_KEY_KEPT_S),
+    )
+    db.execute(
+        "INSERT INTO alarm_keys (key, alarm_id, created_at) VALUES (?, ?, ?)", (key, alarm_id, now)
+    )

@@ -235,24 +235,27 @@ class Outbox:
         self.store.set_checkpoint_waker(self._checkpointer.wake)
         return report
 
-    async def put(self, event: NewEvent) -> None:
-        """Store an event. An alarm is on disk (fsync) on return; others within the window
-        unless delivered before (a report of dropped events is written at once).
+    async def put(self, event: NewEvent, *, key: str | None = None) -> str:
+        """Store an event; return the id stored. An alarm is on disk (fsync) on return; others
+        within the window.
 
-        Only an alarm that cannot be stored raises; other events wait in memory.
+        ``key`` (alarms only): an alarm already stored under it is not stored again, and its
+        id is returned instead of the event's. Only an alarm that cannot be stored raises;
+        other events wait in memory (a report of dropped events is written at once).
         """
         if self._closed:
             raise StoreError("the outbox is closed")
         if event.is_alarm:
-            await self._commit_alarm(event)
-            return
+            return await self._commit_alarm(event, key)
+        if key is not None:
+            raise ValueError("only alarms are stored under a key")
         self._unsequenced.append(event)
         self._sequence()
         if self.buffered > self.buffer_limit:
             self._drop_oldest()
         self.changed.set()
         if self._failing:
-            return  # the retry timer writes them
+            return event.id  # the retry timer writes them
         if (
             self.group_commit_s == 0
             or len(self._hot) >= self.max_buffered
@@ -261,6 +264,7 @@ class Outbox:
             await self._commit_logged()
         else:
             self._arm()
+        return event.id
 
     def _sequence(self) -> None:
         """Give the events waiting for one a seq, in order; reserve the next block early."""
@@ -432,18 +436,29 @@ class Outbox:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(WRITE_RETRY_S, self._on_timer)
 
-    async def _commit_alarm(self, alarm: NewEvent) -> None:
+    async def _commit_alarm(self, alarm: NewEvent, key: str | None) -> str:
         """Commit the alarm alone, ahead of queued store work; it takes its seq in its own
-        transaction from the same counter as the events in memory."""
+        transaction from the same counter as the events in memory. The id stored: the alarm's,
+        or that of the alarm stored under ``key`` before."""
         self.alarms_arriving += 1
         try:
-            # Alarms arriving while this one waits for the store thread join its transaction.
-            future = asyncio.wrap_future(self._worker.submit_joined(self.store.insert, alarm))
+            if key is None:  # alarms arriving while this one waits join its transaction
+                submitted = self._worker.submit_joined(self.store.insert, alarm)
+            else:  # a keyed alarm is looked up and stored in a transaction of its own
+                insert = functools.partial(self.store.insert, key=key)
+                submitted = self._worker.submit(insert, ([alarm],), urgent=True)
+            future = asyncio.wrap_future(submitted)
             future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
             # To its end even when the caller is cancelled: only the real outcome counts.
-            await asyncio.shield(future)
+            seqs = await asyncio.shield(future)
         finally:
             self.alarms_arriving -= 1
+        if seqs or key is None:
+            return alarm.id
+        earlier = await self._call(self.store.alarm_under_key, key, urgent=True)
+        if earlier is None:  # only if the key was pruned in between, a day after it was stored
+            raise StoreError(f"the alarm stored under {key!r} is forgotten")
+        return earlier
 
     def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
         exc = future.exception()
@@ -451,7 +466,10 @@ class Outbox:
             log.error("store_insert_failed", error=repr(exc), requeued=0, alarms=[alarm.id])
             return
         self.changed.set()
-        self.alarm_stored.set()
+        # At the loop's next turn, so that the uplink's task wakes after the task that put the
+        # alarm: what that one does on "stored" (a watch's 0x01, a button's ACK) goes before the
+        # uplink's claim, which would hold the store thread and the GIL.
+        asyncio.get_running_loop().call_soon(self.alarm_stored.set)
 
     async def flush(self) -> None:
         """Write whatever is in memory now (``StoreError`` if the store cannot write)."""

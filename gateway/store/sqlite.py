@@ -30,7 +30,9 @@ from gateway.store.alarms import (
     HeldAlarm,
     ResendSchedule,
     acknowledged_rows,
+    alarm_under_key,
     read_held_alarms,
+    remember_alarm_key,
 )
 from gateway.store.database import OpenReport, transaction
 from gateway.store.disk import (
@@ -96,6 +98,19 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((first, last))
     return merged
+
+
+def _keyed(
+    work: Callable[[sqlite3.Connection], _T],
+    key: str,
+    alarm_id: str,
+    now: float,
+    db: sqlite3.Connection,
+) -> _T:
+    """``work`` (an alarm's insert), with ``key`` naming the alarm in the same transaction."""
+    result = work(db)
+    remember_alarm_key(key, alarm_id, now, db)
+    return result
 
 
 @dataclass(slots=True)
@@ -387,19 +402,27 @@ class SqliteStore:
         """Create the alarm reserve if it is missing and there is room; True if it is held."""
         return self._disk.make_reserve()
 
-    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+    def insert(self, events: Sequence[NewEvent], *, key: str | None = None) -> list[int]:
         """Store events in one transaction with a full fsync; return their seqs.
 
         Alarms are committed as they are: they never wait for an eviction or a checkpoint (the
         next write of other events evicts for them). On a full disk the store makes room
         (``DiskGuard.make_room``) and tries again; ``StoreFullError`` if there is still none.
+        ``key``: the events are one alarm, stored under ``key`` in its transaction; when an alarm
+        is stored under it already nothing is stored and ``[]`` returned (``alarm_under_key``).
         """
         urgent = all(event.is_alarm for event in events)
+        if key is not None:
+            if len(events) != 1 or not urgent:
+                raise ValueError("a key names one alarm")
+            if self.alarm_under_key(key) is not None:
+                return []
         db = self._prepare(urgent=urgent)
         now = self._now()
-        seqs, evicted = self._write(
-            db, functools.partial(self._insert_rows, events, now, urgent), "insert"
-        )
+        work = functools.partial(self._insert_rows, events, now, urgent)
+        if key is not None:
+            work = functools.partial(_keyed, work, key, events[0].id, now)
+        seqs, evicted = self._write(db, work, "insert")
         for seq in evicted:
             self._released.pop(seq, None)
         self._disk.after_write(db, urgent=urgent)
@@ -906,6 +929,10 @@ class SqliteStore:
         """The alarms quarantined as damaged since the last call (they will never be sent)."""
         taken, self._quarantined_alarms = self._quarantined_alarms, []
         return taken
+
+    def alarm_under_key(self, key: str) -> str | None:
+        """The id of the alarm stored under ``key`` (``insert``), if it is still remembered."""
+        return alarm_under_key(self._require(), key)
 
     def held_alarms(self) -> list[HeldAlarm]:
         return read_held_alarms(self._require())
