@@ -685,9 +685,12 @@ async def test_undelivered_events_are_written_when_their_window_ends_and_survive
     assert _rows(rig.path) == [3, 4, 5]
     # A crash now (the files as they are, the process gone): the rows are there, and the
     # seqs that may have been handed out beyond them are reported, never handed out again.
+    # (Copied while the checkpointer is held off: a checkpoint between the copies of the
+    # database and of its WAL would give a pair of files no crash can leave.)
     copy = tmp_path / "copy.sqlite3"
-    for suffix in ("", "-wal", ".seqmark"):
-        shutil.copyfile(f"{rig.path}{suffix}", f"{copy}{suffix}")
+    with rig.store.checkpoint_lock:
+        for suffix in ("", "-wal", ".seqmark"):
+            shutil.copyfile(f"{rig.path}{suffix}", f"{copy}{suffix}")
     crashed = Rig(copy)
     report = crashed.store.open()
     assert crashed.store.stats().queued == {"telemetry": 3}

@@ -229,6 +229,7 @@ class Outbox:
     async def open(self) -> OpenReport:
         report = await self._call(self.store.open)
         await self._call(self.store.make_reserve)
+        await self._call(self.store.settle_wal)
         self._checkpointer = Checkpointer(
             self.store.path, self.store.checkpoint_lock, hold=lambda: self.alarms_arriving > 0
         )

@@ -304,6 +304,11 @@ class SqliteStore:
         self._seqmark.ensure(seq)
         self._last = max(self._last, seq)
 
+    def settle_wal(self) -> None:
+        """After opening: checkpoint what the last run and the migrations left in the WAL and
+        truncate it, once, so that the running gateway's first checkpoint does not copy it."""
+        self._disk.checkpoint(self._require(), "TRUNCATE")
+
     def close(self, watermark: int | None = None) -> None:
         """Close; the mark records the last seq handed out, exact. ``watermark``: the last seq
         below which nothing is kept in memory unwritten (by default every seq handed out): up to
