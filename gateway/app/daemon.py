@@ -271,7 +271,7 @@ class Gateway:
     async def shutdown(self, lifecycle: dict[str, Any]) -> None:
         log.info("gateway_stopping")
         self.notifier.stopping()
-        for name in self.sources:  # nothing more from them once gateway.stopping is stored
+        for name in self.sources:  # nothing more from them after gateway.stopping
             await self.supervisor.stop(name)
         # Not written now: the drain delivers it (and anything else in memory), and the
         # outbox's close writes whatever it could not (a full disk: close() logs what is lost).

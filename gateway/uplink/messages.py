@@ -37,7 +37,6 @@ def topic_root(gateway_id: str) -> str:
 class Topics:
     """The topics of one gateway that are not built per event class."""
 
-    root: str
     status: str  # retained presence, and the will
     downlink: str  # the subscription
     ack: str
@@ -46,7 +45,7 @@ class Topics:
     @classmethod
     def of(cls, gateway_id: str) -> Topics:
         root = topic_root(gateway_id)
-        return cls(root, f"{root}/status", f"{root}/down/#", f"{root}/down/ack", f"{root}/down/cmd")
+        return cls(f"{root}/status", f"{root}/down/#", f"{root}/down/ack", f"{root}/down/cmd")
 
     def read_limits(self) -> dict[str, int]:
         """Downlink topic → the largest payload read from it; other topics are refused unread."""
