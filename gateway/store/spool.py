@@ -480,7 +480,7 @@ class Spool:
                 damaged.append((record.first, record.last))
                 record.remaining = 0
                 continue
-            for entry in sorted(entries.values(), key=lambda e: e.seq):
+            for entry in entries.values():  # in seq order, as written
                 if room <= 0:
                     break
                 if entry.inflight or entry.retry_at > now:
@@ -527,12 +527,22 @@ class Spool:
         return deleted
 
     def _drop_records(self, segment: _Segment) -> None:
-        gone = {id(record) for record in segment.records}
         for record in segment.records:
             for seq in record.entries or ():
                 self._owner.pop(seq, None)
+        count = len(segment.records)
         before = len(self._records)
-        self._records = [record for record in self._records if id(record) not in gone]
+        if (
+            count
+            and self._records[0] is segment.records[0]
+            and self._records[count - 1] is (segment.records[-1])
+        ):
+            del self._records[:count]  # the oldest segment: its records lead
+        else:
+            gone = {id(record) for record in segment.records}
+            self._records = [record for record in self._records if id(record) not in gone]
+            self._scan_from = 0
+            return
         self._scan_from = max(0, self._scan_from - (before - len(self._records)))
 
     @property
