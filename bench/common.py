@@ -65,7 +65,7 @@ def gateway_config(
     gateway_id: str,
     state_dir: Path,
     port: int,
-    group_commit_s: float = 0.2,
+    group_commit_s: float | None = 0.2,
     max_inflight: int | None = None,
     button_port: str | None = None,
     watch_addresses: Sequence[str] = (),
@@ -87,7 +87,7 @@ def gateway_config(
     sections: dict[str, Any] = {
         "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
         "mqtt": mqtt,
-        "outbox": {"group_commit_s": group_commit_s},
+        "outbox": {} if group_commit_s is None else {"group_commit_s": group_commit_s},
         "logging": {"level": "info", "format": "json"},
     }
     if button_port is not None:

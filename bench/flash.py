@@ -95,6 +95,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway_id=args.gateway_id,
         state_dir=args.state_dir,
         port=args.port if up else UNREACHABLE_PORT,
+        group_commit_s=args.window,
     )
     gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
     stop = asyncio.Event()
@@ -149,6 +150,11 @@ def main() -> None:
     parser.add_argument("--gateway-id", required=True)
     parser.add_argument("--rate", type=float, required=True, help="events per second")
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="outbox.group_commit_s, seconds (default: the shipped configuration's)",
+    )
     args = parser.parse_args()
     logs.configure("info", "json", stream=sys.stderr)
     emit(asyncio.run(run(args)))
