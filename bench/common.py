@@ -111,6 +111,21 @@ def proc_io() -> dict[str, int]:
     return fields
 
 
+def net_write_bytes(after: dict[str, int], before: dict[str, int] | None = None) -> int:
+    """Bytes written towards the disk between two ``proc_io`` samples (from process start when
+    ``before`` is None), net of those cancelled: ``write_bytes`` - ``cancelled_write_bytes``.
+
+    Linux's Documentation/filesystems/proc.rst (/proc/PID/io): ``write_bytes`` is counted "at
+    page-dirtying time", before any writeback; ``cancelled_write_bytes`` is what the process
+    "caused to not happen, by truncating pagecache": dirty pages of a file deleted or truncated
+    before their writeback (SQLite's ``-shm`` file, unlinked at close), which never reach the
+    device. Neither counts the filesystem's own journal and metadata writes (the kernel's).
+    """
+    start = before or {"write_bytes": 0, "cancelled_write_bytes": 0}
+    written = after["write_bytes"] - start["write_bytes"]
+    return written - (after["cancelled_write_bytes"] - start["cancelled_write_bytes"])
+
+
 def proc_status_kb(key: str) -> int:
     """A ``kB`` figure of /proc/self/status, e.g. ``VmHWM`` (peak RSS) or ``VmRSS``."""
     for line in Path("/proc/self/status").read_text().splitlines():
