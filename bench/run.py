@@ -97,7 +97,7 @@ FLASH_IDLE_FIGURES = (
     *("online_s", "running_s", "write_bytes", "cancelled_write_bytes", "net_write_bytes"),
     *("online_net_write_bytes", "bytes_per_hour"),
 )
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # /proc/PID/io counts pages: a run resolves to one
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # /proc/PID/io counts whole pages: a run resolves one
 # Home runs last whole minutes, and the shipped window and heartbeat end on whole minutes from
 # online: runs side by side are stopped this long after their last boundary, so that its commit
 # and checkpoint are done in every one of them and none races its stop.
@@ -1182,6 +1182,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 "events": med(figure, "events"),
                 "seconds": med(figure, "online_s"),
                 "window_s": med(figure, "window_s"),
+                "window_shipped": all(run.get("window_shipped") for run in runs[figure]),
                 # net bytes (written - cancelled), online → closed, beyond the idle gateway's
                 "bytes_per_event": med(figure, "bytes_per_event"),
                 "event_json_bytes": med(figure, "event_json_bytes"),
@@ -1310,7 +1311,8 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{row['event_json_bytes']:.0f} B JSON "
             f"({_verdict(summary, f'flash writes, uplink {uplink}, {rate}')}; "
             f"{row['events']:.0f} events over {row['seconds']:.0f} s, one page "
-            f"{row['page_per_event']:.0f} B/event, window {row['window_s']:g} s; net bytes "
+            f"{row['page_per_event']:.0f} B/event, window {row['window_s']:g} s"
+            f"{' (shipped)' if row['window_shipped'] else ''}; net bytes "
             f"beyond an idle gateway's, {row['raw_bytes_per_event']:.0f} B/event without "
             "subtracting)\n"
             f"  beside it, an idle gateway: {row['idle_net_write_bytes'] / 1000:.1f} kB per boot "
