@@ -65,7 +65,7 @@ def gateway_config(
     gateway_id: str,
     state_dir: Path,
     port: int,
-    group_commit_s: float = 0.2,
+    group_commit_s: float | None = 0.2,
     max_inflight: int | None = None,
     button_port: str | None = None,
     watch_addresses: Sequence[str] = (),
@@ -87,7 +87,7 @@ def gateway_config(
     sections: dict[str, Any] = {
         "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
         "mqtt": mqtt,
-        "outbox": {"group_commit_s": group_commit_s},
+        "outbox": {} if group_commit_s is None else {"group_commit_s": group_commit_s},
         "logging": {"level": "info", "format": "json"},
     }
     if button_port is not None:
@@ -109,6 +109,21 @@ def proc_io() -> dict[str, int]:
         key, _, value = line.partition(":")
         fields[key.strip()] = int(value)
     return fields
+
+
+def net_write_bytes(after: dict[str, int], before: dict[str, int] | None = None) -> int:
+    """Bytes written towards the disk between two ``proc_io`` samples (from process start when
+    ``before`` is None), net of those cancelled: ``write_bytes`` - ``cancelled_write_bytes``.
+
+    Linux's Documentation/filesystems/proc.rst (/proc/PID/io): ``write_bytes`` is counted "at
+    page-dirtying time", before any writeback; ``cancelled_write_bytes`` is what the process
+    "caused to not happen, by truncating pagecache": dirty pages of a file deleted or truncated
+    before their writeback (SQLite's ``-shm`` file, unlinked at close), which never reach the
+    device. Neither counts the filesystem's own journal and metadata writes (the kernel's).
+    """
+    start = before or {"write_bytes": 0, "cancelled_write_bytes": 0}
+    written = after["write_bytes"] - start["write_bytes"]
+    return written - (after["cancelled_write_bytes"] - start["cancelled_write_bytes"])
 
 
 def proc_status_kb(key: str) -> int:

@@ -6,8 +6,12 @@ the bench's Mosquitto (``--uplink up``) or pointed at a closed port (``--uplink 
 event must be kept). Once it is online it produces ``telemetry.vitals`` through its own sink at
 ``--rate`` events/s for ``--seconds``, then waits for a line on stdin (the bench sends it when
 its subscriber has every event, or at once when the uplink is down), shuts the gateway down and
-reports what this process wrote (``/proc/self/io`` ``write_bytes``, all threads, exited ones
-included): the WAL, checkpoints, the database and every sidecar file.
+reports what this process wrote (``/proc/self/io``, all threads, exited ones included): the WAL,
+checkpoints, the database and every sidecar file, as ``write_bytes`` and as net bytes
+(``write_bytes`` - ``cancelled_write_bytes``: ``bench.common.net_write_bytes``). With ``--rate 0``
+it produces nothing and waits ``--seconds``: an idle gateway, the per-boot cost the bench subtracts.
+
+The outbox window (``outbox.group_commit_s``) is the shipped configuration's unless ``--window``.
 
 The gateway's logs go to stderr, a pipe the bench copies to a file: in production they go to
 journald, which writes them itself. The bench starts this child with ``PYTHONDONTWRITEBYTECODE``
@@ -19,8 +23,10 @@ Protocol: JSON lines on stdout.
 - out ``produced`` once every event was handed to the sink (uplink up: and acknowledged, none
   left in the outbox);
 - in any line (or end of file): stop;
-- out ``result``: bytes written at start-up (process start → online) and while online
-  (online → after the gateway closed everything), the events, the size of one event's JSON.
+- out ``result``: bytes written and cancelled by the whole process (start → after the gateway
+  closed everything), and apart at start-up (process start → online), while running (online →
+  the stop line) and at close (the stop line → closed); the events, the size of one event's
+  JSON, the window.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from bench.common import (
     cpu_seconds,
     emit,
     gateway_config,
+    net_write_bytes,
     now_ns,
     proc_io,
     vitals,
@@ -55,9 +62,13 @@ SETTLE_TIMEOUT_S = 60.0
 SETTLE_POLL_S = 0.1
 
 
-def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Any line (or end of file) on stdin asks the gateway to stop."""
+def _watch_stdin(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, at_stop: dict[str, Any]
+) -> None:
+    """Any line (or end of file) on stdin asks the gateway to stop; ``at_stop`` gets the I/O
+    counters and the time of that moment."""
     sys.stdin.readline()
+    at_stop.update(io=proc_io(), ns=now_ns())
     loop.call_soon_threadsafe(stop.set)
 
 
@@ -78,6 +89,14 @@ def event_json_bytes(gateway: Gateway, seq: int) -> int:
     return len(stored.wire_json().encode())
 
 
+def _phase(name: str, before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Bytes written and cancelled between two ``proc_io`` samples ({} for process start)."""
+    return {
+        f"{name}_{key}": after[key] - before.get(key, 0)
+        for key in ("write_bytes", "cancelled_write_bytes")
+    }
+
+
 async def _settled(gateway: Gateway) -> None:
     """Wait until no telemetry is buffered or queued: every event was published and its PUBACK
     applied (the gateway's stats are a read, they write nothing)."""
@@ -95,11 +114,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway_id=args.gateway_id,
         state_dir=args.state_dir,
         port=args.port if up else UNREACHABLE_PORT,
+        group_commit_s=args.window,
     )
     gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    at_stop: dict[str, Any] = {}
+    threading.Thread(target=_watch_stdin, args=(loop, stop, at_stop), daemon=True).start()
 
     start_ns = now_ns()
     task = asyncio.create_task(gateway.run(stop), name="gateway")
@@ -110,31 +131,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     online, online_ns, cpu_online = proc_io(), now_ns(), cpu_seconds()
     emit({"event": "online", "start_ns": start_ns, "online_ns": online_ns})
 
-    interval_s = 1.0 / args.rate
-    count = max(1, round(args.rate * args.seconds))
     first = loop.time()
-    for n in range(count):
-        delay = first + n * interval_s - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await gateway.sink.emit(TELEMETRY_KIND, vitals(n), WATCH)
+    if args.rate > 0:
+        interval_s = 1.0 / args.rate
+        count = max(1, round(args.rate * args.seconds))
+        for n in range(count):
+            delay = first + n * interval_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await gateway.sink.emit(TELEMETRY_KIND, vitals(n), WATCH)
+    else:  # idle: as long as a run with events, none produced
+        count = 0
+        await asyncio.sleep(args.seconds)
     produced_s = loop.time() - first
     if up:  # as in a home, where the gateway runs on: what was acknowledged is settled
         await _settled(gateway)
     emit({"event": "produced", "events": count})
     await task
-    end = proc_io()
+    end, end_ns = proc_io(), now_ns()
+    stopping = at_stop.get("io", end)  # the stop line always comes first; end at worst
     return {
         "event": "result",
         "uplink": args.uplink,
+        "window_s": gateway.outbox.group_commit_s,
+        "window_shipped": args.window is None,
         "events": count,
         "rate_target": args.rate,
-        "rate_achieved": (count - 1) / produced_s if produced_s > 0 else float(count),
-        "online_s": (now_ns() - online_ns) / 1e9,
-        "event_json_bytes": event_json_bytes(gateway, count),
-        "start_write_bytes": online["write_bytes"],
-        "write_bytes": end["write_bytes"] - online["write_bytes"],
-        "cancelled_write_bytes": end["cancelled_write_bytes"] - online["cancelled_write_bytes"],
+        "rate_achieved": (count - 1) / produced_s if count > 1 and produced_s > 0 else 0.0,
+        "online_s": (end_ns - online_ns) / 1e9,
+        "running_s": (at_stop.get("ns", end_ns) - online_ns) / 1e9,
+        "event_json_bytes": event_json_bytes(gateway, max(1, count)),
+        # the whole process, start-up to closed: the -shm file's pages, dirtied at start-up, are
+        # cancelled when it is unlinked at close, so no shorter span nets out alone
+        "write_bytes": end["write_bytes"],
+        "cancelled_write_bytes": end["cancelled_write_bytes"],
+        "net_write_bytes": net_write_bytes(end),
+        "online_net_write_bytes": net_write_bytes(end, online),  # online → closed
+        **_phase("start", {}, online),  # process start → online
+        **_phase("running", online, stopping),  # online → the stop line
+        **_phase("close", stopping, end),  # the stop line → the gateway closed
         "syscw": end["syscw"] - online["syscw"],
         "cpu_s": cpu_seconds() - cpu_online,
         "published_events": gateway.uplink.stats.published_events,
@@ -147,8 +182,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="the bench broker's port")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--gateway-id", required=True)
-    parser.add_argument("--rate", type=float, required=True, help="events per second")
+    parser.add_argument(
+        "--rate", type=float, required=True, help="events per second (0: idle, no events)"
+    )
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="outbox.group_commit_s, seconds (default: the shipped configuration's)",
+    )
     args = parser.parse_args()
     logs.configure("info", "json", stream=sys.stderr)
     emit(asyncio.run(run(args)))

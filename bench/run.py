@@ -22,9 +22,9 @@ alike:
 
 once per bench, after the rounds:
 
-8. flash: everything a whole gateway process writes per telemetry event, produced through its
-   sink at each ``--flash-rates`` rate, with its uplink up and down (``bench.flash``), divided
-   by the event's JSON size;
+8. flash: the net bytes a whole gateway process writes per telemetry event, produced through
+   its sink at each ``--flash-rates`` rate, with its uplink up and down (``bench.flash``), beyond
+   what an idle gateway beside it writes, divided by the event's JSON size;
 9. idle: CPU, RSS and start → online of an idle gateway with one watch and one button.
 
 Every figure with a target is printed beside it; ``--strict`` exits 1 when any is missed.
@@ -91,6 +91,17 @@ DRAIN_TARGET_RATIO = 3.0  # drain ÷ plain paho, at least
 ALARM_TARGET_RATIO = 2.0  # p99 draining ÷ idle, raise_alarm → platform and button → platform
 BUTTON_TARGET_P99_MS = 20.0  # press → platform, broker idle (the issue's target on this machine)
 FLASH_TARGET_RATIO = {"up": 1.0, "down": 2.0}  # bytes written per event ÷ the event's JSON
+FLASH_UPLINKS = ("up", "down")
+# An idle flash run's figures kept beside each run's, prefixed "idle_" (the subtraction's terms).
+FLASH_IDLE_FIGURES = (
+    *("online_s", "running_s", "write_bytes", "cancelled_write_bytes", "net_write_bytes"),
+    *("online_net_write_bytes", "bytes_per_hour"),
+)
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # /proc/PID/io counts whole pages: a run resolves one
+# Home runs last whole minutes, and the shipped window and heartbeat end on whole minutes from
+# online: runs side by side are stopped this long after their last boundary, so that its commit
+# and checkpoint are done in every one of them and none races its stop.
+FLASH_STOP_MARGIN_S = 5.0
 QUEUED_TARGET_RATIO = 1.5  # put and claim cost per event, 1M-event outbox ÷ empty outbox
 MILLION_DRAIN_TARGET_RATIO = 15.0  # drain of the 1M backlog ÷ plain paho, at least
 # Idle cost before issue 11 (one watch, one button), printed beside today's for information.
@@ -176,12 +187,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--flash-events",
         type=int,
-        help="flash-write runs: at least this many events per run (default 60; quick 12)",
+        help=(
+            "flash-write runs: at least this many events per run (default 60; quick 12); "
+            f"runs below {HOME_RATE_MAX:g}/s all last as long as the longest of them"
+        ),
     )
     parser.add_argument(
         "--flash-min-seconds",
         type=float,
-        help="flash-write runs: at least this long (default 10; quick 3)",
+        help="flash-write runs: at least this long, seconds (default 10; quick 3)",
     )
     parser.add_argument(
         "--queued",
@@ -654,70 +668,125 @@ class Bench:
     # -- 7. flash writes per telemetry event, whole gateway, uplink up and down ---------------
 
     def flash(self) -> None:
-        """Every ``--flash-rates`` rate with the uplink up and down. Runs below
-        ``HOME_RATE_MAX`` events/s go side by side (their processes idle between events; bytes
-        are each one's own); faster ones one at a time."""
+        """Every ``--flash-rates`` rate with the uplink up and down, each beside an idle gateway
+        (no events; same configuration, uplink and duration): what a run writes beyond the idle
+        one is what its events cost, the idle one's bytes are what a boot costs. Runs below
+        ``HOME_RATE_MAX`` events/s all last as long as the longest of them, so that the slowest
+        spans its windows, and go side by side (their processes idle between events; bytes are
+        each one's own); faster ones one rate and uplink at a time."""
         if not self.flash_template.exists():  # a state directory a gateway has run in
             asyncio.run(build_backlog(self.flash_template, 0))
         home = [rate for rate in self.args.flash_rates if rate < HOME_RATE_MAX]
         if home:
-            self._flash_runs([(rate, uplink) for rate in home for uplink in ("up", "down")])
+            specs = [(rate, uplink) for rate in home for uplink in FLASH_UPLINKS]
+            self._flash_runs(specs, self.flash_home_seconds())
         for rate in self.args.flash_rates:
             if rate >= HOME_RATE_MAX:
-                for uplink in ("up", "down"):
-                    self._flash_runs([(rate, uplink)])
+                for uplink in FLASH_UPLINKS:
+                    self._flash_runs([(rate, uplink)], self.flash_seconds(rate))
 
     def flash_seconds(self, rate: float) -> float:
+        """At least ``--flash-min-seconds`` and at least ``--flash-events`` events."""
         least_s: float = self.args.flash_min_seconds
         events: int = self.args.flash_events
         return max(least_s, events / rate)
 
-    def _flash_runs(self, specs: list[tuple[float, str]]) -> None:
+    def flash_home_seconds(self) -> float:
+        """How long every run below ``HOME_RATE_MAX`` lasts: the longest of them."""
+        home = [rate for rate in self.args.flash_rates if rate < HOME_RATE_MAX]
+        return max((self.flash_seconds(rate) for rate in home), default=0.0)
+
+    def _flash_child(
+        self, stack: contextlib.ExitStack, rate: float, uplink: str, seconds: float
+    ) -> tuple[str, Child]:
+        gateway_id, folder = self._next(f"flash-{uplink}" if rate else f"flash-idle-{uplink}")
+        copy_backlog(self.flash_template, folder / "state")
+        argv = [
+            *("--uplink", uplink, "--port", str(self.port), "--gateway-id", gateway_id),
+            *("--state-dir", str(folder / "state"), "--rate", str(rate)),
+            *("--seconds", str(seconds)),
+        ]
+        if uplink == "up" and rate:
+            self.sub.track(gateway_id, telemetry=round(rate * seconds))
+        proc = stack.enter_context(
+            child(
+                "bench.flash",
+                argv,
+                folder / "gateway.log",
+                env_extra={"PYTHONDONTWRITEBYTECODE": "1"},
+                pipe_stderr=True,
+            )
+        )
+        return gateway_id, proc
+
+    def _flash_runs(self, specs: list[tuple[float, str]], seconds: float) -> None:
+        """``specs`` (rate, uplink) for ``seconds``, side by side with an idle gateway for each
+        uplink among them; all are stopped together once every one has produced (uplink up: and
+        the subscriber has every event), so that all are online for as long."""
         with contextlib.ExitStack() as stack:
-            started: list[tuple[float, str, str, Child, float]] = []
-            for rate, uplink in specs:
-                gateway_id, folder = self._next(f"flash-{uplink}")
-                copy_backlog(self.flash_template, folder / "state")
-                seconds = self.flash_seconds(rate)
-                argv = [
-                    *("--uplink", uplink, "--port", str(self.port), "--gateway-id", gateway_id),
-                    *("--state-dir", str(folder / "state"), "--rate", str(rate)),
-                    *("--seconds", str(seconds)),
-                ]
-                if uplink == "up":
-                    self.sub.track(gateway_id, telemetry=round(rate * seconds))
-                proc = stack.enter_context(
-                    child(
-                        "bench.flash",
-                        argv,
-                        folder / "gateway.log",
-                        env_extra={"PYTHONDONTWRITEBYTECODE": "1"},
-                        pipe_stderr=True,
-                    )
-                )
-                started.append((rate, uplink, gateway_id, proc, seconds))
-            for *_, proc, _ in started:
-                proc.read("online", CHILD_START_TIMEOUT_S)
-            for rate, uplink, gateway_id, proc, seconds in sorted(started, key=lambda r: r[4]):
+            uplinks = dict.fromkeys(uplink for _, uplink in specs)
+            idle = {uplink: self._flash_child(stack, 0.0, uplink, seconds) for uplink in uplinks}
+            runs = [
+                (rate, uplink, *self._flash_child(stack, rate, uplink, seconds))
+                for rate, uplink in specs
+            ]
+            everyone = [proc for _, proc in idle.values()] + [proc for *_, proc in runs]
+            online_ns = max(
+                proc.read("online", CHILD_START_TIMEOUT_S)["online_ns"] for proc in everyone
+            )
+            for proc in everyone:
                 proc.read("produced", seconds * 2 + CHILD_START_TIMEOUT_S)
+            for _, uplink, gateway_id, _ in runs:
                 if uplink == "up":
                     self.sub.wait(gateway_id, "telemetry", self.wait_s)
+            stop_at_ns = online_ns + int((seconds + FLASH_STOP_MARGIN_S) * 1e9)
+            time.sleep(max(0.0, (stop_at_ns - time.monotonic_ns()) / 1e9))
+            for proc in everyone:
                 proc.stop()
+            results: dict[str, dict[str, Any]] = {}
+            for uplink, (gateway_id, proc) in idle.items():
+                results[gateway_id] = self._flash_idle_result(uplink, seconds, proc)
+            for rate, uplink, gateway_id, proc in runs:
                 result = proc.read("result", STOP_TIMEOUT_S)
                 proc.wait()
                 if uplink == "up":
                     result["duplicates"] = self.sub.snapshot(gateway_id).duplicates("telemetry")
                     self.sub.forget(gateway_id)
                 result.pop("event")
-                result["bytes_per_event"] = result["write_bytes"] / result["events"]
+                base = results[idle[uplink][0]]
+                result.update({f"idle_{key}": base[key] for key in FLASH_IDLE_FIGURES})
+                result["raw_bytes_per_event"] = result["net_write_bytes"] / result["events"]
+                # online → closed in both: start-up comes before any event and varies by pages
+                beyond_idle = result["online_net_write_bytes"] - base["online_net_write_bytes"]
+                result["bytes_per_event"] = beyond_idle / result["events"]
+                result["page_per_event"] = PAGE_BYTES / result["events"]
                 result["ratio"] = result["bytes_per_event"] / result["event_json_bytes"]
                 self.say(
                     f"  flash uplink {uplink:<4} rate={rate:5g}/s {result['bytes_per_event']:8.0f}"
                     f" B/event = {result['ratio']:6.1f}x the event's {result['event_json_bytes']}"
-                    f" B JSON ({result['events']} events over {result['online_s']:.0f} s; "
-                    f"start-up {result['start_write_bytes'] / 1000:.0f} kB, not counted)"
+                    f" B JSON (net, beyond the idle gateway's; {result['events']} events over"
+                    f" {result['online_s']:.0f} s, one page {result['page_per_event']:.0f} B/event;"
+                    f" window {result['window_s']:g} s"
+                    f"{', shipped' if result['window_shipped'] else ''}); without subtracting:"
+                    f" {result['raw_bytes_per_event']:.0f} B/event"
                 )
                 self._record(f"flash_{uplink}_rate{rate:g}", result)
+
+    def _flash_idle_result(self, uplink: str, seconds: float, proc: Child) -> dict[str, Any]:
+        result = proc.read("result", STOP_TIMEOUT_S)
+        proc.wait()
+        result.pop("event")
+        running = result["running_write_bytes"] - result["running_cancelled_write_bytes"]
+        result["bytes_per_hour"] = running / result["running_s"] * 3600
+        self.say(
+            f"  flash idle gateway, uplink {uplink:<4} {result['net_write_bytes'] / 1000:6.1f} kB"
+            f" net, start-up to close = written: start-up {result['start_write_bytes'] / 1000:.1f}"
+            f" kB, {result['running_s']:.0f} s running {result['running_write_bytes'] / 1000:.1f}"
+            f" kB ({result['bytes_per_hour'] / 1000:.0f} kB/h), close"
+            f" {result['close_write_bytes'] / 1000:.1f} kB; less cancelled"
+            f" {result['cancelled_write_bytes'] / 1000:.1f} kB (truncated before writeback)"
+        )
+        return self._record(f"flash_idle_{uplink}_{seconds:g}s", result)
 
     # -- 8. 1M events queued -------------------------------------------------------------------
 
@@ -1112,11 +1181,20 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             row = {
                 "events": med(figure, "events"),
                 "seconds": med(figure, "online_s"),
+                "window_s": med(figure, "window_s"),
+                "window_shipped": all(run.get("window_shipped") for run in runs[figure]),
+                # net bytes (written - cancelled), online → closed, beyond the idle gateway's
                 "bytes_per_event": med(figure, "bytes_per_event"),
                 "event_json_bytes": med(figure, "event_json_bytes"),
-                "start_write_bytes": med(figure, "start_write_bytes"),
                 "ratio": med(figure, "ratio"),
                 "target_ratio": limit,
+                "raw_bytes_per_event": med(figure, "raw_bytes_per_event"),
+                "write_bytes": med(figure, "write_bytes"),
+                "cancelled_write_bytes": med(figure, "cancelled_write_bytes"),
+                "net_write_bytes": med(figure, "net_write_bytes"),
+                "online_net_write_bytes": med(figure, "online_net_write_bytes"),
+                "page_per_event": med(figure, "page_per_event"),
+                **{f"idle_{key}": med(figure, f"idle_{key}") for key in FLASH_IDLE_FIGURES},
             }
             row["meets_target"] = _target(
                 targets, f"flash writes, uplink {uplink}, {rate:g}/s", row["ratio"], limit
@@ -1232,7 +1310,14 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{row['bytes_per_event']:7.0f} B = {row['ratio']:5.1f}x the event's "
             f"{row['event_json_bytes']:.0f} B JSON "
             f"({_verdict(summary, f'flash writes, uplink {uplink}, {rate}')}; "
-            f"{row['events']:.0f} events over {row['seconds']:.0f} s)"
+            f"{row['events']:.0f} events over {row['seconds']:.0f} s, one page "
+            f"{row['page_per_event']:.0f} B/event, window {row['window_s']:g} s"
+            f"{' (shipped)' if row['window_shipped'] else ''}; net bytes "
+            f"beyond an idle gateway's, {row['raw_bytes_per_event']:.0f} B/event without "
+            "subtracting)\n"
+            f"  beside it, an idle gateway: {row['idle_net_write_bytes'] / 1000:.1f} kB per boot "
+            f"(start-up to close), {row['idle_bytes_per_hour'] / 1000:.0f} kB/h while running "
+            "(information)"
         )
     queued = summary.get("queued")
     if queued:
