@@ -83,6 +83,9 @@ def copy_backlog(template_dir: Path, state_dir: Path) -> None:
         source = template_dir / (OUTBOX_NAME + suffix)
         if source.exists():
             shutil.copyfile(source, state_dir / (OUTBOX_NAME + suffix))
+    spool = template_dir / (OUTBOX_NAME + ".spool")  # telemetry written at its window's end
+    if spool.exists():
+        shutil.copytree(spool, state_dir / (OUTBOX_NAME + ".spool"), dirs_exist_ok=True)
 
 
 def main() -> None:

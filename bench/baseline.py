@@ -19,6 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bench.common import cpu_seconds, emit, now_ns, proc_status_kb
 from gateway.core.events import StoredEvent, payload_prefix
+from gateway.store.spool import read_spool
 from gateway.uplink.messages import topic_root
 
 CONNECT_TIMEOUT_S = 10.0
@@ -39,6 +40,9 @@ def load_payloads(db_path: Path, gateway_id: str, count: int) -> list[bytes]:
         ).fetchall()
     finally:
         db.close()
+    # Telemetry written at the end of its window is in the spool beside the database.
+    spooled = read_spool(db_path.with_name(db_path.name + ".spool"))
+    rows = sorted(rows + [(*event, 1) for event in spooled])[:count]
     prefix = payload_prefix(gateway_id)
     payloads = []
     for seq, event_id, kind, device, data, ts, ts_synced, attempt in rows:

@@ -36,6 +36,7 @@ from bench.common import (
 from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
+from gateway.store.spool import read_spool
 
 CLAIM_EVENTS = 500  # one message's worth, as the drain claims
 WARMUP_EVENTS = 1000
@@ -50,7 +51,7 @@ def count_rows(state_dir: Path) -> int:
         (rows,) = db.execute("SELECT count(*) FROM events").fetchone()
     finally:
         db.close()
-    return int(rows)
+    return int(rows) + len(read_spool(path.with_name(path.name + ".spool")))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.store.spool import read_spool
 from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient
 from tests.support.daemon import GatewayProcess, gateway_config, last_seq
@@ -66,11 +67,17 @@ def assert_complete_without_invention(platform: PlatformClient, n: int) -> None:
 
 
 def store_counts(state_dir: Path) -> dict[str, int]:
+    """Events on disk by class: rows of the database, and the spool's telemetry (acknowledged
+    or not: the spool keeps acknowledgements in memory)."""
     db = sqlite3.connect(f"file:{state_dir / 'outbox.sqlite3'}?mode=ro", uri=True, timeout=5)
     try:
-        return dict(db.execute("SELECT class, COUNT(*) FROM events GROUP BY class").fetchall())
+        counts = dict(db.execute("SELECT class, COUNT(*) FROM events GROUP BY class").fetchall())
     finally:
         db.close()
+    spooled = len(read_spool(state_dir / "outbox.sqlite3.spool"))
+    if spooled:
+        counts["telemetry"] = counts.get("telemetry", 0) + spooled
+    return counts
 
 
 def wait_store(state_dir: Path, check: Any, timeout: float, what: str) -> None:

@@ -24,6 +24,7 @@ from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming
 from gateway.store.disk import DiskBudget
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
+from gateway.store.spool import read_spool
 from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
 from gateway.store.worker import CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
 from tests.gateway_rig import wait_until
@@ -311,7 +312,8 @@ async def test_alarm_is_on_disk_when_put_returns_and_telemetry_within_the_window
     reader = sqlite3.connect(rig.path)
 
     def count() -> int:
-        return int(reader.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        rows = int(reader.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return rows + len(read_spool(_spool_dir(rig.path)))
 
     await outbox.put(rig.telemetry())
     assert count() == 0  # buffered in the group-commit window
@@ -627,20 +629,28 @@ def test_the_wal_restarts_once_the_checkpointer_has_copied_it(tmp_path: Path) ->
 
 
 def _file_bytes(path: Path) -> bytes:
-    """The database and its -wal file as they are on disk now."""
-    return b"".join(
+    """The database, its -wal file and the spool's records as they are on disk now."""
+    spooled = "".join(repr(event) for event in read_spool(_spool_dir(path))).encode()
+    return spooled + b"".join(
         Path(f"{path}{suffix}").read_bytes()
         for suffix in ("", "-wal")
         if Path(f"{path}{suffix}").exists()
     )
 
 
+def _spool_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".spool")
+
+
 def _rows(path: Path) -> list[int]:
+    """The seqs on disk: rows of the database and events of the spool's records (which keep
+    acknowledged events until their whole segment is acknowledged)."""
     reader = sqlite3.connect(path)
     try:
-        return [seq for (seq,) in reader.execute("SELECT seq FROM events ORDER BY seq")]
+        rows = [seq for (seq,) in reader.execute("SELECT seq FROM events ORDER BY seq")]
     finally:
         reader.close()
+    return sorted(rows + [event[0] for event in read_spool(_spool_dir(path))])
 
 
 async def test_events_delivered_within_their_window_are_never_written(tmp_path: Path) -> None:
@@ -681,9 +691,9 @@ async def test_undelivered_events_are_written_when_their_window_ends_and_survive
     # Those in flight when they were written stay in flight: never claimed twice.
     rest, _ = await outbox.claim(10)
     assert [e.seq for e in rest] == [3, 4, 5]
-    await outbox.ack([1, 2])  # their PUBACK deletes the rows
-    assert _rows(rig.path) == [3, 4, 5]
-    # A crash now (the files as they are, the process gone): the rows are there, and the
+    await outbox.ack([1, 2])  # their PUBACK: the spool forgets them (in memory)
+    assert (await outbox.stats()).queued == {"telemetry": 3}
+    # A crash now (the files as they are, the process gone): the events are there, and the
     # seqs that may have been handed out beyond them are reported, never handed out again.
     # (Copied while the checkpointer is held off: a checkpoint between the copies of the
     # database and of its WAL would give a pair of files no crash can leave.)
@@ -691,9 +701,11 @@ async def test_undelivered_events_are_written_when_their_window_ends_and_survive
     with rig.store.checkpoint_lock:
         for suffix in ("", "-wal", ".seqmark"):
             shutil.copyfile(f"{rig.path}{suffix}", f"{copy}{suffix}")
+        shutil.copytree(_spool_dir(rig.path), _spool_dir(copy))
     crashed = Rig(copy)
     report = crashed.store.open()
-    assert crashed.store.stats().queued == {"telemetry": 3}
+    # The acknowledged 1 and 2 come back with their segment: published again, duplicates.
+    assert crashed.store.stats().queued == {"telemetry": 5}
     assert report.loss_reason == "store_rolled_back"
     assert report.lost_ranges[0][0] == 6
     (seq,) = crashed.store.insert([crashed.telemetry()])

@@ -363,7 +363,7 @@ class Outbox:
             keep = {seq: hot for seq, hot in self._hot.items() if hot.born > horizon}
         watermark = self.store.last_handed_out
         for other in self._batches:  # below what may still fail to be written
-            lows = [seq for seq, _ in other.rows[:1]] + other.dropped_seqs
+            lows = other.dropped_seqs + [min(seq for seq, _ in other.rows)] * bool(other.rows)
             watermark = min([watermark, *(seq - 1 for seq in lows)])
         if keep:
             watermark = min(watermark, min(keep) - 1)
@@ -373,7 +373,11 @@ class Outbox:
             self._arm()
             return
         batch = HotBatch(
-            rows=[(seq, hot.event) for seq, hot in take.items()],
+            # Telemetry last: it goes to the spool, after the rest (``insert_hot``).
+            rows=sorted(
+                ((seq, hot.event) for seq, hot in take.items()),
+                key=lambda row: (row[1].event_class == "telemetry", row[0]),
+            ),
             watermark=watermark,
             epoch=self._epoch,
             inflight={seq for seq, hot in take.items() if hot.inflight},

@@ -51,6 +51,7 @@ from gateway.store.integrity import (
     row_crc,
     row_damage,
 )
+from gateway.store.spool import Spool, encode_record
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -203,6 +204,10 @@ class SqliteStore:
         self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
         self._quarantined_alarms: list[HeldAlarm] = []  # until take_quarantined_alarms
         self._disk = DiskGuard(path, max_bytes)
+        self._spool = Spool(path.with_name(path.name + ".spool"))
+        self._spool_top = 0  # the highest seq the spool held at open
+        self._spool_cap: int | None = None  # on a full disk (``_spool_limit``)
+        self._spool_incoming = False  # what ``_over_quota`` weighs goes to the spool
 
     def mono(self) -> float:
         """Seconds on the store's monotonic clock (deadlines for ``release``)."""
@@ -222,10 +227,16 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         database.make_files_private(self.path)
         report = OpenReport()
+        found = self._spool.open()
+        self._spool_top = found.max_seq
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
             report.moved_aside, last_seq = database.move_aside(self.path, self._now(), str(exc))
+            # Every seq up to the mark is reported lost: what the spool holds goes aside too.
+            self._spool.move_aside(Path(f"{report.moved_aside}.spool"))
+            last_seq = max(last_seq or 0, self._spool_top) or None
+            self._spool_top = 0
             database.make_files_private(self.path)
             self._open_checked()
             report.lost_ranges = self._restart_sequence_after_loss(last_seq)
@@ -239,8 +250,17 @@ class SqliteStore:
             else:
                 report.lost_ranges = self._continue_after_rollback()
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
+            self._report_spool_damage(self._spool.resolve_damage(found, self._last))
         self._seqmark.opened(self._last)
         return report
+
+    def _report_spool_damage(self, ranges: list[tuple[int, int]]) -> None:
+        """Records of the spool that could not be read at open: their seqs are reported."""
+        if not ranges:
+            return
+        count = sum(last - first + 1 for first, last in ranges)
+        log.error("spool_records_lost", ranges=ranges, count=count)
+        self.insert([self._make_dropped(count, ranges, integrity.DAMAGED_ROW_REASON)])
 
     def _open_checked(self) -> int | None:
         """Open, check and migrate; return the schema version migrated from (0: a new file)."""
@@ -249,7 +269,7 @@ class SqliteStore:
         self._stored_bytes = int(
             db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
         )
-        self._last = database.top_seq(db)
+        self._last = max(database.top_seq(db), self._spool_top)
         if migrated_from != 0:
             self._seqmark.ensure(self._last)
         return migrated_from
@@ -269,7 +289,7 @@ class SqliteStore:
         (events kept in memory, the window's telemetry), or when commits were lost (its -wal
         file deleted, or an older copy restored)."""
         mark = self._seqmark
-        watermark = self._last_seq()
+        watermark = max(self._last_seq(), self._spool.watermark)
         if mark.state is None:
             return []
         # Closed cleanly: its last seq then is exact. Open (a crash): seqs may have been handed
@@ -277,7 +297,9 @@ class SqliteStore:
         resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
         if watermark >= resume:
             return []
-        present = database.seqs_above(self._require(), watermark)
+        present = sorted(
+            {*database.seqs_above(self._require(), watermark), *self._spool.seqs_above(watermark)}
+        )
         missing = [
             (first, last)
             for first, last in _complement(present, watermark + 1, resume)
@@ -322,6 +344,7 @@ class SqliteStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
+            self._spool.close()
             if last is not None:
                 try:
                     self._seqmark.closed(last)
@@ -450,18 +473,83 @@ class SqliteStore:
         return seqs, evicted
 
     def insert_hot(self, batch: HotBatch) -> None:
-        """Write events kept in memory with their seqs, in transactions of the store's size
-        (``batch.written`` counts what is committed if one fails), then record the watermark.
+        """Write events kept in memory with their seqs: telemetry as one record of the spool,
+        the others in transactions of the store's size, first (``batch.rows`` holds them first;
+        ``batch.written`` counts what is durable if a write fails), with the watermark.
 
         Those in flight stay in flight (their ack deletes them), released ones keep their retry
         time; the others are claimed in seq order, even below the claim cursor.
         """
         fresh = batch.epoch == self._epoch
+        split = next(
+            (n for n, (_, event) in enumerate(batch.rows) if _spooled(event)), len(batch.rows)
+        )
+        rows, spooled = batch.rows[:split], batch.rows[split:]
+        if any(not _spooled(event) for _, event in spooled):
+            raise ValueError("a batch holds its telemetry last")
+        if spooled:
+            below = min(seq for seq, _ in spooled) - 1
+            if rows or batch.dropped_count or self._lost:
+                self._insert_hot_sql(batch, rows, min(below, batch.watermark), fresh)
+        else:
+            self._insert_hot_sql(batch, rows, batch.watermark, fresh)
+        if spooled:
+            self._spool_append(batch, spooled, fresh)
+
+    def _spool_append(
+        self, batch: HotBatch, spooled: list[tuple[int, NewEvent]], fresh: bool
+    ) -> None:
+        """The batch's telemetry, one record of the spool, after room is made for it."""
+        watermark = self._bounded_watermark(batch.watermark)
+        record = encode_record(spooled, watermark)
+        db = self._prepare(urgent=False)
+        for attempt in range(1, FULL_ATTEMPTS + 1):
+            self._spool_incoming = True
+            try:
+                if self._over_quota(db, len(record)):
+                    evicted: list[int] = []
+                    self._write(
+                        db,
+                        functools.partial(self._evict_for, evicted, len(record), self._now()),
+                        "evict",
+                    )
+                    for seq in evicted:
+                        self._released.pop(seq, None)
+            finally:
+                self._spool_incoming = False
+            try:
+                self._spool.append(
+                    spooled,
+                    watermark,
+                    inflight=batch.inflight if fresh else (),
+                    retry_at=batch.retry_at,
+                    record=record,
+                )
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if attempt == FULL_ATTEMPTS:
+                    log.error("store_full", write="spool", attempts=attempt, error=str(exc))  # noqa: TRY400
+                    raise StoreFullError(f"the disk is full: the spool failed: {exc}") from exc
+                # As for the database: the disk is full from now on (neither file grows), the
+                # reserve is given back for the WAL, and the oldest telemetry makes room.
+                self._disk.make_room(db, exc, "spool", attempt)
+            else:
+                break
+        batch.written = len(batch.rows)
+
+    def _evict_for(
+        self, evicted: list[int], incoming: int, now: float, db: sqlite3.Connection
+    ) -> None:
+        self._evict(db, now, evicted, incoming)
+
+    def _insert_hot_sql(
+        self, batch: HotBatch, rows: list[tuple[int, NewEvent]], watermark: int, fresh: bool
+    ) -> None:
         step = self.rows_per_transaction
-        rows = batch.rows
         for start in range(0, max(len(rows), 1), step):
             chunk = rows[start : start + step]
-            ahead = rows[start + step][0] - 1 if start + step < len(rows) else batch.watermark
+            ahead = rows[start + step][0] - 1 if start + step < len(rows) else watermark
             inflight = {seq for seq, _ in chunk if seq in batch.inflight} if fresh else set()
             added = inflight - self._inflight
             self._inflight |= added  # spared by an eviction in the same transaction
@@ -470,7 +558,7 @@ class SqliteStore:
                 self._insert_hot_rows,
                 chunk,
                 batch if start == 0 else None,
-                min(ahead, batch.watermark),
+                min(ahead, watermark),
                 self._now(),
             )
             try:
@@ -556,10 +644,26 @@ class SqliteStore:
         the database's live pages: ``DiskGuard.db_limit``)? ``evicting``: over the level an
         eviction goes down to."""
         fraction = EVICT_TO_FRACTION if evicting else 1.0
-        if self._stored_bytes + incoming > self.max_bytes * fraction:
+        spool = self._spool.disk_bytes
+        if self._stored_bytes + spool + incoming > self.max_bytes * fraction:
             return True
         limit = self._disk.db_limit() - (self._disk.evict_slack() if evicting else 0)
+        spool_cap = self._spool_limit()
+        if spool_cap is None:
+            return self._disk.live_bytes(db) + spool + incoming * DB_BYTES_PER_ROW_BYTE > limit
+        # A full disk: neither the database nor the spool may grow; ``incoming`` goes to one.
+        if self._spool_incoming:
+            return spool + incoming > spool_cap * fraction
         return self._disk.live_bytes(db) + incoming * DB_BYTES_PER_ROW_BYTE > limit
+
+    def _spool_limit(self) -> int | None:
+        """On a full disk, what the spool may take: what it took when the disk was found full
+        (its oldest segments make room for new ones). None while the disk has room."""
+        if self._disk.full_cap is None:
+            self._spool_cap = None
+        elif self._spool_cap is None:
+            self._spool_cap = self._spool.disk_bytes
+        return self._spool_cap
 
     def _evict(self, db: sqlite3.Connection, now: float, evicted: list[int], incoming: int) -> None:
         """Delete the oldest evictable events until there is room; report them as dropped.
@@ -573,6 +677,11 @@ class SqliteStore:
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
+            while klass == "telemetry" and self._over_quota(db, incoming, evicting=True):
+                segment = self._spool.evictable()  # the spool's telemetry is the oldest
+                if segment is None:
+                    break
+                evicted += self._spool.doom(segment)
             cursor = 0
             reports = which.startswith("kind=")
             while self._over_quota(db, incoming, evicting=True):
@@ -664,6 +773,7 @@ class SqliteStore:
                 with transaction(db):
                     done = work(db)
             except BaseException as exc:
+                self._spool.spare_doomed()
                 self._stored_bytes = stored
                 self._lost += self._taken
                 if not isinstance(exc, (sqlite3.Error, OSError)):
@@ -676,6 +786,7 @@ class SqliteStore:
                 self._disk.make_room(db, exc, what, attempt)
             else:
                 self._taken = []
+                self._spool.drop_doomed()  # their report is committed
                 return done
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -710,7 +821,21 @@ class SqliteStore:
         self._inflight.update(event.seq for event in events)
         if claim.damaged:
             self._quarantine(claim.damaged)
+        if len(events) < max_events:
+            spooled, unreadable = self._spool.claim(max_events - len(events), self.mono())
+            events += spooled
+            if unreadable:
+                self._report_unreadable(unreadable)
         return events
+
+    def _report_unreadable(self, ranges: list[tuple[int, int]]) -> None:
+        """Records of the spool found damaged when claimed: their seqs are reported."""
+        count = sum(last - first + 1 for first, last in ranges)
+        log.error("spool_records_lost", ranges=ranges, count=count)
+        try:
+            self.insert([self._make_dropped(count, ranges, integrity.DAMAGED_ROW_REASON)])
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.error("spool_loss_not_reported", ranges=ranges, error=str(exc))  # noqa: TRY400
 
     def _claim_rows(self, max_events: int) -> _Claim:
         """What ``claim`` takes, checked; reads only, so that it can be run again."""
@@ -799,6 +924,12 @@ class SqliteStore:
         Returns the alarms that became delivered. On a full disk that leaves no room at all,
         the events are published again later (a duplicate, never a loss) and nothing raises.
         """
+        seqs, gone = self._spool.ack(seqs)
+        if gone > self._last_seq():  # segments went, and the watermark their records carried
+            with contextlib.suppress(StoreError, sqlite3.Error, OSError):
+                self._raise_watermark(gone)
+        if not seqs:
+            return []
         db = self._prepare(urgent=False)
         pending: list[tuple[int, str, str, str | None, int]] = []
         done: list[int] = []
@@ -850,7 +981,7 @@ class SqliteStore:
     def release(self, seqs: Iterable[int], retry_at: float) -> None:
         """Publication failed (refused by the broker): keep them and try again at ``retry_at``
         (seconds on the store's monotonic clock, ``mono()``)."""
-        for seq in seqs:
+        for seq in self._spool.release(seqs, retry_at):
             self._inflight.discard(seq)
             self._released[seq] = retry_at
 
@@ -862,6 +993,7 @@ class SqliteStore:
         self._inflight.clear()
         self._released.clear()
         self._cursor = 0
+        self._spool.release_all()
 
     # ----------------------------------------------------------------------------- alarms
 
@@ -946,9 +1078,10 @@ class SqliteStore:
 
     def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
         """Rewrite the unsynchronised timestamps taken during this boot from monotonic time."""
+        spooled = self._spool.correct_timestamps(boot_id, wall_now, mono_now_ns)
         rows = timestamps.unsynced(self._require(), boot_id)
         if not rows:
-            return 0
+            return spooled
         db = self._prepare(urgent=False)
         step = self.rows_per_transaction  # each transaction keeps to its share of the WAL
         for start in range(0, len(rows), step):
@@ -957,7 +1090,7 @@ class SqliteStore:
                 db, functools.partial(timestamps.correct_rows, changes), "correct_timestamps"
             )
         self._disk.after_write(db)
-        return len(rows)
+        return len(rows) + spooled
 
     # ----------------------------------------------------------------------------- commands
 
@@ -986,10 +1119,20 @@ class SqliteStore:
         }
         oldest = db.execute("SELECT ts FROM events ORDER BY seq LIMIT 1").fetchone()
         held = sum(1 for _ in db.execute("SELECT 1 FROM events WHERE class='alarm'"))
+        oldest_ts = [str(oldest[0])] if oldest is not None else []
+        spooled = self._spool.queued()
+        if spooled:
+            queued["telemetry"] = queued.get("telemetry", 0) + spooled
+            oldest_ts += [ts for ts in (self._spool.oldest_ts(),) if ts is not None]
         return StoreStats(
             queued=queued,
-            oldest_queued_ts=None if oldest is None else str(oldest[0]),
-            stored_bytes=self._stored_bytes,
+            oldest_queued_ts=min(oldest_ts) if oldest_ts else None,
+            stored_bytes=self._stored_bytes + self._spool.disk_bytes,
             last_seq=self._last,
             alarms_held=held,
         )
+
+
+def _spooled(event: NewEvent) -> bool:
+    """Telemetry goes to the spool; every other event to the database."""
+    return event_class(event.kind) == "telemetry"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import config, control
+from gateway.store.spool import read_spool
 from hil.sim.broker import Mosquitto
 
 SIM_MARKER = "# simulated source: "
@@ -179,9 +180,12 @@ class GatewayProcess:
 
 
 def last_seq(state_dir: Path) -> int:
-    """The last seq the gateway allocated, read from its outbox."""
+    """The highest seq the gateway's files account for: the database's watermark, or the last
+    event of its spool (telemetry written at its window's end)."""
     db = sqlite3.connect(state_dir / "outbox.sqlite3")
     try:
-        return int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+        watermark = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
     finally:
         db.close()
+    spooled = read_spool(state_dir / "outbox.sqlite3.spool")
+    return max([watermark, *(event[0] for event in spooled)])

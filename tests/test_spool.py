@@ -1,0 +1,289 @@
+"""The telemetry spool: records on real files, torn and damaged ones, and the store around it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.core.clock import ManualClock
+from gateway.core.events import NewEvent
+from gateway.store.outbox import Outbox
+from gateway.store.sink import EventFactory
+from gateway.store.spool import (
+    HEADER_BYTES,
+    Spool,
+    SpoolDamage,
+    decode_body,
+    decode_header,
+    encode_record,
+    read_spool,
+)
+from gateway.store.sqlite import HotBatch
+from tests.test_outbox import BOOT, Rig
+
+FACTORY = EventFactory(ManualClock(), BOOT)
+
+
+def vitals(n: int) -> NewEvent:
+    return FACTORY.make(
+        "telemetry.vitals", {"heart_rate": 50 + n % 90, "steps": n}, "watch-AABBCCDDEEFF"
+    )
+
+
+def rows(first: int, count: int) -> list[tuple[int, NewEvent]]:
+    return [(seq, vitals(seq)) for seq in range(first, first + count)]
+
+
+def decode(data: bytes) -> list[list[object]]:
+    header = decode_header(data)
+    return decode_body(header, data[HEADER_BYTES : HEADER_BYTES + header.length])
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def test_records_come_back_after_reopen_in_seq_order_with_every_field(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    batch = rows(5, 3) + rows(10, 2)
+    spool.append(batch, watermark=11)
+    spool.close()
+    again = Spool(tmp_path / "s")
+    found = again.open()
+    assert (found.max_seq, found.watermark, found.damaged, found.cut_bytes) == (11, 11, [], 0)
+    claimed, damaged = again.claim(100, now=0.0)
+    assert damaged == []
+    assert [e.seq for e in claimed] == [5, 6, 7, 10, 11]
+    for stored, (seq, event) in zip(claimed, batch, strict=True):
+        assert (stored.seq, stored.id, stored.kind, stored.device, stored.data_json) == (
+            seq,
+            event.id,
+            event.kind,
+            event.device,
+            event.data_json,
+        )
+        assert (stored.ts, stored.ts_synced, stored.attempt) == (event.ts, event.ts_synced, 1)
+
+
+def test_a_segment_goes_once_every_event_in_it_is_acknowledged(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.append(rows(1, 4), watermark=4)
+    spool.append(rows(5, 4), watermark=9)
+    claimed, _ = spool.claim(100, now=0.0)
+    assert [e.seq for e in claimed] == list(range(1, 9))
+    others, gone = spool.ack([1, 2, 3, 4, 5, 6, 7, 99])
+    assert (others, gone) == ([99], 0)  # the segment still holds 8
+    assert len(segments(tmp_path / "s")) == 1
+    others, gone = spool.ack([8])
+    assert (others, gone) == ([], 9)  # the highest watermark of what went
+    assert segments(tmp_path / "s") == []
+    assert spool.queued() == 0
+    spool.append(rows(10, 1), watermark=10)  # a new segment
+    assert len(segments(tmp_path / "s")) == 1
+
+
+def test_released_and_lost_link_events_are_claimed_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.append(rows(1, 3), watermark=3)
+    assert [e.seq for e in spool.claim(2, now=0.0)[0]] == [1, 2]
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [3]
+    assert spool.release([2, 77], retry_at=10.0) == [77]
+    assert spool.claim(10, now=5.0)[0] == []
+    assert [e.seq for e in spool.claim(10, now=10.0)[0]] == [2]
+    spool.release_all()
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [1, 2, 3]
+
+
+def test_events_in_flight_when_written_stay_in_flight(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.append(rows(1, 3), watermark=3, inflight={2}, retry_at={3: 50.0})
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [1]
+    assert spool.ack([2]) == ([], 0)
+    assert [e.seq for e in spool.claim(10, now=50.0)[0]] == [3]
+
+
+def test_segments_roll_over_and_the_oldest_is_evicted_whole(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    first = 1
+    while len(segments(tmp_path / "s")) < 3:
+        spool.append(rows(first, 400), watermark=first + 399)
+        first += 400
+    assert spool.disk_bytes == sum(p.stat().st_size for p in segments(tmp_path / "s"))
+    oldest = spool.evictable()
+    assert oldest is not None
+    doomed = spool.doom(oldest)
+    assert doomed[0] == 1
+    assert doomed == list(range(1, len(doomed) + 1))
+    spool.spare_doomed()  # the report's transaction failed: nothing goes
+    assert len(segments(tmp_path / "s")) == 3
+    spool.doom(oldest)
+    spool.drop_doomed()
+    assert len(segments(tmp_path / "s")) == 2
+    claimed, _ = spool.claim(10, now=0.0)
+    assert claimed[0].seq == len(doomed) + 1
+
+
+def test_unsynchronised_timestamps_are_corrected_in_memory_and_when_read(tmp_path: Path) -> None:
+    clock = ManualClock()
+    clock.synced = False
+    factory = EventFactory(clock, BOOT)
+    event = factory.make("telemetry.vitals", {"heart_rate": 60}, None)
+    spool = Spool(tmp_path / "s")
+    spool.append([(1, event)], watermark=1)
+    clock.advance(10)
+    wall_now = 1_700_000_000.0
+    spool.correct_timestamps(BOOT, wall_now, clock.monotonic_ns())
+    (claimed,), _ = spool.claim(1, now=0.0)  # read from disk after the correction
+    assert claimed.ts_synced
+    assert claimed.ts == "2023-11-14T22:13:10.000Z"  # 10 s before the synchronised now
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=6),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_a_record_torn_at_any_byte_is_cut_off_and_those_before_it_stay(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], cut: float
+) -> None:
+    directory = tmp_path_factory.mktemp("torn") / "s"
+    spool = Spool(directory)
+    first = 1
+    ends = []
+    for size in sizes:
+        spool.append(rows(first, size), watermark=first + size - 1)
+        first += size
+        ends.append((first - 1, sum(p.stat().st_size for p in segments(directory))))
+    spool.close()
+    (path,) = segments(directory)
+    total = path.stat().st_size
+    keep = int(total * cut)
+    os.truncate(path, keep)
+    again = Spool(directory)
+    found = again.open()
+    whole = [last for last, end in ends if end <= keep]
+    expected_last = whole[-1] if whole else 0
+    assert found.max_seq == expected_last
+    assert found.damaged == []
+    # Cut back to the last whole record (a segment left empty is deleted).
+    assert (path.stat().st_size if path.exists() else 0) == keep - found.cut_bytes
+    assert keep - found.cut_bytes == ([end for _, end in ends if end <= keep] or [0])[-1]
+    claimed, _ = again.claim(10_000, now=0.0)
+    assert [e.seq for e in claimed] == list(range(1, expected_last + 1))
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_never_taken_for_a_record(data: bytes) -> None:
+    try:
+        decode(data)
+    except SpoolDamage:
+        return
+    pytest.fail("random bytes decoded as a record")
+
+
+RECORD = encode_record(rows(1, 5), watermark=5)
+
+
+@given(st.data())
+def test_a_flipped_byte_in_a_record_is_damage(data: st.DataObject) -> None:
+    record = bytearray(RECORD)
+    index = data.draw(st.integers(min_value=0, max_value=len(record) - 1))
+    record[index] ^= data.draw(st.integers(min_value=1, max_value=255))
+    with pytest.raises(SpoolDamage):
+        decode(bytes(record))
+
+
+def test_a_damaged_record_before_the_end_is_reported_with_its_seqs(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    spool.append(rows(1, 3), watermark=3)
+    spool.append(rows(4, 3), watermark=6)
+    spool.close()
+    spool = Spool(directory)
+    spool.open()
+    spool._close_active()  # the next record goes into a second segment
+    spool._active = None
+    spool.append(rows(20, 2), watermark=21)
+    spool.close()
+    first_segment = segments(directory)[0]
+    data = bytearray(first_segment.read_bytes())
+    second_record = len(encode_record(rows(1, 3), watermark=3))
+    data[second_record + HEADER_BYTES + 2] ^= 0xFF
+    first_segment.write_bytes(bytes(data))
+    again = Spool(directory)
+    found = again.open()
+    assert again.resolve_damage(found, top=21) == [(4, 19)]
+    claimed, _ = again.claim(100, now=0.0)
+    assert [e.seq for e in claimed] == [1, 2, 3, 20, 21]
+
+
+def test_read_spool_lists_every_readable_event(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.append(rows(3, 2), watermark=4)
+    assert [event[0] for event in read_spool(tmp_path / "s")] == [3, 4]
+    assert read_spool(tmp_path / "missing") == []
+
+
+# -- the store around it ---------------------------------------------------------------------
+
+
+def test_telemetry_written_at_the_window_end_goes_to_the_spool_the_rest_to_the_database(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    device_event = rig.factory.make("device.battery", {"level": 50, "low": False}, "btn-00000001")
+    seqs = [rig.store.next_seq() for _ in range(3)]
+    batch = HotBatch(
+        rows=[(seqs[1], device_event), (seqs[0], rig.telemetry()), (seqs[2], rig.telemetry())],
+        watermark=seqs[2],
+        epoch=0,
+    )
+    rig.store.insert_hot(batch)
+    assert batch.written == 3
+    spooled = read_spool(tmp_path / "outbox.sqlite3.spool")
+    assert [event[0] for event in spooled] == [seqs[0], seqs[2]]
+    stats = rig.store.stats()
+    assert stats.queued == {"device": 1, "telemetry": 2}
+    assert [e.seq for e in rig.store.claim(10)] == [seqs[1], seqs[0], seqs[2]]
+    rig.store.close()
+
+
+def test_a_crash_after_the_spool_write_reports_only_what_is_not_on_disk(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    seqs = [rig.store.next_seq() for _ in range(6)]
+    # 1-3 spooled; 4 delivered from memory (never written); 5-6 in memory when it crashed.
+    rig.store.insert_hot(
+        HotBatch(rows=[(s, rig.telemetry()) for s in seqs[:3]], watermark=seqs[2], epoch=0)
+    )
+    crashed = Rig(tmp_path / "outbox.sqlite3")  # the first never closes: a crash
+    report = crashed.store.open()
+    assert report.loss_reason == "store_rolled_back"
+    lost = {s for a, b in report.lost_ranges for s in range(a, b + 1)}
+    assert not lost & set(seqs[:3])
+    assert set(seqs[3:]) <= lost
+    assert [e.seq for e in crashed.store.claim(10)] == seqs[:3]
+
+
+async def test_an_outage_keeps_telemetry_in_the_spool_and_delivers_it_in_order(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    outbox = Outbox(rig.store, group_commit_s=600)
+    await outbox.open()
+    for n in range(30):
+        await outbox.put(rig.telemetry(60 + n))
+    await outbox.flush()  # the window's end, with the uplink down
+    assert len(read_spool(tmp_path / "outbox.sqlite3.spool")) == 30
+    events, _ = await outbox.claim(100)
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert len(events) == 30
+    await outbox.ack([e.seq for e in events])
+    assert (await outbox.stats()).queued.get("telemetry", 0) == 0
+    assert segments(tmp_path / "outbox.sqlite3.spool") == []
+    await outbox.close()
