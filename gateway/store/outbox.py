@@ -422,7 +422,7 @@ class Outbox:
                 self._arm()
             self.changed.set()
             return
-        if batch.written == 0:  # the report was in the first transaction
+        if not batch.reported:  # the report was in the first transaction
             self._dropped_count += batch.dropped_count
             self._dropped_seqs[:0] = batch.dropped_seqs
         back = {}

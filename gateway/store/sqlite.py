@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.core.clock import ts_from_unix
 from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError
 from gateway.core.events import NewEvent, StoredEvent
 from gateway.core.kinds import event_class
@@ -151,6 +152,7 @@ class HotBatch:
     dropped_count: int = 0  # dropped from memory (``buffer_full``), reported with the first rows
     dropped_seqs: list[int] = field(default_factory=list)
     written: int = 0
+    reported: bool = False  # the first transaction (with the report of drops) is committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,9 @@ class SqliteStore:
         self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
         self._quarantined_alarms: list[HeldAlarm] = []  # until take_quarantined_alarms
         self._disk = DiskGuard(path, max_bytes)
-        self._spool = Spool(path.with_name(path.name + ".spool"))
+        self._boot_id = boot_id
+        self._clock_synced = clock_synced
+        self._spool = Spool(path.with_name(path.name + ".spool"), correct=self._corrected_ts)
         self._spool_top = 0  # the highest seq the spool held at open
         self._spool_cap: int | None = None  # on a full disk (``_spool_limit``)
         self._spool_incoming = False  # what ``_over_quota`` weighs goes to the spool
@@ -251,8 +255,32 @@ class SqliteStore:
                 report.lost_ranges = self._continue_after_rollback()
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
             self._report_spool_damage(self._spool.resolve_damage(found, self._last))
+            self._spool.damage_reported()
+            self._delete_finished()
         self._seqmark.opened(self._last)
         return report
+
+    def _corrected_ts(self, boot_id: str, mono_ns: int) -> str | None:
+        """An unsynchronised timestamp of this boot, from the clock now if it is synchronised
+        (for the spool's events as they are read: a restart within the boot corrects them too)."""
+        if boot_id != self._boot_id or not self._clock_synced():
+            return None
+        return ts_from_unix(self._now() - (self._monotonic_ns() - mono_ns) / 1e9)
+
+    def _delete_finished(self) -> None:
+        """Delete the spool's segments whose events were all acknowledged, once the watermark
+        their records carried is kept in the database (else a crash would report delivered
+        events as lost); if it cannot be written now, they stay for the next time."""
+        segments, watermark = self._spool.finished()
+        if not segments:
+            return
+        if watermark > self._last_seq():
+            try:
+                self._raise_watermark(watermark)
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.warning("spool_segments_kept", count=len(segments), error=str(exc))
+                return
+        self._spool.delete(segments)
 
     def _report_spool_damage(self, ranges: list[tuple[int, int]]) -> None:
         """Records of the spool that could not be read at open: their seqs are reported."""
@@ -567,6 +595,7 @@ class SqliteStore:
                 self._inflight -= added
                 raise
             batch.written = start + len(chunk)
+            batch.reported = True
             lost = set(reported)
             self._lost = [seq for seq in self._lost if seq not in lost]
             now = self.mono()
@@ -677,11 +706,20 @@ class SqliteStore:
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
-            while klass == "telemetry" and self._over_quota(db, incoming, evicting=True):
-                segment = self._spool.evictable()  # the spool's telemetry is the oldest
+            # The spool's telemetry is the oldest; on a full disk only a write to the spool makes
+            # room there (the database's own pages are what a write to it lacks).
+            spool_counts = self._disk.full_cap is None or self._spool_incoming
+            while (
+                klass == "telemetry"
+                and spool_counts
+                and self._over_quota(db, incoming, evicting=True)
+            ):
+                segment = self._spool.evictable()
                 if segment is None:
                     break
                 evicted += self._spool.doom(segment)
+                # Its records' watermark stays with the database, in the report's transaction.
+                database.raise_watermark(self._bounded_watermark(segment.watermark()), db)
             cursor = 0
             reports = which.startswith("kind=")
             while self._over_quota(db, incoming, evicting=True):
@@ -829,13 +867,18 @@ class SqliteStore:
         return events
 
     def _report_unreadable(self, ranges: list[tuple[int, int]]) -> None:
-        """Records of the spool found damaged when claimed: their seqs are reported."""
+        """Records of the spool found damaged when claimed: their seqs are reported, then they
+        are forgotten (if the report cannot be written they stay on disk, skipped, and the next
+        start finds them again)."""
         count = sum(last - first + 1 for first, last in ranges)
         log.error("spool_records_lost", ranges=ranges, count=count)
         try:
             self.insert([self._make_dropped(count, ranges, integrity.DAMAGED_ROW_REASON)])
         except (StoreError, sqlite3.Error, OSError) as exc:
             log.error("spool_loss_not_reported", ranges=ranges, error=str(exc))  # noqa: TRY400
+            return
+        self._spool.forget_unreadable()
+        self._delete_finished()
 
     def _claim_rows(self, max_events: int) -> _Claim:
         """What ``claim`` takes, checked; reads only, so that it can be run again."""
@@ -924,10 +967,8 @@ class SqliteStore:
         Returns the alarms that became delivered. On a full disk that leaves no room at all,
         the events are published again later (a duplicate, never a loss) and nothing raises.
         """
-        seqs, gone = self._spool.ack(seqs)
-        if gone > self._last_seq():  # segments went, and the watermark their records carried
-            with contextlib.suppress(StoreError, sqlite3.Error, OSError):
-                self._raise_watermark(gone)
+        seqs = self._spool.ack(seqs)
+        self._delete_finished()
         if not seqs:
             return []
         db = self._prepare(urgent=False)
