@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,14 @@ from drivers.watch.store import ALERT_MEMORY_S
 from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
-from gateway.core.events import NewEvent
-from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming
+from gateway.core.events import NewEvent, StoredEvent
+from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming, HeldAlarm
 from gateway.store.disk import DiskBudget
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.spool import read_spool
-from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
-from gateway.store.worker import CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
+from gateway.store.sqlite import ACK_STEP_ROWS, SqliteStore, merge_ranges, seq_ranges
+from gateway.store.worker import BACKLOG_RANK, CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
 from tests.gateway_rig import wait_until
 
 BOOT = "boot-1"
@@ -752,4 +753,133 @@ async def test_released_events_in_memory_are_claimed_again_and_alarms_go_first(
     assert _rows(rig.path) == [1, 2, 3]
     after, _ = await outbox.claim(10)
     assert [e.seq for e in after] == [3, 1, 2]
+    await outbox.close()
+
+
+async def test_an_alarm_is_committed_in_the_middle_of_a_large_ack(rig: Rig) -> None:
+    """An alarm put while a large acknowledgement is being applied is committed after the
+    ack's current step (what that call deleted is committed then), not after the whole ack;
+    the rest of the ack follows."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    rig.store.insert([rig.telemetry() for _ in range(10 * ACK_STEP_ROWS)])
+    claimed, _ = await outbox.claim(10 * ACK_STEP_ROWS)
+    order: list[tuple[str, int]] = []
+    ack, insert = rig.store.ack_some, rig.store.insert
+    started, gate = threading.Event(), threading.Event()
+
+    def logged_ack(
+        seqs: list[int], stop: Callable[[], bool] | None = None
+    ) -> tuple[list[HeldAlarm], int]:
+        started.set()
+        gate.wait(5)  # the first call is in progress until the alarm is queued
+        delivered, handled = ack(seqs, stop)
+        order.append(("ack", handled))
+        return delivered, handled
+
+    def logged_insert(events: list[NewEvent]) -> list[int]:
+        order.append(("alarm", len(events)))
+        return insert(events)
+
+    rig.store.ack_some = logged_ack  # type: ignore[method-assign]
+    rig.store.insert = logged_insert  # type: ignore[method-assign]
+    acking = asyncio.create_task(outbox.ack([e.seq for e in claimed]))
+    await wait_until(started.is_set, 5, "the ack's first call")
+    putting = asyncio.create_task(outbox.put(rig.alarm()))
+    await wait_until(lambda: outbox.alarms_arriving == 1, 5, "the alarm queued")
+    gate.set()
+    await putting
+    assert not acking.done(), "the alarm waited for the whole ack"
+    assert await acking == []
+    assert order == [("ack", ACK_STEP_ROWS), ("alarm", 1), ("ack", 9 * ACK_STEP_ROWS)]
+    assert rig.store.stats().queued == {"alarm": 1}
+    assert rig.store.in_flight() == 0
+    await outbox.close()
+
+
+async def test_an_alarm_is_claimed_in_its_own_insert_while_the_uplink_publishes(rig: Rig) -> None:
+    """With ``claim_at_insert`` the alarm comes out of its insert's store call already claimed
+    (in flight: no other claim returns it); without, it waits for a claim. A claim made before
+    the link was lost is not handed out after it."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    stored_before = rig.alarm()
+    await outbox.put(stored_before)
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert outbox.alarms_unclaimed
+    outbox.claim_at_insert = True
+    alarm = rig.alarm()
+    await outbox.put(alarm)
+    events, damaged = outbox.take_claimed_alarms()
+    assert [e.id for e in events] == [stored_before.id, alarm.id]  # every alarm waiting
+    assert damaged == []
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert (await outbox.claim(0))[0] == []  # in flight
+    await outbox.put(rig.alarm())
+    await outbox.release_all()  # the link is lost before the uplink took it
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert outbox.alarms_unclaimed
+    assert len((await outbox.claim(0))[0]) == 3  # all of them again, from the store
+    assert not outbox.alarms_unclaimed
+    await outbox.close()
+
+
+def test_a_claim_of_the_backlog_waits_for_the_alarms_queued_beside_it(rig: Rig) -> None:
+    """Queued behind the call in progress, an alarm's insert goes before a backlog claim queued
+    earlier, and that claim before other work queued earlier still."""
+    rig.store.insert([rig.telemetry() for _ in range(10)])
+    worker = StoreWorker()
+    order: list[str] = []
+
+    def step(name: str, fn: Callable[[], object]) -> object:
+        order.append(name)
+        return fn()
+
+    try:
+        gate = threading.Event()
+        busy = worker.submit(gate.wait, (5.0,), urgent=False)  # the call in progress
+        while not busy.running():
+            time.sleep(0.001)
+        other = worker.submit(step, ("other", rig.store.stats), urgent=False)
+        claim = worker.submit_ranked(step, ("claim", lambda: rig.store.claim(10)), BACKLOG_RANK)
+        alarm = worker.submit(step, ("alarm", lambda: rig.store.insert([rig.alarm()])), urgent=True)
+        gate.set()
+        for future in (busy, other, claim, alarm):
+            future.result(5)
+    finally:
+        worker.shutdown()
+    assert order == ["alarm", "claim", "other"]
+
+
+async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None:
+    """A claim of the backlog in progress when an alarm is queued ends after its current step:
+    the alarm waits for one step, not for the whole batch, which comes with the next claims."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    rig.store.insert([rig.telemetry() for _ in range(5 * CLAIM_ROWS_PER_STEP)])
+    order: list[str] = []
+    claim, insert = rig.store.claim, rig.store.insert
+    started, gate = threading.Event(), threading.Event()
+
+    def logged_claim(max_events: int) -> list[StoredEvent]:
+        order.append("claim")
+        started.set()
+        gate.wait(5)  # the first step is in progress until the alarm is queued
+        return claim(max_events)
+
+    def logged_insert(events: list[NewEvent]) -> list[int]:
+        order.append("alarm")
+        return insert(events)
+
+    rig.store.claim = logged_claim  # type: ignore[method-assign]
+    rig.store.insert = logged_insert  # type: ignore[method-assign]
+    claiming = asyncio.create_task(outbox.claim(5 * CLAIM_ROWS_PER_STEP))
+    await wait_until(started.is_set, 5, "the claim's first step")
+    putting = asyncio.create_task(outbox.put(rig.alarm()))
+    await wait_until(lambda: outbox.alarms_arriving == 1, 5, "the alarm queued")
+    gate.set()
+    first, _ = await claiming
+    await putting
+    assert order[:2] == ["claim", "alarm"]
+    assert len(first) == CLAIM_ROWS_PER_STEP
+    rest, _ = await outbox.claim(5 * CLAIM_ROWS_PER_STEP)
+    assert rest[0].kind == "alarm.button"
+    assert [e.seq for e in first + rest[1:]] == list(range(1, 5 * CLAIM_ROWS_PER_STEP + 1))
     await outbox.close()

@@ -23,18 +23,28 @@ from gateway.store.alarms import HeldAlarm
 from gateway.store.database import OpenReport
 from gateway.store.files import SEQ_RESERVE_BLOCK
 from gateway.store.sqlite import EVICTION_ORDER, HotBatch, SqliteStore, StoreStats
-from gateway.store.worker import Checkpointer, StoreWorker
+from gateway.store.worker import ALARM_RANK, BACKLOG_RANK, OTHER_RANK, Checkpointer, StoreWorker
 
 log = structlog.get_logger("gateway.store.outbox")
 
 _T = TypeVar("_T")
 WRITE_RETRY_S = 1.0  # after a write that failed (a full disk)
+CLAIM_ROWS_PER_STEP = 100  # a claim of the backlog looks for a queued alarm this often
 
 
 def _log_failure(future: Future[Any]) -> None:
     exc = future.exception()
     if exc is not None:
         log.error("store_call_failed", error=repr(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimedAlarms:
+    """Alarms claimed by their insert's store call, in the store's epoch at that time."""
+
+    epoch: int
+    events: list[StoredEvent]
+    damaged: list[HeldAlarm]
 
 
 @dataclass(slots=True)
@@ -78,6 +88,13 @@ class Outbox:
         self.changed = asyncio.Event()
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
+        # Set by the uplink while it can publish: an alarm is then claimed in its own insert's
+        # store call (``take_claimed_alarms``), not by a second call that could wait behind
+        # the backlog's store work.
+        self.claim_at_insert = False
+        self.alarms_unclaimed = True  # stored alarms may wait for a claim (``claim``)
+        self._claimed: list[_ClaimedAlarms] = []  # appended on the store's thread
+        self._store_epoch = 0  # the epoch of the last release_all run on the store's thread
         self._dropped_count = 0  # dropped from memory, not yet in a batch
         self._dropped_seqs: list[int] = []  # the seqs among them
         self._worker = StoreWorker()
@@ -96,9 +113,14 @@ class Outbox:
         self._closed = False
         self._failing = False  # the last write failed: wait for the retry timer
 
-    async def _call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
-        """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
-        return await asyncio.wrap_future(self._worker.submit(fn, args, urgent=urgent))
+    async def _call(
+        self, fn: Callable[..., _T], *args: Any, urgent: bool = False, rank: int | None = None
+    ) -> _T:
+        """Run a store method on the store's thread; ``urgent`` ones (alarms) go first, then
+        those of a lower ``rank`` (``StoreWorker``)."""
+        if rank is None:
+            rank = ALARM_RANK if urgent else OTHER_RANK
+        return await asyncio.wrap_future(self._worker.submit_ranked(fn, args, rank))
 
     def _call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue a store call behind the others without waiting for it."""
@@ -120,7 +142,11 @@ class Outbox:
     async def claim(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
         """Events to publish (alarms first, then the stored ones in seq order, then those in
         memory in seq order), and the alarms the claim found damaged."""
-        events, damaged = await self._call(_claim, self.store, max_events, urgent=True)
+        self.alarms_unclaimed = False  # every claim takes the alarms that wait
+        if max_events == 0:
+            events, damaged = await self._call(_claim, self.store, 0, urgent=True)
+        else:
+            events, damaged = await self._call(self._claim_backlog, max_events, rank=BACKLOG_RANK)
         room = max_events - len(events)
         if room > 0 and self._hot:
             now = self.mono()
@@ -146,6 +172,18 @@ class Outbox:
                 room -= 1
         return events, damaged
 
+    def _claim_backlog(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+        """On the store's thread: claim in steps, and stop early for an alarm queued meanwhile
+        (what is claimed so far goes out; the rest comes with the next claim)."""
+        events: list[StoredEvent] = []
+        while len(events) < max_events:
+            step = min(CLAIM_ROWS_PER_STEP, max_events - len(events))
+            claimed = self.store.claim(step)
+            events += claimed
+            if len(claimed) < step or self._worker.alarm_waiting():
+                break
+        return events, self.store.take_quarantined_alarms()
+
     async def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has these (PUBACK): forget those in memory (never written), delete the
         stored ones; the alarms among them now wait for the platform's acknowledgement and are
@@ -158,9 +196,17 @@ class Outbox:
             if seq in self._flushing:
                 self._acked_flushing.add(seq)
             stored.append(seq)
-        if not stored:
-            return []
-        return await self._call(self.store.ack, stored)
+        # The store's call ends early for an alarm queued meanwhile (it goes next); the rest
+        # follows in another call. A call that fails puts what it did not record back (to be
+        # published again).
+        delivered: list[HeldAlarm] = []
+        while stored:
+            alarms, handled = await self._call(
+                self.store.ack_some, stored, self._worker.alarm_waiting
+            )
+            delivered += alarms
+            stored = stored[handled:]
+        return delivered
 
     def release(self, seqs: Sequence[int], retry_at: float | None = None) -> None:
         """Put claimed events back, to be claimed again from ``retry_at`` (now by default)."""
@@ -180,7 +226,31 @@ class Outbox:
         self._epoch += 1
         for hot in [*self._hot.values(), *self._flushing.values()]:
             hot.inflight, hot.retry_at = False, 0.0
-        await self._call(self.store.release_all, self._epoch, urgent=True)
+        self._claimed = [  # no longer in flight; (any still coming is of an earlier epoch)
+            dataclasses.replace(batch, events=[]) for batch in self._claimed if batch.damaged
+        ]
+        self.alarms_unclaimed = True
+        await self._call(self._release_all, self._epoch, urgent=True)
+
+    def _release_all(self, epoch: int) -> None:
+        """On the store's thread."""
+        self.store.release_all(epoch)
+        self._store_epoch = epoch
+
+    def take_claimed_alarms(self) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+        """The alarms claimed with their insert since the last call (``claim_at_insert``), and
+        the alarms those claims found damaged (and quarantined); those claimed before the last
+        ``release_all`` are not in flight any more and are left to the next claim."""
+        events: list[StoredEvent] = []
+        damaged: list[HeldAlarm] = []
+        claimed, self._claimed = self._claimed, []
+        for batch in claimed:
+            damaged += batch.damaged
+            if batch.epoch == self._epoch:
+                events += batch.events
+            else:
+                self.alarms_unclaimed = True
+        return events, damaged
 
     async def held_alarms(self) -> list[HeldAlarm]:
         """The alarms stored and not yet acknowledged by the platform."""
@@ -448,9 +518,9 @@ class Outbox:
         self.alarms_arriving += 1
         try:
             if key is None:  # alarms arriving while this one waits join its transaction
-                submitted = self._worker.submit_joined(self.store.insert, alarm)
+                submitted = self._worker.submit_joined(self._insert_alarms, alarm)
             else:  # a keyed alarm is looked up and stored in a transaction of its own
-                insert = functools.partial(self.store.insert, key=key)
+                insert = functools.partial(self._insert_alarms, key=key)
                 submitted = self._worker.submit(insert, ([alarm],), urgent=True)
             future = asyncio.wrap_future(submitted)
             future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
@@ -464,6 +534,22 @@ class Outbox:
         if earlier is None:  # only if the key was pruned in between, a day after it was stored
             raise StoreError(f"the alarm stored under {key!r} is forgotten")
         return earlier
+
+    def _insert_alarms(self, alarms: list[NewEvent], key: str | None = None) -> list[int]:
+        """On the store's thread: commit the alarms; if the uplink can publish, claim them in
+        the same call, so that their claim never waits behind other store work."""
+        seqs = self.store.insert(alarms) if key is None else self.store.insert(alarms, key=key)
+        if not self.claim_at_insert:
+            self.alarms_unclaimed = True
+            return seqs
+        try:
+            events, damaged = _claim(self.store, 0)
+        except Exception as exc:  # noqa: BLE001 - stored all the same: the uplink claims them
+            log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
+            self.alarms_unclaimed = True
+        else:
+            self._claimed.append(_ClaimedAlarms(self._store_epoch, events, damaged))
+        return seqs
 
     def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
         exc = future.exception()

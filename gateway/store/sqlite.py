@@ -59,6 +59,7 @@ log = structlog.get_logger("gateway.store.sqlite")
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 SQL_CHUNK = 500  # seqs per IN (...) list
+ACK_STEP_ROWS = 100  # ``ack_some`` asks whether to stop this often
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 
@@ -967,10 +968,31 @@ class SqliteStore:
         Returns the alarms that became delivered. On a full disk that leaves no room at all,
         the events are published again later (a duplicate, never a loss) and nothing raises.
         """
-        seqs = self._spool.ack(seqs)
+        return self.ack_some(seqs)[0]
+
+    def ack_some(
+        self, seqs: Sequence[int], stop: Callable[[], bool] | None = None
+    ) -> tuple[list[HeldAlarm], int]:
+        """``ack``, that ends early when ``stop()`` says so (asked every ``ACK_STEP_ROWS``
+        rows): what is deleted is committed at once, and how many of ``seqs`` (a prefix) were
+        dealt with is returned with the alarms; the rest are left in flight, for the caller to
+        ack later. So an alarm's commit waits for one step, while a transaction stays large
+        otherwise. The spool's events are all dealt with at once (in memory).
+        """
+        others = self._spool.ack(seqs)
         self._delete_finished()
-        if not seqs:
-            return []
+        if not others:
+            return [], len(seqs)
+        delivered, handled = self._ack_rows_some(others, stop)
+        if handled == len(others):
+            return delivered, len(seqs)
+        # A prefix of ``seqs``: up to the first row left (spool events after it were dealt with
+        # too; acknowledged again later, they are found nowhere and nothing happens).
+        return delivered, list(seqs).index(others[handled])
+
+    def _ack_rows_some(
+        self, seqs: Sequence[int], stop: Callable[[], bool] | None
+    ) -> tuple[list[HeldAlarm], int]:
         db = self._prepare(urgent=False)
         pending: list[tuple[int, str, str, str | None, int]] = []
         done: list[int] = []
@@ -979,10 +1001,16 @@ class SqliteStore:
         try:
             for start in range(0, len(seqs), step):
                 chunk = list(seqs[start : start + step])
-                pending += self._write(db, functools.partial(self._ack_rows, chunk), "ack")
-                done += chunk
+                rows, taken = self._write(
+                    db, functools.partial(self._ack_steps, chunk, stop), "ack"
+                )
+                pending += rows
+                done += chunk[:taken]
+                if taken < len(chunk):
+                    break
         except StoreFullError:
             self.release(seqs[len(done) :], self.mono() + ACK_RETRY_ON_FULL_S)
+            done = list(seqs)  # (dealt with: to be published again)
         except BaseException:
             self.release(seqs[len(done) :], self.mono())  # not recorded: publish them again
             raise
@@ -992,28 +1020,43 @@ class SqliteStore:
             self._resends.delivered(pending, self.mono())
             db.execute("PRAGMA synchronous=FULL")
         self._disk.after_write(db)
-        return [
+        delivered = [
             HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
         ]
+        return delivered, len(done)
+
+    def _ack_steps(
+        self, chunk: list[int], stop: Callable[[], bool] | None, db: sqlite3.Connection
+    ) -> tuple[list[tuple[int, str, str, str | None, int]], int]:
+        """One transaction of ``ack_some``: the rows deleted, and how many of ``chunk``."""
+        if stop is None:
+            return self._ack_rows(chunk, db), len(chunk)
+        pending: list[tuple[int, str, str, str | None, int]] = []
+        for start in range(0, len(chunk), ACK_STEP_ROWS):
+            if start and stop():
+                return pending, start
+            pending += self._ack_rows(chunk[start : start + ACK_STEP_ROWS], db)
+        return pending, len(chunk)
 
     def _ack_rows(
         self, chunk: list[int], db: sqlite3.Connection
     ) -> list[tuple[int, str, str, str | None, int]]:
-        marks = ",".join("?" * len(chunk))
+        low, high = min(chunk), max(chunk)
+        params: Sequence[int]
+        if high - low + 1 == len(chunk) == len(set(chunk)):  # every seq of a range (the drain)
+            where, params = "seq BETWEEN ? AND ?", (low, high)
+        else:
+            where, params = f"seq IN ({','.join('?' * len(chunk))})", chunk
         pending: list[tuple[int, str, str, str | None, int]] = db.execute(
             "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
-            f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
-            chunk,
+            f"WHERE {where} AND class='alarm' AND alarm_state='pending'",
+            params,
         ).fetchall()
         self._stored_bytes -= db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
-            f"WHERE seq IN ({marks}) AND class!='alarm'",
-            chunk,
+            f"SELECT COALESCE(SUM(size), 0) FROM events WHERE {where} AND class!='alarm'",  # noqa: S608
+            params,
         ).fetchone()[0]
-        db.execute(
-            f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
-            chunk,
-        )
+        db.execute(f"DELETE FROM events WHERE {where} AND class!='alarm'", params)  # noqa: S608
         db.executemany(
             "UPDATE events SET alarm_state='delivered' WHERE seq=?", [(row[0],) for row in pending]
         )
