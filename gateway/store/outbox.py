@@ -5,6 +5,7 @@ fsync before ``put`` returns)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import sqlite3
@@ -440,18 +441,22 @@ class Outbox:
     async def _commit_alarm(self, alarm: NewEvent, key: str | None) -> str:
         """Commit the alarm alone, ahead of queued store work; it takes its seq in its own
         transaction from the same counter as the events in memory. The id stored: the alarm's,
-        or that of the alarm stored under ``key`` before."""
+        or that of the alarm stored under ``key`` before.
+
+        A keyed alarm (a watch's alert, whose 0x01 waits for this) is told stored as soon as its
+        COMMIT returned, by one callback from the store thread to the loop: not after the
+        store's bookkeeping that follows a write, nor through a chain of wrapped futures that
+        each take a turn of the loop."""
         self.alarms_arriving += 1
         try:
             if key is None:  # alarms arriving while this one waits join its transaction
                 submitted = self._worker.submit_joined(self.store.insert, alarm)
+                future = asyncio.wrap_future(submitted)
+                future.add_done_callback(lambda done: self._alarm_inserted(alarm, done.exception()))
+                # To its end even when the caller is cancelled: only the real outcome counts.
+                seqs = await asyncio.shield(future)
             else:  # a keyed alarm is looked up and stored in a transaction of its own
-                insert = functools.partial(self.store.insert, key=key)
-                submitted = self._worker.submit(insert, ([alarm],), urgent=True)
-            future = asyncio.wrap_future(submitted)
-            future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
-            # To its end even when the caller is cancelled: only the real outcome counts.
-            seqs = await asyncio.shield(future)
+                seqs = await self._commit_keyed(alarm, key)
         finally:
             self.alarms_arriving -= 1
         if seqs or key is None:
@@ -461,8 +466,51 @@ class Outbox:
             raise StoreError(f"the alarm stored under {key!r} is forgotten")
         return earlier
 
-    def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
-        exc = future.exception()
+    def _commit_keyed(self, alarm: NewEvent, key: str) -> asyncio.Future[list[int]]:
+        """The keyed alarm's insert; the future is resolved on the loop at its COMMIT (its
+        seqs), or when the call ends without one (``[]``: stored under ``key`` before; or its
+        error). Whatever became of the caller, the outcome is handled once (``_alarm_inserted``);
+        a failure after the COMMIT (the bookkeeping) is logged, the alarm is stored."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[int]] = loop.create_future()
+        told = False  # on the loop
+
+        def tell(seqs: list[int], exc: BaseException | None) -> None:  # on the loop
+            nonlocal told
+            if told:
+                if exc is not None:
+                    log.error("store_after_alarm_failed", error=repr(exc), alarm=alarm.id)
+                return
+            told = True
+            if not outcome.done():  # (not when the caller was cancelled)
+                if exc is None:
+                    outcome.set_result(seqs)
+                else:
+                    outcome.set_exception(exc)
+            # After the caller's wake-up: it goes first (see _alarm_inserted).
+            self._alarm_inserted(alarm, exc)
+
+        commits: list[list[int]] = []  # on the store thread
+
+        def to_loop(seqs: list[int], exc: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(tell, seqs, exc)
+
+        def committed(seqs: list[int]) -> None:  # on the store thread, in the insert
+            commits.append(seqs)
+            to_loop(seqs, None)
+
+        def ended(call: Future[list[int]]) -> None:  # (after ``committed``, if it was called)
+            exc = call.exception()
+            if exc is None and commits:
+                return  # told at the COMMIT: the loop is not woken twice
+            to_loop([] if exc is not None else call.result(), exc)
+
+        insert = functools.partial(self.store.insert, key=key, committed=committed)
+        self._worker.submit(insert, ([alarm],), urgent=True).add_done_callback(ended)
+        return outcome
+
+    def _alarm_inserted(self, alarm: NewEvent, exc: BaseException | None) -> None:
         if exc is not None:
             log.error("store_insert_failed", error=repr(exc), requeued=0, alarms=[alarm.id])
             return
