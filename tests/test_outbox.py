@@ -383,6 +383,80 @@ async def test_an_alarm_raised_again_under_its_key_is_stored_once_also_after_a_r
     await outbox.close()
 
 
+def _committed_elsewhere(path: Path, alarm_id: str, key: str) -> tuple[bool, bool]:
+    """Whether another connection sees the alarm's row and its key: their transaction is
+    committed (with the store's ``synchronous=FULL``, its COMMIT returned after the fsync)."""
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = reader.execute("SELECT 1 FROM events WHERE id=?", (alarm_id,)).fetchone()
+        named = reader.execute("SELECT alarm_id FROM alarm_keys WHERE key=?", (key,)).fetchone()
+        return row is not None, named == (alarm_id,)
+    finally:
+        reader.close()
+
+
+def test_a_keyed_alarm_is_told_committed_at_its_commit_and_only_then(rig: Rig) -> None:
+    """``committed`` comes from inside the insert, after the COMMIT (fsync) and before the
+    bookkeeping that follows: the alarm and its key are on disk, under synchronous=FULL."""
+    seen: list[tuple[list[int], tuple[bool, bool], int]] = []
+    alarm = rig.alarm()
+
+    def committed(seqs: list[int]) -> None:  # on the store's thread, as the worker runs it
+        synchronous = rig.store._require().execute("PRAGMA synchronous").fetchone()[0]
+        seen.append((seqs, _committed_elsewhere(rig.path, alarm.id, "k"), synchronous))
+
+    assert rig.store.insert([alarm], key="k", committed=committed) == [1]
+    assert seen == [([1], (True, True), 2)]  # 2: FULL
+    # Under a key stored before nothing is committed, and nothing is told.
+    assert rig.store.insert([rig.alarm()], key="k", committed=committed) == []
+    with pytest.raises(ValueError, match="one alarm"):
+        rig.store.insert([rig.telemetry()], key="k2", committed=committed)
+    assert len(seen) == 1
+
+
+async def test_a_keyed_put_returns_once_its_alarm_and_key_are_committed(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store)
+    await outbox.open()
+    stored = asyncio.Event()
+    outbox.alarm_stored = stored
+    for n in range(5):
+        alarm = rig.alarm()
+        assert await outbox.put(alarm, key=f"watch/{n}") == alarm.id
+        assert _committed_elsewhere(rig.path, alarm.id, f"watch/{n}") == (True, True)
+        assert outbox.alarms_arriving == 0
+        await asyncio.wait_for(stored.wait(), 5)  # the uplink's fast path is woken too
+        stored.clear()
+    await outbox.close()
+
+
+async def test_a_cancelled_keyed_put_stores_its_alarm_once(rig: Rig) -> None:
+    outbox = Outbox(rig.store)
+    first = rig.alarm()
+    task = asyncio.create_task(outbox.put(first, key="k"))
+    await asyncio.sleep(0)  # the insert is on the store thread now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The insert ran to its end all the same: the key names the first alarm.
+    assert await outbox.put(rig.alarm(), key="k") == first.id
+    assert (await outbox.stats()).last_seq == 1
+    await outbox.close()
+
+
+async def test_a_keyed_alarm_that_cannot_be_stored_raises_to_its_caller(rig: Rig) -> None:
+    outbox = Outbox(rig.store)
+    alarm = rig.alarm()
+    await outbox.put(alarm, key="k")
+    with pytest.raises(sqlite3.IntegrityError):  # the same id under another key
+        await outbox.put(alarm, key="other")
+    assert (await outbox.stats()).queued == {"alarm": 1}
+    assert rig.store.alarm_under_key("other") is None  # rolled back with its alarm
+    await outbox.close()
+
+
 def test_alarm_keys_are_forgotten_after_a_day_by_the_writes_that_add_keys(rig: Rig) -> None:
     assert ALARM_KEY_KEPT_S >= ALERT_MEMORY_S  # as long as a watch repeats an alert
     old = rig.alarm()

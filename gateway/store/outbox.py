@@ -5,6 +5,7 @@ fsync before ``put`` returns)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import sqlite3
@@ -514,18 +515,22 @@ class Outbox:
     async def _commit_alarm(self, alarm: NewEvent, key: str | None) -> str:
         """Commit the alarm alone, ahead of queued store work; it takes its seq in its own
         transaction from the same counter as the events in memory. The id stored: the alarm's,
-        or that of the alarm stored under ``key`` before."""
+        or that of the alarm stored under ``key`` before.
+
+        A keyed alarm (a watch's alert, whose 0x01 waits for this) is told stored as soon as its
+        COMMIT returned, by one callback from the store thread to the loop: not after the
+        store's bookkeeping that follows a write, nor through a chain of wrapped futures that
+        each take a turn of the loop."""
         self.alarms_arriving += 1
         try:
             if key is None:  # alarms arriving while this one waits join its transaction
                 submitted = self._worker.submit_joined(self._insert_alarms, alarm)
+                future = asyncio.wrap_future(submitted)
+                future.add_done_callback(lambda done: self._alarm_inserted(alarm, done.exception()))
+                # To its end even when the caller is cancelled: only the real outcome counts.
+                seqs = await asyncio.shield(future)
             else:  # a keyed alarm is looked up and stored in a transaction of its own
-                insert = functools.partial(self._insert_alarms, key=key)
-                submitted = self._worker.submit(insert, ([alarm],), urgent=True)
-            future = asyncio.wrap_future(submitted)
-            future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
-            # To its end even when the caller is cancelled: only the real outcome counts.
-            seqs = await asyncio.shield(future)
+                seqs = await self._commit_keyed(alarm, key)
         finally:
             self.alarms_arriving -= 1
         if seqs or key is None:
@@ -535,10 +540,15 @@ class Outbox:
             raise StoreError(f"the alarm stored under {key!r} is forgotten")
         return earlier
 
-    def _insert_alarms(self, alarms: list[NewEvent], key: str | None = None) -> list[int]:
+    def _insert_alarms(
+        self,
+        alarms: list[NewEvent],
+        key: str | None = None,
+        committed: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """On the store's thread: commit the alarms; if the uplink can publish, claim them in
         the same call, so that their claim never waits behind other store work."""
-        seqs = self.store.insert(alarms) if key is None else self.store.insert(alarms, key=key)
+        seqs = self.store.insert(alarms, key=key, committed=committed)
         if not self.claim_at_insert:
             self.alarms_unclaimed = True
             return seqs
@@ -551,8 +561,47 @@ class Outbox:
             self._claimed.append(_ClaimedAlarms(self._store_epoch, events, damaged))
         return seqs
 
-    def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
-        exc = future.exception()
+    def _commit_keyed(self, alarm: NewEvent, key: str) -> asyncio.Future[list[int]]:
+        """The keyed alarm's insert; the future is resolved on the loop at its COMMIT (its
+        seqs), or when the call ends without one (``[]``: stored under ``key`` before; or its
+        error). The uplink is told (``_alarm_inserted``) once the call has ended, with the alarm
+        claimed in it; a failure after the COMMIT is logged, the alarm is stored."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[int]] = loop.create_future()
+
+        def resolve(seqs: list[int], exc: BaseException | None) -> None:  # on the loop
+            if outcome.done():  # (told at the COMMIT already, or the caller was cancelled)
+                return
+            if exc is None:
+                outcome.set_result(seqs)
+            else:
+                outcome.set_exception(exc)
+
+        def finished(exc: BaseException | None, stored: bool) -> None:  # on the loop
+            if exc is not None and stored:
+                log.error("store_after_alarm_failed", error=repr(exc), alarm=alarm.id)
+                exc = None
+            self._alarm_inserted(alarm, exc)
+
+        commits: list[list[int]] = []  # on the store thread
+
+        def committed(seqs: list[int]) -> None:  # on the store thread, in the insert
+            commits.append(seqs)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(resolve, seqs, None)
+
+        def ended(call: Future[list[int]]) -> None:  # (after ``committed``, if it was called)
+            exc = call.exception()
+            with contextlib.suppress(RuntimeError):
+                if not commits:
+                    loop.call_soon_threadsafe(resolve, [] if exc else call.result(), exc)
+                loop.call_soon_threadsafe(finished, exc, bool(commits))
+
+        insert = functools.partial(self._insert_alarms, key=key, committed=committed)
+        self._worker.submit(insert, ([alarm],), urgent=True).add_done_callback(ended)
+        return outcome
+
+    def _alarm_inserted(self, alarm: NewEvent, exc: BaseException | None) -> None:
         if exc is not None:
             log.error("store_insert_failed", error=repr(exc), requeued=0, alarms=[alarm.id])
             return

@@ -459,7 +459,13 @@ class SqliteStore:
         """Create the alarm reserve if it is missing and there is room; True if it is held."""
         return self._disk.make_reserve()
 
-    def insert(self, events: Sequence[NewEvent], *, key: str | None = None) -> list[int]:
+    def insert(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        key: str | None = None,
+        committed: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """Store events in one transaction with a full fsync; return their seqs.
 
         Alarms are committed as they are: they never wait for an eviction or a checkpoint (the
@@ -467,6 +473,9 @@ class SqliteStore:
         (``DiskGuard.make_room``) and tries again; ``StoreFullError`` if there is still none.
         ``key``: the events are one alarm, stored under ``key`` in its transaction; when an alarm
         is stored under it already nothing is stored and ``[]`` returned (``alarm_under_key``).
+        ``committed`` is called with the seqs as soon as the COMMIT (and its fsync) returned,
+        before the bookkeeping that follows a write (the WAL's size, the checkpointer): whoever
+        waits for an alarm is told one step earlier. It must not raise.
         """
         urgent = all(event.is_alarm for event in events)
         if key is not None:
@@ -482,6 +491,8 @@ class SqliteStore:
         seqs, evicted = self._write(db, work, "insert")
         for seq in evicted:
             self._released.pop(seq, None)
+        if committed is not None:
+            committed(seqs)
         self._disk.after_write(db, urgent=urgent)
         return seqs
 
