@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -850,9 +851,9 @@ async def test_an_alarm_is_committed_in_the_middle_of_a_large_ack(rig: Rig) -> N
         order.append(("ack", handled))
         return delivered, handled
 
-    def logged_insert(events: list[NewEvent]) -> list[int]:
+    def logged_insert(events: list[NewEvent], **options: Any) -> list[int]:
         order.append(("alarm", len(events)))
-        return insert(events)
+        return insert(events, **options)
 
     rig.store.ack_some = logged_ack  # type: ignore[method-assign]
     rig.store.insert = logged_insert  # type: ignore[method-assign]
@@ -938,9 +939,9 @@ async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None
         gate.wait(5)  # the first step is in progress until the alarm is queued
         return claim(max_events)
 
-    def logged_insert(events: list[NewEvent]) -> list[int]:
+    def logged_insert(events: list[NewEvent], **options: Any) -> list[int]:
         order.append("alarm")
-        return insert(events)
+        return insert(events, **options)
 
     rig.store.claim = logged_claim  # type: ignore[method-assign]
     rig.store.insert = logged_insert  # type: ignore[method-assign]
