@@ -863,7 +863,6 @@ async def test_an_alarm_is_committed_in_the_middle_of_a_large_ack(rig: Rig) -> N
     await wait_until(lambda: outbox.alarms_arriving == 1, 5, "the alarm queued")
     gate.set()
     await putting
-    assert not acking.done(), "the alarm waited for the whole ack"
     assert await acking == []
     assert order == [("ack", ACK_STEP_ROWS), ("alarm", 1), ("ack", 9 * ACK_STEP_ROWS)]
     assert rig.store.stats().queued == {"alarm": 1}

@@ -15,6 +15,7 @@ from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.spool import (
     HEADER_BYTES,
+    RECORD_EVENTS,
     Spool,
     SpoolDamage,
     decode_body,
@@ -433,3 +434,21 @@ def test_a_segment_is_deleted_only_once_its_watermark_is_in_the_database(tmp_pat
     assert again.store.ack([e.seq for e in again.store.claim(10)]) == []
     assert segments(directory) == []
     assert again.store._last_seq() >= seqs[-1]
+
+
+def test_a_large_batch_is_records_whose_watermarks_stay_below_the_later_ones(
+    tmp_path: Path,
+) -> None:
+    """Written in one go, a power cut may keep the first record of a batch and lose the next:
+    the first's watermark then promises nothing about the lost seqs."""
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    count = RECORD_EVENTS * 2 + 10
+    spool.append(rows(1, count), watermark=count + 5)
+    spool.close()
+    (path,) = segments(directory)
+    first = decode_header(path.read_bytes())
+    assert (first.first, first.last, first.watermark) == (1, RECORD_EVENTS, RECORD_EVENTS)
+    os.truncate(path, HEADER_BYTES + first.length)  # only the first record survived
+    found = Spool(directory).open()
+    assert (found.max_seq, found.watermark) == (RECORD_EVENTS, RECORD_EVENTS)

@@ -52,7 +52,7 @@ from gateway.store.integrity import (
     row_crc,
     row_damage,
 )
-from gateway.store.spool import Spool, encode_record
+from gateway.store.spool import Spool, encode_records
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -541,16 +541,17 @@ class SqliteStore:
     ) -> None:
         """The batch's telemetry, one record of the spool, after room is made for it."""
         watermark = self._bounded_watermark(batch.watermark)
-        record = encode_record(spooled, watermark)
+        records = encode_records(spooled, watermark)
+        size = sum(len(data) for data, _ in records)
         db = self._prepare(urgent=False)
         for attempt in range(1, FULL_ATTEMPTS + 1):
             self._spool_incoming = True
             try:
-                if self._over_quota(db, len(record)):
+                if self._over_quota(db, size):
                     evicted: list[int] = []
                     self._write(
                         db,
-                        functools.partial(self._evict_for, evicted, len(record), self._now()),
+                        functools.partial(self._evict_for, evicted, size, self._now()),
                         "evict",
                     )
                     for seq in evicted:
@@ -563,7 +564,7 @@ class SqliteStore:
                     watermark,
                     inflight=batch.inflight if fresh else (),
                     retry_at=batch.retry_at,
-                    record=record,
+                    records=records,
                 )
             except OSError as exc:
                 if not is_disk_full(exc):
