@@ -324,10 +324,10 @@ class FlakyStore(SqliteStore):
         self._fail("acknowledge_alarms")
         return super().acknowledge_alarms(ids, make_audit)
 
-    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+    def insert(self, events: Sequence[NewEvent], **options: Any) -> list[int]:
         if any(event.kind.startswith("audit.") for event in events):
             self._fail("insert_audit")
-        return super().insert(events)
+        return super().insert(events, **options)
 
     def command_result(self, cmd_id: str) -> str | None:
         self._fail("command_result")

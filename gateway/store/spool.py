@@ -29,6 +29,7 @@ One thread uses it (the store's): nothing here is thread-safe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import struct
@@ -36,6 +37,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -63,25 +65,15 @@ class SpoolDamage(Exception):
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    """An event of a record read into memory, and its state in the uplink."""
+    """An event of a record read into memory, as it goes on the wire, and its state in the
+    uplink."""
 
-    seq: int
-    id: str
-    kind: str
-    device: str | None
-    data: str
-    ts: str
-    synced: bool
+    event: StoredEvent
     mono_ns: int
     boot_id: str
     record: _Record
     inflight: bool = False
     retry_at: float = 0.0
-
-    def stored(self) -> StoredEvent:
-        return StoredEvent(
-            self.seq, self.id, self.kind, self.device, self.data, self.ts, self.synced, 1
-        )
 
 
 @dataclass(slots=True, eq=False)
@@ -212,15 +204,17 @@ def decode_body(header: RecordHeader, body: bytes) -> list[list[object]]:
         raise SpoolDamage(f"unreadable body: {exc}") from exc
     if not isinstance(rows, list) or len(rows) != header.count:
         raise SpoolDamage("body does not match its header")
+    first, last = header.first, header.last
     for row in rows:
-        if not (isinstance(row, list) and len(row) == 9 and type(row[0]) is int):
+        if type(row) is not list or len(row) != 9 or type(row[0]) is not int:
             raise SpoolDamage("malformed event")
-        if not header.first <= row[0] <= header.last:
+        if not first <= row[0] <= last:
             raise SpoolDamage("seq outside the record's range")
     return rows
 
 
-Correction = Callable[[str, int], "str | None"]  # (boot id, mono ns) -> corrected ts, or None
+# The clock now, if it is synchronised: (this boot's id, wall time, CLOCK_BOOTTIME ns).
+SyncedClock = Callable[[], "tuple[str, float, int] | None"]
 
 
 class Spool:
@@ -230,9 +224,9 @@ class Spool:
     database first (``finished``, then ``delete``; an eviction raises it in its transaction).
     """
 
-    def __init__(self, directory: Path, *, correct: Correction | None = None) -> None:
+    def __init__(self, directory: Path, *, clock: SyncedClock | None = None) -> None:
         self.directory = directory
-        self._correct_ts = correct  # this boot's timestamps, once the clock is synchronised
+        self._clock = clock  # corrects this boot's timestamps, once it is synchronised
         self._segments: dict[int, _Segment] = {}  # by number, oldest first
         self._active: _Segment | None = None  # appended to
         self._fd: int | None = None  # of the active segment
@@ -462,6 +456,7 @@ class Spool:
                     event.boot_id,
                 ],
                 new,
+                None,
             )
             entry.inflight = seq in flying
             entry.retry_at = retry.get(seq, 0.0)
@@ -498,27 +493,18 @@ class Spool:
 
     # ----------------------------------------------------------------------------- delivery
 
-    def _entry(self, row: list[object], record: _Record) -> _Entry:
+    def _entry(
+        self, row: list[Any], record: _Record, clock: tuple[str, float, int] | None
+    ) -> _Entry:
         seq, event_id, kind, device, data, ts, synced, mono_ns, boot_id = row
         entry = _Entry(
-            int(str(seq)),
-            str(event_id),
-            str(kind),
-            None if device is None else str(device),
-            str(data),
-            str(ts),
-            bool(synced),
-            int(str(mono_ns)),
-            str(boot_id),
-            record,
+            StoredEvent(seq, event_id, kind, device, data, ts, synced, 1), mono_ns, boot_id, record
         )
-        if not entry.synced:
-            if entry.boot_id in self._corrections:
-                self._correct(entry, *self._corrections[entry.boot_id])
-            elif self._correct_ts is not None:
-                corrected = self._correct_ts(entry.boot_id, entry.mono_ns)
-                if corrected is not None:
-                    entry.ts, entry.synced = corrected, True
+        if not synced:
+            if boot_id in self._corrections:
+                self._correct(entry, *self._corrections[boot_id])
+            elif clock is not None and clock[0] == boot_id:
+                self._correct(entry, clock[1], clock[2])
         return entry
 
     def _load(self, record: _Record) -> dict[int, _Entry] | None:
@@ -536,13 +522,17 @@ class Spool:
             log.error("spool_record_unreadable", path=str(record.segment.path), error=str(exc))  # noqa: TRY400
             return None
         record.entries = {}
+        clock = None
+        if self._clock is not None and not all(row[6] for row in rows):
+            clock = self._clock()  # once per record
         for row in rows:
-            entry = self._entry(row, record)
-            if entry.seq in self._owner:  # one seq twice on disk: delivered once
-                log.warning("spool_seq_twice", seq=entry.seq, path=str(record.segment.path))
+            entry = self._entry(row, record, clock)
+            seq = entry.event.seq
+            if seq in self._owner:  # one seq twice on disk: delivered once
+                log.warning("spool_seq_twice", seq=seq, path=str(record.segment.path))
                 continue
-            record.entries[entry.seq] = entry
-            self._owner[entry.seq] = entry
+            record.entries[seq] = entry
+            self._owner[seq] = entry
         record.remaining = len(record.entries)
         if record.remaining == 0:
             self._done(record)
@@ -570,7 +560,7 @@ class Spool:
                 if entry.inflight or entry.retry_at > now:
                     continue
                 entry.inflight = True
-                taken.append(entry.stored())
+                taken.append(entry.event)
                 room -= 1
         return taken, damaged
 
@@ -702,7 +692,7 @@ class Spool:
         for record in self._live.values():
             entries = None if record.unreadable else self._load(record)
             if entries:
-                return min(entry.ts for entry in entries.values())
+                return min(entry.event.ts for entry in entries.values())
         return None
 
     # ----------------------------------------------------------------------------- clock
@@ -713,15 +703,15 @@ class Spool:
         self._corrections[boot_id] = (wall_now, mono_now_ns)
         count = 0
         for entry in self._owner.values():
-            if not entry.synced and entry.boot_id == boot_id:
+            if not entry.event.ts_synced and entry.boot_id == boot_id:
                 self._correct(entry, wall_now, mono_now_ns)
                 count += 1
         return count
 
     @staticmethod
     def _correct(entry: _Entry, wall_now: float, mono_now_ns: int) -> None:
-        entry.ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
-        entry.synced = True
+        ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
+        entry.event = dataclasses.replace(entry.event, ts=ts, ts_synced=True)
 
 
 def _check_at(view: memoryview, offset: int) -> tuple[RecordHeader | None, str]:

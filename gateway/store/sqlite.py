@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.core.clock import ts_from_unix
 from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError
 from gateway.core.events import NewEvent, StoredEvent
 from gateway.core.kinds import event_class
@@ -209,7 +208,7 @@ class SqliteStore:
         self._disk = DiskGuard(path, max_bytes)
         self._boot_id = boot_id
         self._clock_synced = clock_synced
-        self._spool = Spool(path.with_name(path.name + ".spool"), correct=self._corrected_ts)
+        self._spool = Spool(path.with_name(path.name + ".spool"), clock=self._synced_clock)
         self._spool_top = 0  # the highest seq the spool held at open
         self._spool_cap: int | None = None  # on a full disk (``_spool_limit``)
         self._spool_incoming = False  # what ``_over_quota`` weighs goes to the spool
@@ -261,12 +260,13 @@ class SqliteStore:
         self._seqmark.opened(self._last)
         return report
 
-    def _corrected_ts(self, boot_id: str, mono_ns: int) -> str | None:
-        """An unsynchronised timestamp of this boot, from the clock now if it is synchronised
-        (for the spool's events as they are read: a restart within the boot corrects them too)."""
-        if boot_id != self._boot_id or not self._clock_synced():
+    def _synced_clock(self) -> tuple[str, float, int] | None:
+        """This boot's id and the clock now, if it is synchronised: the spool corrects this
+        boot's unsynchronised timestamps with it as it reads them (after a restart within the
+        boot too)."""
+        if not self._clock_synced():
             return None
-        return ts_from_unix(self._now() - (self._monotonic_ns() - mono_ns) / 1e9)
+        return self._boot_id, self._now(), self._monotonic_ns()
 
     def _delete_finished(self) -> None:
         """Delete the spool's segments whose events were all acknowledged, once the watermark

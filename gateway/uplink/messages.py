@@ -72,8 +72,11 @@ def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
     prefix = payload_prefix(gateway_id)
     messages: list[Message] = []
     by_class: dict[str, list[StoredEvent]] = {}
+    classes: dict[str, str] = {}  # kind → class: a batch has few kinds
     for event in events:
-        klass = event.event_class
+        klass = classes.get(event.kind)
+        if klass is None:
+            klass = classes[event.kind] = event.event_class
         if klass == "alarm":
             body = f"{prefix}{event.wire_json()}]}}".encode()
             messages.append(
