@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.core.events import NewEvent, StoredEvent
 from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming, HeldAlarm
 from gateway.store.disk import DiskBudget
-from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox
+from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox, _ClaimedAlarms
 from gateway.store.sink import EventFactory
 from gateway.store.spool import read_spool
 from gateway.store.sqlite import ACK_STEP_ROWS, SqliteStore, merge_ranges, seq_ranges
@@ -956,4 +957,56 @@ async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None
     rest, _ = await outbox.claim(5 * CLAIM_ROWS_PER_STEP)
     assert rest[0].kind == "alarm.button"
     assert [e.seq for e in first + rest[1:]] == list(range(1, 5 * CLAIM_ROWS_PER_STEP + 1))
+    await outbox.close()
+
+
+def test_alarms_claimed_at_their_insert_reach_the_uplink_while_it_takes_them(rig: Rig) -> None:
+    """The store's thread adds alarms claimed with their insert while the loop takes them: none
+    is lost between the two (a thread switch after every few instructions)."""
+    outbox = Outbox(rig.store)
+    batches = 20_000
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    taken: list[StoredEvent] = []
+    done = threading.Event()
+
+    def store_thread() -> None:
+        for n in range(batches):
+            event = StoredEvent(n + 1, f"a{n}", "alarm.button", None, "{}", "t", True, 1)
+            outbox._claimed.append(_ClaimedAlarms(outbox._epoch, [event], []))
+        done.set()
+
+    adder = threading.Thread(target=store_thread)
+    try:
+        adder.start()
+        while not done.is_set():
+            taken += outbox.take_claimed_alarms()[0]
+        adder.join()
+        taken += outbox.take_claimed_alarms()[0]
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(taken) == batches
+
+
+async def test_a_claim_whose_later_step_fails_hands_out_what_it_claimed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first step claimed an alarm (now in flight); the second fails: the claim returns
+    what it has, so the alarm goes out rather than wait for the next link loss."""
+    rig.store.insert([rig.alarm()])
+    rig.store.insert([rig.telemetry() for _ in range(2 * CLAIM_ROWS_PER_STEP)])
+    outbox = Outbox(rig.store)
+    real = rig.store.claim
+    calls = []
+
+    def second_step_fails(max_events: int) -> list[StoredEvent]:
+        calls.append(max_events)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(max_events)
+
+    monkeypatch.setattr(rig.store, "claim", second_step_fails)
+    events, _ = await outbox.claim(3 * CLAIM_ROWS_PER_STEP)
+    assert events[0].kind == "alarm.button"
+    assert len(events) == CLAIM_ROWS_PER_STEP
     await outbox.close()

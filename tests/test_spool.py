@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -452,3 +453,43 @@ def test_a_large_batch_is_records_whose_watermarks_stay_below_the_later_ones(
     os.truncate(path, HEADER_BYTES + first.length)  # only the first record survived
     found = Spool(directory).open()
     assert (found.max_seq, found.watermark) == (RECORD_EVENTS, RECORD_EVENTS)
+
+
+def test_a_finished_segment_kept_for_a_while_takes_no_new_records(tmp_path: Path) -> None:
+    """Delivered whole, the active segment is closed: telemetry written while it waits for its
+    deletion goes to a new one, which its deletion leaves alone."""
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    spool.append(rows(1, 3), watermark=3)
+    spool.ack([e.seq for e in spool.claim(10, now=0.0)[0]])
+    done, _ = spool.finished()  # (its watermark could not be written yet: not deleted)
+    spool.append(rows(4, 3), watermark=6)
+    assert len(segments(directory)) == 2
+    spool.delete(done)
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [4, 5, 6]
+    assert spool.finished() == ([], 0)
+
+
+def test_a_record_damaged_at_the_end_after_a_clean_close_is_reported(tmp_path: Path) -> None:
+    """The last record of the spool, whole when the gateway closed cleanly, damaged since: not
+    a torn append (every append had completed), so its seqs are reported."""
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    seqs = [rig.store.next_seq() for _ in range(3)]
+    rig.store.insert_hot(
+        HotBatch(rows=[(s, rig.telemetry()) for s in seqs], watermark=seqs[-1], epoch=0)
+    )
+    battery = rig.factory.make("device.battery", {"level": 50, "low": False}, None)
+    later = rig.store.next_seq()
+    rig.store.insert_hot(HotBatch(rows=[(later, battery)], watermark=later, epoch=0))
+    rig.store.close()
+    (path,) = segments(tmp_path / "outbox.sqlite3.spool")
+    flip(path, HEADER_BYTES + 2)
+    again = Rig(tmp_path / "outbox.sqlite3")
+    again.store.open()
+    reports = [
+        json.loads(e.data_json) for e in again.store.claim(100) if e.kind == "gateway.dropped"
+    ]
+    assert [(r["seq_ranges"], r["reason"]) for r in reports] == [
+        ([[seqs[0], seqs[-1]]], "event_corrupt")
+    ]

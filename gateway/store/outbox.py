@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -94,7 +95,10 @@ class Outbox:
         # the backlog's store work.
         self.claim_at_insert = False
         self.alarms_unclaimed = True  # stored alarms may wait for a claim (``claim``)
-        self._claimed: list[_ClaimedAlarms] = []  # appended on the store's thread
+        # Appended on the store's thread, taken on the loop's: a deque, whose append and
+        # popleft are atomic (a list swapped on one thread could lose another's append).
+        self._claimed: deque[_ClaimedAlarms] = deque()
+        self._delivered_untold: list[HeldAlarm] = []  # delivered by an ack call that then failed
         self._store_epoch = 0  # the epoch of the last release_all run on the store's thread
         self._dropped_count = 0  # dropped from memory, not yet in a batch
         self._dropped_seqs: list[int] = []  # the seqs among them
@@ -144,10 +148,16 @@ class Outbox:
         """Events to publish (alarms first, then the stored ones in seq order, then those in
         memory in seq order), and the alarms the claim found damaged."""
         self.alarms_unclaimed = False  # every claim takes the alarms that wait
-        if max_events == 0:
-            events, damaged = await self._call(_claim, self.store, 0, urgent=True)
-        else:
-            events, damaged = await self._call(self._claim_backlog, max_events, rank=BACKLOG_RANK)
+        try:
+            if max_events == 0:
+                events, damaged = await self._call(_claim, self.store, 0, urgent=True)
+            else:
+                events, damaged = await self._call(
+                    self._claim_backlog, max_events, rank=BACKLOG_RANK
+                )
+        except BaseException:
+            self.alarms_unclaimed = True  # (this claim took none)
+            raise
         room = max_events - len(events)
         if room > 0 and self._hot:
             now = self.mono()
@@ -179,7 +189,15 @@ class Outbox:
         events: list[StoredEvent] = []
         while len(events) < max_events:
             step = min(CLAIM_ROWS_PER_STEP, max_events - len(events))
-            claimed = self.store.claim(step)
+            try:
+                claimed = self.store.claim(step)
+            except Exception as exc:
+                if not events:
+                    raise
+                # What the earlier steps claimed is in flight: it goes out (an alarm among it
+                # would wait for the next link loss otherwise); the next claim tries again.
+                log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
+                break
             events += claimed
             if len(claimed) < step or self._worker.alarm_waiting():
                 break
@@ -200,13 +218,19 @@ class Outbox:
         # The store's call ends early for an alarm queued meanwhile (it goes next); the rest
         # follows in another call. A call that fails puts what it did not record back (to be
         # published again).
-        delivered: list[HeldAlarm] = []
-        while stored:
-            alarms, handled = await self._call(
-                self.store.ack_some, stored, self._worker.alarm_waiting
-            )
-            delivered += alarms
-            stored = stored[handled:]
+        delivered, self._delivered_untold = self._delivered_untold, []
+        try:
+            while stored:
+                alarms, handled = await self._call(
+                    self.store.ack_some, stored, self._worker.alarm_waiting
+                )
+                delivered += alarms
+                stored = stored[handled:]
+        except BaseException:
+            # Those an earlier call delivered are returned by the next ack: the store holds them
+            # as delivered already and will not return them again.
+            self._delivered_untold = delivered
+            raise
         return delivered
 
     def release(self, seqs: Sequence[int], retry_at: float | None = None) -> None:
@@ -227,9 +251,9 @@ class Outbox:
         self._epoch += 1
         for hot in [*self._hot.values(), *self._flushing.values()]:
             hot.inflight, hot.retry_at = False, 0.0
-        self._claimed = [  # no longer in flight; (any still coming is of an earlier epoch)
-            dataclasses.replace(batch, events=[]) for batch in self._claimed if batch.damaged
-        ]
+        for batch in self._take_claimed():  # no longer in flight (any still coming is of an
+            if batch.damaged:  # earlier epoch); the damaged alarms are still to be told
+                self._claimed.append(dataclasses.replace(batch, events=[]))
         self.alarms_unclaimed = True
         await self._call(self._release_all, self._epoch, urgent=True)
 
@@ -244,14 +268,21 @@ class Outbox:
         ``release_all`` are not in flight any more and are left to the next claim."""
         events: list[StoredEvent] = []
         damaged: list[HeldAlarm] = []
-        claimed, self._claimed = self._claimed, []
-        for batch in claimed:
+        for batch in self._take_claimed():
             damaged += batch.damaged
             if batch.epoch == self._epoch:
                 events += batch.events
             else:
                 self.alarms_unclaimed = True
         return events, damaged
+
+    def _take_claimed(self) -> list[_ClaimedAlarms]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._claimed.popleft())
+            except IndexError:
+                return taken
 
     async def held_alarms(self) -> list[HeldAlarm]:
         """The alarms stored and not yet acknowledged by the platform."""
@@ -548,17 +579,20 @@ class Outbox:
     ) -> list[int]:
         """On the store's thread: commit the alarms; if the uplink can publish, claim them in
         the same call, so that their claim never waits behind other store work."""
-        seqs = self.store.insert(alarms, key=key, committed=committed)
-        if not self.claim_at_insert:
-            self.alarms_unclaimed = True
-            return seqs
+        claimed = False
         try:
-            events, damaged = _claim(self.store, 0)
-        except Exception as exc:  # noqa: BLE001 - stored all the same: the uplink claims them
-            log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
-            self.alarms_unclaimed = True
-        else:
-            self._claimed.append(_ClaimedAlarms(self._store_epoch, events, damaged))
+            seqs = self.store.insert(alarms, key=key, committed=committed)
+            if self.claim_at_insert:
+                try:
+                    events, damaged = _claim(self.store, 0)
+                except Exception as exc:  # noqa: BLE001 - stored all the same: the uplink claims
+                    log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
+                else:
+                    self._claimed.append(_ClaimedAlarms(self._store_epoch, events, damaged))
+                    claimed = True
+        finally:
+            if not claimed:  # (also when the insert failed after its COMMIT)
+                self.alarms_unclaimed = True
         return seqs
 
     def _commit_keyed(self, alarm: NewEvent, key: str) -> asyncio.Future[list[int]]:

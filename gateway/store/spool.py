@@ -117,6 +117,9 @@ class SpoolOpen:
     damaged: list[tuple[int, int]] = field(default_factory=list)
     unbounded: list[tuple[_Record | None, None]] = field(default_factory=list)
     cut_bytes: int = 0  # a torn record cut off the end
+    # What the cut record named (its header's seqs), or the record before it: a torn append is
+    # above every watermark on disk, so what it names below one is damage (``SqliteStore``).
+    cut: list[tuple[tuple[int, int] | None, _Record | None]] = field(default_factory=list)
 
 
 def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes:
@@ -155,12 +158,13 @@ def encode_records(
     events. A record's watermark stays below the seqs of the records after it: written in one
     go, a power cut may keep the first and lose a later one."""
     chunks = [rows[n : n + RECORD_EVENTS] for n in range(0, len(rows), RECORD_EVENTS)]
-    encoded = []
-    for n, chunk in enumerate(chunks):
-        later = [seq for rest in chunks[n + 1 :] for seq, _ in rest]
-        bound = min([watermark, *(seq - 1 for seq in later)])
-        encoded.append((encode_record(chunk, bound), chunk))
-    return encoded
+    bounds = []
+    bound = watermark
+    for chunk in reversed(chunks):  # each below every seq of the chunks after it
+        bounds.append(bound)
+        bound = min([bound, *(seq - 1 for seq, _ in chunk)])
+    bounds.reverse()
+    return [(encode_record(chunk, b), chunk) for chunk, b in zip(chunks, bounds, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +315,10 @@ class Spool:
                 # An append that never completed (its fsync had not returned): cut off. Its
                 # seqs are above every watermark on disk: the crash's report covers them.
                 found.cut_bytes += len(data) - offset
+                named = _header_at(view, offset)
+                found.cut.append(
+                    ((named.first, named.last) if named is not None else None, previous[0])
+                )
                 log.warning("spool_torn_record_cut", path=str(segment.path), offset=offset, why=why)
                 _truncate(segment.path, offset)
                 break
@@ -439,6 +447,7 @@ class Spool:
         )
         segment.records.append(new)
         self._live[id(new)] = new
+        self._finished.pop(segment.number, None)
         if not (flying or retry):
             return
         new.entries = {}
@@ -596,12 +605,18 @@ class Spool:
         self._live.pop(id(record), None)
         segment = record.segment
         if not segment.doomed and segment.done():
+            if segment is self._active:  # nothing more goes into a segment about to go
+                self._close_active()
             self._finished[segment.number] = segment
 
     def finished(self) -> tuple[list[_Segment], int]:
         """The segments whose events were all acknowledged, and the highest watermark their
         records carry (to be kept in the database before ``delete``)."""
-        segments = [s for s in self._finished.values() if s.number in self._segments]
+        segments = [
+            s
+            for s in self._finished.values()
+            if s.number in self._segments and not s.doomed and s.done()
+        ]
         return segments, max((s.watermark() for s in segments), default=0)
 
     def delete(self, segments: Iterable[_Segment]) -> None:

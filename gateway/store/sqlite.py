@@ -51,7 +51,7 @@ from gateway.store.integrity import (
     row_crc,
     row_damage,
 )
-from gateway.store.spool import Spool, encode_records
+from gateway.store.spool import Spool, SpoolOpen, encode_records
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -231,6 +231,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         database.make_files_private(self.path)
         report = OpenReport()
+        closed_cleanly = self._seqmark.state == self._seqmark.CLOSED
         found = self._spool.open()
         self._spool_top = found.max_seq
         try:
@@ -254,7 +255,8 @@ class SqliteStore:
             else:
                 report.lost_ranges = self._continue_after_rollback()
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
-            self._report_spool_damage(self._spool.resolve_damage(found, self._last))
+            damage = self._spool.resolve_damage(found, self._last)
+            self._report_spool_damage(damage + self._cut_damage(found, closed=closed_cleanly))
             self._spool.damage_reported()
             self._delete_finished()
         self._seqmark.opened(self._last)
@@ -283,8 +285,27 @@ class SqliteStore:
                 return
         self._spool.delete(segments)
 
+    def _cut_damage(self, found: SpoolOpen, *, closed: bool) -> list[tuple[int, int]]:
+        """What a record cut off the end of the spool held that is damage, not a torn append:
+        all of it after a clean close (every append had completed); else what lies at or below
+        the watermark (a torn append is above every watermark on disk, and the seqs above it are
+        reported as after any crash)."""
+        watermark = max(self._last_seq(), self._spool.watermark)
+        ranges = []
+        for named, before in found.cut:
+            if named is not None:
+                low, high = named
+            else:
+                low, high = (before.last + 1 if before is not None else 1), self._last
+            if not closed:
+                high = min(high, watermark)
+            if high >= low:
+                ranges.append((low, high))
+        return ranges
+
     def _report_spool_damage(self, ranges: list[tuple[int, int]]) -> None:
         """Records of the spool that could not be read at open: their seqs are reported."""
+        ranges = merge_ranges(ranges)
         if not ranges:
             return
         count = sum(last - first + 1 for first, last in ranges)
