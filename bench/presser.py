@@ -73,8 +73,14 @@ class Commands:
             event = {"go": self.go, "stop": self.stop, "exit": self.exit}.get(line.strip())
             if event is not None:
                 loop.call_soon_threadsafe(event.set)
-        for event in (self.go, self.stop, self.exit):
-            loop.call_soon_threadsafe(event.set)
+        loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        """End of file, at once on the loop: ``stop`` before ``go``, so that a press loop that
+        had not begun never presses (one callback: the reading thread cannot be switched out
+        between two of them)."""
+        for event in (self.stop, self.exit, self.go):
+            event.set()
 
 
 async def _sleep_unless(event: asyncio.Event, delay_s: float) -> None:

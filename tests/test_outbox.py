@@ -6,9 +6,12 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,14 +22,14 @@ from drivers.watch.store import ALERT_MEMORY_S
 from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
-from gateway.core.events import NewEvent
-from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming
+from gateway.core.events import NewEvent, StoredEvent
+from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming, HeldAlarm
 from gateway.store.disk import DiskBudget
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox, _ClaimedAlarms
 from gateway.store.sink import EventFactory
 from gateway.store.spool import read_spool
-from gateway.store.sqlite import SqliteStore, merge_ranges, seq_ranges
-from gateway.store.worker import CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
+from gateway.store.sqlite import ACK_STEP_ROWS, SqliteStore, merge_ranges, seq_ranges
+from gateway.store.worker import BACKLOG_RANK, CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
 from tests.gateway_rig import wait_until
 
 BOOT = "boot-1"
@@ -379,6 +382,80 @@ async def test_an_alarm_raised_again_under_its_key_is_stored_once_also_after_a_r
     assert await outbox.put(repeat, key="watch/C0:FF:EE:00:00:01/5/1/850000000") == first.id
     assert [alarm.id for alarm in await outbox.held_alarms()] == [second]  # the other key's
     assert (await outbox.stats()).last_seq == 2
+    await outbox.close()
+
+
+def _committed_elsewhere(path: Path, alarm_id: str, key: str) -> tuple[bool, bool]:
+    """Whether another connection sees the alarm's row and its key: their transaction is
+    committed (with the store's ``synchronous=FULL``, its COMMIT returned after the fsync)."""
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = reader.execute("SELECT 1 FROM events WHERE id=?", (alarm_id,)).fetchone()
+        named = reader.execute("SELECT alarm_id FROM alarm_keys WHERE key=?", (key,)).fetchone()
+        return row is not None, named == (alarm_id,)
+    finally:
+        reader.close()
+
+
+def test_a_keyed_alarm_is_told_committed_at_its_commit_and_only_then(rig: Rig) -> None:
+    """``committed`` comes from inside the insert, after the COMMIT (fsync) and before the
+    bookkeeping that follows: the alarm and its key are on disk, under synchronous=FULL."""
+    seen: list[tuple[list[int], tuple[bool, bool], int]] = []
+    alarm = rig.alarm()
+
+    def committed(seqs: list[int]) -> None:  # on the store's thread, as the worker runs it
+        synchronous = rig.store._require().execute("PRAGMA synchronous").fetchone()[0]
+        seen.append((seqs, _committed_elsewhere(rig.path, alarm.id, "k"), synchronous))
+
+    assert rig.store.insert([alarm], key="k", committed=committed) == [1]
+    assert seen == [([1], (True, True), 2)]  # 2: FULL
+    # Under a key stored before nothing is committed, and nothing is told.
+    assert rig.store.insert([rig.alarm()], key="k", committed=committed) == []
+    with pytest.raises(ValueError, match="one alarm"):
+        rig.store.insert([rig.telemetry()], key="k2", committed=committed)
+    assert len(seen) == 1
+
+
+async def test_a_keyed_put_returns_once_its_alarm_and_key_are_committed(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store)
+    await outbox.open()
+    stored = asyncio.Event()
+    outbox.alarm_stored = stored
+    for n in range(5):
+        alarm = rig.alarm()
+        assert await outbox.put(alarm, key=f"watch/{n}") == alarm.id
+        assert _committed_elsewhere(rig.path, alarm.id, f"watch/{n}") == (True, True)
+        assert outbox.alarms_arriving == 0
+        await asyncio.wait_for(stored.wait(), 5)  # the uplink's fast path is woken too
+        stored.clear()
+    await outbox.close()
+
+
+async def test_a_cancelled_keyed_put_stores_its_alarm_once(rig: Rig) -> None:
+    outbox = Outbox(rig.store)
+    first = rig.alarm()
+    task = asyncio.create_task(outbox.put(first, key="k"))
+    await asyncio.sleep(0)  # the insert is on the store thread now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The insert ran to its end all the same: the key names the first alarm.
+    assert await outbox.put(rig.alarm(), key="k") == first.id
+    assert (await outbox.stats()).last_seq == 1
+    await outbox.close()
+
+
+async def test_a_keyed_alarm_that_cannot_be_stored_raises_to_its_caller(rig: Rig) -> None:
+    outbox = Outbox(rig.store)
+    alarm = rig.alarm()
+    await outbox.put(alarm, key="k")
+    with pytest.raises(sqlite3.IntegrityError):  # the same id under another key
+        await outbox.put(alarm, key="other")
+    assert (await outbox.stats()).queued == {"alarm": 1}
+    assert rig.store.alarm_under_key("other") is None  # rolled back with its alarm
     await outbox.close()
 
 
@@ -752,4 +829,184 @@ async def test_released_events_in_memory_are_claimed_again_and_alarms_go_first(
     assert _rows(rig.path) == [1, 2, 3]
     after, _ = await outbox.claim(10)
     assert [e.seq for e in after] == [3, 1, 2]
+    await outbox.close()
+
+
+async def test_an_alarm_is_committed_in_the_middle_of_a_large_ack(rig: Rig) -> None:
+    """An alarm put while a large acknowledgement is being applied is committed after the
+    ack's current step (what that call deleted is committed then), not after the whole ack;
+    the rest of the ack follows."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    rig.store.insert([rig.telemetry() for _ in range(10 * ACK_STEP_ROWS)])
+    claimed, _ = await outbox.claim(10 * ACK_STEP_ROWS)
+    order: list[tuple[str, int]] = []
+    ack, insert = rig.store.ack_some, rig.store.insert
+    started, gate = threading.Event(), threading.Event()
+
+    def logged_ack(
+        seqs: list[int], stop: Callable[[], bool] | None = None
+    ) -> tuple[list[HeldAlarm], int]:
+        started.set()
+        gate.wait(5)  # the first call is in progress until the alarm is queued
+        delivered, handled = ack(seqs, stop)
+        order.append(("ack", handled))
+        return delivered, handled
+
+    def logged_insert(events: list[NewEvent], **options: Any) -> list[int]:
+        order.append(("alarm", len(events)))
+        return insert(events, **options)
+
+    rig.store.ack_some = logged_ack  # type: ignore[method-assign]
+    rig.store.insert = logged_insert  # type: ignore[method-assign]
+    acking = asyncio.create_task(outbox.ack([e.seq for e in claimed]))
+    await wait_until(started.is_set, 5, "the ack's first call")
+    putting = asyncio.create_task(outbox.put(rig.alarm()))
+    await wait_until(lambda: outbox.alarms_arriving == 1, 5, "the alarm queued")
+    gate.set()
+    await putting
+    assert await acking == []
+    assert order == [("ack", ACK_STEP_ROWS), ("alarm", 1), ("ack", 9 * ACK_STEP_ROWS)]
+    assert rig.store.stats().queued == {"alarm": 1}
+    assert rig.store.in_flight() == 0
+    await outbox.close()
+
+
+async def test_an_alarm_is_claimed_in_its_own_insert_while_the_uplink_publishes(rig: Rig) -> None:
+    """With ``claim_at_insert`` the alarm comes out of its insert's store call already claimed
+    (in flight: no other claim returns it); without, it waits for a claim. A claim made before
+    the link was lost is not handed out after it."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    stored_before = rig.alarm()
+    await outbox.put(stored_before)
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert outbox.alarms_unclaimed
+    outbox.claim_at_insert = True
+    alarm = rig.alarm()
+    await outbox.put(alarm)
+    events, damaged = outbox.take_claimed_alarms()
+    assert [e.id for e in events] == [stored_before.id, alarm.id]  # every alarm waiting
+    assert damaged == []
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert (await outbox.claim(0))[0] == []  # in flight
+    await outbox.put(rig.alarm())
+    await outbox.release_all()  # the link is lost before the uplink took it
+    assert outbox.take_claimed_alarms() == ([], [])
+    assert outbox.alarms_unclaimed
+    assert len((await outbox.claim(0))[0]) == 3  # all of them again, from the store
+    assert not outbox.alarms_unclaimed
+    await outbox.close()
+
+
+def test_a_claim_of_the_backlog_waits_for_the_alarms_queued_beside_it(rig: Rig) -> None:
+    """Queued behind the call in progress, an alarm's insert goes before a backlog claim queued
+    earlier, and that claim before other work queued earlier still."""
+    rig.store.insert([rig.telemetry() for _ in range(10)])
+    worker = StoreWorker()
+    order: list[str] = []
+
+    def step(name: str, fn: Callable[[], object]) -> object:
+        order.append(name)
+        return fn()
+
+    try:
+        gate = threading.Event()
+        busy = worker.submit(gate.wait, (5.0,), urgent=False)  # the call in progress
+        while not busy.running():
+            time.sleep(0.001)
+        other = worker.submit(step, ("other", rig.store.stats), urgent=False)
+        claim = worker.submit_ranked(step, ("claim", lambda: rig.store.claim(10)), BACKLOG_RANK)
+        alarm = worker.submit(step, ("alarm", lambda: rig.store.insert([rig.alarm()])), urgent=True)
+        gate.set()
+        for future in (busy, other, claim, alarm):
+            future.result(5)
+    finally:
+        worker.shutdown()
+    assert order == ["alarm", "claim", "other"]
+
+
+async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None:
+    """A claim of the backlog in progress when an alarm is queued ends after its current step:
+    the alarm waits for one step, not for the whole batch, which comes with the next claims."""
+    outbox = Outbox(rig.store, group_commit_s=0.5)
+    rig.store.insert([rig.telemetry() for _ in range(5 * CLAIM_ROWS_PER_STEP)])
+    order: list[str] = []
+    claim, insert = rig.store.claim, rig.store.insert
+    started, gate = threading.Event(), threading.Event()
+
+    def logged_claim(max_events: int) -> list[StoredEvent]:
+        order.append("claim")
+        started.set()
+        gate.wait(5)  # the first step is in progress until the alarm is queued
+        return claim(max_events)
+
+    def logged_insert(events: list[NewEvent], **options: Any) -> list[int]:
+        order.append("alarm")
+        return insert(events, **options)
+
+    rig.store.claim = logged_claim  # type: ignore[method-assign]
+    rig.store.insert = logged_insert  # type: ignore[method-assign]
+    claiming = asyncio.create_task(outbox.claim(5 * CLAIM_ROWS_PER_STEP))
+    await wait_until(started.is_set, 5, "the claim's first step")
+    putting = asyncio.create_task(outbox.put(rig.alarm()))
+    await wait_until(lambda: outbox.alarms_arriving == 1, 5, "the alarm queued")
+    gate.set()
+    first, _ = await claiming
+    await putting
+    assert order[:2] == ["claim", "alarm"]
+    assert len(first) == CLAIM_ROWS_PER_STEP
+    rest, _ = await outbox.claim(5 * CLAIM_ROWS_PER_STEP)
+    assert rest[0].kind == "alarm.button"
+    assert [e.seq for e in first + rest[1:]] == list(range(1, 5 * CLAIM_ROWS_PER_STEP + 1))
+    await outbox.close()
+
+
+def test_alarms_claimed_at_their_insert_reach_the_uplink_while_it_takes_them(rig: Rig) -> None:
+    """The store's thread adds alarms claimed with their insert while the loop takes them: none
+    is lost between the two (a thread switch after every few instructions)."""
+    outbox = Outbox(rig.store)
+    batches = 20_000
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    taken: list[StoredEvent] = []
+    done = threading.Event()
+
+    def store_thread() -> None:
+        for n in range(batches):
+            event = StoredEvent(n + 1, f"a{n}", "alarm.button", None, "{}", "t", True, 1)
+            outbox._claimed.append(_ClaimedAlarms(outbox._epoch, [event], []))
+        done.set()
+
+    adder = threading.Thread(target=store_thread)
+    try:
+        adder.start()
+        while not done.is_set():
+            taken += outbox.take_claimed_alarms()[0]
+        adder.join()
+        taken += outbox.take_claimed_alarms()[0]
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(taken) == batches
+
+
+async def test_a_claim_whose_later_step_fails_hands_out_what_it_claimed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first step claimed an alarm (now in flight); the second fails: the claim returns
+    what it has, so the alarm goes out rather than wait for the next link loss."""
+    rig.store.insert([rig.alarm()])
+    rig.store.insert([rig.telemetry() for _ in range(2 * CLAIM_ROWS_PER_STEP)])
+    outbox = Outbox(rig.store)
+    real = rig.store.claim
+    calls = []
+
+    def second_step_fails(max_events: int) -> list[StoredEvent]:
+        calls.append(max_events)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(max_events)
+
+    monkeypatch.setattr(rig.store, "claim", second_step_fails)
+    events, _ = await outbox.claim(3 * CLAIM_ROWS_PER_STEP)
+    assert events[0].kind == "alarm.button"
+    assert len(events) == CLAIM_ROWS_PER_STEP
     await outbox.close()

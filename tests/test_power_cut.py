@@ -177,11 +177,58 @@ def test_power_cuts_and_kills_under_a_flood_lose_no_alarm_and_reuse_no_seq(
     disk: PowerCutDisk,
     daemons: list[GatewayProcess],
 ) -> None:
+    cuts_under_a_flood(tmp_path, mosquitto, platform, disk, daemons, what="a flood")
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+@pytest.mark.timeout(TIMEOUT_S)
+@pytest.mark.parametrize("disk", [0.5], ids=["torn-unsynced-pages"], indirect=True)
+def test_power_cuts_while_the_spool_is_written_lose_no_alarm_and_explain_every_gap(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    platform: PlatformClient,
+    disk: PowerCutDisk,
+    daemons: list[GatewayProcess],
+) -> None:
+    """The broker down and a 50 ms window: the flood's telemetry goes to the spool all the
+    time, so cuts fall in the middle of its appends (records torn at the end of a segment,
+    segments just made) as well as of the database's commits."""
+    mosquitto.stop()
+    cuts_under_a_flood(
+        tmp_path,
+        mosquitto,
+        platform,
+        disk,
+        daemons,
+        what="a flood with the broker down, the spool written every 50 ms",
+        outbox={"group_commit_s": 0.05},
+        restart_broker=True,
+    )
+    spool = tmp_path / "state" / "outbox.sqlite3.spool"
+    assert spool.exists(), "the spool was never written: the test did not bite"
+
+
+def cuts_under_a_flood(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    platform: PlatformClient,
+    disk: PowerCutDisk,
+    daemons: list[GatewayProcess],
+    *,
+    what: str,
+    outbox: dict[str, object] | None = None,
+    restart_broker: bool = False,
+) -> None:
+    """Power cuts and kills at random moments, then a drain: every alarm the flood was told
+    stored arrives, no seq carries two ids, every seq below the drain's start arrived or is
+    reported dropped."""
     rng = random.Random(20261211)
     control = {
         "control_socket": tmp_path / "control.sock"
     }  # a socket is no state: not on the layer
-    flood = gateway_config(tmp_path, mosquitto, sim=FLOOD, gateway=control)
+    extra = {"outbox": outbox} if outbox else {}
+    flood = gateway_config(tmp_path, mosquitto, sim=FLOOD, gateway=control, **extra)
     daemon = GatewayProcess(flood, tmp_path / "gateway.log")
     daemons.append(daemon)
     reports: list[CutReport] = []
@@ -199,6 +246,8 @@ def test_power_cuts_and_kills_under_a_flood_lose_no_alarm_and_reuse_no_seq(
         else:
             kills += 1  # SIGKILL alone: the page cache keeps what was written
     confirmed = stored_alarms(daemon.log_text())
+    if restart_broker:
+        mosquitto.start()
     drainer = GatewayProcess(
         gateway_config(tmp_path, mosquitto, gateway=control), tmp_path / "drain.log"
     )
@@ -221,7 +270,7 @@ def test_power_cuts_and_kills_under_a_flood_lose_no_alarm_and_reuse_no_seq(
     record(
         "power",
         f"power cut (each unsynced page kept with p={disk.keep_unsynced}) or SIGKILL at random "
-        "moments under a flood",
+        f"moments under {what}",
         count=FAULTS,
         lost=0,  # asserted above: every stored alarm arrived, no seq forked or unexplained
         outcome=(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.spool import (
     HEADER_BYTES,
+    RECORD_EVENTS,
     Spool,
     SpoolDamage,
     decode_body,
@@ -75,15 +77,34 @@ def test_a_segment_goes_once_every_event_in_it_is_acknowledged(tmp_path: Path) -
     spool.append(rows(5, 4), watermark=9)
     claimed, _ = spool.claim(100, now=0.0)
     assert [e.seq for e in claimed] == list(range(1, 9))
-    others, gone = spool.ack([1, 2, 3, 4, 5, 6, 7, 99])
-    assert (others, gone) == ([99], 0)  # the segment still holds 8
-    assert len(segments(tmp_path / "s")) == 1
-    others, gone = spool.ack([8])
-    assert (others, gone) == ([], 9)  # the highest watermark of what went
+    assert spool.ack([1, 2, 3, 4, 5, 6, 7, 99]) == [99]
+    assert spool.finished() == ([], 0)  # the segment still holds 8
+    assert spool.ack([8]) == []
+    segments_done, watermark = spool.finished()
+    assert watermark == 9  # the highest watermark of what goes: the caller keeps it first
+    spool.delete(segments_done)
     assert segments(tmp_path / "s") == []
     assert spool.queued() == 0
     spool.append(rows(10, 1), watermark=10)  # a new segment
     assert len(segments(tmp_path / "s")) == 1
+
+
+def test_finished_segments_go_whatever_older_ones_still_hold(tmp_path: Path) -> None:
+    """One event held back (released far into the future, or never acknowledged) keeps its own
+    segment only: later segments go as they are delivered, and claims do not walk them."""
+    spool = Spool(tmp_path / "s")
+    first = 1
+    while len(segments(tmp_path / "s")) < 4:
+        spool.append(rows(first, 200), watermark=first + 199)
+        first += 200
+    claimed, _ = spool.claim(10_000, now=0.0)
+    spool.release([1], retry_at=1e9)
+    assert spool.ack([e.seq for e in claimed if e.seq != 1]) == []
+    done, _ = spool.finished()
+    spool.delete(done)
+    assert len(segments(tmp_path / "s")) == 1  # the first, for seq 1
+    assert len(spool._live) == 1
+    assert spool.claim(10, now=0.0) == ([], [])
 
 
 def test_released_and_lost_link_events_are_claimed_again(tmp_path: Path) -> None:
@@ -102,7 +123,7 @@ def test_events_in_flight_when_written_stay_in_flight(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s")
     spool.append(rows(1, 3), watermark=3, inflight={2}, retry_at={3: 50.0})
     assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [1]
-    assert spool.ack([2]) == ([], 0)
+    assert spool.ack([2]) == []
     assert [e.seq for e in spool.claim(10, now=50.0)[0]] == [3]
 
 
@@ -197,28 +218,98 @@ def test_a_flipped_byte_in_a_record_is_damage(data: st.DataObject) -> None:
         decode(bytes(record))
 
 
-def test_a_damaged_record_before_the_end_is_reported_with_its_seqs(tmp_path: Path) -> None:
+def three_segments(directory: Path) -> Spool:
+    """Seqs 1-3 and 4-6 in the first segment, 7-8 in the second, 20-21 in the third."""
+    spool = Spool(directory)
+    spool.append(rows(1, 3), watermark=3)
+    spool.append(rows(4, 3), watermark=6)
+    for first, count in ((7, 2), (20, 2)):
+        spool._close_active()  # the next record goes into a segment of its own
+        spool.append(rows(first, count), watermark=first + count - 1)
+    spool.close()
+    return spool
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def first_record_size(path: Path) -> int:
+    """The size of the segment's first record (its events' ids make it vary)."""
+    return HEADER_BYTES + decode_header(path.read_bytes()).length
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("body of the second record", [(4, 6)]),  # its header names its seqs
+        ("header of the second record", [(4, 6)]),  # bounded by the records around it
+        ("body of the first record", [(1, 3)]),
+        ("header of the first record", [(1, 3)]),
+    ],
+)
+def test_damage_before_the_end_is_reported_and_the_rest_read_on(
+    tmp_path: Path, where: str, expected: list[tuple[int, int]]
+) -> None:
+    directory = tmp_path / "s"
+    three_segments(directory)
+    first_segment = segments(directory)[0]
+    record = 0 if "first" in where else first_record_size(first_segment)
+    flip(first_segment, record + (2 if "header" in where else HEADER_BYTES + 2))
+    for _ in range(2):  # the segment stays on disk until the loss is reported
+        again = Spool(directory)
+        found = again.open()
+        assert again.resolve_damage(found, top=21) == expected
+        assert found.cut_bytes == 0
+        assert segments(directory)[0] == first_segment
+        again.close()
+    claimed, _ = again.claim(100, now=0.0)
+    lost = {s for a, b in expected for s in range(a, b + 1)}
+    assert [e.seq for e in claimed] == [
+        s for s in [1, 2, 3, 4, 5, 6, 7, 8, 20, 21] if s not in lost
+    ]
+
+
+def test_damage_in_the_middle_of_the_last_segment_is_not_taken_for_a_torn_append(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    for first in (1, 6, 11):
+        spool.append(rows(first, 5), watermark=first + 4)
+    spool.close()
+    (path,) = segments(directory)
+    size = path.stat().st_size
+    flip(path, first_record_size(path) + HEADER_BYTES + 3)
+    again = Spool(directory)
+    found = again.open()
+    assert again.resolve_damage(found, top=15) == [(6, 10)]
+    assert found.cut_bytes == 0
+    assert path.stat().st_size == size  # nothing cut
+    assert [e.seq for e in again.claim(100, now=0.0)[0]] == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
+
+
+def test_a_record_that_cannot_be_read_when_claimed_stays_until_its_loss_is_reported(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "s"
     spool = Spool(directory)
     spool.append(rows(1, 3), watermark=3)
     spool.append(rows(4, 3), watermark=6)
-    spool.close()
-    spool = Spool(directory)
-    spool.open()
-    spool._close_active()  # the next record goes into a second segment
-    spool._active = None
-    spool.append(rows(20, 2), watermark=21)
-    spool.close()
-    first_segment = segments(directory)[0]
-    data = bytearray(first_segment.read_bytes())
-    second_record = len(encode_record(rows(1, 3), watermark=3))
-    data[second_record + HEADER_BYTES + 2] ^= 0xFF
-    first_segment.write_bytes(bytes(data))
-    again = Spool(directory)
-    found = again.open()
-    assert again.resolve_damage(found, top=21) == [(4, 19)]
-    claimed, _ = again.claim(100, now=0.0)
-    assert [e.seq for e in claimed] == [1, 2, 3, 20, 21]
+    flip(segments(directory)[0], HEADER_BYTES + 1)  # after open: found when claimed
+    claimed, damaged = spool.claim(100, now=0.0)
+    assert damaged == [(1, 3)]
+    assert [e.seq for e in claimed] == [4, 5, 6]
+    assert spool.claim(100, now=0.0) == ([], [])  # skipped, not reported twice
+    spool.ack([4, 5, 6])
+    assert spool.finished() == ([], 0)  # not before the report
+    spool.forget_unreadable()
+    done, watermark = spool.finished()
+    assert watermark == 6
+    spool.delete(done)
+    assert segments(directory) == []
 
 
 def test_read_spool_lists_every_readable_event(tmp_path: Path) -> None:
@@ -287,3 +378,118 @@ async def test_an_outage_keeps_telemetry_in_the_spool_and_delivers_it_in_order(
     assert (await outbox.stats()).queued.get("telemetry", 0) == 0
     assert segments(tmp_path / "outbox.sqlite3.spool") == []
     await outbox.close()
+
+
+def spool_six_segments(rig: Rig) -> Path:
+    for _ in range(6):  # six segments of telemetry kept while the uplink is down
+        seqs = [rig.store.next_seq() for _ in range(20)]
+        rig.store.insert_hot(
+            HotBatch(rows=[(s, rig.telemetry()) for s in seqs], watermark=seqs[-1], epoch=0)
+        )
+        rig.store._spool._close_active()
+    return rig.path.with_name(rig.path.name + ".spool")
+
+
+def test_on_a_full_disk_a_write_to_the_database_does_not_evict_the_spool(tmp_path: Path) -> None:
+    """Evicting the spool's segments frees nothing for the database's pages: a device event
+    over the database's cap on a full disk leaves the spool alone."""
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    directory = spool_six_segments(rig)
+    db = rig.store._require()
+    # The disk is found full (as DiskGuard.make_room does): the database may not grow.
+    rig.store._disk.full_cap = int(db.execute("PRAGMA page_count").fetchone()[0]) * 4096
+    rig.store.insert([rig.factory.make("device.battery", {"level": 50, "low": False}, None)])
+    assert len(segments(directory)) == 6
+    assert rig.store.stats().queued["telemetry"] == 120
+
+
+def test_a_segment_is_deleted_only_once_its_watermark_is_in_the_database(tmp_path: Path) -> None:
+    """Delivered, the spool's segment goes; the watermark its record carried is written to
+    the database first. If that write fails the segment stays, so a crash then reports none of
+    the delivered events as lost."""
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    seqs = [rig.store.next_seq() for _ in range(5)]
+    rig.store.insert_hot(
+        HotBatch(rows=[(s, rig.telemetry()) for s in seqs], watermark=seqs[-1], epoch=0)
+    )
+    claimed = rig.store.claim(10)
+
+    def fails(_watermark: int) -> None:
+        raise OSError("disk I/O error")
+
+    raise_watermark = rig.store._raise_watermark
+    rig.store._raise_watermark = fails  # type: ignore[method-assign]
+    rig.store.ack([e.seq for e in claimed])
+    directory = tmp_path / "outbox.sqlite3.spool"
+    assert len(segments(directory)) == 1  # kept: its watermark is not yet in the database
+    crashed = Rig(tmp_path / "outbox.sqlite3")  # a crash now
+    report = crashed.store.open()
+    lost = {s for a, b in report.lost_ranges for s in range(a, b + 1)}
+    assert not lost & set(seqs)
+    crashed.store.close()
+    rig.store._raise_watermark = raise_watermark  # type: ignore[method-assign]
+    again = Rig(tmp_path / "outbox.sqlite3")
+    again.store.open()
+    assert again.store.ack([e.seq for e in again.store.claim(10)]) == []
+    assert segments(directory) == []
+    assert again.store._last_seq() >= seqs[-1]
+
+
+def test_a_large_batch_is_records_whose_watermarks_stay_below_the_later_ones(
+    tmp_path: Path,
+) -> None:
+    """Written in one go, a power cut may keep the first record of a batch and lose the next:
+    the first's watermark then promises nothing about the lost seqs."""
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    count = RECORD_EVENTS * 2 + 10
+    spool.append(rows(1, count), watermark=count + 5)
+    spool.close()
+    (path,) = segments(directory)
+    first = decode_header(path.read_bytes())
+    assert (first.first, first.last, first.watermark) == (1, RECORD_EVENTS, RECORD_EVENTS)
+    os.truncate(path, HEADER_BYTES + first.length)  # only the first record survived
+    found = Spool(directory).open()
+    assert (found.max_seq, found.watermark) == (RECORD_EVENTS, RECORD_EVENTS)
+
+
+def test_a_finished_segment_kept_for_a_while_takes_no_new_records(tmp_path: Path) -> None:
+    """Delivered whole, the active segment is closed: telemetry written while it waits for its
+    deletion goes to a new one, which its deletion leaves alone."""
+    directory = tmp_path / "s"
+    spool = Spool(directory)
+    spool.append(rows(1, 3), watermark=3)
+    spool.ack([e.seq for e in spool.claim(10, now=0.0)[0]])
+    done, _ = spool.finished()  # (its watermark could not be written yet: not deleted)
+    spool.append(rows(4, 3), watermark=6)
+    assert len(segments(directory)) == 2
+    spool.delete(done)
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [4, 5, 6]
+    assert spool.finished() == ([], 0)
+
+
+def test_a_record_damaged_at_the_end_after_a_clean_close_is_reported(tmp_path: Path) -> None:
+    """The last record of the spool, whole when the gateway closed cleanly, damaged since: not
+    a torn append (every append had completed), so its seqs are reported."""
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.store.open()
+    seqs = [rig.store.next_seq() for _ in range(3)]
+    rig.store.insert_hot(
+        HotBatch(rows=[(s, rig.telemetry()) for s in seqs], watermark=seqs[-1], epoch=0)
+    )
+    battery = rig.factory.make("device.battery", {"level": 50, "low": False}, None)
+    later = rig.store.next_seq()
+    rig.store.insert_hot(HotBatch(rows=[(later, battery)], watermark=later, epoch=0))
+    rig.store.close()
+    (path,) = segments(tmp_path / "outbox.sqlite3.spool")
+    flip(path, HEADER_BYTES + 2)
+    again = Rig(tmp_path / "outbox.sqlite3")
+    again.store.open()
+    reports = [
+        json.loads(e.data_json) for e in again.store.claim(100) if e.kind == "gateway.dropped"
+    ]
+    assert [(r["seq_ranges"], r["reason"]) for r in reports] == [
+        ([[seqs[0], seqs[-1]]], "event_corrupt")
+    ]

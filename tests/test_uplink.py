@@ -324,10 +324,10 @@ class FlakyStore(SqliteStore):
         self._fail("acknowledge_alarms")
         return super().acknowledge_alarms(ids, make_audit)
 
-    def insert(self, events: Sequence[NewEvent]) -> list[int]:
+    def insert(self, events: Sequence[NewEvent], **options: Any) -> list[int]:
         if any(event.kind.startswith("audit.") for event in events):
             self._fail("insert_audit")
-        return super().insert(events)
+        return super().insert(events, **options)
 
     def command_result(self, cmd_id: str) -> str | None:
         self._fail("command_result")
@@ -456,7 +456,10 @@ async def test_a_failing_store_does_not_tear_down_the_link(
         )
         await wait_until(lambda: AlarmState.ACKNOWLEDGED in rig.listener.told(alarm_id), 10, "ack")
         assert rig.uplink.stats.connects == 1, "a failing store made the link go down"
-        assert rig.uplink.stats.store_failures >= 10
+        # Every call that raised was counted (and retried); promotions are looked for at most
+        # every PROMOTE_SPACING_S, so there are fewer of them than rounds of the drain.
+        assert rig.store.failures["promote_due_alarms"] >= 1
+        assert rig.uplink.stats.store_failures == sum(rig.store.failures.values())
     record(
         "disk",
         "store calls of the uplink raising (promote_due_alarms, claim), link up",

@@ -176,6 +176,8 @@ class _Session:
     client: BleakClient
     lost: asyncio.Event
     started: float  # monotonic s
+    # Alert Confirm, looked up once per session rather than by UUID on every write.
+    confirm_char: BleakGATTCharacteristic | str = codec.ALERT_CONFIRM
 
 
 class BleWatch:
@@ -312,6 +314,9 @@ class BleWatch:
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self._start(client)
+            confirm_char = client.services.get_characteristic(codec.ALERT_CONFIRM)
+            if confirm_char is not None:
+                session.confirm_char = confirm_char
             await self._connected_now()
             await self._until_lost(session)
         except WatchLinkError:
@@ -423,8 +428,11 @@ class BleWatch:
         """Whether confirms may be written: on a new link the watch repeats what it still holds
         first, and each repeat or new alert settles what its alert_seq stands for before
         anything is written to it."""
-        grace_s = confirm_grace_s(self.settings.silent_after_s)
-        return self._mono() - session.started >= grace_s and not self._held.holding
+        return self._graced(session) and not self._held.holding
+
+    def _graced(self, session: _Session) -> bool:
+        """The new link's grace is over (see ``_settled``)."""
+        return self._mono() - session.started >= confirm_grace_s(self.settings.silent_after_s)
 
     async def _write_due(self, session: _Session) -> bool:
         """Write the next status due, one write at a time; False when none is due. True also
@@ -435,14 +443,32 @@ class BleWatch:
             alert = self.alerts.next_due()
             if alert is None:
                 return False
-            await self._write_confirm(session.client, alert)
+            await self._write_confirm(session, alert)
             return True
 
+    async def _confirm_raised(self, alert: RaisedAlert) -> None:
+        """A new alert's 0x01, written by the task that raised its alarm as soon as the alarm
+        and its key are committed, before anything else is done for the alert: the link's task
+        would wake only after every callback queued before it (the uplink's claim of that alarm
+        among them), and the watch is waiting. Left to the link's task when it cannot be
+        written now (not connected, within a new link's grace, another write under way)."""
+        session = self._session
+        if (
+            session is None
+            or self.state is not LinkState.CONNECTED
+            or self._writing.locked()
+            or not self._graced(session)
+        ):
+            return
+        async with self._writing:  # (free: taken at once, without a turn of the loop)
+            if session.lost.is_set() or alert.due[:1] != [codec.AlertConfirmStatus.RECEIVED]:
+                return
+            await self._confirm_now(self._write_confirm(session, alert))
+
     async def _confirm_at_once(self) -> None:
-        """A new alert's 0x01, written by the task that raised its alarm, in the same step: the
-        link's task would wake only after every callback queued before it, the uplink's claim of
-        that alarm among them, and the watch is waiting. Left to the link's task when it could
-        not write now itself (not connected, not settled, writing)."""
+        """What came due while an alert was settled (a repeat's confirm, an unkeyed alert's
+        0x01), written by the task that settled it, in the same step. Left to the link's task
+        when it could not write now itself (not connected, not settled, writing)."""
         session = self._session
         if (
             session is None
@@ -451,8 +477,11 @@ class BleWatch:
             or not self._settled(session)
         ):
             return
+        await self._confirm_now(self._write_due(session))
+
+    async def _confirm_now(self, write: Awaitable[object]) -> None:
         try:
-            await self._write_due(session)
+            await write
         except WatchLinkError:  # BlueZ does not answer: the link's task makes the link again
             if self.state in _LIVE:
                 self.state = LinkState.RELINK
@@ -462,7 +491,8 @@ class BleWatch:
         """A read or write takes a few connection intervals; one that hangs is a stalled BlueZ."""
         return min(GATT_TIMEOUT_S, max(1.0, self.settings.silent_after_s))
 
-    async def _write_confirm(self, client: BleakClient, alert: RaisedAlert) -> None:
+    async def _write_confirm(self, session: _Session, alert: RaisedAlert) -> None:
+        client = session.client
         status = alert.due[0]
         try:
             value = codec.encode_alert_confirm(alert.seq, status)
@@ -471,7 +501,8 @@ class BleWatch:
             return
         try:
             async with asyncio.timeout(self._gatt_timeout_s()):
-                await client.write_gatt_char(codec.ALERT_CONFIRM, value, response=True)
+                # With response: the watch's datasheet gives Alert Confirm "write" only.
+                await client.write_gatt_char(session.confirm_char, value, response=True)
         except TimeoutError:
             self.counters["confirm_failed"] += 1
             log.warning("watch_confirm_timeout", watch=self.device, alert_seq=alert.seq)
@@ -655,12 +686,19 @@ class BleWatch:
             due=[codec.AlertConfirmStatus.RECEIVED],
         )
         self.alerts.raised(raised)
-        self.store.raised(self.address, raised)
         if key is None:
             # Known as raised before the watch is told: no second alarm (or device.worn) for a
-            # repeat after a crash. Under a key the alarm's store knows it already; the list is
-            # written when the watch takes the 0x01 (``AlertConfirms.written``).
+            # repeat after a crash.
+            self.store.raised(self.address, raised)
             await self.store.flush(backup=False)
+            return
+        # Under a key the alarm's store knows the alert already (a repeat after a crash finds
+        # its alarm): the 0x01 goes first, then the alert joins the watch list, which is written
+        # once the watch took the 0x01 (``AlertConfirms.written``; no await comes in between).
+        try:
+            await self._confirm_raised(raised)
+        finally:
+            self.store.raised(self.address, raised)
 
     async def _raise_for(self, alert: CareAlert, key: str | None) -> str:
         """Store what the alert says (alarms durably, under ``key``); the event's id, "" when

@@ -250,9 +250,10 @@ class StoredEvent(_Kinded):
     ts_synced: bool
     attempt: int
 
-    def wire_json(self) -> str:
-        """The EVENT object of the contract, as compact JSON."""
-        device = "null" if self.device is None else json.dumps(self.device)
+    def wire_json(self, device_json: str | None = None) -> str:
+        """The EVENT object of the contract, as compact JSON (``device_json``: the device's
+        JSON, when the caller has it already)."""
+        device = device_json or ("null" if self.device is None else json.dumps(self.device))
         synced = "true" if self.ts_synced else "false"
         return (
             f'{{"id":"{self.id}","seq":{self.seq},"kind":"{self.kind}","ts":"{self.ts}",'

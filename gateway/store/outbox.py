@@ -5,10 +5,12 @@ fsync before ``put`` returns)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,18 +25,28 @@ from gateway.store.alarms import HeldAlarm
 from gateway.store.database import OpenReport
 from gateway.store.files import SEQ_RESERVE_BLOCK
 from gateway.store.sqlite import EVICTION_ORDER, HotBatch, SqliteStore, StoreStats
-from gateway.store.worker import Checkpointer, StoreWorker
+from gateway.store.worker import ALARM_RANK, BACKLOG_RANK, OTHER_RANK, Checkpointer, StoreWorker
 
 log = structlog.get_logger("gateway.store.outbox")
 
 _T = TypeVar("_T")
 WRITE_RETRY_S = 1.0  # after a write that failed (a full disk)
+CLAIM_ROWS_PER_STEP = 100  # a claim of the backlog looks for a queued alarm this often
 
 
 def _log_failure(future: Future[Any]) -> None:
     exc = future.exception()
     if exc is not None:
         log.error("store_call_failed", error=repr(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimedAlarms:
+    """Alarms claimed by their insert's store call, in the store's epoch at that time."""
+
+    epoch: int
+    events: list[StoredEvent]
+    damaged: list[HeldAlarm]
 
 
 @dataclass(slots=True)
@@ -78,6 +90,16 @@ class Outbox:
         self.changed = asyncio.Event()
         self.alarm_stored = asyncio.Event()  # the uplink's fast path for alarms
         self.alarms_arriving = 0  # alarms being committed right now: the drain holds back
+        # Set by the uplink while it can publish: an alarm is then claimed in its own insert's
+        # store call (``take_claimed_alarms``), not by a second call that could wait behind
+        # the backlog's store work.
+        self.claim_at_insert = False
+        self.alarms_unclaimed = True  # stored alarms may wait for a claim (``claim``)
+        # Appended on the store's thread, taken on the loop's: a deque, whose append and
+        # popleft are atomic (a list swapped on one thread could lose another's append).
+        self._claimed: deque[_ClaimedAlarms] = deque()
+        self._delivered_untold: list[HeldAlarm] = []  # delivered by an ack call that then failed
+        self._store_epoch = 0  # the epoch of the last release_all run on the store's thread
         self._dropped_count = 0  # dropped from memory, not yet in a batch
         self._dropped_seqs: list[int] = []  # the seqs among them
         self._worker = StoreWorker()
@@ -96,9 +118,14 @@ class Outbox:
         self._closed = False
         self._failing = False  # the last write failed: wait for the retry timer
 
-    async def _call(self, fn: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
-        """Run a store method on the store's thread; ``urgent`` ones (alarms) go first."""
-        return await asyncio.wrap_future(self._worker.submit(fn, args, urgent=urgent))
+    async def _call(
+        self, fn: Callable[..., _T], *args: Any, urgent: bool = False, rank: int | None = None
+    ) -> _T:
+        """Run a store method on the store's thread; ``urgent`` ones (alarms) go first, then
+        those of a lower ``rank`` (``StoreWorker``)."""
+        if rank is None:
+            rank = ALARM_RANK if urgent else OTHER_RANK
+        return await asyncio.wrap_future(self._worker.submit_ranked(fn, args, rank))
 
     def _call_nowait(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue a store call behind the others without waiting for it."""
@@ -120,7 +147,17 @@ class Outbox:
     async def claim(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
         """Events to publish (alarms first, then the stored ones in seq order, then those in
         memory in seq order), and the alarms the claim found damaged."""
-        events, damaged = await self._call(_claim, self.store, max_events, urgent=True)
+        self.alarms_unclaimed = False  # every claim takes the alarms that wait
+        try:
+            if max_events == 0:
+                events, damaged = await self._call(_claim, self.store, 0, urgent=True)
+            else:
+                events, damaged = await self._call(
+                    self._claim_backlog, max_events, rank=BACKLOG_RANK
+                )
+        except BaseException:
+            self.alarms_unclaimed = True  # (this claim took none)
+            raise
         room = max_events - len(events)
         if room > 0 and self._hot:
             now = self.mono()
@@ -146,6 +183,26 @@ class Outbox:
                 room -= 1
         return events, damaged
 
+    def _claim_backlog(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+        """On the store's thread: claim in steps, and stop early for an alarm queued meanwhile
+        (what is claimed so far goes out; the rest comes with the next claim)."""
+        events: list[StoredEvent] = []
+        while len(events) < max_events:
+            step = min(CLAIM_ROWS_PER_STEP, max_events - len(events))
+            try:
+                claimed = self.store.claim(step)
+            except Exception as exc:
+                if not events:
+                    raise
+                # What the earlier steps claimed is in flight: it goes out (an alarm among it
+                # would wait for the next link loss otherwise); the next claim tries again.
+                log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
+                break
+            events += claimed
+            if len(claimed) < step or self._worker.alarm_waiting():
+                break
+        return events, self.store.take_quarantined_alarms()
+
     async def ack(self, seqs: Sequence[int]) -> list[HeldAlarm]:
         """The broker has these (PUBACK): forget those in memory (never written), delete the
         stored ones; the alarms among them now wait for the platform's acknowledgement and are
@@ -158,9 +215,23 @@ class Outbox:
             if seq in self._flushing:
                 self._acked_flushing.add(seq)
             stored.append(seq)
-        if not stored:
-            return []
-        return await self._call(self.store.ack, stored)
+        # The store's call ends early for an alarm queued meanwhile (it goes next); the rest
+        # follows in another call. A call that fails puts what it did not record back (to be
+        # published again).
+        delivered, self._delivered_untold = self._delivered_untold, []
+        try:
+            while stored:
+                alarms, handled = await self._call(
+                    self.store.ack_some, stored, self._worker.alarm_waiting
+                )
+                delivered += alarms
+                stored = stored[handled:]
+        except BaseException:
+            # Those an earlier call delivered are returned by the next ack: the store holds them
+            # as delivered already and will not return them again.
+            self._delivered_untold = delivered
+            raise
+        return delivered
 
     def release(self, seqs: Sequence[int], retry_at: float | None = None) -> None:
         """Put claimed events back, to be claimed again from ``retry_at`` (now by default)."""
@@ -180,7 +251,38 @@ class Outbox:
         self._epoch += 1
         for hot in [*self._hot.values(), *self._flushing.values()]:
             hot.inflight, hot.retry_at = False, 0.0
-        await self._call(self.store.release_all, self._epoch, urgent=True)
+        for batch in self._take_claimed():  # no longer in flight (any still coming is of an
+            if batch.damaged:  # earlier epoch); the damaged alarms are still to be told
+                self._claimed.append(dataclasses.replace(batch, events=[]))
+        self.alarms_unclaimed = True
+        await self._call(self._release_all, self._epoch, urgent=True)
+
+    def _release_all(self, epoch: int) -> None:
+        """On the store's thread."""
+        self.store.release_all(epoch)
+        self._store_epoch = epoch
+
+    def take_claimed_alarms(self) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+        """The alarms claimed with their insert since the last call (``claim_at_insert``), and
+        the alarms those claims found damaged (and quarantined); those claimed before the last
+        ``release_all`` are not in flight any more and are left to the next claim."""
+        events: list[StoredEvent] = []
+        damaged: list[HeldAlarm] = []
+        for batch in self._take_claimed():
+            damaged += batch.damaged
+            if batch.epoch == self._epoch:
+                events += batch.events
+            else:
+                self.alarms_unclaimed = True
+        return events, damaged
+
+    def _take_claimed(self) -> list[_ClaimedAlarms]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._claimed.popleft())
+            except IndexError:
+                return taken
 
     async def held_alarms(self) -> list[HeldAlarm]:
         """The alarms stored and not yet acknowledged by the platform."""
@@ -422,7 +524,7 @@ class Outbox:
                 self._arm()
             self.changed.set()
             return
-        if batch.written == 0:  # the report was in the first transaction
+        if not batch.reported:  # the report was in the first transaction
             self._dropped_count += batch.dropped_count
             self._dropped_seqs[:0] = batch.dropped_seqs
         back = {}
@@ -444,18 +546,22 @@ class Outbox:
     async def _commit_alarm(self, alarm: NewEvent, key: str | None) -> str:
         """Commit the alarm alone, ahead of queued store work; it takes its seq in its own
         transaction from the same counter as the events in memory. The id stored: the alarm's,
-        or that of the alarm stored under ``key`` before."""
+        or that of the alarm stored under ``key`` before.
+
+        A keyed alarm (a watch's alert, whose 0x01 waits for this) is told stored as soon as its
+        COMMIT returned, by one callback from the store thread to the loop: not after the
+        store's bookkeeping that follows a write, nor through a chain of wrapped futures that
+        each take a turn of the loop."""
         self.alarms_arriving += 1
         try:
             if key is None:  # alarms arriving while this one waits join its transaction
-                submitted = self._worker.submit_joined(self.store.insert, alarm)
+                submitted = self._worker.submit_joined(self._insert_alarms, alarm)
+                future = asyncio.wrap_future(submitted)
+                future.add_done_callback(lambda done: self._alarm_inserted(alarm, done.exception()))
+                # To its end even when the caller is cancelled: only the real outcome counts.
+                seqs = await asyncio.shield(future)
             else:  # a keyed alarm is looked up and stored in a transaction of its own
-                insert = functools.partial(self.store.insert, key=key)
-                submitted = self._worker.submit(insert, ([alarm],), urgent=True)
-            future = asyncio.wrap_future(submitted)
-            future.add_done_callback(functools.partial(self._alarm_inserted, alarm))
-            # To its end even when the caller is cancelled: only the real outcome counts.
-            seqs = await asyncio.shield(future)
+                seqs = await self._commit_keyed(alarm, key)
         finally:
             self.alarms_arriving -= 1
         if seqs or key is None:
@@ -465,8 +571,71 @@ class Outbox:
             raise StoreError(f"the alarm stored under {key!r} is forgotten")
         return earlier
 
-    def _alarm_inserted(self, alarm: NewEvent, future: asyncio.Future[list[int]]) -> None:
-        exc = future.exception()
+    def _insert_alarms(
+        self,
+        alarms: list[NewEvent],
+        key: str | None = None,
+        committed: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
+        """On the store's thread: commit the alarms; if the uplink can publish, claim them in
+        the same call, so that their claim never waits behind other store work."""
+        claimed = False
+        try:
+            seqs = self.store.insert(alarms, key=key, committed=committed)
+            if self.claim_at_insert:
+                try:
+                    events, damaged = _claim(self.store, 0)
+                except Exception as exc:  # noqa: BLE001 - stored all the same: the uplink claims
+                    log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
+                else:
+                    self._claimed.append(_ClaimedAlarms(self._store_epoch, events, damaged))
+                    claimed = True
+        finally:
+            if not claimed:  # (also when the insert failed after its COMMIT)
+                self.alarms_unclaimed = True
+        return seqs
+
+    def _commit_keyed(self, alarm: NewEvent, key: str) -> asyncio.Future[list[int]]:
+        """The keyed alarm's insert; the future is resolved on the loop at its COMMIT (its
+        seqs), or when the call ends without one (``[]``: stored under ``key`` before; or its
+        error). The uplink is told (``_alarm_inserted``) once the call has ended, with the alarm
+        claimed in it; a failure after the COMMIT is logged, the alarm is stored."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[int]] = loop.create_future()
+
+        def resolve(seqs: list[int], exc: BaseException | None) -> None:  # on the loop
+            if outcome.done():  # (told at the COMMIT already, or the caller was cancelled)
+                return
+            if exc is None:
+                outcome.set_result(seqs)
+            else:
+                outcome.set_exception(exc)
+
+        def finished(exc: BaseException | None, stored: bool) -> None:  # on the loop
+            if exc is not None and stored:
+                log.error("store_after_alarm_failed", error=repr(exc), alarm=alarm.id)
+                exc = None
+            self._alarm_inserted(alarm, exc)
+
+        commits: list[list[int]] = []  # on the store thread
+
+        def committed(seqs: list[int]) -> None:  # on the store thread, in the insert
+            commits.append(seqs)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(resolve, seqs, None)
+
+        def ended(call: Future[list[int]]) -> None:  # (after ``committed``, if it was called)
+            exc = call.exception()
+            with contextlib.suppress(RuntimeError):
+                if not commits:
+                    loop.call_soon_threadsafe(resolve, [] if exc else call.result(), exc)
+                loop.call_soon_threadsafe(finished, exc, bool(commits))
+
+        insert = functools.partial(self._insert_alarms, key=key, committed=committed)
+        self._worker.submit(insert, ([alarm],), urgent=True).add_done_callback(ended)
+        return outcome
+
+    def _alarm_inserted(self, alarm: NewEvent, exc: BaseException | None) -> None:
         if exc is not None:
             log.error("store_insert_failed", error=repr(exc), requeued=0, alarms=[alarm.id])
             return

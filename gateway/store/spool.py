@@ -29,13 +29,15 @@ One thread uses it (the store's): nothing here is thread-safe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -50,6 +52,9 @@ _HEADER = struct.Struct("<4sIQQQII")  # magic, body length, first, last, waterma
 _HEADER_CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _HEADER_CRC.size
 SEGMENT_BYTES = 64 * 1024  # a new segment once the active one is this large
+# Events per record: a claim parses a whole record on the store's thread, where an alarm may be
+# waiting (256 vitals events: ≈0.5 ms), while small records compress less well.
+RECORD_EVENTS = 256
 SUFFIX = ".seg"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a longer length is damage, not a record
 
@@ -60,25 +65,15 @@ class SpoolDamage(Exception):
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    """An event of a record read into memory, and its state in the uplink."""
+    """An event of a record read into memory, as it goes on the wire, and its state in the
+    uplink."""
 
-    seq: int
-    id: str
-    kind: str
-    device: str | None
-    data: str
-    ts: str
-    synced: bool
+    event: StoredEvent
     mono_ns: int
     boot_id: str
     record: _Record
     inflight: bool = False
     retry_at: float = 0.0
-
-    def stored(self) -> StoredEvent:
-        return StoredEvent(
-            self.seq, self.id, self.kind, self.device, self.data, self.ts, self.synced, 1
-        )
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +87,7 @@ class _Record:
     count: int
     remaining: int  # events not yet acknowledged
     entries: dict[int, _Entry] | None = None  # read into memory (the unacknowledged ones)
+    unreadable: bool = False  # found damaged when claimed: skipped until its loss is reported
 
 
 @dataclass(slots=True, eq=False)
@@ -101,9 +97,13 @@ class _Segment:
     size: int = 0
     records: list[_Record] = field(default_factory=list)
     doomed: bool = False  # evicted in a transaction not yet committed
+    damaged: bool = False  # holds damage, reported at open: kept until its records are done
 
     def done(self) -> bool:
         return all(record.remaining == 0 for record in self.records)
+
+    def watermark(self) -> int:
+        return max((record.watermark for record in self.records), default=0)
 
 
 @dataclass(slots=True)
@@ -112,8 +112,14 @@ class SpoolOpen:
 
     max_seq: int = 0
     watermark: int = 0
-    damaged: list[tuple[int, int]] = field(default_factory=list)  # seq ranges that may be lost
+    # Damage: a record whose header is intact names its seqs (first, last); otherwise the
+    # seqs between the good records around it (in file order), resolved by ``resolve_damage``.
+    damaged: list[tuple[int, int]] = field(default_factory=list)
+    unbounded: list[tuple[_Record | None, None]] = field(default_factory=list)
     cut_bytes: int = 0  # a torn record cut off the end
+    # What the cut record named (its header's seqs), or the record before it: a torn append is
+    # above every watermark on disk, so what it names below one is damage (``SqliteStore``).
+    cut: list[tuple[tuple[int, int] | None, _Record | None]] = field(default_factory=list)
 
 
 def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes:
@@ -145,6 +151,22 @@ def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes
     return header + _HEADER_CRC.pack(zlib.crc32(header)) + body
 
 
+def encode_records(
+    rows: Sequence[tuple[int, NewEvent]], watermark: int
+) -> list[tuple[bytes, Sequence[tuple[int, NewEvent]]]]:
+    """``rows`` (in seq order) as records of at most ``RECORD_EVENTS`` events, each with its
+    events. A record's watermark stays below the seqs of the records after it: written in one
+    go, a power cut may keep the first and lose a later one."""
+    chunks = [rows[n : n + RECORD_EVENTS] for n in range(0, len(rows), RECORD_EVENTS)]
+    bounds = []
+    bound = watermark
+    for chunk in reversed(chunks):  # each below every seq of the chunks after it
+        bounds.append(bound)
+        bound = min([bound, *(seq - 1 for seq, _ in chunk)])
+    bounds.reverse()
+    return [(encode_record(chunk, b), chunk) for chunk, b in zip(chunks, bounds, strict=True)]
+
+
 @dataclass(frozen=True, slots=True)
 class RecordHeader:
     length: int
@@ -169,141 +191,176 @@ def decode_header(data: bytes | memoryview) -> RecordHeader:
     return RecordHeader(length, first, last, watermark, count, body_crc)
 
 
-def decode_body(header: RecordHeader, body: bytes) -> list[list[object]]:
-    """The events of a record's body (``SpoolDamage`` if it does not match its header)."""
+def check_body(header: RecordHeader, body: bytes | memoryview) -> None:
+    """``SpoolDamage`` unless ``body`` is the one its header names (length and checksum)."""
     if len(body) != header.length:
         raise SpoolDamage("record cut short")
     if zlib.crc32(body) != header.body_crc:
         raise SpoolDamage("bad body checksum")
+
+
+def decode_body(header: RecordHeader, body: bytes) -> list[list[object]]:
+    """The events of a record's body (``SpoolDamage`` if it does not match its header)."""
+    check_body(header, body)
     try:
         rows = json.loads(zlib.decompress(body))
     except (zlib.error, ValueError) as exc:
         raise SpoolDamage(f"unreadable body: {exc}") from exc
     if not isinstance(rows, list) or len(rows) != header.count:
         raise SpoolDamage("body does not match its header")
+    first, last = header.first, header.last
     for row in rows:
-        if not (isinstance(row, list) and len(row) == 9 and type(row[0]) is int):
+        if type(row) is not list or len(row) != 9 or type(row[0]) is not int:
             raise SpoolDamage("malformed event")
-        if not header.first <= row[0] <= header.last:
+        if not first <= row[0] <= last:
             raise SpoolDamage("seq outside the record's range")
     return rows
 
 
-class Spool:
-    """The telemetry log (store thread)."""
+# The clock now, if it is synchronised: (this boot's id, wall time, CLOCK_BOOTTIME ns).
+SyncedClock = Callable[[], "tuple[str, float, int] | None"]
 
-    def __init__(self, directory: Path) -> None:
+
+class Spool:
+    """The telemetry log (store thread).
+
+    Deleting a segment loses the watermarks its records carried: the caller moves them to the
+    database first (``finished``, then ``delete``; an eviction raises it in its transaction).
+    """
+
+    def __init__(self, directory: Path, *, clock: SyncedClock | None = None) -> None:
         self.directory = directory
-        self._segments: list[_Segment] = []
+        self._clock = clock  # corrects this boot's timestamps, once it is synchronised
+        self._segments: dict[int, _Segment] = {}  # by number, oldest first
         self._active: _Segment | None = None  # appended to
         self._fd: int | None = None  # of the active segment
-        self._records: list[_Record] = []  # every record, in order
-        self._scan_from = 0  # claims start there: records before it are acknowledged
+        self._live: dict[int, _Record] = {}  # records with events to deliver, in written order
         self._owner: dict[int, _Entry] = {}  # loaded entries not acknowledged, by seq
+        self._finished: dict[int, _Segment] = {}  # every event acknowledged: to be deleted
+        self._unreadable: list[_Record] = []  # found damaged by a claim, loss not yet reported
         self._corrections: dict[str, tuple[float, int]] = {}  # boot id -> (wall, mono ns)
         self._next_number = 1
 
     # ----------------------------------------------------------------------------- opening
 
     def open(self) -> SpoolOpen:
-        """Read and check every segment; cut a torn record off the end."""
+        """Read and check every segment (checksums only: events are parsed when claimed); cut
+        a torn append off the end of the last one."""
         found = SpoolOpen()
         if not self.directory.exists():
             return found
-        names = sorted(p for p in self.directory.iterdir() if p.name.endswith(SUFFIX))
         numbered = []
-        for path in names:
+        for path in self.directory.iterdir():
+            if not path.name.endswith(SUFFIX):
+                continue
             try:
                 numbered.append((int(path.name[: -len(SUFFIX)]), path))
             except ValueError:
                 log.warning("spool_file_ignored", path=str(path))
         numbered.sort()
+        previous: list[_Record | None] = [None]  # the last good record read, in file order
         for index, (number, path) in enumerate(numbered):
             segment = _Segment(path, number)
             self._next_number = max(self._next_number, number + 1)
-            last_segment = index == len(numbered) - 1
-            self._read_segment(segment, found, last_segment=last_segment)
-            if segment.records:
-                self._segments.append(segment)
-                self._records += segment.records
+            self._read_segment(segment, found, previous, last=index == len(numbered) - 1)
+            if segment.records or segment.damaged:
+                self._segments[number] = segment
+                for record in segment.records:
+                    self._live[id(record)] = record
             else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        for record in self._records:
+                self._unlink(segment)
+        for record in self._all_records():
             found.max_seq = max(found.max_seq, record.last)
             found.watermark = max(found.watermark, record.watermark)
-        if self._segments and self._segments[-1].size < SEGMENT_BYTES:
-            self._active = self._segments[-1]
+        if self._segments:
+            last_segment = next(reversed(self._segments.values()))
+            if last_segment.size < SEGMENT_BYTES and not last_segment.damaged:
+                self._active = last_segment
         return found
 
-    def _read_segment(self, segment: _Segment, found: SpoolOpen, *, last_segment: bool) -> None:
+    def _all_records(self) -> Iterator[_Record]:
+        for segment in self._segments.values():
+            yield from segment.records
+
+    def _read_segment(
+        self,
+        segment: _Segment,
+        found: SpoolOpen,
+        previous: list[_Record | None],
+        *,
+        last: bool,
+    ) -> None:
         data = segment.path.read_bytes()
+        view = memoryview(data)
         offset = 0
         while offset < len(data):
-            try:
-                header = decode_header(memoryview(data)[offset:])
-                end = offset + HEADER_BYTES + header.length
-                decode_body(header, data[offset + HEADER_BYTES : end])
-            except SpoolDamage as exc:
-                self._damaged_tail(segment, found, data, offset, str(exc), last=last_segment)
-                break
-            segment.records.append(
-                _Record(
+            header, why = _check_at(view, offset)
+            if header is not None:
+                record = _Record(
                     segment,
                     offset,
-                    end - offset,
+                    HEADER_BYTES + header.length,
                     header.first,
                     header.last,
                     header.watermark,
                     header.count,
                     header.count,
                 )
-            )
-            offset = end
+                segment.records.append(record)
+                previous[0] = record
+                offset += record.size
+                continue
+            resume = _next_record(view, offset + 1)
+            if resume is None and last:
+                # An append that never completed (its fsync had not returned): cut off. Its
+                # seqs are above every watermark on disk: the crash's report covers them.
+                found.cut_bytes += len(data) - offset
+                named = _header_at(view, offset)
+                found.cut.append(
+                    ((named.first, named.last) if named is not None else None, previous[0])
+                )
+                log.warning("spool_torn_record_cut", path=str(segment.path), offset=offset, why=why)
+                _truncate(segment.path, offset)
+                break
+            segment.damaged = True
+            named = _header_at(view, offset)
+            log.error("spool_damaged", path=str(segment.path), offset=offset, why=why)
+            if named is not None:
+                found.damaged.append((named.first, named.last))
+            else:
+                found.unbounded.append((previous[0], None))
+            if resume is None:
+                offset = len(data)
+                break
+            offset = resume
         segment.size = offset
 
-    def _damaged_tail(
-        self,
-        segment: _Segment,
-        found: SpoolOpen,
-        data: bytes,
-        offset: int,
-        why: str,
-        *,
-        last: bool,
-    ) -> None:
-        """What follows ``offset`` in the segment cannot be read. At the end of the last segment
-        it is an append that never completed: cut off. Elsewhere it is damage: what it held is
-        reported, as the seqs between the records around it."""
-        if last:
-            found.cut_bytes += len(data) - offset
-            log.warning("spool_torn_record_cut", path=str(segment.path), offset=offset, why=why)
-        else:
-            low = segment.records[-1].last + 1 if segment.records else None
-            found.damaged.append((low if low is not None else 0, -1))  # upper bound: later
-            log.error("spool_damaged", path=str(segment.path), offset=offset, why=why)
-        try:
-            with open(segment.path, "r+b") as handle:
-                handle.truncate(offset)
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            log.warning("spool_not_cut", path=str(segment.path), error=str(exc))
-
     def resolve_damage(self, found: SpoolOpen, top: int) -> list[tuple[int, int]]:
-        """The damaged ranges with their upper bounds: up to the next record read, or ``top``."""
-        ranges = []
-        for low, _ in found.damaged:
-            later = [record.first for record in self._records if record.first > low]
-            high = min(later) - 1 if later else top
+        """The seq ranges damage may have taken: those named by intact headers; for the rest,
+        the seqs between the good records around the damage (in file order), or up to
+        ``top``."""
+        ranges = list(found.damaged)
+        order = list(self._all_records())
+        position = {id(record): n for n, record in enumerate(order)}
+        for before, _ in found.unbounded:
+            start = position[id(before)] + 1 if before is not None else 0
+            low = before.last + 1 if before is not None else 1
+            high = order[start].first - 1 if start < len(order) else top
             if high >= low:
-                ranges.append((max(low, 1), high))
-        return ranges
+                ranges.append((low, high))
+        return sorted({(first, last) for first, last in ranges if last >= first >= 1})
+
+    def damage_reported(self) -> None:
+        """The damage found at open is reported: segments that hold nothing else go."""
+        for segment in list(self._segments.values()):
+            if segment.damaged and segment.done():
+                self._finished[segment.number] = segment
 
     def seqs_above(self, seq: int) -> list[int]:
         """The seqs of the records' events above ``seq`` (reads those records)."""
         found: list[int] = []
-        for record in self._records:
-            if record.last <= seq or record.remaining == 0:
+        for record in self._live.values():
+            if record.last <= seq:
                 continue
             entries = self._load(record)
             if entries is None:
@@ -312,20 +369,25 @@ class Spool:
                 found += [s for s in entries if s > seq]
         return sorted(found)
 
+    @property
+    def watermark(self) -> int:
+        """The highest watermark of the records still here."""
+        return max((record.watermark for record in self._all_records()), default=0)
+
     def move_aside(self, target: Path) -> None:
         """The database it belongs to was moved aside: keep the spool beside it."""
         self.close()
         if self.directory.exists():
             self.directory.replace(target)
-        self._segments, self._records, self._owner = [], [], {}
-        self._active, self._scan_from = None, 0
+        self._segments, self._live, self._owner, self._finished = {}, {}, {}, {}
+        self._unreadable = []
 
     # ----------------------------------------------------------------------------- writing
 
     @property
     def disk_bytes(self) -> int:
         """What the segments take on disk (those being evicted left out)."""
-        return sum(segment.size for segment in self._segments if not segment.doomed)
+        return sum(segment.size for segment in self._segments.values() if not segment.doomed)
 
     def append(
         self,
@@ -334,25 +396,46 @@ class Spool:
         *,
         inflight: Iterable[int] = (),
         retry_at: dict[int, float] | None = None,
-        record: bytes | None = None,
+        records: list[tuple[bytes, Sequence[tuple[int, NewEvent]]]] | None = None,
     ) -> None:
-        """Append one record and make it durable (``OSError`` if it could not be: nothing of
-        it then stays). ``inflight``/``retry_at``: the events' state in the uplink; those in
-        neither state are left on disk only, to be read when claimed."""
-        data = record if record is not None else encode_record(rows, watermark)
-        header = decode_header(data)
+        """Append ``rows`` as records (``encode_records``) in one write, made durable by one
+        ``fdatasync`` (``OSError`` if they could not be: nothing of them then stays).
+        ``inflight``/``retry_at``: the events' state in the uplink; those in neither state are
+        left on disk only, to be read when claimed."""
+        encoded = records if records is not None else encode_records(rows, watermark)
         segment = self._segment_for_append()
         assert self._fd is not None
-        offset = segment.size
+        offset = os.fstat(self._fd).st_size  # where O_APPEND puts it, whatever came before
         try:
-            _write_all(self._fd, data)
+            _write_all(self._fd, b"".join(data for data, _ in encoded))
             os.fdatasync(self._fd)
         except OSError:
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._fd, offset)
+            except OSError:  # what it left stays: the next record goes to a new segment
+                self._close_active()
             raise
-        segment.size = offset + len(data)
-        record_ = _Record(
+        flying = set(inflight)
+        retry = retry_at or {}
+        for data, chunk in encoded:
+            self._added(segment, offset, data, chunk, flying=flying, retry=retry)
+            offset += len(data)
+        segment.size = offset
+        if segment.size >= SEGMENT_BYTES:
+            self._close_active()
+
+    def _added(
+        self,
+        segment: _Segment,
+        offset: int,
+        data: bytes,
+        rows: Sequence[tuple[int, NewEvent]],
+        *,
+        flying: set[int],
+        retry: dict[int, float],
+    ) -> None:
+        header = decode_header(data)
+        new = _Record(
             segment,
             offset,
             len(data),
@@ -362,33 +445,32 @@ class Spool:
             header.count,
             header.count,
         )
-        segment.records.append(record_)
-        self._records.append(record_)
-        flying = set(inflight)
-        retry = retry_at or {}
-        if flying or retry:
-            record_.entries = {}
-            for seq, event in rows:
-                entry = self._entry(
-                    [
-                        seq,
-                        event.id,
-                        event.kind,
-                        event.device,
-                        event.data_json,
-                        event.ts,
-                        event.ts_synced,
-                        event.mono_ns,
-                        event.boot_id,
-                    ],
-                    record_,
-                )
-                entry.inflight = seq in flying
-                entry.retry_at = retry.get(seq, 0.0)
-                record_.entries[seq] = entry
-                self._owner[seq] = entry
-        if segment.size >= SEGMENT_BYTES:
-            self._close_active()
+        segment.records.append(new)
+        self._live[id(new)] = new
+        self._finished.pop(segment.number, None)
+        if not (flying or retry):
+            return
+        new.entries = {}
+        for seq, event in rows:
+            entry = self._entry(
+                [
+                    seq,
+                    event.id,
+                    event.kind,
+                    event.device,
+                    event.data_json,
+                    event.ts,
+                    event.ts_synced,
+                    event.mono_ns,
+                    event.boot_id,
+                ],
+                new,
+                None,
+            )
+            entry.inflight = seq in flying
+            entry.retry_at = retry.get(seq, 0.0)
+            new.entries[seq] = entry
+            self._owner[seq] = entry
 
     def _segment_for_append(self) -> _Segment:
         if self._active is not None and self._fd is not None:
@@ -400,7 +482,7 @@ class Spool:
             path = self.directory / f"{number:020d}{SUFFIX}"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             self._active = _Segment(path, number)
-            self._segments.append(self._active)
+            self._segments[number] = self._active
             self._fd = fd
             fsync_dir(self.directory)
             fsync_dir(self.directory.parent)
@@ -420,22 +502,18 @@ class Spool:
 
     # ----------------------------------------------------------------------------- delivery
 
-    def _entry(self, row: list[object], record: _Record) -> _Entry:
+    def _entry(
+        self, row: list[Any], record: _Record, clock: tuple[str, float, int] | None
+    ) -> _Entry:
         seq, event_id, kind, device, data, ts, synced, mono_ns, boot_id = row
         entry = _Entry(
-            int(seq),  # type: ignore[call-overload]
-            str(event_id),
-            str(kind),
-            None if device is None else str(device),
-            str(data),
-            str(ts),
-            bool(synced),
-            int(mono_ns),  # type: ignore[call-overload]
-            str(boot_id),
-            record,
+            StoredEvent(seq, event_id, kind, device, data, ts, synced, 1), mono_ns, boot_id, record
         )
-        if not entry.synced and entry.boot_id in self._corrections:
-            self._correct(entry, *self._corrections[entry.boot_id])
+        if not synced:
+            if boot_id in self._corrections:
+                self._correct(entry, *self._corrections[boot_id])
+            elif clock is not None and clock[0] == boot_id:
+                self._correct(entry, clock[1], clock[2])
         return entry
 
     def _load(self, record: _Record) -> dict[int, _Entry] | None:
@@ -453,32 +531,37 @@ class Spool:
             log.error("spool_record_unreadable", path=str(record.segment.path), error=str(exc))  # noqa: TRY400
             return None
         record.entries = {}
+        clock = None
+        if self._clock is not None and not all(row[6] for row in rows):
+            clock = self._clock()  # once per record
         for row in rows:
-            entry = self._entry(row, record)
-            record.entries[entry.seq] = entry
-            self._owner[entry.seq] = entry
+            entry = self._entry(row, record, clock)
+            seq = entry.event.seq
+            if seq in self._owner:  # one seq twice on disk: delivered once
+                log.warning("spool_seq_twice", seq=seq, path=str(record.segment.path))
+                continue
+            record.entries[seq] = entry
+            self._owner[seq] = entry
         record.remaining = len(record.entries)
+        if record.remaining == 0:
+            self._done(record)
         return record.entries
 
     def claim(self, room: int, now: float) -> tuple[list[StoredEvent], list[tuple[int, int]]]:
-        """Up to ``room`` events in seq order, from the oldest record; and the seq ranges of
-        records found unreadable (forgotten: the caller reports them)."""
+        """Up to ``room`` events in written order, from the oldest record; and the seq ranges of
+        records found unreadable (skipped from now on; ``forget_unreadable`` once reported)."""
         taken: list[StoredEvent] = []
         damaged: list[tuple[int, int]] = []
-        index = self._scan_from
-        advance = True
-        while room > 0 and index < len(self._records):
-            record = self._records[index]
-            index += 1
-            if record.remaining == 0:
-                if advance:
-                    self._scan_from = index
+        for record in list(self._live.values()):
+            if room <= 0:
+                break
+            if record.unreadable or record.segment.doomed:
                 continue
-            advance = False
             entries = self._load(record)
             if entries is None:
+                record.unreadable = True
+                self._unreadable.append(record)
                 damaged.append((record.first, record.last))
-                record.remaining = 0
                 continue
             for entry in entries.values():  # in seq order, as written
                 if room <= 0:
@@ -486,20 +569,25 @@ class Spool:
                 if entry.inflight or entry.retry_at > now:
                     continue
                 entry.inflight = True
-                taken.append(entry.stored())
+                taken.append(entry.event)
                 room -= 1
-        if damaged:
-            self._reclaim()
         return taken, damaged
+
+    def forget_unreadable(self) -> None:
+        """The loss of the unreadable records found by claims is reported: forget them."""
+        for record in self._unreadable:
+            for seq in record.entries or ():
+                self._owner.pop(seq, None)
+            record.remaining = 0
+            self._done(record)
+        self._unreadable = []
 
     def owns(self, seq: int) -> bool:
         return seq in self._owner
 
-    def ack(self, seqs: Iterable[int]) -> tuple[list[int], int]:
-        """Forget the acknowledged events that are here; return the other seqs, and the highest
-        watermark of the segments this deleted (0: none), which must be kept elsewhere."""
+    def ack(self, seqs: Iterable[int]) -> list[int]:
+        """Forget the acknowledged events that are here; return the other seqs."""
         others: list[int] = []
-        touched = False
         for seq in seqs:
             entry = self._owner.pop(seq, None)
             if entry is None:
@@ -509,46 +597,51 @@ class Spool:
             if record.entries is not None:
                 record.entries.pop(seq, None)
             record.remaining -= 1
-            touched = touched or record.remaining == 0
-        return others, self._reclaim() if touched else 0
+            if record.remaining <= 0:
+                self._done(record)
+        return others
 
-    def _reclaim(self) -> int:
-        """Delete the oldest segments whose events were all acknowledged; return the highest
-        watermark their records carried (0: none deleted)."""
-        deleted = 0
-        while self._segments and self._segments[0].done() and not self._segments[0].doomed:
-            segment = self._segments.pop(0)
-            if segment is self._active:
+    def _done(self, record: _Record) -> None:
+        self._live.pop(id(record), None)
+        segment = record.segment
+        if not segment.doomed and segment.done():
+            if segment is self._active:  # nothing more goes into a segment about to go
                 self._close_active()
-            self._drop_records(segment)
-            with contextlib.suppress(FileNotFoundError):
-                segment.path.unlink()
-            deleted = max([deleted, *(record.watermark for record in segment.records)])
-        return deleted
+            self._finished[segment.number] = segment
 
-    def _drop_records(self, segment: _Segment) -> None:
+    def finished(self) -> tuple[list[_Segment], int]:
+        """The segments whose events were all acknowledged, and the highest watermark their
+        records carry (to be kept in the database before ``delete``)."""
+        segments = [
+            s
+            for s in self._finished.values()
+            if s.number in self._segments and not s.doomed and s.done()
+        ]
+        return segments, max((s.watermark() for s in segments), default=0)
+
+    def delete(self, segments: Iterable[_Segment]) -> None:
+        for segment in segments:
+            self._finished.pop(segment.number, None)
+            self._forget(segment)
+
+    def _forget(self, segment: _Segment) -> None:
+        if segment is self._active:
+            self._close_active()
+        self._segments.pop(segment.number, None)
         for record in segment.records:
+            self._live.pop(id(record), None)
             for seq in record.entries or ():
                 self._owner.pop(seq, None)
-        count = len(segment.records)
-        before = len(self._records)
-        if (
-            count
-            and self._records[0] is segment.records[0]
-            and self._records[count - 1] is (segment.records[-1])
-        ):
-            del self._records[:count]  # the oldest segment: its records lead
-        else:
-            gone = {id(record) for record in segment.records}
-            self._records = [record for record in self._records if id(record) not in gone]
-            self._scan_from = 0
-            return
-        self._scan_from = max(0, self._scan_from - (before - len(self._records)))
+        self._unlink(segment)
 
-    @property
-    def watermark(self) -> int:
-        """The highest watermark of the records still here."""
-        return max((record.watermark for record in self._records), default=0)
+    @staticmethod
+    def _unlink(segment: _Segment) -> None:
+        try:
+            segment.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # left on disk: its events come again after a restart
+            log.warning("spool_segment_not_deleted", path=str(segment.path), error=str(exc))
 
     def release(self, seqs: Iterable[int], retry_at: float) -> list[int]:
         """Put back events claimed; return the seqs that are not here."""
@@ -559,20 +652,18 @@ class Spool:
                 others.append(seq)
                 continue
             entry.inflight, entry.retry_at = False, retry_at
-            self._scan_from = 0
         return others
 
     def release_all(self) -> None:
         for entry in self._owner.values():
             entry.inflight, entry.retry_at = False, 0.0
-        self._scan_from = 0
 
     # ----------------------------------------------------------------------------- eviction
 
     def evictable(self) -> _Segment | None:
-        """The oldest segment none of whose events is in flight (the active one is closed
-        first, so that it can go)."""
-        for segment in self._segments:
+        """The oldest segment with events to deliver, none of them in flight (the active one is
+        closed first, so that it can go)."""
+        for segment in self._segments.values():
             if segment.doomed or segment.done():
                 continue
             if any(entry.inflight for r in segment.records for entry in (r.entries or {}).values()):
@@ -598,29 +689,25 @@ class Spool:
         return sorted(seqs)
 
     def drop_doomed(self) -> None:
-        for segment in [s for s in self._segments if s.doomed]:
-            self._segments.remove(segment)
-            self._drop_records(segment)
-            with contextlib.suppress(FileNotFoundError):
-                segment.path.unlink()
+        for segment in [s for s in self._segments.values() if s.doomed]:
+            self._finished.pop(segment.number, None)
+            self._forget(segment)
 
     def spare_doomed(self) -> None:
-        for segment in self._segments:
+        for segment in self._segments.values():
             segment.doomed = False
 
     # ----------------------------------------------------------------------------- figures
 
     def queued(self) -> int:
         """Events not yet acknowledged."""
-        return sum(record.remaining for record in self._records)
+        return sum(record.remaining for record in self._live.values())
 
     def oldest_ts(self) -> str | None:
-        for record in self._records[self._scan_from :]:
-            if record.remaining == 0:
-                continue
-            entries = self._load(record)
+        for record in self._live.values():
+            entries = None if record.unreadable else self._load(record)
             if entries:
-                return min(entry.ts for entry in entries.values())
+                return min(entry.event.ts for entry in entries.values())
         return None
 
     # ----------------------------------------------------------------------------- clock
@@ -631,15 +718,53 @@ class Spool:
         self._corrections[boot_id] = (wall_now, mono_now_ns)
         count = 0
         for entry in self._owner.values():
-            if not entry.synced and entry.boot_id == boot_id:
+            if not entry.event.ts_synced and entry.boot_id == boot_id:
                 self._correct(entry, wall_now, mono_now_ns)
                 count += 1
         return count
 
     @staticmethod
     def _correct(entry: _Entry, wall_now: float, mono_now_ns: int) -> None:
-        entry.ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
-        entry.synced = True
+        ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
+        entry.event = dataclasses.replace(entry.event, ts=ts, ts_synced=True)
+
+
+def _check_at(view: memoryview, offset: int) -> tuple[RecordHeader | None, str]:
+    """The header of the whole, intact record at ``offset``, or None and why not."""
+    try:
+        header = decode_header(view[offset:])
+        end = offset + HEADER_BYTES + header.length
+        check_body(header, view[offset + HEADER_BYTES : end])
+    except SpoolDamage as exc:
+        return None, str(exc)
+    return header, ""
+
+
+def _header_at(view: memoryview, offset: int) -> RecordHeader | None:
+    try:
+        return decode_header(view[offset:])
+    except SpoolDamage:
+        return None
+
+
+def _next_record(view: memoryview, start: int) -> int | None:
+    """The offset of the next whole, intact record at or after ``start``."""
+    data = view.obj if isinstance(view.obj, bytes) else bytes(view)
+    position = data.find(MAGIC, start)
+    while position != -1:
+        if _check_at(view, position)[0] is not None:
+            return position
+        position = data.find(MAGIC, position + 1)
+    return None
+
+
+def _truncate(path: Path, size: int) -> None:
+    try:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        log.warning("spool_not_cut", path=str(path), error=str(exc))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -51,13 +51,14 @@ from gateway.store.integrity import (
     row_crc,
     row_damage,
 )
-from gateway.store.spool import Spool, encode_record
+from gateway.store.spool import Spool, SpoolOpen, encode_records
 
 log = structlog.get_logger("gateway.store.sqlite")
 
 EVICTION_ORDER = ("telemetry", "device", "camera", "audit", "cmdres", "gateway")
 EVICT_TO_FRACTION = 0.9
 SQL_CHUNK = 500  # seqs per IN (...) list
+ACK_STEP_ROWS = 100  # ``ack_some`` asks whether to stop this often
 MAX_RANGES_PER_DROPPED = 2000  # keeps one gateway.dropped event far below 256 KiB
 _T = TypeVar("_T")
 
@@ -151,6 +152,7 @@ class HotBatch:
     dropped_count: int = 0  # dropped from memory (``buffer_full``), reported with the first rows
     dropped_seqs: list[int] = field(default_factory=list)
     written: int = 0
+    reported: bool = False  # the first transaction (with the report of drops) is committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,9 @@ class SqliteStore:
         self._damage_reported: set[int] = set()  # damaged rows reported but not yet moved
         self._quarantined_alarms: list[HeldAlarm] = []  # until take_quarantined_alarms
         self._disk = DiskGuard(path, max_bytes)
-        self._spool = Spool(path.with_name(path.name + ".spool"))
+        self._boot_id = boot_id
+        self._clock_synced = clock_synced
+        self._spool = Spool(path.with_name(path.name + ".spool"), clock=self._synced_clock)
         self._spool_top = 0  # the highest seq the spool held at open
         self._spool_cap: int | None = None  # on a full disk (``_spool_limit``)
         self._spool_incoming = False  # what ``_over_quota`` weighs goes to the spool
@@ -227,6 +231,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         database.make_files_private(self.path)
         report = OpenReport()
+        closed_cleanly = self._seqmark.state == self._seqmark.CLOSED
         found = self._spool.open()
         self._spool_top = found.max_seq
         try:
@@ -250,12 +255,57 @@ class SqliteStore:
             else:
                 report.lost_ranges = self._continue_after_rollback()
                 report.loss_reason = "store_rolled_back" if report.lost_ranges else None
-            self._report_spool_damage(self._spool.resolve_damage(found, self._last))
+            damage = self._spool.resolve_damage(found, self._last)
+            self._report_spool_damage(damage + self._cut_damage(found, closed=closed_cleanly))
+            self._spool.damage_reported()
+            self._delete_finished()
         self._seqmark.opened(self._last)
         return report
 
+    def _synced_clock(self) -> tuple[str, float, int] | None:
+        """This boot's id and the clock now, if it is synchronised: the spool corrects this
+        boot's unsynchronised timestamps with it as it reads them (after a restart within the
+        boot too)."""
+        if not self._clock_synced():
+            return None
+        return self._boot_id, self._now(), self._monotonic_ns()
+
+    def _delete_finished(self) -> None:
+        """Delete the spool's segments whose events were all acknowledged, once the watermark
+        their records carried is kept in the database (else a crash would report delivered
+        events as lost); if it cannot be written now, they stay for the next time."""
+        segments, watermark = self._spool.finished()
+        if not segments:
+            return
+        if watermark > self._last_seq():
+            try:
+                self._raise_watermark(watermark)
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.warning("spool_segments_kept", count=len(segments), error=str(exc))
+                return
+        self._spool.delete(segments)
+
+    def _cut_damage(self, found: SpoolOpen, *, closed: bool) -> list[tuple[int, int]]:
+        """What a record cut off the end of the spool held that is damage, not a torn append:
+        all of it after a clean close (every append had completed); else what lies at or below
+        the watermark (a torn append is above every watermark on disk, and the seqs above it are
+        reported as after any crash)."""
+        watermark = max(self._last_seq(), self._spool.watermark)
+        ranges = []
+        for named, before in found.cut:
+            if named is not None:
+                low, high = named
+            else:
+                low, high = (before.last + 1 if before is not None else 1), self._last
+            if not closed:
+                high = min(high, watermark)
+            if high >= low:
+                ranges.append((low, high))
+        return ranges
+
     def _report_spool_damage(self, ranges: list[tuple[int, int]]) -> None:
         """Records of the spool that could not be read at open: their seqs are reported."""
+        ranges = merge_ranges(ranges)
         if not ranges:
             return
         count = sum(last - first + 1 for first, last in ranges)
@@ -430,7 +480,13 @@ class SqliteStore:
         """Create the alarm reserve if it is missing and there is room; True if it is held."""
         return self._disk.make_reserve()
 
-    def insert(self, events: Sequence[NewEvent], *, key: str | None = None) -> list[int]:
+    def insert(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        key: str | None = None,
+        committed: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """Store events in one transaction with a full fsync; return their seqs.
 
         Alarms are committed as they are: they never wait for an eviction or a checkpoint (the
@@ -438,6 +494,9 @@ class SqliteStore:
         (``DiskGuard.make_room``) and tries again; ``StoreFullError`` if there is still none.
         ``key``: the events are one alarm, stored under ``key`` in its transaction; when an alarm
         is stored under it already nothing is stored and ``[]`` returned (``alarm_under_key``).
+        ``committed`` is called with the seqs as soon as the COMMIT (and its fsync) returned,
+        before the bookkeeping that follows a write (the WAL's size, the checkpointer): whoever
+        waits for an alarm is told one step earlier. It must not raise.
         """
         urgent = all(event.is_alarm for event in events)
         if key is not None:
@@ -453,6 +512,8 @@ class SqliteStore:
         seqs, evicted = self._write(db, work, "insert")
         for seq in evicted:
             self._released.pop(seq, None)
+        if committed is not None:
+            committed(seqs)
         self._disk.after_write(db, urgent=urgent)
         return seqs
 
@@ -501,16 +562,17 @@ class SqliteStore:
     ) -> None:
         """The batch's telemetry, one record of the spool, after room is made for it."""
         watermark = self._bounded_watermark(batch.watermark)
-        record = encode_record(spooled, watermark)
+        records = encode_records(spooled, watermark)
+        size = sum(len(data) for data, _ in records)
         db = self._prepare(urgent=False)
         for attempt in range(1, FULL_ATTEMPTS + 1):
             self._spool_incoming = True
             try:
-                if self._over_quota(db, len(record)):
+                if self._over_quota(db, size):
                     evicted: list[int] = []
                     self._write(
                         db,
-                        functools.partial(self._evict_for, evicted, len(record), self._now()),
+                        functools.partial(self._evict_for, evicted, size, self._now()),
                         "evict",
                     )
                     for seq in evicted:
@@ -523,7 +585,7 @@ class SqliteStore:
                     watermark,
                     inflight=batch.inflight if fresh else (),
                     retry_at=batch.retry_at,
-                    record=record,
+                    records=records,
                 )
             except OSError as exc:
                 if not is_disk_full(exc):
@@ -567,6 +629,7 @@ class SqliteStore:
                 self._inflight -= added
                 raise
             batch.written = start + len(chunk)
+            batch.reported = True
             lost = set(reported)
             self._lost = [seq for seq in self._lost if seq not in lost]
             now = self.mono()
@@ -677,11 +740,20 @@ class SqliteStore:
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
-            while klass == "telemetry" and self._over_quota(db, incoming, evicting=True):
-                segment = self._spool.evictable()  # the spool's telemetry is the oldest
+            # The spool's telemetry is the oldest; on a full disk only a write to the spool makes
+            # room there (the database's own pages are what a write to it lacks).
+            spool_counts = self._disk.full_cap is None or self._spool_incoming
+            while (
+                klass == "telemetry"
+                and spool_counts
+                and self._over_quota(db, incoming, evicting=True)
+            ):
+                segment = self._spool.evictable()
                 if segment is None:
                     break
                 evicted += self._spool.doom(segment)
+                # Its records' watermark stays with the database, in the report's transaction.
+                database.raise_watermark(self._bounded_watermark(segment.watermark()), db)
             cursor = 0
             reports = which.startswith("kind=")
             while self._over_quota(db, incoming, evicting=True):
@@ -829,13 +901,18 @@ class SqliteStore:
         return events
 
     def _report_unreadable(self, ranges: list[tuple[int, int]]) -> None:
-        """Records of the spool found damaged when claimed: their seqs are reported."""
+        """Records of the spool found damaged when claimed: their seqs are reported, then they
+        are forgotten (if the report cannot be written they stay on disk, skipped, and the next
+        start finds them again)."""
         count = sum(last - first + 1 for first, last in ranges)
         log.error("spool_records_lost", ranges=ranges, count=count)
         try:
             self.insert([self._make_dropped(count, ranges, integrity.DAMAGED_ROW_REASON)])
         except (StoreError, sqlite3.Error, OSError) as exc:
             log.error("spool_loss_not_reported", ranges=ranges, error=str(exc))  # noqa: TRY400
+            return
+        self._spool.forget_unreadable()
+        self._delete_finished()
 
     def _claim_rows(self, max_events: int) -> _Claim:
         """What ``claim`` takes, checked; reads only, so that it can be run again."""
@@ -924,12 +1001,31 @@ class SqliteStore:
         Returns the alarms that became delivered. On a full disk that leaves no room at all,
         the events are published again later (a duplicate, never a loss) and nothing raises.
         """
-        seqs, gone = self._spool.ack(seqs)
-        if gone > self._last_seq():  # segments went, and the watermark their records carried
-            with contextlib.suppress(StoreError, sqlite3.Error, OSError):
-                self._raise_watermark(gone)
-        if not seqs:
-            return []
+        return self.ack_some(seqs)[0]
+
+    def ack_some(
+        self, seqs: Sequence[int], stop: Callable[[], bool] | None = None
+    ) -> tuple[list[HeldAlarm], int]:
+        """``ack``, that ends early when ``stop()`` says so (asked every ``ACK_STEP_ROWS``
+        rows): what is deleted is committed at once, and how many of ``seqs`` (a prefix) were
+        dealt with is returned with the alarms; the rest are left in flight, for the caller to
+        ack later. So an alarm's commit waits for one step, while a transaction stays large
+        otherwise. The spool's events are all dealt with at once (in memory).
+        """
+        others = self._spool.ack(seqs)
+        self._delete_finished()
+        if not others:
+            return [], len(seqs)
+        delivered, handled = self._ack_rows_some(others, stop)
+        if handled == len(others):
+            return delivered, len(seqs)
+        # A prefix of ``seqs``: up to the first row left (spool events after it were dealt with
+        # too; acknowledged again later, they are found nowhere and nothing happens).
+        return delivered, list(seqs).index(others[handled])
+
+    def _ack_rows_some(
+        self, seqs: Sequence[int], stop: Callable[[], bool] | None
+    ) -> tuple[list[HeldAlarm], int]:
         db = self._prepare(urgent=False)
         pending: list[tuple[int, str, str, str | None, int]] = []
         done: list[int] = []
@@ -938,10 +1034,16 @@ class SqliteStore:
         try:
             for start in range(0, len(seqs), step):
                 chunk = list(seqs[start : start + step])
-                pending += self._write(db, functools.partial(self._ack_rows, chunk), "ack")
-                done += chunk
+                rows, taken = self._write(
+                    db, functools.partial(self._ack_steps, chunk, stop), "ack"
+                )
+                pending += rows
+                done += chunk[:taken]
+                if taken < len(chunk):
+                    break
         except StoreFullError:
             self.release(seqs[len(done) :], self.mono() + ACK_RETRY_ON_FULL_S)
+            done = list(seqs)  # (dealt with: to be published again)
         except BaseException:
             self.release(seqs[len(done) :], self.mono())  # not recorded: publish them again
             raise
@@ -951,28 +1053,43 @@ class SqliteStore:
             self._resends.delivered(pending, self.mono())
             db.execute("PRAGMA synchronous=FULL")
         self._disk.after_write(db)
-        return [
+        delivered = [
             HeldAlarm(event_id, seq, kind, device, n) for seq, event_id, kind, device, n in pending
         ]
+        return delivered, len(done)
+
+    def _ack_steps(
+        self, chunk: list[int], stop: Callable[[], bool] | None, db: sqlite3.Connection
+    ) -> tuple[list[tuple[int, str, str, str | None, int]], int]:
+        """One transaction of ``ack_some``: the rows deleted, and how many of ``chunk``."""
+        if stop is None:
+            return self._ack_rows(chunk, db), len(chunk)
+        pending: list[tuple[int, str, str, str | None, int]] = []
+        for start in range(0, len(chunk), ACK_STEP_ROWS):
+            if start and stop():
+                return pending, start
+            pending += self._ack_rows(chunk[start : start + ACK_STEP_ROWS], db)
+        return pending, len(chunk)
 
     def _ack_rows(
         self, chunk: list[int], db: sqlite3.Connection
     ) -> list[tuple[int, str, str, str | None, int]]:
-        marks = ",".join("?" * len(chunk))
+        low, high = min(chunk), max(chunk)
+        params: Sequence[int]
+        if high - low + 1 == len(chunk) == len(set(chunk)):  # every seq of a range (the drain)
+            where, params = "seq BETWEEN ? AND ?", (low, high)
+        else:
+            where, params = f"seq IN ({','.join('?' * len(chunk))})", chunk
         pending: list[tuple[int, str, str, str | None, int]] = db.execute(
             "SELECT seq, id, kind, device, attempt FROM events "  # noqa: S608
-            f"WHERE seq IN ({marks}) AND class='alarm' AND alarm_state='pending'",
-            chunk,
+            f"WHERE {where} AND class='alarm' AND alarm_state='pending'",
+            params,
         ).fetchall()
         self._stored_bytes -= db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM events "  # noqa: S608
-            f"WHERE seq IN ({marks}) AND class!='alarm'",
-            chunk,
+            f"SELECT COALESCE(SUM(size), 0) FROM events WHERE {where} AND class!='alarm'",  # noqa: S608
+            params,
         ).fetchone()[0]
-        db.execute(
-            f"DELETE FROM events WHERE seq IN ({marks}) AND class!='alarm'",  # noqa: S608
-            chunk,
-        )
+        db.execute(f"DELETE FROM events WHERE {where} AND class!='alarm'", params)  # noqa: S608
         db.executemany(
             "UPDATE events SET alarm_state='delivered' WHERE seq=?", [(row[0],) for row in pending]
         )

@@ -28,6 +28,11 @@ CHECKPOINT_HOLD_POLL_S = 0.002
 _T = TypeVar("_T")
 _I = TypeVar("_I")
 
+# The store thread's order of work: what an alarm waits for, then the claims that feed the
+# backlog's drain (a claim never delays an alarm queued beside it), then everything else.
+ALARM_RANK, BACKLOG_RANK, OTHER_RANK = 0, 1, 2
+_STOP_RANK = 3
+
 
 class Checkpointer:
     """Copies the WAL into the database file from a connection and thread of its own.
@@ -126,12 +131,12 @@ class StoreWorker:
     """The one thread that runs every store call, urgent calls (alarms) before the others.
 
     A FIFO executor would make an alarm wait behind every telemetry commit, claim and ack
-    already queued while a backlog drains; here it waits at most for the call in progress.
+    already queued while a backlog drains; here it waits at most for the call in progress
+    (the backlog's store work comes in small calls for that reason). Calls of one rank run in
+    the order submitted: alarms (``ALARM_RANK``), claims of the backlog, the rest.
     Alarms that arrive while one waits are committed with it (``submit_joined``): one fsync
     for all of them, instead of a queue of alarms each waiting for the fsyncs before its own.
     """
-
-    _URGENT, _NORMAL, _STOP = 0, 1, 2
 
     def __init__(self) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
@@ -143,11 +148,14 @@ class StoreWorker:
         self._thread.start()
 
     def submit(self, fn: Callable[..., _T], args: tuple[Any, ...], *, urgent: bool) -> Future[_T]:
+        return self.submit_ranked(fn, args, ALARM_RANK if urgent else OTHER_RANK)
+
+    def submit_ranked(self, fn: Callable[..., _T], args: tuple[Any, ...], rank: int) -> Future[_T]:
+        """``fn(*args)`` after the calls of a lower rank and those of its rank already queued."""
         future: Future[_T] = Future()
         if self._stopped:
             future.set_exception(StoreError("the outbox is closed"))
             return future
-        rank = self._URGENT if urgent else self._NORMAL
         self._queue.put((rank, next(self._order), (future, fn, args)))
         return future
 
@@ -163,15 +171,21 @@ class StoreWorker:
             joined = self._joining
             if joined is None or joined.fn != fn:  # (bound methods are made anew)
                 joined = self._joining = _Joined(fn)
-                self._queue.put((self._URGENT, next(self._order), joined))
+                self._queue.put((ALARM_RANK, next(self._order), joined))
             joined.items.append(item)
             joined.futures.append(future)
         return future
 
+    def alarm_waiting(self) -> bool:
+        """An alarm's call is queued (for the call in progress, to end early)."""
+        with self._queue.mutex:
+            heap = self._queue.queue
+            return bool(heap) and heap[0][0] == ALARM_RANK
+
     def _run(self) -> None:
         while True:
             rank, _, item = self._queue.get()
-            if rank == self._STOP:
+            if rank == _STOP_RANK:
                 return
             if isinstance(item, _Joined):
                 self._run_joined(item)
@@ -208,5 +222,5 @@ class StoreWorker:
     def shutdown(self) -> None:
         """Run what is queued, then stop."""
         self._stopped = True
-        self._queue.put((self._STOP, next(self._order), None))
+        self._queue.put((_STOP_RANK, next(self._order), None))
         self._thread.join()

@@ -34,6 +34,7 @@ BACKOFF_RESET_AFTER_S = 30.0
 DOWNLINK_FINISH_S = 5.0  # at teardown, the message being handled may finish (bounded)
 CLAIM_MESSAGES_PER_ROUND = 1  # small claims keep the store thread free for alarms
 ACKS_PER_CALL = 500
+PROMOTE_SPACING_S = 0.05  # alarms due again are looked for at most this often while draining
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0
 DISCONNECT_SENT_TIMEOUT_S = 2.0  # paho's thread writes the DISCONNECT out before it is stopped
 RECEIVE_MAXIMUM_RESERVE = 4  # of the broker's Receive Maximum, kept for alarms and status
@@ -120,6 +121,7 @@ class MqttUplink:
         self._deferred = 0  # downlink of this session left unacknowledged, to be received again
         self._renew = False  # the session was ended on purpose, to receive deferred downlink
         self._stop_requested = False
+        self._promoted_mono = -float("inf")  # the drain's last look for alarms due again
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -293,6 +295,7 @@ class MqttUplink:
     async def _teardown(self) -> None:
         was_up = self.connected.is_set()
         self.connected.clear()
+        self.outbox.claim_at_insert = False  # nobody publishes them now (release_all follows)
         client = self._client
         try:
             await self._stop_children()
@@ -341,7 +344,7 @@ class MqttUplink:
             self._check_half_open(client)
             failed = False
             try:
-                promoted, given_up = await self.outbox.promote_due_alarms()
+                promoted, given_up = await self._promote_due_alarms()
             except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
                 failed = True
                 self._store_failed("promote_due_alarms", exc)
@@ -387,6 +390,14 @@ class MqttUplink:
         reason = lost.result()
         if reason != "shutdown":
             raise UplinkTransientError(reason)
+
+    async def _promote_due_alarms(self) -> tuple[list[HeldAlarm], list[HeldAlarm]]:
+        """At most every ``PROMOTE_SPACING_S``: not a store call per round of the drain."""
+        now = time.monotonic()
+        if now - self._promoted_mono < PROMOTE_SPACING_S:
+            return [], []
+        self._promoted_mono = now
+        return await self.outbox.promote_due_alarms()
 
     def _store_failed(self, call: str, exc: Exception) -> None:
         self.stats.store_failures += 1
@@ -450,13 +461,21 @@ class MqttUplink:
 
     async def _alarm_path(self) -> None:
         """Publish a new alarm as soon as it is stored, without waiting for the drain loop's
-        next round (which may be busy with the backlog). ``claim(0)`` claims alarms only; the
-        store thread marks them in flight, so the drain loop never publishes them twice."""
+        next round (which may be busy with the backlog). While this runs the outbox claims each
+        alarm in its insert's own store call (``claim_at_insert``), so the alarm never waits
+        for a second store call behind the backlog's; ``claim(0)`` (alarms only) takes those
+        stored otherwise (while the link was down). The store thread marks them in flight, so
+        the drain loop never publishes them twice."""
+        self.outbox.claim_at_insert = True
         self.outbox.alarm_stored.set()  # alarms stored while the link was down
         while True:
             await self.outbox.alarm_stored.wait()
             self.outbox.alarm_stored.clear()
-            alarms = await self._retry_store("claim", lambda: self._claim(0))
+            alarms, damaged = self.outbox.take_claimed_alarms()
+            if damaged:
+                self.alarms.damaged(damaged)
+            if self.outbox.alarms_unclaimed:
+                alarms += await self._retry_store("claim", lambda: self._claim(0))
             for message in build_messages(self.gateway_id, alarms):
                 if message.alarm_id not in self._acking:
                     self._publish_raw(message)

@@ -5,6 +5,7 @@ Pure: no I/O, no MQTT client.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -71,8 +72,11 @@ def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
     prefix = payload_prefix(gateway_id)
     messages: list[Message] = []
     by_class: dict[str, list[StoredEvent]] = {}
+    classes: dict[str, str] = {}  # kind → class: a batch has few kinds
     for event in events:
-        klass = event.event_class
+        klass = classes.get(event.kind)
+        if klass is None:
+            klass = classes[event.kind] = event.event_class
         if klass == "alarm":
             body = f"{prefix}{event.wire_json()}]}}".encode()
             messages.append(
@@ -81,12 +85,16 @@ def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
         else:
             by_class.setdefault(klass, []).append(event)
     overhead = len(prefix) + 2
+    devices: dict[str | None, str] = {}  # device → its JSON: a batch has few devices
     for klass, members in by_class.items():
         parts: list[str] = []
         seqs: list[int] = []
         size = overhead
         for event in members:
-            text = event.wire_json()
+            device = devices.get(event.device)
+            if device is None:
+                device = devices[event.device] = json.dumps(event.device)
+            text = event.wire_json(device)
             if parts and (
                 len(parts) >= MAX_EVENTS_PER_MESSAGE or size + len(text) + 1 > MAX_MESSAGE_BYTES
             ):
