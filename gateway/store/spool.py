@@ -74,6 +74,7 @@ class _Entry:
     record: _Record
     inflight: bool = False
     retry_at: float = 0.0
+    stamped_unsynced: bool = False  # as written: its ts was taken before the clock was synced
 
 
 @dataclass(slots=True, eq=False)
@@ -122,24 +123,26 @@ class SpoolOpen:
     cut: list[tuple[tuple[int, int] | None, _Record | None]] = field(default_factory=list)
 
 
+def _row(seq: int, event: NewEvent) -> list[Any]:
+    """An event as a record holds it (``Spool._entry`` reads it back)."""
+    return [
+        seq,
+        event.id,
+        event.kind,
+        event.device,
+        event.data_json,
+        event.ts,
+        event.ts_synced,
+        event.mono_ns,
+        event.boot_id,
+    ]
+
+
 def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes:
     """One record of ``rows`` (seq order is not required)."""
     body = zlib.compress(
         json.dumps(
-            [
-                [
-                    seq,
-                    event.id,
-                    event.kind,
-                    event.device,
-                    event.data_json,
-                    event.ts,
-                    event.ts_synced,
-                    event.mono_ns,
-                    event.boot_id,
-                ]
-                for seq, event in rows
-            ],
+            [_row(seq, event) for seq, event in rows],
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()
@@ -452,21 +455,7 @@ class Spool:
             return
         new.entries = {}
         for seq, event in rows:
-            entry = self._entry(
-                [
-                    seq,
-                    event.id,
-                    event.kind,
-                    event.device,
-                    event.data_json,
-                    event.ts,
-                    event.ts_synced,
-                    event.mono_ns,
-                    event.boot_id,
-                ],
-                new,
-                None,
-            )
+            entry = self._entry(_row(seq, event), new, None)
             entry.inflight = seq in flying
             entry.retry_at = retry.get(seq, 0.0)
             new.entries[seq] = entry
@@ -509,6 +498,7 @@ class Spool:
         entry = _Entry(
             StoredEvent(seq, event_id, kind, device, data, ts, synced, 1), mono_ns, boot_id, record
         )
+        entry.stamped_unsynced = not synced
         if not synced:
             if boot_id in self._corrections:
                 self._correct(entry, *self._corrections[boot_id])
@@ -714,14 +704,34 @@ class Spool:
 
     def correct_timestamps(self, boot_id: str, wall_now: float, mono_now_ns: int) -> int:
         """The clock is synchronised: this boot's events stamped before are corrected, those in
-        memory now, the others as they are read."""
+        memory now, the others as they are read. Returns how many events waiting here were
+        stamped before (those read already were corrected as they were read, if the clock was
+        synchronised by then; the others are counted from disk, without keeping them)."""
         self._corrections[boot_id] = (wall_now, mono_now_ns)
         count = 0
-        for entry in self._owner.values():
-            if not entry.event.ts_synced and entry.boot_id == boot_id:
-                self._correct(entry, wall_now, mono_now_ns)
-                count += 1
+        for record in self._live.values():
+            if record.unreadable:
+                continue
+            if record.entries is None:
+                count += self._count_unsynced(record, boot_id)
+                continue
+            for entry in record.entries.values():
+                if entry.stamped_unsynced and entry.boot_id == boot_id:
+                    if not entry.event.ts_synced:
+                        self._correct(entry, wall_now, mono_now_ns)
+                    count += 1
         return count
+
+    @staticmethod
+    def _count_unsynced(record: _Record, boot_id: str) -> int:
+        try:
+            with open(record.segment.path, "rb") as handle:
+                handle.seek(record.offset)
+                data = handle.read(record.size)
+            rows = decode_body(decode_header(data), data[HEADER_BYTES:])
+        except (OSError, SpoolDamage):
+            return 0  # (found unreadable when claimed, and reported then)
+        return sum(1 for row in rows if not row[6] and row[8] == boot_id)
 
     @staticmethod
     def _correct(entry: _Entry, wall_now: float, mono_now_ns: int) -> None:
