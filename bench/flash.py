@@ -63,13 +63,27 @@ SETTLE_POLL_S = 0.1
 
 
 def _watch_stdin(
-    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, at_stop: dict[str, Any]
+    loop: asyncio.AbstractEventLoop, stopping: asyncio.Event, at_stop: dict[str, Any]
 ) -> None:
     """Any line (or end of file) on stdin asks the gateway to stop; ``at_stop`` gets the I/O
     counters and the time of that moment."""
     sys.stdin.readline()
     at_stop.update(io=proc_io(), ns=now_ns())
-    loop.call_soon_threadsafe(stop.set)
+    loop.call_soon_threadsafe(stopping.set)
+
+
+async def _flush_then_stop(
+    gateway: Gateway, stopping: asyncio.Event, stop: asyncio.Event, at_stop: dict[str, Any]
+) -> None:
+    """At the stop line: write what the outbox holds in memory (the events' last writes, part
+    of their cost), note the counters, then stop the gateway (its shutdown's writes, the
+    checkpoint, the seq mark and the -shm file's removal, are a boot's, not the events')."""
+    await stopping.wait()
+    try:
+        await gateway.outbox.flush()
+    finally:
+        at_stop["flushed"] = proc_io()
+        stop.set()
 
 
 def event_json_bytes(gateway: Gateway, seq: int) -> int:
@@ -117,10 +131,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         group_commit_s=args.window,
     )
     gateway = Gateway(cfg, clock=SystemClock(), notifier=SystemdNotifier(None), boot_id=BOOT_ID)
-    stop = asyncio.Event()
+    stop, stopping = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     at_stop: dict[str, Any] = {}
-    threading.Thread(target=_watch_stdin, args=(loop, stop, at_stop), daemon=True).start()
+    threading.Thread(target=_watch_stdin, args=(loop, stopping, at_stop), daemon=True).start()
+    flusher = asyncio.create_task(_flush_then_stop(gateway, stopping, stop, at_stop))
 
     start_ns = now_ns()
     task = asyncio.create_task(gateway.run(stop), name="gateway")
@@ -148,8 +163,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await _settled(gateway)
     emit({"event": "produced", "events": count})
     await task
+    await flusher
     end, end_ns = proc_io(), now_ns()
-    stopping = at_stop.get("io", end)  # the stop line always comes first; end at worst
+    stopped = at_stop.get("io", end)  # the stop line always comes first; end at worst
+    flushed = at_stop.get("flushed", end)
     return {
         "event": "result",
         "uplink": args.uplink,
@@ -168,8 +185,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "net_write_bytes": net_write_bytes(end),
         "online_net_write_bytes": net_write_bytes(end, online),  # online → closed
         **_phase("start", {}, online),  # process start → online
-        **_phase("running", online, stopping),  # online → the stop line
-        **_phase("close", stopping, end),  # the stop line → the gateway closed
+        **_phase("running", online, stopped),  # online → the stop line
+        **_phase("flush", stopped, flushed),  # what was still in memory, written
+        **_phase("close", stopped, end),  # the stop line → the gateway closed (flush included)
+        # online → the last event written: what the events cost, with the idle gateway's own
+        "events_net_write_bytes": net_write_bytes(flushed, online),
         "syscw": end["syscw"] - online["syscw"],
         "cpu_s": cpu_seconds() - cpu_online,
         "published_events": gateway.uplink.stats.published_events,

@@ -95,7 +95,7 @@ FLASH_UPLINKS = ("up", "down")
 # An idle flash run's figures kept beside each run's, prefixed "idle_" (the subtraction's terms).
 FLASH_IDLE_FIGURES = (
     *("online_s", "running_s", "write_bytes", "cancelled_write_bytes", "net_write_bytes"),
-    *("online_net_write_bytes", "bytes_per_hour"),
+    *("online_net_write_bytes", "events_net_write_bytes", "bytes_per_hour"),
 )
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # /proc/PID/io counts whole pages: a run resolves one
 # Home runs last whole minutes, and the shipped window and heartbeat end on whole minutes from
@@ -756,8 +756,9 @@ class Bench:
                 base = results[idle[uplink][0]]
                 result.update({f"idle_{key}": base[key] for key in FLASH_IDLE_FIGURES})
                 result["raw_bytes_per_event"] = result["net_write_bytes"] / result["events"]
-                # online → closed in both: start-up comes before any event and varies by pages
-                beyond_idle = result["online_net_write_bytes"] - base["online_net_write_bytes"]
+                # online → the final flush in both: start-up comes before any event, and the
+                # shutdown (checkpoint, seq mark, -shm) is a boot's; both vary by pages
+                beyond_idle = result["events_net_write_bytes"] - base["events_net_write_bytes"]
                 result["bytes_per_event"] = beyond_idle / result["events"]
                 result["page_per_event"] = PAGE_BYTES / result["events"]
                 result["ratio"] = result["bytes_per_event"] / result["event_json_bytes"]
@@ -1183,7 +1184,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 "seconds": med(figure, "online_s"),
                 "window_s": med(figure, "window_s"),
                 "window_shipped": all(run.get("window_shipped") for run in runs[figure]),
-                # net bytes (written - cancelled), online → closed, beyond the idle gateway's
+                # net bytes (written - cancelled), online → the final flush, beyond the idle
+                # gateway's
                 "bytes_per_event": med(figure, "bytes_per_event"),
                 "event_json_bytes": med(figure, "event_json_bytes"),
                 "ratio": med(figure, "ratio"),
@@ -1193,6 +1195,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 "cancelled_write_bytes": med(figure, "cancelled_write_bytes"),
                 "net_write_bytes": med(figure, "net_write_bytes"),
                 "online_net_write_bytes": med(figure, "online_net_write_bytes"),
+                "events_net_write_bytes": med(figure, "events_net_write_bytes"),
                 "page_per_event": med(figure, "page_per_event"),
                 **{f"idle_{key}": med(figure, f"idle_{key}") for key in FLASH_IDLE_FIGURES},
             }

@@ -70,6 +70,7 @@ def _runs(*, flash_up_ratio: float = 0.5, drain_large_per_s: float = 100_000.0) 
                 "cancelled_write_bytes": 32_768,
                 "net_write_bytes": 57_344,
                 "online_net_write_bytes": 20_480,
+                "events_net_write_bytes": 0,
                 "bytes_per_hour": 0.0,
             }
             runs[f"flash_{uplink}_rate{rate}"] = [
@@ -87,6 +88,7 @@ def _runs(*, flash_up_ratio: float = 0.5, drain_large_per_s: float = 100_000.0) 
                     "cancelled_write_bytes": 32_768,
                     "net_write_bytes": 57_344 + ratio * 250 * 60,
                     "online_net_write_bytes": 20_480 + ratio * 250 * 60,
+                    "events_net_write_bytes": ratio * 250 * 60,
                     **{f"idle_{key}": value for key, value in idle.items()},
                 }
             ]

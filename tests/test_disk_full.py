@@ -307,6 +307,7 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     blocker = path.with_name(path.name + ".spool")
+    blocker.rename(blocker.with_name("spool.aside"))  # (made at open, empty)
     blocker.write_bytes(b"")
     made: list[str] = []
     try:
@@ -324,6 +325,7 @@ async def test_the_memory_buffer_is_bounded_and_what_it_drops_is_reported(
         holder.execute("ROLLBACK")
         holder.close()
         blocker.unlink()
+        blocker.with_name("spool.aside").rename(blocker)
     await wait_until(lambda: outbox.dropped_unstored == 0, 20, "the drops to be reported")
     await outbox.flush()
     stored = (await outbox.claim(10**6))[0]

@@ -251,6 +251,10 @@ class Spool:
         a torn append off the end of the last one."""
         found = SpoolOpen()
         if not self.directory.exists():
+            # Made once, at the first start: not at the first window an outage writes (a new
+            # directory costs the card more than the record).
+            self.directory.mkdir(mode=0o700)
+            fsync_dir(self.directory.parent)
             return found
         numbered = []
         for path in self.directory.iterdir():
