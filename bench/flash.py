@@ -54,7 +54,6 @@ from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.core.clock import SystemClock
-from gateway.core.events import StoredEvent
 
 UNREACHABLE_PORT = 9  # uplink down: connections are refused, the gateway keeps retrying
 START_TIMEOUT_S = 30.0
@@ -90,17 +89,7 @@ def event_json_bytes(gateway: Gateway, seq: int) -> int:
     """The size of one telemetry event object as it goes on the wire (``wire_json``), made by
     the gateway's own factory from the bench's sample; ``seq`` as the run's last one."""
     event = gateway.factory.make(TELEMETRY_KIND, vitals(seq), WATCH)
-    stored = StoredEvent(
-        seq=seq,
-        id=event.id,
-        kind=event.kind,
-        device=event.device,
-        data_json=event.data_json,
-        ts=event.ts,
-        ts_synced=event.ts_synced,
-        attempt=1,
-    )
-    return len(stored.wire_json().encode())
+    return len(event.stored(seq).wire_json().encode())
 
 
 def _phase(name: str, before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -236,6 +236,12 @@ class NewEvent(_Kinded):
     mono_ns: int
     boot_id: str
 
+    def stored(self, seq: int) -> StoredEvent:
+        """The event with its ``seq``, as it goes on the wire the first time (attempt 1)."""
+        return StoredEvent(
+            seq, self.id, self.kind, self.device, self.data_json, self.ts, self.ts_synced, 1
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent(_Kinded):

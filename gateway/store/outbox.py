@@ -167,19 +167,7 @@ class Outbox:
                 if hot.inflight or hot.retry_at > now:
                     continue
                 hot.inflight = True
-                event = hot.event
-                events.append(
-                    StoredEvent(
-                        seq,
-                        event.id,
-                        event.kind,
-                        event.device,
-                        event.data_json,
-                        event.ts,
-                        event.ts_synced,
-                        1,
-                    )
-                )
+                events.append(hot.event.stored(seq))
                 room -= 1
         return events, damaged
 
