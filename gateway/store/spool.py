@@ -116,7 +116,7 @@ class SpoolOpen:
     # Damage: a record whose header is intact names its seqs (first, last); otherwise the
     # seqs between the good records around it (in file order), resolved by ``resolve_damage``.
     damaged: list[tuple[int, int]] = field(default_factory=list)
-    unbounded: list[tuple[_Record | None, None]] = field(default_factory=list)
+    unbounded: list[_Record | None] = field(default_factory=list)  # the good record before
     cut_bytes: int = 0  # a torn record cut off the end
     # What the cut record named (its header's seqs), or the record before it: a torn append is
     # above every watermark on disk, so what it names below one is damage (``SqliteStore``).
@@ -335,7 +335,7 @@ class Spool:
             if named is not None:
                 found.damaged.append((named.first, named.last))
             else:
-                found.unbounded.append((previous[0], None))
+                found.unbounded.append(previous[0])
             if resume is None:
                 offset = len(data)
                 break
@@ -349,7 +349,7 @@ class Spool:
         ranges = list(found.damaged)
         order = list(self._all_records())
         position = {id(record): n for n, record in enumerate(order)}
-        for before, _ in found.unbounded:
+        for before in found.unbounded:
             start = position[id(before)] + 1 if before is not None else 0
             low = before.last + 1 if before is not None else 1
             high = order[start].first - 1 if start < len(order) else top
@@ -515,14 +515,8 @@ class Spool:
         None if the record cannot be read any more."""
         if record.entries is not None:
             return record.entries
-        try:
-            with open(record.segment.path, "rb") as handle:
-                handle.seek(record.offset)
-                data = handle.read(record.size)
-            header = decode_header(data)
-            rows = decode_body(header, data[HEADER_BYTES:])
-        except (OSError, SpoolDamage) as exc:
-            log.error("spool_record_unreadable", path=str(record.segment.path), error=str(exc))  # noqa: TRY400
+        rows = _read_rows(record)
+        if rows is None:
             return None
         record.entries = {}
         clock = None
@@ -575,9 +569,6 @@ class Spool:
             record.remaining = 0
             self._done(record)
         self._unreadable = []
-
-    def owns(self, seq: int) -> bool:
-        return seq in self._owner
 
     def ack(self, seqs: Iterable[int]) -> list[int]:
         """Forget the acknowledged events that are here; return the other seqs."""
@@ -728,19 +719,25 @@ class Spool:
 
     @staticmethod
     def _count_unsynced(record: _Record, boot_id: str) -> int:
-        try:
-            with open(record.segment.path, "rb") as handle:
-                handle.seek(record.offset)
-                data = handle.read(record.size)
-            rows = decode_body(decode_header(data), data[HEADER_BYTES:])
-        except (OSError, SpoolDamage):
-            return 0  # (found unreadable when claimed, and reported then)
+        rows = _read_rows(record) or []  # (one unreadable is reported when claimed)
         return sum(1 for row in rows if not row[6] and row[8] == boot_id)
 
     @staticmethod
     def _correct(entry: _Entry, wall_now: float, mono_now_ns: int) -> None:
         ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
         entry.event = dataclasses.replace(entry.event, ts=ts, ts_synced=True)
+
+
+def _read_rows(record: _Record) -> list[list[Any]] | None:
+    """A record's events, read from its segment; None (logged) if it cannot be read."""
+    try:
+        with open(record.segment.path, "rb") as handle:
+            handle.seek(record.offset)
+            data = handle.read(record.size)
+        return decode_body(decode_header(data), data[HEADER_BYTES:])
+    except (OSError, SpoolDamage) as exc:
+        log.error("spool_record_unreadable", path=str(record.segment.path), error=str(exc))  # noqa: TRY400
+        return None
 
 
 def _check_at(view: memoryview, offset: int) -> tuple[RecordHeader | None, str]:
