@@ -211,7 +211,6 @@ class SqliteStore:
         self._spool = Spool(path.with_name(path.name + ".spool"), clock=self._synced_clock)
         self._spool_top = 0  # the highest seq the spool held at open
         self._spool_cap: int | None = None  # on a full disk (``_spool_limit``)
-        self._spool_incoming = False  # what ``_over_quota`` weighs goes to the spool
 
     def mono(self) -> float:
         """Seconds on the store's monotonic clock (deadlines for ``release``)."""
@@ -566,19 +565,15 @@ class SqliteStore:
         size = sum(len(data) for data, _ in records)
         db = self._prepare(urgent=False)
         for attempt in range(1, FULL_ATTEMPTS + 1):
-            self._spool_incoming = True
-            try:
-                if self._over_quota(db, size):
-                    evicted: list[int] = []
-                    self._write(
-                        db,
-                        functools.partial(self._evict_for, evicted, size, self._now()),
-                        "evict",
-                    )
-                    for seq in evicted:
-                        self._released.pop(seq, None)
-            finally:
-                self._spool_incoming = False
+            if self._over_quota(db, size, to_spool=True):
+                evicted: list[int] = []
+                self._write(
+                    db,
+                    functools.partial(self._evict_for_spool, evicted, size, self._now()),
+                    "evict",
+                )
+                for seq in evicted:
+                    self._released.pop(seq, None)
             try:
                 self._spool.append(
                     spooled,
@@ -600,10 +595,10 @@ class SqliteStore:
                 break
         batch.written = len(batch.rows)
 
-    def _evict_for(
+    def _evict_for_spool(
         self, evicted: list[int], incoming: int, now: float, db: sqlite3.Connection
     ) -> None:
-        self._evict(db, now, evicted, incoming)
+        self._evict(db, now, evicted, incoming, to_spool=True)
 
     def _insert_hot_sql(
         self, batch: HotBatch, rows: list[tuple[int, NewEvent]], watermark: int, fresh: bool
@@ -702,10 +697,17 @@ class SqliteStore:
         )
         self._stored_bytes += size
 
-    def _over_quota(self, db: sqlite3.Connection, incoming: int, *, evicting: bool = False) -> bool:
-        """Would ``incoming`` more row bytes take the outbox over its quota (the rows' bytes, or
+    def _over_quota(
+        self,
+        db: sqlite3.Connection,
+        incoming: int,
+        *,
+        evicting: bool = False,
+        to_spool: bool = False,
+    ) -> bool:
+        """Would ``incoming`` more bytes take the outbox over its quota (the rows' bytes, or
         the database's live pages: ``DiskGuard.db_limit``)? ``evicting``: over the level an
-        eviction goes down to."""
+        eviction goes down to. ``to_spool``: the bytes go to the spool, not the database."""
         fraction = EVICT_TO_FRACTION if evicting else 1.0
         spool = self._spool.disk_bytes
         if self._stored_bytes + spool + incoming > self.max_bytes * fraction:
@@ -715,7 +717,7 @@ class SqliteStore:
         if spool_cap is None:
             return self._disk.live_bytes(db) + spool + incoming * DB_BYTES_PER_ROW_BYTE > limit
         # A full disk: neither the database nor the spool may grow; ``incoming`` goes to one.
-        if self._spool_incoming:
+        if to_spool:
             return spool + incoming > spool_cap * fraction
         return self._disk.live_bytes(db) + incoming * DB_BYTES_PER_ROW_BYTE > limit
 
@@ -728,7 +730,15 @@ class SqliteStore:
             self._spool_cap = self._spool.disk_bytes
         return self._spool_cap
 
-    def _evict(self, db: sqlite3.Connection, now: float, evicted: list[int], incoming: int) -> None:
+    def _evict(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        evicted: list[int],
+        incoming: int,
+        *,
+        to_spool: bool = False,
+    ) -> None:
         """Delete the oldest evictable events until there is room; report them as dropped.
 
         Never alarms, never events in flight. Earlier ``gateway.dropped`` events go last, and
@@ -736,17 +746,17 @@ class SqliteStore:
         """
         explained: list[tuple[int, int]] = []
         unsequenced: dict[str, int] = {}  # counts of evicted reports of events without a seq
-        self._trim_quarantine(db, incoming)
+        self._trim_quarantine(db, incoming, to_spool=to_spool)
         passes = [(klass, "kind!='gateway.dropped'") for klass in EVICTION_ORDER]
         passes.append(("gateway", "kind='gateway.dropped'"))
         for klass, which in passes:
             # The spool's telemetry is the oldest; on a full disk only a write to the spool makes
             # room there (the database's own pages are what a write to it lacks).
-            spool_counts = self._disk.full_cap is None or self._spool_incoming
+            spool_counts = self._disk.full_cap is None or to_spool
             while (
                 klass == "telemetry"
                 and spool_counts
-                and self._over_quota(db, incoming, evicting=True)
+                and self._over_quota(db, incoming, evicting=True, to_spool=to_spool)
             ):
                 segment = self._spool.evictable()
                 if segment is None:
@@ -756,7 +766,7 @@ class SqliteStore:
                 database.raise_watermark(self._bounded_watermark(segment.watermark()), db)
             cursor = 0
             reports = which.startswith("kind=")
-            while self._over_quota(db, incoming, evicting=True):
+            while self._over_quota(db, incoming, evicting=True, to_spool=to_spool):
                 rows = self._evictable(db, klass, which, cursor, lenient=reports)
                 if not rows:
                     break
@@ -774,7 +784,7 @@ class SqliteStore:
                         if not report["seq_ranges"]:
                             reason = report["reason"]
                             unsequenced[reason] = unsequenced.get(reason, 0) + report["count"]
-            if not self._over_quota(db, incoming, evicting=True):
+            if not self._over_quota(db, incoming, evicting=True, to_spool=to_spool):
                 break
         if not evicted:
             log.warning(
@@ -813,10 +823,12 @@ class SqliteStore:
         finally:
             db.text_factory = str
 
-    def _trim_quarantine(self, db: sqlite3.Connection, incoming: int) -> None:
+    def _trim_quarantine(
+        self, db: sqlite3.Connection, incoming: int, *, to_spool: bool = False
+    ) -> None:
         """Damaged rows kept for inspection are the first to go when the quota is reached."""
         trimmed = 0
-        while self._over_quota(db, incoming, evicting=True):
+        while self._over_quota(db, incoming, evicting=True, to_spool=to_spool):
             gone = integrity.trim_quarantine(db)
             if gone <= 0:
                 break
