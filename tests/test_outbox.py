@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +350,7 @@ async def test_a_cancelled_put_neither_loses_nor_doubles_the_alarm(rig: Rig) -> 
     await outbox.put(rig.telemetry())
     first = rig.alarm()
     task = asyncio.create_task(outbox.put(first))
-    await asyncio.sleep(0)  # the insert is on the store thread now
+    await asyncio.sleep(0)  # one turn of the loop: the put has handed its insert to the store
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -438,7 +439,7 @@ async def test_a_cancelled_keyed_put_stores_its_alarm_once(rig: Rig) -> None:
     outbox = Outbox(rig.store)
     first = rig.alarm()
     task = asyncio.create_task(outbox.put(first, key="k"))
-    await asyncio.sleep(0)  # the insert is on the store thread now
+    await asyncio.sleep(0)  # one turn of the loop: the put has handed its insert to the store
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -608,16 +609,27 @@ def test_a_quota_too_small_for_the_outbox_is_refused(tmp_path: Path) -> None:
     assert DiskBudget.of(MiB).db >= MiB * 3 // 4
 
 
+def occupy(worker: StoreWorker) -> tuple[threading.Event, Future[bool]]:
+    """A call that holds the store thread until the gate returned is set; returned once it
+    runs, with its future (True: the gate was set in time)."""
+    gate, running = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        running.set()
+        return gate.wait(5.0)
+
+    busy = worker.submit(hold, (), urgent=False)
+    assert running.wait(5), "the store thread never took the call"
+    return gate, busy
+
+
 def test_alarms_that_arrive_while_the_store_is_busy_are_committed_together(rig: Rig) -> None:
     """One transaction (one fsync) for the alarms queued behind the call in progress; one that
     cannot be stored (a duplicate id) leaves the others stored, each with its own outcome."""
     worker = StoreWorker()
     try:
         for duplicate in (False, True):
-            gate = threading.Event()
-            busy = worker.submit(gate.wait, (5.0,), urgent=False)  # the call in progress
-            while not busy.running():
-                time.sleep(0.001)
+            gate, busy = occupy(worker)  # the call in progress
             alarms = [rig.alarm() for _ in range(3)]
             futures = [worker.submit_joined(rig.store.insert, alarm) for alarm in alarms]
             if duplicate:
@@ -909,10 +921,7 @@ def test_a_claim_of_the_backlog_waits_for_the_alarms_queued_beside_it(rig: Rig) 
         return fn()
 
     try:
-        gate = threading.Event()
-        busy = worker.submit(gate.wait, (5.0,), urgent=False)  # the call in progress
-        while not busy.running():
-            time.sleep(0.001)
+        gate, busy = occupy(worker)  # the call in progress
         other = worker.submit(step, ("other", rig.store.stats), urgent=False)
         claim = worker.submit_ranked(step, ("claim", lambda: rig.store.claim(10)), BACKLOG_RANK)
         alarm = worker.submit(step, ("alarm", lambda: rig.store.insert([rig.alarm()])), urgent=True)
