@@ -39,9 +39,16 @@ from typing import Any
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 
-from bench.common import BOOT_ID, cpu_seconds, emit, gateway_config, now_ns, proc_status_kb
+from bench.common import (
+    BOOT_ID,
+    cpu_seconds,
+    emit,
+    gateway_config,
+    now_ns,
+    proc_status_kb,
+    run_child,
+)
 from drivers.watch.codec import ALERT_CONFIRM, CARE_ALERT, AlertConfirmStatus
-from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.core.clock import SystemClock
@@ -196,9 +203,7 @@ def main() -> None:
         return
     if args.port is None or args.state_dir is None or args.gateway_id is None or args.log is None:
         parser.error("--role gateway needs --port, --state-dir, --gateway-id and --log")
-    with args.log.open("a") as log_stream:
-        logs.configure("info", "json", stream=log_stream)
-        emit(asyncio.run(run_gateway(args)))
+    run_child(run_gateway, args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import math
 import resource
@@ -9,11 +11,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.app import config
+from gateway.app import config, logs
 from gateway.core.clock import SystemClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +169,16 @@ def median(values: Sequence[float]) -> float:
 def emit(record: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
+
+
+def run_child(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    args: argparse.Namespace,
+) -> None:
+    """A bench child's body: the gateway's logs to ``args.log``, ``main``'s result on stdout."""
+    with args.log.open("a") as log_stream:
+        logs.configure("info", "json", stream=log_stream)
+        emit(asyncio.run(main(args)))
 
 
 def ensure_dir(path: Path) -> Path:

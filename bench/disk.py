@@ -17,13 +17,12 @@ from bench.common import (
     BOOT_ID,
     TELEMETRY_KIND,
     WATCH,
-    emit,
     gateway_config,
     make_clock,
     proc_io,
+    run_child,
     vitals,
 )
-from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 
@@ -76,9 +75,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("system", "cached"), default="cached")
     parser.add_argument("--log", type=Path, required=True)
     args = parser.parse_args()
-    with args.log.open("a") as log_stream:
-        logs.configure("info", "json", stream=log_stream)
-        emit(asyncio.run(run(args)))
+    run_child(run, args)
 
 
 if __name__ == "__main__":

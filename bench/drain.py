@@ -33,8 +33,8 @@ from bench.common import (
     now_ns,
     proc_io,
     proc_status_kb,
+    run_child,
 )
-from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.core.ports import AlarmState
@@ -177,9 +177,7 @@ def main() -> None:
         help="the outbox quota (default: the config's)",
     )
     args = parser.parse_args()
-    with args.log.open("a") as log_stream:
-        logs.configure("info", "json", stream=log_stream)
-        emit(asyncio.run(run(args)))
+    run_child(run, args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ runs. Prints one JSON line: microseconds per event of each, and the rows at the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -29,11 +28,10 @@ from bench.common import (
     TELEMETRY_KIND,
     WATCH,
     CachedSyncClock,
-    emit,
     gateway_config,
+    run_child,
     vitals,
 )
-from gateway.app import logs
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
 from gateway.store.spool import read_spool
@@ -106,9 +104,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--log", type=Path, required=True)
     args = parser.parse_args()
-    with args.log.open("a") as log_stream:
-        logs.configure("info", "json", stream=log_stream)
-        emit(asyncio.run(run(args)))
+    run_child(run, args)
 
 
 if __name__ == "__main__":
