@@ -219,10 +219,8 @@ def test_a_key_that_is_not_the_certificates_is_refused(
     _assert_refused(site, capsys, "gateway.key is not the key of the certificate gateway.crt")
 
 
-def test_an_expired_certificate_is_refused(
-    site: Site, pki: Pki, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bundle = _bundle(site, pki)
+def _certificate(pki: Pki, *, valid_from_days: int, valid_to_days: int) -> bytes:
+    """A certificate for GATEWAY's key, signed by the CA, valid between the days from now."""
     key = serialization.load_pem_private_key(pki.client(GATEWAY).key.read_bytes(), None)
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -235,12 +233,28 @@ def test_an_expired_certificate_is_refused(
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=60))
-        .not_valid_after(now - datetime.timedelta(days=1))
+        .not_valid_before(now + datetime.timedelta(days=valid_from_days))
+        .not_valid_after(now + datetime.timedelta(days=valid_to_days))
         .sign(ca_key, hashes.SHA256())
     )
-    (bundle / "gateway.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_expired_certificate_is_refused(
+    site: Site, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _bundle(site, pki)
+    (bundle / "gateway.crt").write_bytes(_certificate(pki, valid_from_days=-60, valid_to_days=-1))
     _assert_refused(site, capsys, "gateway.crt: expired on")
+
+
+def test_a_certificate_from_the_future_is_accepted_for_a_clock_not_yet_set(
+    site: Site, pki: Pki
+) -> None:
+    """A Pi's clock at first boot is the image's: a fresh certificate may look not yet valid."""
+    bundle = _bundle(site, pki)
+    (bundle / "gateway.crt").write_bytes(_certificate(pki, valid_from_days=30, valid_to_days=400))
+    assert site.run() == 0
 
 
 def test_a_missing_key_is_named_with_both_fixes(

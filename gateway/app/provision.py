@@ -11,7 +11,7 @@ Whoever flashes the SD card puts a directory ``carebed/`` on the boot partition
                            was made on the device (``/etc/carebed/tls/gateway.key``)
 
 The bundle is checked as ``carebed check-config`` checks a configuration, plus: the certificate
-belongs to the key, its CN is the gateway id, and it is valid today. Files are read from inside
+belongs to the key, its CN is the gateway id, and it has not expired. Files are read from inside
 the bundle only (no symbolic link is followed). Everything is staged under /etc/carebed first;
 only a bundle without any problem is moved into place, file by file with rename(), so nothing is
 ever half-written. Then the secrets (the key, and the configuration, which may hold passwords)
@@ -226,13 +226,10 @@ def _certificate_problems(cert_file: Path, gateway_id: str, now: float) -> list[
             f"{CERT}: its CN is {shown}, not the gateway id {gateway_id!r} (fix: use the "
             "certificate issued for this gateway, or correct gateway.id in carebed.toml)"
         )
-    not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+    # Not yet valid is no problem here: a Pi has no clock battery, and at first boot, before
+    # NTP, its clock is that of the image. Expired is: a clock that is behind makes it only
+    # look younger.
     not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
-    if now < not_before:
-        problems.append(
-            f"{CERT}: not valid before {decoded['notBefore']} (fix: check this gateway's clock, "
-            "or ask the platform for a certificate valid now)"
-        )
     if now > not_after:
         problems.append(
             f"{CERT}: expired on {decoded['notAfter']} (fix: ask the platform for a new "
