@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from hil.sim.pki import Pki
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "packaging" / "build_deb.py"
 VERSION = "0.1.0"
@@ -46,6 +48,8 @@ LIB = Path("/usr/lib/carebed")
 ETC = Path("/etc/carebed")
 STATE = Path("/var/lib/carebed")
 UNITS = ("carebed.service", "carebed-provision.service")
+# As the service runs: user carebed with its groups (setpriv execs, so signals reach the daemon).
+AS_CAREBED = ("setpriv", "--reuid=carebed", "--regid=carebed", "--init-groups", "--")
 # Every path the package ships besides its wheels (dpkg-deb -c, without the leading ".").
 SHIPPED = {
     "/lib/systemd/system/carebed.service",
@@ -319,11 +323,7 @@ def _run_daemon(machine: Machine) -> None:
     """The installed daemon as the service runs it (user carebed), until it has started."""
     daemon = subprocess.Popen(
         [
-            "setpriv",
-            "--reuid=carebed",
-            "--regid=carebed",
-            "--init-groups",
-            "--",
+            *AS_CAREBED,
             "/usr/bin/carebed",
             "run",
             "--config",
@@ -376,7 +376,9 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return found
 
 
-def test_install_upgrade_remove_and_purge_offline(debs: Debs, machine: Machine) -> None:
+def test_install_provision_upgrade_remove_and_purge_offline(
+    debs: Debs, machine: Machine, pki: Pki, tmp_path: Path
+) -> None:
     if debs.host_arch not in MACHINES:
         pytest.skip(f"no package for this machine's architecture {debs.host_arch}")
     # --- install, without network
@@ -404,15 +406,7 @@ def test_install_upgrade_remove_and_purge_offline(debs: Debs, machine: Machine) 
 
     # The command on PATH runs from the venv, as the service user; the venv holds exactly the
     # pinned set.
-    help_text = _run(
-        "setpriv",
-        "--reuid=carebed",
-        "--regid=carebed",
-        "--init-groups",
-        "--",
-        "/usr/bin/carebed",
-        "--help",
-    )
+    help_text = _run(*AS_CAREBED, "/usr/bin/carebed", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "provision" in help_text.stdout
     where = _run(str(venv / "bin/python"), "-c", "import gateway; print(gateway.__file__)")
@@ -440,6 +434,26 @@ def test_install_upgrade_remove_and_purge_offline(debs: Debs, machine: Machine) 
         units = [f"/lib/systemd/system/{unit}" for unit in UNITS]
         verify = _run(analyze, "verify", *units, env=TOOL_ENV)
         assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
+
+    # --- first boot: the installed `carebed provision` with its defaults (/etc/carebed,
+    # root:carebed), from a bundle in a stand-in for /boot/firmware; the daemon's user can
+    # then read everything it needs (check-config as that user).
+    bundle = tmp_path / "boot" / "carebed"
+    bundle.mkdir(parents=True)
+    (bundle / "carebed.toml").write_text('[gateway]\nid = "gw-a"\n[mqtt]\nhost = "127.0.0.1"\n')
+    shutil.copyfile(pki.ca_cert, bundle / "ca.crt")
+    shutil.copyfile(pki.client("gw-a").cert, bundle / "gateway.crt")
+    shutil.copyfile(pki.client("gw-a").key, bundle / "gateway.key")
+    provisioned = _run(
+        "/usr/bin/carebed", "provision", "--boot-dir", str(bundle.parent), "--no-start"
+    )
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert not (bundle.parent / "carebed.done" / "gateway.key").exists()
+    for path in (ETC / "carebed.toml", ETC / "tls" / "gateway.key", ETC / "tls" / "ca.crt"):
+        assert _mode_owner(path) == (0o640, "root", "carebed"), path
+    assert _mode_owner(ETC / "tls") == (0o750, "root", "carebed")
+    checked = _run(*AS_CAREBED, "/usr/bin/carebed", "check-config", str(ETC / "carebed.toml"))
+    assert checked.returncode == 0, checked.stderr
 
     # --- the installer's configuration and an outbox with events not yet delivered
     (ETC / "carebed.toml").write_text(TEST_CONFIG)
