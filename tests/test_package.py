@@ -261,6 +261,24 @@ class Machine:
         # In a network namespace of its own: pip in the postinst cannot reach any index.
         return _run("unshare", "--net", "--", "dpkg", *args)
 
+    def dpkg_as_if_booted(self, stubs: Path, *args: str) -> list[str]:
+        """dpkg where the maintainer scripts see a running systemd: /run/systemd/system (on a
+        private /run, in a mount namespace of its own) and a systemctl and udevadm that only
+        write down what they were asked. Those calls, in order."""
+        log = stubs / "calls"
+        log.write_text("")
+        for tool in ("systemctl", "udevadm"):
+            stub = stubs / tool
+            stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+            stub.chmod(0o755)
+        script = (
+            "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/systemd/system && "
+            f'PATH={stubs}:$PATH exec dpkg "$@"'
+        )
+        result = _run("unshare", "--net", "--mount", "--", "sh", "-c", script, "sh", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return log.read_text().splitlines()
+
 
 @pytest.fixture
 def machine() -> Iterator[Machine]:
@@ -428,6 +446,22 @@ def test_install_provision_upgrade_remove_and_purge_offline(
     }
     assert frozen == _lock_pins() | {f"carebed=={VERSION}"}
 
+    # A wheel that is not the one built into the package is refused by its hash, and the
+    # failed build leaves the installed venv as it was.
+    wheel = next((LIB / "wheels").glob("paho_mqtt-*.whl"))
+    original = wheel.read_bytes()
+    try:
+        wheel.write_bytes(original + b"\0")
+        rebuilt = _run(
+            "unshare", "--net", "--", "/var/lib/dpkg/info/carebed.postinst", "configure", VERSION
+        )
+        assert rebuilt.returncode != 0
+        assert "hash" in rebuilt.stderr.lower(), rebuilt.stderr
+    finally:
+        wheel.write_bytes(original)
+    assert LIB / (LIB / "venv").readlink() == venv
+    assert sorted(LIB.glob("venv-*")) == [venv]
+
     # The installed units, with the installed binary.
     analyze = shutil.which("systemd-analyze")
     if analyze is not None:
@@ -465,8 +499,15 @@ def test_install_provision_upgrade_remove_and_purge_offline(
     state_before = _tree(STATE)
 
     # --- upgrade, without network: configuration and outbox as they were, seq goes on
-    result = machine.dpkg("-i", str(debs.path(debs.host_arch, UPGRADE)))
-    assert result.returncode == 0, result.stdout + result.stderr
+    # (where systemd runs: the daemon restarted if it ran, the services' enablement left alone)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = machine.dpkg_as_if_booted(stubs, "-i", str(debs.path(debs.host_arch, UPGRADE)))
+    assert calls == [
+        "systemctl daemon-reload",
+        "udevadm control --reload-rules",
+        "systemctl try-restart carebed.service",
+    ]
     assert _tree(ETC) == config_before
     assert _tree(STATE) == state_before
     new_venv = LIB / (LIB / "venv").readlink()
@@ -479,8 +520,8 @@ def test_install_provision_upgrade_remove_and_purge_offline(
     assert all(seq > last_seq for seq, _ in events_after[len(events) :])
 
     # --- remove: the code goes, the configuration and the event store stay
-    result = _run("dpkg", "--remove", "carebed")
-    assert result.returncode == 0, result.stdout + result.stderr
+    calls = machine.dpkg_as_if_booted(stubs, "--remove", "carebed")
+    assert calls == ["systemctl stop carebed.service", "systemctl daemon-reload"]
     assert not LIB.exists()
     assert not os.path.lexists("/usr/bin/carebed")
     assert not Path("/lib/systemd/system/carebed.service").exists()
