@@ -23,6 +23,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,24 @@ def test_every_wheel_is_pinned_by_its_hash(debs: Debs, tmp_path: Path) -> None:
         found = re.fullmatch(r"(\S+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
         assert found, line
         assert found[3] in hashes, line
+
+
+def test_carebeds_wheel_holds_every_file_of_its_packages(debs: Debs, tmp_path: Path) -> None:
+    """Code and data (SQL schemas, catalogs, …): a file pyproject.toml's package data leaves out
+    would be missing on every installed gateway."""
+    subprocess.run(["dpkg-deb", "-x", str(debs.path("amd64")), str(tmp_path)], check=True)
+    (wheel,) = (tmp_path / "usr/lib/carebed/wheels").glob("carebed-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if ".dist-info/" not in name}
+    tree = {
+        str(path.relative_to(REPO))
+        for package in ("gateway", "drivers")
+        for path in (REPO / package).rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and path.suffix not in {".pyc", ".po", ".pot"}  # translation sources: .mo ship
+    }
+    assert tree - shipped == set()
 
 
 def test_maintainer_scripts_are_posix_shell(debs: Debs, tmp_path: Path) -> None:
