@@ -180,8 +180,9 @@ def _members(dir_fd: int, problems: list[str]) -> dict[str, str]:
         if lowered in KNOWN and lowered not in found:
             found[lowered] = entry
         else:
+            shown = entry if entry.isprintable() else ascii(entry)
             problems.append(
-                f"{entry}: not a file of a provisioning bundle (fix: rename or remove it; "
+                f"{shown}: not a file of a provisioning bundle (fix: rename or remove it; "
                 f"{_LAYOUT_FIX})"
             )
     return found
@@ -434,7 +435,9 @@ def provision(boot_dir: Path, etc_dir: Path, owner: Owner) -> Outcome:
     finally:
         os.close(dir_fd)
     done = boot_dir / DONE
-    if done.is_dir() and not done.is_symlink():
+    if done.is_symlink() or done.is_file():
+        done.unlink()
+    elif done.is_dir():
         shutil.rmtree(done)
     bundle.rename(done)
     with suppress(OSError):
