@@ -250,8 +250,10 @@ def build(arch: str, version: str, out: Path, cache: Path) -> Path:
             [
                 "dpkg-deb",
                 "--root-owner-group",
-                "-Zxz",
-                "--threads-max=1",
+                # gzip, not xz: the wheels are zip files already, and xz took 12x as long to
+                # save 0.1 % (5.9 s against 0.5 s for the same 5.4 MB package).
+                "-Zgzip",
+                "-z9",
                 "--build",
                 str(stage),
                 str(target),
