@@ -43,7 +43,7 @@ from typing import Any
 
 from gateway.app import config as config_module
 from gateway.app import preflight
-from gateway.core.errors import ConfigError
+from gateway.core.errors import CarebedError, ConfigError
 
 DEFAULT_BOOT_DIR = Path("/boot/firmware")
 DEFAULT_ETC_DIR = Path("/etc/carebed")
@@ -102,8 +102,8 @@ _MISSING_FIX = {
 }
 
 
-class NoBundle(Exception):
-    """There is no bundle to provision from."""
+class NoBundleError(CarebedError):
+    """There is no bundle to provision from (or it is not a directory): nothing was done."""
 
 
 def parse_owner(text: str) -> Owner:
@@ -136,13 +136,13 @@ def _open_bundle(boot_dir: Path) -> int:
     try:
         return os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NoBundle(f"no provisioning bundle at {bundle}") from None
+        raise NoBundleError(f"no provisioning bundle at {bundle}") from None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise NoBundle(
+            raise NoBundleError(
                 f"{bundle} is not a directory (a symbolic link or a file): make it a directory"
             ) from None
-        raise NoBundle(f"cannot open {bundle}: {exc.strerror}") from None
+        raise NoBundleError(f"cannot open {bundle}: {exc.strerror}") from None
 
 
 def _read_member(dir_fd: int, name: str, problems: list[str]) -> bytes | None:
@@ -411,7 +411,7 @@ def _staging(etc_dir: Path) -> Iterator[Path]:
 def provision(boot_dir: Path, etc_dir: Path, owner: Owner) -> Outcome:
     """Check the bundle under ``boot_dir`` and install it into ``etc_dir``.
 
-    Raises ``NoBundle`` when there is none. A bundle with problems is left as it is, with the
+    Raises ``NoBundleError`` when there is none. A bundle with problems is left as it is, with the
     error file written beside it; the outcome lists the problems.
     """
     bundle = boot_dir / BUNDLE

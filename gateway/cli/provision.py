@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         outcome = provision.provision(args.boot_dir, args.etc_dir, owner)
-    except provision.NoBundle as exc:
+    except provision.NoBundleError as exc:
         print(f"carebed provision: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
