@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak bench hil-sim deps clean
+.PHONY: demo test lint typecheck unit soak bench hil-sim deps deb clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "carebed needs Python 3.11 or newer"; exit 1; }
@@ -44,6 +44,12 @@ hil-sim: deps
 	$(PY) -m hil.uplink_smoke
 	$(PY) -m hil.button_smoke
 	$(PY) -m hil.watch_smoke
+
+# dist/carebed_<version>_arm64.deb and _amd64.deb: install offline (docs/INSTALL.md). The first
+# build downloads the wheels of requirements.lock from PyPI into ~/.cache/carebed/deb-wheels.
+# DEB_ARGS="--arch arm64" builds one; DEB_ARGS="--version 0.1.0+1" sets the Debian version.
+deb: $(STAMP)
+	$(PY) packaging/build_deb.py --out dist $(DEB_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
