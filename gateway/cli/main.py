@@ -14,6 +14,7 @@ import structlog
 
 from gateway.app import config as config_module
 from gateway.app import preflight
+from gateway.cli import installer
 from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     watch_actions.add_parser("list", help="the paired watches and their state")
     watch_unpair = watch_actions.add_parser("unpair", help="forget a watch")
     watch_unpair.add_argument("address", help="the watch's BLE address")
+    installer.register(commands, DEFAULT_CONFIG)
     schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | 
         chosen = schemas if args.which == "all" else schemas[args.which]
         print(json.dumps(chosen, indent=2))
         return EXIT_OK
+    if args.command in installer.COMMANDS:
+        return installer.main(args)
     path = args.config if args.command in ("run", "button", "camera", "watch") else args.path
     try:
         cfg = config_module.load(path)
