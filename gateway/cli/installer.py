@@ -11,6 +11,8 @@ from typing import Any
 
 _MODULES = {
     "doctor": "gateway.cli.doctor",
+    "status": "gateway.cli.status",
+    "test-alarm": "gateway.cli.alarmtest",
 }
 COMMANDS = frozenset(_MODULES)
 
@@ -27,6 +29,13 @@ def register(commands: Any, default_config: Path) -> None:
 
     doctor = command("doctor", "is this home ready? one pass/fail sheet, each failure with its fix")
     doctor.add_argument("--json", action="store_true", help="the sheet as JSON, for tools")
+    command("status", "uplink, queue, alarms held and devices, from the running daemon")
+    test_alarm = command(
+        "test-alarm", "raise a test alarm and wait for the platform's acknowledgement"
+    )
+    test_alarm.add_argument(
+        "--timeout", type=int, default=120, help="seconds to wait for the acknowledgement"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
