@@ -13,6 +13,7 @@ _MODULES = {
     "doctor": "gateway.cli.doctor",
     "status": "gateway.cli.status",
     "test-alarm": "gateway.cli.alarmtest",
+    "support-bundle": "gateway.cli.bundle",
 }
 COMMANDS = frozenset(_MODULES)
 
@@ -35,6 +36,12 @@ def register(commands: Any, default_config: Path) -> None:
     )
     test_alarm.add_argument(
         "--timeout", type=int, default=120, help="seconds to wait for the acknowledgement"
+    )
+    bundle = command(
+        "support-bundle", "a tarball for support: redacted configuration, log, status, versions"
+    )
+    bundle.add_argument(
+        "--output", type=Path, default=None, help="where to write it (default: current directory)"
     )
 
 
