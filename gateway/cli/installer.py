@@ -14,6 +14,7 @@ _MODULES = {
     "status": "gateway.cli.status",
     "test-alarm": "gateway.cli.alarmtest",
     "support-bundle": "gateway.cli.bundle",
+    "tls": "gateway.cli.tls",
 }
 COMMANDS = frozenset(_MODULES)
 
@@ -42,6 +43,15 @@ def register(commands: Any, default_config: Path) -> None:
     )
     bundle.add_argument(
         "--output", type=Path, default=None, help="where to write it (default: current directory)"
+    )
+    tls = command("tls", "this gateway's key and certificate request")
+    tls_actions = tls.add_subparsers(dest="action", required=True)
+    request = tls_actions.add_parser(
+        "request", help="make the key (kept on this device) and print a certificate request"
+    )
+    request.add_argument("--force", action="store_true", help="replace an existing key")
+    request.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="configuration file"
     )
 
 
