@@ -29,8 +29,9 @@ from hil.sim.bluez import FakeBluez, WatchSim
 from hil.sim.broker import SHIPPED_ACL, Mosquitto
 from hil.sim.camera import SimCamera
 from hil.sim.pki import Pki
+from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
-from tests.gateway_rig import running_gateway, wait_until
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
 from tests.support.daemon import gateway_config
 
@@ -91,7 +92,10 @@ def synced() -> ManualClock:
 
 
 def failing(report: Report) -> dict[str, str]:
-    return {check.id: check.fix or "" for check in report.checks if check.status == "fail"}
+    """The failed checks and their fixes; a report with any is not ready (exit status 1)."""
+    failed = {check.id: check.fix or "" for check in report.checks if check.status == "fail"}
+    assert report.ready == (not failed)
+    return failed
 
 
 def statuses(report: Report) -> dict[str, str]:
@@ -326,3 +330,22 @@ async def test_through_the_running_daemon(
         assert status == 1, out
         assert "FAIL  Button receiver" in out and "fix: plug the receiver" in out
         assert "NOT READY: 1 check(s) failed" in out
+
+
+async def test_the_doctor_leaves_the_gateways_session_as_it_found_it(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    """Without the daemon, the doctor connects as the gateway: a command waiting in the
+    gateway's session is delivered to it, never acknowledged, and so reaches the daemon."""
+    (tmp_path / "state").mkdir()
+    async with running_gateway(tmp_path, mosquitto) as running:  # the session exists
+        await wait_until(running.gateway.uplink.connected.is_set, 20, "the uplink")
+    command_id = await asyncio.to_thread(platform.command, "gw-a", "ping")
+    report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+    assert statuses(report)["mqtt.publish"] == "pass" and failing(report) == {}
+    async with running_gateway(tmp_path, mosquitto):
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"]["cmd_id"] == command_id for e in kinds(p, "cmd.result")),
+            "the command's result from the daemon",
+        )
