@@ -317,6 +317,15 @@ async def test_through_the_running_daemon(
         assert state["mqtt.publish"] == "pass"
         assert set(sheet["checks"][0]) == {"id", "status", "title", "detail", "fix"}
         assert home.watch.connections == 1  # the daemon's link, no second connection
+        receiver = next(c for c in sheet["checks"] if c["id"] == "button.receiver")
+        assert "firmware 1.4, on mains (asked through the daemon)" in receiver["detail"]
+
+        home.camera.privacy_mode = True  # asked by the daemon, as carebed camera test does
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 1, out
+        failed = [c["id"] for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        assert failed == ["camera.check"]
+        home.camera.privacy_mode = False
 
         await home.receiver.unplug()
         await wait_until(

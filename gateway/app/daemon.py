@@ -220,6 +220,7 @@ class Gateway:
         diagnosis = DaemonDiagnosis(
             uplink=self.uplink,
             button=self.button,
+            receiver_answer_s=cfg.button.receiver_answer_s,
             watches=self.watches,
             camera=self.camera,
             clock=self.clock,

@@ -27,8 +27,10 @@ PROBE_TIMEOUT_S = 10.0
 MAX_TEST_ALARM_WAIT_S = 3600
 
 
-class HasStatus(Protocol):
+class Receiver(Protocol):
     def status(self) -> dict[str, Any]: ...
+
+    async def request_status(self, timeout_s: float) -> dict[str, Any] | None: ...
 
 
 class DaemonDiagnosis:
@@ -38,13 +40,15 @@ class DaemonDiagnosis:
         self,
         *,
         uplink: MqttUplink,
-        button: HasStatus | None,
+        button: Receiver | None,
+        receiver_answer_s: float = 5.0,
         watches: WatchFleet | None,
         camera: CameraPolicy | None,
         clock: Clock,
     ) -> None:
         self._uplink = uplink
         self._button = button
+        self._receiver_answer_s = receiver_answer_s
         self._watches = watches
         self._camera = camera
         self._clock = clock
@@ -61,6 +65,13 @@ class DaemonDiagnosis:
         except Exception as exc:  # noqa: BLE001 - the link's trouble, told to the installer
             return {"error": str(exc) or type(exc).__name__}
 
+    async def _button_status(self) -> dict[str, Any] | None:
+        """The receiver's state, with its answer to a STATUS_REQUEST asked now."""
+        if self._button is None:
+            return None
+        answer = await self._button.request_status(self._receiver_answer_s)
+        return {**self._button.status(), "answer": answer}
+
     async def control_doctor(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         control_args(NoArgs, args)
         probe = await self._probe()
@@ -72,7 +83,7 @@ class DaemonDiagnosis:
                 "rejected_messages": self._uplink.stats.rejected_messages,
                 "probe": probe,
             },
-            "button": None if self._button is None else self._button.status(),
+            "button": await self._button_status(),
             "watches": None if self._watches is None else self._watches.status(),
             "camera": None if self._camera is None else await self._camera.check(),
         }

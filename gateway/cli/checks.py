@@ -986,35 +986,51 @@ def button_checks_daemon(status: dict[str, Any], cfg: GatewayConfig) -> list[Che
     receiver = status["receiver"]
     title = _("Button receiver")
     checks: list[Check] = []
-    if receiver["connected"]:
+    answer = status.get("answer")
+    if receiver["connected"] and answer is not None:
+        mains = _("on mains") if answer["mains"] else _("ON BATTERY (mains lost)")
         checks.append(
             passed(
                 "button.receiver",
                 title,
-                _("the daemon holds {port} and the receiver answers").format(port=receiver["port"]),
+                _("{port} answers: firmware {fw}, {mains} (asked through the daemon)").format(
+                    port=receiver["port"], fw=answer["fw"], mains=mains
+                ),
             )
         )
-    else:
-        problem = receiver.get("port_problem") or {}
-        if problem.get("what") == "missing" or problem == {}:
-            detail = _("{port} does not exist: the receiver is not plugged in or not found").format(
-                port=cfg.button.port
-            )
-        else:
-            detail = _("{port} cannot be opened: {error}").format(
-                port=problem.get("port"), error=problem.get("error")
-            )
+    elif receiver["connected"]:
         checks.append(
             failed(
                 "button.receiver",
                 title,
-                detail,
+                _("{port} did not answer STATUS_REQUEST within {seconds} s").format(
+                    port=receiver["port"], seconds=cfg.button.receiver_answer_s
+                ),
                 _(
-                    "plug the receiver's USB cable in and power it; check the udev rule that "
-                    "names it /dev/carebed-button (ls -l /dev/carebed-button) and button.port"
+                    "check that this port is the button receiver (not another USB serial "
+                    "device), its power, and button.baudrate"
                 ),
             )
         )
+    else:
+        problem = receiver.get("port_problem") or {}
+        if problem.get("what") == "open_failed":
+            detail = _("{port} cannot be opened: {error}").format(
+                port=problem.get("port"), error=problem.get("error")
+            )
+            fix = _(
+                "the carebed user must be allowed to open it (group dialout) and no other "
+                "program may hold it"
+            )
+        else:
+            detail = _("{port} does not exist: the receiver is not plugged in or not found").format(
+                port=cfg.button.port
+            )
+            fix = _(
+                "plug the receiver's USB cable in and power it; check the udev rule that "
+                "names it /dev/carebed-button (ls -l /dev/carebed-button) and button.port"
+            )
+        checks.append(failed("button.receiver", title, detail, fix))
     title = _("Paired buttons heard")
     buttons = status["buttons"]
     if not buttons:
