@@ -196,11 +196,12 @@ async def test_all_pass_then_each_fault_fails_its_own_check(
         assert "swapped" in failing(report)["tls.pair"]
         home.with_tls(config, key_file=pki.client("gw-a").key)
 
-        # CN ≠ id: gw-b's certificate and key in gw-a's configuration. The broker knows it as
-        # gw-b, so its ACL also refuses the publish on gw-a's topic.
+        # CN ≠ id: gw-b's certificate and key in gw-a's configuration. The broker would take
+        # the doctor for gw-b (and its session): it does not connect.
         home.with_tls(config, cert_file=pki.client("gw-b").cert, key_file=pki.client("gw-b").key)
         report = await diagnose(config, clock=synced())
-        assert set(failing(report)) == {"tls.cn", "mqtt.publish"}
+        assert set(failing(report)) == {"tls.cn"}
+        assert statuses(report)["mqtt.connect"] == statuses(report)["mqtt.publish"] == "skip"
         assert "issued for gw-a" in failing(report)["tls.cn"]
 
         # An expired certificate: the broker refuses the handshake too.

@@ -1356,10 +1356,22 @@ async def diagnose(
             ]
         )
     now = datetime.fromtimestamp(clock.wall() if daemon is None else daemon["wall"], UTC)
-    add(tls_checks(cfg, now))
+    certificate = tls_checks(cfg, now)
+    add(certificate)
     network = await network_checks(cfg)
     add(network)
-    if any(check.status == "fail" for check in network):
+    foreign = any(c.id == "tls.cn" and c.status == "fail" for c in certificate)
+    if foreign and daemon is None:
+        # The broker takes the certificate's name for the client id: connecting with it would
+        # take over the other gateway's session.
+        reason = _("not tried: the certificate is another gateway's (see Certificate name)")
+        add(
+            [
+                skipped("mqtt.connect", _("Broker accepts this gateway"), reason),
+                skipped("mqtt.publish", _("Broker accepts a publish"), reason),
+            ]
+        )
+    elif any(check.status == "fail" for check in network):
         add(
             [
                 skipped(
