@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,5 +59,9 @@ def register(commands: Any, default_config: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     module = importlib.import_module(_MODULES[args.command])
-    status: int = module.main(args)
+    try:
+        status: int = module.main(args)
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return status
