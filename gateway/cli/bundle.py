@@ -55,13 +55,14 @@ LIBRARIES = (
 
 
 def redact(data: Any, key: str = "") -> Any:
-    """``data`` with every secret-looking value replaced; file paths kept."""
+    """``data`` with every value under a secret-looking key replaced (a whole table under
+    one), and URLs with credentials; file paths kept."""
+    if SECRET_KEY.search(key) and not key.endswith("_file"):
+        return REDACTED
     if isinstance(data, dict):
         return {name: redact(value, name) for name, value in data.items()}
     if isinstance(data, list):
         return [redact(item, key) for item in data]
-    if SECRET_KEY.search(key) and not key.endswith("_file"):
-        return REDACTED
     if isinstance(data, str) and "@" in data and "://" in data:
         return REDACTED  # credentials in a URL
     return data
