@@ -328,6 +328,16 @@ async def test_through_the_running_daemon(
         assert failed == ["camera.check"]
         home.camera.privacy_mode = False
 
+        clock = gateway.clock  # the daemon's own notion of the clock, read through its socket
+        assert isinstance(clock, ManualClock)
+        clock.synced = False
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 1, out
+        failed = [c for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        assert [c["id"] for c in failed] == ["clock.synced"]
+        assert "as the daemon sees it" in failed[0]["detail"]
+        clock.synced = True
+
         await home.receiver.unplug()
         await wait_until(
             lambda: (
