@@ -661,6 +661,8 @@ class SerialButtonLink:
     async def request_status(self, timeout_s: float) -> dict[str, Any] | None:
         """Ask the receiver for its RECEIVER_STATUS (``carebed doctor``); None when it is not
         connected or does not answer within ``timeout_s``."""
+        if self._serial is None:
+            return None
         self._status_heard.clear()
         if not self._send(encode_status_request(self._next_seq())):
             return None

@@ -38,9 +38,10 @@ def render(status: dict[str, Any], now: datetime) -> list[str]:
     """The lines a person reads; ``now`` is when the daemon answered."""
     uplink = status.get("uplink", {})
     lines = [
-        _("carebed {version}, running for {hours:.1f} h; {now}").format(
+        _("carebed {version}, running for {hours} h {minutes} min; {now}").format(
             version=status.get("version"),
-            hours=status.get("uptime_s", 0) / 3600,
+            hours=int(status.get("uptime_s", 0)) // 3600,
+            minutes=int(status.get("uptime_s", 0)) % 3600 // 60,
             now=local_time(now),
         ),
         _("Uplink: connected {connected}; refused messages {refused}").format(
