@@ -369,3 +369,43 @@ async def test_the_doctor_leaves_the_gateways_session_as_it_found_it(
             lambda p: any(e["data"]["cmd_id"] == command_id for e in kinds(p, "cmd.result")),
             "the command's result from the daemon",
         )
+
+
+async def test_through_the_daemon_a_silent_button_and_an_absent_watch_fail(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doctor in this process asks the daemon in this process over its real socket."""
+    async with rig(tmp_path, mosquitto, monkeypatch) as home:
+        sections = home.sections(button={"supervision_window_s": 0.5, "supervision_check_s": 0.1})
+        async with running_gateway(tmp_path, mosquitto, clock=synced(), **sections) as running:
+            gateway = running.gateway
+            assert gateway.button is not None and gateway.watches is not None
+            assert isinstance(gateway.clock, ManualClock)
+            gateway.clock.advance(1.0)  # beyond the button's supervision window
+            await wait_until(
+                lambda: not gateway.button.status()["buttons"][0]["online"], 20, "supervision"
+            )
+            await wait_until(
+                lambda: all(w.connected.is_set() for w in gateway.watches.watches.values()),
+                20,
+                "the watch's link",
+            )
+            report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+            assert report.daemon_running
+            assert set(failing(report)) == {"button.buttons"}
+            assert "btn-00A1B2C3" in next(
+                c.detail for c in report.checks if c.id == "button.buttons"
+            )
+            assert "press each" in failing(report)["button.buttons"]
+
+            home.watch.in_range = False
+            await wait_until(
+                lambda: not any(w.connected.is_set() for w in gateway.watches.watches.values()),
+                20,
+                "the watch's link to drop",
+            )
+            report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+            assert set(failing(report)) == {"button.buttons", "watch.watches"}
+            assert f"not connected: {WATCH}" in next(
+                c.detail for c in report.checks if c.id == "watch.watches"
+            )
