@@ -148,6 +148,8 @@ class SerialButtonLink:
         self._receiver = Presence(self.receiver_device, self._emit_device, online=True)
         self._receiver_uptime: tuple[int, float] | None = None  # (uptime_s, when) last status
         self._answered = asyncio.Event()  # a valid frame arrived in this session
+        self._status_heard = asyncio.Event()  # a RECEIVER_STATUS arrived (request_status)
+        self._last_status: ReceiverStatus | None = None
         self._no_answer: set[str] = set()  # glob matches that did not answer, skipped a round
         self._last_pattern: dict[int, int] = {}
         self._held: FeedbackHold[tuple[int, int]] = FeedbackHold()  # during raise_alarm
@@ -492,6 +494,8 @@ class SerialButtonLink:
         await presence.came_online("heard")
 
     async def _receiver_status(self, status: ReceiverStatus) -> None:
+        self._last_status = status
+        self._status_heard.set()
         now = self._mono()
         if self._receiver_uptime is not None:
             uptime, when = self._receiver_uptime
@@ -653,6 +657,28 @@ class SerialButtonLink:
             self._presence[bid].unpaired()
         await self.sink.emit("device.unpaired", {}, device_id(bid))
         return True
+
+    async def request_status(self, timeout_s: float) -> dict[str, Any] | None:
+        """Ask the receiver for its RECEIVER_STATUS (``carebed doctor``); None when it is not
+        connected or does not answer within ``timeout_s``."""
+        if self._serial is None:
+            return None
+        self._status_heard.clear()
+        if not self._send(encode_status_request(self._next_seq())):
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._status_heard.wait()
+        except TimeoutError:
+            return None
+        status = self._last_status
+        assert status is not None
+        return {
+            "fw": f"{status.fw_major}.{status.fw_minor}",
+            "uptime_s": status.uptime_s,
+            "mains": not status.mains_lost,
+            "jamming": status.jamming,
+        }
 
     def status(self) -> dict[str, Any]:
         now = self._mono()

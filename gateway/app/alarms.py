@@ -35,6 +35,11 @@ class AlarmTracker:
     def subscribe(self, listener: AlarmListener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: AlarmListener) -> None:
+        """Stop telling ``listener`` (one that follows a single alarm, e.g. a local test)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _tell(self, alarm_id: str, kind: str, device: str | None, state: AlarmState) -> None:
         for listener in self._listeners:
             try:

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from gateway.core.errors import ControlError
+from gateway.core.i18n import _
 
 log = structlog.get_logger("gateway.app.control")
 
@@ -130,8 +131,10 @@ def daemon_absent(exc: OSError) -> bool:
 def unreachable(path: Path, exc: OSError) -> str:
     """What to tell the installer when the socket is there but cannot be used."""
     if isinstance(exc, PermissionError):
-        return f"not allowed to use {path}: run as root, or as a member of the carebed group"
-    return f"cannot reach the daemon at {path}: {exc}"
+        return _(
+            "not allowed to use {path}: run as root, or as a member of the carebed group"
+        ).format(path=path)
+    return _("cannot reach the daemon at {path}: {error}").format(path=path, error=exc)
 
 
 def run_client(socket: Path, talk: Callable[[], None], without_daemon: Callable[[], int]) -> int:

@@ -24,6 +24,7 @@ from gateway.app.commands import CommandProcessor
 from gateway.app.config import CameraSection, GatewayConfig
 from gateway.app.control import ControlServer
 from gateway.app.control import Handler as ControlHandler
+from gateway.app.diagnose import DaemonDiagnosis, TestAlarm
 from gateway.app.handlers import (
     ButtonCommands,
     CameraCommands,
@@ -216,7 +217,18 @@ class Gateway:
             self.commands.register("button.pair", buttons.pair)
             self.commands.register("button.unpair", buttons.unpair)
         self.commands.register("camera.call", camera.call)
+        diagnosis = DaemonDiagnosis(
+            uplink=self.uplink,
+            button=self.button,
+            receiver_answer_s=cfg.button.receiver_answer_s,
+            watches=self.watches,
+            camera=self.camera,
+            clock=self.clock,
+        )
+        test_alarm = TestAlarm(cfg.gateway_id, self.alarms, self.clock)
         return {
+            "doctor": diagnosis.control_doctor,
+            "test_alarm": test_alarm.control_test_alarm,
             "status": gateway.control_status,
             "button.list": buttons.control_list,
             "button.pair": buttons.control_pair,

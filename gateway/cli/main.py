@@ -14,6 +14,7 @@ import structlog
 
 from gateway.app import config as config_module
 from gateway.app import preflight
+from gateway.cli import installer
 from gateway.cli import provision as provision_cli
 from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     watch_unpair = watch_actions.add_parser("unpair", help="forget a watch")
     watch_unpair.add_argument("address", help="the watch's BLE address")
     provision_cli.add_parser(commands)
+    installer.register(commands, DEFAULT_CONFIG)
     schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | 
         return EXIT_OK
     if args.command == "provision":
         return provision_cli.main(args)
+    if args.command in installer.COMMANDS:
+        return installer.main(args)
     path = args.config if args.command in ("run", "button", "camera", "watch") else args.path
     try:
         cfg = config_module.load(path)

@@ -96,6 +96,7 @@ class MqttUplink:
         self.wall = wall
         self.stats = UplinkStats()
         self.connected = asyncio.Event()
+        self._online: bytes | None = None  # the presence published at the last connect
         self.topics = Topics.of(gateway_id)
         self._read_limits = self.topics.read_limits()
         self._backoff = Backoff(settings.backoff_min_s, settings.backoff_cap_s)
@@ -248,6 +249,7 @@ class MqttUplink:
             version=self.version,
             boot_id=self.boot_id,
         )
+        self._online = online
         self._publish_raw(Message(self.topics.status, online, retain=True))
         client.subscribe(self.topics.downlink)
         self._downlink_closing = False
@@ -516,6 +518,17 @@ class MqttUplink:
             self.stats.published_messages += 1
             self.stats.published_events += len(message.seqs)
         return mid
+
+    async def probe_publish(self) -> str | None:
+        """Publish this connection's presence once more (the same retained payload) and wait
+        for the broker's answer: None when it took it, else its refusal (MQTT 5 PUBACK reason;
+        MQTT 3.1.1 acknowledges a refused publish like an accepted one). ``carebed doctor``."""
+        client = self._client
+        if client is None or self._online is None:
+            raise UplinkTransientError("not connected")
+        message = Message(self.topics.status, self._online, retain=True)
+        reason = await client.confirmation(self._publish_raw(message))
+        return str(reason) if reason.is_failure else None
 
     async def _publish_control(self, topic: str, payload: bytes, *, retain: bool) -> None:
         client = self._client

@@ -1,0 +1,54 @@
+"""``carebed doctor [--json]``: one pass/fail sheet; exit status 0 only when the home is ready."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime
+
+from gateway.cli.checks import Check, Report, diagnose, local_time
+from gateway.core.i18n import _
+
+EXIT_READY, EXIT_NOT_READY = 0, 1
+WIDTH = 28
+
+
+def _label(check: Check) -> str:
+    return {"pass": _("PASS"), "fail": _("FAIL"), "skip": _("skip")}[check.status]
+
+
+def show(check: Check) -> None:
+    print(f"  {_label(check):<5} {check.title:<{WIDTH}} {check.detail}", flush=True)
+    if check.fix is not None:
+        print("        " + _("fix: {fix}").format(fix=check.fix), flush=True)
+
+
+def summary(report: Report) -> str:
+    failures = sum(check.status == "fail" for check in report.checks)
+    if report.ready:
+        return _("READY: this home is ready.")
+    return _(
+        "NOT READY: {count} check(s) failed; do what each fix says, then run carebed doctor again."
+    ).format(count=failures)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.json:
+        report = asyncio.run(diagnose(args.config))
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+        return EXIT_READY if report.ready else EXIT_NOT_READY
+    print(
+        _("carebed doctor: {config}, {now}").format(
+            config=args.config, now=local_time(datetime.now().astimezone())
+        ),
+        flush=True,
+    )
+    try:
+        report = asyncio.run(diagnose(args.config, on_check=show))
+    except KeyboardInterrupt:
+        return EXIT_NOT_READY
+    print(summary(report))
+    sys.stdout.flush()
+    return EXIT_READY if report.ready else EXIT_NOT_READY

@@ -1,0 +1,411 @@
+"""``carebed doctor`` against the real parts: Mosquitto with TLS and the shipped ACL, the pty
+receiver, the fake BlueZ with a watch, and the camera simulator. All pass on a healthy rig; then
+each thing an installer can get wrong is broken in turn, and exactly its check fails."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from drivers.button.pairing import PairingStore
+from gateway.app.config import load
+from gateway.cli.checks import ProbeResult, Report, diagnose, mqtt_checks_direct
+from gateway.core.clock import ManualClock
+from hil.sim.bluez import FakeBluez, WatchSim
+from hil.sim.broker import SHIPPED_ACL, Mosquitto
+from hil.sim.camera import SimCamera
+from hil.sim.pki import Pki
+from hil.sim.platform import PlatformClient
+from hil.sim.receiver import SimReceiver
+from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
+from tests.support.ble import private_system_bus
+from tests.support.daemon import gateway_config
+
+WATCH = "C0:FF:EE:00:00:01"
+BUTTON = 0x00A1B2C3
+WATCH_LINK = {
+    "enabled": True,
+    "addresses": [WATCH],
+    "connect_timeout_s": 2.0,
+    "reconnect_min_s": 0.05,
+    "reconnect_cap_s": 0.2,
+}
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: Mosquitto
+    receiver: SimReceiver
+    watch: WatchSim
+    camera: SimCamera
+    link: Path
+
+    def sections(self, **changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        sections: dict[str, dict[str, Any]] = {
+            "button": {"enabled": True, "port": str(self.link), "receiver_answer_s": 3.0},
+            "watch": dict(WATCH_LINK),
+            "camera": {
+                "enabled": True,
+                "name": "living",
+                "url": self.camera.base_url,
+                "user": self.camera.user,
+                "password": self.camera.password,
+            },
+        }
+        for name, values in changes.items():
+            sections.setdefault(name, {}).update(values)
+        return sections
+
+    def config(self, **changes: dict[str, Any]) -> Path:
+        return gateway_config(self.tmp, self.broker, **self.sections(**changes))
+
+    def with_tls(self, config: Path, **files: Path) -> Path:
+        """The same config with other TLS files (ca_file, cert_file, key_file)."""
+        text = config.read_text()
+        for key, path in files.items():
+            lines = [
+                f'{key} = "{path}"' if line.startswith(f"{key} =") else line
+                for line in text.splitlines()
+            ]
+            text = "\n".join(lines) + "\n"
+        config.write_text(text)
+        return config
+
+
+def synced() -> ManualClock:
+    return ManualClock(time.time(), synced=True)
+
+
+def failing(report: Report) -> dict[str, str]:
+    """The failed checks and their fixes; a report with any is not ready (exit status 1)."""
+    failed = {check.id: check.fix or "" for check in report.checks if check.status == "fail"}
+    assert report.ready == (not failed)
+    return failed
+
+
+def statuses(report: Report) -> dict[str, str]:
+    return {check.id: check.status for check in report.checks}
+
+
+@asynccontextmanager
+async def rig(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    link = tmp_path / "carebed-button"
+    watch = WatchSim(WATCH, battery=81)
+    async with (
+        SimReceiver(link_path=link, retransmit_interval_s=0.2) as receiver,
+        SimCamera() as camera,
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [watch]),
+    ):
+        (tmp_path / "state").mkdir()
+        PairingStore(tmp_path / "state" / "buttons.json").add(BUTTON)
+        yield Rig(tmp_path, broker, receiver, watch, camera, link)
+
+
+def expired_certificate(pki: Pki, cn: str, directory: Path) -> tuple[Path, Path]:
+    """A client certificate for ``cn`` from the test CA that expired yesterday."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "expired.crt", directory / "expired.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class DenyingBroker(Mosquitto):
+    """The TLS broker with an ACL that lets gateways read their downlink and write nothing."""
+
+    def config_text(self) -> str:
+        acl = self.workdir / "deny.acl"
+        acl.write_text("pattern read carebed/v1/%u/down/#\n")
+        return super().config_text().replace(str(SHIPPED_ACL.resolve()), str(acl))
+
+
+async def test_all_pass_then_each_fault_fails_its_own_check(
+    tmp_path: Path, mosquitto_tls: Mosquitto, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path, mosquitto_tls, monkeypatch) as home:
+        config = home.config()
+        report = await diagnose(config, clock=synced())
+        assert failing(report) == {}, report.checks
+        assert report.ready and not report.daemon_running
+        state = statuses(report)
+        assert {k: v for k, v in state.items() if v == "skip"} == {
+            "daemon.socket": "skip",  # not running: the doctor did it all itself
+            "button.buttons": "skip",  # only the daemon knows when a button was last heard
+            "service.active": "skip",  # no systemd here
+            "service.watchdog": "skip",
+        }
+        assert state["mqtt.publish"] == "pass"
+        assert home.watch.connections == 1 and not home.watch.connected
+        assert not [r for r in home.camera.requests if r.method == "POST"]
+
+        # The clock, as the gateway's own Clock says it.
+        report = await diagnose(config, clock=ManualClock(time.time(), synced=False))
+        assert set(failing(report)) == {"clock.synced"}
+        assert "NTP" in failing(report)["clock.synced"]
+
+        # Wrong CA: the broker's certificate is no longer trusted and ours is not the CA's.
+        rogue = pki.rogue_client("gw-a")
+        home.with_tls(config, ca_file=rogue.cert.parent / "ca.crt")
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"tls.chain", "net.tls"}
+        assert "mqtt.tls.ca_file" in failing(report)["tls.chain"]
+        home.with_tls(config, ca_file=pki.ca_cert)
+
+        # Swapped key: another gateway's key beside this certificate.
+        home.with_tls(config, key_file=pki.client("gw-b").key)
+        report = await diagnose(config, clock=synced())
+        assert "tls.pair" in failing(report)
+        assert "swapped" in failing(report)["tls.pair"]
+        home.with_tls(config, key_file=pki.client("gw-a").key)
+
+        # CN ≠ id: gw-b's certificate and key in gw-a's configuration. The broker would take
+        # the doctor for gw-b (and its session): it does not connect.
+        home.with_tls(config, cert_file=pki.client("gw-b").cert, key_file=pki.client("gw-b").key)
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"tls.cn"}
+        assert statuses(report)["mqtt.connect"] == statuses(report)["mqtt.publish"] == "skip"
+        assert "issued for gw-a" in failing(report)["tls.cn"]
+
+        # An expired certificate: the broker refuses the handshake too.
+        cert, key = expired_certificate(pki, "gw-a", tmp_path)
+        home.with_tls(config, cert_file=cert, key_file=key)
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"tls.dates", "net.tls"}
+        assert "carebed tls request" in failing(report)["tls.dates"]
+        home.with_tls(config, cert_file=pki.client("gw-a").cert, key_file=pki.client("gw-a").key)
+
+        # The receiver unplugged.
+        await home.receiver.unplug()
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"button.receiver"}
+        assert "USB cable" in failing(report)["button.receiver"]
+        await home.receiver.replug()
+
+        # The camera's password is wrong.
+        config = home.config(camera={"password": "wrong"})
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"camera.check"}
+        assert "camera.password" in failing(report)["camera.check"]
+        config = home.config()
+
+        # The watch is out of range (or flat).
+        home.watch.in_range = False
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"watch.watches"}
+        assert "charge it" in failing(report)["watch.watches"]
+        home.watch.in_range = True
+
+        report = await diagnose(config, clock=synced())
+        assert failing(report) == {}, report.checks
+
+
+async def test_an_acl_that_denies_the_publish_fails_only_that_check(
+    tmp_path: Path, pki: Pki
+) -> None:
+    with DenyingBroker(tmp_path / "broker", pki=pki, acl=True) as broker:
+        config = gateway_config(tmp_path, broker)
+        (tmp_path / "state").mkdir()
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"mqtt.publish"}
+        check = next(c for c in report.checks if c.id == "mqtt.publish")
+        assert "Not authorized" in check.detail and "ACL" in (check.fix or "")
+        # A gateway configured for MQTT 3.1.1: the doctor still asks in MQTT 5 where the broker
+        # speaks it, because only MQTT 5 tells a refused publish from an accepted one.
+        config = gateway_config(tmp_path, broker, mqtt={"protocol": "3.1.1"})
+        report = await diagnose(config, clock=synced())
+        assert set(failing(report)) == {"mqtt.publish"}
+
+
+def test_on_a_broker_without_mqtt_5_the_publish_check_says_it_cannot_tell(tmp_path: Path) -> None:
+    config = tmp_path / "carebed.toml"
+    config.write_text('[gateway]\nid = "gw-a"\n[mqtt]\nhost = "b"\nplaintext = true\n')
+    checks = mqtt_checks_direct(ProbeResult(protocol="3.1.1"), load(config))
+    assert [(c.id, c.status) for c in checks] == [
+        ("mqtt.connect", "pass"),
+        ("mqtt.publish", "skip"),
+    ]
+    assert "3.1.1" in checks[1].detail
+
+
+async def test_a_bad_configuration_is_the_only_check(tmp_path: Path) -> None:
+    config = tmp_path / "carebed.toml"
+    config.write_text('[gateway]\nid = "gw-a"\n')
+    report = await diagnose(config, clock=synced())
+    assert [(c.id, c.status) for c in report.checks] == [("config.valid", "fail")]
+    assert "mqtt" in report.checks[0].detail and "check-config" in (report.checks[0].fix or "")
+
+
+async def carebed(config: Path, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_through_the_running_daemon(
+    tmp_path: Path, mosquitto_tls: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon holds the port, the adapter and the session: the doctor asks it."""
+    async with (
+        rig(tmp_path, mosquitto_tls, monkeypatch) as home,
+        running_gateway(tmp_path, mosquitto_tls, clock=synced(), **home.sections()) as running,
+    ):
+        gateway = running.gateway
+        await wait_until(gateway.uplink.connected.is_set, 20, "the uplink")
+        assert gateway.watches is not None
+        await wait_until(
+            lambda: (
+                all(w.connected.is_set() for w in gateway.watches.watches.values())
+                and bool(gateway.watches.watches)
+            ),
+            20,
+            "the watch's link",
+        )
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 0, out
+        sheet = json.loads(out)
+        assert sheet["schema"] == 1 and sheet["ready"] and sheet["daemon_running"]
+        state = {check["id"]: check["status"] for check in sheet["checks"]}
+        assert state["daemon.socket"] == "pass"
+        assert state["button.buttons"] == "pass"  # the daemon knows: heard since its start
+        assert state["mqtt.publish"] == "pass"
+        assert set(sheet["checks"][0]) == {"id", "status", "title", "detail", "fix"}
+        assert home.watch.connections == 1  # the daemon's link, no second connection
+        receiver = next(c for c in sheet["checks"] if c["id"] == "button.receiver")
+        assert "firmware 1.4, on mains (asked through the daemon)" in receiver["detail"]
+
+        home.camera.privacy_mode = True  # asked by the daemon, as carebed camera test does
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 1, out
+        failed = [c["id"] for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        assert failed == ["camera.check"]
+        home.camera.privacy_mode = False
+
+        clock = gateway.clock  # the daemon's own notion of the clock, read through its socket
+        assert isinstance(clock, ManualClock)
+        clock.synced = False
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 1, out
+        failed = [c for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        assert [c["id"] for c in failed] == ["clock.synced"]
+        assert "as the daemon sees it" in failed[0]["detail"]
+        clock.synced = True
+
+        await home.receiver.unplug()
+        await wait_until(
+            lambda: (
+                gateway.button is not None and not gateway.button.status()["receiver"]["connected"]
+            ),
+            20,
+            "unplug",
+        )
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor")
+        assert status == 1, out
+        assert "FAIL  Button receiver" in out and "fix: plug the receiver" in out
+        assert "NOT READY: 1 check(s) failed" in out
+
+
+async def test_the_doctor_leaves_the_gateways_session_as_it_found_it(
+    tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
+) -> None:
+    """Without the daemon, the doctor connects as the gateway: a command waiting in the
+    gateway's session is delivered to it, never acknowledged, and so reaches the daemon."""
+    (tmp_path / "state").mkdir()
+    async with running_gateway(tmp_path, mosquitto) as running:  # the session exists
+        await wait_until(running.gateway.uplink.connected.is_set, 20, "the uplink")
+    command_id = await asyncio.to_thread(platform.command, "gw-a", "ping")
+    report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+    assert statuses(report)["mqtt.publish"] == "pass" and failing(report) == {}
+    async with running_gateway(tmp_path, mosquitto):
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"]["cmd_id"] == command_id for e in kinds(p, "cmd.result")),
+            "the command's result from the daemon",
+        )
+
+
+async def test_through_the_daemon_a_silent_button_and_an_absent_watch_fail(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doctor in this process asks the daemon in this process over its real socket."""
+    async with rig(tmp_path, mosquitto, monkeypatch) as home:
+        sections = home.sections(button={"supervision_window_s": 0.5, "supervision_check_s": 0.1})
+        async with running_gateway(tmp_path, mosquitto, clock=synced(), **sections) as running:
+            gateway = running.gateway
+            assert gateway.button is not None and gateway.watches is not None
+            assert isinstance(gateway.clock, ManualClock)
+            gateway.clock.advance(1.0)  # beyond the button's supervision window
+            await wait_until(
+                lambda: not gateway.button.status()["buttons"][0]["online"], 20, "supervision"
+            )
+            await wait_until(
+                lambda: all(w.connected.is_set() for w in gateway.watches.watches.values()),
+                20,
+                "the watch's link",
+            )
+            report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+            assert report.daemon_running
+            assert set(failing(report)) == {"button.buttons"}
+            assert "btn-00A1B2C3" in next(
+                c.detail for c in report.checks if c.id == "button.buttons"
+            )
+            assert "press each" in failing(report)["button.buttons"]
+
+            home.watch.in_range = False
+            await wait_until(
+                lambda: not any(w.connected.is_set() for w in gateway.watches.watches.values()),
+                20,
+                "the watch's link to drop",
+            )
+            report = await diagnose(tmp_path / "carebed.toml", clock=synced())
+            assert set(failing(report)) == {"button.buttons", "watch.watches"}
+            assert f"not connected: {WATCH}" in next(
+                c.detail for c in report.checks if c.id == "watch.watches"
+            )

@@ -1,0 +1,65 @@
+"""``carebed tls request``: the key made on the gateway, its request, the QR code."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from tests.support.daemon import write_config
+from tests.test_doctor import carebed
+
+
+async def test_tls_request_makes_the_key_here_and_keeps_it(tmp_path: Path) -> None:
+    key_path = tmp_path / "tls" / "gateway.key"
+    config = write_config(
+        tmp_path / "carebed.toml",
+        {
+            "gateway": {"id": "gw-0042"},
+            "mqtt": {"host": "broker.example"},
+            "mqtt.tls": {
+                "ca_file": "tls/ca.pem",
+                "cert_file": "tls/gateway.pem",  # not there yet: that is the point
+                "key_file": "tls/gateway.key",
+            },
+        },
+    )
+    status, out = await carebed(config, "tls", "request")
+    assert status == 0, out
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    pem = out[out.index("-----BEGIN CERTIFICATE REQUEST-----") :]
+    end = "-----END CERTIFICATE REQUEST-----\n"
+    pem = pem[: pem.index(end) + len(end)]
+    request = x509.load_pem_x509_csr(pem.encode())
+    assert request.is_signature_valid
+    cn = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == "gw-0042"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert request.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    digest = hashlib.sha256(request.public_bytes(serialization.Encoding.DER)).hexdigest()
+    shown = ":".join(digest.upper()[i : i + 2] for i in range(0, 64, 2))
+    assert f"SHA-256 fingerprint of the request: {shown}" in out
+    assert "█" in out or "▀" in out  # the QR code, drawn in the terminal
+    assert (tmp_path / "tls" / "gateway.csr").read_text() == pem
+
+    before = key_path.read_bytes()
+    status, out = await carebed(config, "tls", "request")
+    assert status == 0, out
+    assert key_path.read_bytes() == before and "exists" in out  # never replaced silently
+    assert x509.load_pem_x509_csr(
+        (tmp_path / "tls" / "gateway.csr").read_bytes()
+    ).public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+    status, out = await carebed(config, "tls", "request", "--force")
+    assert status == 0, out
+    assert key_path.read_bytes() != before
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+
+    config.write_text('[gateway]\nid = "gw-0042"\n')
+    status, out = await carebed(config, "tls", "request")
+    assert status == 78 and "mqtt.tls.key_file" in out
