@@ -638,16 +638,25 @@ def _replacement(char: str) -> str:
     )
 
 
+_CLOSING = {'"': "\u201c\u201d\uff02", "'": "\u2018\u2019\uff07"}
+
+
 def _outside_strings(text: str) -> list[tuple[int, int, str]]:
     """(line, column, character) of each keyboard mistake outside strings and comments."""
     found: list[tuple[int, int, str]] = []
-    line, column, i, state = 1, 0, 0, ""
+    line, column, i, state, opened = 1, 0, 0, "", 0
     while i < len(text):
         char = text[i]
         step = 1
         if char == "\n":
+            if state in ('"', "'"):  # unterminated: closed by a full-width quote, perhaps
+                found.extend(
+                    (line, column - (i - j) + 1, text[j])
+                    for j in range(opened, i)
+                    if text[j] in _CLOSING[state]
+                )
             if state in ("comment", '"', "'"):
-                state = ""  # the end of a comment, or an unterminated one-line string
+                state = ""  # the end of a comment, or of an unterminated one-line string
             line, column, i = line + 1, 0, i + 1
             continue
         if state == "comment":
@@ -661,7 +670,7 @@ def _outside_strings(text: str) -> list[tuple[int, int, str]]:
             state = "comment"
         elif char in "\"'":
             state = char * 3 if text.startswith(char * 3, i) else char
-            step = len(state)
+            step, opened = len(state), i + len(state)
         elif char in _KEYBOARD:
             found.append((line, column + 1, char))
         i += step
