@@ -11,7 +11,7 @@ from drivers.camera.errors import CameraError
 from drivers.camera.http import HttpCamera
 from gateway.app import control
 from gateway.app.config import GatewayConfig
-from gateway.cli.common import EXIT_FAILED, EXIT_OK, fail, say, unreachable
+from gateway.cli.common import EXIT_FAILED, EXIT_OK, fail, refusal, say, unreachable
 from gateway.core.errors import ControlError
 from gateway.core.i18n import _
 
@@ -98,5 +98,5 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         say(_("(the daemon is not running: asking the camera directly)"))
         ok = asyncio.run(_directly(cfg))
     except ControlError as exc:
-        return fail(str(exc))
+        return fail(refusal(exc))
     return EXIT_OK if ok else EXIT_FAILED

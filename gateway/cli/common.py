@@ -37,6 +37,27 @@ def unreachable(path: Path, exc: OSError) -> str:
     ).format(path=path, reason=exc.strerror or exc)
 
 
+_INTERNAL = "internal error:"
+_BLUETOOTH_BUSY = ("org.bluez.Error.InProgress", "Operation already in progress")
+
+
+def refusal(exc: ControlError) -> str:
+    """The daemon's refusal as the installer reads it: its sentence, or, for an error it did
+    not expect, what to do instead of a Python exception."""
+    text = str(exc)
+    if any(sign in text for sign in _BLUETOOTH_BUSY):
+        return _(
+            "the Bluetooth adapter is busy: the daemon is scanning for or connecting to a watch "
+            "right now (fix: wait a few seconds and run the command again)"
+        )
+    if text.startswith(_INTERNAL):
+        return _(
+            "the daemon could not do this because of an unexpected error (fix: see its journal, "
+            "journalctl -u carebed -n 50, and try again; report it if it stays)"
+        )
+    return text
+
+
 def run_client(socket: Path, talk: Callable[[], None], without_daemon: Callable[[], int]) -> int:
     """A command's exchange with the daemon, ``talk``: 0 when it went through; the daemon's
     refusal or an unusable socket is one sentence on stderr and 1; no daemon at all, the
@@ -48,5 +69,5 @@ def run_client(socket: Path, talk: Callable[[], None], without_daemon: Callable[
             return without_daemon()
         return fail(unreachable(socket, exc))
     except ControlError as exc:
-        return fail(str(exc))  # the daemon's sentence
+        return fail(refusal(exc))
     return EXIT_OK

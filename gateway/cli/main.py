@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gettext
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -35,6 +36,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, so systemd does not loop on it
 DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
+DEBUG_VARIABLE = "CAREBED_DEBUG"  # set: an unexpected error in a command shows its traceback
 
 # argparse's own words (usage, errors, section titles), looked up in carebed's catalog once
 # ``_use_catalog_for_argparse`` has made it the process's text domain.
@@ -240,6 +242,17 @@ def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | 
         return COMMANDS[args.command](cfg, args)
     except KeyboardInterrupt:
         print(_("carebed: interrupted"), file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # the installer's commands: a sentence, never a traceback
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        print(
+            _(
+                "carebed: {command} failed: {error} (fix: run it again with {variable}=1 for "
+                "the details, and report them)"
+            ).format(command=args.command, error=type(exc).__name__, variable=DEBUG_VARIABLE),
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 

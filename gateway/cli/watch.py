@@ -25,8 +25,10 @@ from gateway.app.config import GatewayConfig, ble_address
 from gateway.cli.common import EXIT_OK, fail, run_client, say
 from gateway.core.i18n import _, local_time_ago
 
-# What BlueZ says when another program (the daemon) is already scanning or holds the adapter.
-_BUSY = ("InProgress", "in progress", "Busy", "busy", "NotReady", "Resource")
+# What BlueZ says when the adapter is scanning or connecting for another program (the daemon),
+# and when it is switched off.
+_BUSY = ("org.bluez.Error.InProgress", "org.bluez.Error.Busy", "in progress")
+_OFF = ("org.bluez.Error.NotReady", "Resource Not Ready", "org.bluez.Error.NotPowered")
 
 
 def _show_scan(reply: dict[str, Any]) -> None:
@@ -147,6 +149,11 @@ async def _collect(replies: AsyncIterator[dict[str, Any]]) -> None:
 
 def _bluetooth_problem(exc: BaseException) -> str:
     text = str(exc)
+    if any(word in text for word in _OFF):
+        return _(
+            "the Bluetooth adapter is switched off (fix: bluetoothctl power on; if it stays off, "
+            "rfkill list shows whether it is blocked: rfkill unblock bluetooth)"
+        )
     if any(word in text for word in _BUSY):
         return _(
             "the Bluetooth adapter is busy ({reason}): the carebed daemon, or another program, "
