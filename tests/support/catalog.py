@@ -26,6 +26,11 @@ LOCALE_DIR = ROOT / "gateway" / "locale"
 DOMAIN = "carebed"
 LANGUAGES = ("zh_CN",)
 WIDTH = 100
+HEADER = """\
+# carebed's messages for installers, in this language.
+# `make catalog` merges new and changed messages in (changed ones marked fuzzy): translate the
+# empty and fuzzy entries, remove the fuzzy mark, and run it again to compile the .mo.
+# Keys, values, paths and commands inside a message stay as they are; keep every {placeholder}."""
 
 
 def po_path(language: str) -> Path:
@@ -70,12 +75,15 @@ def update(language: str) -> None:
     path = po_path(language)
     if path.exists():
         catalog = read(language)
+        catalog.header_comment = HEADER
         template.creation_date = catalog.creation_date  # no churn in the header
         catalog.update(template, no_fuzzy_matching=False)
         catalog.obsolete.clear()
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(locale=language, domain=DOMAIN, project="carebed", fuzzy=False)
+        catalog = Catalog(
+            locale=language, domain=DOMAIN, project="carebed", fuzzy=False, header_comment=HEADER
+        )
         catalog.update(template)
     with path.open("wb") as handle:
         write_po(handle, catalog, width=WIDTH, include_lineno=False, sort_output=True)
