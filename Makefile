@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak bench hil-sim deps deb clean
+.PHONY: demo test lint typecheck unit soak bench hil-sim deps deb clean catalog
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "carebed needs Python 3.11 or newer"; exit 1; }
@@ -39,6 +39,11 @@ soak: deps
 
 bench: deps
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# After changing a message marked with _(): merge it into the catalogs and compile them; then
+# translate the new or fuzzy entries of gateway/locale/*/LC_MESSAGES/carebed.po and run it again.
+catalog: $(STAMP)
+	$(PY) -m tests.support.catalog update
 
 hil-sim: deps
 	$(PY) -m hil.uplink_smoke

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,10 @@ settings.register_profile(
     "carebed", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("carebed")
+
+# The tests read the English messages whatever the developer's locale, in this process and in
+# the carebed processes they start; a test of the Chinese ones sets LANGUAGE=zh_CN itself.
+os.environ["LANGUAGE"] = "en"
 
 # --- Real MQTT broker and the platform's side of it -------------------------------------------
 # Each test gets its own Mosquitto on a free 127.0.0.1 port, in its own tmp_path; the fixtures

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.app.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.app.sdnotify import GatewayState, SystemdNotifier, status_loop, watchdog_loop
 
 RECV_TIMEOUT_S = 5.0
 
@@ -328,3 +328,34 @@ async def test_watchdog_loop_rejects_a_non_positive_interval(
         with pytest.raises(ValueError, match="watchdog interval"):
             await watchdog_loop(notifier, bad)
     assert listener.drain() == []
+
+
+def test_the_status_line_names_the_gateway_state() -> None:
+    assert str(GatewayState(True, 1, 1, 0)) == "uplink up, 1 button, 1 watch, 0 alarms pending"
+    assert str(GatewayState(False, None, 2, 1)) == "uplink DOWN, 2 watches, 1 alarm pending"
+    assert str(GatewayState(True, None, None, 3)) == "uplink up, 3 alarms pending"
+
+
+async def test_the_status_line_is_sent_when_the_state_changes(listener: Listener) -> None:
+    listener.sock.setblocking(False)
+    notifier = SystemdNotifier(listener.notify_socket)
+    states = [GatewayState(False, 1, None, 0)] * 3 + [GatewayState(True, 1, None, 0)] * 3
+    asked = asyncio.Event()
+
+    async def state() -> GatewayState:
+        if len(states) == 1:
+            asked.set()
+        return states.pop(0) if len(states) > 1 else states[0]
+
+    task = asyncio.create_task(status_loop(notifier, state, 0.01), name="systemd.status")
+    try:
+        assert await listener.recv_async() == "STATUS=uplink DOWN, 1 button, 0 alarms pending"
+        assert await listener.recv_async() == "STATUS=uplink up, 1 button, 0 alarms pending"
+        async with asyncio.timeout(RECV_TIMEOUT_S):
+            await asked.wait()
+        assert listener.drain() == []  # the same state is not sent again
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        notifier.close()

@@ -3,6 +3,7 @@ through bleak and the fake BlueZ."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -119,3 +120,26 @@ async def test_without_the_daemon_pair_uses_bluetooth_itself(
         assert status == 0 and NEW in out
         status, out = await carebed(config, "watch", "scan", "--seconds", "1")
         assert status == 0 and NEW in out
+
+
+async def test_a_scan_while_the_daemon_scans_is_a_sentence_not_an_exception(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon scans for one command: a second one, meanwhile, finds the adapter busy
+    (BlueZ's InProgress) and says so, with what to do."""
+    async with (
+        private_system_bus(tmp_path / "dbus", monkeypatch) as bus,
+        FakeBluez(bus, [WatchSim(NEW)]) as bluez,
+        running_gateway(tmp_path, mosquitto, watch=LINK),
+    ):
+        config = tmp_path / "carebed.toml"
+        first = asyncio.create_task(carebed(config, "watch", "scan", "--seconds", "8"))
+        async with asyncio.timeout(TIMEOUT_S):
+            while not bluez.discovering:
+                await asyncio.sleep(0.05)
+        status, out = await carebed(config, "watch", "scan", "--seconds", "1")
+        assert status == 1, out
+        assert "the Bluetooth adapter is busy" in out and "run the command again" in out
+        assert "Error" not in out and "Traceback" not in out
+        status, out = await first
+        assert status == 0 and NEW in out, out

@@ -24,6 +24,7 @@ from pydantic import (
 
 from gateway.core.errors import ConfigError
 from gateway.core.events import GATEWAY_ID_PATTERN
+from gateway.core.i18n import N_, _
 
 DEFAULT_STATE_DIR = Path("/var/lib/carebed")
 RUNTIME_DIR = Path("/run/carebed")
@@ -45,14 +46,18 @@ def _resolve(value: Any, info: ValidationInfo) -> Any:
 def _existing_file(path: Path, info: ValidationInfo) -> Path:
     if not path.is_file():
         raise ValueError(
-            f"file not found: {path} (fix: give the path of an existing, readable file)"
+            _("file not found: {path} (fix: give the path of an existing, readable file)").format(
+                path=path
+            )
         )
     try:
         with path.open("rb"):
             pass
     except OSError as exc:
         raise ValueError(
-            f"cannot read {path}: {exc.strerror} (fix: make it readable by the carebed user)"
+            _("cannot read {path}: {reason} (fix: make it readable by the carebed user)").format(
+                path=path, reason=exc.strerror
+            )
         ) from exc
     return path
 
@@ -95,13 +100,18 @@ class MqttSection(_Section):
     def _transport_is_explicit(self) -> MqttSection:
         if self.tls is None and not self.plaintext:
             raise ValueError(
-                "mqtt.tls: missing; production brokers need TLS with a client certificate "
-                "(fix: add a [mqtt.tls] table with ca_file, cert_file and key_file, or set "
-                "mqtt.plaintext = true for a lab or demo broker)"
+                _(
+                    "mqtt.tls: missing; production brokers need TLS with a client certificate "
+                    "(fix: add a [mqtt.tls] table with ca_file, cert_file and key_file, or set "
+                    "mqtt.plaintext = true for a lab or demo broker)"
+                )
             )
         if self.tls is not None and self.plaintext:
             raise ValueError(
-                "mqtt.plaintext = true contradicts the [mqtt.tls] table (fix: remove one of them)"
+                _(
+                    "mqtt.plaintext = true contradicts the [mqtt.tls] table "
+                    "(fix: remove one of them)"
+                )
             )
         return self
 
@@ -134,9 +144,11 @@ class OutboxSection(_Section):
     def _quota_holds_the_outbox(cls, value: int) -> int:
         if value < OUTBOX_MIN_BYTES:  # below it the WAL and the reserve leave the rows no room
             raise ValueError(
-                f"{value} is below the minimum of {OUTBOX_MIN_BYTES} (1 MiB: the outbox's WAL, "
-                "alarm reserve and index alone take a quarter of a MiB) "
-                "(fix: set outbox.max_bytes to at least 1048576, or leave it out for 256 MiB)"
+                _(
+                    "{value} is below the minimum of {minimum} (1 MiB: the outbox's WAL, "
+                    "alarm reserve and index alone take a quarter of a MiB) "
+                    "(fix: set outbox.max_bytes to at least 1048576, or leave it out for 256 MiB)"
+                ).format(value=value, minimum=OUTBOX_MIN_BYTES)
             )
         return value
 
@@ -200,8 +212,10 @@ class CameraSection(_Section):
     def _no_credentials_in_url(cls, url: str) -> str:
         if "@" in url.split("/")[2]:
             raise ValueError(
-                "camera.url: credentials in the URL would end up in logs (fix: put them in "
-                "camera.user and camera.password)"
+                _(
+                    "camera.url: credentials in the URL would end up in logs (fix: put them in "
+                    "camera.user and camera.password)"
+                )
             )
         return url
 
@@ -213,8 +227,10 @@ class CameraSection(_Section):
         digits = pin.replace(":", "").lower()
         if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
             raise ValueError(
-                "camera.fingerprint_sha256: not a SHA-256 fingerprint (fix: 64 hex digits, "
-                "colons allowed, as openssl x509 -noout -fingerprint -sha256 prints it)"
+                _(
+                    "camera.fingerprint_sha256: not a SHA-256 fingerprint (fix: 64 hex digits, "
+                    "colons allowed, as openssl x509 -noout -fingerprint -sha256 prints it)"
+                )
             )
         return pin
 
@@ -222,14 +238,18 @@ class CameraSection(_Section):
     def _pin_matches_scheme(self) -> CameraSection:
         if self.url.startswith("https://") and not self.fingerprint_sha256:
             raise ValueError(
-                "camera.fingerprint_sha256: missing; an https:// camera is trusted by its "
-                "certificate's SHA-256 fingerprint (fix: add it, as shown by the camera or by "
-                "openssl x509 -noout -fingerprint -sha256)"
+                _(
+                    "camera.fingerprint_sha256: missing; an https:// camera is trusted by its "
+                    "certificate's SHA-256 fingerprint (fix: add it, as shown by the camera or by "
+                    "openssl x509 -noout -fingerprint -sha256)"
+                )
             )
         if self.url.startswith("http://") and self.fingerprint_sha256:
             raise ValueError(
-                "camera.fingerprint_sha256 is set for an http:// camera (fix: use https:// or "
-                "remove the fingerprint)"
+                _(
+                    "camera.fingerprint_sha256 is set for an http:// camera (fix: use https:// or "
+                    "remove the fingerprint)"
+                )
             )
         return self
 
@@ -313,13 +333,17 @@ class VitalsRules(_Section):
             rule: VitalsRule = getattr(self, name)
             if not low <= rule.threshold <= high:
                 raise ValueError(
-                    f"vitals.rules.{name}.threshold: {rule.threshold} is outside {low}..{high} "
-                    "(fix: a value in that range; disable the rule with enabled = false)"
+                    _(
+                        "vitals.rules.{name}.threshold: {value} is outside {low}..{high} "
+                        "(fix: a value in that range; disable the rule with enabled = false)"
+                    ).format(name=name, value=rule.threshold, low=low, high=high)
                 )
             if rule.hysteresis > MAX_HYSTERESIS_SHARE * rule.threshold:
                 raise ValueError(
-                    f"vitals.rules.{name}.hysteresis: {rule.hysteresis} is more than "
-                    f"{MAX_HYSTERESIS_SHARE:.0%} of the threshold (fix: a smaller hysteresis)"
+                    _(
+                        "vitals.rules.{name}.hysteresis: {value} is more than {share} of the "
+                        "threshold (fix: a smaller hysteresis)"
+                    ).format(name=name, value=rule.hysteresis, share=f"{MAX_HYSTERESIS_SHARE:.0%}")
                 )
         return self
 
@@ -335,7 +359,9 @@ BLE_ADDRESS_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 def ble_address(text: str) -> str:
     """``text`` as a BLE address in upper case; ValueError saying the expected form."""
     if not re.fullmatch(BLE_ADDRESS_PATTERN, text):
-        raise ValueError(f"{text!r} is not a BLE address (e.g. C0:FF:EE:00:00:01)")
+        raise ValueError(
+            _("{text} is not a BLE address (e.g. C0:FF:EE:00:00:01)").format(text=repr(text))
+        )
     return text.upper()
 
 
@@ -383,8 +409,10 @@ class RetiredSimSection(_Section):
     def _not_enabled(cls, enabled: bool) -> bool:
         if enabled:
             raise ValueError(
-                "the simulated event source is no longer part of the gateway (fix: remove the "
-                "[sim] section; the simulated rig runs it: python -m hil.sim.daemon)"
+                _(
+                    "the simulated event source is no longer part of the gateway (fix: remove the "
+                    "[sim] section; the simulated rig runs it: python -m hil.sim.daemon)"
+                )
             )
         return enabled
 
@@ -442,58 +470,269 @@ class GatewayConfig(_Section):
 # --------------------------------------------------------------------------- error messages
 # An error names the key, says what is wrong and how to fix it, and never repeats a value that
 # could be a secret: nothing under a key that looks like one, nothing under an unknown key or
-# section, no tables or arrays, no string with an '@' (credentials in a URL).
+# section, no tables or arrays, no string with an '@' (credentials in a URL). Every sentence goes
+# through the catalog (gateway.core.i18n); keys, values and file names stay as written.
 
 EXAMPLE_FILE = "config/carebed.example.toml"
 MAX_FILE_BYTES = 1024 * 1024
+MAX_KEYBOARD_PROBLEMS = 5
 _SHOWN_CHARS = 80
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|cred|auth|private", re.IGNORECASE)
 _TOML_POSITION = re.compile(r"(?s)(.*) \(at (line \d+, column \d+|end of document)\)\Z")
-_TOML_STATIC = re.compile(
-    r"Invalid statement|Cannot overwrite a value|Unclosed array|Unclosed inline table"
-    r"|Invalid initial character for a key part|Invalid hex value|Unterminated string"
-    r"|Escaped character is not a Unicode scalar value|Invalid date or datetime|Invalid value"
-    r"|Unescaped '\\' in a string|Expected '[^']{1,3}'( after a key in a key/value pair"
-    r"| at the end of a (table|array) declaration)?|Expected newline or end of document"
-    r" after a statement|Unrecognized escape sequence"
-)
+_TOML_LINE = re.compile(r"line (\d+), column (\d+)")
+# tomllib's messages that hold no text of the file, with what the installer reads instead.
+_TOML_STATIC = {
+    "Invalid statement": N_("invalid statement"),
+    "Unclosed array": N_("unclosed array"),
+    "Unclosed inline table": N_("unclosed inline table"),
+    "Invalid initial character for a key part": N_("invalid initial character for a key part"),
+    "Invalid hex value": N_("invalid hex value"),
+    "Unterminated string": N_("unterminated string"),
+    "Escaped character is not a Unicode scalar value": N_(
+        "escaped character is not a Unicode scalar value"
+    ),
+    "Invalid date or datetime": N_("invalid date or datetime"),
+    "Invalid value": N_("invalid value (strings need double quotes)"),
+    "Cannot overwrite a value": N_("a key that is set twice"),
+    "Unescaped '\\' in a string": N_("unescaped '\\' in a string"),
+    "Expected newline or end of document after a statement": N_(
+        "expected newline or end of document after a statement"
+    ),
+    "Unrecognized escape sequence": N_("unrecognized escape sequence"),
+    "Expected '=' after a key in a key/value pair": N_(
+        "expected '=' after a key in a key/value pair"
+    ),
+    "Expected ']' at the end of a table declaration": N_(
+        "expected ']' at the end of a table declaration"
+    ),
+    "Expected ']]' at the end of an array declaration": N_(
+        "expected ']]' at the end of an array declaration"
+    ),
+}
+_TOML_EXPECTED = re.compile(r"Expected '([^']{1,3})'")
 _TOML_KEYED = (  # (pattern, message naming the key, message when the key is not ours)
     (
         re.compile(r"Cannot declare (\(.*\)) twice"),
-        "{} is declared twice",
-        "a table is declared twice",
+        N_("{key} is declared twice"),
+        N_("a table is declared twice"),
     ),
     (
         re.compile(r"Cannot mutate immutable namespace (\(.*\))"),
-        "{} is an inline table: it cannot be extended",
-        "an inline table cannot be extended",
+        N_("{key} is an inline table: it cannot be extended"),
+        N_("an inline table cannot be extended"),
     ),
-    (re.compile(r"Cannot redefine namespace (\(.*\))"), "{} is redefined", "a table is redefined"),
+    (
+        re.compile(r"Cannot redefine namespace (\(.*\))"),
+        N_("{key} is redefined"),
+        N_("a table is redefined"),
+    ),
     (
         re.compile(r"Duplicate inline table key ('.*')"),
-        "{} appears twice in an inline table",
-        "a key appears twice in an inline table",
+        N_("{key} appears twice in an inline table"),
+        N_("a key appears twice in an inline table"),
     ),
-)
-_TOML_FIX = (
-    "fix: correct that line: strings in double quotes, one key = value per line, each [section] "
-    f"once; compare with {EXAMPLE_FILE}"
 )
 
 _FIXES = {
-    "extra_forbidden": f"remove it or check its spelling against {EXAMPLE_FILE}",
-    "missing": "add it",
-    "string_pattern_mismatch": f"see {EXAMPLE_FILE} for the expected form",
-    "literal_error": "use one of the values listed",
+    "extra_forbidden": N_("remove it or check its spelling against {example}"),
+    "missing": N_("add it"),
+    "string_pattern_mismatch": N_("see {example} for the expected form"),
+    "literal_error": N_("use one of the values listed"),
 }
 
 _PATTERN_FIXES = {
-    "gateway": "use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter or digit",
-    "watch": "a watch address is six hex pairs with colons, e.g. C0:FF:EE:00:00:01; "
-    "the adapter is hci0, hci1, ...",
-    "camera": "use 1 to 32 characters: letters, digits, '_' and '-'; the url starts with "
-    "http:// or https://",
+    "gateway": N_("use 3 to 64 characters: a-z, 0-9 and '-', starting with a letter or digit"),
+    "watch": N_(
+        "a watch address is six hex pairs with colons, e.g. C0:FF:EE:00:00:01; "
+        "the adapter is hci0, hci1, ..."
+    ),
+    "camera": N_(
+        "use 1 to 32 characters: letters, digits, '_' and '-'; the url starts with "
+        "http:// or https://"
+    ),
 }
+
+# pydantic's messages by error type, worded as pydantic words them, so that they can be translated.
+_PYDANTIC = {
+    "missing": N_("Field required"),
+    "greater_than": N_("Input should be greater than {gt}"),
+    "greater_than_equal": N_("Input should be greater than or equal to {ge}"),
+    "less_than": N_("Input should be less than {lt}"),
+    "less_than_equal": N_("Input should be less than or equal to {le}"),
+    "string_pattern_mismatch": N_("String should match pattern '{pattern}'"),
+    "string_too_short": N_("String should have at least {min_length} character"),
+    "literal_error": N_("Input should be {expected}"),
+    "int_type": N_("Input should be a valid integer"),
+    "int_parsing": N_("Input should be a valid integer, unable to parse string as an integer"),
+    "int_from_float": N_("Input should be a valid integer, got a number with a fractional part"),
+    "float_type": N_("Input should be a valid number"),
+    "float_parsing": N_("Input should be a valid number, unable to parse string as a number"),
+    "finite_number": N_("Input should be a finite number"),
+    "bool_type": N_("Input should be a valid boolean"),
+    "bool_parsing": N_("Input should be a valid boolean, unable to interpret input"),
+    "string_type": N_("Input should be a valid string"),
+    "tuple_type": N_("Input should be a valid tuple"),
+    "list_type": N_("Input should be a valid list"),
+    "path_type": N_("Input is not a valid path"),
+}
+
+_KINDS = {
+    "bool": N_("a boolean"),
+    "int": N_("an integer"),
+    "float": N_("a number"),
+    "str": N_("a string"),
+    "table": N_("a table"),
+    "tables": N_("an array of tables"),
+    "array": N_("an array"),
+    "date": N_("a date or time"),
+}
+
+# --------------------------------------------------------------------------- keyboard mistakes
+# Characters a Chinese input method or editor puts where TOML needs their ASCII twins: each is
+# named with its line and column, and what to type instead.
+
+_FULL_WIDTH_QUOTE = N_("the full-width quote {char}")
+_KEYBOARD: dict[str, tuple[str, str]] = {
+    "\u201c": (_FULL_WIDTH_QUOTE, '"'),
+    "\u201d": (_FULL_WIDTH_QUOTE, '"'),
+    "\uff02": (_FULL_WIDTH_QUOTE, '"'),
+    "\u2018": (_FULL_WIDTH_QUOTE, "'"),
+    "\u2019": (_FULL_WIDTH_QUOTE, "'"),
+    "\uff07": (_FULL_WIDTH_QUOTE, "'"),
+    "\uff3b": (N_("the full-width bracket {char}"), "["),
+    "\uff3d": (N_("the full-width bracket {char}"), "]"),
+    "\u3010": (N_("the full-width bracket {char}"), "["),
+    "\u3011": (N_("the full-width bracket {char}"), "]"),
+    "\uff5b": (N_("the full-width brace {char}"), "{"),
+    "\uff5d": (N_("the full-width brace {char}"), "}"),
+    "\uff1a": (N_("the full-width colon {char}"), "="),
+    "\uff0c": (N_("the full-width comma {char}"), ","),
+    "\u3001": (N_("the ideographic comma {char}"), ","),
+    "\uff1d": (N_("the full-width equals sign {char}"), "="),
+    "\u3002": (N_("the ideographic full stop {char}"), "."),
+    "\uff0e": (N_("the full-width full stop {char}"), "."),
+    "\uff03": (N_("the full-width number sign {char}"), "#"),
+    "\uff0d": (N_("the full-width minus sign {char}"), "-"),
+    "\uff3f": (N_("the full-width underscore {char}"), "_"),
+    "\u3000": (N_("an ideographic (full-width) space"), " "),
+    "\u00a0": (N_("a non-breaking space"), " "),
+    "\ufeff": (N_("a byte-order mark (U+FEFF) inside the file"), ""),
+    **{chr(0xFF10 + d): (N_("the full-width digit {char}"), str(d)) for d in range(10)},
+}
+
+
+def keyboard_character(char: str) -> str | None:
+    """What ``char`` is, when it is one a Chinese keyboard types for an ASCII one."""
+    found = _KEYBOARD.get(char)
+    return None if found is None else _(found[0]).format(char=char)
+
+
+def _replacement(char: str) -> str:
+    twin = _KEYBOARD[char][1]
+    if not twin:
+        return _("delete it")
+    if twin == " ":
+        return _("replace it with an ordinary space")
+    return _("replace {what} with {twin}").format(
+        what=_(_KEYBOARD[char][0]).format(char=char), twin=twin
+    )
+
+
+_CLOSING = {'"': "\u201c\u201d\uff02", "'": "\u2018\u2019\uff07"}
+
+
+def _outside_strings(text: str) -> list[tuple[int, int, str]]:
+    """(line, column, character) of each keyboard mistake outside strings and comments."""
+    found: list[tuple[int, int, str]] = []
+    line, column, i, state, opened = 1, 0, 0, "", 0
+    while i < len(text):
+        char = text[i]
+        step = 1
+        if char == "\n":
+            if state in ('"', "'"):  # unterminated: closed by a full-width quote, perhaps
+                found.extend(
+                    (line, column - (i - j) + 1, text[j])
+                    for j in range(opened, i)
+                    if text[j] in _CLOSING[state]
+                )
+            if state in ("comment", '"', "'"):
+                state = ""  # the end of a comment, or of an unterminated one-line string
+            line, column, i = line + 1, 0, i + 1
+            continue
+        if state == "comment":
+            pass
+        elif state in ('"', '"""') and char == "\\":
+            step = 2
+        elif state in ('"', "'", '"""', "'''"):
+            if text.startswith(state, i):
+                step, state = len(state), ""
+        elif char == "#":
+            state = "comment"
+        elif char in "\"'":
+            state = char * 3 if text.startswith(char * 3, i) else char
+            step, opened = len(state), i + len(state)
+        elif char in _KEYBOARD:
+            found.append((line, column + 1, char))
+        i += step
+        column += step
+    return found
+
+
+def _runs(found: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Adjacent characters on a line joined into one run (four full-width digits), named once."""
+    runs: list[tuple[int, int, str]] = []
+    for line, column, char in found:
+        if runs and runs[-1][0] == line and runs[-1][1] + len(runs[-1][2]) == column:
+            runs[-1] = (line, runs[-1][1], runs[-1][2] + char)
+        else:
+            runs.append((line, column, char))
+    return runs
+
+
+def _run_fix(run: str) -> str:
+    if len(run) == 1:
+        return _replacement(run)
+    return _("replace {chars} with {twins}").format(
+        chars=run, twins="".join(_KEYBOARD[c][1] for c in run)
+    )
+
+
+def _keyboard_problems(text: str) -> list[str]:
+    found = _runs(_outside_strings(text))
+    problems = [
+        _(
+            "not valid TOML at line {line}, column {column}: {what}, typed in Chinese input mode "
+            "(fix: {replace} on line {line}; type the configuration with the input method in "
+            "English (half-width) mode)"
+        ).format(
+            line=line,
+            column=column,
+            what=_(_KEYBOARD[run[0]][0]).format(char=run),
+            replace=_run_fix(run),
+        )
+        for line, column, run in found[:MAX_KEYBOARD_PROBLEMS]
+    ]
+    if len(found) > MAX_KEYBOARD_PROBLEMS:
+        problems.append(
+            _(
+                "{count} more characters typed in Chinese input mode after line {line} "
+                "(fix: the same for each of them)"
+            ).format(
+                count=len(found) - MAX_KEYBOARD_PROBLEMS, line=found[MAX_KEYBOARD_PROBLEMS - 1][0]
+            )
+        )
+    return problems
+
+
+def _keyboard_hint(value: Any) -> str:
+    """For a wrong string value: the keyboard mistakes in it, and what to type instead."""
+    if not isinstance(value, str):
+        return ""
+    chars = list(dict.fromkeys(c for c in value if c in _KEYBOARD))
+    if not chars:
+        return ""
+    named = "; ".join(_replacement(c) for c in chars)
+    return _(" (it holds characters typed in Chinese input mode: {replace})").format(replace=named)
 
 
 def _printable(text: str) -> str:
@@ -501,21 +740,25 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _kind(value: Any) -> str:
+def _kind_name(value: Any) -> str:
     if isinstance(value, bool):
-        return "a boolean"
+        return "bool"
     if isinstance(value, int):
-        return "an integer"
+        return "int"
     if isinstance(value, float):
-        return "a number"
+        return "float"
     if isinstance(value, str):
-        return "a string"
+        return "str"
     if isinstance(value, dict):
-        return "a table"
+        return "table"
     if isinstance(value, list | tuple):
         tables = bool(value) and all(isinstance(item, dict) for item in value)
-        return "an array of tables" if tables else "an array"
-    return "a date or time"
+        return "tables" if tables else "array"
+    return "date"
+
+
+def _kind(value: Any) -> str:
+    return _(_KINDS[_kind_name(value)])
 
 
 def _shown(value: Any) -> str:
@@ -523,13 +766,13 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool | float):
         return json.dumps(value)
     if isinstance(value, int):
-        return str(value) if abs(value) < 10**18 else "a very large integer"
+        return str(value) if abs(value) < 10**18 else _("a very large integer")
     if isinstance(value, str):
         if "@" in value:
-            return "a string with '@' (not shown: it may hold credentials)"
+            return _("a string with '@' (not shown: it may hold credentials)")
         if len(value) > _SHOWN_CHARS:
-            return json.dumps(value[: _SHOWN_CHARS - 3] + "...")
-        return json.dumps(value)
+            return json.dumps(value[: _SHOWN_CHARS - 3] + "...", ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, dict | list | tuple):
         return _kind(value)
     return json.dumps(str(value))
@@ -585,17 +828,21 @@ def _suggestion(name: str, known: list[str]) -> str | None:
 def _unknown(loc: tuple[int | str, ...], value: Any) -> str:
     """An unknown key or section: named, with a guess at what was meant; its value never shown."""
     key = _key(loc)
-    what = "key"
     if isinstance(value, dict):
-        what = "section" if len(loc) == 1 else "table"
-    elif _kind(value) == "an array of tables":
-        what = "array of tables"
+        what = _("unknown section") if len(loc) == 1 else _("unknown table")
+    elif _kind_name(value) == "tables":
+        what = _("unknown array of tables")
+    else:
+        what = _("unknown key")
     guess = _suggestion(str(loc[-1]), known_keys(loc[:-1]))
     hint = ""
     if guess is not None:
         full = ".".join([*(str(part) for part in loc[:-1]), guess])
-        hint = f" (did you mean [{full}]?)" if what != "key" else f" (did you mean {full}?)"
-    return f"{key}: unknown {what}{hint} (fix: {_FIXES['extra_forbidden']})"
+        shown = f"[{full}]" if isinstance(value, dict) or _kind_name(value) == "tables" else full
+        hint = " " + _("(did you mean {key}?)").format(key=shown)
+    template = _FIXES["extra_forbidden"]
+    fix = _(template).format(example=EXAMPLE_FILE)
+    return _("{key}: {what}{hint} (fix: {fix})").format(key=key, what=what, hint=hint, fix=fix)
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -608,33 +855,55 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(quoted) or "(file)"
 
 
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _pydantic_message(error: Any) -> str:
+    """pydantic's message for ``error``, in the reader's language where the catalog has it."""
+    template = _PYDANTIC.get(error["type"])
+    ctx = {name: _number(value) for name, value in (error.get("ctx") or {}).items()}
+    if template is not None:
+        try:
+            return _(template).format(**ctx)
+        except (KeyError, IndexError, ValueError):
+            pass
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def _problem(error: Any) -> str:
     loc = tuple(error["loc"])
     key = _key(loc)
     value = error.get("input")
     if error["type"] == "extra_forbidden":
         return _unknown(loc, value)
-    message = str(error["msg"]).removeprefix("Value error, ")
+    message = _pydantic_message(error)
     if message.startswith(("mqtt.", "camera.", "vitals.")):
         return message
     if error["type"] == "model_type":
-        table_fix = f"write it as a table: [{key}] followed by its keys"
-        if _kind(value) == "an array of tables":
-            table_fix = f"write [{key}] with single brackets: [[{key}]] makes an array of tables"
-        return f"{key}: should be a table (got {_kind(value)}) (fix: {table_fix})"
-    fix: str | None = _FIXES.get(error["type"], f"see {EXAMPLE_FILE} for the expected form")
-    if error["type"] == "string_pattern_mismatch":
-        fix = _PATTERN_FIXES.get(str(loc[0]), fix)
+        table_fix = _("write it as a table: [{key}] followed by its keys").format(key=key)
+        if _kind_name(value) == "tables":
+            table_fix = _(
+                "write [{key}] with single brackets: [[{key}]] makes an array of tables"
+            ).format(key=key)
+        return _("{key}: should be a table (got {kind}) (fix: {fix})").format(
+            key=key, kind=_kind(value), fix=table_fix
+        )
+    template = _FIXES.get(error["type"], _FIXES["string_pattern_mismatch"])
+    fix: str | None = _(template).format(example=EXAMPLE_FILE)
+    if error["type"] == "string_pattern_mismatch" and str(loc[0]) in _PATTERN_FIXES:
+        fix = _(_PATTERN_FIXES[str(loc[0])])
     if error["type"] == "value_error":
         fix = None
+    secret = any(_SECRET_NAME.search(str(part)) for part in loc)
     if error["type"] in ("missing", "value_error", "assertion_error"):
         shown = ""  # the input is the enclosing table, passwords included
-    elif any(_SECRET_NAME.search(str(part)) for part in loc):
-        shown = f" (got {_kind(value)})"
+    elif secret:
+        shown = _(" (got {value})").format(value=_kind(value))
     else:
-        shown = f" (got {_shown(value)})"
-    text = f"{key}: {message}{shown}"
-    return f"{text} (fix: {fix})" if fix else text
+        shown = _(" (got {value})").format(value=_shown(value)) + _keyboard_hint(value)
+    text = _("{key}: {message}{shown}").format(key=key, message=message, shown=shown)
+    return _("{problem} (fix: {fix})").format(problem=text, fix=fix) if fix else text
 
 
 def _nul_problems(data: Any, loc: tuple[str, ...] = ()) -> list[str]:
@@ -644,7 +913,11 @@ def _nul_problems(data: Any, loc: tuple[str, ...] = ()) -> list[str]:
     if isinstance(data, list):
         return [p for i, item in enumerate(data) for p in _nul_problems(item, (*loc, str(i)))]
     if isinstance(data, str) and "\x00" in data:
-        return [f"{_key(loc)}: contains a NUL character (fix: remove the \\u0000 escape)"]
+        return [
+            _("{key}: contains a NUL character (fix: remove the \\u0000 escape)").format(
+                key=_key(loc)
+            )
+        ]
     return []
 
 
@@ -665,34 +938,44 @@ def parse(
         problems = [_problem(error) for error in exc.errors(include_url=False)]
         raise config_error(source, problems) from None
     except RecursionError:
-        raise config_error(source, ["tables nested too deeply (fix: flatten them)"]) from None
+        raise config_error(source, [_("tables nested too deeply (fix: flatten them)")]) from None
 
 
 def _toml_problem(exc: ValueError) -> str:
     """A TOML syntax error as a problem: where it is and what, without quoting the file."""
     text = str(exc)
     match = _TOML_POSITION.match(text)
-    where, what = (f" at {match[2]}", match[1]) if match else ("", text)
+    what = match[1] if match else text
+    where = ""
+    if match:
+        position = _TOML_LINE.fullmatch(match[2])
+        where = (
+            _(" at line {line}, column {column}").format(line=position[1], column=position[2])
+            if position
+            else _(" at the end of the file")
+        )
     if "integer string conversion" in what:
-        what = "a number with thousands of digits"
+        what = _("a number with thousands of digits")
     elif what.startswith(("Illegal character", "Found invalid character")):
-        what = "a character not allowed there (a control character, or a line break in a string)"
-    elif not _TOML_STATIC.fullmatch(what):
+        what = _("a character not allowed there (a control character, or a line break in a string)")
+    elif what in _TOML_STATIC:
+        what = _(_TOML_STATIC[what])
+    elif _TOML_EXPECTED.fullmatch(what):
+        what = _("expected '{token}'").format(token=_TOML_EXPECTED.fullmatch(what)[1])  # type: ignore[index]
+    else:
         for pattern, named, unnamed in _TOML_KEYED:
             keyed = pattern.fullmatch(what)
             if keyed:
                 key = _toml_key(keyed[1])
-                what = named.format(key) if key else unnamed
+                what = _(named).format(key=key) if key else _(unnamed)
                 break
         else:
-            what = "a syntax error"
-    elif what == "Invalid value":
-        what = "invalid value (strings need double quotes)"
-    elif what == "Cannot overwrite a value":
-        what = "a key that is set twice"
-    else:
-        what = what[0].lower() + what[1:]
-    return f"not valid TOML{where}: {what} ({_TOML_FIX})"
+            what = _("a syntax error")
+    fix = _(
+        "fix: correct that line: strings in double quotes, one key = value per line, each "
+        "[section] once; compare with {example}"
+    ).format(example=EXAMPLE_FILE)
+    return _("not valid TOML{where}: {what} ({fix})").format(where=where, what=what, fix=fix)
 
 
 def _toml_key(text: str) -> str | None:
@@ -707,17 +990,23 @@ def _toml_key(text: str) -> str | None:
     return None
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _decode(raw: bytes, source: str) -> str:
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise config_error(
             source,
-            ["the file is saved as UTF-16 (fix: save it as UTF-8, e.g. with iconv -t UTF-8)"],
+            [_("the file is saved as UTF-16 (fix: save it as UTF-8, e.g. with iconv -t UTF-8)")],
         )
     try:
-        return raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
+        return raw.decode("utf-8-sig")  # a byte-order mark: preflight warns about it
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        problem = f"not UTF-8 text at line {line} (fix: save the file as UTF-8)"
+        problem = _(
+            "not UTF-8 text at line {line} (fix: save the file as UTF-8; in Notepad: "
+            "Save as, Encoding UTF-8)"
+        ).format(line=line)
         raise config_error(source, [problem]) from None
 
 
@@ -729,21 +1018,27 @@ def load(path: Path) -> GatewayConfig:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
-            source, [f"cannot read the file: {exc.strerror} (fix: check the path)"]
+            source,
+            [_("cannot read the file: {reason} (fix: check the path)").format(reason=exc.strerror)],
         ) from None
     if len(raw) > MAX_FILE_BYTES:
         raise config_error(
-            source, [f"the file is larger than {MAX_FILE_BYTES} bytes (fix: check the path)"]
+            source,
+            [
+                _("the file is larger than {limit} bytes (fix: check the path)").format(
+                    limit=MAX_FILE_BYTES
+                )
+            ],
         )
+    text = _decode(raw, source)
     try:
-        data = tomllib.loads(_decode(raw, source))
+        data = tomllib.loads(text)
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError, and a 5000-digit number
-        problem = (
-            "not valid TOML: tables or arrays nested too deeply (fix: flatten them)"
-            if isinstance(exc, RecursionError)
-            else _toml_problem(exc)
-        )
-        raise config_error(source, [problem]) from None
+        if isinstance(exc, RecursionError):
+            problems = [_("not valid TOML: tables or arrays nested too deeply (fix: flatten them)")]
+        else:
+            problems = _keyboard_problems(text) or [_toml_problem(exc)]
+        raise config_error(source, problems) from None
     return parse(data, source=source, base_dir=path.parent.resolve())
 
 

@@ -33,7 +33,7 @@ from gateway.app.handlers import (
     WatchCommands,
 )
 from gateway.app.housekeeping import ClockWatcher, GatewayStatus, Heartbeat
-from gateway.app.sdnotify import SystemdNotifier, watchdog_loop
+from gateway.app.sdnotify import GatewayState, SystemdNotifier, status_loop, watchdog_loop
 from gateway.app.settings import RemoteSettings
 from gateway.core.clock import Clock, SystemClock, read_boot_id
 from gateway.core.errors import StoreError
@@ -51,6 +51,7 @@ log = structlog.get_logger("gateway.app.daemon")
 GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_DRAIN_S = 3.0
 SHUTDOWN_TASKS_S = 5.0  # the watches disconnect (bounded by watch.disconnect_timeout_s)
+STATUS_LINE_S = 2.0  # how often the systemd status line is looked at (sent when it changes)
 
 # An event source beyond the configured devices (the simulated rig's): given the sink and the
 # alarm raiser, it returns the coroutine function the supervisor runs.
@@ -274,11 +275,24 @@ class Gateway:
         # full passes, which otherwise pause the loop for ~10 ms while a backlog drains.
         gc.freeze()
         log.info("gateway_started", gw=self.cfg.gateway_id, version=self.version)
-        self.notifier.ready(f"carebed {self.version} running")
+        self.notifier.ready(str(await self.state()))
+        if self.notifier.enabled:
+            self.supervisor.start(
+                "systemd.status", lambda: status_loop(self.notifier, self.state, STATUS_LINE_S)
+            )
         self.started.set()
         await stop.wait()
         await self.shutdown(lifecycle)
         return 0
+
+    async def state(self) -> GatewayState:
+        """The systemd status line's facts."""
+        return GatewayState(
+            uplink_up=self.uplink.connected.is_set(),
+            buttons=None if self.button is None else len(self.button.pairing.buttons()),
+            watches=None if self.watches is None else len(self.watches.addresses()),
+            alarms_pending=await self.outbox.count_held_alarms(),
+        )
 
     async def shutdown(self, lifecycle: dict[str, Any]) -> None:
         log.info("gateway_stopping")

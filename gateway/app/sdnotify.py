@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
 from structlog.typing import FilteringBoundLogger
+
+from gateway.core.i18n import _, ngettext
 
 # Longest time one notification may block the caller: sendto() on a unix datagram socket waits
 # while the receiver's queue is full. systemd drains its queue quickly; this only bounds the
@@ -151,6 +155,53 @@ async def watchdog_loop(notifier: SystemdNotifier, interval_s: float) -> None:
         raise ValueError(f"watchdog interval must be > 0 s, got {interval_s!r}")
     while True:
         notifier.watchdog()
+        await asyncio.sleep(interval_s)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """What ``systemctl status`` shows of the running gateway."""
+
+    uplink_up: bool
+    buttons: int | None  # paired buttons; None when no receiver is configured
+    watches: int | None  # paired watches; None when no watch is configured
+    alarms_pending: int
+
+    def __str__(self) -> str:
+        parts = [_("uplink up") if self.uplink_up else _("uplink DOWN")]
+        if self.buttons is not None:
+            parts.append(
+                ngettext("{count} button", "{count} buttons", self.buttons).format(
+                    count=self.buttons
+                )
+            )
+        if self.watches is not None:
+            parts.append(
+                ngettext("{count} watch", "{count} watches", self.watches).format(
+                    count=self.watches
+                )
+            )
+        parts.append(
+            ngettext("{count} alarm pending", "{count} alarms pending", self.alarms_pending).format(
+                count=self.alarms_pending
+            )
+        )
+        return _(", ").join(parts)
+
+
+async def status_loop(
+    notifier: SystemdNotifier,
+    state: Callable[[], Awaitable[GatewayState]],
+    interval_s: float,
+) -> None:
+    """Keep STATUS= showing ``state()``: looked at every ``interval_s``, sent when it changes."""
+    if not interval_s > 0:
+        raise ValueError(f"status interval must be > 0 s, got {interval_s!r}")
+    shown: str | None = None
+    while True:
+        text = str(await state())
+        if text != shown and notifier.status(text):
+            shown = text
         await asyncio.sleep(interval_s)
 
 

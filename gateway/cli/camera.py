@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
 from drivers.camera.calls import error_code
@@ -12,26 +11,36 @@ from drivers.camera.errors import CameraError
 from drivers.camera.http import HttpCamera
 from gateway.app import control
 from gateway.app.config import GatewayConfig
+from gateway.cli.common import EXIT_FAILED, EXIT_OK, fail, refusal, say, unreachable
 from gateway.core.errors import ControlError
-
-EXIT_OK, EXIT_FAILED = 0, 1
+from gateway.core.i18n import _
 
 
 def _show(reply: dict[str, Any]) -> bool:
     """Print one reply; False when it says the camera is not usable."""
     if reply.get("event") == "called":
-        print(f"test call placed on {reply['device']}: see its camera.call events on the platform")
+        say(
+            _("test call placed on {device}: see its camera.call events on the platform").format(
+                device=reply["device"]
+            )
+        )
         return True
     if reply.get("trigger") == "relay":
-        print("dry-contact camera: nothing to ask it; use --call to pulse the relay")
+        say(_("dry-contact camera: nothing to ask it; use --call to pulse the relay"))
         return True
     if not reply.get("reachable"):
-        print(f"camera NOT usable: {reply.get('error')} ({reply.get('detail')})")
+        say(
+            _("camera NOT usable: {error} ({detail})").format(
+                error=reply.get("error"), detail=reply.get("detail")
+            )
+        )
         return False
-    shutter = "CLOSED (calls are refused)" if reply["privacy_mode"] else "open"
-    print(
-        f"camera reachable: {reply['model']} firmware {reply['firmware']}, credentials accepted, "
-        f"privacy shutter {shutter}"
+    shutter = _("CLOSED (calls are refused)") if reply["privacy_mode"] else _("open")
+    say(
+        _(
+            "camera reachable: {model} firmware {firmware}, credentials accepted, "
+            "privacy shutter {shutter}"
+        ).format(model=reply["model"], firmware=reply["firmware"], shutter=shutter)
     )
     return not reply["privacy_mode"]
 
@@ -66,26 +75,28 @@ async def _directly(cfg: GatewayConfig) -> bool:
 
 def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     if not cfg.camera.enabled:
-        print("carebed: no camera is configured ([camera] enabled = false)", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(
+            _(
+                "no camera is configured ([camera] enabled = false) (fix: set enabled = true "
+                "and the camera's url, user and password in the [camera] section)"
+            )
+        )
     try:
         ok = asyncio.run(_through_daemon(cfg, args.call))
     except OSError as exc:
         if not control.daemon_absent(exc):
-            print(f"carebed: {control.unreachable(cfg.control_socket, exc)}", file=sys.stderr)
-            return EXIT_FAILED
+            return fail(unreachable(cfg.control_socket, exc))
         if args.call:
-            print(
-                "carebed: a test call goes through the daemon (it is audited there): "
-                "start it first (systemctl start carebed)",
-                file=sys.stderr,
+            return fail(
+                _(
+                    "a test call goes through the daemon (it is audited there): "
+                    "start it first (systemctl start carebed)"
+                )
             )
-            return EXIT_FAILED
         if cfg.camera.trigger == "relay":
             return EXIT_OK if _show({"trigger": "relay"}) else EXIT_FAILED
-        print("(the daemon is not running: asking the camera directly)")
+        say(_("(the daemon is not running: asking the camera directly)"))
         ok = asyncio.run(_directly(cfg))
     except ControlError as exc:
-        print(f"carebed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(refusal(exc))
     return EXIT_OK if ok else EXIT_FAILED

@@ -1,12 +1,21 @@
-"""Command line: parse args → load config → logging → asyncio.run(app.run(cfg)) → exit code."""
+"""Command line: parse args → load config → logging → asyncio.run(app.run(cfg)) → exit code.
+
+A command registers in ``_parser`` with ``add_command`` (which gives it ``--config``), its
+actions with ``add_action`` (which accepts ``--config`` after the action word too), and its
+entry point in ``COMMANDS``: called with the loaded configuration and the parsed arguments, it
+returns the exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gettext
 import json
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +27,10 @@ from gateway.cli import installer
 from gateway.cli import provision as provision_cli
 from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
+from gateway.core.i18n import DOMAIN, LOCALE_DIR, N_, _
 
 if TYPE_CHECKING:
+    from gateway.app.config import GatewayConfig
     from gateway.app.daemon import EventSource
 
 EXIT_OK = 0
@@ -27,67 +38,196 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, so systemd does not loop on it
 DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
+DEBUG_VARIABLE = "CAREBED_DEBUG"  # set: an unexpected error in a command shows its traceback
+
+# argparse's own words (usage, errors, section titles), looked up in carebed's catalog once
+# ``_use_catalog_for_argparse`` has made it the process's text domain.
+ARGPARSE_MESSAGES = (
+    N_("usage: "),
+    N_("options"),
+    N_("positional arguments"),
+    N_("show this help message and exit"),
+    N_("show program's version number and exit"),
+    N_("%(prog)s: error: %(message)s\n"),
+    N_("the following arguments are required: %s"),
+    N_("unrecognized arguments: %s"),
+    N_("argument %(argument_name)s: %(message)s"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"),
+    N_("invalid %(type)s value: %(value)r"),
+    N_("expected one argument"),
+    N_("ambiguous option: %(option)s could match %(matches)s"),
+)
+
+Handler = Callable[["GatewayConfig", argparse.Namespace], int]
+
+
+def _use_catalog_for_argparse() -> None:
+    """argparse translates through the process's text domain: make it carebed's."""
+    gettext.bindtextdomain(DOMAIN, str(LOCALE_DIR))
+    gettext.textdomain(DOMAIN)
+
+
+def version() -> str:
+    try:
+        return metadata.version("carebed")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _config_option(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar=_("FILE"),
+        help=_("configuration file (default: {path})").format(path=DEFAULT_CONFIG),
+    )
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """A command that reads the configuration: ``carebed NAME [--config FILE] …``."""
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    _config_option(parser, default=DEFAULT_CONFIG)
+    return parser
+
+
+def add_actions(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return parser.add_subparsers(dest="action", required=True, metavar=_("ACTION"))
+
+
+def add_action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """An action of a command; ``--config`` is accepted after its name too."""
+    parser = actions.add_parser(name, help=help_text, description=help_text)
+    _config_option(parser, default=argparse.SUPPRESS)  # keeps the one given before the action
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="carebed", description="Home-care bed gateway daemon")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the gateway daemon")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
-    check = commands.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG)
-    button = commands.add_parser(
-        "button", help="pair, list and unpair emergency buttons (through the running daemon)"
+    parser = argparse.ArgumentParser(prog="carebed", description=_("Home-care bed gateway daemon"))
+    parser.add_argument("--version", action="version", version=f"carebed {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar=_("COMMAND"))
+    add_command(commands, "run", _("run the gateway daemon"))
+    check = add_command(commands, "check-config", _("validate a configuration file"))
+    check.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar=_("FILE"),
+        help=_("the file to check (the same as --config)"),
     )
-    button.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
-    actions = button.add_subparsers(dest="action", required=True)
-    pair = actions.add_parser("pair", help="open pairing on the receiver and show what pairs")
-    pair.add_argument("--seconds", type=int, default=60, help="how long pairing stays open")
-    actions.add_parser("list", help="the paired buttons and their state")
-    actions.add_parser(
-        "confirm", help="after a damaged pairing list: the paired buttons are all of the home's"
+    button = add_command(
+        commands,
+        "button",
+        _("pair, list and unpair emergency buttons (through the running daemon)"),
     )
-    unpair = actions.add_parser("unpair", help="forget a button")
-    unpair.add_argument("id", help="btn-00A1B2C3, or just 00A1B2C3")
-    camera = commands.add_parser("camera", help="check the voice-call camera")
-    camera.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
-    camera_actions = camera.add_subparsers(dest="action", required=True)
-    camera_test = camera_actions.add_parser(
-        "test", help="reachability, credentials and privacy mode; --call places a test call"
+    actions = add_actions(button)
+    pair = add_action(actions, "pair", _("open pairing on the receiver and show what pairs"))
+    pair.add_argument("--seconds", type=int, default=60, help=_("how long pairing stays open"))
+    add_action(actions, "list", _("the paired buttons and their state"))
+    add_action(
+        actions,
+        "confirm",
+        _("after a damaged pairing list: the paired buttons are all of the home's"),
     )
-    camera_test.add_argument("--call", action="store_true", help="also place a test call")
-    watch = commands.add_parser(
-        "watch", help="scan for, pair, list and unpair health watches (Bluetooth LE)"
+    unpair = add_action(actions, "unpair", _("forget a button"))
+    unpair.add_argument("id", help=_("btn-00A1B2C3, or just 00A1B2C3"))
+    camera = add_command(commands, "camera", _("check the voice-call camera"))
+    camera_actions = add_actions(camera)
+    camera_test = add_action(
+        camera_actions,
+        "test",
+        _("reachability, credentials and privacy mode; --call places a test call"),
     )
-    watch.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file")
-    watch_actions = watch.add_subparsers(dest="action", required=True)
-    watch_scan = watch_actions.add_parser(
-        "scan", help="list nearby BLE devices with RSSI and whether they offer the watch services"
+    camera_test.add_argument("--call", action="store_true", help=_("also place a test call"))
+    watch = add_command(
+        commands, "watch", _("scan for, pair, list and unpair health watches (Bluetooth LE)")
     )
-    watch_scan.add_argument("--seconds", type=int, default=10, help="how long to listen")
-    watch_pair = watch_actions.add_parser(
-        "pair", help="check a watch (connect, battery, services) and add it to the watch list"
+    watch_actions = add_actions(watch)
+    watch_scan = add_action(
+        watch_actions,
+        "scan",
+        _("list nearby BLE devices with RSSI and whether they offer the watch services"),
     )
-    watch_pair.add_argument("address", help="the watch's BLE address, e.g. C0:FF:EE:00:00:01")
-    watch_actions.add_parser("list", help="the paired watches and their state")
-    watch_unpair = watch_actions.add_parser("unpair", help="forget a watch")
-    watch_unpair.add_argument("address", help="the watch's BLE address")
+    watch_scan.add_argument("--seconds", type=int, default=10, help=_("how long to listen"))
+    watch_pair = add_action(
+        watch_actions,
+        "pair",
+        _("check a watch (connect, battery, services) and add it to the watch list"),
+    )
+    watch_pair.add_argument("address", help=_("the watch's BLE address, e.g. C0:FF:EE:00:00:01"))
+    add_action(watch_actions, "list", _("the paired watches and their state"))
+    watch_unpair = add_action(watch_actions, "unpair", _("forget a watch"))
+    watch_unpair.add_argument("address", help=_("the watch's BLE address"))
     provision_cli.add_parser(commands)
     installer.register(commands, DEFAULT_CONFIG)
-    schema = commands.add_parser("schema", help="print the JSON Schemas (config and uplink)")
+    schema = commands.add_parser(
+        "schema",
+        help=_("print the JSON Schemas (config and uplink)"),
+    )
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
     return parser
 
 
 def _config_failure(error: ConfigError) -> int:
-    print(f"carebed: configuration error in {error.path}:", file=sys.stderr)
+    print(_("carebed: configuration error in {path}:").format(path=error.path), file=sys.stderr)
     for problem in error.problems:
         print(f"  - {problem}", file=sys.stderr)
     return EXIT_CONFIG
 
 
+def _camera(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.cli import camera  # noqa: PLC0415 - only this command needs it
+
+    return camera.main(cfg, args)
+
+
+def _watch(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.cli import watch  # noqa: PLC0415 - only this command needs it
+
+    return watch.main(cfg, args)
+
+
+def _button(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.cli import button  # noqa: PLC0415 - only this command needs it
+
+    return button.main(cfg, args)
+
+
+def _check_config(cfg: GatewayConfig, args: argparse.Namespace) -> int:
+    path: Path = args.config
+    try:
+        warnings = preflight.preflight(cfg, path, create=False)
+    except ConfigError as error:
+        return _config_failure(error)
+    for warning in warnings:
+        print(_("carebed: warning: {warning}").format(warning=warning), file=sys.stderr)
+    print(
+        _("{path}: OK (gateway {gateway}, broker {host}:{port})").format(
+            path=path, gateway=cfg.gateway_id, host=cfg.mqtt.host, port=cfg.mqtt.effective_port
+        )
+    )
+    return EXIT_OK
+
+
+# Commands that act on a loaded configuration, by name (``run`` and ``schema`` are main's own).
+COMMANDS: dict[str, Handler] = {
+    "check-config": _check_config,
+    "button": _button,
+    "camera": _camera,
+    "watch": _watch,
+}
+
+
 def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | None = None) -> int:
     """``sources``: event sources ``run`` starts beyond the configured devices (the rig's)."""
+    _use_catalog_for_argparse()
     args = _parser().parse_args(argv)
     if args.command == "schema":
         schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
@@ -98,35 +238,33 @@ def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | 
         return provision_cli.main(args)
     if args.command in installer.COMMANDS:
         return installer.main(args)
-    path = args.config if args.command in ("run", "button", "camera", "watch") else args.path
+    if args.command == "check-config" and args.path is not None:
+        args.config = args.path
     try:
-        cfg = config_module.load(path)
+        cfg = config_module.load(args.config)
     except ConfigError as error:
         return _config_failure(error)
-    if args.command == "camera":
-        from gateway.cli import camera as camera_cli  # noqa: PLC0415 - only this command needs it
-
-        return camera_cli.main(cfg, args)
-    if args.command == "watch":
-        from gateway.cli import watch as watch_cli  # noqa: PLC0415 - only this command needs it
-
-        return watch_cli.main(cfg, args)
-    if args.command == "button":
-        from gateway.cli import button as button_cli  # noqa: PLC0415 - only this command needs it
-
-        return button_cli.main(cfg, args)
-    if args.command == "check-config":
-        try:
-            warnings = preflight.preflight(cfg, path, create=False)
-        except ConfigError as error:
-            return _config_failure(error)
-        for warning in warnings:
-            print(f"carebed: warning: {warning}", file=sys.stderr)
+    if args.command == "run":
+        return _run(cfg, args.config, sources)
+    try:
+        return COMMANDS[args.command](cfg, args)
+    except KeyboardInterrupt:
+        print(_("carebed: interrupted"), file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # the installer's commands: a sentence, never a traceback
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
         print(
-            f"{path}: OK (gateway {cfg.gateway_id}, "
-            f"broker {cfg.mqtt.host}:{cfg.mqtt.effective_port})"
+            _(
+                "carebed: {command} failed: {error} (fix: run it again with {variable}=1 for "
+                "the details, and report them)"
+            ).format(command=args.command, error=type(exc).__name__, variable=DEBUG_VARIABLE),
+            file=sys.stderr,
         )
-        return EXIT_OK
+        return EXIT_FAILURE
+
+
+def _run(cfg: GatewayConfig, path: Path, sources: Mapping[str, EventSource] | None) -> int:
     from gateway.app import daemon as app  # noqa: PLC0415 - keeps check-config and schema fast
     from gateway.app import logs  # noqa: PLC0415
 
