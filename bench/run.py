@@ -71,6 +71,7 @@ from bench.common import (
     BUTTON_ID_BASE,
     REPO_ROOT,
     RESULTS_DIR,
+    byte_compile,
     code_version,
     ensure_dir,
     median,
@@ -1375,6 +1376,7 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     info = machine_info(workdir)
+    byte_compile()
     bench = Bench(args, workdir)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
