@@ -27,11 +27,20 @@ Protocol: JSON lines on stdout; the logs go to ``--log`` (gateway) or stderr.
 - out ``result``: CPU time, what was written or counted.
 """
 
+# ruff: noqa: E402 - the development-only packages are hidden before anything imports structlog
 from __future__ import annotations
+
+import sys
+
+# The gateway's process holds the product's dependencies only (requirements.lock), as on a
+# gateway. The development environment also has rich (for import-linter), which structlog
+# imports whenever it is installed: 4-5 MiB of RSS that no gateway carries (docs/PERFORMANCE.md).
+DEV_ONLY_MODULES = ("rich",)
+for _name in DEV_ONLY_MODULES:
+    sys.modules[_name] = None  # type: ignore[assignment]  # "import rich" raises ImportError
 
 import argparse
 import asyncio
-import sys
 import threading
 from pathlib import Path
 from typing import Any

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import json
 import math
 import resource
@@ -179,6 +180,21 @@ def run_child(
     with args.log.open("a") as log_stream:
         logs.configure("info", "json", stream=log_stream)
         emit(asyncio.run(main(args)))
+
+
+# The packages the bench's children import from this checkout.
+CHECKOUT_PACKAGES = ("gateway", "drivers", "bench", "hil")
+
+
+def byte_compile() -> None:
+    """Byte-compile this checkout's packages, as ``pip install`` does on a gateway.
+
+    Without it a child run with ``PYTHONDONTWRITEBYTECODE`` (a development setting) compiles
+    every module of the checkout from source at each start: slower, and 2-3 MiB of RSS that an
+    installed gateway never carries. The ``__pycache__`` directories are git-ignored; a module
+    edited later is compiled again from its source (its ``.pyc`` no longer matches)."""
+    for name in CHECKOUT_PACKAGES:
+        compileall.compile_dir(REPO_ROOT / name, quiet=1)
 
 
 def ensure_dir(path: Path) -> Path:

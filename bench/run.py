@@ -71,6 +71,7 @@ from bench.common import (
     BUTTON_ID_BASE,
     REPO_ROOT,
     RESULTS_DIR,
+    byte_compile,
     code_version,
     ensure_dir,
     median,
@@ -113,6 +114,12 @@ CHILD_START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 30
 DISK_MIN_EVENTS = 200  # so that the closing checkpoint weighs little at a low rate
+# Latency samples per figure: a p99 is the nearest rank (bench.common.percentile), so it needs
+# a few hundred samples to be more than the maximum (p99 of 200 is the 3rd largest; of 40, the
+# largest). A backlog drains in a second or less, which counts ~40 alarms or presses (5 ms
+# apart) in a quick run: the draining figures take as many gateways as it takes to count them.
+QUICK_PRESSES = 200
+DRAIN_RUNS = 8  # at most this many draining gateways per figure and repeat
 
 
 class BenchError(Exception):
@@ -131,12 +138,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help=(
-            "a fast sanity run: 20k events, 1 repeat, short disk runs, 100 button presses, "
+            "a fast sanity run: 20k events, 1 repeat, short disk runs, 200 button presses, "
             f"{QUICK_ALERTS} watch alerts (explicit options win)"
         ),
     )
     parser.add_argument("--events", type=int, help="backlog size (default 100000; quick 20000)")
-    parser.add_argument("--alarms", type=int, default=200, help="alarms per latency run")
+    parser.add_argument(
+        "--alarms",
+        type=int,
+        default=200,
+        help=(
+            "alarms counted per latency figure and repeat: raised by one idle gateway, or while "
+            "draining, by as many draining gateways as it takes (at most --alarm-drain-runs)"
+        ),
+    )
+    parser.add_argument(
+        "--alarm-drain-runs",
+        type=int,
+        default=DRAIN_RUNS,
+        help=f"at most this many draining gateways to count --alarms (default {DRAIN_RUNS})",
+    )
     parser.add_argument("--repeats", type=int, help="runs of each figure (default 3; quick 1)")
     parser.add_argument(
         "--inflight",
@@ -147,7 +168,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--presses",
         type=int,
-        help="button presses per figure and repeat, idle and draining (default 500; quick 100)",
+        help=(
+            "button presses counted per figure and repeat, idle and draining "
+            f"(default 500; quick {QUICK_PRESSES})"
+        ),
     )
     parser.add_argument(
         "--press-spacing-ms",
@@ -158,7 +182,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--button-drain-runs",
         type=int,
-        help="at most this many draining gateways to reach --presses (default 6; quick 3)",
+        help=f"at most this many draining gateways to count --presses (default {DRAIN_RUNS})",
     )
     parser.add_argument(
         "--watch-alerts",
@@ -238,9 +262,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.disk_seconds is None:
         args.disk_seconds = 1.5 if args.quick else 3.0
     if args.presses is None:
-        args.presses = 100 if args.quick else 500
+        args.presses = QUICK_PRESSES if args.quick else 500
     if args.button_drain_runs is None:
-        args.button_drain_runs = 3 if args.quick else 6
+        args.button_drain_runs = DRAIN_RUNS
     if args.watch_alerts is None:
         args.watch_alerts = QUICK_ALERTS if args.quick else 200
     if args.flash_events is None:
@@ -261,12 +285,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if (
-        min(args.events, args.alarms, args.repeats, args.presses, args.button_drain_runs) < 1
+        min(args.events, args.alarms, args.alarm_drain_runs, args.repeats, args.presses) < 1
+        or args.button_drain_runs < 1
         or min(args.watch_alerts, args.flash_events, args.queued, args.queued_probe) < 1
         or min(args.flash_rates, default=1) <= 0
     ):
         parser.error(
-            "--events, --alarms, --repeats, --presses, --button-drain-runs, --watch-alerts, "
+            "--events, --alarms, --alarm-drain-runs, --repeats, --presses, --button-drain-runs, "
+            "--watch-alerts, "
             "--flash-events, --queued and --queued-probe must be at least 1, rates above 0"
         )
     return args
@@ -623,19 +649,33 @@ class Bench:
         figure = ("alarms_draining" if draining else "alarms_idle") + (
             "" if clock == "system" else f"_{clock}_clock"
         )
-        run = self.gateway_run(
-            figure.replace("_", "-"), backlog=draining, alarms=self.args.alarms, clock=clock
-        )
-        figures = run["alarms"]
+        runs: list[dict[str, Any]] = []
+        counted = 0
+        while counted < self.args.alarms and len(runs) < (
+            self.args.alarm_drain_runs if draining else 1
+        ):
+            runs.append(
+                self.gateway_run(
+                    figure.replace("_", "-"), backlog=draining, alarms=self.args.alarms, clock=clock
+                )
+            )
+            counted += runs[-1]["alarms"]["counted"]
+        figures = _pooled_alarm_figures([run["alarms"] for run in runs])
+        record: dict[str, Any] = {
+            "gateway_runs": runs,
+            "alarms": figures,
+            "vmhwm_kb": max(run["vmhwm_kb"] for run in runs),
+        }
         latency = figures["latency_ms"]
         self.say(
             f"  alarms {'draining' if draining else 'idle':<8} clock={clock:<6} "
             f"p50 {latency['p50']:6.2f} ms  p99 {latency['p99']:7.2f} ms  "
-            f"(over {figures['counted']} alarms; stored p50 {figures['stored_ms']['p50']:.2f} / "
+            f"(over {figures['counted']} alarms on {len(runs)} gateway(s); "
+            f"stored p50 {figures['stored_ms']['p50']:.2f} / "
             f"p99 {figures['stored_ms']['p99']:.2f} ms, "
             f"PUBACK p99 {figures['delivered_ms']['p99']:.2f} ms)"
         )
-        return self._record(figure, run)
+        return self._record(figure, record)
 
     # -- 3. disk ---------------------------------------------------------------------------
 
@@ -1041,6 +1081,26 @@ def _alarm_figures(
             [(delivered - before) / 1e6 for _, before, _, delivered in counted if delivered]
         ),
         "samples_ms": [round((received[a] - before) / 1e6, 3) for a, before, *_ in counted],
+        "stored_samples_ms": [round((after - before) / 1e6, 3) for _, before, after, _ in counted],
+        "delivered_samples_ms": [
+            round((delivered - before) / 1e6, 3) for _, before, _, delivered in counted if delivered
+        ],
+    }
+
+
+def _pooled_alarm_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The alarm figures of several gateway runs (``_alarm_figures`` each), over all their
+    counted alarms together."""
+    latency = [ms for run in runs for ms in run["samples_ms"]]
+    stored = [ms for run in runs for ms in run["stored_samples_ms"]]
+    delivered = [ms for run in runs for ms in run["delivered_samples_ms"]]
+    return {
+        "raised": sum(run["raised"] for run in runs),
+        "counted": len(latency),
+        "latency_ms": _summary(latency),
+        "stored_ms": _summary(stored),
+        "delivered_ms": _summary(delivered),
+        "samples_ms": latency,
     }
 
 
@@ -1123,6 +1183,9 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             figures[name]["stored_p99"] = med(figure, "alarms", "stored_ms", "p99")
             figures[name]["delivered_p99"] = med(figure, "alarms", "delivered_ms", "p99")
             figures[name]["counted_per_run"] = [r["alarms"]["counted"] for r in runs[figure]]
+            figures[name]["gateways_per_run"] = [
+                len(r.get("gateway_runs", [r])) for r in runs[figure]
+            ]
         figures["ratio_p50"] = figures["draining"]["p50"] / figures["idle"]["p50"]
         figures["ratio_p99"] = figures["draining"]["p99"] / figures["idle"]["p99"]
         figures["target_ratio"] = ALARM_TARGET_RATIO
@@ -1262,6 +1325,23 @@ def _verdict(summary: dict[str, Any], name: str) -> str:
     return f"target {target['target']}: {'ok' if target['ok'] else 'MISSED'}"
 
 
+def _samples_line(figures: dict[str, Any]) -> str:
+    """How many samples each p99 is taken over (the fewest of the repeats), and which rank."""
+    parts = []
+    for name in ("idle", "draining"):
+        count = min(figures[name]["counted_per_run"])
+        gateways = max(figures[name].get("gateways_per_run", [1]))
+        rank = count - max(1, math.ceil(0.99 * count)) + 1 if count else 0
+        which = "the largest" if rank == 1 else f"the {_ordinal(rank)} largest"
+        parts.append(f"{name} {count} on {gateways} gateway(s) (p99: {which})")
+    return "  samples per repeat: " + ", ".join(parts)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
     print()
     print(f"== carebed bench, {info['date']}: {info['nproc']} CPUs, {info['cpu_model']}")
@@ -1288,6 +1368,7 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{alarms['draining']['p99']:.2f} ms   ratio p50 {alarms['ratio_p50']:.1f}x, "
             f"p99 {alarms['ratio_p99']:.1f}x ({verdict})"
         )
+        print(_samples_line(alarms))
     button = summary.get("button")
     if button:
         print(
@@ -1297,6 +1378,7 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{button['draining']['p99']:.2f} ms   ratio p50 {button['ratio_p50']:.1f}x, "
             f"p99 {button['ratio_p99']:.1f}x ({_verdict(summary, 'button p99 draining/idle')})"
         )
+        print(_samples_line(button))
     watch = summary.get("watch")
     if watch:
         print(summary_line(watch))
@@ -1375,6 +1457,7 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     info = machine_info(workdir)
+    byte_compile()
     bench = Bench(args, workdir)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:

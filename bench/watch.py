@@ -49,6 +49,7 @@ import paho.mqtt.client as mqtt
 from bench.common import (
     REPO_ROOT,
     RESULTS_DIR,
+    byte_compile,
     code_version,
     ensure_dir,
     median,
@@ -536,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = ensure_dir(
         Path(tempfile.mkdtemp(prefix="carebed-bench-watch-")) if temporary else args.workdir
     )
+    byte_compile()
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
     try:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.run import Bench, parse_args, print_summary, summarise
+from bench.common import percentile
+from bench.run import Bench, _pooled_alarm_figures, parse_args, print_summary, summarise
 
 
 def _latency(p50: float, p99: float) -> dict[str, float]:
@@ -149,3 +150,58 @@ def test_a_missed_target_is_named_in_the_summary(capsys: pytest.CaptureFixture[s
     assert "window 60 s (shipped); net bytes beyond an idle gateway's" in out
     assert "an idle gateway: 57.3 kB per boot (start-up to close), 0 kB/h while running" in out
     assert "targets: 10 of 14 met; MISSED: flash writes, uplink up, 0.2/s" in out
+
+
+def test_latency_figures_count_enough_samples_for_a_p99() -> None:
+    """A p99 is the nearest rank: of 40 samples it is the largest, of 200 the 3rd largest. The
+    alarm and button figures count 200 by default, quick or not, from as many draining
+    gateways as it takes."""
+    assert percentile(list(range(1, 41)), 99) == 40
+    assert percentile(list(range(1, 201)), 99) == 198
+    for argv in ([], ["--quick"]):
+        args = parse_args(argv)
+        assert args.alarms >= 200 and args.presses >= 200
+        assert args.alarm_drain_runs >= 5 and args.button_drain_runs >= 5
+    assert parse_args(["--quick", "--alarms", "300", "--alarm-drain-runs", "2"]).alarms == 300
+
+
+def test_alarm_figures_of_several_gateways_are_pooled() -> None:
+    first = {
+        "raised": 200,
+        "counted": 2,
+        "samples_ms": [1.0, 9.0],
+        "stored_samples_ms": [0.5, 0.7],
+        "delivered_samples_ms": [2.0],
+    }
+    second = {
+        "raised": 200,
+        "counted": 1,
+        "samples_ms": [5.0],
+        "stored_samples_ms": [0.6],
+        "delivered_samples_ms": [3.0],
+    }
+    pooled = _pooled_alarm_figures([first, second])
+    assert pooled["raised"] == 400
+    assert pooled["counted"] == 3
+    assert pooled["latency_ms"] == {"p50": 5.0, "p99": 9.0, "max": 9.0}
+    assert pooled["stored_ms"]["p50"] == 0.6
+    assert pooled["delivered_ms"]["max"] == 3.0
+
+
+def test_the_summary_says_how_many_samples_each_p99_is_over(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    runs = _runs()
+    runs["alarms_draining"] = [{**runs["alarms_draining"][0], "gateway_runs": [{}, {}, {}, {}, {}]}]
+    runs["alarms_draining"][0]["alarms"] = {**runs["alarms_draining"][0]["alarms"], "counted": 40}
+    summary = summarise(parse_args([]), runs)
+    print_summary({"date": "today", "nproc": 2, "cpu_model": "test"}, summary)
+    out = capsys.readouterr().out
+    assert (
+        "samples per repeat: idle 200 on 1 gateway(s) (p99: the 3rd largest), "
+        "draining 40 on 5 gateway(s) (p99: the largest)"
+    ) in out
+    assert (
+        "samples per repeat: idle 500 on 1 gateway(s) (p99: the 6th largest), "
+        "draining 500 on 1 gateway(s) (p99: the 6th largest)"
+    ) in out

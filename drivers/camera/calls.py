@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -27,7 +27,9 @@ from drivers.camera.errors import (
     CameraProtocolError,
     CameraUnavailableError,
 )
-from drivers.camera.http import CallReason, CallStarted, CallState
+
+if TYPE_CHECKING:  # httpx is loaded only where an HTTP camera is configured
+    from drivers.camera.http import CallReason, CallStarted, CallState
 
 POLL_INTERVAL_S = 1.0
 BACKOFF_INITIAL_S = 1.0

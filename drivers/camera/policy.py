@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from drivers.camera.calls import CallRunner, error_code
 from drivers.camera.errors import CameraError
 from drivers.camera.gpio import RelayTrigger
-from drivers.camera.http import CallReason, HttpCamera
 from gateway.core.ports import AlarmState, EventSink
+
+if TYPE_CHECKING:  # httpx is loaded only where an HTTP camera is configured
+    from drivers.camera.http import CallReason, HttpCamera
 
 log = structlog.get_logger("drivers.camera")
 

@@ -216,7 +216,8 @@ class WatchStore:
         """The alert raised earlier that this notification repeats, if any."""
         now = time.time()
         for alert in reversed(self.state(address).alerts):
-            if alert.repeats(seq, event, watch_time, now):
+            # The alert_seq first: of up to 64 alerts remembered, most differ in it.
+            if alert.seq == seq and alert.repeats(seq, event, watch_time, now):
                 return alert
         return None
 

@@ -15,7 +15,6 @@ import structlog
 from drivers.button.pairing import PairingStore
 from drivers.button.serial import SerialButtonLink
 from drivers.camera.gpio import GpiodLine, OutputLine, RelayTrigger, UnavailableLine
-from drivers.camera.http import HttpCamera
 from drivers.camera.policy import CameraPolicy
 from drivers.watch.fleet import WatchFleet
 from drivers.watch.store import WatchStore
@@ -179,6 +178,8 @@ class Gateway:
             return CameraPolicy(
                 camera, sink=self.sink, relay=RelayTrigger(line, camera.relay_pulse_s)
             )
+        from drivers.camera.http import HttpCamera  # noqa: PLC0415 - httpx only with an HTTP camera
+
         return CameraPolicy(
             camera,
             sink=self.sink,
