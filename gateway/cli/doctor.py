@@ -36,7 +36,7 @@ def summary(report: Report) -> str:
 
 def main(args: argparse.Namespace) -> int:
     if args.json:
-        report = asyncio.run(diagnose(args.config))
+        report = asyncio.run(diagnose(args.config, boot_dir=args.boot_dir))
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
         return EXIT_READY if report.ready else EXIT_NOT_READY
     print(
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        report = asyncio.run(diagnose(args.config, on_check=show))
+        report = asyncio.run(diagnose(args.config, on_check=show, boot_dir=args.boot_dir))
     except KeyboardInterrupt:
         return EXIT_NOT_READY
     print(summary(report))
