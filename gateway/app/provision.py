@@ -312,6 +312,10 @@ def _certificate_problems(cert_file: Path, gateway_id: str, now: float) -> list[
     return problems
 
 
+def _in_config(problem: str) -> str:
+    return _("{name}: {problem}").format(name=CONFIG, problem=problem)
+
+
 def _read_config(raw: bytes | None, problems: list[str]) -> tuple[str, dict[str, Any]] | None:
     if raw is None:
         return None
@@ -319,7 +323,7 @@ def _read_config(raw: bytes | None, problems: list[str]) -> tuple[str, dict[str,
         text = config_module._decode(raw, CONFIG)  # the same decoding as load()
         return text, tomllib.loads(text)
     except ConfigError as error:
-        problems.extend(f"{CONFIG}: {problem}" for problem in error.problems)
+        problems.extend(_in_config(problem) for problem in error.problems)
     except RecursionError:
         problems.append(
             _("{config}: tables or arrays nested too deeply (fix: flatten them)").format(
@@ -327,14 +331,14 @@ def _read_config(raw: bytes | None, problems: list[str]) -> tuple[str, dict[str,
             )
         )
     except ValueError as exc:  # TOMLDecodeError, and a 5000-digit number
-        problems.append(f"{CONFIG}: {config_module._toml_problem(exc)}")
+        problems.append(_in_config(config_module._toml_problem(exc)))
     return None
 
 
 def _config_problems(error: ConfigError, stage: Path) -> list[str]:
     """check-config's problems, with the staged files named as in the bundle."""
     return [
-        f"{CONFIG}: {problem}".replace(f"{stage / TLS_DIR}/", "").replace(f"{stage}/", "")
+        _in_config(problem).replace(f"{stage / TLS_DIR}/", "").replace(f"{stage}/", "")
         for problem in error.problems
     ]
 

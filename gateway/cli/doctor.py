@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import unicodedata
 from datetime import datetime
 
 from gateway.cli.checks import Check, Report, diagnose, local_time
@@ -19,8 +20,14 @@ def _label(check: Check) -> str:
     return {"pass": _("PASS"), "fail": _("FAIL"), "skip": _("skip")}[check.status]
 
 
+def _pad(text: str, columns: int) -> str:
+    """``text`` padded to ``columns`` terminal columns (a Chinese character takes two)."""
+    used = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    return text + " " * max(columns - used, 0)
+
+
 def show(check: Check) -> None:
-    print(f"  {_label(check):<5} {check.title:<{WIDTH}} {check.detail}", flush=True)
+    print(f"  {_pad(_label(check), 5)} {_pad(check.title, WIDTH)} {check.detail}", flush=True)
     if check.fix is not None:
         print("        " + _("fix: {fix}").format(fix=check.fix), flush=True)
 
