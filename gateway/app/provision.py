@@ -484,7 +484,7 @@ def _write_error_file(
     lines = _report(etc_dir, problems)
     if english is not None:
         with i18n.english():
-            lines += ["", "-" * 72, "", *_report(etc_dir, english)]
+            lines += ["-" * 72, "", *_report(etc_dir, english)]
     target = bundle / ERROR_FILE
     temporary = bundle / f".{ERROR_FILE}.{secrets.token_hex(4)}"
     # FAT wants CRLF for Windows editors; every editor reads it.

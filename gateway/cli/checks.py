@@ -161,7 +161,7 @@ def provision_check(boot_dir: Path) -> Check:
         "provision.bundle",
         title,
         _("{path} was not installed: {problems}").format(
-            path=bundle, problems="; ".join(problems) or _("see the file")
+            path=bundle, problems=_("; ").join(problems) or _("see the file")
         ),
         fix,
     )
