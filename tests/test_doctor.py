@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from drivers.button.pairing import PairingStore
 from gateway.app.config import load
 from gateway.cli.checks import ProbeResult, Report, diagnose, mqtt_checks_direct
+from gateway.cli.main import main
 from gateway.core.clock import ManualClock
 from hil.sim.bluez import FakeBluez, WatchSim
 from hil.sim.broker import SHIPPED_ACL, Mosquitto
@@ -269,8 +272,45 @@ async def test_a_bad_configuration_is_the_only_check(tmp_path: Path) -> None:
     config = tmp_path / "carebed.toml"
     config.write_text('[gateway]\nid = "gw-a"\n')
     report = await diagnose(config, clock=synced())
-    assert [(c.id, c.status) for c in report.checks] == [("config.valid", "fail")]
-    assert "mqtt" in report.checks[0].detail and "check-config" in (report.checks[0].fix or "")
+    assert [(c.id, c.status) for c in report.checks] == [
+        ("provision.bundle", "pass"),
+        ("config.valid", "fail"),
+    ]
+    assert "mqtt" in report.checks[1].detail and "check-config" in (report.checks[1].fix or "")
+
+
+async def test_an_invalid_first_boot_bundle_is_reported_with_its_problems(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """The bundle that provisioning refused, read back from its error file by the doctor."""
+    boot = tmp_path / "boot"
+    bundle = boot / "carebed"
+    bundle.mkdir(parents=True)
+    (bundle / "carebed.toml").write_text('[gateway]\nid = "gw-a"\n[mqtt]\nhost = "broker"\n')
+    shutil.copyfile(pki.ca_cert, bundle / "ca.crt")
+    shutil.copyfile(pki.client("gw-b").cert, bundle / "gateway.crt")  # another gateway's
+    shutil.copyfile(pki.client("gw-b").key, bundle / "gateway.key")
+    owner = f"{os.getuid()}:{os.getgid()}"
+    command = ["provision", "--boot-dir", str(boot), "--etc-dir", str(tmp_path / "etc")]
+    command += ["--owner", owner, "--key-owner", str(os.getuid()), "--no-start"]
+    assert main(command) == 78
+    config = tmp_path / "etc" / "carebed.toml"  # not installed: the doctor says why
+
+    status, out = await carebed(config, "doctor", "--boot-dir", str(boot))
+    assert status == 1, out
+    line = next(line for line in out.splitlines() if "First-boot bundle" in line)
+    assert line.split()[0] == "FAIL" and "was not installed" in line, out
+    assert "gateway.crt: its CN is 'gw-b', not the gateway id 'gw-a'" in line, out
+    assert "sudo systemctl start carebed-provision" in out and "provision-error.txt" in out
+
+    status, out = await carebed(config, "doctor", "--json", "--boot-dir", str(boot))
+    checks = {check["id"]: check for check in json.loads(out)["checks"]}
+    assert status == 1 and checks["provision.bundle"]["status"] == "fail", out
+    assert "gw-b" in checks["provision.bundle"]["detail"]
+
+    (bundle / "provision-error.txt").unlink()  # fixed and installed: nothing to report
+    report = await diagnose(config, clock=synced(), boot_dir=boot)
+    assert statuses(report)["provision.bundle"] == "pass"
 
 
 async def carebed(config: Path, *args: str) -> tuple[int, str]:

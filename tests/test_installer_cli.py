@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import config
+from gateway.cli import main as cli_main
 from gateway.core.errors import ConfigError
 from hil.sim.broker import Mosquitto
 from hil.sim.pki import Pki
@@ -185,6 +186,37 @@ def test_config_after_the_action_word(tmp_path: Path) -> None:
         assert str(tmp_path / "state") in result.stdout or "OK" in result.stdout, result.stdout
     result = carebed("button", "list", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == EXIT_CONFIG and "missing.toml" in result.stderr
+
+
+def test_the_installer_commands_take_config_before_or_after_the_action_word(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "elsewhere.toml"
+    parse = cli_main._parser().parse_args
+    for args in (
+        ["doctor", "--config", str(path)],
+        ["doctor", "--json", "--config", str(path)],
+        ["status", "--config", str(path)],
+        ["test-alarm", "--config", str(path), "--timeout", "5"],
+        ["support-bundle", "--config", str(path)],
+        ["tls", "--config", str(path), "request"],
+        ["tls", "request", "--config", str(path)],
+        ["tls", "request", "--force", "--config", str(path)],
+    ):
+        assert parse(args).config == path, args
+    assert parse(["tls", "request"]).config == cli_main.DEFAULT_CONFIG
+    assert parse(["tls", "--config", str(path), "request"]).action == "request"
+    # Where it matters: the key lands where the configuration given after the word says.
+    config = write(
+        tmp_path,
+        '[gateway]\nid = "gw-0042"\n[mqtt]\nhost = "broker"\n[mqtt.tls]\n'
+        'ca_file = "ca.pem"\ncert_file = "gw.pem"\nkey_file = "gw.key"\n',
+    )
+    result = carebed("tls", "request", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gw.key").is_file()
+    chinese = carebed("tls", "request", "--help", env=ZH)
+    assert "配置文件" in chinese.stdout and "私钥" in chinese.stdout, chinese.stdout
 
 
 @pytest.mark.parametrize(

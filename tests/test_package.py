@@ -502,8 +502,14 @@ def test_install_provision_upgrade_remove_and_purge_offline(
     )
     assert provisioned.returncode == 0, provisioned.stderr
     assert not (bundle.parent / "carebed.done" / "gateway.key").exists()
-    for path in (ETC / "carebed.toml", ETC / "tls" / "gateway.key", ETC / "tls" / "ca.crt"):
+    for path in (ETC / "carebed.toml", ETC / "tls" / "ca.crt"):
         assert _mode_owner(path) == (0o640, "root", "carebed"), path
+    assert _mode_owner(ETC / "tls" / "gateway.key") == (0o600, "carebed", "carebed")
+    # The tmpfiles rule, applied at every boot, keeps them so.
+    tmpfiles = _run("systemd-tmpfiles", "--create", "carebed.conf")
+    assert tmpfiles.returncode == 0, tmpfiles.stderr
+    assert _mode_owner(ETC / "tls" / "gateway.key") == (0o600, "carebed", "carebed")
+    assert _mode_owner(ETC / "tls" / "ca.crt") == (0o640, "root", "carebed")
     assert _mode_owner(ETC / "tls") == (0o750, "root", "carebed")
     checked = _run(*AS_CAREBED, "/usr/bin/carebed", "check-config", str(ETC / "carebed.toml"))
     assert checked.returncode == 0, checked.stderr

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from gateway.app import provision
 from gateway.cli.main import main
+from gateway.core import i18n
 from hil.sim.pki import Pki
 
 GATEWAY = "gw-a"
@@ -44,6 +45,7 @@ class Site:
     owner: str
     uid: int
     gid: int
+    key_uid: int  # the service user, the key's owner
 
     @property
     def bundle(self) -> Path:
@@ -59,6 +61,8 @@ class Site:
                 str(self.etc),
                 "--owner",
                 self.owner,
+                "--key-owner",
+                str(self.key_uid),
                 "--no-start",
                 *extra,
             ]
@@ -79,10 +83,11 @@ def site(tmp_path: Path) -> Site:
     boot.mkdir()
     etc = tmp_path / "etc" / "carebed"
     if os.geteuid() == 0:
-        uid, gid = 0, 65534  # root:nogroup, so that the change of group shows
+        # root:nogroup, and nobody for the key, so that each change of owner shows
+        uid, gid, key_uid = 0, 65534, 65534
     else:
-        uid, gid = os.getuid(), os.getgid()
-    return Site(boot, etc, f"{uid}:{gid}", uid, gid)
+        uid, gid, key_uid = os.getuid(), os.getgid(), os.getuid()
+    return Site(boot, etc, f"{uid}:{gid}", uid, gid, key_uid)
 
 
 def _bundle(site: Site, pki: Pki, *, config: str = CONFIG, cn: str = GATEWAY) -> Path:
@@ -139,13 +144,10 @@ def test_a_valid_bundle_is_installed_with_owners_and_modes(
     tls = site.etc / "tls"
     assert _mode_owner(site.etc) == (0o750, site.uid, site.gid)
     assert _mode_owner(tls) == (0o750, site.uid, site.gid)
-    for path in (
-        site.etc / "carebed.toml",
-        tls / "ca.crt",
-        tls / "gateway.crt",
-        tls / "gateway.key",
-    ):
+    for path in (site.etc / "carebed.toml", tls / "ca.crt", tls / "gateway.crt"):
         assert _mode_owner(path) == (0o640, site.uid, site.gid), path
+    # The key is the service user's alone, as `carebed tls request` makes it.
+    assert _mode_owner(tls / "gateway.key") == (0o600, site.key_uid, site.gid)
     assert (tls / "gateway.key").read_bytes() == pki.client(GATEWAY).key.read_bytes()
     assert (tls / "ca.crt").read_bytes() == pki.ca_cert.read_bytes()
     # The installed configuration is the bundle's, with [mqtt.tls] naming the installed files,
@@ -174,7 +176,7 @@ def test_the_secrets_are_overwritten_and_removed_from_the_boot_partition(
     # The certificates (public) stay for reference; the key and the configuration (which may
     # hold passwords) are gone, and the bundle is not read again at the next boot.
     assert sorted(p.name for p in done.iterdir()) == ["ca.crt", "gateway.crt"]
-    assert _mode_owner(site.etc / "tls" / "gateway.key") == (0o640, site.uid, site.gid)
+    assert _mode_owner(site.etc / "tls" / "gateway.key") == (0o600, site.key_uid, site.gid)
 
 
 def test_a_key_made_on_the_device_is_kept(site: Site, pki: Pki) -> None:
@@ -183,6 +185,7 @@ def test_a_key_made_on_the_device_is_kept(site: Site, pki: Pki) -> None:
     shutil.move(bundle / "gateway.key", site.etc / "tls" / "gateway.key")
     assert site.run() == 0
     assert (site.etc / "tls" / "gateway.key").read_bytes() == pki.client(GATEWAY).key.read_bytes()
+    assert _mode_owner(site.etc / "tls" / "gateway.key") == (0o600, site.key_uid, site.gid)
 
 
 def test_a_second_provisioning_replaces_the_first(site: Site, pki: Pki) -> None:
@@ -339,6 +342,35 @@ def test_an_unknown_owner_is_a_usage_error(site: Site, capsys: pytest.CaptureFix
     site.bundle.mkdir()
     assert main(["provision", "--boot-dir", str(site.boot), "--owner", "root:no-such-group-x"]) == 2
     assert "no group 'no-such-group-x'" in capsys.readouterr().err
+    command = [
+        *("provision", "--boot-dir", str(site.boot), "--owner", site.owner),
+        *("--key-owner", "no-such-user-x"),
+    ]
+    assert main(command) == 2
+    assert "--key-owner: no user 'no-such-user-x'" in capsys.readouterr().err
+
+
+def test_the_report_is_in_the_run_s_language_and_in_english(
+    site: Site, pki: Pki, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under zh_CN the installer's terminal and the error file are Chinese, and the file has
+    the English beneath: whoever opens the boot partition may not read Chinese."""
+    _bundle(site, pki, config=CONFIG.replace("port = 8883", 'port = "eighty"'))
+    (site.bundle / "gateway.key").unlink()
+    monkeypatch.setenv("LANGUAGE", "zh_CN")
+    i18n.translation.cache_clear()
+    try:
+        assert site.run() == EXIT_INVALID
+    finally:
+        monkeypatch.undo()
+        i18n.translation.cache_clear()
+    err = capsys.readouterr().err
+    assert "没有安装" in err and "缺少" in err, err
+    report = (site.bundle / provision.ERROR_FILE).read_text(encoding="utf-8")
+    chinese, english = report.split("-" * 72)
+    assert "没有安装" in chinese and "缺少" in chinese and "mqtt.port" in chinese
+    assert "NOT installed" in english and "gateway.key: missing (fix: " in english
+    assert "mqtt.port" in english and not any("\u4e00" <= c <= "\u9fff" for c in english)
 
 
 @settings(max_examples=40)
@@ -347,7 +379,7 @@ def test_any_configuration_bytes_get_a_report_never_a_crash(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki, config: bytes
 ) -> None:
     base = tmp_path_factory.mktemp("any")
-    site = Site(base / "boot", base / "etc", f"{os.getuid()}:{os.getgid()}", 0, 0)
+    site = Site(base / "boot", base / "etc", f"{os.getuid()}:{os.getgid()}", 0, 0, os.getuid())
     site.boot.mkdir()
     _bundle(site, pki)
     (site.bundle / "carebed.toml").write_bytes(config)

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from gateway.cli import tls
 from tests.support.daemon import write_config
 from tests.test_doctor import carebed
 
@@ -31,6 +32,10 @@ async def test_tls_request_makes_the_key_here_and_keeps_it(tmp_path: Path) -> No
     status, out = await carebed(config, "tls", "request")
     assert status == 0, out
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    service = tls._service_ids()  # as root with the package's user: the key is carebed's alone
+    if service is not None:
+        assert (key_path.stat().st_uid, key_path.stat().st_gid) == service
+        assert (key_path.parent.stat().st_uid, key_path.parent.stat().st_gid) == (0, service[1])
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     pem = out[out.index("-----BEGIN CERTIFICATE REQUEST-----") :]
     end = "-----END CERTIFICATE REQUEST-----\n"

@@ -252,7 +252,7 @@ def _tls_problems(tls: TlsSection) -> list[str]:
                 _(
                     "mqtt.tls.key_file: {path} is protected by a passphrase, which the "
                     "service cannot enter (fix: store it without one: openssl pkey -in KEY -out "
-                    "NEW_KEY, mode 0640 root:carebed)"
+                    "NEW_KEY, mode 0600 carebed:carebed)"
                 ).format(path=tls.key_file)
             ]
         return [

@@ -19,7 +19,15 @@ are overwritten and deleted from the boot partition (FAT has no permissions), an
 directory, with what is left (the certificates), is renamed ``carebed.done``.
 
 A bundle with problems stays as it is, with ``provision-error.txt`` beside it naming each problem
-and its fix; nothing is installed.
+and its fix; nothing is installed. The file is written in the language of the provisioning run
+(the system's locale, which systemd gives the unit) and, when that is not English, in English
+below it too: whoever opens the boot partition may do it on any machine. ``carebed doctor``
+reports it.
+
+Owners and modes: the configuration and certificates are ``--owner`` (root:carebed), files 0640
+and directories 0750: root writes, the daemon reads through its group. The private key is the
+service user's alone (``--key-owner``, carebed), 0600, as ``carebed tls request`` makes it and
+the tmpfiles rule keeps it.
 """
 
 from __future__ import annotations
@@ -38,16 +46,20 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.app import config as config_module
 from gateway.app import preflight
+from gateway.core import i18n
 from gateway.core.errors import CarebedError, ConfigError
+from gateway.core.i18n import _
 
 DEFAULT_BOOT_DIR = Path("/boot/firmware")
 DEFAULT_ETC_DIR = Path("/etc/carebed")
 DEFAULT_OWNER = "root:carebed"
+DEFAULT_KEY_OWNER = "carebed"  # the service's user: the only one that reads the key
 BUNDLE = "carebed"
 DONE = "carebed.done"
 ERROR_FILE = "provision-error.txt"
@@ -58,6 +70,7 @@ KNOWN = (CONFIG, CA, CERT, KEY)
 SECRETS = (KEY, CONFIG)
 MAX_FILE_BYTES = 1024 * 1024
 FILE_MODE = 0o640  # root:carebed: the daemon (group carebed) reads, root writes, nobody else
+KEY_MODE = 0o600  # carebed:carebed: the daemon alone
 DIR_MODE = 0o750
 TLS_DIR = "tls"
 # Relative paths: resolved against the configuration's directory, so the staged copy names the
@@ -67,7 +80,12 @@ TLS_KEYS = {
     "cert_file": f"{TLS_DIR}/{CERT}",
     "key_file": f"{TLS_DIR}/{KEY}",
 }
-_LAYOUT_FIX = f"the bundle holds {CONFIG}, {CA}, {CERT} and {KEY} (docs/INSTALL.md, 'First boot')"
+
+
+def _layout_fix() -> str:
+    return _(
+        "the bundle holds {config}, {ca}, {cert} and {key} (docs/INSTALL.md, 'First boot')"
+    ).format(config=CONFIG, ca=CA, cert=CERT, key=KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,7 @@ class Owner:
     uid: int
     gid: int
     text: str
+    key_uid: int  # the private key's owner (its group is ``gid``)
 
 
 @dataclass(slots=True)
@@ -94,33 +113,60 @@ class Outcome:
         return not self.problems
 
 
-_MISSING_FIX = {
-    CA: f"add the platform's CA certificate (PEM) as {CA}",
-    CERT: f"add this gateway's certificate (PEM, CN = the gateway id) as {CERT}",
-    KEY: f"add its private key (PEM) as {KEY}, or make the key on the device with "
-    f"`carebed tls request` and keep {{}}/{TLS_DIR}/{KEY}",
-}
+def _missing_fix(name: str, etc_dir: Path) -> str:
+    if name == CA:
+        return _("add the platform's CA certificate (PEM) as {name}").format(name=CA)
+    if name == CERT:
+        return _("add this gateway's certificate (PEM, CN = the gateway id) as {name}").format(
+            name=CERT
+        )
+    return _(
+        "add its private key (PEM) as {name}, or make the key on the device with "
+        "`carebed tls request` and keep {path}"
+    ).format(name=KEY, path=etc_dir / TLS_DIR / KEY)
 
 
 class NoBundleError(CarebedError):
     """There is no bundle to provision from (or it is not a directory): nothing was done."""
 
 
-def parse_owner(text: str) -> Owner:
-    """``user:group`` (names or numbers) → ids; ``ValueError`` with the fix."""
+def _user_id(option: str, user: str) -> int:
+    try:
+        return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        if user == "carebed":
+            message = _(
+                "{option}: no user {user!r} on this machine (fix: install the carebed package: "
+                "it creates it)"
+            )
+        else:
+            message = _("{option}: no user {user!r} on this machine")
+        raise ValueError(message.format(option=option, user=user)) from None
+
+
+def parse_owner(text: str, key_owner: str = DEFAULT_KEY_OWNER) -> Owner:
+    """``user:group`` (names or numbers) of the installed files, and the user that owns the key,
+    → ids; ``ValueError`` with the fix."""
     user, sep, group = text.partition(":")
     if not sep or not user or not group:
-        raise ValueError(f"--owner {text!r}: give USER:GROUP, e.g. {DEFAULT_OWNER}")
-    try:
-        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise ValueError(f"--owner: no user {user!r} on this machine") from None
+        raise ValueError(
+            _("--owner {text!r}: give USER:GROUP, e.g. {example}").format(
+                text=text, example=DEFAULT_OWNER
+            )
+        )
+    uid = _user_id("--owner", user)
     try:
         gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
-        fix = " (install the carebed package: it creates it)" if group == "carebed" else ""
-        raise ValueError(f"--owner: no group {group!r} on this machine{fix}") from None
-    return Owner(uid, gid, text)
+        if group == "carebed":
+            message = _(
+                "--owner: no group {group!r} on this machine (fix: install the carebed package: "
+                "it creates it)"
+            )
+        else:
+            message = _("--owner: no group {group!r} on this machine")
+        raise ValueError(message.format(group=group)) from None
+    return Owner(uid, gid, text, _user_id("--key-owner", key_owner))
 
 
 def error_file(boot_dir: Path) -> Path:
@@ -136,13 +182,18 @@ def _open_bundle(boot_dir: Path) -> int:
     try:
         return os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NoBundleError(f"no provisioning bundle at {bundle}") from None
+        raise NoBundleError(_("no provisioning bundle at {path}").format(path=bundle)) from None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise NoBundleError(
-                f"{bundle} is not a directory (a symbolic link or a file): make it a directory"
+                _(
+                    "{path} is not a directory (a symbolic link or a file) (fix: make it a "
+                    "directory)"
+                ).format(path=bundle)
             ) from None
-        raise NoBundleError(f"cannot open {bundle}: {exc.strerror}") from None
+        raise NoBundleError(
+            _("cannot open {path}: {reason}").format(path=bundle, reason=exc.strerror)
+        ) from None
 
 
 def _read_member(dir_fd: int, name: str, problems: list[str]) -> bytes | None:
@@ -152,19 +203,33 @@ def _read_member(dir_fd: int, name: str, problems: list[str]) -> bytes | None:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            problems.append(f"{name}: is a symbolic link (fix: put the file itself in the bundle)")
+            problems.append(
+                _("{name}: is a symbolic link (fix: put the file itself in the bundle)").format(
+                    name=name
+                )
+            )
         else:
-            problems.append(f"{name}: cannot be read: {exc.strerror} (fix: copy it again)")
+            problems.append(
+                _("{name}: cannot be read: {reason} (fix: copy it again)").format(
+                    name=name, reason=exc.strerror
+                )
+            )
         return None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            problems.append(f"{name}: is not a regular file (fix: put the file itself there)")
+            problems.append(
+                _("{name}: is not a regular file (fix: put the file itself there)").format(
+                    name=name
+                )
+            )
             return None
         data = handle.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         problems.append(
-            f"{name}: larger than {MAX_FILE_BYTES} bytes (fix: check that it is the right file)"
+            _("{name}: larger than {limit} bytes (fix: check that it is the right file)").format(
+                name=name, limit=MAX_FILE_BYTES
+            )
         )
         return None
     return data
@@ -182,8 +247,10 @@ def _members(dir_fd: int, problems: list[str]) -> dict[str, str]:
         else:
             shown = entry if entry.isprintable() else ascii(entry)
             problems.append(
-                f"{shown}: not a file of a provisioning bundle (fix: rename or remove it; "
-                f"{_LAYOUT_FIX})"
+                _(
+                    "{name}: not a file of a provisioning bundle (fix: rename or remove it; "
+                    "{layout})"
+                ).format(name=shown, layout=_layout_fix())
             )
     return found
 
@@ -201,8 +268,10 @@ def _tls_table(data: dict[str, Any], problems: list[str]) -> bool:
         return True
     if tls != TLS_KEYS:
         problems.append(
-            f"{CONFIG}: mqtt.tls: set by provisioning to the bundle's {CA}, {CERT} and {KEY} "
-            "(fix: delete the [mqtt.tls] table from the bundle's carebed.toml)"
+            _(
+                "{config}: mqtt.tls: set by provisioning to the bundle's {ca}, {cert} and {key} "
+                "(fix: delete the [mqtt.tls] table from the bundle's {config})"
+            ).format(config=CONFIG, ca=CA, cert=CERT, key=KEY)
         )
     return False
 
@@ -222,10 +291,12 @@ def _certificate_problems(cert_file: Path, gateway_id: str, now: float) -> list[
     ]
     problems = []
     if common_names != [gateway_id]:
-        shown = ", ".join(repr(cn) for cn in common_names) or "none"
+        shown = ", ".join(repr(cn) for cn in common_names) or _("none")
         problems.append(
-            f"{CERT}: its CN is {shown}, not the gateway id {gateway_id!r} (fix: use the "
-            "certificate issued for this gateway, or correct gateway.id in carebed.toml)"
+            _(
+                "{cert}: its CN is {shown}, not the gateway id {gateway_id!r} (fix: use the "
+                "certificate issued for this gateway, or correct gateway.id in {config})"
+            ).format(cert=CERT, shown=shown, gateway_id=gateway_id, config=CONFIG)
         )
     # Not yet valid is no problem here: a Pi has no clock battery, and at first boot, before
     # NTP, its clock is that of the image. Expired is: a clock that is behind makes it only
@@ -233,10 +304,16 @@ def _certificate_problems(cert_file: Path, gateway_id: str, now: float) -> list[
     not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
     if now > not_after:
         problems.append(
-            f"{CERT}: expired on {decoded['notAfter']} (fix: ask the platform for a new "
-            "certificate for this gateway)"
+            _(
+                "{cert}: expired on {date} (fix: ask the platform for a new certificate for this "
+                "gateway)"
+            ).format(cert=CERT, date=decoded["notAfter"])
         )
     return problems
+
+
+def _in_config(problem: str) -> str:
+    return _("{name}: {problem}").format(name=CONFIG, problem=problem)
 
 
 def _read_config(raw: bytes | None, problems: list[str]) -> tuple[str, dict[str, Any]] | None:
@@ -246,18 +323,22 @@ def _read_config(raw: bytes | None, problems: list[str]) -> tuple[str, dict[str,
         text = config_module._decode(raw, CONFIG)  # the same decoding as load()
         return text, tomllib.loads(text)
     except ConfigError as error:
-        problems.extend(f"{CONFIG}: {problem}" for problem in error.problems)
+        problems.extend(_in_config(problem) for problem in error.problems)
     except RecursionError:
-        problems.append(f"{CONFIG}: tables or arrays nested too deeply (fix: flatten them)")
+        problems.append(
+            _("{config}: tables or arrays nested too deeply (fix: flatten them)").format(
+                config=CONFIG
+            )
+        )
     except ValueError as exc:  # TOMLDecodeError, and a 5000-digit number
-        problems.append(f"{CONFIG}: {config_module._toml_problem(exc)}")
+        problems.append(_in_config(config_module._toml_problem(exc)))
     return None
 
 
 def _config_problems(error: ConfigError, stage: Path) -> list[str]:
     """check-config's problems, with the staged files named as in the bundle."""
     return [
-        f"{CONFIG}: {problem}".replace(f"{stage / TLS_DIR}/", "").replace(f"{stage}/", "")
+        _in_config(problem).replace(f"{stage / TLS_DIR}/", "").replace(f"{stage}/", "")
         for problem in error.problems
     ]
 
@@ -269,8 +350,10 @@ def _stage(
     contents = {name: _read_member(dir_fd, disk, problems) for name, disk in members.items()}
     if CONFIG not in members:
         problems.append(
-            f"{CONFIG}: missing (fix: add the configuration, at least [gateway] id and "
-            "[mqtt] host; docs/INSTALL.md, 'First boot')"
+            _(
+                "{config}: missing (fix: add the configuration, at least [gateway] id and "
+                "[mqtt] host; docs/INSTALL.md, 'First boot')"
+            ).format(config=CONFIG)
         )
     parsed = _read_config(contents.get(CONFIG), problems)
     plaintext = parsed is not None and _plaintext(parsed[1])
@@ -283,7 +366,9 @@ def _stage(
             shutil.copyfile(etc_dir / TLS_DIR / KEY, stage / TLS_DIR / KEY)
             continue
         if name not in members:
-            problems.append(f"{name}: missing (fix: {_MISSING_FIX[name].format(etc_dir)})")
+            problems.append(
+                _("{name}: missing (fix: {fix})").format(name=name, fix=_missing_fix(name, etc_dir))
+            )
         content = contents.get(name)
         if content is None:
             have_tls = False
@@ -337,7 +422,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _install(stage: Path, etc_dir: Path, owner: Owner) -> list[Path]:
-    """Owners and modes on the staged files, then each renamed into place (config last)."""
+    """Owners and modes on the staged files (the key the service user's alone), then each renamed
+    into place (config last)."""
     tls_dir = etc_dir / TLS_DIR
     tls_dir.mkdir(mode=DIR_MODE, exist_ok=True)
     for directory in (etc_dir, tls_dir):
@@ -347,8 +433,12 @@ def _install(stage: Path, etc_dir: Path, owner: Owner) -> list[Path]:
     for path in staged:
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
-        os.chown(path, owner.uid, owner.gid)
-        path.chmod(FILE_MODE)
+        if path.name == KEY:
+            os.chown(path, owner.key_uid, owner.gid)
+            path.chmod(KEY_MODE)
+        else:
+            os.chown(path, owner.uid, owner.gid)
+            path.chmod(FILE_MODE)
     _fsync_dir(stage / TLS_DIR)
     _fsync_dir(stage)
     installed = []
@@ -376,17 +466,25 @@ def _wipe(dir_fd: int, name: str) -> None:
     os.unlink(name, dir_fd=dir_fd)
 
 
-def _write_error_file(bundle: Path, etc_dir: Path, problems: list[str]) -> Path:
-    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    lines = [
-        f"carebed provision, {when}: this bundle was NOT installed.",
-        f"Nothing was changed in {etc_dir}. Fix each problem below (the fix is in brackets),",
-        "then restart the gateway: the bundle is read again at every boot until it is",
-        "installed.",
-        "",
-        *(f"- {problem}" for problem in problems),
-        "",
-    ]
+def _report(etc_dir: Path, problems: list[str]) -> list[str]:
+    header = _(
+        "carebed provision, {when}: this bundle was NOT installed.\n"
+        "Nothing was changed in {path}. Fix each problem below (the fix is in brackets),\n"
+        "then restart the gateway: the bundle is read again at every boot until it is\n"
+        "installed."
+    ).format(when=i18n.local_time(datetime.now(UTC)), path=etc_dir)
+    return [*header.splitlines(), "", *(f"- {problem}" for problem in problems), ""]
+
+
+def _write_error_file(
+    bundle: Path, etc_dir: Path, problems: list[str], english: list[str] | None
+) -> Path:
+    """The report in the run's language; ``english``, the problems in English, when that is
+    another language (whoever reads the boot partition may not read it)."""
+    lines = _report(etc_dir, problems)
+    if english is not None:
+        with i18n.english():
+            lines += ["-" * 72, "", *_report(etc_dir, english)]
     target = bundle / ERROR_FILE
     temporary = bundle / f".{ERROR_FILE}.{secrets.token_hex(4)}"
     # FAT wants CRLF for Windows editors; every editor reads it.
@@ -408,6 +506,14 @@ def _staging(etc_dir: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _in_english(dir_fd: int, etc_dir: Path) -> list[str]:
+    """The bundle's problems again, in English (the check is cheap and changes nothing)."""
+    problems: list[str] = []
+    with i18n.english(), _staging(etc_dir) as stage:
+        _stage(dir_fd, _members(dir_fd, problems), stage, etc_dir, problems)
+    return problems
+
+
 def provision(boot_dir: Path, etc_dir: Path, owner: Owner) -> Outcome:
     """Check the bundle under ``boot_dir`` and install it into ``etc_dir``.
 
@@ -422,7 +528,8 @@ def provision(boot_dir: Path, etc_dir: Path, owner: Owner) -> Outcome:
         with _staging(etc_dir) as stage:
             summary = _stage(dir_fd, members, stage, etc_dir, outcome.problems)
             if summary is None or outcome.problems:
-                outcome.error_file = _write_error_file(bundle, etc_dir, outcome.problems)
+                english = None if i18n.speaks_english() else _in_english(dir_fd, etc_dir)
+                outcome.error_file = _write_error_file(bundle, etc_dir, outcome.problems, english)
                 return outcome
             outcome.gateway_id, outcome.broker = summary
             outcome.installed = _install(stage, etc_dir, owner)

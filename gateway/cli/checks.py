@@ -58,7 +58,7 @@ from drivers.watch.errors import LINK_ERRORS, WatchCheckError, WatchListError
 from drivers.watch.fleet import check_watch
 from drivers.watch.store import WatchStore
 from gateway.app import config as config_module
-from gateway.app import control, preflight
+from gateway.app import control, preflight, provision
 from gateway.app.config import GatewayConfig
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, ControlError
@@ -127,6 +127,44 @@ class Report:
 def local_time(moment: datetime) -> str:
     """A moment as people read it: local time with its zone."""
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z (UTC%z)")
+
+
+# ------------------------------------------------------------------------------ provisioning
+
+
+def provision_check(boot_dir: Path) -> Check:
+    """A first-boot bundle that was not installed: its error file, read back."""
+    title = _("First-boot bundle")
+    bundle = boot_dir / provision.BUNDLE
+    path = provision.error_file(boot_dir)
+    fix = _(
+        "correct the bundle on the boot partition as each problem says (all of them are in "
+        "{path}), then restart the gateway or run: sudo systemctl start carebed-provision"
+    ).format(path=path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return passed(
+            "provision.bundle", title, _("no failed provisioning in {path}").format(path=bundle)
+        )
+    except OSError as exc:
+        return failed(
+            "provision.bundle",
+            title,
+            _("{path} is there but cannot be read: {error}").format(path=path, error=_why(exc)),
+            fix,
+        )
+    # In the language of the provisioning run, then (when that was not English) in English.
+    first = text.split("\n" + "-" * 72)[0]
+    problems = [line[2:].strip() for line in first.splitlines() if line.startswith("- ")]
+    return failed(
+        "provision.bundle",
+        title,
+        _("{path} was not installed: {problems}").format(
+            path=bundle, problems=_("; ").join(problems) or _("see the file")
+        ),
+        fix,
+    )
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -212,7 +250,7 @@ def _pair_check(cert_file: Path, key_file: Path, cert: x509.Certificate) -> Chec
             _("{path} holds no usable private key: {error}").format(path=key_file, error=exc),
             _(
                 "put the private key made with this gateway's certificate in {path}, "
-                "unencrypted PEM, mode 0640 root:carebed"
+                "unencrypted PEM, mode 0600 carebed:carebed"
             ).format(path=key_file),
         )
     spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -1297,8 +1335,10 @@ async def diagnose(
     *,
     clock: Clock | None = None,
     on_check: Callable[[Check], None] | None = None,
+    boot_dir: Path = provision.DEFAULT_BOOT_DIR,
 ) -> Report:
-    """Run every check for the configuration at ``path``; ``on_check`` sees each as it comes."""
+    """Run every check for the configuration at ``path``; ``on_check`` sees each as it comes.
+    ``boot_dir``: where a first-boot bundle that failed would be."""
     clock = clock or SystemClock()
     report = Report(path, None, datetime.now(UTC))
 
@@ -1308,6 +1348,8 @@ async def diagnose(
             if on_check is not None:
                 on_check(check)
 
+    # First: a bundle that was not installed is often why the configuration is missing.
+    add([provision_check(boot_dir)])
     cfg = _load(path, report)
     if on_check is not None:
         on_check(report.checks[-1])

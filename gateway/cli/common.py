@@ -1,7 +1,9 @@
-"""What every installer command shares: talking to the daemon, and saying why that failed."""
+"""What every installer command shares: its ``--config`` option (before or after the action
+word), talking to the daemon, and saying why that failed."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,41 @@ from gateway.core.errors import ControlError
 from gateway.core.i18n import _
 
 EXIT_OK, EXIT_FAILED = 0, 1
+DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
+
+
+def _config_option(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar=_("FILE"),
+        help=_("configuration file (default: {path})").format(path=DEFAULT_CONFIG),
+    )
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """A command that reads the configuration: ``carebed NAME [--config FILE] …``."""
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    _config_option(parser, default=DEFAULT_CONFIG)
+    return parser
+
+
+def add_actions(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return parser.add_subparsers(dest="action", required=True, metavar=_("ACTION"))
+
+
+def add_action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """An action of a command; ``--config`` is accepted after its name too."""
+    parser = actions.add_parser(name, help=help_text, description=help_text)
+    _config_option(parser, default=argparse.SUPPRESS)  # keeps the one given before the action
+    return parser
 
 
 def say(text: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import unicodedata
 from datetime import datetime
 
 from gateway.cli.checks import Check, Report, diagnose, local_time
@@ -19,8 +20,14 @@ def _label(check: Check) -> str:
     return {"pass": _("PASS"), "fail": _("FAIL"), "skip": _("skip")}[check.status]
 
 
+def _pad(text: str, columns: int) -> str:
+    """``text`` padded to ``columns`` terminal columns (a Chinese character takes two)."""
+    used = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    return text + " " * max(columns - used, 0)
+
+
 def show(check: Check) -> None:
-    print(f"  {_label(check):<5} {check.title:<{WIDTH}} {check.detail}", flush=True)
+    print(f"  {_pad(_label(check), 5)} {_pad(check.title, WIDTH)} {check.detail}", flush=True)
     if check.fix is not None:
         print("        " + _("fix: {fix}").format(fix=check.fix), flush=True)
 
@@ -36,7 +43,7 @@ def summary(report: Report) -> str:
 
 def main(args: argparse.Namespace) -> int:
     if args.json:
-        report = asyncio.run(diagnose(args.config))
+        report = asyncio.run(diagnose(args.config, boot_dir=args.boot_dir))
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
         return EXIT_READY if report.ready else EXIT_NOT_READY
     print(
@@ -46,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        report = asyncio.run(diagnose(args.config, on_check=show))
+        report = asyncio.run(diagnose(args.config, on_check=show, boot_dir=args.boot_dir))
     except KeyboardInterrupt:
         return EXIT_NOT_READY
     print(summary(report))

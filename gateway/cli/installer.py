@@ -9,7 +9,9 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from gateway.cli.common import add_action, add_actions, add_command
+from gateway.core.i18n import _
 
 _MODULES = {
     "doctor": "gateway.cli.doctor",
@@ -21,40 +23,49 @@ _MODULES = {
 COMMANDS = frozenset(_MODULES)
 
 
-def register(commands: Any, default_config: Path) -> None:
-    """Add the installer's commands to ``carebed``'s sub-parsers."""
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
-        parser.add_argument(
-            "--config", type=Path, default=default_config, help="configuration file"
-        )
-        return parser
-
-    doctor = command("doctor", "is this home ready? one pass/fail sheet, each failure with its fix")
-    doctor.add_argument("--json", action="store_true", help="the sheet as JSON, for tools")
-    command("status", "uplink, queue, alarms held and devices, from the running daemon")
-    test_alarm = command(
-        "test-alarm", "raise a test alarm and wait for the platform's acknowledgement"
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the installer's commands to ``carebed``'s sub-parsers; each takes ``--config``, and
+    ``tls request`` takes it after its action word too."""
+    doctor = add_command(
+        commands, "doctor", _("is this home ready? one pass/fail sheet, each failure with its fix")
+    )
+    doctor.add_argument("--json", action="store_true", help=_("the sheet as JSON, for tools"))
+    doctor.add_argument(
+        "--boot-dir",
+        type=Path,
+        default=Path("/boot/firmware"),
+        help=_("the boot partition, where a first-boot bundle is (default: {default})").format(
+            default="/boot/firmware"
+        ),
+    )
+    add_command(
+        commands, "status", _("uplink, queue, alarms held and devices, from the running daemon")
+    )
+    test_alarm = add_command(
+        commands, "test-alarm", _("raise a test alarm and wait for the platform's acknowledgement")
     )
     test_alarm.add_argument(
-        "--timeout", type=int, default=120, help="seconds to wait for the acknowledgement"
+        "--timeout", type=int, default=120, help=_("seconds to wait for the acknowledgement")
     )
-    bundle = command(
-        "support-bundle", "a tarball for support: redacted configuration, log, status, versions"
+    bundle = add_command(
+        commands,
+        "support-bundle",
+        _("a tarball for support: redacted configuration, log, status, versions"),
     )
     bundle.add_argument(
-        "--output", type=Path, default=None, help="where to write it (default: current directory)"
+        "--output",
+        type=Path,
+        default=None,
+        metavar=_("FILE"),
+        help=_("where to write it (default: current directory)"),
     )
-    tls = command("tls", "this gateway's key and certificate request")
-    tls_actions = tls.add_subparsers(dest="action", required=True)
-    request = tls_actions.add_parser(
-        "request", help="make the key (kept on this device) and print a certificate request"
+    tls = add_command(commands, "tls", _("this gateway's key and certificate request"))
+    request = add_action(
+        add_actions(tls),
+        "request",
+        _("make the key (kept on this device) and print a certificate request"),
     )
-    request.add_argument("--force", action="store_true", help="replace an existing key")
-    request.add_argument(
-        "--config", type=Path, default=argparse.SUPPRESS, help="configuration file"
-    )
+    request.add_argument("--force", action="store_true", help=_("replace an existing key"))
 
 
 def main(args: argparse.Namespace) -> int:

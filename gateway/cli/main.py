@@ -1,7 +1,7 @@
 """Command line: parse args → load config → logging → asyncio.run(app.run(cfg)) → exit code.
 
-A command registers in ``_parser`` with ``add_command`` (which gives it ``--config``), its
-actions with ``add_action`` (which accepts ``--config`` after the action word too), and its
+A command registers in ``_parser`` with ``common.add_command`` (which gives it ``--config``), its
+actions with ``common.add_action`` (which accepts ``--config`` after the action word too), and its
 entry point in ``COMMANDS``: called with the loaded configuration and the parsed arguments, it
 returns the exit status.
 """
@@ -23,8 +23,9 @@ import structlog
 
 from gateway.app import config as config_module
 from gateway.app import preflight
-from gateway.cli import installer
+from gateway.cli import common, installer
 from gateway.cli import provision as provision_cli
+from gateway.cli.common import add_action, add_actions, add_command
 from gateway.core.errors import ConfigError, StateFileError, StoreVersionError
 from gateway.core.events import uplink_json_schema
 from gateway.core.i18n import DOMAIN, LOCALE_DIR, N_, _
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+DEFAULT_CONFIG = common.DEFAULT_CONFIG
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus, so systemd does not loop on it
-DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
 DEBUG_VARIABLE = "CAREBED_DEBUG"  # set: an unexpected error in a command shows its traceback
 
 # argparse's own words (usage, errors, section titles), looked up in carebed's catalog once
@@ -72,40 +73,6 @@ def version() -> str:
         return metadata.version("carebed")
     except metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-def _config_option(parser: argparse.ArgumentParser, *, default: object) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=default,
-        metavar=_("FILE"),
-        help=_("configuration file (default: {path})").format(path=DEFAULT_CONFIG),
-    )
-
-
-def add_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
-) -> argparse.ArgumentParser:
-    """A command that reads the configuration: ``carebed NAME [--config FILE] …``."""
-    parser = commands.add_parser(name, help=help_text, description=help_text)
-    _config_option(parser, default=DEFAULT_CONFIG)
-    return parser
-
-
-def add_actions(
-    parser: argparse.ArgumentParser,
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    return parser.add_subparsers(dest="action", required=True, metavar=_("ACTION"))
-
-
-def add_action(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
-) -> argparse.ArgumentParser:
-    """An action of a command; ``--config`` is accepted after its name too."""
-    parser = actions.add_parser(name, help=help_text, description=help_text)
-    _config_option(parser, default=argparse.SUPPRESS)  # keeps the one given before the action
-    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     watch_unpair = add_action(watch_actions, "unpair", _("forget a watch"))
     watch_unpair.add_argument("address", help=_("the watch's BLE address"))
     provision_cli.add_parser(commands)
-    installer.register(commands, DEFAULT_CONFIG)
+    installer.register(commands)
     schema = commands.add_parser(
         "schema",
         help=_("print the JSON Schemas (config and uplink)"),

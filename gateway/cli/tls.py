@@ -1,10 +1,11 @@
 """``carebed tls request [--force]``: this gateway's key, made here, and its certificate request.
 
 The key never leaves the device: it is written once (mode 0600, owned by the service's user
-when run as root) and an existing key is kept unless ``--force``. The request (CSR, CN = the
-gateway id) is printed in PEM and saved beside the key; a QR code carries the gateway id and the
-request's SHA-256 fingerprint, so that the platform can register the request it receives by
-another way (mail, the installer's phone) and know it is this one.
+carebed when run as root, as provisioning installs a key and the tmpfiles rule keeps it) and an
+existing key is kept unless ``--force``. The request (CSR, CN = the gateway id) is printed in
+PEM and saved beside the key; a QR code carries the gateway id and the request's SHA-256
+fingerprint, so that the platform can register the request it receives by another way (mail,
+the installer's phone) and know it is this one.
 
 It reads only ``gateway.id`` and ``mqtt.tls.key_file`` from the configuration: before the
 certificate exists the configuration is not complete, and that is the point.
@@ -95,12 +96,15 @@ def _service_ids() -> tuple[int, int] | None:
 def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool) -> None:
     """The key in PEM, mode 0600 from its first byte; an existing key only with ``force``
     (``FileExistsError`` otherwise)."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    ids = _service_ids()
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o750, parents=True)
+        if ids is not None:  # root:carebed 0750, as the tmpfiles rule keeps /etc/carebed/tls
+            os.chown(path.parent, 0, ids[1])
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     descriptor = os.open(path, flags, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         os.fchmod(handle.fileno(), 0o600)
-        ids = _service_ids()
         if ids is not None:
             os.fchown(handle.fileno(), *ids)
         handle.write(

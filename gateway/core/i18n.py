@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import functools
 import gettext
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 DOMAIN = "carebed"
 LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
+# Set inside ``english()``: the messages as written, whatever the locale.
+_ENGLISH: ContextVar[bool] = ContextVar("carebed_english", default=False)
 
 
 @functools.cache
@@ -27,12 +32,32 @@ def translation() -> gettext.NullTranslations:
 
 def _(message: str) -> str:
     """``message`` in the reader's language."""
+    if _ENGLISH.get():
+        return message
     return translation().gettext(message)
 
 
 def ngettext(singular: str, plural: str, count: int) -> str:
     """The singular or plural of a message for ``count``, in the reader's language."""
+    if _ENGLISH.get():
+        return singular if count == 1 else plural
     return translation().ngettext(singular, plural, count)
+
+
+def speaks_english() -> bool:
+    """Whether the reader's language is English (no catalog for the locale)."""
+    return _ENGLISH.get() or type(translation()) is gettext.NullTranslations
+
+
+@contextmanager
+def english() -> Iterator[None]:
+    """Messages in English within: for a text that must also be read where the reader's
+    language may not be (a file left on the boot partition)."""
+    token = _ENGLISH.set(True)
+    try:
+        yield
+    finally:
+        _ENGLISH.reset(token)
 
 
 def N_(message: str) -> str:
