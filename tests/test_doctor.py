@@ -313,7 +313,22 @@ async def test_an_invalid_first_boot_bundle_is_reported_with_its_problems(
     assert statuses(report)["provision.bundle"] == "pass"
 
 
-async def carebed(config: Path, *args: str) -> tuple[int, str]:
+async def test_under_zh_cn_the_sheet_is_in_chinese(tmp_path: Path) -> None:
+    """The installer's locale (zh_CN, the libc locale need not exist): titles, problems, fixes
+    and the verdict in Chinese; the exit status is the same."""
+    config = tmp_path / "carebed.toml"
+    config.write_text('[gateway]\nid = "gw-a"\n')  # no [mqtt]
+    boot = str(tmp_path / "boot")
+    zh = {"LANG": "zh_CN.UTF-8", "LANGUAGE": "zh_CN"}
+    status, out = await carebed(config, "doctor", "--boot-dir", boot, env=zh)
+    assert status == 1, out
+    assert "配置文件" in out and "缺少此项" in out and "解决" in out and "未就绪" in out, out
+    assert "Configuration" not in out and "NOT READY" not in out and "fix:" not in out, out
+    status, english = await carebed(config, "doctor", "--boot-dir", boot)
+    assert status == 1 and "NOT READY" in english, english
+
+
+async def carebed(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -323,6 +338,7 @@ async def carebed(config: Path, *args: str) -> tuple[int, str]:
         str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode is not None
