@@ -30,7 +30,14 @@ from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox, _ClaimedAlarms
 from gateway.store.sink import EventFactory
 from gateway.store.spool import read_spool
 from gateway.store.sqlite import ACK_STEP_ROWS, SqliteStore, merge_ranges, seq_ranges
-from gateway.store.worker import BACKLOG_RANK, CHECKPOINT_HOLD_MAX_S, Checkpointer, StoreWorker
+from gateway.store.worker import (
+    BACKLOG_RANK,
+    CHECKPOINT_HOLD_MAX_S,
+    CHECKPOINT_INTERVAL_S,
+    CHECKPOINT_SPACING_S,
+    Checkpointer,
+    StoreWorker,
+)
 from tests.gateway_rig import wait_until
 
 BOOT = "boot-1"
@@ -684,6 +691,36 @@ def test_a_checkpoint_waits_for_a_moment_without_alarms(tmp_path: Path) -> None:
     arriving = False  # none: at once
     assert checkpointed_after_s() < 0.2
     writer.close()
+
+
+def test_a_small_wal_is_left_to_grow_until_the_store_wakes_the_checkpointer(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint makes the next commit restart the WAL (its header and the whole -shm index
+    written again), so the checkpointer leaves a few small commits in the WAL for
+    CHECKPOINT_INTERVAL_S (a gateway whose uplink is down commits a heartbeat a minute), and
+    copies them as soon as it is woken (the store does, when the WAL has grown)."""
+    path = tmp_path / "o.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    checkpointer = Checkpointer(path, threading.Lock())
+    try:
+        assert CHECKPOINT_INTERVAL_S >= 60  # longer than a heartbeat's window
+        writer.execute("INSERT INTO t VALUES (?)", (bytes(100),))
+        before = path.stat().st_size
+        # Several times the interval at which it used to copy every commit: nothing copied.
+        time.sleep(3 * CHECKPOINT_SPACING_S + 1.0)
+        assert path.stat().st_size == before
+        checkpointer.wake()
+        deadline = time.monotonic() + 5
+        while path.stat().st_size == before:
+            assert time.monotonic() < deadline, "not checkpointed once woken"
+            time.sleep(0.005)
+    finally:
+        checkpointer.stop()
+        writer.close()
 
 
 def test_the_wal_restarts_once_the_checkpointer_has_copied_it(tmp_path: Path) -> None:
