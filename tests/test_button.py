@@ -67,6 +67,10 @@ async def button_rig(
                 10,
                 "STATUS_REQUEST on open",
             )
+            # Its answer handled: the receiver is known to be there (an unplug is reported).
+            await wait_until(
+                lambda: link.status()["receiver"]["mains"] is not None, 10, "RECEIVER_STATUS"
+            )
             yield rig, sim
     finally:
         await sim.close()
