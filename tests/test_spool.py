@@ -672,3 +672,27 @@ def test_claims_acks_and_releases_in_any_order_deliver_every_event(
     done, _ = spool.finished()
     spool.delete(done)
     assert segments(directory) == []
+
+
+def test_events_read_before_the_clock_sync_are_corrected_in_memory(tmp_path: Path) -> None:
+    """A record read (claimed) while the clock was not synchronised: its events' JSON is
+    rewritten by the correction, those of other boots are left as they are."""
+    clock = ManualClock()
+    clock.synced = False
+    mine = EventFactory(clock, BOOT).make("telemetry.vitals", {"heart_rate": 60}, None)
+    other = EventFactory(clock, "other-boot").make("telemetry.vitals", {"heart_rate": 61}, None)
+    spool = Spool(tmp_path / "s")
+    spool.append([(1, mine), (2, other)], watermark=2)
+    spool.close()
+    again = Spool(tmp_path / "s")
+    again.open()
+    before = again.claim(10, now=0.0)[0]
+    assert [e.ts_synced for e in before] == [False, False]
+    again.release_all()
+    clock.advance(10)
+    assert again.correct_timestamps(BOOT, 1_700_000_000.0, clock.monotonic_ns()) == 1
+    after = again.claim(10, now=0.0)[0]
+    assert [(e.seq, e.ts_synced) for e in after] == [(1, True), (2, False)]
+    assert after[0].ts == "2023-11-14T22:13:10.000Z"
+    assert after[1] == before[1]
+    assert (after[0].id, after[0].data_json) == (mine.id, mine.data_json)
