@@ -6,7 +6,7 @@ outbox) with the quota the large backlog was built with, and times, on this proc
 - put: ``--events`` ``telemetry.vitals`` handed to the gateway's ``OutboxSink`` as fast as it
   takes them (factory, buffer, group commits in the store's thread), then a flush, so that
   every event is committed when the clock stops;
-- claim: ``Outbox.claim`` of one message's worth (500 events) at a time until ``--events`` are
+- claim: ``Outbox.claim_wire`` of one message's worth (500 events) at a time until ``--events`` are
   claimed, as the drain claims. On the large outbox these are its oldest rows; on the empty one,
   the rows just put.
 
@@ -34,6 +34,7 @@ from bench.common import (
 )
 from gateway.app.daemon import Gateway
 from gateway.app.sdnotify import SystemdNotifier
+from gateway.store.outbox import count_events
 from gateway.store.spool import read_spool
 
 CLAIM_EVENTS = 500  # one message's worth, as the drain claims
@@ -70,8 +71,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await outbox.flush()
         warm = 0
         while warm < WARMUP_EVENTS:
-            events, _ = await outbox.claim(CLAIM_EVENTS)
-            warm += len(events)
+            events, _ = await outbox.claim_wire(CLAIM_EVENTS)
+            warm += count_events(events)
 
         started = time.perf_counter()
         for n in range(args.events):
@@ -82,10 +83,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         claimed = 0
         started = time.perf_counter()
         while claimed < args.events:
-            events, _ = await outbox.claim(min(CLAIM_EVENTS, args.events - claimed))
+            events, _ = await outbox.claim_wire(min(CLAIM_EVENTS, args.events - claimed))
             if not events:
                 raise RuntimeError(f"the outbox ran dry after {claimed} claimed events")
-            claimed += len(events)
+            claimed += count_events(events)
         claim_s = time.perf_counter() - started
     finally:
         await outbox.close()

@@ -23,7 +23,7 @@ from drivers.watch.store import ALERT_MEMORY_S
 from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
-from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.events import NewEvent, StoredEvent, WireRun
 from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming, HeldAlarm
 from gateway.store.disk import DiskBudget
 from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox, _ClaimedAlarms
@@ -976,10 +976,10 @@ async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None
     outbox = Outbox(rig.store, group_commit_s=0.5)
     rig.store.insert([rig.telemetry() for _ in range(5 * CLAIM_ROWS_PER_STEP)])
     order: list[str] = []
-    claim, insert = rig.store.claim, rig.store.insert
+    claim, insert = rig.store.claim_wire, rig.store.insert
     started, gate = threading.Event(), threading.Event()
 
-    def logged_claim(max_events: int) -> list[StoredEvent]:
+    def logged_claim(max_events: int) -> list[StoredEvent | WireRun]:
         order.append("claim")
         started.set()
         gate.wait(5)  # the first step is in progress until the alarm is queued
@@ -989,7 +989,7 @@ async def test_a_claim_of_the_backlog_stops_early_for_an_alarm(rig: Rig) -> None
         order.append("alarm")
         return insert(events, **options)
 
-    rig.store.claim = logged_claim  # type: ignore[method-assign]
+    rig.store.claim_wire = logged_claim  # type: ignore[method-assign]
     rig.store.insert = logged_insert  # type: ignore[method-assign]
     claiming = asyncio.create_task(outbox.claim(5 * CLAIM_ROWS_PER_STEP))
     await wait_until(started.is_set, 5, "the claim's first step")
@@ -1042,16 +1042,16 @@ async def test_a_claim_whose_later_step_fails_hands_out_what_it_claimed(
     rig.store.insert([rig.alarm()])
     rig.store.insert([rig.telemetry() for _ in range(2 * CLAIM_ROWS_PER_STEP)])
     outbox = Outbox(rig.store)
-    real = rig.store.claim
+    real = rig.store.claim_wire
     calls = []
 
-    def second_step_fails(max_events: int) -> list[StoredEvent]:
+    def second_step_fails(max_events: int) -> list[StoredEvent | WireRun]:
         calls.append(max_events)
         if len(calls) == 2:
             raise sqlite3.OperationalError("disk I/O error")
         return real(max_events)
 
-    monkeypatch.setattr(rig.store, "claim", second_step_fails)
+    monkeypatch.setattr(rig.store, "claim_wire", second_step_fails)
     events, _ = await outbox.claim(3 * CLAIM_ROWS_PER_STEP)
     assert events[0].kind == "alarm.button"
     assert len(events) == CLAIM_ROWS_PER_STEP

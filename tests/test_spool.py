@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.clock import ManualClock
-from gateway.core.events import NewEvent
+from gateway.core.events import NewEvent, StoredEvent
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory
 from gateway.store.spool import (
@@ -493,3 +496,203 @@ def test_a_record_damaged_at_the_end_after_a_clean_close_is_reported(tmp_path: P
     assert [(r["seq_ranges"], r["reason"]) for r in reports] == [
         ([[seqs[0], seqs[-1]]], "event_corrupt")
     ]
+
+
+# -- events kept as their wire JSON ------------------------------------------------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=2**62),
+    event_id=st.text(st.characters(whitelist_categories=("Ll", "Nd"), whitelist_characters="-")),
+    device=st.none() | TEXT,
+    data=st.dictionaries(TEXT, st.integers() | st.floats(allow_nan=False) | TEXT, max_size=4),
+    synced=st.booleans(),
+    attempt=st.integers(min_value=1, max_value=99),
+)
+def test_an_event_read_back_from_its_wire_json_is_the_same_event(
+    *,
+    seq: int,
+    event_id: str,
+    device: str | None,
+    data: dict[str, object],
+    synced: bool,
+    attempt: int,
+) -> None:
+    event = StoredEvent(
+        seq,
+        event_id,
+        "telemetry.vitals",
+        device,
+        json.dumps(data, separators=(",", ":")),
+        "2026-12-07T10:00:00.123Z",
+        synced,
+        attempt,
+    )
+    assert StoredEvent.from_wire(event.wire_json()) == event
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{}",
+        "[1]",
+        '{"id":"a"}',
+        '{"id":"a","seq":"1","kind":"k","ts":"t","ts_synced":true,'
+        '"device":null,"data":{},"attempt":1}',
+        '{"seq":1,"id":"a","kind":"k","ts":"t",'
+        '"ts_synced":true,"device":null,"data":{},"attempt":1}',
+    ],
+)
+def test_what_is_not_an_events_wire_json_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"wire JSON|Expecting|Extra data"):
+        StoredEvent.from_wire(text)
+
+
+def write_first_format(directory: Path, rows_: list[tuple[int, NewEvent]], watermark: int) -> None:
+    """A segment holding one record of the first format (magic CBS1, the events as rows), as
+    an earlier version wrote it."""
+    body = zlib.compress(
+        json.dumps(
+            [
+                [s, e.id, e.kind, e.device, e.data_json, e.ts, e.ts_synced, e.mono_ns, e.boot_id]
+                for s, e in rows_
+            ],
+            separators=(",", ":"),
+        ).encode()
+    )
+    seqs = [s for s, _ in rows_]
+    header = struct.pack(
+        "<4sIQQQII",
+        b"CBS1",
+        len(body),
+        min(seqs),
+        max(seqs),
+        watermark,
+        len(rows_),
+        zlib.crc32(body),
+    )
+    directory.mkdir(mode=0o700)
+    (directory / f"{1:020d}.seg").write_bytes(header + struct.pack("<I", zlib.crc32(header)) + body)
+
+
+def test_records_of_the_first_format_are_still_read_and_corrected(tmp_path: Path) -> None:
+    clock = ManualClock()
+    clock.synced = False
+    factory = EventFactory(clock, BOOT)
+    batch = [(seq, factory.make("telemetry.vitals", {"steps": seq}, None)) for seq in (3, 4, 7)]
+    write_first_format(tmp_path / "s", batch, watermark=7)
+    spool = Spool(tmp_path / "s")
+    found = spool.open()
+    assert (found.max_seq, found.watermark, found.damaged) == (7, 7, [])
+    clock.advance(10)
+    assert spool.correct_timestamps(BOOT, 1_700_000_000.0, clock.monotonic_ns()) == 3
+    claimed, _ = spool.claim(10, now=0.0)
+    assert [(e.seq, e.data_json, e.ts_synced) for e in claimed] == [
+        (seq, event.data_json, True) for seq, event in batch
+    ]
+    assert claimed[0].ts == "2023-11-14T22:13:10.000Z"
+    assert [event[0] for event in read_spool(tmp_path / "s")] == [3, 4, 7]
+    spool.append(rows(8, 2), watermark=9)  # new records in the current format beside it
+    assert spool.ack([3, 4, 7]) == []
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [8, 9]
+
+
+def test_claims_hand_out_stretches_of_wire_json_in_seq_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    batch = rows(1, 300)
+    spool.append(batch, watermark=300)  # two records: 256 and 44 events
+    runs, _ = spool.claim_runs(280, now=0.0)
+    assert [(len(run), run.run_seqs()[0]) for run in runs] == [(256, 1), (24, 257)]
+    wires = [event.stored(seq).wire_json() for seq, event in batch]
+    assert [run.json() for run in runs] == [",".join(wires[:256]), ",".join(wires[256:280])]
+    assert [e.seq for run in runs for e in run.events()] == list(range(1, 281))
+    assert spool.release([5, 6, 300], retry_at=0.0) == []
+    assert [run.run_seqs() for run in spool.claim_runs(100, now=0.0)[0]] == [
+        [5, 6],
+        list(range(281, 301)),
+    ]
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=4),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["claim", "ack", "release", "lost"]),
+            st.integers(min_value=0, max_value=400),
+            st.randoms(use_true_random=False),
+        ),
+        max_size=25,
+    ),
+)
+def test_claims_acks_and_releases_in_any_order_deliver_every_event(
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: list[int],
+    steps: list[tuple[str, int, random.Random]],
+) -> None:
+    """Against a model: an event is claimed only when it is neither in flight nor acknowledged,
+    each claim in seq order; acknowledged, it is never claimed again; in the end every event is
+    delivered and every segment goes."""
+    directory = tmp_path_factory.mktemp("spool") / "s"
+    spool = Spool(directory)
+    first = 1
+    for size in sizes:
+        spool.append(rows(first, size), watermark=first + size - 1)
+        first += size
+    everything = set(range(1, first))
+    flying: set[int] = set()
+    acked: set[int] = set()
+    for op, n, rng in steps:
+        if op == "claim":
+            got = [e.seq for e in spool.claim(n, now=0.0)[0]]
+            assert got == sorted(got)
+            assert len(got) == min(n, len(everything - flying - acked))
+            assert not set(got) & (flying | acked)
+            flying |= set(got)
+        elif op == "ack":
+            chosen = sorted(rng.sample(sorted(flying), min(n, len(flying))))
+            assert spool.ack(chosen) == []
+            flying -= set(chosen)
+            acked |= set(chosen)
+        elif op == "release":
+            chosen = rng.sample(sorted(flying), min(n, len(flying)))
+            assert spool.release(chosen, retry_at=0.0) == []
+            flying -= set(chosen)
+        else:
+            spool.release_all()
+            flying = set()
+        assert spool.queued() == len(everything - acked)
+    spool.release_all()
+    rest = [e.seq for e in spool.claim(10**6, now=0.0)[0]]
+    assert rest == sorted(everything - acked)
+    assert spool.ack(rest) == []
+    done, _ = spool.finished()
+    spool.delete(done)
+    assert segments(directory) == []
+
+
+def test_events_read_before_the_clock_sync_are_corrected_in_memory(tmp_path: Path) -> None:
+    """A record read (claimed) while the clock was not synchronised: its events' JSON is
+    rewritten by the correction, those of other boots are left as they are."""
+    clock = ManualClock()
+    clock.synced = False
+    mine = EventFactory(clock, BOOT).make("telemetry.vitals", {"heart_rate": 60}, None)
+    other = EventFactory(clock, "other-boot").make("telemetry.vitals", {"heart_rate": 61}, None)
+    spool = Spool(tmp_path / "s")
+    spool.append([(1, mine), (2, other)], watermark=2)
+    spool.close()
+    again = Spool(tmp_path / "s")
+    again.open()
+    before = again.claim(10, now=0.0)[0]
+    assert [e.ts_synced for e in before] == [False, False]
+    again.release_all()
+    clock.advance(10)
+    assert again.correct_timestamps(BOOT, 1_700_000_000.0, clock.monotonic_ns()) == 1
+    after = again.claim(10, now=0.0)[0]
+    assert [(e.seq, e.ts_synced) for e in after] == [(1, True), (2, False)]
+    assert after[0].ts == "2023-11-14T22:13:10.000Z"
+    assert after[1] == before[1]
+    assert (after[0].id, after[0].data_json) == (mine.id, mine.data_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import time
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.app.alarms import AlarmTracker
 from gateway.app.commands import CommandProcessor
 from gateway.app.config import MqttSection
 from gateway.core.clock import ManualClock, SystemClock
-from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.events import NewEvent, StoredEvent, WireRun
 from gateway.core.ports import AlarmState
 from gateway.store.alarms import AlarmTiming, HeldAlarm
 from gateway.store.outbox import Outbox
@@ -237,6 +240,52 @@ def test_batches_respect_the_contract_limits() -> None:
     assert sorted(s for m in messages for s in m.seqs) == sorted(e.seq for e in events)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=1200),
+    sizes=st.lists(st.integers(min_value=0, max_value=6000), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=1200), max_size=6),
+    before=st.integers(min_value=0, max_value=3),
+)
+def test_stretches_of_wire_json_make_the_same_messages_as_their_events(
+    count: int, sizes: list[int], cuts: list[int], before: int
+) -> None:
+    """A claim's ``WireRun``s (the spool's events as their stored JSON) are packed exactly as
+    the same events one by one: same payloads, same seqs, the same splits at 500 events and
+    256 KiB, whatever stretches they come in and whatever precedes them."""
+    events = [
+        StoredEvent(
+            seq,
+            f"id-{seq}",
+            "telemetry.vitals",
+            "watch-AABBCCDDEEFF",
+            json.dumps({"w": "x" * sizes[seq % len(sizes)]}),
+            "2026-01-01T00:00:00.000Z",
+            seq % 3 != 0,
+            1,
+        )
+        for seq in range(1, count + 1)
+    ]
+    wires = [event.wire_json() for event in events]
+    starts = [0]
+    for wire in wires:
+        starts.append(starts[-1] + len(wire) + 1)
+    seqs = [event.seq for event in events]
+    text = ",".join(wires)
+    bounds = sorted({min(before, count), *(min(cut, count) for cut in cuts), count})
+    runs = [
+        WireRun("telemetry", seqs, text, starts, lo, hi)
+        for lo, hi in itertools.pairwise(bounds)
+        if hi > lo
+    ]
+    head = events[: bounds[0]]  # one by one, then the rest in stretches
+    expected = build_messages("gw-a", events)
+    assert build_messages("gw-a", [*head, *runs]) == expected
+    for message in expected:
+        assert 1 <= len(message.seqs) <= 500
+        assert len(message.payload) <= 256 * 1024 or len(message.seqs) == 1
+
+
 async def test_an_alarm_overtakes_a_draining_backlog(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
 ) -> None:
@@ -314,9 +363,9 @@ class FlakyStore(SqliteStore):
         self._fail("promote_due_alarms")
         return super().promote_due_alarms()
 
-    def claim(self, max_events: int) -> list[StoredEvent]:
+    def claim_wire(self, max_events: int) -> list[StoredEvent | WireRun]:
         self._fail("claim")
-        return super().claim(max_events)
+        return super().claim_wire(max_events)
 
     def acknowledge_alarms(
         self, ids: Sequence[str], make_audit: Callable[[HeldAlarm], NewEvent] | None = None

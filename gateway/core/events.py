@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -266,6 +267,81 @@ class StoredEvent(_Kinded):
             f'"ts_synced":{synced},"device":{device},"data":{self.data_json},'
             f'"attempt":{self.attempt}}}'
         )
+
+    @classmethod
+    def from_wire(cls, text: str) -> StoredEvent:
+        """The event whose ``wire_json()`` is ``text`` (``ValueError`` if it is not one)."""
+        try:
+            fields = json.loads(text)
+            event = cls(
+                fields["seq"],
+                fields["id"],
+                fields["kind"],
+                fields["device"],
+                "",
+                fields["ts"],
+                fields["ts_synced"],
+                fields["attempt"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an event's wire JSON: {exc!r}") from exc
+        if not (
+            type(event.seq) is int
+            and type(event.attempt) is int
+            and type(event.ts_synced) is bool
+            and all(type(text) is str for text in (event.id, event.kind, event.ts))
+            and (event.device is None or type(event.device) is str)
+        ):
+            raise ValueError("not an event's wire JSON: a field of the wrong type")
+        # The data is kept as the text it is, not as JSON written again.
+        head, _, tail = dataclasses.replace(event, data_json="\x00").wire_json().partition("\x00")
+        if (
+            len(text) <= len(head) + len(tail)
+            or not text.startswith(head)
+            or not text.endswith(tail)
+        ):
+            raise ValueError("not an event's wire JSON: not in the gateway's form")
+        return dataclasses.replace(event, data_json=text[len(head) : len(text) - len(tail)])
+
+
+@dataclass(frozen=True, slots=True)
+class WireRun:
+    """Events of one class, consecutive in seq order, kept as their wire JSON: the EVENT
+    objects (``StoredEvent.wire_json``) joined by commas in ``text``, where event ``n`` is
+    ``text[starts[n] : starts[n + 1] - 1]``; the run is events ``lo`` to ``hi`` (excluded).
+    A claim hands a stored stretch of events out as one of these, without an object per event;
+    ``seqs``, ``text`` and ``starts`` are shared with where they came from, never changed."""
+
+    event_class: str
+    seqs: list[int]
+    text: str
+    starts: list[int]
+    lo: int
+    hi: int
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def run_seqs(self, lo: int | None = None, hi: int | None = None) -> list[int]:
+        """The seqs of events ``lo`` to ``hi`` of the run (all of them by default)."""
+        return self.seqs[self.lo if lo is None else lo : self.hi if hi is None else hi]
+
+    def json(self, lo: int | None = None, hi: int | None = None) -> str:
+        """Events ``lo`` to ``hi`` (all of the run by default), joined by commas."""
+        start = self.starts[self.lo if lo is None else lo]
+        return self.text[start : self.starts[self.hi if hi is None else hi] - 1]
+
+    def size(self, lo: int, hi: int) -> int:
+        """The length of ``json(lo, hi)``."""
+        return self.starts[hi] - 1 - self.starts[lo]
+
+    def events(self) -> list[StoredEvent]:
+        """The run as events (an object each: for what is not on the drain's path)."""
+        text, starts = self.text, self.starts
+        return [
+            StoredEvent.from_wire(text[starts[n] : starts[n + 1] - 1])
+            for n in range(self.lo, self.hi)
+        ]
 
 
 def payload_prefix(gateway_id: str) -> str:

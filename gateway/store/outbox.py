@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.core.errors import StoreError
-from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.events import NewEvent, StoredEvent, WireRun
 from gateway.store.alarms import HeldAlarm
 from gateway.store.database import OpenReport
 from gateway.store.files import SEQ_RESERVE_BLOCK
@@ -147,10 +147,26 @@ class Outbox:
     async def claim(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
         """Events to publish (alarms first, then the stored ones in seq order, then those in
         memory in seq order), and the alarms the claim found damaged."""
+        items, damaged = await self.claim_wire(max_events)
+        events: list[StoredEvent] = []
+        for item in items:
+            if isinstance(item, WireRun):
+                events += item.events()
+            else:
+                events.append(item)
+        return events, damaged
+
+    async def claim_wire(
+        self, max_events: int
+    ) -> tuple[list[StoredEvent | WireRun], list[HeldAlarm]]:
+        """``claim``, with the spool's events as stretches of their wire JSON (``WireRun``):
+        what the uplink publishes, without an object per event."""
         self.alarms_unclaimed = False  # every claim takes the alarms that wait
+        events: list[StoredEvent | WireRun]
         try:
             if max_events == 0:
-                events, damaged = await self._call(_claim, self.store, 0, urgent=True)
+                alarms, damaged = await self._call(_claim, self.store, 0, urgent=True)
+                events = list(alarms)
             else:
                 events, damaged = await self._call(
                     self._claim_backlog, max_events, rank=BACKLOG_RANK
@@ -158,7 +174,7 @@ class Outbox:
         except BaseException:
             self.alarms_unclaimed = True  # (this claim took none)
             raise
-        room = max_events - len(events)
+        room = max_events - count_events(events)
         if room > 0 and self._hot:
             now = self.mono()
             for seq, hot in self._hot.items():
@@ -171,14 +187,17 @@ class Outbox:
                 room -= 1
         return events, damaged
 
-    def _claim_backlog(self, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:
+    def _claim_backlog(
+        self, max_events: int
+    ) -> tuple[list[StoredEvent | WireRun], list[HeldAlarm]]:
         """On the store's thread: claim in steps, and stop early for an alarm queued meanwhile
         (what is claimed so far goes out; the rest comes with the next claim)."""
-        events: list[StoredEvent] = []
-        while len(events) < max_events:
-            step = min(CLAIM_ROWS_PER_STEP, max_events - len(events))
+        events: list[StoredEvent | WireRun] = []
+        count = 0
+        while count < max_events:
+            step = min(CLAIM_ROWS_PER_STEP, max_events - count)
             try:
-                claimed = self.store.claim(step)
+                claimed = self.store.claim_wire(step)
             except Exception as exc:
                 if not events:
                     raise
@@ -187,7 +206,9 @@ class Outbox:
                 log.error("store_call_failed", call="claim", error=repr(exc))  # noqa: TRY400
                 break
             events += claimed
-            if len(claimed) < step or self._worker.alarm_waiting():
+            taken = count_events(claimed)
+            count += taken
+            if taken < step or self._worker.alarm_waiting():
                 break
         return events, self.store.take_quarantined_alarms()
 
@@ -196,7 +217,9 @@ class Outbox:
         stored ones; the alarms among them now wait for the platform's acknowledgement and are
         returned. An ack for an event being written goes to the store after the write."""
         stored = []
-        for seq in seqs:
+        if not (self._hot or self._flushing):  # (a backlog's drain: all of them stored)
+            stored = list(seqs)
+        for seq in seqs if not stored else ():
             if self._hot.pop(seq, None) is not None:
                 self._last_ack = time.monotonic()
                 continue
@@ -207,10 +230,13 @@ class Outbox:
         # follows in another call. A call that fails puts what it did not record back (to be
         # published again).
         delivered, self._delivered_untold = self._delivered_untold, []
+        # Beside the backlog's claims, unless a write is on its way to the store, which the ack
+        # must follow (else the loaded records of a drain wait behind its claims, in memory).
+        rank = OTHER_RANK if self._batches else BACKLOG_RANK
         try:
             while stored:
                 alarms, handled = await self._call(
-                    self.store.ack_some, stored, self._worker.alarm_waiting
+                    self.store.ack_some, stored, self._worker.alarm_waiting, rank=rank
                 )
                 delivered += alarms
                 stored = stored[handled:]
@@ -676,6 +702,11 @@ class Outbox:
     def buffered(self) -> int:
         """Events in memory, not yet written (delivered ones are forgotten)."""
         return len(self._hot) + len(self._flushing) + len(self._unsequenced)
+
+
+def count_events(items: Sequence[StoredEvent | WireRun]) -> int:
+    """How many events a claim's items hold."""
+    return sum(len(item) if isinstance(item, WireRun) else 1 for item in items)
 
 
 def _claim(store: SqliteStore, max_events: int) -> tuple[list[StoredEvent], list[HeldAlarm]]:

@@ -7,8 +7,16 @@ segment file and made durable with one ``fdatasync``: usually a single page of t
 
 A record::
 
-    magic "CBS1" | body length u32 | first seq u64 | last seq u64 | watermark u64 | count u32
-    | body crc32 u32 | header crc32 u32 | body: zlib(JSON list of the events)
+    magic "CBS2" | body length u32 | first seq u64 | last seq u64 | watermark u64 | count u32
+    | body crc32 u32 | header crc32 u32 | body: zlib(META, a newline, EVENTS)
+
+EVENTS: the events as they go on the wire (``StoredEvent.wire_json``, attempt 1), in seq order,
+joined by commas, so that a claim hands a stretch of them to a message as it is (``WireRun``),
+without an object per event. META, JSON: ``[seqs, lengths, indexes, mono_ns, boot_ids]``: each
+event's seq and the length of its JSON; for the events stamped before the clock was
+synchronised, their indexes, CLOCK_BOOTTIME stamps and boot ids (the clock correction rewrites
+their ``ts`` when they are read). Records of
+the first format (magic "CBS1", body: zlib(JSON list of rows)) are still read.
 
 ``watermark``: what the batch records (``HotBatch.watermark``): every seq up to it is on disk,
 delivered or reported. Records go into segment files (``NNNNNNNNNNNNNNNNNNNN.seg`` in
@@ -28,26 +36,33 @@ One thread uses it (the store's): nothing here is thread-safe.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import dataclasses
+import itertools
 import json
+import operator
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from gateway.core.clock import ts_from_unix
-from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.events import NewEvent, StoredEvent, WireRun
 from gateway.store.files import fsync_dir
 
 log = structlog.get_logger("gateway.store.spool")
 
-MAGIC = b"CBS1"
+MAGIC = b"CBS2"  # what is written: events as their wire JSON
+MAGIC_ROWS = b"CBS1"  # the first format, events as rows: read, never written
+_MAGIC_PREFIX = b"CBS"
+SPOOLED_CLASS = "telemetry"  # the only class the spool holds
 _HEADER = struct.Struct("<4sIQQQII")  # magic, body length, first, last, watermark, count, body crc
 _HEADER_CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _HEADER_CRC.size
@@ -63,18 +78,52 @@ class SpoolDamage(Exception):
     """A record that cannot be read: its checksum or its length is wrong."""
 
 
-@dataclass(slots=True, eq=False)
-class _Entry:
-    """An event of a record read into memory, as it goes on the wire, and its state in the
-    uplink."""
+# The state of each event of a record read into memory (``_Record.state``, one byte each).
+_READY = 0  # to be claimed
+_FLYING = 1  # claimed: in flight
+_ACKED = 2
+_BACK = 3  # released: claimed again from its retry time (``_Record.back``)
+_READY_RUNS = re.compile(b"\x00+")  # stretches of events to be claimed
+_FLYING_BYTE = bytes([_FLYING])
+_ACKED_BYTE = bytes([_ACKED])
+_LINK_LOST = bytes.maketrans(b"\x01\x03", b"\x00\x00")  # all but the acknowledged: ready
 
-    event: StoredEvent
-    mono_ns: int
-    boot_id: str
-    record: _Record
-    inflight: bool = False
-    retry_at: float = 0.0
-    stamped_unsynced: bool = False  # as written: its ts was taken before the clock was synced
+
+@dataclass(slots=True, eq=False)
+class Body:
+    """A record's events: their seqs (increasing) and their wire JSON joined by commas, event
+    ``n`` being ``text[starts[n] : starts[n + 1] - 1]``."""
+
+    seqs: list[int]
+    text: str
+    starts: list[int]
+    unsynced: Unsynced
+
+    def wire(self, n: int) -> str:
+        return self.text[self.starts[n] : self.starts[n + 1] - 1]
+
+    @classmethod
+    def of(cls, seqs: list[int], wires: list[str], unsynced: Unsynced) -> Body:
+        starts = list(itertools.accumulate(map((1).__add__, map(len, wires)), initial=0))
+        return cls(seqs, ",".join(wires), starts, unsynced)
+
+
+@dataclass(slots=True, eq=False)
+class Unsynced:
+    """A record's events stamped before the clock was synchronised, as written: their indexes
+    (increasing), CLOCK_BOOTTIME stamps and boot ids."""
+
+    indexes: list[int] = field(default_factory=list)
+    mono_ns: list[int] = field(default_factory=list)
+    boots: list[str] = field(default_factory=list)
+
+    def add(self, n: int, mono_ns: int, boot_id: str) -> None:
+        self.indexes.append(n)
+        self.mono_ns.append(mono_ns)
+        self.boots.append(boot_id)
+
+    def of_boot(self, boot_id: str) -> list[int]:
+        return [n for n, boot in zip(self.indexes, self.boots, strict=True) if boot == boot_id]
 
 
 @dataclass(slots=True, eq=False)
@@ -87,7 +136,12 @@ class _Record:
     watermark: int
     count: int
     remaining: int  # events not yet acknowledged
-    entries: dict[int, _Entry] | None = None  # read into memory (the unacknowledged ones)
+    body: Body | None = None  # read into memory
+    state: bytearray = field(default_factory=bytearray)  # of each event of ``body``
+    index: dict[int, int] = field(default_factory=dict)  # seq -> its event's index in ``body``
+    back: dict[int, float] = field(default_factory=dict)  # released: index -> retry time
+    fixed: set[int] = field(default_factory=set)  # stamped unsynchronised, corrected since
+    shared: bool = False  # a seq of it is another record's too (``_owner`` names that one)
     unreadable: bool = False  # found damaged when claimed: skipped until its loss is reported
 
 
@@ -123,35 +177,43 @@ class SpoolOpen:
     cut: list[tuple[tuple[int, int] | None, _Record | None]] = field(default_factory=list)
 
 
-def _row(seq: int, event: NewEvent) -> list[Any]:
-    """An event as a record holds it (``Spool._entry`` reads it back)."""
-    return [
-        seq,
-        event.id,
-        event.kind,
-        event.device,
-        event.data_json,
-        event.ts,
-        event.ts_synced,
-        event.mono_ns,
-        event.boot_id,
-    ]
+def body_of(rows: Sequence[tuple[int, NewEvent]]) -> Body:
+    """``rows`` as a record holds them (seq order is not required; a seq twice is refused)."""
+    ordered = sorted(rows, key=operator.itemgetter(0))
+    seqs = [seq for seq, _ in ordered]
+    if any(map(operator.ge, seqs, seqs[1:])):
+        raise ValueError("a seq twice in one record")
+    devices: dict[str | None, str] = {}  # device -> its JSON: a record has few devices
+    wires = []
+    unsynced = Unsynced()
+    for n, (seq, event) in enumerate(ordered):
+        device = devices.get(event.device)
+        if device is None:
+            device = devices[event.device] = json.dumps(event.device)
+        wires.append(event.stored(seq).wire_json(device))
+        if not event.ts_synced:
+            unsynced.add(n, event.mono_ns, event.boot_id)
+    return Body.of(seqs, wires, unsynced)
 
 
 def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes:
     """One record of ``rows`` (seq order is not required)."""
-    body = zlib.compress(
-        json.dumps(
-            [_row(seq, event) for seq, event in rows],
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
+    return _encode(body_of(rows), watermark)
+
+
+def _encode(body: Body, watermark: int) -> bytes:
+    lengths = [end - start - 1 for start, end in itertools.pairwise(body.starts)]
+    unsynced = body.unsynced
+    meta = json.dumps(
+        [body.seqs, lengths, unsynced.indexes, unsynced.mono_ns, unsynced.boots],
+        separators=(",", ":"),
     )
-    seqs = [seq for seq, _ in rows]
+    data = zlib.compress(b"%s\n%s" % (meta.encode(), body.text.encode()))
+    seqs = body.seqs
     header = _HEADER.pack(
-        MAGIC, len(body), min(seqs), max(seqs), watermark, len(rows), zlib.crc32(body)
+        MAGIC, len(data), seqs[0], seqs[-1], watermark, len(seqs), zlib.crc32(data)
     )
-    return header + _HEADER_CRC.pack(zlib.crc32(header)) + body
+    return header + _HEADER_CRC.pack(zlib.crc32(header)) + data
 
 
 def encode_records(
@@ -172,6 +234,7 @@ def encode_records(
 
 @dataclass(frozen=True, slots=True)
 class RecordHeader:
+    magic: bytes
     length: int
     first: int
     last: int
@@ -187,11 +250,11 @@ def decode_header(data: bytes | memoryview) -> RecordHeader:
     header = bytes(data[: _HEADER.size])
     magic, length, first, last, watermark, count, body_crc = _HEADER.unpack(header)
     (crc,) = _HEADER_CRC.unpack(bytes(data[_HEADER.size : HEADER_BYTES]))
-    if magic != MAGIC or crc != zlib.crc32(header):
+    if magic not in (MAGIC, MAGIC_ROWS) or crc != zlib.crc32(header):
         raise SpoolDamage("bad header")
     if length > MAX_BODY_BYTES or count == 0 or first > last:
         raise SpoolDamage("impossible header")
-    return RecordHeader(length, first, last, watermark, count, body_crc)
+    return RecordHeader(magic, length, first, last, watermark, count, body_crc)
 
 
 def check_body(header: RecordHeader, body: bytes | memoryview) -> None:
@@ -202,13 +265,52 @@ def check_body(header: RecordHeader, body: bytes | memoryview) -> None:
         raise SpoolDamage("bad body checksum")
 
 
-def decode_body(header: RecordHeader, body: bytes) -> list[list[object]]:
+def decode_body(header: RecordHeader, body: bytes) -> Body:
     """The events of a record's body (``SpoolDamage`` if it does not match its header)."""
     check_body(header, body)
     try:
-        rows = json.loads(zlib.decompress(body))
-    except (zlib.error, ValueError) as exc:
+        data = zlib.decompress(body)
+        if header.magic == MAGIC_ROWS:
+            return _body_of_rows(header, json.loads(data))
+        meta, _, text = data.partition(b"\n")
+        seqs, lengths, indexes, stamps, boots = json.loads(meta)
+        decoded = Body(seqs, text.decode(), [], Unsynced(indexes, stamps, boots))
+    except (zlib.error, ValueError, TypeError) as exc:
         raise SpoolDamage(f"unreadable body: {exc}") from exc
+    count = header.count
+    if not (
+        type(seqs) is list
+        and type(lengths) is list
+        and type(indexes) is list
+        and type(stamps) is list
+        and type(boots) is list
+        and len(seqs) == len(lengths) == count
+        and set(map(type, seqs)) == {int}
+        and set(map(type, lengths)) == {int}
+        and seqs[0] == header.first
+        and seqs[-1] == header.last
+        and min(lengths) >= 2  # the shortest JSON object: {}
+        and not any(map(operator.ge, seqs, seqs[1:]))
+        and sum(lengths) + count - 1 == len(decoded.text)
+    ):
+        raise SpoolDamage("body does not match its header")
+    decoded.starts = list(itertools.accumulate(map((1).__add__, lengths), initial=0))
+    if indexes and not (
+        len(indexes) == len(stamps) == len(boots)
+        and set(map(type, indexes)) == {int}
+        and set(map(type, stamps)) == {int}
+        and set(map(type, boots)) == {str}
+        and indexes[0] >= 0
+        and indexes[-1] < count
+        and not any(map(operator.ge, indexes, indexes[1:]))
+    ):
+        raise SpoolDamage("malformed unsynchronised events")
+    return decoded
+
+
+def _body_of_rows(header: RecordHeader, rows: object) -> Body:
+    """A record of the first format (rows: seq, id, kind, device, data, ts, ts_synced, mono_ns,
+    boot_id), as the events of the current one."""
     if not isinstance(rows, list) or len(rows) != header.count:
         raise SpoolDamage("body does not match its header")
     first, last = header.first, header.last
@@ -217,7 +319,20 @@ def decode_body(header: RecordHeader, body: bytes) -> list[list[object]]:
             raise SpoolDamage("malformed event")
         if not first <= row[0] <= last:
             raise SpoolDamage("seq outside the record's range")
-    return rows
+    seqs: list[int] = []
+    wires: list[str] = []
+    unsynced = Unsynced()
+    for seq, event_id, kind, device, data, ts, synced, mono_ns, boot_id in sorted(
+        rows, key=operator.itemgetter(0)
+    ):
+        if seqs and seq == seqs[-1]:
+            continue  # one seq twice: delivered once
+        event = StoredEvent(seq, event_id, kind, device, data, ts, synced, 1)
+        if not synced:
+            unsynced.add(len(seqs), mono_ns, boot_id)
+        seqs.append(seq)
+        wires.append(event.wire_json())
+    return Body.of(seqs, wires, unsynced)
 
 
 # The clock now, if it is synchronised: (this boot's id, wall time, CLOCK_BOOTTIME ns).
@@ -238,7 +353,7 @@ class Spool:
         self._active: _Segment | None = None  # appended to
         self._fd: int | None = None  # of the active segment
         self._live: dict[int, _Record] = {}  # records with events to deliver, in written order
-        self._owner: dict[int, _Entry] = {}  # loaded entries not acknowledged, by seq
+        self._owner: dict[int, _Record] = {}  # the record read into memory of each seq
         self._finished: dict[int, _Segment] = {}  # every event acknowledged: to be deleted
         self._unreadable: list[_Record] = []  # found damaged by a claim, loss not yet reported
         self._corrections: dict[str, tuple[float, int]] = {}  # boot id -> (wall, mono ns)
@@ -369,11 +484,11 @@ class Spool:
         for record in self._live.values():
             if record.last <= seq:
                 continue
-            entries = self._load(record)
-            if entries is None:
+            body = self._load(record)
+            if body is None:
                 found += range(max(record.first, seq + 1), record.last + 1)
             else:
-                found += [s for s in entries if s > seq]
+                found += [s for s in _unacknowledged(record, body) if s > seq]
         return sorted(found)
 
     @property
@@ -457,13 +572,18 @@ class Spool:
         self._finished.pop(segment.number, None)
         if not (flying or retry):
             return
-        new.entries = {}
-        for seq, event in rows:
-            entry = self._entry(_row(seq, event), new, None)
-            entry.inflight = seq in flying
-            entry.retry_at = retry.get(seq, 0.0)
-            new.entries[seq] = entry
-            self._owner[seq] = entry
+        body = body_of(rows)
+        state = bytearray(len(body.seqs))
+        for n, seq in enumerate(body.seqs):
+            if seq in flying:
+                state[n] = _FLYING
+            elif seq in retry:
+                state[n] = _BACK
+                new.back[n] = retry[seq]
+        new.body, new.state = body, state
+        new.shared = not self._owner.keys().isdisjoint(body.seqs)
+        self._owner.update(dict.fromkeys(body.seqs, new))
+        self._fix(new, None)
 
     def _segment_for_append(self) -> _Segment:
         if self._active is not None and self._fd is not None:
@@ -495,104 +615,169 @@ class Spool:
 
     # ----------------------------------------------------------------------------- delivery
 
-    def _entry(
-        self, row: list[Any], record: _Record, clock: tuple[str, float, int] | None
-    ) -> _Entry:
-        seq, event_id, kind, device, data, ts, synced, mono_ns, boot_id = row
-        entry = _Entry(
-            StoredEvent(seq, event_id, kind, device, data, ts, synced, 1), mono_ns, boot_id, record
-        )
-        entry.stamped_unsynced = not synced
-        if not synced:
-            if boot_id in self._corrections:
-                self._correct(entry, *self._corrections[boot_id])
-            elif clock is not None and clock[0] == boot_id:
-                self._correct(entry, clock[1], clock[2])
-        return entry
-
-    def _load(self, record: _Record) -> dict[int, _Entry] | None:
-        """The record's unacknowledged events, read from disk if they are not in memory;
-        None if the record cannot be read any more."""
-        if record.entries is not None:
-            return record.entries
-        rows = _read_rows(record)
-        if rows is None:
+    def _load(self, record: _Record, *, finish: bool = True) -> Body | None:
+        """The record's events, read from disk if they are not in memory; None if the record
+        cannot be read any more. ``finish``: a record with nothing left to deliver is done."""
+        if record.body is not None:
+            return record.body
+        body = _read_body(record)
+        if body is None:
             return None
-        record.entries = {}
-        clock = None
-        if self._clock is not None and not all(row[6] for row in rows):
-            clock = self._clock()  # once per record
-        for row in rows:
-            entry = self._entry(row, record, clock)
-            seq = entry.event.seq
-            if seq in self._owner:  # one seq twice on disk: delivered once
-                log.warning("spool_seq_twice", seq=seq, path=str(record.segment.path))
-                continue
-            record.entries[seq] = entry
-            self._owner[seq] = entry
-        record.remaining = len(record.entries)
-        if record.remaining == 0:
+        seqs = body.seqs
+        state = bytearray(len(seqs))
+        owner = self._owner
+        if owner.keys().isdisjoint(seqs):
+            owner.update(dict.fromkeys(seqs, record))
+        else:  # one seq twice on disk: delivered once
+            record.shared = True
+            for n, seq in enumerate(seqs):
+                if seq in owner:
+                    log.warning("spool_seq_twice", seq=seq, path=str(record.segment.path))
+                    state[n] = _ACKED
+                else:
+                    owner[seq] = record
+        record.body, record.state = body, state
+        record.remaining = len(state) - state.count(_ACKED)
+        if body.unsynced.indexes:
+            clock = None
+            if self._clock is not None:
+                clock = self._clock()  # once per record
+            self._fix(record, clock)
+        body = record.body
+        if record.remaining == 0 and finish:
             self._done(record)
-        return record.entries
+        return body
+
+    def _fix(self, record: _Record, clock: tuple[str, float, int] | None) -> None:
+        """Correct the timestamps of the record's events stamped before the clock was
+        synchronised, for the boots whose correction is known (or ``clock``'s, this boot's)."""
+        body = record.body
+        assert body is not None
+        unsynced = body.unsynced
+        known = {
+            boot: self._corrections[boot] for boot in set(unsynced.boots) & self._corrections.keys()
+        }
+        if clock is not None and clock[0] not in known and clock[0] in unsynced.boots:
+            known[clock[0]] = (clock[1], clock[2])
+        if not known:
+            return
+        changes: dict[int, str] = {}
+        for n, mono_ns, boot_id in zip(
+            unsynced.indexes, unsynced.mono_ns, unsynced.boots, strict=True
+        ):
+            if n in record.fixed or boot_id not in known:
+                continue
+            wall_now, mono_now_ns = known[boot_id]
+            try:
+                event = StoredEvent.from_wire(body.wire(n))
+            except ValueError as exc:  # (only a record of the first format could hold one)
+                log.error("spool_event_uncorrected", seq=body.seqs[n], error=str(exc))  # noqa: TRY400
+                continue
+            ts = ts_from_unix(wall_now - (mono_now_ns - mono_ns) / 1e9)
+            changes[n] = dataclasses.replace(event, ts=ts, ts_synced=True).wire_json()
+            record.fixed.add(n)
+        if changes:
+            wires = [changes.get(n) or body.wire(n) for n in range(len(body.seqs))]
+            record.body = Body.of(body.seqs, wires, body.unsynced)
 
     def claim(self, room: int, now: float) -> tuple[list[StoredEvent], list[tuple[int, int]]]:
-        """Up to ``room`` events in written order, from the oldest record; and the seq ranges of
-        records found unreadable (skipped from now on; ``forget_unreadable`` once reported)."""
-        taken: list[StoredEvent] = []
+        """``claim_runs``, as one object per event."""
+        runs, damaged = self.claim_runs(room, now)
+        return [event for run in runs for event in run.events()], damaged
+
+    def claim_runs(self, room: int, now: float) -> tuple[list[WireRun], list[tuple[int, int]]]:
+        """Up to ``room`` events in written order, from the oldest record, as stretches of their
+        records' wire JSON; and the seq ranges of records found unreadable (skipped from now
+        on; ``forget_unreadable`` once reported)."""
+        runs: list[WireRun] = []
         damaged: list[tuple[int, int]] = []
-        for record in list(self._live.values()):
+        done: list[_Record] = []
+        for record in self._live.values():
             if room <= 0:
                 break
             if record.unreadable or record.segment.doomed:
                 continue
-            entries = self._load(record)
-            if entries is None:
+            body = self._load(record, finish=False)
+            if body is None:
                 record.unreadable = True
                 self._unreadable.append(record)
                 damaged.append((record.first, record.last))
                 continue
-            for entry in entries.values():  # in seq order, as written
-                if room <= 0:
-                    break
-                if entry.inflight or entry.retry_at > now:
-                    continue
-                entry.inflight = True
-                taken.append(entry.event)
-                room -= 1
-        return taken, damaged
+            if record.remaining == 0:
+                done.append(record)
+                continue
+            if not record.back and _READY not in record.state:  # all in flight
+                continue
+            for lo, hi in _take(record, room, now):
+                runs.append(WireRun(SPOOLED_CLASS, body.seqs, body.text, body.starts, lo, hi))
+                room -= hi - lo
+        for record in done:
+            self._done(record)
+        return runs, damaged
 
     def forget_unreadable(self) -> None:
         """The loss of the unreadable records found by claims is reported: forget them."""
         for record in self._unreadable:
-            for seq in record.entries or ():
-                self._owner.pop(seq, None)
             record.remaining = 0
             self._done(record)
         self._unreadable = []
 
-    def ack(self, seqs: Iterable[int]) -> list[int]:
+    def ack(self, seqs: Sequence[int]) -> list[int]:
         """Forget the acknowledged events that are here; return the other seqs."""
         others: list[int] = []
-        for seq in seqs:
-            entry = self._owner.pop(seq, None)
-            if entry is None:
+        owner = self._owner
+        seqs = list(seqs)
+        total = len(seqs)
+        i = 0
+        while i < total:
+            seq = seqs[i]
+            record = owner.get(seq)
+            if record is None or record.body is None:
                 others.append(seq)
+                i += 1
                 continue
-            record = entry.record
-            if record.entries is not None:
-                record.entries.pop(seq, None)
-            record.remaining -= 1
-            if record.remaining <= 0:
-                self._done(record)
+            ordered = record.body.seqs
+            n = bisect.bisect_left(ordered, seq)
+            # A message's seqs are mostly a stretch of one record's: acknowledged at once.
+            m = min(total - i, len(ordered) - n)
+            if m > 1 and seqs[i : i + m] != ordered[n : n + m]:
+                m = 1
+            state = record.state
+            newly = m - state.count(_ACKED, n, n + m)
+            if newly:
+                if record.back:
+                    for k in range(n, n + m):
+                        record.back.pop(k, None)
+                state[n : n + m] = _ACKED_BYTE * m
+                record.remaining -= newly
+                if record.remaining <= 0:
+                    self._done(record)
+            i += m
         return others
 
     def _done(self, record: _Record) -> None:
         self._live.pop(id(record), None)
+        self._unload(record)
         segment = record.segment
         if not segment.doomed and segment.done():
             if segment is self._active:  # nothing more goes into a segment about to go
                 self._close_active()
             self._finished[segment.number] = segment
+
+    def _unload(self, record: _Record) -> None:
+        """Forget the events of a record read into memory (nothing of it is left to deliver, or
+        its segment goes)."""
+        body = record.body
+        if body is None:
+            return
+        record.body, record.state, record.back, record.fixed = None, bytearray(), {}, set()
+        owner = self._owner
+        if record.shared:
+            for seq in body.seqs:
+                if owner.get(seq) is record:
+                    del owner[seq]
+        else:
+            collections.deque(map(owner.pop, body.seqs, itertools.repeat(None)), maxlen=0)
 
     def finished(self) -> tuple[list[_Segment], int]:
         """The segments whose events were all acknowledged, and the highest watermark their
@@ -615,8 +800,7 @@ class Spool:
         self._segments.pop(segment.number, None)
         for record in segment.records:
             self._live.pop(id(record), None)
-            for seq in record.entries or ():
-                self._owner.pop(seq, None)
+            self._unload(record)
         self._unlink(segment)
 
     @staticmethod
@@ -632,16 +816,21 @@ class Spool:
         """Put back events claimed; return the seqs that are not here."""
         others = []
         for seq in seqs:
-            entry = self._owner.get(seq)
-            if entry is None:
+            record = self._owner.get(seq)
+            if record is None or record.body is None:
                 others.append(seq)
                 continue
-            entry.inflight, entry.retry_at = False, retry_at
+            n = bisect.bisect_left(record.body.seqs, seq)
+            if record.state[n] != _ACKED:
+                record.state[n] = _BACK
+                record.back[n] = retry_at
         return others
 
     def release_all(self) -> None:
-        for entry in self._owner.values():
-            entry.inflight, entry.retry_at = False, 0.0
+        for record in self._live.values():
+            if record.body is not None:
+                record.state = record.state.translate(_LINK_LOST)
+                record.back = {}
 
     # ----------------------------------------------------------------------------- eviction
 
@@ -651,7 +840,7 @@ class Spool:
         for segment in self._segments.values():
             if segment.doomed or segment.done():
                 continue
-            if any(entry.inflight for r in segment.records for entry in (r.entries or {}).values()):
+            if any(_FLYING in record.state for record in segment.records):
                 continue
             if segment is self._active:
                 self._close_active()
@@ -665,11 +854,11 @@ class Spool:
         for record in segment.records:
             if record.remaining == 0:
                 continue
-            entries = self._load(record)
-            if entries is None:
+            body = self._load(record)
+            if body is None:
                 seqs += range(record.first, record.last + 1)
             else:
-                seqs += entries
+                seqs += _unacknowledged(record, body)
         segment.doomed = True
         return sorted(seqs)
 
@@ -690,9 +879,13 @@ class Spool:
 
     def oldest_ts(self) -> str | None:
         for record in self._live.values():
-            entries = None if record.unreadable else self._load(record)
-            if entries:
-                return min(entry.event.ts for entry in entries.values())
+            body = None if record.unreadable else self._load(record)
+            if body is not None and record.remaining:
+                return min(
+                    StoredEvent.from_wire(body.wire(n)).ts
+                    for n, state in enumerate(record.state)
+                    if state != _ACKED
+                )
         return None
 
     # ----------------------------------------------------------------------------- clock
@@ -707,28 +900,56 @@ class Spool:
         for record in self._live.values():
             if record.unreadable:
                 continue
-            if record.entries is None:
+            body = record.body
+            if body is None:
                 count += self._count_unsynced(record, boot_id)
                 continue
-            for entry in record.entries.values():
-                if entry.stamped_unsynced and entry.boot_id == boot_id:
-                    if not entry.event.ts_synced:
-                        self._correct(entry, wall_now, mono_now_ns)
-                    count += 1
+            count += sum(1 for n in body.unsynced.of_boot(boot_id) if record.state[n] != _ACKED)
+            self._fix(record, None)
         return count
 
     @staticmethod
     def _count_unsynced(record: _Record, boot_id: str) -> int:
-        rows = _read_rows(record) or []  # (one unreadable is reported when claimed)
-        return sum(1 for row in rows if not row[6] and row[8] == boot_id)
-
-    @staticmethod
-    def _correct(entry: _Entry, wall_now: float, mono_now_ns: int) -> None:
-        ts = ts_from_unix(wall_now - (mono_now_ns - entry.mono_ns) / 1e9)
-        entry.event = dataclasses.replace(entry.event, ts=ts, ts_synced=True)
+        body = _read_body(record)  # (one unreadable is reported when claimed)
+        if body is None:
+            return 0
+        return len(body.unsynced.of_boot(boot_id))
 
 
-def _read_rows(record: _Record) -> list[list[Any]] | None:
+def _unacknowledged(record: _Record, body: Body) -> list[int]:
+    if record.remaining == 0:
+        return []
+    return [seq for seq, state in zip(body.seqs, record.state, strict=True) if state != _ACKED]
+
+
+def _take(record: _Record, room: int, now: float) -> list[tuple[int, int]]:
+    """Claim up to ``room`` of the record's events, in seq order: the stretches (first event,
+    last + 1) taken."""
+    state = record.state
+    spans: list[tuple[int, int]] = []
+    due = sorted(n for n, at in record.back.items() if at <= now) if record.back else []
+    if not due:  # (a link that delivers: only fresh stretches)
+        for match in _READY_RUNS.finditer(state):
+            lo, hi = match.span()
+            hi = min(hi, lo + room)
+            spans.append((lo, hi))
+            room -= hi - lo
+            if room <= 0:
+                break
+    else:
+        ready = [n for n, value in enumerate(state) if value == _READY]
+        for n in sorted([*ready, *due])[:room]:
+            if spans and spans[-1][1] == n:
+                spans[-1] = (spans[-1][0], n + 1)
+            else:
+                spans.append((n, n + 1))
+            record.back.pop(n, None)
+    for lo, hi in spans:
+        state[lo:hi] = _FLYING_BYTE * (hi - lo)
+    return spans
+
+
+def _read_body(record: _Record) -> Body | None:
     """A record's events, read from its segment; None (logged) if it cannot be read."""
     try:
         with open(record.segment.path, "rb") as handle:
@@ -761,11 +982,11 @@ def _header_at(view: memoryview, offset: int) -> RecordHeader | None:
 def _next_record(view: memoryview, start: int) -> int | None:
     """The offset of the next whole, intact record at or after ``start``."""
     data = view.obj if isinstance(view.obj, bytes) else bytes(view)
-    position = data.find(MAGIC, start)
+    position = data.find(_MAGIC_PREFIX, start)
     while position != -1:
         if _check_at(view, position)[0] is not None:
             return position
-        position = data.find(MAGIC, position + 1)
+        position = data.find(_MAGIC_PREFIX, position + 1)
     return None
 
 
@@ -802,20 +1023,12 @@ def read_spool(directory: Path) -> list[tuple[int, str, str, str | None, str, st
             try:
                 header = decode_header(memoryview(data)[offset:])
                 end = offset + HEADER_BYTES + header.length
-                rows = decode_body(header, data[offset + HEADER_BYTES : end])
-            except SpoolDamage:
+                body = decode_body(header, data[offset + HEADER_BYTES : end])
+                stored = [StoredEvent.from_wire(body.wire(n)) for n in range(len(body.seqs))]
+            except (SpoolDamage, ValueError):
                 break
             events += [
-                (
-                    int(str(r[0])),
-                    str(r[1]),
-                    str(r[2]),
-                    None if r[3] is None else str(r[3]),
-                    str(r[4]),
-                    str(r[5]),
-                    bool(r[6]),
-                )
-                for r in rows
+                (e.seq, e.id, e.kind, e.device, e.data_json, e.ts, e.ts_synced) for e in stored
             ]
             offset = end
     return sorted(events)

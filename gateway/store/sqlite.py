@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.core.errors import StoreCorruptError, StoreError, StoreFullError
-from gateway.core.events import NewEvent, StoredEvent
+from gateway.core.events import NewEvent, StoredEvent, WireRun
 from gateway.core.kinds import event_class
 from gateway.store import commands, database, integrity, timestamps
 from gateway.store.alarms import (
@@ -877,7 +877,18 @@ class SqliteStore:
     # ----------------------------------------------------------------------------- delivery
 
     def claim(self, max_events: int) -> list[StoredEvent]:
+        """``claim_wire``, as one object per event."""
+        events: list[StoredEvent] = []
+        for item in self.claim_wire(max_events):
+            if isinstance(item, WireRun):
+                events += item.events()
+            else:
+                events.append(item)
+        return events
+
+    def claim_wire(self, max_events: int) -> list[StoredEvent | WireRun]:
         """Events to publish next: alarms first, then the rest in seq order. They stay stored.
+        The spool's come as stretches of their wire JSON (``WireRun``), without an object each.
 
         Every row is checked as it is claimed (``row_damage``): a damaged one would spoil the
         whole message its raw JSON goes into, so it is never sent but quarantined and reported
@@ -897,17 +908,17 @@ class SqliteStore:
         for seq in claim.taken_released:
             del self._released[seq]
         self._cursor = claim.cursor
-        events = [
+        events: list[StoredEvent | WireRun] = [
             StoredEvent(seq, event_id, kind, device, data, ts, bool(synced), attempt)
             for seq, event_id, kind, device, data, ts, synced, attempt, _ in claim.rows
         ]
         # In flight before the report of damaged rows is stored: its eviction must spare them.
-        self._inflight.update(event.seq for event in events)
+        self._inflight.update(row[0] for row in claim.rows)
         if claim.damaged:
             self._quarantine(claim.damaged)
         if len(events) < max_events:
-            spooled, unreadable = self._spool.claim(max_events - len(events), self.mono())
-            events += spooled
+            runs, unreadable = self._spool.claim_runs(max_events - len(events), self.mono())
+            events += runs
             if unreadable:
                 self._report_unreadable(unreadable)
         return events

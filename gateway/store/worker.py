@@ -33,8 +33,8 @@ CHECKPOINT_HOLD_POLL_S = 0.002
 _T = TypeVar("_T")
 _I = TypeVar("_I")
 
-# The store thread's order of work: what an alarm waits for, then the claims that feed the
-# backlog's drain (a claim never delays an alarm queued beside it), then everything else.
+# The store thread's order of work: what an alarm waits for, then the claims and acks that feed
+# the backlog's drain (neither delays an alarm queued beside it), then everything else.
 ALARM_RANK, BACKLOG_RANK, OTHER_RANK = 0, 1, 2
 _STOP_RANK = 3
 
@@ -140,7 +140,7 @@ class StoreWorker:
     A FIFO executor would make an alarm wait behind every telemetry commit, claim and ack
     already queued while a backlog drains; here it waits at most for the call in progress
     (the backlog's store work comes in small calls for that reason). Calls of one rank run in
-    the order submitted: alarms (``ALARM_RANK``), claims of the backlog, the rest.
+    the order submitted: alarms (``ALARM_RANK``), claims and acks of the backlog, the rest.
     Alarms that arrive while one waits are committed with it (``submit_joined``): one fsync
     for all of them, instead of a queue of alarms each waiting for the fsyncs before its own.
     """

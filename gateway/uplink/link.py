@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.core.backoff import Backoff
 from gateway.core.clock import ts_from_unix
 from gateway.core.errors import UplinkAuthError, UplinkError, UplinkTransientError
-from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, status_payload
+from gateway.core.events import MAX_EVENTS_PER_MESSAGE, StoredEvent, WireRun, status_payload
 from gateway.store.alarms import HeldAlarm
 from gateway.store.outbox import Outbox
 from gateway.uplink.client import Downlink, MqttConnection
@@ -423,9 +423,9 @@ class MqttUplink:
                 self._store_failed(call, exc)
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _claim(self, max_events: int) -> list[StoredEvent]:
+    async def _claim(self, max_events: int) -> list[StoredEvent | WireRun]:
         """Claim; the alarms the claim found damaged and quarantined are told "not delivered"."""
-        events, damaged = await self.outbox.claim(max_events)
+        events, damaged = await self.outbox.claim_wire(max_events)
         if damaged:
             self.alarms.damaged(damaged)
         return events
@@ -473,9 +473,10 @@ class MqttUplink:
         while True:
             await self.outbox.alarm_stored.wait()
             self.outbox.alarm_stored.clear()
-            alarms, damaged = self.outbox.take_claimed_alarms()
+            claimed, damaged = self.outbox.take_claimed_alarms()
             if damaged:
                 self.alarms.damaged(damaged)
+            alarms: list[StoredEvent | WireRun] = list(claimed)
             if self.outbox.alarms_unclaimed:
                 alarms += await self._retry_store("claim", lambda: self._claim(0))
             for message in build_messages(self.gateway_id, alarms):
@@ -635,15 +636,16 @@ class MqttUplink:
 
     async def _flush_acks(self) -> None:
         while self._acks:
-            seqs, self._acks = self._acks[:ACKS_PER_CALL], self._acks[ACKS_PER_CALL:]
-            try:
-                delivered = await self.outbox.ack(seqs)
-            except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged, retried
-                # The store puts them back to be published again: a duplicate, not a loss.
-                self._store_failed("ack", exc)
-                continue
-            if delivered:
-                self.alarms.delivered(delivered)
+            acks, self._acks = self._acks, []  # (those arriving meanwhile: the next round)
+            for start in range(0, len(acks), ACKS_PER_CALL):
+                try:
+                    delivered = await self.outbox.ack(acks[start : start + ACKS_PER_CALL])
+                except Exception as exc:  # noqa: BLE001 - whatever the store raises: logged
+                    # The store puts them back to be published again: a duplicate, not a loss.
+                    self._store_failed("ack", exc)
+                    continue
+                if delivered:
+                    self.alarms.delivered(delivered)
         self._wake.set()
 
     async def _settle_acks(self) -> None:

@@ -5,7 +5,9 @@ Pure: no I/O, no MQTT client.
 
 from __future__ import annotations
 
+import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,6 +18,7 @@ from gateway.core.events import (
     MAX_EVENTS_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
     StoredEvent,
+    WireRun,
     payload_prefix,
 )
 
@@ -65,15 +68,19 @@ class Message:
     alarm_id: str | None = None  # the event id of an alarm message
 
 
-def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
+def build_messages(gateway_id: str, events: Sequence[StoredEvent | WireRun]) -> list[Message]:
     """Group claimed events into publications: alarms alone and first, then per class in order,
-    at most 500 events and 256 KiB each."""
+    at most 500 events and 256 KiB each. A ``WireRun`` goes in as its JSON, split only where a
+    message is full."""
     root = topic_root(gateway_id)
     prefix = payload_prefix(gateway_id)
     messages: list[Message] = []
-    by_class: dict[str, list[StoredEvent]] = {}
+    by_class: dict[str, list[StoredEvent | WireRun]] = {}
     classes: dict[str, str] = {}  # kind → class: a batch has few kinds
     for event in events:
+        if isinstance(event, WireRun):
+            by_class.setdefault(event.event_class, []).append(event)
+            continue
         klass = classes.get(event.kind)
         if klass is None:
             klass = classes[event.kind] = event.event_class
@@ -90,19 +97,40 @@ def build_messages(gateway_id: str, events: list[StoredEvent]) -> list[Message]:
         parts: list[str] = []
         seqs: list[int] = []
         size = overhead
+        count = 0
         for event in members:
+            if isinstance(event, WireRun):
+                lo, hi = event.lo, event.hi
+                while lo < hi:
+                    # As many as fit, by count and by size (``starts`` increase).
+                    top = min(hi, lo + MAX_EVENTS_PER_MESSAGE - count)
+                    limit = event.starts[lo] + MAX_MESSAGE_BYTES - size
+                    fit = bisect.bisect_right(event.starts, limit, lo, top + 1) - 1
+                    if fit <= lo:
+                        if count:  # full: the next message
+                            messages.append(_pack(root, klass, prefix, parts, seqs))
+                            parts, seqs, size, count = [], [], overhead, 0
+                            continue
+                        fit = lo + 1  # one larger than a message goes alone
+                    parts.append(event.json(lo, fit))
+                    seqs += event.seqs[lo:fit]
+                    size += event.size(lo, fit) + 1
+                    count += fit - lo
+                    lo = fit
+                continue
             device = devices.get(event.device)
             if device is None:
                 device = devices[event.device] = json.dumps(event.device)
             text = event.wire_json(device)
-            if parts and (
-                len(parts) >= MAX_EVENTS_PER_MESSAGE or size + len(text) + 1 > MAX_MESSAGE_BYTES
+            if count and (
+                count >= MAX_EVENTS_PER_MESSAGE or size + len(text) + 1 > MAX_MESSAGE_BYTES
             ):
                 messages.append(_pack(root, klass, prefix, parts, seqs))
-                parts, seqs, size = [], [], overhead
+                parts, seqs, size, count = [], [], overhead, 0
             parts.append(text)
             seqs.append(event.seq)
             size += len(text) + 1
+            count += 1
         if parts:
             messages.append(_pack(root, klass, prefix, parts, seqs))
     return messages
