@@ -1321,13 +1321,22 @@ async def _ask_daemon(cfg: GatewayConfig) -> dict[str, Any] | None:
     """The daemon's ``doctor`` reply; None when no daemon runs. ``OSError`` and
     ``ControlError`` when one runs and cannot be asked."""
     try:
-        async with asyncio.timeout(DAEMON_TIMEOUT_S):
-            replies = await control.ask(cfg.control_socket, "doctor", {})
+        replies = await control.ask(
+            cfg.control_socket, "doctor", {}, reply_timeout_s=DAEMON_TIMEOUT_S
+        )
+    except TimeoutError:  # connecting took too long: the daemon's accept loop is stuck
+        raise control.NoAnswer(control.no_answer(cfg.control_socket, DAEMON_TIMEOUT_S)) from None
     except OSError as exc:
         if control.daemon_absent(exc):
             return None
         raise
-    return replies[0] if replies else None
+    if not replies:  # something holds the socket, takes the request and says nothing
+        raise control.NoAnswer(
+            _(
+                "the daemon is not answering on {path}: it closed the connection without a reply"
+            ).format(path=cfg.control_socket)
+        )
+    return replies[0]
 
 
 async def diagnose(
@@ -1359,22 +1368,22 @@ async def diagnose(
     daemon: dict[str, Any] | None = None
     try:
         daemon = await _ask_daemon(cfg)
-    except (OSError, ControlError, TimeoutError) as exc:
-        detail = (
-            control.unreachable(cfg.control_socket, exc)
-            if isinstance(exc, OSError)
-            else str(exc) or _("no answer in time")
-        )
-        add(
-            [
-                failed(
-                    "daemon.socket",
-                    title,
-                    detail,
-                    _("run carebed doctor as root, or as a member of the carebed group"),
-                )
-            ]
-        )
+    except (OSError, ControlError) as exc:
+        if isinstance(exc, PermissionError):
+            detail = control.unreachable(cfg.control_socket, exc)
+            fix = _("run carebed doctor as root, or as a member of the carebed group")
+        else:
+            detail = (
+                control.unreachable(cfg.control_socket, exc)
+                if isinstance(exc, OSError)
+                else str(exc)
+            )
+            fix = _(
+                "the daemon runs but does not answer: read journalctl -u carebed -n 100, then "
+                "systemctl restart carebed and run carebed doctor again"
+            )
+        # Never go on as if no daemon ran: it may hold the serial port and the broker session.
+        add([failed("daemon.socket", title, detail, fix)])
         return report
     report.daemon_running = daemon is not None
     if daemon is None:
