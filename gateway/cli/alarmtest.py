@@ -16,7 +16,7 @@ from typing import Any
 from gateway.app import config as config_module
 from gateway.app import control
 from gateway.cli.checks import local_time
-from gateway.cli.status import interrupted, not_running
+from gateway.cli.status import not_running
 from gateway.core.errors import ConfigError, ControlError
 from gateway.core.i18n import _
 
@@ -104,8 +104,6 @@ def main(args: argparse.Namespace) -> int:
                 reply_timeout_s=args.timeout + control.CLIENT_TIMEOUT_S,
             )
         )
-    except KeyboardInterrupt:
-        return interrupted()
     except OSError as exc:
         if control.daemon_absent(exc):
             print(not_running(socket, "test-alarm"), file=sys.stderr)

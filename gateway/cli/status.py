@@ -15,15 +15,8 @@ from gateway.core.errors import ConfigError, ControlError
 from gateway.core.i18n import _
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
-EXIT_INTERRUPTED = 130
 # The daemon answers ``status`` at once; silence this long means it is hung.
 STATUS_TIMEOUT_S = 10.0
-
-
-def interrupted() -> int:
-    """Ctrl-C: one line, no traceback, the shell's status for SIGINT."""
-    print(_("carebed: interrupted"), file=sys.stderr)
-    return EXIT_INTERRUPTED
 
 
 def not_running(socket: object, command: str) -> str:
@@ -179,8 +172,6 @@ def main(args: argparse.Namespace) -> int:
     socket = cfg.control_socket
     try:
         status = asyncio.run(ask_status(socket))
-    except KeyboardInterrupt:
-        return interrupted()
     except OSError as exc:
         if control.daemon_absent(exc):
             print(not_running(socket, "status"), file=sys.stderr)
