@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import sys
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -100,3 +102,31 @@ async def test_the_doctor_does_not_take_a_silent_daemon_for_an_absent_one(tmp_pa
     # It went no further: no serial port opened, no broker session taken as the gateway.
     assert "mqtt.connect" not in checks and "button.receiver" not in checks, out
     assert requests == ["doctor"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("test-alarm", "--timeout", "60"), ("support-bundle",), ("doctor", "--json")],
+)
+async def test_ctrl_c_is_one_line_not_a_traceback(tmp_path: Path, command: tuple[str, ...]) -> None:
+    config = _config(tmp_path)
+    async with fake_daemon(tmp_path / "control.sock", "hang") as requests:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            *command,
+            "--config",
+            str(config),
+            *(("--boot-dir", str(tmp_path)) if command[0] == "doctor" else ()),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(30):
+            while not requests:  # it is waiting for the daemon's answer
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert "Traceback" not in out.decode(), out.decode()
+    assert proc.returncode in (1, 130), out.decode()

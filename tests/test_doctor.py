@@ -465,3 +465,23 @@ async def test_through_the_daemon_a_silent_button_and_an_absent_watch_fail(
             assert f"not connected: {WATCH}" in next(
                 c.detail for c in report.checks if c.id == "watch.watches"
             )
+
+
+async def test_a_key_every_user_can_read_is_named_as_check_config_names_it(
+    tmp_path: Path, pki: Pki
+) -> None:
+    key = tmp_path / "gw.key"
+    shutil.copyfile(pki.client("gw-a").key, key)
+    key.chmod(0o644)
+    config = tmp_path / "carebed.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-a"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[mqtt]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[mqtt.tls]\nca_file = "{pki.ca_cert}"\ncert_file = "{pki.client("gw-a").cert}"\n'
+        f'key_file = "{key}"\n'
+    )
+    (tmp_path / "state").mkdir()
+    report = await diagnose(config, clock=synced(), boot_dir=tmp_path)
+    check = next(check for check in report.checks if check.id == "config.valid")
+    assert "every user of this machine can read" in check.detail, check
+    assert f"chmod 640 {key}" in check.detail

@@ -298,3 +298,15 @@ def test_a_secret_anywhere_in_the_configuration_never_reaches_the_bundle(
         _, members = collect(path, lambda cfg: {"daemon": "not running"}, lambda: journal)
     for name, text in members.items():
         assert secret not in text, (name, where, text)
+
+
+async def test_output_with_a_trailing_slash_is_a_directory(tmp_path: Path) -> None:
+    config = tmp_path / "carebed.toml"
+    config.write_text('[gateway]\nid = "gw-a"\n[mqtt]\nhost = "b"\nplaintext = true\n')
+    status, out = await carebed(config, "support-bundle", "--output", f"{tmp_path}/new/")
+    assert status == 1 and "new" in out, out  # no such directory: said, no file named "new"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    status, out = await carebed(config, "support-bundle", "--output", f"{tmp_path}/new/")
+    assert status == 0, out
+    assert Path(out.strip().splitlines()[-1]).parent == tmp_path / "new"

@@ -174,9 +174,13 @@ def _load(path: Path, report: Report) -> GatewayConfig | None:
     title = _("Configuration")
     try:
         cfg = config_module.load(path)
-        # The TLS files together are the tls.* checks' business: each failure is named there.
-        without_tls = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"tls": None})})
-        warnings = preflight.preflight(without_tls, path, create=False)
+        try:  # with the TLS files: check-config's warnings (a key every user can read) too
+            warnings = preflight.preflight(cfg, path, create=False)
+        except ConfigError:
+            # The TLS files together are the tls.* checks' business: each failure is named there.
+            tls = {"tls": None}
+            without_tls = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update=tls)})
+            warnings = preflight.preflight(without_tls, path, create=False)
     except ConfigError as error:
         report.checks.append(
             failed(
