@@ -35,7 +35,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -62,7 +69,6 @@ from gateway.app import control, preflight, provision
 from gateway.app.config import GatewayConfig
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, ControlError
-from gateway.core.events import status_payload
 from gateway.core.i18n import _
 
 Status = Literal["pass", "fail", "skip"]
@@ -226,7 +232,7 @@ def tls_checks(cfg: GatewayConfig, now: datetime) -> list[Check]:
         ]
     checks: list[Check] = []
     try:
-        cert = _pem_certificates(tls.cert_file)[0]
+        cert, *intermediates = _pem_certificates(tls.cert_file)
     except (ValueError, OSError) as exc:
         return [
             failed(
@@ -239,7 +245,7 @@ def tls_checks(cfg: GatewayConfig, now: datetime) -> list[Check]:
     checks.append(_pair_check(tls.cert_file, tls.key_file, cert))
     checks.append(_cn_check(cfg.gateway_id, cert))
     checks.append(_dates_check(cert, now))
-    checks.append(_chain_check(tls.ca_file, cert))
+    checks.append(_chain_check(tls.ca_file, cert, intermediates))
     return checks
 
 
@@ -332,7 +338,37 @@ def _dates_check(cert: x509.Certificate, now: datetime) -> Check:
     return passed("tls.dates", title, detail)
 
 
-def _chain_check(ca_file: Path, cert: x509.Certificate) -> Check:
+# Mosquitto (OpenSSL) asks of a CA only that it is one: no web-PKI rules on the extensions.
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.AGNOSTIC, None
+)
+
+
+def _verified_chain(
+    authorities: list[x509.Certificate],
+    cert: x509.Certificate,
+    intermediates: list[x509.Certificate],
+) -> list[x509.Certificate] | None:
+    """The path from ``cert`` through the ``intermediates`` (the rest of cert_file, as the
+    broker receives them) to one of the ``authorities``; None when there is none. Only the
+    signatures and the CA flags are judged here: the dates are the dates check's business."""
+    moment = min(max(datetime.now(UTC), cert.not_valid_before_utc), cert.not_valid_after_utc)
+    try:
+        verifier = (
+            PolicyBuilder()
+            .store(Store(authorities))
+            .time(moment)
+            .extension_policies(ca_policy=_CA_POLICY, ee_policy=ExtensionPolicy.permit_all())
+            .build_client_verifier()
+        )
+        return list(verifier.verify(cert, intermediates).chain)
+    except (VerificationError, ValueError, TypeError):
+        return None
+
+
+def _chain_check(
+    ca_file: Path, cert: x509.Certificate, intermediates: list[x509.Certificate] | None = None
+) -> Check:
     title = _("Certificate issuer")
     try:
         authorities = _pem_certificates(ca_file)
@@ -351,6 +387,19 @@ def _chain_check(ca_file: Path, cert: x509.Certificate) -> Check:
                 title,
                 _("issued by {ca}").format(ca=common_name(authority.subject) or ca_file),
             )
+    chain = _verified_chain(authorities, cert, intermediates or [])
+    if chain is not None:
+        return passed(
+            "tls.chain",
+            title,
+            _("issued by {ca} through {intermediates}").format(
+                ca=common_name(chain[-1].subject) or ca_file,
+                intermediates=", ".join(
+                    common_name(link.subject) or link.subject.rfc4514_string()
+                    for link in chain[1:-1]
+                ),
+            ),
+        )
     return failed(
         "tls.chain",
         title,
@@ -440,8 +489,14 @@ def tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
     assert tls is not None
     context = ssl.create_default_context(cafile=str(tls.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=_no_passphrase)
     return context
+
+
+def _no_passphrase() -> bytes:
+    """Called when the key is encrypted: refuse at once (without it OpenSSL asks for the
+    passphrase on the terminal and the doctor waits forever). The daemon cannot type one."""
+    raise ValueError(_("the key file is protected by a passphrase"))
 
 
 async def _handshake_check(cfg: GatewayConfig, limit_s: float) -> Check:
@@ -477,6 +532,13 @@ async def _handshake_check(cfg: GatewayConfig, limit_s: float) -> Check:
                 "too), and mqtt.host the name the broker's certificate is issued for"
             ),
         )
+    except ValueError as exc:  # an encrypted key
+        return failed(
+            "net.tls",
+            title,
+            _("the TLS handshake with {host} was not tried: {error}").format(host=host, error=exc),
+            _("the key must be unencrypted PEM (see Certificate and key above)"),
+        )
     except (ssl.SSLError, OSError, TimeoutError) as exc:
         return failed(
             "net.tls",
@@ -504,12 +566,11 @@ class ProbeResult:
     protocol: str = ""
     connack: str | None = None  # the refusal, None when accepted
     error: str | None = None  # no CONNACK at all
-    puback: str | None = None  # the refusal of the probe publish, None when accepted
     v5_refused: bool = False  # the broker does not speak MQTT 5
 
 
 class _Probe:
-    """A short MQTT connection as the gateway: CONNACK, then one QoS 1 publish and its PUBACK.
+    """A short MQTT connection as the gateway, up to its CONNACK; it publishes nothing.
 
     It resumes the gateway's persistent session (clean start off, the configured expiry) and
     acknowledges nothing, so that downlink waiting for the daemon stays in the session; it sets
@@ -520,9 +581,7 @@ class _Probe:
         self.cfg = cfg
         self.v5 = protocol == "5"
         self.connected = threading.Event()
-        self.published = threading.Event()
         self.reason: ReasonCode | None = None
-        self.pub_reason: ReasonCode | None = None
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.gateway_id,
@@ -539,20 +598,14 @@ class _Probe:
         if cfg.mqtt.tls is not None:
             self.client.tls_set_context(tls_context(cfg))
         self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.reason = reason
         self.connected.set()
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self.pub_reason = reason
-        self.published.set()
-
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, p: Any) -> None:
         self.connected.set()
-        self.published.set()
 
     def run(self) -> ProbeResult:
         cfg = self.cfg
@@ -575,19 +628,11 @@ class _Probe:
                 return result
             if self.reason.is_failure:
                 result.connack = str(self.reason)
-                result.v5_refused = self.v5 and self.reason.value == V5_UNSUPPORTED
-                return result
-            # Not retained: the platform's retained presence of this gateway stays as it is.
-            payload = status_payload(cfg.gateway_id, "offline", reason="shutdown")
-            info = self.client.publish(f"carebed/v1/{cfg.gateway_id}/status", payload, qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                result.error = mqtt.error_string(info.rc)
-                return result
-            if not self.published.wait(timeout) or self.pub_reason is None:
-                result.error = _("no PUBACK from the broker")
-                return result
-            if self.pub_reason.is_failure:
-                result.puback = str(self.pub_reason)
+                # 0x84 from an MQTT 5 broker; 1 (3.1.1's "unacceptable protocol version")
+                # from a broker that does not know MQTT 5 at all.
+                result.v5_refused = self.v5 and self.reason.value in (V5_UNSUPPORTED, 1)
+            # No publish: an event on up/ needs a seq from the gateway's sequence, which only
+            # the daemon hands out, and anything on status tells the platform about presence.
             return result
         finally:
             self.client.disconnect()
@@ -595,10 +640,17 @@ class _Probe:
 
 
 def probe_broker(cfg: GatewayConfig) -> ProbeResult:
-    """MQTT 5 where the broker has it (its PUBACK says when a publish is refused), else 3.1.1."""
-    result = _Probe(cfg, "5").run()
-    if result.v5_refused or result.error == _("the broker closed the connection without an answer"):
-        result = _Probe(cfg, "3.1.1").run()
+    """The protocol of mqtt.protocol, as the daemon connects. With MQTT 5 refused, 3.1.1 is
+    tried to tell the installer whether setting it would help (``v5_refused``)."""
+    try:
+        result = _Probe(cfg, cfg.mqtt.protocol).run()
+        closed = result.error == _("the broker closed the connection without an answer")
+        if cfg.mqtt.protocol == "5" and (result.v5_refused or closed):
+            older = _Probe(cfg, "3.1.1").run()
+            if older.error is None and older.connack is None:
+                result.v5_refused = True
+    except ValueError as exc:  # an encrypted key
+        result = ProbeResult(protocol=cfg.mqtt.protocol, error=str(exc))
     return result
 
 
@@ -606,6 +658,19 @@ def mqtt_checks_direct(result: ProbeResult, cfg: GatewayConfig) -> list[Check]:
     connect_title, publish_title = _("Broker accepts this gateway"), _("Broker accepts a publish")
     if result.error is not None and not result.protocol:
         result.protocol = cfg.mqtt.protocol
+    if result.v5_refused:
+        return [
+            failed(
+                "mqtt.connect",
+                connect_title,
+                _(
+                    "the broker does not take MQTT 5 connections (it accepts MQTT 3.1.1), and "
+                    "mqtt.protocol is 5: the daemon can never connect"
+                ),
+                _('set mqtt.protocol = "3.1.1" in the configuration, then restart carebed'),
+            ),
+            skipped("mqtt.publish", publish_title, _("needs a connection to the broker")),
+        ]
     if result.error is not None or result.connack is not None:
         detail = result.connack or result.error or ""
         return [
@@ -631,26 +696,16 @@ def mqtt_checks_direct(result: ProbeResult, cfg: GatewayConfig) -> list[Check]:
             ),
         )
     ]
-    topic = f"carebed/v1/{cfg.gateway_id}/status"
-    if result.protocol != "5":
-        checks.append(
-            skipped(
-                "mqtt.publish",
-                publish_title,
-                _(
-                    "the broker speaks only MQTT 3.1.1, which acknowledges a refused publish "
-                    "like an accepted one: ask the platform whether it received {topic}"
-                ).format(topic=topic),
-            )
+    checks.append(
+        skipped(
+            "mqtt.publish",
+            publish_title,
+            _(
+                "publish not verified without the daemon (an event needs the gateway's "
+                "sequence number): start it and run the doctor again"
+            ),
         )
-    elif result.puback is not None:
-        checks.append(_publish_refused(topic, result.puback))
-    else:
-        checks.append(
-            passed(
-                "mqtt.publish", publish_title, _("{topic} accepted (PUBACK)").format(topic=topic)
-            )
-        )
+    )
     return checks
 
 
@@ -691,8 +746,9 @@ def mqtt_checks_daemon(reply: dict[str, Any], cfg: GatewayConfig) -> list[Check]
             ),
         )
     ]
-    topic = f"carebed/v1/{cfg.gateway_id}/status"
     probe = uplink.get("probe")
+    # The daemon's probe is an audit event on up/audit (older daemons: the status topic).
+    topic = (probe or {}).get("topic") or f"carebed/v1/{cfg.gateway_id}/status"
     if cfg.mqtt.protocol != "5":
         checks.append(
             skipped(
