@@ -1135,8 +1135,23 @@ def button_checks_daemon(status: dict[str, Any], cfg: GatewayConfig) -> list[Che
         checks.append(_no_buttons(title))
         return checks
     window = cfg.button.supervision_window_s
+    never = [b for b in buttons if b.get("heard") is False]  # absent: an older daemon
     silent = [b for b in buttons if not b["online"] or b["silent_s"] > window]
-    if silent:
+    if never:
+        checks.append(
+            failed(
+                "button.buttons",
+                title,
+                _("never heard since the daemon started: {devices}").format(
+                    devices=", ".join(b["device"] for b in never)
+                ),
+                _(
+                    "press each of these buttons once near the receiver; a button that is still "
+                    "not heard needs a new battery, or pairing again (carebed button pair)"
+                ),
+            )
+        )
+    elif silent:
         checks.append(
             failed(
                 "button.buttons",

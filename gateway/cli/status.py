@@ -26,9 +26,11 @@ def not_running(socket: object, command: str) -> str:
     ).format(socket=socket, command=command)
 
 
-def _heard(now: datetime, silent_s: float | None) -> str:
+def _heard(now: datetime, silent_s: float | None, heard: bool = True) -> str:
     if silent_s is None:
         return _("never heard")
+    if not heard:
+        return _("never heard since the start")
     return _("last heard {when}").format(when=local_time(now - timedelta(seconds=silent_s)))
 
 
@@ -118,7 +120,7 @@ def _devices(devices: list[dict[str, Any]], now: datetime) -> list[str]:
                         device=button["device"],
                         online=online,
                         battery=battery,
-                        heard=_heard(now, button.get("silent_s")),
+                        heard=_heard(now, button.get("silent_s"), button.get("heard", True)),
                     )
                 )
                 shown += 1
