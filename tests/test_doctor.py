@@ -9,8 +9,10 @@ import contextlib
 import datetime as dt
 import json
 import os
+import pwd
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from drivers.button.pairing import PairingStore
 from gateway.app.config import load
-from gateway.cli.checks import Report, diagnose, tls_checks
+from gateway.cli.checks import Report, diagnose, service_access_check, tls_checks
 from gateway.cli.main import main
 from gateway.core.clock import ManualClock
 from hil.sim.bluez import FakeBluez, WatchSim
@@ -172,6 +174,7 @@ async def test_all_pass_then_each_fault_fails_its_own_check(
         state = statuses(report)
         assert {k: v for k, v in state.items() if v == "skip"} == {
             "daemon.socket": "skip",  # not running: the doctor did it all itself
+            "service.access": "skip",  # no carebed user on this test machine
             "mqtt.publish": "skip",  # an event needs the daemon's seq: not invented
             "button.buttons": "skip",  # only the daemon knows when a button was last heard
             "service.active": "skip",  # no systemd here
@@ -650,3 +653,45 @@ async def test_an_encrypted_key_is_a_failure_not_a_passphrase_prompt(
     checks = {check["id"]: check for check in sheet["checks"]}
     assert checks["tls.pair"]["status"] == "fail", text
     assert checks["net.tls"]["status"] == "fail" and "passphrase" in checks["net.tls"]["detail"]
+
+
+def test_as_root_the_files_are_tried_as_the_service_user(pki: Pki) -> None:
+    """Root reads anything: the key the daemon (user carebed) cannot read passed every check.
+    Tried here with the user nobody standing for carebed (a real user, a real child process)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the doctor is run")
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="carebed-access-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        for name, source in (
+            ("ca.crt", pki.ca_cert),
+            ("gw.crt", pki.client("gw-a").cert),
+            ("gw.key", pki.client("gw-a").key),
+        ):
+            shutil.copyfile(source, base / name)
+            (base / name).chmod(0o644)
+        (base / "gw.key").chmod(0o600)  # root's alone
+        (base / "state").mkdir(mode=0o755)  # root's: nobody cannot write in it
+        config = base / "carebed.toml"
+        config.write_text(
+            f'[gateway]\nid = "gw-a"\nstate_dir = "{base / "state"}"\n'
+            '[mqtt]\nhost = "127.0.0.1"\n[mqtt.tls]\n'
+            f'ca_file = "{base / "ca.crt"}"\ncert_file = "{base / "gw.crt"}"\n'
+            f'key_file = "{base / "gw.key"}"\n'
+        )
+        config.chmod(0o644)
+        cfg = load(config)
+        check = service_access_check(cfg, config, user="nobody")
+        assert check.status == "fail", check
+        assert f"nobody cannot read {base / 'gw.key'}" in check.detail
+        assert f"nobody cannot write in {base / 'state'}" in check.detail
+        assert "gw.crt" not in check.detail and "chmod 640" in (check.fix or "")
+
+        os.chown(base / "gw.key", nobody.pw_uid, nobody.pw_gid)
+        os.chown(base / "state", nobody.pw_uid, nobody.pw_gid)
+        assert service_access_check(cfg, config, user="nobody").status == "pass"
+        check = service_access_check(cfg, config, user="no-such-carebed-user")
+        assert check.status == "skip" and "no user no-such-carebed-user" in check.detail
+    finally:
+        shutil.rmtree(base)

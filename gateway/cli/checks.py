@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -842,6 +844,115 @@ def state_checks(cfg: GatewayConfig) -> list[Check]:
     return checks
 
 
+SERVICE_USER = "carebed"
+
+
+def _access_problems(paths: list[tuple[str, Path]]) -> list[list[str]]:
+    """Which of ``paths`` this process cannot read (files) or write in (directories)."""
+    problems = []
+    for kind, path in paths:
+        try:
+            if kind == "dir":
+                handle, name = tempfile.mkstemp(prefix=".carebed-doctor-", dir=path)
+                os.close(handle)
+                os.unlink(name)
+            else:
+                with path.open("rb") as handle_file:
+                    handle_file.read(1)
+        except OSError as exc:
+            problems.append([kind, str(path), exc.strerror or type(exc).__name__])
+    return problems
+
+
+def _as_user(entry: pwd.struct_passwd, paths: list[tuple[str, Path]]) -> list[list[str]]:
+    """``_access_problems`` in a forked child that became ``entry`` (uid, gid, groups); no
+    program is run, so nothing but the paths themselves must be reachable for it."""
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, try, report, exit without cleanup
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+            os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+            os.write(write_end, json.dumps(_access_problems(paths)).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _pid, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(_("the check as {user} failed").format(user=entry.pw_name))
+    problems: list[list[str]] = json.loads(data)
+    return problems
+
+
+def service_access_check(cfg: GatewayConfig, config_path: Path, user: str = SERVICE_USER) -> Check:
+    """Run as root, the doctor can read anything: the files and the state directory are tried
+    again as the service user (a forked child with its uid, gid and groups)."""
+    title = _("Files usable by the service user")
+    if os.geteuid() != 0:
+        return skipped(
+            "service.access",
+            title,
+            _("not run as root: the checks above ran as this user, not as {user}").format(
+                user=user
+            ),
+        )
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return skipped(
+            "service.access",
+            title,
+            _("no user {user} on this system (the package makes it): not checked as {user}").format(
+                user=user
+            ),
+        )
+    paths: list[tuple[str, Path]] = [("file", config_path)]
+    if cfg.mqtt.tls is not None:
+        tls = cfg.mqtt.tls
+        paths += [("file", tls.ca_file), ("file", tls.cert_file), ("file", tls.key_file)]
+    paths.append(("dir", cfg.gateway.state_dir))
+    try:
+        problems = _as_user(entry, paths)
+    except (OSError, ValueError) as exc:
+        return skipped(
+            "service.access",
+            title,
+            _("could not run a check as {user}: {error}").format(user=user, error=_why(exc)),
+        )
+    if not problems:
+        return passed(
+            "service.access",
+            title,
+            _("{user} can read the configuration and TLS files and write in {path}").format(
+                user=user, path=cfg.gateway.state_dir
+            ),
+        )
+    detail = "; ".join(
+        (
+            _("{user} cannot write in {path}: {error}")
+            if kind == "dir"
+            else _("{user} cannot read {path}: {error}")
+        ).format(user=user, path=path, error=error)
+        for kind, path, error in problems
+    )
+    return failed(
+        "service.access",
+        title,
+        detail,
+        _(
+            "the service runs as {user}: chgrp {user} FILE && chmod 640 FILE for each file "
+            "(the key 0600, owner {user}), and chown {user}:{user} for the state directory"
+        ).format(user=user),
+    )
+
+
 def timedatectl_detail() -> str | None:
     """What systemd says about time synchronisation, when it can be asked."""
     if shutil.which("timedatectl") is None:
@@ -1517,6 +1628,7 @@ async def diagnose(
     else:
         add(mqtt_checks_direct(await asyncio.to_thread(probe_broker, cfg), cfg))
     add(state_checks(cfg))
+    add([await asyncio.to_thread(service_access_check, cfg, path)])
     if daemon is not None:
         add([clock_check(daemon["clock_synced"], daemon["wall"], through_daemon=True)])
     else:
