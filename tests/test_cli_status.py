@@ -23,7 +23,7 @@ async def test_status_through_the_daemon_and_without_it(
     link = tmp_path / "carebed-button"
     (tmp_path / "state").mkdir()
     PairingStore(tmp_path / "state" / "buttons.json").add(BUTTON)
-    async with SimReceiver(link_path=link, retransmit_interval_s=0.2):
+    async with SimReceiver(link_path=link, retransmit_interval_s=0.2) as receiver:
         async with running_gateway(
             tmp_path, mosquitto, button={"enabled": True, "port": str(link)}
         ) as running:
@@ -33,7 +33,15 @@ async def test_status_through_the_daemon_and_without_it(
             assert "Uplink: connected yes; refused messages 0" in out
             assert "Alarms held (not yet acknowledged by the platform): 0" in out
             assert f"rcv-gw-a: connected ({link})" in out
-            assert "btn-00A1B2C3: online, battery unknown, last heard 20" in out  # a date
+            # Paired, not heard since the daemon started: said so, not a time it was never heard.
+            assert "btn-00A1B2C3: online, battery unknown, never heard since the start" in out
+            assert running.gateway.button is not None
+            await receiver.heartbeat(BUTTON)
+            await wait_until(
+                lambda: running.gateway.button.status()["buttons"][0]["heard"], 20, "the button"
+            )
+            status, out = await carebed(tmp_path / "carebed.toml", "status")
+            assert "btn-00A1B2C3: online, battery ok, last heard 20" in out  # a date
             assert "UTC+0000" in out or "(UTC" in out  # local time, with its zone
         status, out = await carebed(tmp_path / "carebed.toml", "status")
         assert status == 1

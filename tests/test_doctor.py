@@ -5,11 +5,14 @@ each thing an installer can get wrong is broken in turn, and exactly its check f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
+import pwd
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from drivers.button.pairing import PairingStore
 from gateway.app.config import load
-from gateway.cli.checks import ProbeResult, Report, diagnose, mqtt_checks_direct
+from gateway.cli.checks import Report, diagnose, service_access_check, tls_checks
 from gateway.cli.main import main
 from gateway.core.clock import ManualClock
 from hil.sim.bluez import FakeBluez, WatchSim
@@ -171,11 +174,12 @@ async def test_all_pass_then_each_fault_fails_its_own_check(
         state = statuses(report)
         assert {k: v for k, v in state.items() if v == "skip"} == {
             "daemon.socket": "skip",  # not running: the doctor did it all itself
+            "service.access": "skip",  # no carebed user on this test machine
+            "mqtt.publish": "skip",  # an event needs the daemon's seq: not invented
             "button.buttons": "skip",  # only the daemon knows when a button was last heard
             "service.active": "skip",  # no systemd here
             "service.watchdog": "skip",
         }
-        assert state["mqtt.publish"] == "pass"
         assert home.watch.connections == 1 and not home.watch.connected
         assert not [r for r in home.camera.requests if r.method == "POST"]
 
@@ -240,32 +244,79 @@ async def test_all_pass_then_each_fault_fails_its_own_check(
         assert failing(report) == {}, report.checks
 
 
-async def test_an_acl_that_denies_the_publish_fails_only_that_check(
+async def test_without_the_daemon_the_publish_is_not_verified_and_nothing_is_published(
     tmp_path: Path, pki: Pki
 ) -> None:
+    """An event needs the gateway's seq, which only the daemon hands out; and a status message
+    would tell the platform the gateway went offline. The doctor says what it could not check."""
     with DenyingBroker(tmp_path / "broker", pki=pki, acl=True) as broker:
         config = gateway_config(tmp_path, broker)
         (tmp_path / "state").mkdir()
         report = await diagnose(config, clock=synced())
-        assert set(failing(report)) == {"mqtt.publish"}
+        assert failing(report) == {}
         check = next(c for c in report.checks if c.id == "mqtt.publish")
-        assert "Not authorized" in check.detail and "ACL" in (check.fix or "")
-        # A gateway configured for MQTT 3.1.1: the doctor still asks in MQTT 5 where the broker
-        # speaks it, because only MQTT 5 tells a refused publish from an accepted one.
-        config = gateway_config(tmp_path, broker, mqtt={"protocol": "3.1.1"})
-        report = await diagnose(config, clock=synced())
-        assert set(failing(report)) == {"mqtt.publish"}
+        assert check.status == "skip" and "start it and run the doctor again" in check.detail
 
 
-def test_on_a_broker_without_mqtt_5_the_publish_check_says_it_cannot_tell(tmp_path: Path) -> None:
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length += (byte & 127) << shift
+        shift += 7
+        if not byte & 128:
+            return header, await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def mqtt311_only_broker(refusal: bytes) -> AsyncIterator[int]:
+    """A broker that knows only MQTT 3.1.1 (Mosquitto cannot be made to refuse MQTT 5): a v5
+    CONNECT gets ``refusal``, a 3.1.1 one is accepted. Yields its port."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            _, body = await _read_packet(reader)
+            if body[6] == 5:  # the protocol level, after the name "MQTT"
+                writer.write(refusal)
+            else:
+                writer.write(b"\x20\x02\x00\x00")
+                while (await _read_packet(reader))[0] >> 4 != 14:  # until DISCONNECT
+                    pass
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "refusal", [b"\x20\x03\x00\x84\x00", b"\x20\x02\x00\x01"], ids=["v5-0x84", "v3-rc1"]
+)
+async def test_mqtt_5_refused_with_protocol_5_configured_fails_with_the_setting_to_change(
+    tmp_path: Path, refusal: bytes
+) -> None:
     config = tmp_path / "carebed.toml"
-    config.write_text('[gateway]\nid = "gw-a"\n[mqtt]\nhost = "b"\nplaintext = true\n')
-    checks = mqtt_checks_direct(ProbeResult(protocol="3.1.1"), load(config))
-    assert [(c.id, c.status) for c in checks] == [
-        ("mqtt.connect", "pass"),
-        ("mqtt.publish", "skip"),
-    ]
-    assert "3.1.1" in checks[1].detail
+    (tmp_path / "state").mkdir()
+    async with mqtt311_only_broker(refusal) as port:
+        for protocol in ("5", "3.1.1"):
+            config.write_text(
+                f'[gateway]\nid = "gw-a"\nstate_dir = "{tmp_path / "state"}"\n'
+                f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nplaintext = true\n'
+                f'protocol = "{protocol}"\n'
+            )
+            report = await diagnose(config, clock=synced(), boot_dir=tmp_path)
+            state = statuses(report)
+            if protocol == "5":  # the daemon could never connect: not a pass
+                assert state["mqtt.connect"] == "fail", report.checks
+                assert 'mqtt.protocol = "3.1.1"' in failing(report)["mqtt.connect"]
+            else:
+                assert state["mqtt.connect"] == "pass", report.checks
+                assert "MQTT 3.1.1" in next(
+                    c.detail for c in report.checks if c.id == "mqtt.connect"
+                )
 
 
 async def test_a_bad_configuration_is_the_only_check(tmp_path: Path) -> None:
@@ -364,6 +415,16 @@ async def test_through_the_running_daemon(
             20,
             "the watch's link",
         )
+        # Paired but not heard since the daemon started (a flat battery looks the same): a
+        # failure that says so, though supervision still counts it online for now.
+        status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        assert status == 1, out
+        buttons = next(c for c in json.loads(out)["checks"] if c["id"] == "button.buttons")
+        assert buttons["status"] == "fail" and "never heard since" in buttons["detail"], out
+        assert "press each of these buttons once" in buttons["fix"]
+        assert gateway.button is not None and gateway.button.status()["buttons"][0]["online"]
+        await home.receiver.heartbeat(BUTTON)
+        await wait_until(lambda: gateway.button.status()["buttons"][0]["heard"], 20, "the button")
         status, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
         assert status == 0, out
         sheet = json.loads(out)
@@ -417,14 +478,30 @@ async def test_the_doctor_leaves_the_gateways_session_as_it_found_it(
     async with running_gateway(tmp_path, mosquitto) as running:  # the session exists
         await wait_until(running.gateway.uplink.connected.is_set, 20, "the uplink")
     command_id = await asyncio.to_thread(platform.command, "gw-a", "ping")
+    before = len(platform.messages)
     report = await diagnose(tmp_path / "carebed.toml", clock=synced())
-    assert statuses(report)["mqtt.publish"] == "pass" and failing(report) == {}
-    async with running_gateway(tmp_path, mosquitto):
+    assert statuses(report)["mqtt.publish"] == "skip" and failing(report) == {}
+    # The probe disconnected before diagnose returned: it published nothing (no "offline").
+    assert [m.topic for m in platform.messages[before:]] == []
+    async with running_gateway(tmp_path, mosquitto) as running:
         await wait_platform(
             platform,
             lambda p: any(e["data"]["cmd_id"] == command_id for e in kinds(p, "cmd.result")),
             "the command's result from the daemon",
         )
+        # Through the daemon: an audit event on up/audit, with the gateway's own seq.
+        await wait_until(running.gateway.uplink.connected.is_set, 20, "the uplink")
+        _, out = await carebed(tmp_path / "carebed.toml", "doctor", "--json")
+        checks = {check["id"]: check for check in json.loads(out)["checks"]}
+        assert checks["mqtt.publish"]["status"] == "pass", out
+        assert "carebed/v1/gw-a/up/audit" in checks["mqtt.publish"]["detail"]
+        await wait_platform(
+            platform,
+            lambda p: any(e["data"].get("what") == "doctor" for e in kinds(p, "audit.command")),
+            "the doctor's audit event",
+        )
+        audit = next(e for e in kinds(platform, "audit.command") if e["data"]["what"] == "doctor")
+        assert audit["data"]["who"] == "installer" and isinstance(audit["seq"], int)
 
 
 async def test_through_the_daemon_a_silent_button_and_an_absent_watch_fail(
@@ -465,3 +542,156 @@ async def test_through_the_daemon_a_silent_button_and_an_absent_watch_fail(
             assert f"not connected: {WATCH}" in next(
                 c.detail for c in report.checks if c.id == "watch.watches"
             )
+
+
+async def test_a_key_every_user_can_read_is_named_as_check_config_names_it(
+    tmp_path: Path, pki: Pki
+) -> None:
+    key = tmp_path / "gw.key"
+    shutil.copyfile(pki.client("gw-a").key, key)
+    key.chmod(0o644)
+    config = tmp_path / "carebed.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-a"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[mqtt]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[mqtt.tls]\nca_file = "{pki.ca_cert}"\ncert_file = "{pki.client("gw-a").cert}"\n'
+        f'key_file = "{key}"\n'
+    )
+    (tmp_path / "state").mkdir()
+    report = await diagnose(config, clock=synced(), boot_dir=tmp_path)
+    check = next(check for check in report.checks if check.id == "config.valid")
+    assert "every user of this machine can read" in check.detail, check
+    assert f"chmod 640 {key}" in check.detail
+
+
+def _ca(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+    )
+    if name != "gw-a":
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_a_certificate_issued_through_an_intermediate_ca_passes_the_chain(tmp_path: Path) -> None:
+    """cert_file holds the gateway's certificate then the intermediate's, as platforms issue
+    them; ca_file the root. The broker builds that path; so does the doctor."""
+    root_key, middle_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _ca("platform root CA", root_key, None)
+    middle = _ca("platform issuing CA", middle_key, (root.subject, root_key))
+    leaf = _ca("gw-a", key, (middle.subject, middle_key))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.crt").write_bytes(root.public_bytes(pem))
+    (tmp_path / "gw.crt").write_bytes(leaf.public_bytes(pem) + middle.public_bytes(pem))
+    (tmp_path / "gw.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    config = tmp_path / "carebed.toml"
+    config.write_text(
+        '[gateway]\nid = "gw-a"\n[mqtt]\nhost = "127.0.0.1"\n[mqtt.tls]\n'
+        f'ca_file = "{tmp_path / "ca.crt"}"\ncert_file = "{tmp_path / "gw.crt"}"\n'
+        f'key_file = "{tmp_path / "gw.key"}"\n'
+    )
+    checks = {check.id: check for check in tls_checks(load(config), dt.datetime.now(dt.UTC))}
+    assert checks["tls.chain"].status == "pass", checks["tls.chain"]
+    assert "platform issuing CA" in checks["tls.chain"].detail
+    assert checks["tls.pair"].status == "pass" and checks["tls.cn"].status == "pass"
+
+    # Without the intermediate, the path cannot be built: still a failure with its fix.
+    (tmp_path / "gw.crt").write_bytes(leaf.public_bytes(pem))
+    checks = {check.id: check for check in tls_checks(load(config), dt.datetime.now(dt.UTC))}
+    assert checks["tls.chain"].status == "fail", checks["tls.chain"]
+
+
+async def test_an_encrypted_key_is_a_failure_not_a_passphrase_prompt(
+    tmp_path: Path, mosquitto_tls: Mosquitto, pki: Pki
+) -> None:
+    """On a terminal, OpenSSL asks for the passphrase of an encrypted key and waits: the
+    doctor (run in a terminal by `script`, its input open and silent) must not."""
+    key = serialization.load_pem_private_key(pki.client("gw-a").key.read_bytes(), None)
+    encrypted = tmp_path / "gw.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    config = gateway_config(tmp_path, mosquitto_tls)
+    config.write_text(config.read_text().replace(str(pki.client("gw-a").key), str(encrypted)))
+    command = f"{sys.executable} -m gateway doctor --json --config {config} --boot-dir {tmp_path}"
+    proc = await asyncio.create_subprocess_exec(
+        "script",
+        "-qec",
+        command,
+        "/dev/null",
+        stdin=asyncio.subprocess.PIPE,  # open, never written: a person who does not answer
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out = await asyncio.wait_for(proc.stdout.read(), 60)  # type: ignore[union-attr]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    text = out.decode(errors="replace")
+    sheet = json.loads(text[text.index("{") :])
+    checks = {check["id"]: check for check in sheet["checks"]}
+    assert checks["tls.pair"]["status"] == "fail", text
+    assert checks["net.tls"]["status"] == "fail" and "passphrase" in checks["net.tls"]["detail"]
+
+
+def test_as_root_the_files_are_tried_as_the_service_user(pki: Pki) -> None:
+    """Root reads anything: the key the daemon (user carebed) cannot read passed every check.
+    Tried here with the user nobody standing for carebed (a real user, a real child process)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the doctor is run")
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="carebed-access-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        for name, source in (
+            ("ca.crt", pki.ca_cert),
+            ("gw.crt", pki.client("gw-a").cert),
+            ("gw.key", pki.client("gw-a").key),
+        ):
+            shutil.copyfile(source, base / name)
+            (base / name).chmod(0o644)
+        (base / "gw.key").chmod(0o600)  # root's alone
+        (base / "state").mkdir(mode=0o755)  # root's: nobody cannot write in it
+        config = base / "carebed.toml"
+        config.write_text(
+            f'[gateway]\nid = "gw-a"\nstate_dir = "{base / "state"}"\n'
+            '[mqtt]\nhost = "127.0.0.1"\n[mqtt.tls]\n'
+            f'ca_file = "{base / "ca.crt"}"\ncert_file = "{base / "gw.crt"}"\n'
+            f'key_file = "{base / "gw.key"}"\n'
+        )
+        config.chmod(0o644)
+        cfg = load(config)
+        check = service_access_check(cfg, config, user="nobody")
+        assert check.status == "fail", check
+        assert f"nobody cannot read {base / 'gw.key'}" in check.detail
+        assert f"nobody cannot write in {base / 'state'}" in check.detail
+        assert "gw.crt" not in check.detail and "chmod 640" in (check.fix or "")
+
+        os.chown(base / "gw.key", nobody.pw_uid, nobody.pw_gid)
+        os.chown(base / "state", nobody.pw_uid, nobody.pw_gid)
+        assert service_access_check(cfg, config, user="nobody").status == "pass"
+        check = service_access_check(cfg, config, user="no-such-carebed-user")
+        assert check.status == "skip" and "no user no-such-carebed-user" in check.detail
+    finally:
+        shutil.rmtree(base)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import stat
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -68,3 +71,59 @@ async def test_tls_request_makes_the_key_here_and_keeps_it(tmp_path: Path) -> No
     config.write_text('[gateway]\nid = "gw-0042"\n')
     status, out = await carebed(config, "tls", "request")
     assert status == 78 and "mqtt.tls.key_file" in out
+
+
+async def test_force_replaces_the_key_whole_never_through_a_symlink(tmp_path: Path) -> None:
+    """The old key is renamed over, not truncated (a hard link to it still holds it, and a
+    power cut leaves one whole key); a symlink where the key goes is replaced, not followed;
+    the request is 0644 and the key 0600 whatever the umask."""
+    (tmp_path / "tls").mkdir()
+    key_path = tmp_path / "tls" / "gateway.key"
+    config = write_config(
+        tmp_path / "carebed.toml",
+        {
+            "gateway": {"id": "gw-0042"},
+            "mqtt": {"host": "broker.example"},
+            "mqtt.tls": {
+                "ca_file": "tls/ca.pem",
+                "cert_file": "tls/gateway.pem",
+                "key_file": "tls/gateway.key",
+            },
+        },
+    )
+    status, out = await carebed(config, "tls", "request")
+    assert status == 0, out
+    old = key_path.read_bytes()
+    os.link(key_path, tmp_path / "old.key")  # e.g. a backup made with cp -l
+    elsewhere = tmp_path / "precious.txt"
+    elsewhere.write_text("not a key")
+
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "tls",
+        "request",
+        "--force",
+        "--config",
+        str(config),
+    ]
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            'umask 077; exec "$@"',
+            "sh",
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out_bytes, _err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out_bytes.decode()
+        assert stat.S_IMODE(key_path.lstat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "tls" / "gateway.csr").stat().st_mode) == 0o644
+        key_path.unlink()
+        key_path.symlink_to(elsewhere)  # the second run: a symlink where the key goes
+    assert (tmp_path / "old.key").read_bytes() == old  # the old key, whole
+    assert elsewhere.read_text() == "not a key"  # never written through the symlink
+    assert [p.name for p in (tmp_path / "tls").iterdir() if p.name.endswith(".tmp")] == []

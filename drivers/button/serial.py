@@ -138,7 +138,10 @@ class SerialButtonLink:
         self._tx_seq = 0
         self._recent: dict[tuple[int, int, bytes], float] = {}
         now = self._mono()
+        # Supervision starts every paired button's clock at the start (docs/BUTTON.md); what
+        # the installer is shown tells apart the buttons actually heard since.
         self._last_seen: dict[int, float] = dict.fromkeys(pairing.buttons(), now)
+        self._heard_since_start: set[int] = set()
         self._presence: dict[int, Presence] = {}
         self._batteries: dict[int, BatteryReporter] = {}
         self._open_alarm: dict[int, str] = {}
@@ -487,6 +490,7 @@ class SerialButtonLink:
 
     async def _heard(self, bid: int) -> None:
         self._last_seen[bid] = self._mono()
+        self._heard_since_start.add(bid)
         presence = self._presence_of(bid)
         presence.heard(self.clock.wall())
         # Online when heard again, and when first heard after a start: the platform may still
@@ -514,6 +518,7 @@ class SerialButtonLink:
     async def _paired(self, bid: int) -> None:
         if self.pairing.add(bid):
             self._last_seen[bid] = self._mono()
+            self._heard_since_start.add(bid)  # it transmitted to pair
             log.info("button_paired", button=device_id(bid))
             if self.pairing.damage is not None:
                 self._fault_listeners.notify()  # its message counts the buttons paired since
@@ -704,6 +709,8 @@ class SerialButtonLink:
                     "device": device_id(bid),
                     "online": bid not in self._presence or self._presence[bid].online is not False,
                     "silent_s": round(now - self._last_seen.get(bid, now), 1),
+                    # False: not heard since the daemon started (silent_s counts from then).
+                    "heard": bid in self._heard_since_start,
                     "battery_low": self._batteries[bid].low if bid in self._batteries else None,
                 }
                 for bid in self.pairing.buttons()

@@ -43,11 +43,41 @@ def _resolve(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+PASTED_MARK = "-----BEGIN"
+_PATH_SHOWN_CHARS = 200
+
+
+def pasted(text: str) -> bool:
+    """``text`` is a pasted key, certificate or other secret block, not a value to show."""
+    return PASTED_MARK in text or "\n" in text or "\r" in text
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as a message may show it: never the text of a key pasted where a path goes."""
+    text = str(path)
+    if pasted(text):
+        return _("(not a path: {chars} characters of pasted text)").format(chars=len(text))
+    if len(text) > _PATH_SHOWN_CHARS:
+        return _printable(text[: _PATH_SHOWN_CHARS - 3]) + "..."
+    return _printable(text)
+
+
 def _existing_file(path: Path, info: ValidationInfo) -> Path:
-    if not path.is_file():
+    if pasted(str(path)):
+        raise ValueError(
+            _(
+                "the value is not a path (it looks like a pasted key or certificate) (fix: save "
+                "it in a file, e.g. under /etc/carebed/, and give that file's path here)"
+            )
+        )
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
         raise ValueError(
             _("file not found: {path} (fix: give the path of an existing, readable file)").format(
-                path=path
+                path=shown_path(path)
             )
         )
     try:
@@ -56,7 +86,7 @@ def _existing_file(path: Path, info: ValidationInfo) -> Path:
     except OSError as exc:
         raise ValueError(
             _("cannot read {path}: {reason} (fix: make it readable by the carebed user)").format(
-                path=path, reason=exc.strerror
+                path=shown_path(path), reason=exc.strerror
             )
         ) from exc
     return path
@@ -477,6 +507,7 @@ EXAMPLE_FILE = "config/carebed.example.toml"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_KEYBOARD_PROBLEMS = 5
 _SHOWN_CHARS = 80
+_URL_QUERY = re.compile(r"://[^?#\s]*[?#].*=")
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|cred|auth|private", re.IGNORECASE)
 _TOML_POSITION = re.compile(r"(?s)(.*) \(at (line \d+, column \d+|end of document)\)\Z")
 _TOML_LINE = re.compile(r"line (\d+), column (\d+)")
@@ -768,6 +799,12 @@ def _shown(value: Any) -> str:
     if isinstance(value, int):
         return str(value) if abs(value) < 10**18 else _("a very large integer")
     if isinstance(value, str):
+        if pasted(value):
+            return _("pasted text of {chars} characters (not shown: it may be a key)").format(
+                chars=len(value)
+            )
+        if _URL_QUERY.search(value):
+            return _("a URL with a query (not shown: it may hold a token)")
         if "@" in value:
             return _("a string with '@' (not shown: it may hold credentials)")
         if len(value) > _SHOWN_CHARS:

@@ -27,6 +27,10 @@ log = structlog.get_logger("gateway.app.control")
 REQUEST_LIMIT_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 10.0
 MAX_CLIENTS = 4
+# A command that talks to a device (pairing a watch, a camera call) may take this long.
+LONG_REPLY_S = 120.0
+# How long a client waits for each reply line before it calls the daemon hung.
+CLIENT_TIMEOUT_S = 30.0
 
 Handler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
@@ -93,14 +97,44 @@ class ControlServer:
                 await writer.wait_closed()
 
 
-async def request(path: Path, cmd: str, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """The client side: send one request, yield the replies until the daemon closes."""
-    reader, writer = await asyncio.open_unix_connection(str(path), limit=REQUEST_LIMIT_BYTES)
+class NoAnswer(ControlError):
+    """The socket is there and takes the request, but the daemon says nothing (hung)."""
+
+
+def no_answer(path: Path, seconds: float) -> str:
+    return _(
+        "the daemon is not answering on {path} (nothing within {seconds:.0f} s): see "
+        "journalctl -u carebed -n 100, then systemctl restart carebed"
+    ).format(path=path, seconds=seconds)
+
+
+async def request(
+    path: Path, cmd: str, args: dict[str, Any], reply_timeout_s: float = CLIENT_TIMEOUT_S
+) -> AsyncIterator[dict[str, Any]]:
+    """The client side: send one request, yield the replies until the daemon closes. No
+    reply line within ``reply_timeout_s`` of the last one: ``NoAnswer``."""
+    async with asyncio.timeout(reply_timeout_s):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=REQUEST_LIMIT_BYTES)
     try:
         writer.write(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-        await writer.drain()
-        while line := await reader.readline():
-            yield json.loads(line)
+        while True:
+            try:
+                async with asyncio.timeout(reply_timeout_s):
+                    await writer.drain()
+                    line = await reader.readline()
+            except TimeoutError:
+                raise NoAnswer(no_answer(path, reply_timeout_s)) from None
+            if not line:
+                return
+            try:
+                reply = json.loads(line)
+            except ValueError as exc:
+                raise ControlError(
+                    _("the daemon sent a reply that is not JSON: {error}").format(error=exc)
+                ) from None
+            if not isinstance(reply, dict):
+                raise ControlError(_("the daemon sent a reply that is not an object"))
+            yield reply
     finally:
         writer.close()
 
@@ -110,11 +144,12 @@ async def ask(
     cmd: str,
     args: dict[str, Any],
     on_reply: Callable[[dict[str, Any]], None] | None = None,
+    reply_timeout_s: float = CLIENT_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Send one request and collect its replies (``on_reply`` sees each as it comes); the
-    daemon's error reply becomes a ``ControlError``."""
+    daemon's error reply becomes a ``ControlError``, its silence a ``NoAnswer``."""
     replies = []
-    async for reply in request(path, cmd, args):
+    async for reply in request(path, cmd, args, reply_timeout_s):
         if "error" in reply:
             raise ControlError(reply["error"])
         if on_reply is not None:

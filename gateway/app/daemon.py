@@ -226,6 +226,8 @@ class Gateway:
             watches=self.watches,
             camera=self.camera,
             clock=self.clock,
+            sink=self.sink,
+            outbox=self.outbox,
         )
         test_alarm = TestAlarm(cfg.gateway_id, self.alarms, self.clock)
         return {

@@ -20,10 +20,19 @@ from drivers.watch.fleet import WatchFleet
 from gateway.app.alarms import AlarmTracker
 from gateway.app.handlers import Args, NoArgs, control_args
 from gateway.core.clock import Clock
-from gateway.core.ports import AlarmState
+from gateway.core.ports import AlarmState, EventSink
+from gateway.store.outbox import Outbox
 from gateway.uplink.link import MqttUplink
 
 PROBE_TIMEOUT_S = 10.0
+PROBE_POLL_S = 0.05
+# The doctor's run, as the platform sees it: a security-relevant local action (it connects as
+# the gateway), told with the gateway's next seq like every event.
+DOCTOR_AUDIT = {
+    "who": "installer",
+    "what": "doctor",
+    "why": "carebed doctor checks that the broker takes this gateway's events",
+}
 MAX_TEST_ALARM_WAIT_S = 3600
 
 
@@ -45,8 +54,12 @@ class DaemonDiagnosis:
         watches: WatchFleet | None,
         camera: CameraPolicy | None,
         clock: Clock,
+        sink: EventSink | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._uplink = uplink
+        self._sink = sink
+        self._outbox = outbox
         self._button = button
         self._receiver_answer_s = receiver_answer_s
         self._watches = watches
@@ -54,12 +67,25 @@ class DaemonDiagnosis:
         self._clock = clock
 
     async def _probe(self) -> dict[str, Any] | None:
-        """The broker's answer to a publish on this gateway's status topic."""
+        """The broker's answer to an event on up/: an ``audit.command`` telling of the doctor's
+        run, stored and sent like any event (its seq from the outbox), followed until the
+        broker took it (the outbox holds no audit event any more) or refused it."""
         if not self._uplink.connected.is_set():
             return None
+        topic = self._uplink.topics.status.removesuffix("/status") + "/up/audit"
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
-                return {"refused": await self._uplink.probe_publish()}
+                if self._sink is None or self._outbox is None:
+                    return {"refused": await self._uplink.probe_publish()}
+                refused_before = self._uplink.stats.rejected_messages
+                await self._sink.emit("audit.command", dict(DOCTOR_AUDIT))
+                await self._outbox.flush()
+                while True:
+                    if self._uplink.stats.rejected_messages > refused_before:
+                        return {"refused": "refused by the broker (see the log)", "topic": topic}
+                    if not (await self._outbox.stats()).queued.get("audit"):
+                        return {"refused": None, "topic": topic}
+                    await asyncio.sleep(PROBE_POLL_S)
         except TimeoutError:
             return {"error": f"no PUBACK within {PROBE_TIMEOUT_S:.0f} s"}
         except Exception as exc:  # noqa: BLE001 - the link's trouble, told to the installer

@@ -27,6 +27,7 @@ class Steps:
     def __init__(self) -> None:
         self.stored: float | None = None
         self.timed_out = False
+        self.acknowledged = False
 
     def show(self, reply: dict[str, Any]) -> None:
         event = reply.get("event")
@@ -62,6 +63,8 @@ class Steps:
                 flush=True,
             )
             return
+        if event == "acknowledged":
+            self.acknowledged = True
         after = at - (self.stored or at)
         label = _("published    ") if event == "published" else _("acknowledged ")
         print(
@@ -93,7 +96,13 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(
-            control.ask(socket, "test_alarm", {"timeout_s": args.timeout}, on_reply=steps.show)
+            control.ask(
+                socket,
+                "test_alarm",
+                {"timeout_s": args.timeout},
+                on_reply=steps.show,
+                reply_timeout_s=args.timeout + control.CLIENT_TIMEOUT_S,
+            )
         )
     except OSError as exc:
         if control.daemon_absent(exc):
@@ -105,6 +114,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"carebed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if steps.timed_out:
+        return EXIT_FAILED
+    if not steps.acknowledged:
+        print(
+            _(
+                "carebed: the daemon stopped answering before the platform acknowledged the "
+                "test alarm: see journalctl -u carebed -n 100 (did it restart?), then run "
+                "carebed test-alarm again"
+            ),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     print(_("The whole chain works: the platform acknowledged the test alarm."))
     return EXIT_OK

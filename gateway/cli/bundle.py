@@ -21,6 +21,7 @@ import sys
 import tarfile
 import time
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +40,11 @@ EXIT_OK, EXIT_FAILED = 0, 1
 JOURNAL_LINES = 5000
 REDACTED = "<redacted>"
 # A value under such a key is a secret (a path to a file is not: ``key_file``).
-SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|cred|auth|private", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"pass|pwd|secret|token|key|cred|auth|private|otp|psk|enrol|pin|sig", re.IGNORECASE
+)
+# The value of a URL's query parameter, e.g. ``?token=abc&x=1``.
+QUERY_VALUE = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
 LIBRARIES = (
     "paho-mqtt",
     "pydantic",
@@ -56,24 +61,67 @@ LIBRARIES = (
 
 def redact(data: Any, key: str = "") -> Any:
     """``data`` with every value under a secret-looking key replaced (a whole table under
-    one), and URLs with credentials; file paths kept."""
+    one), pasted keys and other multi-line text, URLs with credentials, and the values of URL
+    query parameters; file paths kept."""
     if SECRET_KEY.search(key) and not key.endswith("_file"):
         return REDACTED
     if isinstance(data, dict):
-        return {name: redact(value, name) for name, value in data.items()}
-    if isinstance(data, list):
+        return {name: redact(value, str(name)) for name, value in data.items()}
+    if isinstance(data, list | tuple):
         return [redact(item, key) for item in data]
-    if isinstance(data, str) and "@" in data and "://" in data:
-        return REDACTED  # credentials in a URL
+    if isinstance(data, str):
+        if config_module.pasted(data):
+            return REDACTED  # a key or certificate pasted where a path goes
+        if "@" in data and "://" in data:
+            return REDACTED  # credentials in a URL
+        if "://" in data:
+            return QUERY_VALUE.sub(lambda match: match[1] + REDACTED, data)
     return data
 
 
-def redacted_config(path: Path) -> str:
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
-    except (OSError, ValueError) as exc:
-        return json.dumps({"unreadable": str(exc)}, indent=2)
+def known_only(data: Any, parent: tuple[str, ...] = ()) -> Any:
+    """``data`` without the keys the configuration does not know (a table nobody reads may
+    hold anything: an enrolment code, a Wi-Fi key)."""
+    if not isinstance(data, dict):
+        return data
+    known = config_module.known_keys(parent)
+    return {
+        name: known_only(value, (*parent, name)) for name, value in data.items() if name in known
+    }
+
+
+def redacted_config(path: Path, cfg: config_module.GatewayConfig | None = None) -> str:
+    """The configuration as the daemon reads it (the validated one when it is valid), with
+    every secret masked and unknown keys left out."""
+    if cfg is not None:
+        data: Any = cfg.model_dump(mode="json")
+    else:
+        try:
+            data = known_only(tomllib.loads(path.read_bytes().decode("utf-8-sig")))
+        except (OSError, ValueError, RecursionError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            return json.dumps({"unreadable": reason}, indent=2)
     return json.dumps(redact(data), indent=2, ensure_ascii=False, default=str)
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN[^-]*-----.*?(-----END[^-]*-----|\Z)", re.DOTALL)
+_JOURNAL_SECRET = re.compile(
+    r"((?:pass\w*|pwd|secret|token|key|cred\w*|auth\w*|otp|psk|enrol\w*|pin)"
+    r"[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+",
+    re.IGNORECASE,
+)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+
+
+def scrub(text: str) -> str:
+    """``text`` without PEM blocks (also one split over many lines) or long base64 runs (a
+    key's body on its own line)."""
+    return _BASE64_RUN.sub(REDACTED, _PEM_BLOCK.sub(REDACTED, text))
+
+
+def filtered_journal(text: str) -> str:
+    """The journal, scrubbed, and without passwords, tokens and other ``name=value`` secrets."""
+    return _JOURNAL_SECRET.sub(lambda match: match[1] + REDACTED, scrub(text))
 
 
 def certificates(cfg: config_module.GatewayConfig | None) -> str:
@@ -86,7 +134,7 @@ def certificates(cfg: config_module.GatewayConfig | None) -> str:
         try:
             certs = x509.load_pem_x509_certificates(path.read_bytes())
         except (OSError, ValueError) as exc:
-            lines.append(f"{label} {path}: {exc}")
+            lines.append(f"{label} {config_module.shown_path(path)}: {exc}")
             continue
         for cert in certs:
             lines.append(
@@ -176,11 +224,16 @@ def daemon_status(cfg: config_module.GatewayConfig | None) -> dict[str, Any]:
         return {"daemon": str(exc)}
 
 
-def bundle_path(output: Path | None, gateway_id: str) -> Path:
+def bundle_path(output: str | None, gateway_id: str) -> Path:
+    """Where to write: a directory (one that exists, or any path written with a trailing
+    slash) gets the bundle's own name in it; anything else is the file's name."""
     name = f"carebed-support-{gateway_id}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar.gz"
     if output is None:
         return Path.cwd() / name
-    return output / name if output.is_dir() else output
+    path = Path(output)
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        return path / name
+    return path
 
 
 def write_bundle(path: Path, members: dict[str, str]) -> None:
@@ -196,14 +249,19 @@ def write_bundle(path: Path, members: dict[str, str]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def main(args: argparse.Namespace) -> int:
+def collect(
+    config: Path,
+    status_of: Callable[[config_module.GatewayConfig | None], dict[str, Any]] = daemon_status,
+    journal_of: Callable[[], str] = journal,
+) -> tuple[config_module.GatewayConfig | None, dict[str, str]]:
+    """The configuration (None when invalid) and the bundle's files, by name."""
     cfg: config_module.GatewayConfig | None = None
     problems = ""
     try:
-        cfg = config_module.load(args.config)
+        cfg = config_module.load(config)
     except ConfigError as error:
-        problems = "\n".join(error.problems)
-    status = daemon_status(cfg)
+        problems = scrub("\n".join(error.problems)) + "\n"
+    status = status_of(cfg)
     outbox = {
         key: status.get(key)
         for key in ("queued", "oldest_queued_ts", "alarms_held", "last_seq", "disk_free_bytes")
@@ -219,16 +277,21 @@ def main(args: argparse.Namespace) -> int:
             redacted=REDACTED,
         )
         + "\n",
-        "config.json": redacted_config(args.config),
+        "config.json": redacted_config(config, cfg),
         "config-problems.txt": problems or _("none") + "\n",
         "certificates.txt": certificates(cfg),
-        "journal.txt": journal(),
+        "journal.txt": filtered_journal(journal_of()),
         "status.json": json.dumps(status, indent=2, ensure_ascii=False),
         "outbox.json": json.dumps(
             {"daemon": outbox, "files": outbox_files(cfg)}, indent=2, ensure_ascii=False
         ),
         "versions.txt": versions(),
     }
+    return cfg, {name: scrub(text) for name, text in members.items()}
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg, members = collect(args.config)
     path = bundle_path(args.output, cfg.gateway_id if cfg else "unknown")
     try:
         write_bundle(path, members)

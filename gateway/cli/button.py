@@ -108,7 +108,13 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     def talk() -> None:
         if args.action == "pair":
             asyncio.run(
-                control.ask(socket, "button.pair", {"duration_s": args.seconds}, _show_pairing)
+                control.ask(
+                    socket,
+                    "button.pair",
+                    {"duration_s": args.seconds},
+                    _show_pairing,
+                    reply_timeout_s=args.seconds + control.CLIENT_TIMEOUT_S,
+                )
             )
         elif args.action == "list":
             (status,) = asyncio.run(control.ask(socket, "button.list", {}))

@@ -46,7 +46,9 @@ def _show(reply: dict[str, Any]) -> bool:
 
 
 async def _through_daemon(cfg: GatewayConfig, call: bool) -> bool:
-    replies = await control.ask(cfg.control_socket, "camera.test", {"call": call})
+    replies = await control.ask(
+        cfg.control_socket, "camera.test", {"call": call}, reply_timeout_s=control.LONG_REPLY_S
+    )
     return all([_show(reply) for reply in replies])
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -35,7 +37,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -62,7 +71,6 @@ from gateway.app import control, preflight, provision
 from gateway.app.config import GatewayConfig
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, ControlError
-from gateway.core.events import status_payload
 from gateway.core.i18n import _
 
 Status = Literal["pass", "fail", "skip"]
@@ -174,9 +182,13 @@ def _load(path: Path, report: Report) -> GatewayConfig | None:
     title = _("Configuration")
     try:
         cfg = config_module.load(path)
-        # The TLS files together are the tls.* checks' business: each failure is named there.
-        without_tls = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"tls": None})})
-        warnings = preflight.preflight(without_tls, path, create=False)
+        try:  # with the TLS files: check-config's warnings (a key every user can read) too
+            warnings = preflight.preflight(cfg, path, create=False)
+        except ConfigError:
+            # The TLS files together are the tls.* checks' business: each failure is named there.
+            tls = {"tls": None}
+            without_tls = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update=tls)})
+            warnings = preflight.preflight(without_tls, path, create=False)
     except ConfigError as error:
         report.checks.append(
             failed(
@@ -222,7 +234,7 @@ def tls_checks(cfg: GatewayConfig, now: datetime) -> list[Check]:
         ]
     checks: list[Check] = []
     try:
-        cert = _pem_certificates(tls.cert_file)[0]
+        cert, *intermediates = _pem_certificates(tls.cert_file)
     except (ValueError, OSError) as exc:
         return [
             failed(
@@ -235,7 +247,7 @@ def tls_checks(cfg: GatewayConfig, now: datetime) -> list[Check]:
     checks.append(_pair_check(tls.cert_file, tls.key_file, cert))
     checks.append(_cn_check(cfg.gateway_id, cert))
     checks.append(_dates_check(cert, now))
-    checks.append(_chain_check(tls.ca_file, cert))
+    checks.append(_chain_check(tls.ca_file, cert, intermediates))
     return checks
 
 
@@ -328,7 +340,37 @@ def _dates_check(cert: x509.Certificate, now: datetime) -> Check:
     return passed("tls.dates", title, detail)
 
 
-def _chain_check(ca_file: Path, cert: x509.Certificate) -> Check:
+# Mosquitto (OpenSSL) asks of a CA only that it is one: no web-PKI rules on the extensions.
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.AGNOSTIC, None
+)
+
+
+def _verified_chain(
+    authorities: list[x509.Certificate],
+    cert: x509.Certificate,
+    intermediates: list[x509.Certificate],
+) -> list[x509.Certificate] | None:
+    """The path from ``cert`` through the ``intermediates`` (the rest of cert_file, as the
+    broker receives them) to one of the ``authorities``; None when there is none. Only the
+    signatures and the CA flags are judged here: the dates are the dates check's business."""
+    moment = min(max(datetime.now(UTC), cert.not_valid_before_utc), cert.not_valid_after_utc)
+    try:
+        verifier = (
+            PolicyBuilder()
+            .store(Store(authorities))
+            .time(moment)
+            .extension_policies(ca_policy=_CA_POLICY, ee_policy=ExtensionPolicy.permit_all())
+            .build_client_verifier()
+        )
+        return list(verifier.verify(cert, intermediates).chain)
+    except (VerificationError, ValueError, TypeError):
+        return None
+
+
+def _chain_check(
+    ca_file: Path, cert: x509.Certificate, intermediates: list[x509.Certificate] | None = None
+) -> Check:
     title = _("Certificate issuer")
     try:
         authorities = _pem_certificates(ca_file)
@@ -347,6 +389,19 @@ def _chain_check(ca_file: Path, cert: x509.Certificate) -> Check:
                 title,
                 _("issued by {ca}").format(ca=common_name(authority.subject) or ca_file),
             )
+    chain = _verified_chain(authorities, cert, intermediates or [])
+    if chain is not None:
+        return passed(
+            "tls.chain",
+            title,
+            _("issued by {ca} through {intermediates}").format(
+                ca=common_name(chain[-1].subject) or ca_file,
+                intermediates=", ".join(
+                    common_name(link.subject) or link.subject.rfc4514_string()
+                    for link in chain[1:-1]
+                ),
+            ),
+        )
     return failed(
         "tls.chain",
         title,
@@ -436,8 +491,14 @@ def tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
     assert tls is not None
     context = ssl.create_default_context(cafile=str(tls.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=_no_passphrase)
     return context
+
+
+def _no_passphrase() -> bytes:
+    """Called when the key is encrypted: refuse at once (without it OpenSSL asks for the
+    passphrase on the terminal and the doctor waits forever). The daemon cannot type one."""
+    raise ValueError(_("the key file is protected by a passphrase"))
 
 
 async def _handshake_check(cfg: GatewayConfig, limit_s: float) -> Check:
@@ -473,6 +534,13 @@ async def _handshake_check(cfg: GatewayConfig, limit_s: float) -> Check:
                 "too), and mqtt.host the name the broker's certificate is issued for"
             ),
         )
+    except ValueError as exc:  # an encrypted key
+        return failed(
+            "net.tls",
+            title,
+            _("the TLS handshake with {host} was not tried: {error}").format(host=host, error=exc),
+            _("the key must be unencrypted PEM (see Certificate and key above)"),
+        )
     except (ssl.SSLError, OSError, TimeoutError) as exc:
         return failed(
             "net.tls",
@@ -500,12 +568,11 @@ class ProbeResult:
     protocol: str = ""
     connack: str | None = None  # the refusal, None when accepted
     error: str | None = None  # no CONNACK at all
-    puback: str | None = None  # the refusal of the probe publish, None when accepted
     v5_refused: bool = False  # the broker does not speak MQTT 5
 
 
 class _Probe:
-    """A short MQTT connection as the gateway: CONNACK, then one QoS 1 publish and its PUBACK.
+    """A short MQTT connection as the gateway, up to its CONNACK; it publishes nothing.
 
     It resumes the gateway's persistent session (clean start off, the configured expiry) and
     acknowledges nothing, so that downlink waiting for the daemon stays in the session; it sets
@@ -516,9 +583,7 @@ class _Probe:
         self.cfg = cfg
         self.v5 = protocol == "5"
         self.connected = threading.Event()
-        self.published = threading.Event()
         self.reason: ReasonCode | None = None
-        self.pub_reason: ReasonCode | None = None
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.gateway_id,
@@ -535,20 +600,14 @@ class _Probe:
         if cfg.mqtt.tls is not None:
             self.client.tls_set_context(tls_context(cfg))
         self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.reason = reason
         self.connected.set()
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self.pub_reason = reason
-        self.published.set()
-
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, p: Any) -> None:
         self.connected.set()
-        self.published.set()
 
     def run(self) -> ProbeResult:
         cfg = self.cfg
@@ -571,19 +630,11 @@ class _Probe:
                 return result
             if self.reason.is_failure:
                 result.connack = str(self.reason)
-                result.v5_refused = self.v5 and self.reason.value == V5_UNSUPPORTED
-                return result
-            # Not retained: the platform's retained presence of this gateway stays as it is.
-            payload = status_payload(cfg.gateway_id, "offline", reason="shutdown")
-            info = self.client.publish(f"carebed/v1/{cfg.gateway_id}/status", payload, qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                result.error = mqtt.error_string(info.rc)
-                return result
-            if not self.published.wait(timeout) or self.pub_reason is None:
-                result.error = _("no PUBACK from the broker")
-                return result
-            if self.pub_reason.is_failure:
-                result.puback = str(self.pub_reason)
+                # 0x84 from an MQTT 5 broker; 1 (3.1.1's "unacceptable protocol version")
+                # from a broker that does not know MQTT 5 at all.
+                result.v5_refused = self.v5 and self.reason.value in (V5_UNSUPPORTED, 1)
+            # No publish: an event on up/ needs a seq from the gateway's sequence, which only
+            # the daemon hands out, and anything on status tells the platform about presence.
             return result
         finally:
             self.client.disconnect()
@@ -591,10 +642,17 @@ class _Probe:
 
 
 def probe_broker(cfg: GatewayConfig) -> ProbeResult:
-    """MQTT 5 where the broker has it (its PUBACK says when a publish is refused), else 3.1.1."""
-    result = _Probe(cfg, "5").run()
-    if result.v5_refused or result.error == _("the broker closed the connection without an answer"):
-        result = _Probe(cfg, "3.1.1").run()
+    """The protocol of mqtt.protocol, as the daemon connects. With MQTT 5 refused, 3.1.1 is
+    tried to tell the installer whether setting it would help (``v5_refused``)."""
+    try:
+        result = _Probe(cfg, cfg.mqtt.protocol).run()
+        closed = result.error == _("the broker closed the connection without an answer")
+        if cfg.mqtt.protocol == "5" and (result.v5_refused or closed):
+            older = _Probe(cfg, "3.1.1").run()
+            if older.error is None and older.connack is None:
+                result.v5_refused = True
+    except ValueError as exc:  # an encrypted key
+        result = ProbeResult(protocol=cfg.mqtt.protocol, error=str(exc))
     return result
 
 
@@ -602,6 +660,19 @@ def mqtt_checks_direct(result: ProbeResult, cfg: GatewayConfig) -> list[Check]:
     connect_title, publish_title = _("Broker accepts this gateway"), _("Broker accepts a publish")
     if result.error is not None and not result.protocol:
         result.protocol = cfg.mqtt.protocol
+    if result.v5_refused:
+        return [
+            failed(
+                "mqtt.connect",
+                connect_title,
+                _(
+                    "the broker does not take MQTT 5 connections (it accepts MQTT 3.1.1), and "
+                    "mqtt.protocol is 5: the daemon can never connect"
+                ),
+                _('set mqtt.protocol = "3.1.1" in the configuration, then restart carebed'),
+            ),
+            skipped("mqtt.publish", publish_title, _("needs a connection to the broker")),
+        ]
     if result.error is not None or result.connack is not None:
         detail = result.connack or result.error or ""
         return [
@@ -627,26 +698,16 @@ def mqtt_checks_direct(result: ProbeResult, cfg: GatewayConfig) -> list[Check]:
             ),
         )
     ]
-    topic = f"carebed/v1/{cfg.gateway_id}/status"
-    if result.protocol != "5":
-        checks.append(
-            skipped(
-                "mqtt.publish",
-                publish_title,
-                _(
-                    "the broker speaks only MQTT 3.1.1, which acknowledges a refused publish "
-                    "like an accepted one: ask the platform whether it received {topic}"
-                ).format(topic=topic),
-            )
+    checks.append(
+        skipped(
+            "mqtt.publish",
+            publish_title,
+            _(
+                "publish not verified without the daemon (an event needs the gateway's "
+                "sequence number): start it and run the doctor again"
+            ),
         )
-    elif result.puback is not None:
-        checks.append(_publish_refused(topic, result.puback))
-    else:
-        checks.append(
-            passed(
-                "mqtt.publish", publish_title, _("{topic} accepted (PUBACK)").format(topic=topic)
-            )
-        )
+    )
     return checks
 
 
@@ -687,8 +748,9 @@ def mqtt_checks_daemon(reply: dict[str, Any], cfg: GatewayConfig) -> list[Check]
             ),
         )
     ]
-    topic = f"carebed/v1/{cfg.gateway_id}/status"
     probe = uplink.get("probe")
+    # The daemon's probe is an audit event on up/audit (older daemons: the status topic).
+    topic = (probe or {}).get("topic") or f"carebed/v1/{cfg.gateway_id}/status"
     if cfg.mqtt.protocol != "5":
         checks.append(
             skipped(
@@ -780,6 +842,115 @@ def state_checks(cfg: GatewayConfig) -> list[Check]:
     else:
         checks.append(passed("state.free", title, _("{mib} MiB free").format(mib=mib)))
     return checks
+
+
+SERVICE_USER = "carebed"
+
+
+def _access_problems(paths: list[tuple[str, Path]]) -> list[list[str]]:
+    """Which of ``paths`` this process cannot read (files) or write in (directories)."""
+    problems = []
+    for kind, path in paths:
+        try:
+            if kind == "dir":
+                handle, name = tempfile.mkstemp(prefix=".carebed-doctor-", dir=path)
+                os.close(handle)
+                os.unlink(name)
+            else:
+                with path.open("rb") as handle_file:
+                    handle_file.read(1)
+        except OSError as exc:
+            problems.append([kind, str(path), exc.strerror or type(exc).__name__])
+    return problems
+
+
+def _as_user(entry: pwd.struct_passwd, paths: list[tuple[str, Path]]) -> list[list[str]]:
+    """``_access_problems`` in a forked child that became ``entry`` (uid, gid, groups); no
+    program is run, so nothing but the paths themselves must be reachable for it."""
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, try, report, exit without cleanup
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+            os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+            os.write(write_end, json.dumps(_access_problems(paths)).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _pid, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(_("the check as {user} failed").format(user=entry.pw_name))
+    problems: list[list[str]] = json.loads(data)
+    return problems
+
+
+def service_access_check(cfg: GatewayConfig, config_path: Path, user: str = SERVICE_USER) -> Check:
+    """Run as root, the doctor can read anything: the files and the state directory are tried
+    again as the service user (a forked child with its uid, gid and groups)."""
+    title = _("Files usable by the service user")
+    if os.geteuid() != 0:
+        return skipped(
+            "service.access",
+            title,
+            _("not run as root: the checks above ran as this user, not as {user}").format(
+                user=user
+            ),
+        )
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return skipped(
+            "service.access",
+            title,
+            _("no user {user} on this system (the package makes it): not checked as {user}").format(
+                user=user
+            ),
+        )
+    paths: list[tuple[str, Path]] = [("file", config_path)]
+    if cfg.mqtt.tls is not None:
+        tls = cfg.mqtt.tls
+        paths += [("file", tls.ca_file), ("file", tls.cert_file), ("file", tls.key_file)]
+    paths.append(("dir", cfg.gateway.state_dir))
+    try:
+        problems = _as_user(entry, paths)
+    except (OSError, ValueError) as exc:
+        return skipped(
+            "service.access",
+            title,
+            _("could not run a check as {user}: {error}").format(user=user, error=_why(exc)),
+        )
+    if not problems:
+        return passed(
+            "service.access",
+            title,
+            _("{user} can read the configuration and TLS files and write in {path}").format(
+                user=user, path=cfg.gateway.state_dir
+            ),
+        )
+    detail = "; ".join(
+        (
+            _("{user} cannot write in {path}: {error}")
+            if kind == "dir"
+            else _("{user} cannot read {path}: {error}")
+        ).format(user=user, path=path, error=error)
+        for kind, path, error in problems
+    )
+    return failed(
+        "service.access",
+        title,
+        detail,
+        _(
+            "the service runs as {user}: chgrp {user} FILE && chmod 640 FILE for each file "
+            "(the key 0600, owner {user}), and chown {user}:{user} for the state directory"
+        ).format(user=user),
+    )
 
 
 def timedatectl_detail() -> str | None:
@@ -1075,8 +1246,23 @@ def button_checks_daemon(status: dict[str, Any], cfg: GatewayConfig) -> list[Che
         checks.append(_no_buttons(title))
         return checks
     window = cfg.button.supervision_window_s
+    never = [b for b in buttons if b.get("heard") is False]  # absent: an older daemon
     silent = [b for b in buttons if not b["online"] or b["silent_s"] > window]
-    if silent:
+    if never:
+        checks.append(
+            failed(
+                "button.buttons",
+                title,
+                _("never heard since the daemon started: {devices}").format(
+                    devices=", ".join(b["device"] for b in never)
+                ),
+                _(
+                    "press each of these buttons once near the receiver; a button that is still "
+                    "not heard needs a new battery, or pairing again (carebed button pair)"
+                ),
+            )
+        )
+    elif silent:
         checks.append(
             failed(
                 "button.buttons",
@@ -1321,13 +1507,22 @@ async def _ask_daemon(cfg: GatewayConfig) -> dict[str, Any] | None:
     """The daemon's ``doctor`` reply; None when no daemon runs. ``OSError`` and
     ``ControlError`` when one runs and cannot be asked."""
     try:
-        async with asyncio.timeout(DAEMON_TIMEOUT_S):
-            replies = await control.ask(cfg.control_socket, "doctor", {})
+        replies = await control.ask(
+            cfg.control_socket, "doctor", {}, reply_timeout_s=DAEMON_TIMEOUT_S
+        )
+    except TimeoutError:  # connecting took too long: the daemon's accept loop is stuck
+        raise control.NoAnswer(control.no_answer(cfg.control_socket, DAEMON_TIMEOUT_S)) from None
     except OSError as exc:
         if control.daemon_absent(exc):
             return None
         raise
-    return replies[0] if replies else None
+    if not replies:  # something holds the socket, takes the request and says nothing
+        raise control.NoAnswer(
+            _(
+                "the daemon is not answering on {path}: it closed the connection without a reply"
+            ).format(path=cfg.control_socket)
+        )
+    return replies[0]
 
 
 async def diagnose(
@@ -1359,22 +1554,22 @@ async def diagnose(
     daemon: dict[str, Any] | None = None
     try:
         daemon = await _ask_daemon(cfg)
-    except (OSError, ControlError, TimeoutError) as exc:
-        detail = (
-            control.unreachable(cfg.control_socket, exc)
-            if isinstance(exc, OSError)
-            else str(exc) or _("no answer in time")
-        )
-        add(
-            [
-                failed(
-                    "daemon.socket",
-                    title,
-                    detail,
-                    _("run carebed doctor as root, or as a member of the carebed group"),
-                )
-            ]
-        )
+    except (OSError, ControlError) as exc:
+        if isinstance(exc, PermissionError):
+            detail = control.unreachable(cfg.control_socket, exc)
+            fix = _("run carebed doctor as root, or as a member of the carebed group")
+        else:
+            detail = (
+                control.unreachable(cfg.control_socket, exc)
+                if isinstance(exc, OSError)
+                else str(exc)
+            )
+            fix = _(
+                "the daemon runs but does not answer: read journalctl -u carebed -n 100, then "
+                "systemctl restart carebed and run carebed doctor again"
+            )
+        # Never go on as if no daemon ran: it may hold the serial port and the broker session.
+        add([failed("daemon.socket", title, detail, fix)])
         return report
     report.daemon_running = daemon is not None
     if daemon is None:
@@ -1433,6 +1628,7 @@ async def diagnose(
     else:
         add(mqtt_checks_direct(await asyncio.to_thread(probe_broker, cfg), cfg))
     add(state_checks(cfg))
+    add([await asyncio.to_thread(service_access_check, cfg, path)])
     if daemon is not None:
         add([clock_check(daemon["clock_synced"], daemon["wall"], through_daemon=True)])
     else:

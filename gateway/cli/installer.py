@@ -21,6 +21,7 @@ _MODULES = {
     "tls": "gateway.cli.tls",
 }
 COMMANDS = frozenset(_MODULES)
+EXIT_INTERRUPTED = 130
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,7 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     bundle.add_argument(
         "--output",
-        type=Path,
+        type=str,
         default=None,
         metavar=_("FILE"),
         help=_("where to write it (default: current directory)"),
@@ -75,4 +76,7 @@ def main(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (| head): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status for SIGINT
+        print(_("carebed: interrupted"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return status

@@ -15,6 +15,8 @@ from gateway.core.errors import ConfigError, ControlError
 from gateway.core.i18n import _
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
+# The daemon answers ``status`` at once; silence this long means it is hung.
+STATUS_TIMEOUT_S = 10.0
 
 
 def not_running(socket: object, command: str) -> str:
@@ -24,9 +26,11 @@ def not_running(socket: object, command: str) -> str:
     ).format(socket=socket, command=command)
 
 
-def _heard(now: datetime, silent_s: float | None) -> str:
+def _heard(now: datetime, silent_s: float | None, heard: bool = True) -> str:
     if silent_s is None:
         return _("never heard")
+    if not heard:
+        return _("never heard since the start")
     return _("last heard {when}").format(when=local_time(now - timedelta(seconds=silent_s)))
 
 
@@ -116,7 +120,7 @@ def _devices(devices: list[dict[str, Any]], now: datetime) -> list[str]:
                         device=button["device"],
                         online=online,
                         battery=battery,
-                        heard=_heard(now, button.get("silent_s")),
+                        heard=_heard(now, button.get("silent_s"), button.get("heard", True)),
                     )
                 )
                 shown += 1
@@ -145,9 +149,14 @@ def _devices(devices: list[dict[str, Any]], now: datetime) -> list[str]:
 
 
 async def ask_status(socket: Any) -> dict[str, Any]:
-    replies = await control.ask(socket, "status", {})
+    replies = await control.ask(socket, "status", {}, reply_timeout_s=STATUS_TIMEOUT_S)
     if not replies:
-        raise ControlError(_("the daemon answered nothing"))
+        raise ControlError(
+            _(
+                "the daemon closed the connection without an answer: see journalctl -u carebed "
+                "-n 100, then systemctl restart carebed"
+            )
+        )
     return replies[0]
 
 

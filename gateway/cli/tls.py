@@ -20,6 +20,7 @@ import hashlib
 import os
 import pwd
 import re
+import secrets
 import sys
 import tomllib
 from pathlib import Path
@@ -101,21 +102,48 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool) -> No
         path.parent.mkdir(mode=0o750, parents=True)
         if ids is not None:  # root:carebed 0750, as the tmpfiles rule keeps /etc/carebed/tls
             os.chown(path.parent, 0, ids[1])
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    descriptor = os.open(path, flags, 0o600)
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if force:
+        write_replacing(path, data, 0o600, ids)
+        return
+    # O_EXCL: an existing file, or any symlink (even a dangling one), is never written through.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    _fill(descriptor, data, 0o600, ids)
+
+
+def _fill(descriptor: int, data: bytes, mode: int, ids: tuple[int, int] | None) -> None:
     with os.fdopen(descriptor, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)
+        os.fchmod(handle.fileno(), mode)  # whatever the umask
         if ids is not None:
             os.fchown(handle.fileno(), *ids)
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_replacing(path: Path, data: bytes, mode: int, ids: tuple[int, int] | None = None) -> None:
+    """``path`` replaced whole: a new file beside it (O_EXCL | O_NOFOLLOW, ``mode`` from its
+    first byte), synced, then renamed over it. The old file is never truncated in place (a
+    power cut leaves the old key or the new one, never half of one), and a symlink at ``path``
+    is replaced, not followed."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        _fill(os.open(temporary, flags, 0o600), data, mode, ids)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def existing_key(path: Path) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
@@ -183,8 +211,8 @@ def main(args: argparse.Namespace) -> int:
     request = make_request(gateway_id, key)
     pem = request.public_bytes(serialization.Encoding.PEM).decode()
     csr_path = key_path.with_suffix(".csr")
-    with contextlib.suppress(OSError):
-        csr_path.write_text(pem)
+    with contextlib.suppress(OSError):  # the request is public: 0644 whatever the umask
+        write_replacing(csr_path, pem.encode(), 0o644)
     sha256 = fingerprint(request)
     if made:
         print(

@@ -125,9 +125,25 @@ def main(cfg: GatewayConfig, args: argparse.Namespace) -> int:
                     )
                 _show_scan(reply)
 
-            asyncio.run(control.ask(socket, "watch.scan", {"seconds": args.seconds}, on_reply))
+            asyncio.run(
+                control.ask(
+                    socket,
+                    "watch.scan",
+                    {"seconds": args.seconds},
+                    on_reply,
+                    reply_timeout_s=args.seconds + control.CLIENT_TIMEOUT_S,
+                )
+            )
         elif args.action == "pair":
-            asyncio.run(control.ask(socket, "watch.pair", {"address": args.address}, _show_pair))
+            asyncio.run(
+                control.ask(
+                    socket,
+                    "watch.pair",
+                    {"address": args.address},
+                    _show_pair,
+                    reply_timeout_s=control.LONG_REPLY_S,
+                )
+            )
         elif args.action == "list":
             (reply,) = asyncio.run(control.ask(socket, "watch.list", {}))
             _show_list(reply)
