@@ -27,8 +27,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The tests run on two workers (pytest-xdist): most of their time is spent waiting on brokers,
+# daemons and devices, so two share two CPUs well. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 unit: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test: lint typecheck unit
 
