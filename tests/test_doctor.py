@@ -41,6 +41,10 @@ from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 from tests.support.ble import private_system_bus
 from tests.support.daemon import gateway_config
 
+# The machine's carebed user: created and removed by the package's install test, read by
+# the doctor's service.access check. One xdist group, so that they never run side by side.
+pytestmark = pytest.mark.xdist_group("carebed-user")
+
 WATCH = "C0:FF:EE:00:00:01"
 BUTTON = 0x00A1B2C3
 WATCH_LINK = {

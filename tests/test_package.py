@@ -32,6 +32,10 @@ import pytest
 
 from hil.sim.pki import Pki
 
+# The machine's carebed user: created and removed by the package's install test, read by
+# the doctor's service.access check. One xdist group, so that they never run side by side.
+pytestmark = pytest.mark.xdist_group("carebed-user")
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "packaging" / "build_deb.py"
 VERSION = "0.1.0"
