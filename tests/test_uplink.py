@@ -185,6 +185,9 @@ async def test_both_protocol_versions_deliver_and_keep_the_session(
 ) -> None:
     async with running_gateway(tmp_path, mosquitto, mqtt={"protocol": protocol}) as rig:
         await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+        # The broker has its SUBSCRIBE once it has passed on an event the gateway published after
+        # it on the same connection (``connected`` is set before the SUBACK).
+        await wait_platform(platform, lambda p: len(kinds(p, "gateway.started")) == 1, "started")
         platform.publish(
             "carebed/v1/gw-a/down/cmd", {"v": 1, "id": "p-1", "name": "ping", "args": {}}
         )
