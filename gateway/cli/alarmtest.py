@@ -13,14 +13,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.app import config as config_module
 from gateway.app import control
 from gateway.cli.checks import local_time
+from gateway.cli.common import EXIT_CONFIG, load_config
 from gateway.cli.status import not_running
-from gateway.core.errors import ConfigError, ControlError
+from gateway.core.errors import ControlError
 from gateway.core.i18n import _
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class Steps:
@@ -76,15 +76,8 @@ class Steps:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-    except ConfigError as error:
-        print(
-            _("carebed: configuration error in {path}: {problems}").format(
-                path=error.path, problems="; ".join(error.problems)
-            ),
-            file=sys.stderr,
-        )
+    cfg = load_config(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     socket = cfg.control_socket
     steps = Steps()

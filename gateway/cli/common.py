@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.app import config as config_module
 from gateway.app import control
-from gateway.core.errors import ControlError
+from gateway.app.config import GatewayConfig
+from gateway.core.errors import ConfigError, ControlError
 from gateway.core.i18n import _
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path("/etc/carebed/carebed.toml")
 
 
@@ -48,6 +50,21 @@ def add_action(
     parser = actions.add_parser(name, help=help_text, description=help_text)
     _config_option(parser, default=argparse.SUPPRESS)  # keeps the one given before the action
     return parser
+
+
+def load_config(path: Path) -> GatewayConfig | None:
+    """The configuration, or None after its problems were printed on one line (exit
+    ``EXIT_CONFIG``)."""
+    try:
+        return config_module.load(path)
+    except ConfigError as error:
+        print(
+            _("carebed: configuration error in {path}: {problems}").format(
+                path=error.path, problems="; ".join(error.problems)
+            ),
+            file=sys.stderr,
+        )
+        return None
 
 
 def say(text: str) -> None:

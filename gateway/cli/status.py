@@ -8,13 +8,13 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.app import config as config_module
 from gateway.app import control
 from gateway.cli.checks import local_time
-from gateway.core.errors import ConfigError, ControlError
+from gateway.cli.common import EXIT_CONFIG, load_config
+from gateway.core.errors import ControlError
 from gateway.core.i18n import _
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
+EXIT_OK, EXIT_FAILED = 0, 1
 # The daemon answers ``status`` at once; silence this long means it is hung.
 STATUS_TIMEOUT_S = 10.0
 
@@ -161,15 +161,8 @@ async def ask_status(socket: Any) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-    except ConfigError as error:
-        print(
-            _("carebed: configuration error in {path}: {problems}").format(
-                path=error.path, problems="; ".join(error.problems)
-            ),
-            file=sys.stderr,
-        )
+    cfg = load_config(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     socket = cfg.control_socket
     try:
