@@ -184,7 +184,7 @@ class Desk:
 
     async def _ack(self, request: web.Request) -> web.Response:
         gw, alarm_id = request.match_info["gw"], request.match_info["id"]
-        by = await _operator(request)
+        by = _operator(await _body(request))
         async with self._db() as db:
             cur = await db.execute(
                 "SELECT acked_by FROM alarm WHERE gw = %s AND id = %s", (gw, alarm_id)
@@ -204,7 +204,7 @@ class Desk:
         name = body.get("name")
         if GATEWAY_ID.match(gw) is None or name not in COMMANDS:
             raise web.HTTPBadRequest(text=f"commands from the desk: {', '.join(COMMANDS)}")
-        by = await _operator(request)
+        by = _operator(body)
         command_id = f"desk-{uuid.uuid4()}"
         expires_at = datetime.now(UTC) + timedelta(seconds=COMMAND_TTL_S)
         async with self._db() as db:
@@ -280,8 +280,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _operator(request: web.Request) -> str:
-    by = str((await _body(request)).get("by") or "desk").strip()
+def _operator(body: dict[str, Any]) -> str:
+    """Who acts: the page's operator field (``by``), as the contract's ``by`` takes it."""
+    by = str(body.get("by") or "desk").strip()
     return by[:MAX_OPERATOR_CHARS] or "desk"
 
 
