@@ -19,17 +19,19 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
 
 from platformkit.ingest import gaps
 from platformkit.ingest.contract import ContractValidator
-from platformkit.ingest.desk import Desk, DeskSettings
 from platformkit.ingest.migrations import migrate
 from platformkit.ingest.mqtt import BrokerAddress
 from platformkit.ingest.worker import IngestWorker, WorkerSettings
+
+if TYPE_CHECKING:
+    from platformkit.ingest.desk import Desk
 
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 10.0
@@ -65,6 +67,7 @@ def _worker_settings(args: argparse.Namespace, name: str) -> WorkerSettings:
         gap_grace_s=args.gap_grace_s,
         gap_check_s=args.gap_check_s,
         presence_poll_s=args.presence_poll_s,
+        session_expiry_s=args.session_expiry_s,
     )
 
 
@@ -88,12 +91,27 @@ def _worker_argv(args: argparse.Namespace, name: str) -> list[str]:
         str(args.gap_check_s),
         "--presence-poll-s",
         str(args.presence_poll_s),
+        "--session-expiry-s",
+        str(args.session_expiry_s),
     ]
     if args.schema is not None:
         argv += ["--schema", str(args.schema)]
     if args.no_share:
         argv.append("--no-share")
     return argv
+
+
+def _desk(args: argparse.Namespace) -> Desk:
+    from platformkit.ingest.desk import Desk, DeskSettings  # noqa: PLC0415 - workers skip aiohttp
+
+    return Desk(
+        DeskSettings(
+            dsn=args.dsn,
+            broker=BrokerAddress.parse(args.broker),
+            host=args.http_host,
+            port=args.http_port,
+        )
+    )
 
 
 async def _run_all(args: argparse.Namespace) -> None:
@@ -113,14 +131,7 @@ async def _run_all(args: argparse.Namespace) -> None:
                     children[name] = await asyncio.create_subprocess_exec(*_worker_argv(args, name))
             await asyncio.sleep(RESTART_DELAY_S)
 
-    desk = Desk(
-        DeskSettings(
-            dsn=args.dsn,
-            broker=BrokerAddress.parse(args.broker),
-            host=args.http_host,
-            port=args.http_port,
-        )
-    )
+    desk = _desk(args)
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(supervise(), name="ingest.supervise")
@@ -177,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--gap-grace-s", type=float, default=30.0)
         sub.add_argument("--gap-check-s", type=float, default=5.0)
         sub.add_argument("--presence-poll-s", type=float, default=2.0)
+        sub.add_argument(
+            "--session-expiry-s",
+            type=int,
+            default=24 * 3600,
+            help="how long the broker keeps a stopped worker's session and messages",
+        )
 
     worker = commands.add_parser("worker", help="one worker")
     worker.add_argument("--name", default="ingest-1", help="MQTT client id and session")
@@ -205,15 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_task = IngestWorker(_worker_settings(args, args.name), _validator(args)).run()
         asyncio.run(_main_task(worker_task))
     elif args.command == "desk":
-        desk = Desk(
-            DeskSettings(
-                dsn=args.dsn,
-                broker=BrokerAddress.parse(args.broker),
-                host=args.http_host,
-                port=args.http_port,
-            )
-        )
-        asyncio.run(_main_task(desk.run()))
+        asyncio.run(_main_task(_desk(args).run()))
     else:
         asyncio.run(_main_task(_run_all(args)))
     return 0

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import GATEWAY_ID
+from platformkit.ingest.migrations import migrate
 from platformkit.ingest.mqtt import BrokerAddress, MqttLink
 from platformkit.ingest.worker import ack_payload
 
@@ -62,6 +63,7 @@ class Desk:
     async def run(self) -> None:
         settings = self.settings
         self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        await migrate(self._conn)  # the desk may start before any worker
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         self._link = MqttLink(settings.broker, client_id=settings.client_id)
         self._link.start()

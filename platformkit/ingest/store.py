@@ -85,7 +85,7 @@ async def write_batch(conn: Conn, events: list[Event], rejected: list[Rejected])
         elif event.attempt > other.attempt:
             gw.resends += 1
             unique[key] = event
-        else:
+        elif event.klass != "alarm":  # every worker takes every alarm: copies are expected
             gw.duplicates += 1
     ordered = [unique[key] for key in sorted(unique)]
     async with conn.transaction():
@@ -170,10 +170,12 @@ async def _classify_again(
         elif event.attempt > stored_attempt:
             gw.resends += 1
             resends.append(event)
+        elif event.klass == "alarm":
+            # Every worker takes every alarm, so copies are expected and not counted; the
+            # alarm's last arrival is updated (and an acknowledged one acknowledged again).
+            resends.append(event)
         else:
             gw.duplicates += 1
-            if event.klass == "alarm":
-                resends.append(event)  # seen again: the alarm's last arrival is updated
     higher = [e for e in resends if e.attempt > stored[(e.gw, e.seq)][1]]
     if higher:
         await conn.execute(

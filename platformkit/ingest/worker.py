@@ -2,9 +2,13 @@
 
 Run as many as needed, each with its own ``name`` (its MQTT client id and persistent session:
 a worker that is killed and started again under the same name gets what was left
-unacknowledged). Every worker takes a share of ``carebed/v1/+/up/#``; one of them at a time,
-the one that holds the presence lock in PostgreSQL, also follows ``carebed/v1/+/status`` (not
-shared: it sees every gateway's retained status and will, in order) and checks seq gaps.
+unacknowledged). Every worker takes a share of each ``carebed/v1/+/up/CLASS`` but alarms, and
+*every* worker takes every alarm (``carebed/v1/+/up/alarm``, not shared): a broker keeps
+sending a dead worker's share to its session until it is back, and an alarm must not wait for
+that; the store keeps the first copy. One worker at a time, the one that holds the presence
+lock in PostgreSQL, also follows ``carebed/v1/+/status`` (not shared: it sees every gateway's
+retained status and will, in order), checks seq gaps, and acknowledges again an alarm that a
+gateway sent again after the desk had acknowledged it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink
 log = structlog.get_logger("platformkit.ingest")
 
 UP_TOPIC = "carebed/v1/+/up/#"
+ALARM_TOPIC = "carebed/v1/+/up/alarm"
+SHARED_CLASSES = ("telemetry", "device", "gateway", "camera", "audit", "cmdres")
 STATUS_TOPIC = "carebed/v1/+/status"
 # pg_try_advisory_lock key of the presence role: "carebed ingest presence".
 PRESENCE_LOCK = 0x63617265_62656432
@@ -75,11 +81,10 @@ class IngestWorker:
             version = await migrate(conn)
             log.info("ingest_started", worker=settings.name, schema_version=version)
             queue: asyncio.Queue[Delivery] = asyncio.Queue()
-            topic = f"$share/{settings.group}/{UP_TOPIC}" if settings.shared else UP_TOPIC
             link = MqttLink(
                 settings.broker,
                 client_id=settings.name,
-                subscriptions=[topic],
+                subscriptions=subscriptions(settings),
                 persistent=True,
                 session_expiry_s=settings.session_expiry_s,
                 queue=queue,
@@ -143,7 +148,7 @@ class IngestWorker:
         stats.duplicates += counts.duplicates
         stats.resends += counts.resends
         stats.rejected += counts.rejected
-        for reack in counts.reacks:
+        for reack in counts.reacks if self.is_presence_leader else []:
             # The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
             await link.publish(f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by))
             log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
@@ -213,6 +218,14 @@ class IngestWorker:
                 await asyncio.sleep(settings.gap_check_s)
         finally:
             await conn.close()
+
+
+def subscriptions(settings: WorkerSettings) -> list[str]:
+    """Each class but alarms shared by the group; alarms to every worker."""
+    if not settings.shared:
+        return [UP_TOPIC]
+    shared = [f"$share/{settings.group}/carebed/v1/+/up/{klass}" for klass in SHARED_CLASSES]
+    return [ALARM_TOPIC, *shared]
 
 
 def ack_payload(ids: list[str], by: str) -> dict[str, object]:

@@ -11,7 +11,7 @@ CREATE TABLE gateway (
     -- Every seq up to this one is stored, explained by a gateway.dropped, or a recorded gap.
     complete_to bigint NOT NULL DEFAULT 0,
     events bigint NOT NULL DEFAULT 0,      -- stored
-    duplicates bigint NOT NULL DEFAULT 0,  -- arrived again (same id and seq), not stored again
+    duplicates bigint NOT NULL DEFAULT 0,  -- arrived again (same id and seq; alarms not counted)
     resends bigint NOT NULL DEFAULT 0,     -- alarms arrived again with a higher attempt
     conflicts bigint NOT NULL DEFAULT 0,   -- a stored seq arrived with another id (a bug)
     rejected bigint NOT NULL DEFAULT 0     -- messages that broke the contract
