@@ -132,10 +132,11 @@ class IngestProcesses:
 
 
 async def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """The rows of one query, on a connection of its own."""
+    """The rows of one statement (none for one that returns none), on a connection of its
+    own."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(sql, params)
-        return await cur.fetchall()
+        return await cur.fetchall() if cur.description is not None else []
 
 
 async def eventually(

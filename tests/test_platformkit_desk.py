@@ -262,6 +262,10 @@ async def test_the_desk_shows_a_press_live_and_its_acknowledgement_reaches_the_s
             "document.querySelector(\"#alarms tr.acked[data-gw='gw-a']\") !== null",
             "the alarm shown acknowledged",
         )
+        await page.wait_for(
+            "document.querySelector(\"#alarms tr.acked[data-gw='gw-a'] .tag.confirmed\") !== null",
+            "the gateway's confirmation (audit.alarm_acknowledged) on the page",
+        )
         await page.screenshot("2-alarm-acknowledged")
         assert sim.indications(BUTTON)[:2] == [Pattern.RECEIVED, Pattern.ACKNOWLEDGED]
         rows = await query(dsn, "SELECT kind, device, acked_by FROM alarm")

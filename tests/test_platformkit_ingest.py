@@ -187,6 +187,58 @@ async def test_an_alarm_sent_again_for_lack_of_ack_is_a_resend_not_a_new_alarm(
     assert await query(dsn, "SELECT attempt FROM event WHERE seq = 1") == [(2,)]
 
 
+async def test_an_alarm_sent_again_after_its_ack_is_acknowledged_again_and_confirmations_count(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    async with running_worker(dsn, mosquitto, validator) as worker:
+        with (
+            raw_publisher(mosquitto, "gw-a") as gw,
+            PlatformClient(
+                mosquitto, client_id="gw-a-downlink", subscriptions=["carebed/v1/+/down/ack"]
+            ) as downlink,
+        ):
+            alarm = event(1, "alarm.button")
+            publish(gw, "gw-a", "alarm", [alarm])
+            await eventually(
+                lambda: query(dsn, "SELECT id FROM alarm"), bool, TIMEOUT_S, "the alarm"
+            )
+            await query(
+                dsn, "UPDATE alarm SET acked_by = 'desk-1', acked_at = now() WHERE gw = 'gw-a'"
+            )
+            await eventually(
+                lambda: asyncio.sleep(0, worker.is_presence_leader), bool, TIMEOUT_S, "leader"
+            )
+            # The gateway did not get the ack: it sends the alarm again.
+            publish(gw, "gw-a", "alarm", [{**alarm, "attempt": 2}])
+            await asyncio.to_thread(
+                downlink.wait_for, lambda p: bool(p.messages), TIMEOUT_S, "the ack again"
+            )
+            (ack,) = [m.payload for m in downlink.messages]
+            assert ack is not None
+            assert (ack["ids"], ack["by"]) == ([alarm["id"]], "desk-1")
+            # The gateway applied it: its audit event confirms; another alarm acknowledged by
+            # another component of the platform is recorded from its audit event alone.
+            other = event(2, "alarm.fall", device="watch-C0FFEE000001", data={})
+            publish(gw, "gw-a", "alarm", [other])
+            audits = [
+                event(
+                    n + 3,
+                    "audit.alarm_acknowledged",
+                    data={"who": who, "what": "alarm acknowledged", "why": None, "alarm_id": i},
+                )
+                for n, (who, i) in enumerate([("desk-1", alarm["id"]), ("phone", other["id"])])
+            ]
+            publish(gw, "gw-a", "audit", audits)
+            await eventually(
+                lambda: query(
+                    dsn, "SELECT kind, acked_by FROM alarm WHERE confirmed_at IS NOT NULL"
+                ),
+                lambda rows: sorted(rows) == [("alarm.button", "desk-1"), ("alarm.fall", "phone")],
+                TIMEOUT_S,
+                "both alarms confirmed",
+            )
+
+
 async def test_a_message_that_breaks_the_contract_is_kept_apart_and_counted(
     dsn: str, mosquitto: Mosquitto, validator: ContractValidator
 ) -> None:

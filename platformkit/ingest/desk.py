@@ -115,7 +115,7 @@ class Desk:
             cur = await db.execute(
                 "SELECT a.gw, a.id, a.seq, a.kind, a.device, a.ts, a.data, a.attempt,"
                 " a.received_at, a.last_received_at, a.cancelled_at, a.acked_by, a.acked_at,"
-                " p.state"
+                " a.confirmed_at, p.state"
                 " FROM alarm a LEFT JOIN presence p USING (gw)"
                 " WHERE a.acked_at IS NULL OR a.acked_at > now() - %s::interval"
                 " ORDER BY a.acked_at IS NOT NULL, a.received_at DESC LIMIT 500",
@@ -136,6 +136,7 @@ class Desk:
             "cancelled_at",
             "acked_by",
             "acked_at",
+            "confirmed_at",
             "presence",
         ]
         return _json([dict(zip(names, row, strict=True)) for row in rows])

@@ -103,13 +103,15 @@ async def write_batch(conn: Conn, events: list[Event], rejected: list[Rejected])
         cancels = [e for e in kept if e.kind == "alarm.cancelled"]
         counts.reacks = await _upsert_alarms(conn, alarms)
         await _apply_cancels(conn, cancels)
+        confirmed = [e for e in kept if e.kind == "audit.alarm_acknowledged"]
+        await _apply_confirmations(conn, confirmed)
         results = await _apply_results(conn, [e for e in kept if e.kind == "cmd.result"])
         for message in rejected:
             if message.gw is not None:
                 per_gw[message.gw].rejected += 1
         await _insert_rejected(conn, rejected)
         await _update_gateways(conn, per_gw)
-        counts.alarms_changed = bool(alarms or cancels)
+        counts.alarms_changed = bool(alarms or cancels or confirmed)
         if counts.alarms_changed:
             await conn.execute("SELECT pg_notify(%s, 'alarms')", (DESK_CHANNEL,))
         if results:
@@ -246,6 +248,24 @@ async def _apply_cancels(conn: Conn, cancels: list[Event]) -> None:
         " FROM unnest(%s::text[], %s::text[]) AS k(gw, id)"
         " WHERE alarm.gw = k.gw AND alarm.id = k.id",
         ([gw for gw, _ in targets], [alarm_id for _, alarm_id in targets]),
+    )
+
+
+async def _apply_confirmations(conn: Conn, audits: list[Event]) -> None:
+    """The gateway applied an acknowledgement: the senior was told. The first operator stays."""
+    targets = [
+        (e.gw, str(e.data["alarm_id"]), str(e.data.get("who") or "unknown"))
+        for e in audits
+        if e.data.get("alarm_id")
+    ]
+    if not targets:
+        return
+    await conn.execute(
+        "UPDATE alarm SET confirmed_at = coalesce(confirmed_at, now()),"
+        " acked_at = coalesce(acked_at, now()), acked_by = coalesce(acked_by, k.who)"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(gw, id, who)"
+        " WHERE alarm.gw = k.gw AND alarm.id = k.id",
+        ([t[0] for t in targets], [t[1] for t in targets], [t[2] for t in targets]),
     )
 
 
