@@ -20,7 +20,7 @@ from gateway.core.events import new_event_id
 from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient, raw_publisher
 from hil.sim.postgres import Postgres
-from platformkit.ingest import gaps
+from platformkit.ingest import gaps, migrations
 from platformkit.ingest.contract import ContractValidator
 from platformkit.ingest.mqtt import BrokerAddress
 from platformkit.ingest.worker import IngestWorker, WorkerSettings
@@ -138,6 +138,24 @@ async def counters(dsn: str, gw: str) -> dict[str, int]:
     )
     names = ("events", "duplicates", "resends", "rejected", "max_seq", "complete_to")
     return dict(zip(names, rows[0], strict=True)) if rows else {}
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+async def test_migrations_apply_once_in_order_and_a_newer_database_is_refused(dsn: str) -> None:
+    import psycopg
+
+    versions = [m.version for m in migrations.available()]
+    assert versions == list(range(1, len(versions) + 1))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        assert await migrations.migrate(conn) == versions[-1]
+        assert await migrations.migrate(conn) == versions[-1]  # nothing left to do
+        cur = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+        assert [row[0] for row in await cur.fetchall()] == versions
+        await conn.execute("INSERT INTO schema_version (version, name) VALUES (999, 'future')")
+        with pytest.raises(migrations.MigrationError, match="schema version 999"):
+            await migrations.migrate(conn)
 
 
 # ---------------------------------------------------------------------------------- storage
