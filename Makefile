@@ -27,12 +27,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# TEST_WORKERS=2 runs the tests on two workers (pytest-xdist): most of their time is spent
-# waiting on brokers, daemons and devices, so two share two CPUs well (≈8 min against ≈11 here),
-# but a few fault runs are sensitive to the load of the other worker; make test and CI run them
-# in one process (0) until those are fixed. Tests that depend on the machine's carebed user
-# (the package's install, the doctor) share an xdist group, so that they never overlap.
-TEST_WORKERS ?= 0
+# The tests run on two workers (pytest-xdist): most of their time is spent waiting on brokers,
+# daemons and devices, so two share two CPUs well. TEST_WORKERS=0 runs them in one process.
+# Tests that depend on the machine's carebed user (the package's install, the doctor) share an
+# xdist group, so that they never overlap.
+TEST_WORKERS ?= 2
 unit: deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
