@@ -1,0 +1,65 @@
+"""Where the fleet connects: a broker it starts for the run, or one given as HOST:PORT.
+
+Each kind says which MQTT version the gateways and the desk speak and whether the desk may use a
+shared subscription. Mosquitto (MQTT 5) is the one this checkout can start; a clustered broker
+(NATS with its MQTT listener, MQTT 3.1.1 only and no ``$share``) is added here as one more entry
+of ``KINDS`` once its launcher exists in ``hil/sim``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.sim.broker import Mosquitto
+
+
+class BrokerError(Exception):
+    """The fleet's broker could not be started or is unknown."""
+
+
+@dataclass(slots=True)
+class FleetBroker:
+    """A broker the fleet uses: its address, protocol, and how to end it."""
+
+    kind: str
+    host: str
+    port: int
+    protocol: str  # "5" or "3.1.1", for the gateways and the desk
+    shared_subscriptions: bool
+    close: Callable[[], None]
+    log_tail: Callable[[], str] = lambda: ""
+
+
+def _mosquitto(workdir: Path) -> FleetBroker:
+    broker = Mosquitto(workdir / "mosquitto", persistence=True)
+    broker.start()
+    return FleetBroker(
+        "mosquitto", broker.host, broker.port, "5", True, broker.close, broker.log_tail
+    )
+
+
+KINDS: dict[str, Callable[[Path], FleetBroker]] = {"mosquitto": _mosquitto}
+
+
+def start(kind: str, workdir: Path) -> FleetBroker:
+    """Start a broker of ``kind`` for the run, in ``workdir``."""
+    factory = KINDS.get(kind)
+    if factory is None:
+        raise BrokerError(f"unknown broker kind {kind!r} (known here: {', '.join(KINDS)})")
+    return factory(workdir)
+
+
+def remote(address: str, protocol: str) -> FleetBroker:
+    """A broker the fleet did not start, given as HOST:PORT."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise BrokerError(f"--broker wants HOST:PORT, not {address!r}")
+    return FleetBroker("remote", host, int(port), protocol, protocol == "5", lambda: None)
+
+
+def close_quietly(broker: FleetBroker) -> None:
+    with contextlib.suppress(Exception):
+        broker.close()
