@@ -9,9 +9,11 @@ of ``KINDS`` once its launcher exists in ``hil/sim``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hil.sim.broker import Mosquitto
 
@@ -31,6 +33,11 @@ class FleetBroker:
     shared_subscriptions: bool
     close: Callable[[], None]
     log_tail: Callable[[], str] = lambda: ""
+    # Every listener the homes may use (a cluster's nodes): home i connects to ports[i % n].
+    ports: list[int] = field(default_factory=list)
+
+    def port_of(self, index: int) -> int:
+        return self.ports[index % len(self.ports)] if self.ports else self.port
 
 
 def _mosquitto(workdir: Path) -> FleetBroker:
@@ -41,7 +48,28 @@ def _mosquitto(workdir: Path) -> FleetBroker:
     )
 
 
-KINDS: dict[str, Callable[[Path], FleetBroker]] = {"mosquitto": _mosquitto}
+def _nats(workdir: Path) -> FleetBroker:
+    """A 3-node NATS cluster with JetStream and MQTT (``hil.sim.nats``, where the checkout has
+    it): MQTT 3.1.1, no shared subscriptions; the homes are spread over the nodes."""
+    try:
+        nats: Any = importlib.import_module("hil.sim.nats")
+    except ImportError as exc:
+        raise BrokerError("no NATS launcher in this checkout (hil/sim/nats.py)") from exc
+    cluster = nats.NatsCluster(workdir / "nats")
+    cluster.start()
+    return FleetBroker(
+        "nats",
+        cluster.host,
+        cluster.port,
+        "3.1.1",
+        False,
+        cluster.close,
+        cluster.log_tail,
+        ports=[node.port for node in cluster.nodes],
+    )
+
+
+KINDS: dict[str, Callable[[Path], FleetBroker]] = {"mosquitto": _mosquitto, "nats": _nats}
 
 
 def start(kind: str, workdir: Path) -> FleetBroker:

@@ -29,6 +29,7 @@ class OutageError(Exception):
 @dataclass(slots=True)
 class _Home:
     server: asyncio.Server | None = None
+    upstream_port: int = 0
     cut: bool = False
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     cuts: int = 0
@@ -38,8 +39,8 @@ class _Home:
 class OutageRelay:
     """A TCP relay per home, each of which can be cut and restored."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    def __init__(self, upstream_host: str) -> None:
+        self.upstream_host = upstream_host
         self._homes: dict[str, _Home] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleet.outages")
@@ -49,9 +50,9 @@ class OutageRelay:
     def _submit(self, coro: Coroutine[Any, Any, _T]) -> Future[_T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    async def add(self, name: str) -> int:
-        """Open the home's port (on 127.0.0.1); its number."""
-        return await asyncio.wrap_future(self._submit(self._add(name)))
+    async def add(self, name: str, upstream_port: int) -> int:
+        """Open the home's port (on 127.0.0.1) to the broker's ``upstream_port``; its number."""
+        return await asyncio.wrap_future(self._submit(self._add(name, upstream_port)))
 
     async def cut(self, name: str) -> None:
         await asyncio.wrap_future(self._submit(self._cut(name)))
@@ -72,8 +73,8 @@ class OutageRelay:
 
     # ---------------------------------------------------------------------- the relay's loop
 
-    async def _add(self, name: str) -> int:
-        home = self._homes.setdefault(name, _Home())
+    async def _add(self, name: str, upstream_port: int) -> int:
+        home = self._homes.setdefault(name, _Home(upstream_port=upstream_port))
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._relay(home, reader, writer)
@@ -111,7 +112,9 @@ class OutageRelay:
             writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await asyncio.open_connection(
+                self.upstream_host, home.upstream_port
+            )
         except OSError:
             writer.transport.abort()
             return

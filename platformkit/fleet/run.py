@@ -219,6 +219,8 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
             worker.read("ready", deadline)
         start = time.monotonic() + LEAD_S
         layout = plan(options, ids, start)
+        for entry in layout["homes"]:
+            entry["port"] = broker.port_of(entry["index"])
         online_by = layout["last_start"] + ONLINE_MARGIN_S
         for k, worker in enumerate(workers):
             mine = layout["homes"][k::procs]

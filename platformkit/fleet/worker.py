@@ -109,12 +109,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     root = Path(spec["state_root"])
     baseline = proc_status()
     outages = {o["gw"]: o for o in spec["outages"]}
-    relay = OutageRelay(settings.host, settings.port) if outages else None
+    relay = OutageRelay(settings.host) if outages else None
     homes: list[tuple[Home, float]] = []
     for entry in spec["homes"]:
         home = Home(entry["index"], entry["gw"], root / entry["gw"], settings, entry["seed"])
+        home.port = entry["port"]
         if relay is not None and home.gateway_id in outages:
-            home.port = await relay.add(home.gateway_id)
+            home.port = await relay.add(home.gateway_id, entry["port"])
         homes.append((home, entry["start_mono"]))
     stops: list[asyncio.Event] = []
 
