@@ -89,6 +89,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[FleetOptions, argparse.Names
         default=d.backoff_cap_s,
         help="the gateways' reconnect back-off cap (shipped: 60 s)",
     )
+    parser.add_argument(
+        "--fault-at",
+        type=float,
+        default=None,
+        help="seconds into the steady part: the broker's fault (Mosquitto "
+        "stopped and started; a NATS node killed and started)",
+    )
+    parser.add_argument(
+        "--fault-seconds",
+        type=float,
+        default=d.fault_s,
+        help="how long the broker (or the node) stays down",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--json", type=Path, default=None, help="write the whole report here")
@@ -119,6 +132,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[FleetOptions, argparse.Names
         button_supervision_s=args.button_supervision,
         alarm_interval_s=args.alarm_interval,
         backoff_cap_s=args.backoff_cap,
+        fault_at_s=args.fault_at,
+        fault_s=args.fault_seconds,
         log_level=args.log_level,
     )
     return options, args

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hil.sim.broker import Mosquitto
+
+KILLED_NODE = 1  # of a cluster: not node 0, the desk's
 
 
 class BrokerError(Exception):
@@ -35,6 +38,10 @@ class FleetBroker:
     log_tail: Callable[[], str] = lambda: ""
     # Every listener the homes may use (a cluster's nodes): home i connects to ports[i % n].
     ports: list[int] = field(default_factory=list)
+    # A fault of the broker for ``down_s`` seconds, returning once it is over (None: it has no
+    # fault to inject); ``fault_name`` says which.
+    fault: Callable[[float], None] | None = None
+    fault_name: str = ""
 
     def port_of(self, index: int) -> int:
         return self.ports[index % len(self.ports)] if self.ports else self.port
@@ -43,8 +50,22 @@ class FleetBroker:
 def _mosquitto(workdir: Path) -> FleetBroker:
     broker = Mosquitto(workdir / "mosquitto", persistence=True)
     broker.start()
+
+    def restart(down_s: float) -> None:
+        broker.stop()  # orderly: sessions and queued messages saved
+        time.sleep(down_s)
+        broker.start()
+
     return FleetBroker(
-        "mosquitto", broker.host, broker.port, "5", True, broker.close, broker.log_tail
+        "mosquitto",
+        broker.host,
+        broker.port,
+        "5",
+        True,
+        broker.close,
+        broker.log_tail,
+        fault=restart,
+        fault_name="broker stopped (orderly) and started again",
     )
 
 
@@ -57,6 +78,12 @@ def _nats(workdir: Path) -> FleetBroker:
         raise BrokerError("no NATS launcher in this checkout (hil/sim/nats.py)") from exc
     cluster = nats.NatsCluster(workdir / "nats")
     cluster.start()
+
+    def kill_node(down_s: float) -> None:
+        cluster.kill_node(KILLED_NODE)
+        time.sleep(down_s)
+        cluster.restart_node(KILLED_NODE)
+
     return FleetBroker(
         "nats",
         cluster.host,
@@ -66,6 +93,8 @@ def _nats(workdir: Path) -> FleetBroker:
         cluster.close,
         cluster.log_tail,
         ports=[node.port for node in cluster.nodes],
+        fault=kill_node,
+        fault_name=f"node {KILLED_NODE} of the cluster killed (SIGKILL) and started again",
     )
 
 

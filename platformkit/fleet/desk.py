@@ -9,6 +9,7 @@ shared subscription (``$share/GROUP/…``), as the reference ingest's workers do
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -80,17 +81,21 @@ class Desk:
         self.last_event_mono: float | None = None
         self.errors: list[str] = []
         self.ack_failures = 0
+        self.connects = 0
         self._ready = threading.Event()
         self._refused: str | None = None
         v5 = protocol == "5"
         prefix = f"$share/{share}/" if share else ""
         self._topics = [(prefix + UPLINK, 1), (prefix + STATUS, 1)]
+        # A persistent session (its own id per run): what arrives while the broker restarts is
+        # kept for the desk, as for the ingest's workers.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=f"{client_id}-{os.getpid()}-{time.time_ns() % 10**9}",
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else False,
         )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -100,7 +105,7 @@ class Desk:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
-            options = {"clean_start": True, "properties": properties}
+            options = {"clean_start": False, "properties": properties}
         try:
             self._client.connect(host, port, KEEPALIVE_S, **options)
         except OSError as exc:
@@ -123,7 +128,10 @@ class Desk:
             self._refused = f"connection refused: {reason}"
             self._ready.set()
             return
-        client.subscribe(self._topics)
+        with self.lock:
+            self.connects += 1
+        if not flags.session_present:
+            client.subscribe(self._topics)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any

@@ -194,6 +194,8 @@ def summarise(
             "held_by_gateways": sum(g["held_by_gateway"] for g in per_gateway),
             "per_gateway": per_gateway,
         },
+        "fault": layout.get("fault"),
+        "desk_connects": desk.connects,
         "outages": {
             "planned": len(layout["outages"]),
             "done": sum(len(r["outages"]) for r in results),
@@ -201,7 +203,8 @@ def summarise(
         },
         "memory": memory,
         "desk_errors": errors[:20],
-        "ok": not undelivered
+        "ok": not (layout.get("fault") or {}).get("error")
+        and not undelivered
         and not unacknowledged
         and total_gap == 0
         and not errors
@@ -260,6 +263,14 @@ def render(report: dict[str, Any]) -> str:
             f"{mem['cpu_percent_per_gateway']:.2f} % of a CPU per gateway; event loop lag p99 "
             f"{mem['loop_lag'].get('p99_ms', math.nan):.0f} ms, max "
             f"{mem['loop_lag'].get('max_ms', math.nan):.0f} ms"
+        )
+    fault = report.get("fault")
+    if fault:
+        began, ended = fault["began_mono"] or 0.0, fault["ended_mono"] or 0.0
+        lines.append(
+            f"fault: {fault['what']} for {ended - began:.1f} s"
+            + (f" FAILED: {fault['error']}" if fault["error"] else "")
+            + f"; the desk connected {report['desk_connects']} time(s)"
         )
     if report["home_errors"]:
         lines.append(f"home errors: {report['home_errors'][:3]}")

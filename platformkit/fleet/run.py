@@ -61,6 +61,8 @@ class FleetOptions:
     button_supervision_s: float = 300.0
     alarm_interval_s: float = 600.0
     backoff_cap_s: float = 60.0
+    fault_at_s: float | None = None  # into the steady part: the broker's fault (brokers.py)
+    fault_s: float = 10.0
     log_level: str = "warning"
     id_prefix: str = "fleet"
 
@@ -239,12 +241,15 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
             (workdir / f"worker-{k}.json").write_text(json.dumps(spec, indent=1))
             worker.send(spec)
         onlines = [w.read("online", online_by + 60.0) for w in workers]
+        fault = _BrokerFault(broker, options, layout) if options.fault_at_s is not None else None
         # The steady part begins once every home is online and the start's storm is over.
         layout["steady_from"] = max(
             layout["steady_from"], *(o["mono"] + STEADY_AFTER_S for o in onlines)
         )
         end = layout["stop_mono"] + options.stagger + RESULT_MARGIN_S
         results = [w.read("result", end) for w in workers]
+        if fault is not None:
+            layout["fault"] = fault.result()
         homes = [h for r in results for h in r["homes"]]
         _settle(desk, homes)
         return summarise(
@@ -262,6 +267,43 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
         for worker in workers:
             worker.close()
         brokers.close_quietly(broker)
+
+
+class _BrokerFault:
+    """The broker's fault, in a thread of the fleet's process, at its time in the steady part."""
+
+    def __init__(self, broker: brokers.FleetBroker, options: FleetOptions, layout: dict[str, Any]):
+        if broker.fault is None:
+            raise FleetError(f"a {broker.kind} broker has no fault to inject")
+        self.at = layout["steady_from"] + (options.fault_at_s or 0.0)
+        if self.at + options.fault_s + options.backoff_cap_s + 5.0 > layout["stop_mono"]:
+            raise FleetError("the broker's fault and the homes' back-off do not fit the duration")
+        self.broker = broker
+        self.down_s = options.fault_s
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="fleet.fault", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(max(0.0, self.at - time.monotonic()))
+        self.began = time.monotonic()
+        try:
+            assert self.broker.fault is not None
+            self.broker.fault(self.down_s)
+        except Exception as exc:  # noqa: BLE001 - reported with the figures
+            self.error = repr(exc)
+        self.ended = time.monotonic()
+
+    def result(self) -> dict[str, Any]:
+        self._thread.join(timeout=60)
+        return {
+            "what": self.broker.fault_name,
+            "began_mono": self.began,
+            "ended_mono": self.ended,
+            "error": self.error,
+        }
 
 
 def _settle(desk: Desk, homes: list[dict[str, Any]]) -> None:
