@@ -119,8 +119,9 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
     tmp_path: Path,
 ) -> None:
     """20 whole gateways in 2 processes against a Mosquitto of the fleet's own, 4 of them cut for
-    6 s (a press during each cut): every alarm reaches the desk, is acknowledged and reaches the
-    gateway's feedback; every gateway's seqs 1..last arrived."""
+    6 s (a press during each cut), and the broker stopped and started once: every alarm reaches
+    the desk, is acknowledged and reaches the gateway's feedback; every gateway's seqs 1..last
+    arrived."""
     options = FleetOptions(
         gateways=20,
         duration_s=25,
@@ -133,6 +134,8 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
         vitals_interval_s=5,
         reading_s=1,
         button_supervision_s=5,
+        fault_at_s=2,
+        fault_s=3,
     )
     report = run_fleet(options, tmp_path / "fleet")
     text = render(report)
@@ -156,4 +159,7 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
     assert report["kinds"].get("device.online", 0) > 0, text
     assert report["kinds"].get("audit.alarm_acknowledged", 0) >= alarms["raised"], text
     assert report["desk_errors"] == [], text
+    assert report["fault"]["error"] is None, text
+    assert report["desk_connects"] == 2, text  # through the broker's restart
+    assert report["connects"] >= 20 + 20, text  # every home again after the restart
     assert report["ok"], text
