@@ -401,3 +401,31 @@ def test_the_systemd_status_line_shows_the_real_state(
             assert seen[-1] == "平台已连接，0 个按钮，0 条报警待确认", seen
     finally:
         daemon.close()
+
+
+def test_the_running_daemon_answers_in_the_installers_language(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # The daemon runs in English (as under systemd); each command through its control socket
+    # is answered in the language of whoever asked.
+    config_path = gateway_config(
+        tmp_path, mosquitto, button={"enabled": True, "port": str(tmp_path / "no-tty")}
+    )
+    daemon = GatewayProcess(config_path, tmp_path / "gateway.log")
+    daemon.start(EN)
+    try:
+        daemon.wait_started()
+        asked = {
+            ("button", "pair"): ("按钮接收器", "the button receiver is not connected"),
+            ("watch", "scan"): ("没有启用手表", "watches are not enabled"),
+            ("camera", "test"): ("没有配置摄像头", "no camera is configured"),
+        }
+        for args, (chinese, english) in asked.items():
+            for env, words in ((ZH, chinese), (EN, english)):
+                result = carebed(*args, "--config", str(config_path), env=env)
+                assert result.returncode == 1, (args, result.stdout, result.stderr)
+                assert words in result.stderr, (args, env, result.stderr)
+                assert "Traceback" not in result.stderr + result.stdout
+        assert "Traceback" not in daemon.log_text()
+    finally:
+        daemon.close()

@@ -665,31 +665,50 @@ def test_a_checkpoint_waits_for_a_moment_without_alarms(tmp_path: Path) -> None:
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("CREATE TABLE t (x BLOB)")
-    arriving = True
 
-    def checkpointed_after_s() -> float:
-        """Seconds until the checkpointer (woken at once) copied new pages into the file."""
-        nonlocal arriving
+    class Watched:
+        """The checkpointer's lock: when it first took it is when its checkpoint started."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.taken_at: float | None = None
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+            if self.taken_at is None:
+                self.taken_at = time.monotonic()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    def checkpoint_started_after_s(alarms_for_s: float) -> float:
+        """Seconds until the checkpointer (woken at once) started its checkpoint, with alarms
+        being committed for ``alarms_for_s`` from its start; waits until it copied new pages."""
         writer.executemany("INSERT INTO t VALUES (?)", [(bytes(4000),)] * 100)
         before = path.stat().st_size
-        checkpointer = Checkpointer(path, threading.Lock(), interval_s=0.01, hold=lambda: arriving)
+        watched = Watched()
         start = time.monotonic()
+        checkpointer = Checkpointer(
+            path,
+            watched,  # type: ignore[arg-type]
+            interval_s=0.01,
+            hold=lambda: time.monotonic() - start < alarms_for_s,
+        )
         try:
             while path.stat().st_size == before:
-                assert time.monotonic() - start < 5, "never checkpointed"
+                assert time.monotonic() - start < 10, "never checkpointed"
                 time.sleep(0.005)
-                if time.monotonic() - start > 0.2 and stop_at_0_2_s:
-                    arriving = False
         finally:
             checkpointer.stop()
-        return time.monotonic() - start
+        assert watched.taken_at is not None
+        return watched.taken_at - start
 
-    stop_at_0_2_s = True  # alarms stop coming after 0.2 s
-    assert 0.2 <= checkpointed_after_s() < CHECKPOINT_HOLD_MAX_S
-    arriving, stop_at_0_2_s = True, False  # they never stop
-    assert checkpointed_after_s() >= CHECKPOINT_HOLD_MAX_S
-    arriving = False  # none: at once
-    assert checkpointed_after_s() < 0.2
+    # Alarms stop coming after 0.2 s: it starts once they stopped, before its bound.
+    assert 0.2 <= checkpoint_started_after_s(0.2) < CHECKPOINT_HOLD_MAX_S
+    # They never stop: it waits its bound, no longer.
+    assert checkpoint_started_after_s(float("inf")) >= CHECKPOINT_HOLD_MAX_S
+    # None: at once.
+    assert checkpoint_started_after_s(0.0) < CHECKPOINT_HOLD_MAX_S / 2
     writer.close()
 
 

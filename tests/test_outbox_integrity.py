@@ -30,7 +30,7 @@ from gateway.store.alarms import AlarmTiming
 from gateway.store.integrity import DAMAGED_ROW_REASON, row_crc, row_damage
 from gateway.store.outbox import Outbox
 from gateway.store.sink import EventFactory, OutboxSink
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import HotBatch, SqliteStore
 from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform
@@ -142,6 +142,79 @@ def test_seq_is_never_reused_after_the_wal_is_lost(tmp_path: Path) -> None:
     )
 
 
+# A gateway killed (SIGKILL) after an alarm committed to the -wal file only, then a window of
+# telemetry appended to the spool with a watermark that counts the alarm as on disk.
+_KILLED_AFTER_A_SPOOLED_WINDOW = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys
+    from pathlib import Path
+    from gateway.store.sqlite import HotBatch
+    from tests.test_outbox_integrity import alarm, make_store, telemetry
+
+    path = Path(sys.argv[1])
+    store, factory = make_store(path)
+    store.open()
+    store.insert([telemetry(factory) for _ in range(5)])
+    checkpointer = sqlite3.connect(path)
+    checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    checkpointer.close()
+    (seq,) = store.insert([alarm(factory)])
+    print("alarm-seq", seq, flush=True)
+    seqs = [store.next_seq() for _ in range(3)]
+    store.insert_hot(
+        HotBatch(rows=[(s, telemetry(factory)) for s in seqs], watermark=seqs[-1], epoch=0)
+    )
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.parametrize("wal", ["kept", "lost"])
+def test_a_window_spooled_after_commits_the_wal_lost_does_not_hide_them(
+    tmp_path: Path, wal: str
+) -> None:
+    # The spool's record counted the alarm (in the -wal file only) as on disk. With the -wal
+    # file lost, its watermark must not hide the alarm's seq: the gap is reported. With it kept,
+    # nothing is.
+    path = tmp_path / "outbox.sqlite3"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_A_SPOOLED_WINDOW, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr.decode(errors="replace")[-2000:]
+    words = done.stdout.split()
+    alarm_seq = int(words[words.index(b"alarm-seq") + 1])
+    if wal == "lost":
+        remove_wal(path)
+    for restart in range(2):  # a crash before the report is written: reported again
+        store, factory = make_store(path)
+        with capture_logs() as logs:
+            report = store.open()
+        lost = {seq for first, last in report.lost_ranges for seq in range(first, last + 1)}
+        if wal == "lost":
+            assert alarm_seq in lost, (restart, report.lost_ranges)
+            assert any(entry["event"] == "store_commits_lost" for entry in logs)
+        else:
+            assert alarm_seq not in lost, report.lost_ranges
+            assert store.claim(10)[0].seq == alarm_seq  # the alarm first, from the database
+        store.insert([alarm(factory)])  # an alarm stored before the report of the loss
+        store._require().close()  # killed again: no clean close
+        store._db = None
+    store, factory = make_store(path)
+    report = store.open()
+    # The daemon writes the report of the loss, then its watermark passes it.
+    store.insert([store.dropped_event(1, report.lost_ranges, "store_rolled_back")])
+    store.insert_hot(HotBatch(rows=[], watermark=store.last_handed_out, epoch=0))
+    store._require().close()  # killed once more
+    store._db = None
+    store, _ = make_store(path)
+    # Written with the report, the loss is not found again: only the seqs reserved above it.
+    assert all(first > alarm_seq + 1 for first, _ in store.open().lost_ranges)
+
+
 _TOP_SEQ = (
     "SELECT MAX(value, (SELECT COALESCE(MAX(seq), 0) FROM events)) FROM meta WHERE key='last_seq'"
 )
@@ -228,7 +301,16 @@ def test_daemon_killed_and_its_wal_lost_reuses_no_seq(
             gap = explained(p)
             return bool(gap) and set(range(1, max(seen) + 1)) <= seen | gap
 
-        platform.wait_for(accounted, 30, "every seq delivered or explained")
+        try:
+            platform.wait_for(accounted, 30, "every seq delivered or explained")
+        except TimeoutError as exc:
+            seen = set(platform.seq_ids("gw-a"))
+            unexplained = sorted(
+                set(range(1, max(seen, default=0) + 1)) - seen - explained(platform)
+            )
+            raise AssertionError(
+                f"seqs neither delivered nor explained: {unexplained[:50]}"
+            ) from exc
         assert daemon.terminate() == 0, daemon.log_text()[-3000:]
     finally:
         daemon.close()

@@ -37,6 +37,7 @@ from drivers.button.pairing import PairingStore
 from gateway.core.clock import ts_from_unix
 from gateway.core.faults import FaultListeners
 from gateway.core.feedback import FeedbackHold
+from gateway.core.i18n import _
 from gateway.core.kinds import EventKind
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 from gateway.core.presence import BatteryReporter, Presence
@@ -633,12 +634,12 @@ class SerialButtonLink:
         ``ReceiverUnavailableError`` when the receiver is not connected or did not take it."""
         if self._serial is None:
             raise ReceiverUnavailableError(
-                "the button receiver is not connected", port=self.port_path
+                _("the button receiver is not connected"), port=self.port_path
             )
         self.newly_paired = []
         if not self._send(encode_pair_mode(self._next_seq(), duration_s)):
             raise ReceiverUnavailableError(
-                "the button receiver did not take the PAIR_MODE frame", port=self.port_path
+                _("the button receiver did not take the PAIR_MODE frame"), port=self.port_path
             )
         log.info("button_pairing_open", duration_s=duration_s)
 

@@ -34,6 +34,7 @@ from drivers.watch.ble import (
 )
 from drivers.watch.errors import LINK_ERRORS, WatchCheckError
 from drivers.watch.store import WatchStore
+from gateway.core.i18n import _
 from gateway.core.ports import AlarmRaiser, AlarmState, EventSink
 from gateway.core.supervisor import Supervisor
 
@@ -89,13 +90,19 @@ async def scan_nearby(
         yield entry.report(entry.address.upper() in paired)
 
 
+def _unreadable(address: str, exc: Exception) -> str:
+    return _("{address}: reading the watch failed: {error}").format(address=address, error=exc)
+
+
 async def check_watch(address: str, settings: WatchSettings) -> dict[str, Any]:
     """Connect to a watch, read its battery and list its services, disconnect."""
     address = address.upper()
     device = await find_device(address, settings.adapter, settings.connect_timeout_s)
     if device is None:
         raise WatchCheckError(
-            f"{address} was not found: is the watch on, charged and within a few metres?"
+            _("{address} was not found: is the watch on, charged and within a few metres?").format(
+                address=address
+            )
         )
     try:
         async with asyncio.timeout(settings.connect_timeout_s):
@@ -104,11 +111,15 @@ async def check_watch(address: str, settings: WatchSettings) -> dict[str, Any]:
             )
     except TimeoutError as exc:
         raise WatchCheckError(
-            f"{address} did not answer within {settings.connect_timeout_s:.0f} s: is the watch "
-            "on, charged and within a few metres?"
+            _(
+                "{address} did not answer within {seconds:.0f} s: is the watch on, charged and "
+                "within a few metres?"
+            ).format(address=address, seconds=settings.connect_timeout_s)
         ) from exc
     except LINK_ERRORS as exc:
-        raise WatchCheckError(f"{address} refused the connection: {exc}") from exc
+        raise WatchCheckError(
+            _("{address} refused the connection: {error}").format(address=address, error=exc)
+        ) from exc
     try:
         services = offered_services(client)
         battery = None
@@ -116,9 +127,9 @@ async def check_watch(address: str, settings: WatchSettings) -> dict[str, Any]:
             raw = await client.read_gatt_char(codec.BATTERY_LEVEL)
             battery = codec.parse_battery(bytes(raw)).level
     except LINK_ERRORS as exc:
-        raise WatchCheckError(f"{address}: reading the watch failed: {exc}") from exc
+        raise WatchCheckError(_unreadable(address, exc)) from exc
     except codec.WatchFrameError as exc:
-        raise WatchCheckError(f"{address}: reading the watch failed: {exc}") from exc
+        raise WatchCheckError(_unreadable(address, exc)) from exc
     finally:
         await bounded_disconnect(client, settings.disconnect_timeout_s)
     return {"address": address, "battery": battery, "services": services}
@@ -224,9 +235,10 @@ class WatchFleet:
                 await watch.connected.wait()
         except TimeoutError:
             raise WatchCheckError(
-                f"{watch.address} is paired but has not connected within "
-                f"{self.settings.connect_timeout_s:.0f} s: is the watch on, charged and within "
-                "a few metres?"
+                _(
+                    "{address} is paired but has not connected within {seconds:.0f} s: is the "
+                    "watch on, charged and within a few metres?"
+                ).format(address=watch.address, seconds=self.settings.connect_timeout_s)
             ) from None
         return {"address": watch.address, "battery": watch.battery, "services": watch.services}
 
@@ -251,8 +263,10 @@ class WatchFleet:
         address = address.upper()
         if address in self.configured:
             raise WatchCheckError(
-                f"{address} is in the configuration file ([watch] addresses): remove it there "
-                "and restart the gateway"
+                _(
+                    "{address} is in the configuration file ([watch] addresses): remove it there "
+                    "and restart the gateway"
+                ).format(address=address)
             )
         if address not in self.store:
             return False

@@ -13,6 +13,7 @@ import structlog
 from gateway.core.clock import Clock
 from gateway.core.errors import CommandError
 from gateway.core.events import CONTRACT_VERSION
+from gateway.core.i18n import english
 from gateway.store.outbox import Outbox
 from gateway.store.sink import OutboxSink
 
@@ -180,7 +181,8 @@ class CommandProcessor:
             log.info("command_unknown", cmd_id=message.id, name=message.name)
             return _error(message.id, "unknown_command", f"no command named {message.name!r}")
         try:
-            result = await command.handler(dict(message.args))
+            with english():  # the platform reads the messages as written
+                result = await command.handler(dict(message.args))
         except CommandError as exc:
             log.info("command_failed", cmd_id=message.id, name=message.name, code=exc.code)
             return _error(message.id, exc.code, exc.message)

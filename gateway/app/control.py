@@ -1,9 +1,10 @@
 """The local control socket: installer commands (``carebed button …``) reach the running daemon.
 
 A unix socket (0660, group carebed) in systemd's RuntimeDirectory /run/carebed (0750), or in the
-state directory where there is none; one JSON request line per connection, one or more JSON reply
-lines, at most a few connections at once. Local only: nothing from the network reaches it, and
-its commands neither run programs nor read files.
+state directory where there is none; one JSON request line per connection (``{"cmd": NAME,
+"args": {...}, "lang": "zh_CN"}``), one or more JSON reply lines, at most a few connections at
+once. What the replies say for a person (errors) is in the request's language. Local only:
+nothing from the network reaches it, and its commands neither run programs nor read files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import structlog
 
 from gateway.core.errors import ControlError
-from gateway.core.i18n import _
+from gateway.core.i18n import _, reader_language, speaking
 
 log = structlog.get_logger("gateway.app.control")
 
@@ -57,16 +58,15 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
-    def _parse(self, line: bytes) -> tuple[str, Handler, dict[str, Any]]:
-        request = json.loads(line)
+    def _parse(self, request: object) -> tuple[str, Handler, dict[str, Any]]:
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            raise ControlError('a request is {"cmd": NAME, "args": {...}}')
+            raise ControlError(_('a request is {"cmd": NAME, "args": {...}}'))
         handler = self.handlers.get(request["cmd"])
         if handler is None:
-            raise ControlError(f"unknown command {request['cmd']!r}")
+            raise ControlError(_("unknown command {cmd}").format(cmd=repr(request["cmd"])))
         args = request.get("args") or {}
         if not isinstance(args, dict):
-            raise ControlError("args must be an object")
+            raise ControlError(_("args must be an object"))
         return request["cmd"], handler, args
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,11 +78,13 @@ class ControlServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 line = await reader.readline()
-            cmd, handler, args = self._parse(line)
-            log.info("control_command", cmd=cmd)
-            async for reply in handler(args):
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
+            request = json.loads(line)
+            with speaking(request.get("lang") if isinstance(request, dict) else None):
+                cmd, handler, args = self._parse(request)
+                log.info("control_command", cmd=cmd)
+                async for reply in handler(args):
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await writer.drain()
         except (ControlError, ValueError, TimeoutError) as exc:
             writer.write(json.dumps({"error": str(exc)}).encode() + b"\n")
         except Exception as exc:
@@ -116,7 +118,8 @@ async def request(
     async with asyncio.timeout(reply_timeout_s):
         reader, writer = await asyncio.open_unix_connection(str(path), limit=REQUEST_LIMIT_BYTES)
     try:
-        writer.write(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        request = {"cmd": cmd, "args": args, "lang": reader_language()}
+        writer.write(json.dumps(request).encode() + b"\n")
         while True:
             try:
                 async with asyncio.timeout(reply_timeout_s):

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import structlog
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from drivers.button.codec import device_id
 from drivers.button.errors import ReceiverUnavailableError
@@ -25,6 +26,7 @@ from gateway.app.config import GatewayConfig, ble_address
 from gateway.app.housekeeping import GatewayStatus, Heartbeat
 from gateway.app.settings import RemoteSettings
 from gateway.core.errors import CommandError, ControlError
+from gateway.core.i18n import N_, _
 from gateway.store.outbox import Outbox
 from gateway.store.sink import OutboxSink
 from gateway.uplink.link import MqttUplink
@@ -43,7 +45,8 @@ Reply = AsyncIterator[dict[str, Any]]
 class Args(BaseModel):
     """A command's arguments: only its fields, each of its type as sent ("30" is not 30).
 
-    Each field's ``description`` completes "NAME must be …" in what the caller reads."""
+    Each field's ``description`` completes "NAME must be …" in what the caller reads (marked
+    for the catalogs with ``N_``, translated where it is read)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -60,7 +63,9 @@ def _button_id(value: object) -> int:
             return parse_device(value)
     except ValueError:
         pass
-    raise ValueError(f"{value!r} is not a button device id (e.g. btn-00A1B2C3)")
+    raise ValueError(
+        _("{value} is not a button device id (e.g. btn-00A1B2C3)").format(value=repr(value))
+    )
 
 
 def _ble_address(value: object) -> str:
@@ -70,43 +75,41 @@ def _ble_address(value: object) -> str:
 class ButtonPairArgs(Args):
     """``button.pair``, from the platform and from the socket: how long pairing stays open."""
 
-    duration_s: int = Field(
-        60, ge=1, le=MAX_PAIRING_S, description=f"an integer from 1 to {MAX_PAIRING_S}"
-    )
+    duration_s: int = Field(60, ge=1, le=MAX_PAIRING_S, description=N_("an integer from 1 to {le}"))
 
 
 class ButtonUnpairArgs(Args):
     """``button.unpair``, from the platform and from the socket: ``device`` read as the id."""
 
     device: Annotated[int, BeforeValidator(_button_id)] = Field(
-        description="a button device id (e.g. btn-00A1B2C3)"
+        description=N_("a button device id (e.g. btn-00A1B2C3)")
     )
 
 
 class CameraCallArgs(Args):
     """``camera.call``: why the platform asks for a call, and for which alarm if any."""
 
-    reason: str = Field(description="text")
-    alarm_id: str | None = Field(None, description="an alarm id or null")
+    reason: str = Field(description=N_("text"))
+    alarm_id: str | None = Field(None, description=N_("an alarm id or null"))
 
 
 class CameraTestArgs(Args):
     """``camera.test``: ``call`` places a test call after the checks."""
 
-    call: bool = Field(False, description="true or false")
+    call: bool = Field(False, description=N_("true or false"))
 
 
 class WatchScanArgs(Args):
     """``watch.scan``: how long to listen."""
 
-    seconds: int = Field(10, ge=1, le=MAX_SCAN_S, description=f"an integer from 1 to {MAX_SCAN_S}")
+    seconds: int = Field(10, ge=1, le=MAX_SCAN_S, description=N_("an integer from 1 to {le}"))
 
 
 class WatchAddressArgs(Args):
     """``watch.pair`` and ``watch.unpair``: the watch's address, read in upper case."""
 
     address: Annotated[str, BeforeValidator(_ble_address)] = Field(
-        description="a BLE address (e.g. C0:FF:EE:00:00:01)"
+        description=N_("a BLE address (e.g. C0:FF:EE:00:00:01)")
     )
 
 
@@ -118,9 +121,11 @@ def problem(model: type[Args], exc: ValidationError) -> str:
     problems: list[str] = []
     if extra:
         problems.append(
-            f"does not take {', '.join(map(repr, extra))} (takes {', '.join(fields)})"
+            _("does not take {extra} (takes {fields})").format(
+                extra=", ".join(map(repr, extra)), fields=", ".join(fields)
+            )
             if fields
-            else f"takes no arguments, got {extra}"
+            else _("takes no arguments, got {extra}").format(extra=extra)
         )
     for error in errors:
         if error["type"] == "extra_forbidden":
@@ -129,8 +134,21 @@ def problem(model: type[Args], exc: ValidationError) -> str:
         if error["type"] == "value_error":  # the field's own check says what it saw
             problems.append(f"{name}: {error['ctx']['error']}")
         else:
-            problems.append(f"{name} must be {fields[name].description}")
+            problems.append(
+                _("{name} must be {what}").format(name=name, what=_described(fields[name]))
+            )
     return "; ".join(dict.fromkeys(problems))
+
+
+def _described(field: FieldInfo) -> str:
+    """A field's ``description`` in the reader's language, its bounds (``{le}``) filled in."""
+    bounds = {
+        name: getattr(item, name)
+        for item in field.metadata
+        for name in ("ge", "le")
+        if hasattr(item, name)
+    }
+    return _(field.description).format(**bounds) if field.description else ""
 
 
 def command_args(model: type[ArgsT], args: dict[str, Any]) -> ArgsT:
@@ -256,7 +274,7 @@ class ButtonCommands:
 
     def _control_button(self) -> SerialButtonLink:
         if self._button is None:
-            raise ControlError("no button receiver is configured ([button] enabled = false)")
+            raise ControlError(_("no button receiver is configured ([button] enabled = false)"))
         return self._button
 
     async def pair(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +339,7 @@ class CameraCommands:
 
     async def control_test(self, args: dict[str, Any]) -> Reply:
         if self._camera is None:
-            raise ControlError("no camera is configured ([camera] enabled = false)")
+            raise ControlError(_("no camera is configured ([camera] enabled = false)"))
         test = control_args(CameraTestArgs, args)
         yield {"event": "status", **await self._camera.check()}
         if test.call:
@@ -337,7 +355,7 @@ class WatchCommands:
 
     def _control_watches(self) -> WatchFleet:
         if self._watches is None:
-            raise ControlError("watches are not enabled ([watch] enabled = false)")
+            raise ControlError(_("watches are not enabled ([watch] enabled = false)"))
         return self._watches
 
     async def control_list(self, args: dict[str, Any]) -> Reply:

@@ -136,6 +136,17 @@ def raise_watermark(seq: int, db: sqlite3.Connection) -> None:
     db.execute("UPDATE meta SET value=? WHERE key='last_seq' AND value<?", (seq, seq))
 
 
+def db_top(db: sqlite3.Connection) -> int:
+    """``meta.db_top``: the highest seq ever committed to the file, in a row or a report."""
+    row = db.execute("SELECT value FROM meta WHERE key='db_top'").fetchone()
+    return int(row[0])
+
+
+def raise_db_top(seq: int, db: sqlite3.Connection) -> None:
+    """Raise ``meta.db_top`` to ``seq`` (in the transaction that stores it). It only moves up."""
+    db.execute("UPDATE meta SET value=? WHERE key='db_top' AND value<?", (seq, seq))
+
+
 def top_seq(db: sqlite3.Connection) -> int:
     """The highest seq the file knows of: the watermark, a row, a quarantined row."""
     row = db.execute(

@@ -7,8 +7,8 @@ segment file and made durable with one ``fdatasync``: usually a single page of t
 
 A record::
 
-    magic "CBS2" | body length u32 | first seq u64 | last seq u64 | watermark u64 | count u32
-    | body crc32 u32 | header crc32 u32 | body: zlib(META, a newline, EVENTS)
+    magic "CBS3" | body length u32 | first seq u64 | last seq u64 | watermark u64 | db top u64
+    | count u32 | body crc32 u32 | header crc32 u32 | body: zlib(META, a newline, EVENTS)
 
 EVENTS: the events as they go on the wire (``StoredEvent.wire_json``, attempt 1), in seq order,
 joined by commas, so that a claim hands a stretch of them to a message as it is (``WireRun``),
@@ -16,14 +16,18 @@ without an object per event. META, JSON: ``[seqs, lengths, indexes, mono_ns, boo
 event's seq and the length of its JSON; for the events stamped before the clock was
 synchronised, their indexes, CLOCK_BOOTTIME stamps and boot ids (the clock correction rewrites
 their ``ts`` when they are read). Records of
-the first format (magic "CBS1", body: zlib(JSON list of rows)) are still read.
+the earlier formats are still read: "CBS2" (the same without the db top) and "CBS1" (neither,
+and a body of zlib(JSON list of rows)).
 
 ``watermark``: what the batch records (``HotBatch.watermark``): every seq up to it is on disk,
-delivered or reported. Records go into segment files (``NNNNNNNNNNNNNNNNNNNN.seg`` in
-``outbox.sqlite3.spool/``) of about ``SEGMENT_BYTES``; a segment whose events were all
-acknowledged is deleted. Acknowledgements are kept in memory only: after a restart the
-acknowledged events of a segment that was not finished are published again (duplicates by id,
-which the platform drops).
+delivered or reported. ``db top``: the database's ``meta.db_top`` when the record was appended,
+the highest seq committed to it; the store compares it with the database's at open, which tells
+it that the database lost commits (its -wal file deleted) that the watermark counted on.
+
+Records go into segment files (``NNNNNNNNNNNNNNNNNNNN.seg`` in ``outbox.sqlite3.spool/``) of
+about ``SEGMENT_BYTES``; a segment whose events were all acknowledged is deleted.
+Acknowledgements are kept in memory only: after a restart the acknowledged events of a segment
+that was not finished are published again (duplicates by id, which the platform drops).
 
 At open every segment is read and checked. A record cut short at the end of the last segment
 (a crash or a power cut in the middle of an append, before its ``fdatasync`` returned) is cut
@@ -59,13 +63,16 @@ from gateway.store.files import fsync_dir
 
 log = structlog.get_logger("gateway.store.spool")
 
-MAGIC = b"CBS2"  # what is written: events as their wire JSON
+MAGIC = b"CBS3"  # what is written: events as their wire JSON, the database's top
+MAGIC_WIRE = b"CBS2"  # the second format, without the database's top: read, never written
 MAGIC_ROWS = b"CBS1"  # the first format, events as rows: read, never written
 _MAGIC_PREFIX = b"CBS"
 SPOOLED_CLASS = "telemetry"  # the only class the spool holds
-_HEADER = struct.Struct("<4sIQQQII")  # magic, body length, first, last, watermark, count, body crc
+# magic, body length, first, last, watermark, db top, count, body crc
+_HEADER = struct.Struct("<4sIQQQQII")
+_HEADER_OLD = struct.Struct("<4sIQQQII")  # CBS1 and CBS2: no db top
 _HEADER_CRC = struct.Struct("<I")
-HEADER_BYTES = _HEADER.size + _HEADER_CRC.size
+HEADER_BYTES = _HEADER.size + _HEADER_CRC.size  # of what is written
 SEGMENT_BYTES = 64 * 1024  # a new segment once the active one is this large
 # Events per record: a claim parses a whole record on the store's thread, where an alarm may be
 # waiting (256 vitals events: ≈0.5 ms), while small records compress less well.
@@ -167,6 +174,7 @@ class SpoolOpen:
 
     max_seq: int = 0
     watermark: int = 0
+    db_top: int = 0  # the highest db top a record names
     # Damage: a record whose header is intact names its seqs (first, last); otherwise the
     # seqs between the good records around it (in file order), resolved by ``resolve_damage``.
     damaged: list[tuple[int, int]] = field(default_factory=list)
@@ -196,12 +204,12 @@ def body_of(rows: Sequence[tuple[int, NewEvent]]) -> Body:
     return Body.of(seqs, wires, unsynced)
 
 
-def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int) -> bytes:
+def encode_record(rows: Sequence[tuple[int, NewEvent]], watermark: int, db_top: int = 0) -> bytes:
     """One record of ``rows`` (seq order is not required)."""
-    return _encode(body_of(rows), watermark)
+    return _encode(body_of(rows), watermark, db_top)
 
 
-def _encode(body: Body, watermark: int) -> bytes:
+def _encode(body: Body, watermark: int, db_top: int) -> bytes:
     lengths = [end - start - 1 for start, end in itertools.pairwise(body.starts)]
     unsynced = body.unsynced
     meta = json.dumps(
@@ -211,13 +219,13 @@ def _encode(body: Body, watermark: int) -> bytes:
     data = zlib.compress(b"%s\n%s" % (meta.encode(), body.text.encode()))
     seqs = body.seqs
     header = _HEADER.pack(
-        MAGIC, len(data), seqs[0], seqs[-1], watermark, len(seqs), zlib.crc32(data)
+        MAGIC, len(data), seqs[0], seqs[-1], watermark, db_top, len(seqs), zlib.crc32(data)
     )
     return header + _HEADER_CRC.pack(zlib.crc32(header)) + data
 
 
 def encode_records(
-    rows: Sequence[tuple[int, NewEvent]], watermark: int
+    rows: Sequence[tuple[int, NewEvent]], watermark: int, db_top: int = 0
 ) -> list[tuple[bytes, Sequence[tuple[int, NewEvent]]]]:
     """``rows`` (in seq order) as records of at most ``RECORD_EVENTS`` events, each with its
     events. A record's watermark stays below the seqs of the records after it: written in one
@@ -229,7 +237,9 @@ def encode_records(
         bounds.append(bound)
         bound = min([bound, *(seq - 1 for seq, _ in chunk)])
     bounds.reverse()
-    return [(encode_record(chunk, b), chunk) for chunk, b in zip(chunks, bounds, strict=True)]
+    return [
+        (encode_record(chunk, b, db_top), chunk) for chunk, b in zip(chunks, bounds, strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,20 +251,33 @@ class RecordHeader:
     watermark: int
     count: int
     body_crc: int
+    db_top: int = 0  # CBS3 only
+    size: int = HEADER_BYTES  # the header's bytes, its checksum included
+
+    @property
+    def end(self) -> int:
+        """The record's bytes, header and body."""
+        return self.size + self.length
 
 
 def decode_header(data: bytes | memoryview) -> RecordHeader:
     """The header at the start of ``data`` (``SpoolDamage`` if it is not one, or short)."""
-    if len(data) < HEADER_BYTES:
+    layout = _HEADER if bytes(data[:4]) == MAGIC else _HEADER_OLD
+    size = layout.size + _HEADER_CRC.size
+    if len(data) < size:
         raise SpoolDamage("short header")
-    header = bytes(data[: _HEADER.size])
-    magic, length, first, last, watermark, count, body_crc = _HEADER.unpack(header)
-    (crc,) = _HEADER_CRC.unpack(bytes(data[_HEADER.size : HEADER_BYTES]))
-    if magic not in (MAGIC, MAGIC_ROWS) or crc != zlib.crc32(header):
+    header = bytes(data[: layout.size])
+    (crc,) = _HEADER_CRC.unpack(bytes(data[layout.size : size]))
+    if layout is _HEADER:
+        magic, length, first, last, watermark, db_top, count, body_crc = layout.unpack(header)
+    else:
+        magic, length, first, last, watermark, count, body_crc = layout.unpack(header)
+        db_top = 0
+    if magic not in (MAGIC, MAGIC_WIRE, MAGIC_ROWS) or crc != zlib.crc32(header):
         raise SpoolDamage("bad header")
     if length > MAX_BODY_BYTES or count == 0 or first > last:
         raise SpoolDamage("impossible header")
-    return RecordHeader(magic, length, first, last, watermark, count, body_crc)
+    return RecordHeader(magic, length, first, last, watermark, count, body_crc, db_top, size)
 
 
 def check_body(header: RecordHeader, body: bytes | memoryview) -> None:
@@ -421,7 +444,7 @@ class Spool:
                 record = _Record(
                     segment,
                     offset,
-                    HEADER_BYTES + header.length,
+                    header.end,
                     header.first,
                     header.last,
                     header.watermark,
@@ -430,6 +453,7 @@ class Spool:
                 )
                 segment.records.append(record)
                 previous[0] = record
+                found.db_top = max(found.db_top, header.db_top)
                 offset += record.size
                 continue
             resume = _next_record(view, offset + 1)
@@ -955,7 +979,8 @@ def _read_body(record: _Record) -> Body | None:
         with open(record.segment.path, "rb") as handle:
             handle.seek(record.offset)
             data = handle.read(record.size)
-        return decode_body(decode_header(data), data[HEADER_BYTES:])
+        header = decode_header(data)
+        return decode_body(header, data[header.size :])
     except (OSError, SpoolDamage) as exc:
         log.error("spool_record_unreadable", path=str(record.segment.path), error=str(exc))  # noqa: TRY400
         return None
@@ -965,8 +990,7 @@ def _check_at(view: memoryview, offset: int) -> tuple[RecordHeader | None, str]:
     """The header of the whole, intact record at ``offset``, or None and why not."""
     try:
         header = decode_header(view[offset:])
-        end = offset + HEADER_BYTES + header.length
-        check_body(header, view[offset + HEADER_BYTES : end])
+        check_body(header, view[offset + header.size : offset + header.end])
     except SpoolDamage as exc:
         return None, str(exc)
     return header, ""
@@ -1022,8 +1046,8 @@ def read_spool(directory: Path) -> list[tuple[int, str, str, str | None, str, st
         while offset < len(data):
             try:
                 header = decode_header(memoryview(data)[offset:])
-                end = offset + HEADER_BYTES + header.length
-                body = decode_body(header, data[offset + HEADER_BYTES : end])
+                end = offset + header.end
+                body = decode_body(header, data[offset + header.size : end])
                 stored = [StoredEvent.from_wire(body.wire(n)) for n in range(len(body.seqs))]
             except (SpoolDamage, ValueError):
                 break

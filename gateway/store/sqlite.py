@@ -191,6 +191,16 @@ class SqliteStore:
         self._last = 0  # the last seq handed out
         self._taken: list[int] = []  # seqs handed out to the transaction being attempted
         self._lost: list[int] = []  # seqs of transactions rolled back, not yet reported
+        # ``meta.db_top`` as committed (each spool record carries it), the highest seq stored in
+        # a committed transaction, and in the one being attempted (``_write``).
+        self._db_top = 0
+        self._stored_top = 0
+        self._pending_top = 0
+        # After the database lost commits: ``meta.db_top`` stays where it is (so the spool's
+        # records keep naming a higher one, and a crash finds the loss again) until the
+        # watermark reaches this seq, i.e. until the report of the loss is written.
+        self._db_top_held: int | None = None
+        self._rolled_back = False  # the database lost commits the spool's watermarks count on
         self._epoch = 0  # of the last ``release_all``
         # In memory only, on the monotonic clock (seconds): a restart starts them afresh.
         self._inflight: set[int] = set()
@@ -233,6 +243,7 @@ class SqliteStore:
         closed_cleanly = self._seqmark.state == self._seqmark.CLOSED
         found = self._spool.open()
         self._spool_top = found.max_seq
+        self._spool_db_top = found.db_top
         try:
             report.migrated_from = self._open_checked()
         except StoreCorruptError as exc:
@@ -289,7 +300,7 @@ class SqliteStore:
         all of it after a clean close (every append had completed); else what lies at or below
         the watermark (a torn append is above every watermark on disk, and the seqs above it are
         reported as after any crash)."""
-        watermark = max(self._last_seq(), self._spool.watermark)
+        watermark = self._open_watermark()
         ranges = []
         for named, before in found.cut:
             if named is not None:
@@ -319,6 +330,7 @@ class SqliteStore:
             db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
         )
         self._last = max(database.top_seq(db), self._spool_top)
+        self._db_top = self._stored_top = database.db_top(db)
         if migrated_from != 0:
             self._seqmark.ensure(self._last)
         return migrated_from
@@ -338,12 +350,23 @@ class SqliteStore:
         (events kept in memory, the window's telemetry), or when commits were lost (its -wal
         file deleted, or an older copy restored)."""
         mark = self._seqmark
-        watermark = max(self._last_seq(), self._spool.watermark)
         if mark.state is None:
             return []
         # Closed cleanly: its last seq then is exact. Open (a crash): seqs may have been handed
         # out up to the reserved bound.
         resume = mark.last if mark.state == mark.CLOSED else max(mark.reserved, mark.last)
+        if self._spool_db_top > self._db_top:
+            # A record of the spool was appended after commits the database no longer has:
+            # the records' watermarks counted them as on disk. Only the database's own holds.
+            self._rolled_back = True
+            self._db_top_held = resume
+            log.error(
+                "store_commits_lost",
+                path=str(self.path),
+                db_top=self._db_top,
+                spool_db_top=self._spool_db_top,
+            )
+        watermark = self._open_watermark()
         if watermark >= resume:
             return []
         present = sorted(
@@ -367,6 +390,13 @@ class SqliteStore:
             ranges=len(missing),
         )
         return missing
+
+    def _open_watermark(self) -> int:
+        """The watermark on disk at open: the database's, or the spool's where it is higher,
+        unless the database lost commits the spool's records counted on."""
+        if self._rolled_back:
+            return self._last_seq()
+        return max(self._last_seq(), self._spool.watermark)
 
     def _continue_above(self, seq: int) -> None:
         """Hand out seqs above ``seq`` only. The watermark stays where it is until the report
@@ -399,6 +429,18 @@ class SqliteStore:
                     self._seqmark.closed(last)
                 except OSError as exc:  # the next start then checks the store as after a crash
                     log.warning("seq_mark_not_written", error=str(exc))
+
+    def _raise_db_top(self, db: sqlite3.Connection) -> int | None:
+        """In a write's transaction: raise ``meta.db_top`` to the highest seq stored, unless it
+        is held (``_db_top_held``); the value written, or None."""
+        top = max(self._stored_top, self._pending_top)
+        if top <= self._db_top:
+            return None
+        held = self._db_top_held
+        if held is not None and database.last_seq(db) < held:
+            return None
+        database.raise_db_top(top, db)
+        return top
 
     def _raise_watermark(self, watermark: int) -> None:
         db = self._require()
@@ -561,7 +603,7 @@ class SqliteStore:
     ) -> None:
         """The batch's telemetry, one record of the spool, after room is made for it."""
         watermark = self._bounded_watermark(batch.watermark)
-        records = encode_records(spooled, watermark)
+        records = encode_records(spooled, watermark, self._db_top)
         size = sum(len(data) for data, _ in records)
         db = self._prepare(urgent=False)
         for attempt in range(1, FULL_ATTEMPTS + 1):
@@ -672,6 +714,7 @@ class SqliteStore:
         return evicted, lost
 
     def _insert_row(self, db: sqlite3.Connection, seq: int, event: NewEvent, now: float) -> None:
+        self._pending_top = max(self._pending_top, seq)
         size = row_bytes(event)
         alarm = event.is_alarm
         db.execute(
@@ -853,9 +896,11 @@ class SqliteStore:
         for attempt in range(1, FULL_ATTEMPTS + 1):
             stored = self._stored_bytes
             self._taken = []
+            self._pending_top = 0
             try:
                 with transaction(db):
                     done = work(db)
+                    top = self._raise_db_top(db)
             except BaseException as exc:
                 self._spool.spare_doomed()
                 self._stored_bytes = stored
@@ -870,6 +915,9 @@ class SqliteStore:
                 self._disk.make_room(db, exc, what, attempt)
             else:
                 self._taken = []
+                self._stored_top = max(self._stored_top, self._pending_top)
+                if top is not None:
+                    self._db_top, self._db_top_held = top, None
                 self._spool.drop_doomed()  # their report is committed
                 return done
         raise AssertionError("unreachable")  # pragma: no cover

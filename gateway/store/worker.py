@@ -110,11 +110,13 @@ class Checkpointer:
         """Wait for a quiet moment without alarms (bounded); True if asked to stop meanwhile."""
         start = time.monotonic()
         quiet_since = start
-        while (now := time.monotonic()) - quiet_since < CHECKPOINT_QUIET_S:
-            if now - start >= CHECKPOINT_HOLD_MAX_S:
-                break
+        while (now := time.monotonic()) - start < CHECKPOINT_HOLD_MAX_S:
+            # Asked each time, the last time too: a thread that was not scheduled for a while
+            # saw no alarm then, which is not a quiet moment.
             if self._hold():
                 quiet_since = now
+            elif now - quiet_since >= CHECKPOINT_QUIET_S:
+                break
             if self._stop.wait(CHECKPOINT_HOLD_POLL_S):
                 return True
         return self._stop.is_set()

@@ -21,7 +21,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("gateway",)
+SOURCES = ("gateway", "drivers")
 LOCALE_DIR = ROOT / "gateway" / "locale"
 DOMAIN = "carebed"
 LANGUAGES = ("zh_CN",)

@@ -1,0 +1,418 @@
+"""A NATS cluster for the rig: nats-server nodes with JetStream and MQTT on free 127.0.0.1 ports.
+
+Each node has its own config file, JetStream store and log in its own directory, a
+``server_name`` (MQTT in NATS needs one, and JetStream), routes to every other node, an MQTT
+listener (MQTT 3.1.1 only: NATS 2.9 refuses MQTT 5 connections) and a monitoring port. The
+cluster counts as formed once every running node has a route to every other running one, reports
+itself healthy (``/healthz``: JetStream current) and knows the JetStream meta leader; the MQTT
+streams are created before ``start`` returns, so that the first gateway does not wait for them.
+
+Tests kill, stop and restart single nodes; a client connects to one node's MQTT port (``port`` is
+node 0's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from hil.sim.broker import HOST, free_port
+from hil.sim.pki import Pki
+
+CLUSTER_NAME = "carebed"
+DEFAULT_SIZE = 3
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+FORM_TIMEOUT_S = 30.0
+PROBE_INTERVAL_S = 0.05
+HTTP_TIMEOUT_S = 2.0
+LOG_TAIL_LINES = 40
+# The first MQTT connection of an account creates its streams (R3 here): a few seconds.
+WARM_UP_TIMEOUT_S = 30.0
+
+
+class NatsError(Exception):
+    """A node of the rig's NATS cluster could not be started, stopped or reached."""
+
+
+def nats_binary() -> str:
+    """Path of the nats-server executable (Debian installs it in /usr/sbin)."""
+    found = shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin")
+    if found is None:
+        raise NatsError("nats-server not found in /usr/sbin, /usr/local/sbin or on PATH")
+    return found
+
+
+class NatsNode:
+    """One nats-server of the cluster; ``port`` is its MQTT listener."""
+
+    _reaper: weakref.finalize[[subprocess.Popen[bytes], IO[bytes]], NatsNode] | None
+
+    def __init__(self, workdir: Path, name: str, *, stream_replicas: int | None = None) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.host = HOST
+        self.client_port = free_port()
+        self.cluster_port = free_port()
+        self.http_port = free_port()
+        self.port = free_port()  # MQTT
+        self.stream_replicas = stream_replicas
+        self.routes: list[int] = []  # every node's cluster port, this one's included
+        self.config_path = workdir / "nats.conf"
+        self.log_path = workdir / "nats.log"
+        self.stderr_path = workdir / "nats.stderr"
+        self.store_dir = workdir / "jetstream"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._reaper = None
+
+    @property
+    def pki(self) -> Pki | None:
+        """Plain TCP: the rig's NATS has no TLS (the platform client asks)."""
+        return None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the server and wait until its monitoring and MQTT ports accept connections
+        (the cluster may not be formed yet: see ``NatsCluster.wait_formed``)."""
+        if self.running:
+            raise NatsError(f"{self.name} is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        stderr = self.stderr_path.open("ab")
+        try:
+            proc = subprocess.Popen(
+                [nats_binary(), "-c", str(self.config_path)],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+            )
+        except BaseException:
+            stderr.close()
+            raise
+        self._proc, self._stderr = proc, stderr
+        self._reaper = weakref.finalize(self, _reap, proc, stderr)
+        try:
+            self._wait_until_listening(proc)
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM and wait: an orderly shutdown."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise NatsError(
+                    f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
+                    f"{self.log_tail()}"
+                ) from None
+        self._forget()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash of this node."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        self._forget()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    # -- monitoring --------------------------------------------------------------------------
+
+    def monitor(self, endpoint: str) -> dict[str, Any]:
+        """GET a monitoring endpoint (``routez``, ``jsz``, ``healthz``, ``varz``) as JSON."""
+        url = f"http://{self.host}:{self.http_port}/{endpoint}"
+        try:
+            with urllib.request.urlopen(
+                url, timeout=HTTP_TIMEOUT_S
+            ) as reply:  # our own http://127.0.0.1
+                document = json.loads(reply.read())
+        except urllib.error.HTTPError as exc:  # /healthz answers 503 with a JSON body
+            document = json.loads(exc.read() or b"{}")
+        if not isinstance(document, dict):
+            raise NatsError(f"{self.name} /{endpoint}: not a JSON object")
+        return document
+
+    def formed_with(self, peers: int) -> bool:
+        """Routed to ``peers`` other nodes, healthy, and a JetStream meta leader is known."""
+        try:
+            routes = self.monitor("routez").get("num_routes", 0)
+            healthy = self.monitor("healthz").get("status") == "ok"
+            meta = self.monitor("jsz").get("meta_cluster") or {}
+        except (OSError, ValueError, NatsError):
+            return False
+        return routes >= peers and healthy and bool(meta.get("leader"))
+
+    def meta_leader(self) -> str | None:
+        leader = (self.monitor("jsz").get("meta_cluster") or {}).get("leader")
+        return str(leader) if leader else None
+
+    # -- logs and config ---------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        parts = []
+        for path in (self.log_path, self.stderr_path):
+            with contextlib.suppress(FileNotFoundError):
+                parts.append(path.read_text(encoding="utf-8", errors="replace"))
+        return "".join(parts)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        tail = self.log_text().splitlines()[-lines:]
+        return f"--- {self.name} log tail ({self.log_path}) ---\n" + "\n".join(tail)
+
+    def config_text(self) -> str:
+        routes = ", ".join(f"nats-route://{self.host}:{port}" for port in self.routes)
+        mqtt_lines = [f"  listen: {self.host}:{self.port}"]
+        if self.stream_replicas is not None:
+            mqtt_lines.append(f"  stream_replicas: {self.stream_replicas}")
+        lines = [
+            "# Generated by hil/sim/nats.py for one run; not an example to copy.",
+            f"server_name: {self.name}",
+            f"listen: {self.host}:{self.client_port}",
+            f"http: {self.host}:{self.http_port}",
+            f"log_file: {json.dumps(str(self.log_path))}",
+            "logtime: true",
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
+            "cluster {",
+            f"  name: {CLUSTER_NAME}",
+            f"  listen: {self.host}:{self.cluster_port}",
+            f"  routes: [{routes}]",
+            "}",
+            "mqtt {",
+            *mqtt_lines,
+            "}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<NatsNode {self.name} mqtt={self.host}:{self.port} {state}>"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _wait_until_listening(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                self.monitor("varz")
+                with socket.create_connection((self.host, self.port), timeout=1.0):
+                    return
+            except (OSError, ValueError) as exc:
+                last_error: Exception = exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NatsError(
+                    f"{self.name} did not listen within {START_TIMEOUT_S} s ({last_error!r}).\n"
+                    f"{self.log_tail()}"
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=min(PROBE_INTERVAL_S, remaining))
+                raise NatsError(
+                    f"{self.name} exited with status {code} during start-up.\n{self.log_tail()}"
+                )
+
+    def _forget(self) -> None:
+        if self._reaper is not None:
+            self._reaper.detach()
+            self._reaper = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self._proc = None
+
+
+class NatsCluster:
+    """``size`` NATS nodes routed to each other on 127.0.0.1, JetStream and MQTT on each.
+
+    ``host``/``port`` are node 0's MQTT listener, so that the cluster stands where a rig
+    ``Mosquitto`` does; ``nodes[i]`` are the nodes, each also a place to connect to.
+    """
+
+    def __init__(
+        self, workdir: Path, *, size: int = DEFAULT_SIZE, stream_replicas: int | None = None
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        self.workdir = workdir
+        self.nodes = [
+            NatsNode(workdir / f"n{i}", f"{CLUSTER_NAME}-n{i}", stream_replicas=stream_replicas)
+            for i in range(size)
+        ]
+        ports = [node.cluster_port for node in self.nodes]
+        for node in self.nodes:
+            node.routes = ports if size > 1 else []
+
+    @property
+    def host(self) -> str:
+        return self.nodes[0].host
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def pki(self) -> Pki | None:
+        return None
+
+    @property
+    def running(self) -> bool:
+        return any(node.running for node in self.nodes)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every node, wait until the cluster has formed, and create the MQTT streams."""
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_formed()
+            self.warm_up()
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node; the others stay up."""
+        self.nodes[index].kill()
+
+    def restart_node(self, index: int) -> None:
+        """Start a stopped or killed node again (same ports, same store) and wait until the
+        cluster has formed with it."""
+        self.nodes[index].start()
+        self.wait_formed()
+
+    def wait_formed(self, timeout: float = FORM_TIMEOUT_S) -> None:
+        """Until every running node is routed to all other running nodes, healthy, and knows a
+        JetStream meta leader; raises ``NatsError`` with the nodes' logs on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            up = [node for node in self.nodes if node.running]
+            if not up:
+                raise NatsError("no node of the cluster is running")
+            if all(node.formed_with(len(up) - 1) for node in up):
+                return
+            if time.monotonic() > deadline:
+                raise NatsError(
+                    f"the NATS cluster did not form within {timeout} s\n{self.log_tail()}"
+                )
+            time.sleep(PROBE_INTERVAL_S)
+
+    def warm_up(self, timeout: float = WARM_UP_TIMEOUT_S) -> None:
+        """Connect once over MQTT (clean session) to each node and wait for the CONNACK: the
+        first connection creates the account's MQTT streams, which takes seconds in a cluster."""
+        for node in self.nodes:
+            if node.running:
+                _mqtt_handshake(node.host, node.port, timeout, f"{node.name}: MQTT warm-up")
+
+    def meta_leader(self) -> str | None:
+        """The name of the JetStream meta leader, as a running node sees it."""
+        for node in self.nodes:
+            if node.running:
+                with contextlib.suppress(OSError, ValueError, NatsError):
+                    return node.meta_leader()
+        return None
+
+    def node_named(self, name: str) -> int:
+        return [node.name for node in self.nodes].index(name)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(node.log_tail(lines) for node in self.nodes)
+
+    def __repr__(self) -> str:
+        return f"<NatsCluster {self.nodes!r}>"
+
+
+def _mqtt_handshake(host: str, port: int, timeout: float, what: str) -> None:
+    """One MQTT 3.1.1 clean-session CONNECT/CONNACK, then DISCONNECT."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"rig-warm-up-{port}",
+        protocol=MQTTProtocolVersion.MQTTv311,
+        clean_session=True,
+    )
+    client.connect_timeout = timeout
+    client.connect(host, port, keepalive=60)
+    deadline = time.monotonic() + timeout
+    try:
+        while not client.is_connected():
+            client.loop(timeout=PROBE_INTERVAL_S)
+            if time.monotonic() > deadline:
+                raise NatsError(f"{what}: no CONNACK within {timeout} s")
+    finally:
+        client.disconnect()
+
+
+def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+    """Last-resort cleanup, run if a node is garbage-collected or at interpreter exit."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT_S)
+    stderr.close()

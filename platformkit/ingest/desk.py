@@ -1,0 +1,299 @@
+"""The alarm desk: open alarms live, acknowledgement, commands; a page and a small JSON API.
+
+The page (``static/desk.html``, no build step) follows ``/api/stream`` (server-sent events fed
+by PostgreSQL's LISTEN/NOTIFY) and reloads the part that changed. Acknowledging publishes the
+contract's ``down/ack`` and records the operator once the broker has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import structlog
+from aiohttp import web
+
+from platformkit.ingest import gaps, store
+from platformkit.ingest.contract import GATEWAY_ID
+from platformkit.ingest.migrations import migrate
+from platformkit.ingest.mqtt import BrokerAddress, MqttLink
+from platformkit.ingest.worker import ack_payload
+
+log = structlog.get_logger("platformkit.desk")
+
+STATIC_DIR = Path(__file__).parent / "static"
+COMMANDS = ("ping", "status", "test_alarm")
+COMMAND_TTL_S = 120
+RECENT_ACKED_S = 600
+RECENT_COMMANDS = 30
+MAX_OPERATOR_CHARS = 128
+SSE_KEEPALIVE_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeskSettings:
+    dsn: str
+    broker: BrokerAddress
+    host: str = "127.0.0.1"
+    port: int = 8080
+    client_id: str = "carebed-desk"
+
+
+class Desk:
+    """The desk's HTTP server; ``run`` until cancelled."""
+
+    def __init__(self, settings: DeskSettings) -> None:
+        self.settings = settings
+        self.port: int | None = None  # the port it listens on, once started
+        self.started = asyncio.Event()
+        self._listeners: set[asyncio.Queue[str]] = set()
+        self._conn: store.Conn | None = None
+        self._link: MqttLink | None = None
+        # One connection for the requests: one request's transaction at a time on it.
+        self._db_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        settings = self.settings
+        self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        await migrate(self._conn)  # the desk may start before any worker
+        listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        self._link = MqttLink(settings.broker, client_id=settings.client_id)
+        self._link.start()
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/", self._page),
+                web.get("/api/alarms", self._alarms),
+                web.post("/api/alarms/{gw}/{id}/ack", self._ack),
+                web.get("/api/gateways", self._gateways),
+                web.get("/api/commands", self._commands),
+                web.post("/api/gateways/{gw}/commands", self._command),
+                web.get("/api/stream", self._stream),
+            ]
+        )
+        # Open event streams never end by themselves: do not wait for them at shutdown.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else settings.port
+            log.info("desk_started", url=f"http://{settings.host}:{self.port}/")
+            self.started.set()
+            await self._follow(listen)
+        finally:
+            await runner.cleanup()
+            self._link.close()
+            await listen.close()
+            await self._conn.close()
+
+    async def _follow(self, listen: store.Conn) -> None:
+        """PostgreSQL's notifications, to every page that follows the stream."""
+        await listen.execute(f"LISTEN {store.DESK_CHANNEL}")
+        async for notify in listen.notifies():
+            for queue in list(self._listeners):
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(notify.payload)
+
+    # -- the page and what it reads -----------------------------------------------------------
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "desk.html")
+
+    async def _alarms(self, request: web.Request) -> web.Response:
+        async with self._db() as db:
+            cur = await db.execute(
+                "SELECT a.gw, a.id, a.seq, a.kind, a.device, a.ts, a.data, a.attempt,"
+                " a.received_at, a.last_received_at, a.cancelled_at, a.acked_by, a.acked_at,"
+                " a.confirmed_at, p.state"
+                " FROM alarm a LEFT JOIN presence p USING (gw)"
+                " WHERE a.acked_at IS NULL OR a.acked_at > now() - %s::interval"
+                " ORDER BY a.acked_at IS NOT NULL, a.received_at DESC LIMIT 500",
+                (timedelta(seconds=RECENT_ACKED_S),),
+            )
+            rows = await cur.fetchall()
+        names = [
+            "gw",
+            "id",
+            "seq",
+            "kind",
+            "device",
+            "ts",
+            "data",
+            "attempt",
+            "received_at",
+            "last_received_at",
+            "cancelled_at",
+            "acked_by",
+            "acked_at",
+            "confirmed_at",
+            "presence",
+        ]
+        return _json([dict(zip(names, row, strict=True)) for row in rows])
+
+    async def _gateways(self, request: web.Request) -> web.Response:
+        async with self._db() as db:
+            cur = await db.execute(
+                "SELECT coalesce(g.gw, p.gw), p.state, p.reason, p.since, p.version, p.changed_at,"
+                " g.events, g.duplicates, g.resends, g.rejected, g.max_seq, g.last_event_at"
+                " FROM gateway g FULL JOIN presence p USING (gw) ORDER BY 1"
+            )
+            fetched = await cur.fetchall()
+            reported = await gaps.open_gaps(db)
+        names = [
+            "gw",
+            "presence",
+            "reason",
+            "since",
+            "version",
+            "presence_changed_at",
+            "events",
+            "duplicates",
+            "resends",
+            "rejected",
+            "max_seq",
+            "last_event_at",
+        ]
+        rows = [dict(zip(names, row, strict=True)) for row in fetched]
+        open_gaps: dict[str, list[list[int]]] = {}
+        for gap in reported:
+            open_gaps.setdefault(gap.gw, []).append([gap.first_seq, gap.last_seq])
+        for row in rows:
+            row["gaps"] = open_gaps.get(row["gw"], [])
+        return _json(rows)
+
+    async def _commands(self, request: web.Request) -> web.Response:
+        async with self._db() as db:
+            cur = await db.execute(
+                "SELECT id, gw, name, sent_by, sent_at, result_at, ok, result, error FROM command"
+                " ORDER BY sent_at DESC LIMIT %s",
+                (RECENT_COMMANDS,),
+            )
+            rows = await cur.fetchall()
+        names = ["id", "gw", "name", "sent_by", "sent_at", "result_at", "ok", "result", "error"]
+        return _json([dict(zip(names, row, strict=True)) for row in rows])
+
+    # -- what the operator does ---------------------------------------------------------------
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        gw, alarm_id = request.match_info["gw"], request.match_info["id"]
+        by = _operator(await _body(request))
+        async with self._db() as db:
+            cur = await db.execute(
+                "SELECT acked_by FROM alarm WHERE gw = %s AND id = %s", (gw, alarm_id)
+            )
+            known = await cur.fetchone() is not None
+        if not known:
+            raise web.HTTPNotFound(text="no such alarm")
+        await self._mqtt.publish(f"carebed/v1/{gw}/down/ack", ack_payload([alarm_id], by))
+        async with self._db() as db:
+            first = await store.record_ack(db, gw, alarm_id, by)
+        log.info("alarm_acknowledged", gw=gw, alarm_id=alarm_id, by=by, first=first)
+        return _json({"acknowledged": True, "first": first})
+
+    async def _command(self, request: web.Request) -> web.Response:
+        gw = request.match_info["gw"]
+        body = await _body(request)
+        name = body.get("name")
+        if GATEWAY_ID.match(gw) is None or name not in COMMANDS:
+            raise web.HTTPBadRequest(text=f"commands from the desk: {', '.join(COMMANDS)}")
+        by = _operator(body)
+        command_id = f"desk-{uuid.uuid4()}"
+        expires_at = datetime.now(UTC) + timedelta(seconds=COMMAND_TTL_S)
+        async with self._db() as db:
+            await store.record_command(
+                db,
+                command_id=command_id,
+                gw=gw,
+                name=str(name),
+                args={},
+                by=by,
+                expires_at=expires_at,
+            )
+        await self._mqtt.publish(
+            f"carebed/v1/{gw}/down/cmd",
+            {
+                "v": 1,
+                "id": command_id,
+                "name": name,
+                "args": {},
+                "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            },
+        )
+        log.info("command_sent", gw=gw, name=name, command_id=command_id, by=by)
+        return _json({"id": command_id})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100)
+        self._listeners.add(queue)
+        try:
+            await response.write(b"event: hello\ndata: {}\n\n")
+            async for what in _with_keepalive(queue):
+                await response.write(f"event: {what}\ndata: {{}}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._listeners.discard(queue)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _db(self) -> AsyncIterator[store.Conn]:
+        assert self._conn is not None
+        async with self._db_lock:
+            yield self._conn
+
+    @property
+    def _mqtt(self) -> MqttLink:
+        assert self._link is not None
+        return self._link
+
+
+async def _with_keepalive(queue: asyncio.Queue[str]) -> AsyncIterator[str]:
+    while True:
+        try:
+            async with asyncio.timeout(SSE_KEEPALIVE_S):
+                yield await queue.get()
+        except TimeoutError:
+            yield "keepalive"
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="the body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body is not a JSON object")
+    return body
+
+
+def _operator(body: dict[str, Any]) -> str:
+    """Who acts: the page's operator field (``by``), as the contract's ``by`` takes it."""
+    by = str(body.get("by") or "desk").strip()
+    return by[:MAX_OPERATOR_CHARS] or "desk"
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _json(body: object) -> web.Response:
+    return web.Response(text=json.dumps(body, default=_default), content_type="application/json")

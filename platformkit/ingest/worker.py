@@ -1,0 +1,235 @@
+"""One ingest worker: a member of the shared subscription, writing batches to PostgreSQL.
+
+Run as many as needed, each with its own ``name`` (its MQTT client id and persistent session:
+a worker that is killed and started again under the same name gets what was left
+unacknowledged). Every worker takes a share of each ``carebed/v1/+/up/CLASS`` but alarms, and
+*every* worker takes every alarm (``carebed/v1/+/up/alarm``, not shared): a broker keeps
+sending a dead worker's share to its session until it is back, and an alarm must not wait for
+that; the store keeps the first copy. One worker at a time, the one that holds the presence
+lock in PostgreSQL, also follows ``carebed/v1/+/status`` (not shared: it sees every gateway's
+retained status and will, in order), checks seq gaps, and acknowledges again an alarm that a
+gateway sent again after the desk had acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+import structlog
+
+from platformkit.ingest import gaps, store
+from platformkit.ingest.contract import ContractError, ContractValidator, Event, parse_topic
+from platformkit.ingest.migrations import migrate
+from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink
+
+log = structlog.get_logger("platformkit.ingest")
+
+UP_TOPIC = "carebed/v1/+/up/#"
+ALARM_TOPIC = "carebed/v1/+/up/alarm"
+SHARED_CLASSES = ("telemetry", "device", "gateway", "camera", "audit", "cmdres")
+STATUS_TOPIC = "carebed/v1/+/status"
+# pg_try_advisory_lock key of the presence role: "carebed ingest presence".
+PRESENCE_LOCK = 0x63617265_62656432
+BATCH_MAX_MESSAGES = 500
+BATCH_WAIT_S = 0.01  # after the first message, how long a batch waits for more
+RETRY_S = 0.5
+CONNECT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    dsn: str
+    broker: BrokerAddress
+    name: str = "ingest-1"
+    group: str = "carebed-ingest"
+    shared: bool = True  # False: a plain subscription (a broker without $share, one worker)
+    gap_grace_s: float = 30.0
+    gap_forget_s: float = 24 * 3600.0
+    gap_check_s: float = 5.0
+    presence_poll_s: float = 2.0
+    session_expiry_s: int = 24 * 3600
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    messages: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    resends: int = 0
+    rejected: int = 0
+    batches: int = 0
+
+
+class IngestWorker:
+    """``run`` until cancelled: migrate, then consume, store, acknowledge."""
+
+    def __init__(self, settings: WorkerSettings, validator: ContractValidator) -> None:
+        self.settings = settings
+        self.validator = validator
+        self.stats = WorkerStats()
+        self.is_presence_leader = False
+
+    async def run(self) -> None:
+        settings = self.settings
+        conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        try:
+            version = await migrate(conn)
+            log.info("ingest_started", worker=settings.name, schema_version=version)
+            queue: asyncio.Queue[Delivery] = asyncio.Queue()
+            link = MqttLink(
+                settings.broker,
+                client_id=settings.name,
+                subscriptions=subscriptions(settings),
+                persistent=True,
+                session_expiry_s=settings.session_expiry_s,
+                queue=queue,
+            )
+            link.start()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._consume(conn, link, queue), name="ingest.consume")
+                    tasks.create_task(self._presence_role(), name="ingest.presence")
+            finally:
+                link.close()
+        finally:
+            await conn.close()
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _consume(
+        self, conn: store.Conn, link: MqttLink, queue: asyncio.Queue[Delivery]
+    ) -> None:
+        while True:
+            batch = [await queue.get()]
+            deadline = time.monotonic() + BATCH_WAIT_S
+            while len(batch) < BATCH_MAX_MESSAGES:
+                try:
+                    batch.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            batch.append(await queue.get())
+            await self._store(conn, link, batch)
+
+    async def _store(self, conn: store.Conn, link: MqttLink, batch: list[Delivery]) -> None:
+        events: list[Event] = []
+        rejected: list[store.Rejected] = []
+        for delivery in batch:
+            gw = None
+            try:
+                topic = parse_topic(delivery.topic)
+                gw = topic.gw
+                events += self.validator.events(topic, delivery.payload)
+            except ContractError as exc:
+                log.warning("message_rejected", topic=delivery.topic, error=str(exc))
+                rejected.append(store.Rejected(delivery.topic, gw, str(exc), delivery.payload))
+        while True:
+            try:
+                counts = await store.write_batch(conn, events, rejected)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                log.warning("batch_retried", worker=self.settings.name, messages=len(batch))
+                await asyncio.sleep(RETRY_S)
+        # Stored: only now does the broker learn that these messages were received.
+        for delivery in batch:
+            link.ack(delivery)
+        stats = self.stats
+        stats.messages += len(batch)
+        stats.batches += 1
+        stats.stored += counts.stored
+        stats.duplicates += counts.duplicates
+        stats.resends += counts.resends
+        stats.rejected += counts.rejected
+        for reack in counts.reacks if self.is_presence_leader else []:
+            # The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
+            await link.publish(f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by))
+            log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
+
+    # -- presence and gaps: one worker at a time ------------------------------------------------
+
+    async def _presence_role(self) -> None:
+        settings = self.settings
+        conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        try:
+            while True:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (PRESENCE_LOCK,))
+                row = await cur.fetchone()
+                if row is not None and row[0]:
+                    break
+                await asyncio.sleep(settings.presence_poll_s)
+            self.is_presence_leader = True
+            log.info("presence_role_taken", worker=settings.name)
+            queue: asyncio.Queue[Delivery] = asyncio.Queue()
+            link = MqttLink(
+                settings.broker,
+                client_id=f"{settings.name}-presence",
+                subscriptions=[STATUS_TOPIC],
+                queue=queue,
+            )
+            link.start()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._presence(conn, link, queue), name="ingest.status")
+                    tasks.create_task(self._gaps(), name="ingest.gaps")
+            finally:
+                link.close()
+        finally:
+            await conn.close()
+
+    async def _presence(
+        self, conn: store.Conn, link: MqttLink, queue: asyncio.Queue[Delivery]
+    ) -> None:
+        while True:
+            delivery = await queue.get()
+            try:
+                topic = parse_topic(delivery.topic)
+                if not delivery.payload:
+                    await store.forget_status(conn, topic.gw)
+                else:
+                    status = self.validator.status(topic, delivery.payload)
+                    await store.write_status(conn, status)
+                    log.info("presence", gw=status.gw, state=status.state, reason=status.reason)
+            except ContractError as exc:
+                log.warning("status_rejected", topic=delivery.topic, error=str(exc))
+                await store.write_batch(
+                    conn, [], [store.Rejected(delivery.topic, None, str(exc), delivery.payload)]
+                )
+            link.ack(delivery)
+
+    async def _gaps(self) -> None:
+        settings = self.settings
+        conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
+        try:
+            while True:
+                for gap in await gaps.check(
+                    conn, grace_s=settings.gap_grace_s, forget_s=settings.gap_forget_s
+                ):
+                    log.warning(
+                        "seq_gap", gw=gap.gw, first_seq=gap.first_seq, last_seq=gap.last_seq
+                    )
+                await asyncio.sleep(settings.gap_check_s)
+        finally:
+            await conn.close()
+
+
+def subscriptions(settings: WorkerSettings) -> list[str]:
+    """Each class but alarms shared by the group; alarms to every worker."""
+    if not settings.shared:
+        return [UP_TOPIC]
+    shared = [f"$share/{settings.group}/carebed/v1/+/up/{klass}" for klass in SHARED_CLASSES]
+    return [ALARM_TOPIC, *shared]
+
+
+def ack_payload(ids: list[str], by: str) -> dict[str, object]:
+    """The contract's ``down/ack`` body."""
+    now = datetime.now(UTC)
+    ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return {"v": 1, "ids": ids, "by": by[:128], "ts": ts}

@@ -1,0 +1,117 @@
+"""The ingest's parsing of what gateways publish: topics and payloads against the exported
+schema, from the gateway's code or from the file ``carebed schema uplink`` writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.cli.main import main as carebed
+from platformkit.ingest.contract import (
+    EVENT_CLASSES,
+    ContractError,
+    ContractValidator,
+    Topic,
+    parse_topic,
+)
+
+EVENT = {
+    "id": "01a251ba-7974-7631-9014-dd921b24925e",
+    "seq": 7,
+    "kind": "alarm.button",
+    "ts": "2026-12-07T18:18:25.123Z",
+    "ts_synced": True,
+    "device": "btn-00A1B2C3",
+    "data": {"press": "short", "battery": 80, "rssi": -60},
+    "attempt": 1,
+}
+
+gateway_ids = st.from_regex(r"\A[a-z0-9][a-z0-9-]{2,20}\Z")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def validator() -> ContractValidator:
+    return ContractValidator.exported()
+
+
+def payload(gw: str = "gw-a", **event: Any) -> bytes:
+    return json.dumps({"v": 1, "gw": gw, "events": [{**EVENT, **event}]}).encode()
+
+
+def test_the_schema_file_that_carebed_prints_is_the_one_the_ingest_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert carebed(["schema", "uplink"]) == 0
+    path = tmp_path / "carebed-uplink-v1.json"
+    path.write_text(capsys.readouterr().out)
+    from_file = ContractValidator.from_file(path)
+    (event,) = from_file.events(Topic("gw-a", "up", "alarm"), payload())
+    assert (event.gw, event.seq, event.kind, event.klass, event.attempt) == (
+        "gw-a",
+        7,
+        "alarm.button",
+        "alarm",
+        1,
+    )
+    assert event.ts.isoformat() == "2026-12-07T18:18:25.123000+00:00"
+
+
+def test_what_the_contract_forbids_is_refused(validator: ContractValidator) -> None:
+    alarm = Topic("gw-a", "up", "alarm")
+    with pytest.raises(ContractError, match="published on up/telemetry"):
+        validator.events(Topic("gw-a", "up", "telemetry"), payload())
+    with pytest.raises(ContractError, match="published under 'gw-a'"):
+        validator.events(alarm, payload(gw="gw-b"))
+    with pytest.raises(ContractError, match="an alarm message with 2 events"):
+        validator.events(
+            alarm, json.dumps({"v": 1, "gw": "gw-a", "events": [EVENT, EVENT]}).encode()
+        )
+    with pytest.raises(ContractError, match="seq"):
+        validator.events(alarm, payload(seq=0))
+    with pytest.raises(ContractError, match="over 256 KiB"):
+        validator.events(alarm, b" " * (256 * 1024 + 1))
+
+
+@given(gw=gateway_ids, klass=st.sampled_from(sorted(EVENT_CLASSES)))
+def test_uplink_topics_parse(gw: str, klass: str) -> None:
+    assert parse_topic(f"carebed/v1/{gw}/up/{klass}") == Topic(gw, "up", klass)
+    assert parse_topic(f"carebed/v1/{gw}/status") == Topic(gw, "status")
+
+
+@given(topic=st.text(max_size=60))
+def test_any_topic_parses_or_raises_contract_error(topic: str) -> None:
+    try:
+        parsed = parse_topic(topic)
+    except ContractError:
+        return
+    assert topic.startswith(f"carebed/v1/{parsed.gw}/")
+
+
+@given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_payload_is_accepted_or_raises_contract_error(
+    validator: ContractValidator, raw: bytes
+) -> None:
+    with contextlib.suppress(ContractError):
+        validator.events(Topic("gw-a", "up", "telemetry"), raw)
+    with contextlib.suppress(ContractError):
+        validator.status(Topic("gw-a", "status"), raw)
+
+
+@given(event=st.fixed_dictionaries({}, optional={k: json_values for k in EVENT}))
+def test_any_event_object_is_accepted_or_raises_contract_error(
+    validator: ContractValidator, event: dict[str, Any]
+) -> None:
+    raw = json.dumps({"v": 1, "gw": "gw-a", "events": [{**EVENT, **event}]}).encode()
+    with contextlib.suppress(ContractError):
+        validator.events(Topic("gw-a", "up", "alarm"), raw)
