@@ -163,3 +163,38 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
     assert report["desk_connects"] == 2, text  # through the broker's restart
     assert report["connects"] >= 20 + 20, text  # every home again after the restart
     assert report["ok"], text
+
+
+@pytest.mark.timeout(240)
+def test_a_fleet_beside_the_ingest_is_complete_in_postgresql(tmp_path: Path) -> None:
+    """10 gateways, one of them cut for 5 s, with PostgreSQL and 2 ingest workers on a shared
+    subscription: PostgreSQL holds every seq of every gateway and every alarm, each confirmed
+    by the gateway's audit event after the desk's acknowledgement."""
+    options = FleetOptions(
+        gateways=10,
+        duration_s=20,
+        procs=1,
+        outages=0.1,
+        outage_s=5,
+        alarm_interval_s=10,
+        backoff_cap_s=2,
+        heartbeat_s=5,
+        vitals_interval_s=5,
+        reading_s=1,
+        ingest=2,
+    )
+    report = run_fleet(options, tmp_path / "fleet")
+    text = render(report)
+    stored = report["postgres"]
+    raised = report["alarms"]["raised"]
+    assert raised > 0, text
+    assert stored["workers"] == 2, text
+    assert stored["gateways_complete"] == 10, text
+    assert stored["gap_seqs"] == 0, text
+    assert stored["open_gaps_in_ingest"] == 0, text
+    assert stored["alarms_stored"] == stored["alarms_confirmed"] == raised, text
+    assert stored["events_stored"] == sum(
+        g["last_seq"] for g in report["completeness"]["per_gateway"]
+    ), text
+    assert stored["conflicts"] == stored["rejected"] == 0, text
+    assert report["ok"], text

@@ -102,6 +102,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[FleetOptions, argparse.Names
         default=d.fault_s,
         help="how long the broker (or the node) stays down",
     )
+    parser.add_argument(
+        "--ingest",
+        type=int,
+        default=d.ingest,
+        help="start PostgreSQL and this many reference ingest workers; "
+        "completeness is also read from PostgreSQL",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--json", type=Path, default=None, help="write the whole report here")
@@ -132,6 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[FleetOptions, argparse.Names
         button_supervision_s=args.button_supervision,
         alarm_interval_s=args.alarm_interval,
         backoff_cap_s=args.backoff_cap,
+        ingest=args.ingest,
         fault_at_s=args.fault_at,
         fault_s=args.fault_seconds,
         log_level=args.log_level,

@@ -43,6 +43,7 @@ def summarise(
     results: list[dict[str, Any]],
     onlines: list[dict[str, Any]],
     layout: dict[str, Any],
+    stored: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     with desk.lock:
         alarms_seen = dict(desk.alarms)
@@ -194,6 +195,7 @@ def summarise(
             "held_by_gateways": sum(g["held_by_gateway"] for g in per_gateway),
             "per_gateway": per_gateway,
         },
+        "postgres": stored,
         "fault": layout.get("fault"),
         "desk_connects": desk.connects,
         "outages": {
@@ -203,13 +205,27 @@ def summarise(
         },
         "memory": memory,
         "desk_errors": errors[:20],
-        "ok": not (layout.get("fault") or {}).get("error")
+        "ok": _stored_ok(stored, len(raised))
+        and not (layout.get("fault") or {}).get("error")
         and not undelivered
         and not unacknowledged
         and total_gap == 0
         and not errors
         and not any(h["error"] for h in homes),
     }
+
+
+def _stored_ok(stored: dict[str, Any] | None, raised: int) -> bool:
+    """PostgreSQL holds every seq and every alarm, each confirmed (none read: nothing to say)."""
+    if stored is None:
+        return True
+    return bool(
+        stored["gap_seqs"] == 0
+        and stored["alarms_stored"] == raised
+        and stored["alarms_confirmed"] == raised
+        and stored["conflicts"] == 0
+        and stored["rejected"] == 0
+    )
 
 
 def render(report: dict[str, Any]) -> str:
@@ -263,6 +279,16 @@ def render(report: dict[str, Any]) -> str:
             f"{mem['cpu_percent_per_gateway']:.2f} % of a CPU per gateway; event loop lag p99 "
             f"{mem['loop_lag'].get('p99_ms', math.nan):.0f} ms, max "
             f"{mem['loop_lag'].get('max_ms', math.nan):.0f} ms"
+        )
+    stored = report.get("postgres")
+    if stored:
+        lines.append(
+            f"PostgreSQL ({stored['workers']} ingest workers): {stored['events_stored']} events "
+            f"stored, {stored['gateways_complete']}/{report['gateways']} gateways complete, "
+            f"{stored['gap_seqs']} seqs missing unexplained ({stored['open_gaps_in_ingest']} gaps "
+            f"open in the ingest), {stored['duplicates']} duplicates and {stored['resends']} "
+            f"resends counted, alarms stored {stored['alarms_stored']}, confirmed "
+            f"{stored['alarms_confirmed']}, rejected {stored['rejected']}"
         )
     fault = report.get("fault")
     if fault:

@@ -15,13 +15,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from platformkit.fleet import brokers
 from platformkit.fleet.desk import Desk
 from platformkit.fleet.home import HomeSettings
 from platformkit.fleet.report import summarise
 from platformkit.fleet.traffic import TrafficSettings
+
+if TYPE_CHECKING:
+    from platformkit.fleet.ingest import FleetIngest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_S = 60.0  # a worker imports the gateway and says "ready"
@@ -61,6 +64,7 @@ class FleetOptions:
     button_supervision_s: float = 300.0
     alarm_interval_s: float = 600.0
     backoff_cap_s: float = 60.0
+    ingest: int = 0  # ingest workers beside the desk, PostgreSQL's completeness (ingest.py)
     fault_at_s: float | None = None  # into the steady part: the broker's fault (brokers.py)
     fault_s: float = 10.0
     log_level: str = "warning"
@@ -189,7 +193,12 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
         broker = brokers.start(options.broker_kind, workdir)
     workers: list[_Worker] = []
     desk: Desk | None = None
+    ingest: FleetIngest | None = None
     try:
+        if options.ingest > 0:
+            from platformkit.fleet.ingest import FleetIngest  # noqa: PLC0415 - psycopg only here
+
+            ingest = FleetIngest(f"{broker.host}:{broker.port}", options.ingest)
         share = options.share if broker.shared_subscriptions else None
         desk = Desk(broker.host, broker.port, protocol=broker.protocol, share=share)
         ids = [f"{options.id_prefix}-{i:05d}" for i in range(options.gateways)]
@@ -252,6 +261,7 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
             layout["fault"] = fault.result()
         homes = [h for r in results for h in r["homes"]]
         _settle(desk, homes)
+        stored = ingest.figures(homes, SETTLE_S) if ingest is not None else None
         return summarise(
             options,
             broker=broker,
@@ -260,12 +270,15 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
             results=results,
             onlines=onlines,
             layout=layout,
+            stored=stored,
         )
     finally:
         if desk is not None:
             desk.close()
         for worker in workers:
             worker.close()
+        if ingest is not None:
+            ingest.close()
         brokers.close_quietly(broker)
 
 
