@@ -23,6 +23,7 @@ QUICK_FLEET_SECONDS = 45.0
 FLEET_ALARM_INTERVAL_S = 120.0  # per home, mean: ~1 alarm per home and 2 minutes, for the p99
 FLEET_BACKOFF_CAP_S = 10.0  # so that a home cut for 20 s is back well before the stop
 FLEET_TIMEOUT_MARGIN_S = 600.0
+FLEET_INGEST_WORKERS = 2  # the reference ingest beside the desk: completeness in PostgreSQL
 
 
 class FleetBenchError(Exception):
@@ -35,6 +36,7 @@ def run_fleet(
     gateways: int,
     seconds: float,
     broker_kind: str,
+    ingest: int,
     log: Path,
 ) -> dict[str, Any]:
     """One fleet run; its report with the per-alarm and per-gateway detail trimmed."""
@@ -48,6 +50,7 @@ def run_fleet(
         *("--broker-kind", broker_kind),
         *("--alarm-interval", str(FLEET_ALARM_INTERVAL_S)),
         *("--backoff-cap", str(FLEET_BACKOFF_CAP_S)),
+        *("--ingest", str(ingest)),
         *("--json", str(report_path)),
         *("--workdir", str(workdir / "run")),
     ]
@@ -68,6 +71,9 @@ def run_fleet(
     completeness["per_gateway"] = [
         g for g in completeness["per_gateway"] if g["gap_seqs"] or g["held_by_gateway"]
     ]
+    stored = report.get("postgres")
+    if stored:
+        stored["per_gateway"] = stored["per_gateway"][:20]
     report["exit_code"] = proc.returncode
     return report
 
@@ -101,10 +107,35 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         "rss_kib_per_gateway": sum(m["per_gateway_kib"] * m["homes"] for m in memory) / homes,
         "cpu_percent_per_gateway": sum(m["cpu_percent"] for m in memory) / homes,
         "loop_lag_p99_ms": max(m["loop_lag"].get("p99_ms", math.nan) for m in memory),
+        "postgres": _stored(report.get("postgres"), raised),
+    }
+
+
+def _stored(stored: dict[str, Any] | None, raised: int) -> dict[str, Any] | None:
+    if not stored:
+        return None
+    return {
+        "workers": stored["workers"],
+        "events_stored": stored["events_stored"],
+        "gap_seqs": stored["gap_seqs"],
+        "open_gaps": stored["open_gaps_in_ingest"],
+        "duplicates": stored["duplicates"],
+        "stored_share": stored["alarms_stored"] / raised if raised else math.nan,
+        "confirmed_share": stored["alarms_confirmed"] / raised if raised else math.nan,
     }
 
 
 def summary_lines(fleet: dict[str, Any], verdicts: dict[str, str]) -> list[str]:
+    stored = fleet.get("postgres")
+    lines = []
+    if stored:
+        lines.append(
+            f"  PostgreSQL ({stored['workers']} ingest workers): {stored['events_stored']} events, "
+            f"unexplained gaps {stored['gap_seqs']} seqs ({verdicts['stored_gaps']}), alarms "
+            f"stored {stored['stored_share']:.1%}, confirmed by the gateway "
+            f"{stored['confirmed_share']:.1%} ({verdicts['confirmed']}), {stored['duplicates']} "
+            "duplicates counted"
+        )
     return [
         f"fleet: {fleet['gateways']} gateways on {fleet['broker']} in {fleet['processes']} "
         f"processes, {fleet['online']} online, {fleet['connects']} connects, "
@@ -120,4 +151,5 @@ def summary_lines(fleet: dict[str, Any], verdicts: dict[str, str]) -> list[str]:
         f"gateway's feedback p50 {fleet['ack_p50_ms']:.1f} / p99 {fleet['ack_p99_ms']:.1f} ms; "
         f"{fleet['rss_kib_per_gateway']:.0f} KiB and {fleet['cpu_percent_per_gateway']:.2f} % "
         f"CPU per gateway, loop lag p99 {fleet['loop_lag_p99_ms']:.0f} ms (information)",
+        *lines,
     ]

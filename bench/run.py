@@ -82,6 +82,7 @@ from bench.common import (
 )
 from bench.fleet import (
     FLEET_GATEWAYS,
+    FLEET_INGEST_WORKERS,
     FLEET_SECONDS,
     QUICK_FLEET_GATEWAYS,
     QUICK_FLEET_SECONDS,
@@ -273,6 +274,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         help=f"steady seconds of the fleet (default {FLEET_SECONDS:g}; "
         f"quick {QUICK_FLEET_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--fleet-ingest",
+        type=int,
+        default=FLEET_INGEST_WORKERS,
+        help="reference ingest workers (PostgreSQL) beside the fleet's desk; 0: none",
     )
     parser.add_argument(
         "--fleet-broker",
@@ -925,6 +932,7 @@ class Bench:
             gateways=self.args.fleet_gateways,
             seconds=self.args.fleet_seconds,
             broker_kind=self.args.fleet_broker,
+            ingest=self.args.fleet_ingest,
             log=folder / "fleet.log",
         )
         self._record("fleet", report)
@@ -1390,6 +1398,19 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 _target(targets, "fleet unexplained gaps", fleet["gap_seqs"], 0, unit=" seqs"),
             )
         )
+        stored = fleet["postgres"]
+        if stored:
+            fleet["meets_target"] &= _target(
+                targets, "fleet gaps in PostgreSQL", stored["gap_seqs"], 0, unit=" seqs"
+            )
+            fleet["meets_target"] &= _target(
+                targets,
+                "fleet alarms confirmed in PostgreSQL",
+                stored["confirmed_share"],
+                1.0,
+                unit="",
+                at_least=True,
+            )
         out["fleet"] = fleet
     out["targets"] = targets
     return out
@@ -1527,6 +1548,9 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             "acknowledged": _verdict(summary, "fleet alarms acknowledged"),
             "gaps": _verdict(summary, "fleet unexplained gaps"),
         }
+        if fleet.get("postgres"):
+            verdicts["stored_gaps"] = _verdict(summary, "fleet gaps in PostgreSQL")
+            verdicts["confirmed"] = _verdict(summary, "fleet alarms confirmed in PostgreSQL")
         for line in fleet_lines(fleet, verdicts):
             print(line)
     targets = summary["targets"]
