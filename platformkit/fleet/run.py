@@ -37,8 +37,9 @@ RESULT_MARGIN_S = 120.0  # a worker's result, beyond its homes' stop
 # paho's network loop waits with select(), which takes no descriptor above 1023 (FD_SETSIZE): a
 # connection whose socket gets a higher number never sees its CONNACK. A home holds about 8
 # (the outbox's database, WAL, shm, spool and seq mark, the control socket, the MQTT socket and
-# paho's socket pair): a process carries at most this many homes.
-MAX_HOMES_PER_PROCESS = 100
+# paho's socket pair), 3 more through an outage relay, and a reconnection briefly holds two MQTT
+# sockets: 100 homes measured 830-910 descriptors, so a process carries at most 80.
+MAX_HOMES_PER_PROCESS = 80
 
 
 class FleetError(Exception):
