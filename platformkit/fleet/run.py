@@ -199,6 +199,10 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
         if options.ingest > 0:
             from platformkit.fleet.ingest import FleetIngest  # noqa: PLC0415 - psycopg only here
 
+            if broker.protocol != "5" or not broker.shared_subscriptions:
+                # The reference ingest speaks MQTT 5 and shares the uplink with $share/.
+                raise FleetError(f"--ingest needs an MQTT 5 broker with $share, not {broker.kind}")
+
             ingest = FleetIngest(f"{broker.host}:{broker.port}", options.ingest)
         share = options.share if broker.shared_subscriptions else None
         desk = Desk(broker.host, broker.port, protocol=broker.protocol, share=share)
