@@ -279,7 +279,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--fleet-ingest",
         type=int,
         default=FLEET_INGEST_WORKERS,
-        help="reference ingest workers (PostgreSQL) beside the fleet's desk; 0: none",
+        help="reference ingest workers (PostgreSQL) beside the fleet's desk; 0: none (a broker "
+        "without MQTT 5 shared subscriptions, e.g. nats, needs 0)",
     )
     parser.add_argument(
         "--fleet-broker",
