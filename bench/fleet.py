@@ -90,6 +90,7 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         "processes": len(memory),
         "online": report["online_at_start"],
         "connects": report["connects"],
+        "subscribe_refused": report["subscribe_refused"],
         "events_per_s": report["events_per_s"],
         "alarms_raised": raised,
         "alarms_link_down": alarms["raised_link_down"],
@@ -138,7 +139,8 @@ def summary_lines(fleet: dict[str, Any], verdicts: dict[str, str]) -> list[str]:
         )
     return [
         f"fleet: {fleet['gateways']} gateways on {fleet['broker']} in {fleet['processes']} "
-        f"processes, {fleet['online']} online, {fleet['connects']} connects, "
+        f"processes, {fleet['online']} online, {fleet['connects']} connects "
+        f"({fleet['subscribe_refused']} SUBSCRIBE refused), "
         f"{fleet['outages']} outages, {fleet['events_per_s']:.0f} events/s at the desk",
         f"  alarms: {fleet['alarms_raised']} raised ({fleet['alarms_link_down']} with the link "
         f"down), delivered {fleet['delivered_share']:.1%} ({verdicts['delivered']}), "

@@ -142,6 +142,7 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
     alarms = report["alarms"]
     assert report["online_at_start"] == 20, text
     assert report["home_errors"] == [], text
+    assert report["subscribe_refused"] == 0, text
     assert report["outages"]["done"] == 4, text
     assert report["outages"]["wills"] >= 4, text  # the broker saw each cut link drop
     assert alarms["raised_link_down"] >= 4, text  # a press during every cut

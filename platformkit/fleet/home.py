@@ -166,6 +166,7 @@ class Home:
             "last_seq": store.last_handed_out if store is not None else 0,
             "left_queued": gateway.left_queued if gateway is not None else None,
             "connects": gateway.uplink.stats.connects if gateway is not None else 0,
+            "subscribe_refused": gateway.uplink.stats.subscribe_refused if gateway else 0,
             "events_emitted": traffic.events_emitted if traffic is not None else 0,
             "started_mono": self.started_mono,
             "online_mono": self.online_mono,

@@ -73,6 +73,7 @@ def summarise(
                     "beyond_last": len([s for s in seen.ledger.seen if s > last]) if seen else 0,
                     "left_queued": home["left_queued"],
                     "connects": home["connects"],
+                    "subscribe_refused": home["subscribe_refused"],
                     "wills": seen.lost if seen else 0,
                     "error": home["error"],
                 }
@@ -169,6 +170,8 @@ def summarise(
         "gateways": homes_n,
         "online_at_start": sum(o["online"] for o in onlines),
         "connects": sum(h["connects"] for h in homes),
+        # Sessions whose SUBSCRIBE to their downlink the broker refused: no ack reaches them.
+        "subscribe_refused": sum(h["subscribe_refused"] for h in homes),
         "home_errors": [h["error"] for h in homes if h["error"]],
         "events": events,
         "events_per_s": events / span if span > 0 else math.nan,
@@ -251,7 +254,7 @@ def render(report: dict[str, Any]) -> str:
         f"connections: {report['online_at_start']}/{report['gateways']} online after the "
         f"staggered start, {report['connects']} connects in all; outages "
         f"{report['outages']['done']}/{report['outages']['planned']}, wills seen "
-        f"{report['outages']['wills']}",
+        f"{report['outages']['wills']}; SUBSCRIBE refused {report['subscribe_refused']} time(s)",
         f"events at the desk: {report['events']} ({report['events_per_s']:.1f}/s)",
         f"alarms: {alarms['raised']} raised ({alarms['raised_link_down']} while the link was "
         f"down), {alarms['delivered']} delivered, {alarms['acknowledged']} acknowledged, "
