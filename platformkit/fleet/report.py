@@ -218,7 +218,8 @@ def summarise(
         and not unacknowledged
         and total_gap == 0
         and not errors
-        and not any(h["error"] for h in homes),
+        and not any(h["error"] for h in homes)
+        and not any(r["not_stopped"] for r in results),  # a home that did not stop in time
     }
 
 
