@@ -31,7 +31,7 @@ _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _SPOKEN: ContextVar[str | None] = ContextVar("carebed_language", default=None)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # a few languages, whatever the control socket is sent
 def translation(language: str | None = None) -> gettext.NullTranslations:
     """The catalog for ``language``, or for the process's locale (English, the messages as
     written, when there is none)."""

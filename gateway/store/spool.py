@@ -886,6 +886,15 @@ class Spool:
         segment.doomed = True
         return sorted(seqs)
 
+    def has_doomed(self) -> bool:
+        return any(segment.doomed for segment in self._segments.values())
+
+    def cap_watermarks(self, bound: int) -> None:
+        """Hold the records' watermarks (in memory) at ``bound`` at most: the database they
+        counted on lost commits, and what they say may not pass into it."""
+        for record in self._all_records():
+            record.watermark = min(record.watermark, bound)
+
     def drop_doomed(self) -> None:
         for segment in [s for s in self._segments.values() if s.doomed]:
             self._finished.pop(segment.number, None)

@@ -360,6 +360,9 @@ class SqliteStore:
             # the records' watermarks counted them as on disk. Only the database's own holds.
             self._rolled_back = True
             self._db_top_held = resume
+            # Nor may they pass into the database's (a segment deleted, an eviction) before
+            # the report is written.
+            self._spool.cap_watermarks(self._last_seq())
             log.error(
                 "store_commits_lost",
                 path=str(self.path),
@@ -616,6 +619,8 @@ class SqliteStore:
                 )
                 for seq in evicted:
                     self._released.pop(seq, None)
+                # The eviction's report raised the database's top: the records name it.
+                records = encode_records(spooled, watermark, self._db_top)
             try:
                 self._spool.append(
                     spooled,
@@ -918,6 +923,11 @@ class SqliteStore:
                 self._stored_top = max(self._stored_top, self._pending_top)
                 if top is not None:
                     self._db_top, self._db_top_held = top, None
+                if self._spool.has_doomed():
+                    # Their report is in the -wal file only, and later records' watermarks count
+                    # their events as on disk: into the database file before the segments go,
+                    # so that a database that loses its -wal cannot lose the report with it.
+                    self._disk.checkpoint(db, "PASSIVE")
                 self._spool.drop_doomed()  # their report is committed
                 return done
         raise AssertionError("unreachable")  # pragma: no cover
