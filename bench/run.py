@@ -25,7 +25,10 @@ once per bench, after the rounds:
 8. flash: the net bytes a whole gateway process writes per telemetry event, produced through
    its sink at each ``--flash-rates`` rate, with its uplink up and down (``bench.flash``), beyond
    what an idle gateway beside it writes, divided by the event's JSON size;
-9. idle: CPU, RSS and start → online of an idle gateway with one watch and one button.
+9. idle: CPU, RSS and start → online of an idle gateway with one watch and one button;
+10. fleet: ``--fleet-gateways`` simulated homes (500; quick 100), each a whole gateway, against
+    a broker of their own with injected outages (``bench.fleet``, docs/FLEET.md): every alarm
+    delivered and acknowledged, no unexplained gap in any gateway's seqs.
 
 Every figure with a target is printed beside it; ``--strict`` exits 1 when any is missed.
 Every gateway, baseline publisher, producer, simulated receiver and watch central is a child
@@ -77,6 +80,16 @@ from bench.common import (
     median,
     percentile,
 )
+from bench.fleet import (
+    FLEET_GATEWAYS,
+    FLEET_INGEST_WORKERS,
+    FLEET_SECONDS,
+    QUICK_FLEET_GATEWAYS,
+    QUICK_FLEET_SECONDS,
+    run_fleet,
+)
+from bench.fleet import figures as fleet_figures
+from bench.fleet import summary_lines as fleet_lines
 from bench.subscriber import EventCounter, Tally
 from bench.watch import QUICK_ALERTS, TARGET_RATIO_P50, WatchBench, summary_line
 from bench.watch import summarise as summarise_watch
@@ -85,7 +98,10 @@ from drivers.button.pairing import PairingStore
 from gateway.app import logs
 from hil.sim.broker import Mosquitto, mosquitto_binary
 
-PARTS = ("drain", "alarms", "button", "disk", "diag", "watch", "flash", "million", "idle")
+PARTS = (
+    *("drain", "alarms", "button", "disk", "diag", "watch", "flash", "million", "idle"),
+    "fleet",
+)
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 # Targets, each printed beside its figure and checked by --strict (docs/PERFORMANCE.md).
 DRAIN_TARGET_RATIO = 3.0  # drain ÷ plain paho, at least
@@ -248,6 +264,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="result JSON (default: bench/results/…)")
     parser.add_argument("--note", default="", help="free text kept in the result JSON")
     parser.add_argument(
+        "--fleet-gateways",
+        type=int,
+        help=f"simulated gateways of the fleet part (default {FLEET_GATEWAYS}; "
+        f"quick {QUICK_FLEET_GATEWAYS})",
+    )
+    parser.add_argument(
+        "--fleet-seconds",
+        type=float,
+        help=f"steady seconds of the fleet (default {FLEET_SECONDS:g}; "
+        f"quick {QUICK_FLEET_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--fleet-ingest",
+        type=int,
+        default=FLEET_INGEST_WORKERS,
+        help="reference ingest workers (PostgreSQL) beside the fleet's desk; 0: none (a broker "
+        "without MQTT 5 shared subscriptions, e.g. nats, needs 0)",
+    )
+    parser.add_argument(
+        "--fleet-broker",
+        default="mosquitto",
+        help="the broker kind the fleet starts (platformkit.fleet.brokers.KINDS)",
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 when any printed target is missed, naming each",
@@ -277,6 +317,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.queued = QUICK_QUEUED if args.quick else MILLION
     if args.idle_seconds is None:
         args.idle_seconds = 10.0 if args.quick else 20.0
+    if args.fleet_gateways is None:
+        args.fleet_gateways = QUICK_FLEET_GATEWAYS if args.quick else FLEET_GATEWAYS
+    if args.fleet_seconds is None:
+        args.fleet_seconds = QUICK_FLEET_SECONDS if args.quick else FLEET_SECONDS
     args.inflight = [int(v) for v in str(args.inflight).split(",") if v]
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.flash_rates = [float(v) for v in str(args.flash_rates).split(",") if v]
@@ -877,6 +921,23 @@ class Bench:
         )
         self._record("drain_large", run)
 
+    def fleet(self) -> None:
+        """A fleet of whole gateways against a broker of its own (``bench.fleet``)."""
+        folder = ensure_dir(self.workdir / "fleet")
+        self.say(
+            f"fleet: {self.args.fleet_gateways} gateways on {self.args.fleet_broker}, "
+            f"{self.args.fleet_seconds:g} s steady (once per bench)"
+        )
+        report = run_fleet(
+            workdir=folder,
+            gateways=self.args.fleet_gateways,
+            seconds=self.args.fleet_seconds,
+            broker_kind=self.args.fleet_broker,
+            ingest=self.args.fleet_ingest,
+            log=folder / "fleet.log",
+        )
+        self._record("fleet", report)
+
     def idle(self) -> None:
         """The idle cost of a gateway with one watch and one button (``WatchBench.idle``)."""
         self._record("idle", self._watch_bench().idle(self.args.idle_seconds))
@@ -1315,6 +1376,43 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             "seconds": med("idle", "idle_s"),
             "before": IDLE_BEFORE,
         }
+    if runs.get("fleet"):
+        fleet = fleet_figures(runs["fleet"][-1])
+        fleet["meets_target"] = all(
+            (
+                _target(
+                    targets,
+                    "fleet alarms delivered",
+                    fleet["delivered_share"],
+                    1.0,
+                    unit="",
+                    at_least=True,
+                ),
+                _target(
+                    targets,
+                    "fleet alarms acknowledged",
+                    fleet["acknowledged_share"],
+                    1.0,
+                    unit="",
+                    at_least=True,
+                ),
+                _target(targets, "fleet unexplained gaps", fleet["gap_seqs"], 0, unit=" seqs"),
+            )
+        )
+        stored = fleet["postgres"]
+        if stored:
+            fleet["meets_target"] &= _target(
+                targets, "fleet gaps in PostgreSQL", stored["gap_seqs"], 0, unit=" seqs"
+            )
+            fleet["meets_target"] &= _target(
+                targets,
+                "fleet alarms confirmed in PostgreSQL",
+                stored["confirmed_share"],
+                1.0,
+                unit="",
+                at_least=True,
+            )
+        out["fleet"] = fleet
     out["targets"] = targets
     return out
 
@@ -1444,6 +1542,18 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{idle['start_to_online_s']:.2f} s (~{before['start_to_online_s']:g}; "
             f"Gateway.run → online {idle['run_to_online_s']:.2f} s): information, no target"
         )
+    fleet = summary.get("fleet")
+    if fleet:
+        verdicts = {
+            "delivered": _verdict(summary, "fleet alarms delivered"),
+            "acknowledged": _verdict(summary, "fleet alarms acknowledged"),
+            "gaps": _verdict(summary, "fleet unexplained gaps"),
+        }
+        if fleet.get("postgres"):
+            verdicts["stored_gaps"] = _verdict(summary, "fleet gaps in PostgreSQL")
+            verdicts["confirmed"] = _verdict(summary, "fleet alarms confirmed in PostgreSQL")
+        for line in fleet_lines(fleet, verdicts):
+            print(line)
     targets = summary["targets"]
     missed = [t["name"] for t in targets if not t["ok"]]
     print(
@@ -1507,6 +1617,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             bench.flash()
         if "idle" in parts:
             bench.idle()
+        if "fleet" in parts:
+            bench.fleet()
         if "diag" in parts:
             print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
             bench.alarms(draining=False, clock="cached")
