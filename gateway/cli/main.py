@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -60,6 +60,30 @@ ARGPARSE_MESSAGES = (
 )
 
 Handler = Callable[["GatewayConfig", argparse.Namespace], int]
+# Commands that installed packages add (``carebed hil`` from the hil package): each entry point of
+# this group names a module with ``register(subparsers)`` and ``main(args) -> int``. The gateway
+# never imports them by name; a broken one is left out with a warning.
+PLUGIN_GROUP = "carebed.commands"
+
+
+class Plugin(Protocol):
+    def register(self, commands: Any) -> None: ...
+    def main(self, args: argparse.Namespace) -> int: ...
+
+
+def _plugins() -> dict[str, Plugin]:
+    found: dict[str, Plugin] = {}
+    for entry in metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            found[entry.name] = entry.load()
+        except Exception as exc:  # noqa: BLE001 - one broken add-on must not break carebed
+            print(
+                _("carebed: warning: command {name} cannot load: {error}").format(
+                    name=entry.name, error=exc
+                ),
+                file=sys.stderr,
+            )
+    return found
 
 
 def _use_catalog_for_argparse() -> None:
@@ -75,7 +99,7 @@ def version() -> str:
         return "0.0.0"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: Mapping[str, Plugin] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carebed", description=_("Home-care bed gateway daemon"))
     parser.add_argument("--version", action="version", version=f"carebed {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar=_("COMMAND"))
@@ -139,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
         help=_("print the JSON Schemas (config and uplink)"),
     )
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
+    for plugin in (plugins or {}).values():
+        plugin.register(commands)
     return parser
 
 
@@ -195,7 +221,10 @@ COMMANDS: dict[str, Handler] = {
 def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | None = None) -> int:
     """``sources``: event sources ``run`` starts beyond the configured devices (the rig's)."""
     _use_catalog_for_argparse()
-    args = _parser().parse_args(argv)
+    plugins = _plugins()
+    args = _parser(plugins).parse_args(argv)
+    if args.command in plugins:
+        return plugins[args.command].main(args)
     if args.command == "schema":
         schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
         chosen = schemas if args.which == "all" else schemas[args.which]
