@@ -100,6 +100,7 @@ class Desk:
         self._changed = asyncio.Event()
         self._ready = threading.Event()
         self._refused: str | None = None
+        self._pubacks: dict[int, ReasonCode] = {}
         self.connected = False
         prefix = f"carebed/v1/{gateway_id}"
         self._subscriptions = [f"{prefix}/up/#", f"{prefix}/status", f"{prefix}/down/ack"]
@@ -116,25 +117,21 @@ class Desk:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_connect_fail = self._on_connect_fail
 
     async def __aenter__(self) -> Self:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        try:
-            await asyncio.to_thread(
-                self._client.connect,
-                self.host,
-                self.port,
-                KEEPALIVE_S,
-                clean_start=True,
-                properties=properties,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise DeskError(
-                _("cannot reach the broker {host}:{port}: {error}").format(
-                    host=self.host, port=self.port, error=exc
-                )
-            ) from None
+        # connect_async, then paho's thread connects: connect() before loop_start() would
+        # leave one of paho's internal socket pairs open.
+        self._client.connect_async(
+            self.host,
+            self.port,
+            KEEPALIVE_S,
+            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
         self._client.loop_start()
         ready = await asyncio.to_thread(self._ready.wait, CONNECT_TIMEOUT_S)
         if not ready or self._refused is not None:
@@ -220,6 +217,14 @@ class Desk:
                     topic=topic, seconds=PUBLISH_TIMEOUT_S
                 )
             )
+        with self._lock:
+            reason = self._pubacks.pop(info.mid, None)
+        if reason is not None and reason.is_failure:  # MQTT 5: 0x87 when the ACL refuses it
+            raise DeskError(
+                _("the broker refused {topic}: {reason} (check the technician's ACL entry)").format(
+                    topic=topic, reason=reason
+                )
+            )
 
     async def command(
         self, name: str, args: dict[str, Any] | None = None, *, command_id: str | None = None
@@ -263,6 +268,13 @@ class Desk:
             self._ready.set()
         self._notify()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._ready.is_set():
+            self._refused = _("cannot reach the broker {host}:{port}").format(
+                host=self.host, port=self.port
+            )
+            self._ready.set()
+
     def _on_subscribe(
         self,
         client: mqtt.Client,
@@ -286,6 +298,17 @@ class Desk:
     ) -> None:
         self.connected = False
         self._notify()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._lock:
+            self._pubacks[mid] = reason_code
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.monotonic()

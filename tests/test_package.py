@@ -422,6 +422,8 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return found
 
 
+# Two offline venv builds with pip (install, upgrade): past the default 120 s on a loaded machine.
+@pytest.mark.timeout(360)
 def test_install_provision_upgrade_remove_and_purge_offline(
     debs: Debs, machine: Machine, pki: Pki, tmp_path: Path
 ) -> None:
