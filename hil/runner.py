@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 Status = Literal["passed", "failed", "skipped"]
 TECHNICIAN_CN = "technician"
 SUMMARY_CHARS = 160
+NOTE_TIMEOUT_S = 300.0
 
 
 class RunnerError(Exception):
@@ -381,12 +382,26 @@ async def run(
                 result = await _run_one(ctx, scenario)
                 record.scenarios.append(result)
                 await _version(ctx)
+            if sim is None:
+                note = await _technician_note(guide)
+                if note:
+                    record.notes.append(note)
             if sim is not None and not record.passed:
                 tail = sim.gateway_log_tail()
                 if tail:
                     guide.say(_("---- the end of the gateway's log") + "\n" + tail)
     record.finished = datetime.now(UTC)
     return record
+
+
+async def _technician_note(guide: Guide) -> str:
+    """The technician's note for the report (one line; nothing after a while or at the end of
+    input)."""
+    guide.say("  >>>  [notes] " + _("A note for the report (one line; Enter for none):"))
+    try:
+        return (await guide.line(NOTE_TIMEOUT_S) or "").strip()
+    except TimeoutError:
+        return ""
 
 
 def _missing(ctx: Context, scenario: Scenario) -> str | None:

@@ -308,10 +308,17 @@ async def receiver_replug(ctx: Context) -> None:
 async def button_supervision(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
     assert ctx.sim is not None
+    receiver = ctx.sim.receiver
+    assert receiver is not None
     button = ctx.rig.receiver.button_ids()[-1]
     device = button_device(button)
+
+    async def heard() -> None:
+        await receiver.heartbeat(button)
+
+    # Heard now (online, whatever it was before), then silent: offline after the window.
     since = ctx.desk.mark()
-    began = time.monotonic()
+    began = await ctx.act("heard", "", heard)
     await ctx.expect(
         "offline",
         _("device.offline (supervision_timeout) once the button is silent for the window"),
@@ -323,14 +330,8 @@ async def button_supervision(ctx: Context) -> None:
         ),
         since=began,
     )
-    receiver = ctx.sim.receiver
-    assert receiver is not None
-
-    async def heard() -> None:
-        await receiver.heartbeat(button)
-
     since = ctx.desk.mark()
-    began = await ctx.act("heard", "", heard)
+    began = await ctx.act("heard_again", "", heard)
     await ctx.expect(
         "online",
         _("device.online when the button is heard again"),
@@ -455,6 +456,8 @@ async def _nothing() -> None:
 
 async def camera_call(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
+    if ctx.sim is not None and ctx.sim.camera is not None:
+        ctx.sim.camera.hang_up_all()  # the calls of earlier scenarios' alarms
     button = ctx.rig.receiver.button_ids()[0]
     since = ctx.desk.mark()
     began, _told = await _press(ctx, "press", button)

@@ -70,6 +70,19 @@ def test_the_simulated_rig_passes_every_scenario_and_writes_both_reports(tmp_pat
     assert "simulated" in page
 
 
+def test_the_weekly_button_test_records_each_button(tmp_path: Path) -> None:
+    junit, report = tmp_path / "junit.xml", tmp_path / "report.html"
+    result = _hil("weekly", "--rig", str(SIM_RIG), "--junit", str(junit), "--report", str(report))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    cases = _cases(junit)
+    assert list(cases) == ["weekly_button_test"]
+    out = cases["weekly_button_test"].findtext("system-out") or ""
+    for button in ("btn-00A1B2C3", "btn-00A1B2C4"):
+        assert f"passed  {button}: {button}: alarm at the platform" in out, out
+        assert f"latency {button} = " in out, out
+        assert button in report.read_text()
+
+
 def _broken(tmp_path: Path, part: str, fault: str) -> Path:
     text = SIM_RIG.read_text()
     text = text.replace(
@@ -126,7 +139,7 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
             f'[receiver]\nport = "{receiver.port}"\nbuttons = ["00A1B2C3"]\n'
             "[timeouts]\nstep_s = 20\n"
         )
-        junit = tmp_path / "junit.xml"
+        junit, report = tmp_path / "junit.xml", tmp_path / "report.html"
         env = {
             **{
                 k: v
@@ -138,7 +151,7 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hil", "run", "--rig", str(rig),
-            "--only", "button_press,button_cancel", "--junit", str(junit),
+            "--only", "button_press,button_cancel", "--junit", str(junit), "--report", str(report),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, cwd=ROOT, env=env,
         )  # fmt: skip
@@ -157,6 +170,8 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
                     proc.stdin.write(await _looked(receiver, button, 2))
                 elif ">>>  [button_cancel/press]" in line:
                     proc.stdin.write(b"s\nthis button has no cancel key\n")
+                elif ">>>  [notes]" in line:
+                    proc.stdin.write("receiver: 接收器 batch 7\n".encode())
             status = await proc.wait()
     text = "".join(output)
     assert status == 0, text
@@ -165,6 +180,7 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
     skipped = cases["button_cancel"].find("skipped")
     assert skipped is not None, text
     assert skipped.get("message") == "this button has no cancel key"
+    assert "receiver: 接收器 batch 7" in report.read_text()
     instruction = next(line for line in output if ">>>  [button_press/press]" in line)
     if language.startswith("zh"):
         assert CJK.search(instruction), instruction
