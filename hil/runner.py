@@ -87,6 +87,8 @@ class RunRecord:
 
 
 def summary(seen: Seen) -> str:
+    if seen.topic.endswith("/down/ack"):
+        return f"ack {seen.event.get('ids')} by {seen.event.get('by')}"[:SUMMARY_CHARS]
     text = f"{seen.kind or seen.topic.rsplit('/', 1)[-1]} {seen.device or ''} {seen.data or ''}"
     return text.strip()[:SUMMARY_CHARS]
 
@@ -262,8 +264,9 @@ class Context:
         acknowledgement; returns when it was sent or seen."""
         alarm_id = str(alarm.event.get("id"))
         if self.rig.platform.role == "suite":
+            sent = time.monotonic()
             await self.desk.ack([alarm_id], f"hil-{self.rig.rig.technician or 'technician'}")
-            return time.monotonic()
+            return sent
         title = _("the platform's desk acknowledges the alarm")
         self.guide.say(
             "  >>>  " + _("Ask the platform's desk to acknowledge alarm {id}.").format(id=alarm_id)

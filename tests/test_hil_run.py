@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hil import rigfile
+from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
 from hil.sim.rigparts import SimParts
 
@@ -134,7 +135,7 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
         rig = tmp_path / "guided.toml"
         rig.write_text(
             '[rig]\nname = "guided"\ntechnician = "test"\n'
-            '[gateway]\nid = "gw-guided"\n'
+            f'[gateway]\nid = "gw-guided"\nconfig = "{parts.config_path}"\n'
             f'[broker]\nhost = "127.0.0.1"\nport = {parts.broker.port}\n'
             f'[receiver]\nport = "{receiver.port}"\nbuttons = ["00A1B2C3"]\n'
             "[timeouts]\nstep_s = 20\n"
@@ -181,6 +182,9 @@ async def test_the_guided_mode_runs_through_its_prompts(tmp_path: Path, language
     assert skipped is not None, text
     assert skipped.get("message") == "this button has no cancel key"
     assert "receiver: 接收器 batch 7" in report.read_text()
+    # On the gateway: the receiver's firmware, asked of the daemon.
+    properties = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}  # noqa: S314
+    assert properties["receiver_firmware"] == "1.4"
     instruction = next(line for line in output if ">>>  [button_press/press]" in line)
     if language.startswith("zh"):
         assert CJK.search(instruction), instruction
@@ -233,3 +237,44 @@ def test_an_installed_add_on_command_is_a_carebed_command(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert "addon" in listed.stdout
+
+
+async def test_with_a_real_platform_the_suite_waits_for_its_desk(tmp_path: Path) -> None:
+    """[platform] role = "observe": the suite acknowledges nothing; it tells the technician to
+    ask the platform's desk, and goes on when that acknowledgement passes on the broker."""
+    sim_rig = rigfile.Rig.model_validate(
+        {"gateway": {"simulated": True, "id": "gw-observed"}, "broker": {"simulated": True}}
+    )
+    async with SimParts(sim_rig, tmp_path / "sim") as parts:
+        rig = tmp_path / "observe.toml"
+        rig.write_text(
+            '[gateway]\nid = "gw-observed"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {parts.broker.port}\n'
+            '[platform]\nrole = "observe"\n[timeouts]\nstep_s = 20\n'
+        )
+        junit = tmp_path / "junit.xml"
+        with PlatformClient(parts.broker, client_id="city-desk") as desk:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hil", "run", "--rig", str(rig), "--only", "uplink",
+                "--junit", str(junit), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            output: list[str] = []
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                while line := (await proc.stdout.readline()).decode():
+                    output.append(line)
+                    asked = re.search(r"acknowledge alarm (\S+)\.", line)
+                    if asked:
+                        await asyncio.to_thread(desk.ack, "gw-observed", [asked[1]], "operator 7")
+                    elif ">>>  [notes]" in line:
+                        proc.stdin.write(b"\n")
+                status = await proc.wait()
+            text = "".join(output)
+            assert status == 0, text
+    assert _cases(junit)["uplink"].find("failure") is None
+    step = next(line for line in output if "[uplink/ack]" in line and "ok" in line)
+    assert "the platform's desk acknowledges the alarm" in step
+    assert "operator 7" in text.split("[uplink/ack]", 2)[-1]

@@ -94,6 +94,11 @@ class SimParts:
     def gateway_id(self) -> str:
         return self.rig.gateway.id
 
+    @property
+    def config_path(self) -> Path:
+        """The daemon's configuration (its control socket is under its state directory)."""
+        return self._config
+
     def receiver_firmware(self) -> str | None:
         if self.receiver is None:
             return None
