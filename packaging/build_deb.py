@@ -48,6 +48,7 @@ STATIC_FILES: tuple[tuple[Path, str, int], ...] = (
     (REPO / "config" / "carebed.example.toml", "usr/share/carebed/carebed.example.toml", 0o644),
     (REPO / "docs" / "INSTALL.md", "usr/share/doc/carebed/INSTALL.md", 0o644),
     (REPO / "docs" / "INSTALL-systemd.md", "usr/share/doc/carebed/INSTALL-systemd.md", 0o644),
+    (REPO / "hil" / "rigs" / "gateway.toml", "usr/share/carebed/hil-rig.example.toml", 0o644),
     (REPO / "docs" / "HIL.md", "usr/share/doc/carebed/HIL.md", 0o644),
     (REPO / "docs" / "zh-CN" / "HIL.md", "usr/share/doc/carebed/zh-CN/HIL.md", 0o644),
 )

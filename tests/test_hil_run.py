@@ -278,3 +278,24 @@ async def test_with_a_real_platform_the_suite_waits_for_its_desk(tmp_path: Path)
     step = next(line for line in output if "[uplink/ack]" in line and "ok" in line)
     assert "the platform's desk acknowledges the alarm" in step
     assert "operator 7" in text.split("[uplink/ack]", 2)[-1]
+
+
+def test_the_daemon_loads_no_add_on(tmp_path: Path) -> None:
+    """`carebed run` (and every other command) leaves the add-ons unloaded."""
+    (tmp_path / "addon_cmd.py").write_text("raise RuntimeError('loaded')\n")
+    info = tmp_path / "addon-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: addon\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[carebed.commands]\naddon = addon_cmd\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "schema", "config"],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "loaded" not in result.stderr
+    broken = subprocess.run(
+        [sys.executable, "-m", "gateway", "addon"],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert "command addon cannot load" in broken.stderr

@@ -65,6 +65,7 @@ SHIPPED = {
     "/usr/lib/sysusers.d/carebed.conf",
     "/usr/lib/tmpfiles.d/carebed.conf",
     "/usr/share/carebed/carebed.example.toml",
+    "/usr/share/carebed/hil-rig.example.toml",
     "/usr/share/doc/carebed/INSTALL.md",
     "/usr/share/doc/carebed/INSTALL-systemd.md",
     "/usr/share/doc/carebed/HIL.md",
