@@ -32,6 +32,7 @@ class Guide:
         self.out = out
         self.inp = inp
         self._lines: asyncio.Queue[str | None] | None = None
+        self._ended = False  # the end of input was read: every later read gets it at once
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -53,9 +54,13 @@ class Guide:
         return self._lines
 
     async def line(self, timeout_s: float | None = None) -> str | None:
+        if self._ended:
+            return None
         lines = self._start()
         async with asyncio.timeout(timeout_s):
-            return await lines.get()
+            text = await lines.get()
+        self._ended = text is None
+        return text
 
     async def reason(self) -> str:
         self.say(_("Why is this step skipped? (one line)"))

@@ -299,3 +299,38 @@ def test_the_daemon_loads_no_add_on(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert "command addon cannot load" in broken.stderr
+
+
+async def test_a_guided_step_fails_at_its_deadline_with_what_was_observed(tmp_path: Path) -> None:
+    """Nobody presses: the step fails after [timeouts] step_s, saying so and showing what the
+    gateway did send."""
+    sim_rig = rigfile.Rig.model_validate(
+        {
+            "gateway": {"simulated": True, "id": "gw-idle"},
+            "broker": {"simulated": True},
+            "receiver": {"simulated": True, "buttons": ["00A1B2C3"]},
+        }
+    )
+    async with SimParts(sim_rig, tmp_path / "sim") as parts:
+        assert parts.receiver is not None
+        rig = tmp_path / "idle.toml"
+        rig.write_text(
+            '[gateway]\nid = "gw-idle"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {parts.broker.port}\n'
+            f'[receiver]\nport = "{parts.receiver.port}"\nbuttons = ["00A1B2C3"]\n'
+            "[timeouts]\nstep_s = 2\n"
+        )
+        junit = tmp_path / "junit.xml"
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "hil", "run", "--rig", str(rig), "--only", "button_press",
+             "--junit", str(junit)],
+            input="\n", capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+            cwd=ROOT, env={**os.environ, "LANG": "C.UTF-8"},
+        )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    failure = _cases(junit)["button_press"].find("failure")
+    assert failure is not None
+    assert failure.get("message") == "alarm.button at the platform: nothing within 2 s"
+    assert "observed: " in result.stdout
+    assert "gateway.started" in result.stdout or "status" in result.stdout
