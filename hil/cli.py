@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gettext
 import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.core.i18n import _
+from gateway.core.i18n import DOMAIN, LOCALE_DIR, _
 from hil import rigfile
 from hil.desk import DeskError
 from hil.guide import stdin_guide
@@ -38,7 +39,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Any) -> None:
     """Add ``hil`` to carebed's sub-commands (``commands``: argparse's sub-parsers action)."""
-    hil = commands.add_parser("hil", help=_("hardware-in-the-loop tests for technicians"))
+    _actions(commands.add_parser("hil", help=_("hardware-in-the-loop tests for technicians")))
+
+
+def _actions(hil: argparse.ArgumentParser) -> None:
     actions = hil.add_subparsers(dest="hil_action", required=True, metavar=_("ACTION"))
     run_parser = actions.add_parser("run", help=_("run the scenarios on a rig"))
     _common(run_parser)
@@ -106,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
 
 def standalone(argv: list[str] | None = None) -> int:
     """``python -m hil``: the same command without carebed's other commands (a source tree)."""
+    gettext.bindtextdomain(DOMAIN, str(LOCALE_DIR))  # argparse's own words, as carebed does
+    gettext.textdomain(DOMAIN)
     parser = argparse.ArgumentParser(prog="python -m hil")
-    register(parser.add_subparsers(dest="command", required=True))
-    return main(parser.parse_args(["hil", *(sys.argv[1:] if argv is None else argv)]))
+    _actions(parser)
+    return main(parser.parse_args(argv))

@@ -89,9 +89,12 @@ def _broken(tmp_path: Path, part: str, fault: str) -> Path:
     text = text.replace(
         f"[{part}]\nsimulated = true\n", f'[{part}]\nsimulated = true\nfault = "{fault}"\n'
     )
+    text = text.replace("step_s = 15\n", "step_s = 8\n")  # the broken step waits this long
     rig = tmp_path / "broken.toml"
     rig.write_text(text)
-    assert rigfile.load(rig).model_dump()[part]["fault"] == fault
+    loaded = rigfile.load(rig)
+    assert loaded.model_dump()[part]["fault"] == fault
+    assert loaded.timeouts.step_s == 8
     return rig
 
 
