@@ -51,9 +51,7 @@ catalog: $(STAMP)
 	$(PY) -m tests.support.catalog update
 
 hil-sim: deps
-	$(PY) -m hil.uplink_smoke
-	$(PY) -m hil.button_smoke
-	$(PY) -m hil.watch_smoke
+	$(PY) -m hil run --rig hil/rigs/sim.toml --junit hil-junit.xml --report hil-report.html
 
 # dist/carebed_<version>_arm64.deb and _amd64.deb: install offline (docs/INSTALL.md). The first
 # build downloads the wheels of requirements.lock from PyPI into ~/.cache/carebed/deb-wheels.

@@ -48,10 +48,13 @@ STATIC_FILES: tuple[tuple[Path, str, int], ...] = (
     (REPO / "config" / "carebed.example.toml", "usr/share/carebed/carebed.example.toml", 0o644),
     (REPO / "docs" / "INSTALL.md", "usr/share/doc/carebed/INSTALL.md", 0o644),
     (REPO / "docs" / "INSTALL-systemd.md", "usr/share/doc/carebed/INSTALL-systemd.md", 0o644),
+    (REPO / "hil" / "rigs" / "gateway.toml", "usr/share/carebed/hil-rig.example.toml", 0o644),
+    (REPO / "docs" / "HIL.md", "usr/share/doc/carebed/HIL.md", 0o644),
+    (REPO / "docs" / "zh-CN" / "HIL.md", "usr/share/doc/carebed/zh-CN/HIL.md", 0o644),
 )
 MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 # What a carebed wheel is built from (pyproject's packages and their data).
-SOURCE_ITEMS = ("pyproject.toml", "README.md", "gateway", "drivers")
+SOURCE_ITEMS = ("pyproject.toml", "README.md", "gateway", "drivers", "hil")
 
 
 class BuildError(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("gateway", "drivers", "hil", "bench", "tests")
+PACKAGES = ("gateway", "drivers", "hil", "bench", "tests", "platformkit")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -87,6 +87,12 @@ WRONG_IMPORTS = [
         "gateway.app.daemon -> hil.sim.receiver",
     ),
     (
+        "gateway/cli/main.py",
+        "import hil.cli",
+        "never imports the simulated rig",
+        "gateway.cli.main -> hil.cli",
+    ),
+    (
         "drivers/watch/codec.py",
         "import tests.support.reliability",
         "never imports the simulated rig",
@@ -122,7 +128,8 @@ def test_a_wrong_import_breaks_its_contract(
 
 
 def test_the_wheel_holds_the_product_only(tmp_path: Path) -> None:
-    """Built from pyproject.toml as a package index would: gateway and drivers, nothing else."""
+    """Built from pyproject.toml as a package index would: gateway, drivers and the technicians'
+    suite (hil without its simulated rig), nothing else."""
     source = tmp_path / "source"
     source.mkdir()
     for name in ("gateway", "drivers", "hil", "bench", "tests"):
@@ -151,10 +158,10 @@ def test_the_wheel_holds_the_product_only(tmp_path: Path) -> None:
     (wheel,) = out.glob("carebed-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert {top for top in tops if not top.endswith(".dist-info")} == {"gateway", "drivers"}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"gateway", "drivers", "hil"}
     for name in names:
         parts = Path(name).parts
-        assert not {"sim", "tests", "test", "bench", "hil"} & set(parts), name
+        assert not {"sim", "tests", "test", "bench"} & set(parts), name
         assert not Path(name).name.startswith("test_"), name
     # What the daemon needs at run time travels with it.
     assert "gateway/store/schema/001_initial.sql" in names
@@ -162,7 +169,13 @@ def test_the_wheel_holds_the_product_only(tmp_path: Path) -> None:
     assert "gateway/py.typed" in names
     assert "gateway/cli/main.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "carebed = gateway.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    points = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "carebed = gateway.cli.main:main" in points
+    # `carebed hil`: found by the gateway through this group, never imported by name.
+    assert "[carebed.commands]\nhil = hil.cli" in points
+    assert {"hil/cli.py", "hil/runner.py", "hil/scenarios.py", "hil/rigs/gateway.toml"} <= set(
+        names
+    )
 
 
 def test_the_drivers_load_without_the_contract_models_or_the_configuration() -> None:

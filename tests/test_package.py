@@ -65,8 +65,11 @@ SHIPPED = {
     "/usr/lib/sysusers.d/carebed.conf",
     "/usr/lib/tmpfiles.d/carebed.conf",
     "/usr/share/carebed/carebed.example.toml",
+    "/usr/share/carebed/hil-rig.example.toml",
     "/usr/share/doc/carebed/INSTALL.md",
     "/usr/share/doc/carebed/INSTALL-systemd.md",
+    "/usr/share/doc/carebed/HIL.md",
+    "/usr/share/doc/carebed/zh-CN/HIL.md",
 }
 
 
@@ -202,11 +205,14 @@ def test_carebeds_wheel_holds_every_file_of_its_packages(debs: Debs, tmp_path: P
         shipped = {name for name in archive.namelist() if ".dist-info/" not in name}
     tree = {
         str(path.relative_to(REPO))
-        for package in ("gateway", "drivers")
+        for package in ("gateway", "drivers", "hil")
         for path in (REPO / package).rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
         and path.suffix not in {".pyc", ".po", ".pot"}  # translation sources: .mo ship
+        # the simulated rig and its rig file stay in the source tree
+        and not str(path.relative_to(REPO)).startswith(("hil/sim/", "hil/rigs/sim.toml"))
+        and path.name != "README.md"
     }
     assert tree - shipped == set()
 
@@ -417,6 +423,8 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return found
 
 
+# Two offline venv builds with pip (install, upgrade): past the default 120 s on a loaded machine.
+@pytest.mark.timeout(360)
 def test_install_provision_upgrade_remove_and_purge_offline(
     debs: Debs, machine: Machine, pki: Pki, tmp_path: Path
 ) -> None:
@@ -450,6 +458,18 @@ def test_install_provision_upgrade_remove_and_purge_offline(
     help_text = _run(*AS_CAREBED, "/usr/bin/carebed", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "provision" in help_text.stdout
+    # The technicians' suite came with it, runtime dependencies only; a rig with simulated
+    # parts is refused with a sentence (hil.sim is not shipped).
+    hil_help = _run("/usr/bin/carebed", "hil", "run", "--help")
+    assert hil_help.returncode == 0, hil_help.stderr
+    assert "--rig" in hil_help.stdout
+    sim_rig = tmp_path / "sim.toml"
+    shutil.copyfile(REPO / "hil" / "rigs" / "sim.toml", sim_rig)
+    refused = _run("/usr/bin/carebed", "hil", "run", "--rig", str(sim_rig))
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "hil.sim" in refused.stderr
+    listed = _run("/usr/bin/carebed", "hil", "list")
+    assert "button_press" in listed.stdout, listed.stderr
     where = _run(str(venv / "bin/python"), "-c", "import gateway; print(gateway.__file__)")
     assert where.stdout.startswith(f"{venv}/lib/python3"), where
     freeze = _run(

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -60,6 +60,40 @@ ARGPARSE_MESSAGES = (
 )
 
 Handler = Callable[["GatewayConfig", argparse.Namespace], int]
+# Commands that installed packages add (``carebed hil`` from the hil package): each entry point of
+# this group names a module with ``register(subparsers)`` and ``main(args) -> int``. The gateway
+# never imports them by name, and loads one only when it is the command asked for (``carebed
+# run`` loads none); a broken one is reported, not fatal to the other commands.
+PLUGIN_GROUP = "carebed.commands"
+
+
+class Plugin(Protocol):
+    def register(self, commands: Any) -> None: ...
+    def main(self, args: argparse.Namespace) -> int: ...
+
+
+def _requested(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (its first argument that is not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _plugin(argv: list[str]) -> tuple[list[str], Plugin | None]:
+    """The add-on commands' names, and the one asked for, loaded."""
+    entries = {entry.name: entry for entry in metadata.entry_points(group=PLUGIN_GROUP)}
+    wanted = _requested(argv)
+    if wanted not in entries:
+        return sorted(entries), None
+    try:
+        plugin: Plugin = entries[wanted].load()
+    except Exception as exc:  # noqa: BLE001 - one broken add-on must not break carebed
+        print(
+            _("carebed: warning: command {name} cannot load: {error}").format(
+                name=wanted, error=exc
+            ),
+            file=sys.stderr,
+        )
+        return sorted(set(entries) - {wanted}), None
+    return sorted(set(entries) - {wanted}), plugin
 
 
 def _use_catalog_for_argparse() -> None:
@@ -75,7 +109,9 @@ def version() -> str:
         return "0.0.0"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(
+    add_ons: list[str] | None = None, plugin: Plugin | None = None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carebed", description=_("Home-care bed gateway daemon"))
     parser.add_argument("--version", action="version", version=f"carebed {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar=_("COMMAND"))
@@ -139,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
         help=_("print the JSON Schemas (config and uplink)"),
     )
     schema.add_argument("which", nargs="?", choices=["all", "config", "uplink"], default="all")
+    for name in add_ons or []:
+        commands.add_parser(name, help=_("see carebed {name} --help").format(name=name))
+    if plugin is not None:
+        plugin.register(commands)
     return parser
 
 
@@ -195,7 +235,20 @@ COMMANDS: dict[str, Handler] = {
 def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | None = None) -> int:
     """``sources``: event sources ``run`` starts beyond the configured devices (the rig's)."""
     _use_catalog_for_argparse()
-    args = _parser().parse_args(argv)
+    add_ons, plugin = _plugin(sys.argv[1:] if argv is None else argv)
+    args = _parser(add_ons, plugin).parse_args(argv)
+    if (
+        plugin is not None
+        and args.command not in COMMANDS
+        and args.command
+        not in (
+            "run",
+            "schema",
+            "provision",
+            *installer.COMMANDS,
+        )
+    ):
+        return plugin.main(args)
     if args.command == "schema":
         schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
         chosen = schemas if args.which == "all" else schemas[args.which]

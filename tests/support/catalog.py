@@ -21,7 +21,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("gateway", "drivers")
+SOURCES = ("gateway", "drivers", "hil")  # hil: the technicians' suite (not its simulated rig, hil/sim)
 LOCALE_DIR = ROOT / "gateway" / "locale"
 DOMAIN = "carebed"
 LANGUAGES = ("zh_CN",)
@@ -47,7 +47,7 @@ def extract() -> Catalog:
     for source in SOURCES:
         found = extract_from_dir(
             ROOT / source,
-            method_map=[("**.py", "python")],
+            method_map=[("sim/**.py", "ignore"), ("**.py", "python")],
             keywords=DEFAULT_KEYWORDS,
             comment_tags=("Translators:",),
             strip_comment_tags=True,
