@@ -21,7 +21,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("gateway", "drivers", "hil")  # hil: the technicians' suite (not its simulated rig, hil/sim)
+# hil: the technicians' suite (not its simulated rig, hil/sim)
+SOURCES = ("gateway", "drivers", "hil")
 LOCALE_DIR = ROOT / "gateway" / "locale"
 DOMAIN = "carebed"
 LANGUAGES = ("zh_CN",)
