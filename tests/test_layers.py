@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("gateway", "drivers", "hil", "bench", "tests")
+PACKAGES = ("gateway", "drivers", "hil", "bench", "tests", "platformkit")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
