@@ -419,12 +419,21 @@ async def test_presence_follows_the_retained_status_and_the_will(
     with raw_publisher(mosquitto, "gw-a-retained") as gw:
         # Retained before any worker runs: the presence role reads it when it subscribes.
         gw.publish("carebed/v1/gw-a/status", online, retain=True)
+        # One that PostgreSQL cannot store must not stop the others (it comes on every start).
+        poison = {**online, "gw": "gw-c", "version": "0.1.0\u0000"}
+        gw.publish("carebed/v1/gw-c/status", poison, retain=True)
     async with running_worker(dsn, mosquitto, validator):
         await eventually(
             lambda: query(dsn, "SELECT gw, state, version FROM presence"),
             lambda rows: rows == [("gw-a", "online", "0.1.0")],
             TIMEOUT_S,
             "gw-a online from the retained status",
+        )
+        await eventually(
+            lambda: query(dsn, "SELECT topic FROM rejected"),
+            lambda rows: rows == [("carebed/v1/gw-c/status",)],
+            TIMEOUT_S,
+            "gw-c's status rejected",
         )
         # A gateway whose connection is lost: the broker publishes its will.
         will = json.dumps({"v": 1, "gw": "gw-b", "state": "offline", "reason": "lost"})

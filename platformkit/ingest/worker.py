@@ -218,7 +218,8 @@ class IngestWorker:
                     status = self.validator.status(topic, delivery.payload)
                     await store.write_status(conn, status)
                     log.info("presence", gw=status.gw, state=status.state, reason=status.reason)
-            except ContractError as exc:
+            except (ContractError, psycopg.DataError) as exc:
+                # psycopg.DataError: valid for the schema, not for PostgreSQL (a NUL character)
                 log.warning("status_rejected", topic=delivery.topic, error=str(exc))
                 await store.write_batch(
                     conn, [], [store.Rejected(delivery.topic, None, str(exc), delivery.payload)]
