@@ -355,7 +355,7 @@ async def test_a_hole_filled_in_time_is_never_reported(
     dsn: str, mosquitto: Mosquitto, validator: ContractValidator
 ) -> None:
     """Out of order (an alarm overtook telemetry; another worker was slower) is not a gap."""
-    async with running_worker(dsn, mosquitto, validator, gap_grace_s=3.0):
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=30.0):
         with raw_publisher(mosquitto, "gw-a") as gw:
             publish(gw, "gw-a", "telemetry", [event(1)])
             publish(gw, "gw-a", "alarm", [event(3, "alarm.button")])
