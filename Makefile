@@ -16,8 +16,9 @@ $(STAMP): requirements-dev.lock pyproject.toml
 deps: $(STAMP)
 	scripts/install-system-deps
 
+# The alarm desk (the platform's reference ingest) opens beside the terminal desk: URL printed.
 demo: deps
-	$(PY) -m hil.sim.demo
+	$(PY) -m hil.sim.demo --web-desk --ack-after 20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,11 @@ and then (or when you press Enter); a simulated voice camera takes the call each
 and a small "platform desk" prints what arrives and acknowledges each alarm after a few seconds.
 What the senior hears from the receiver and feels or reads on the watch (its Alert Confirm
 statuses) is printed too, so the whole alarm chain goes by on the screen.
+
+With ``--web-desk`` the platform's reference ingest runs beside it (PostgreSQL in a temporary
+directory, ``python -m platformkit.ingest run``) and its alarm desk is served at the URL printed:
+alarms appear there live, can be acknowledged there (``--ack-after`` gives the operator time
+before the terminal desk does it), and commands can be sent to the gateway.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import json
 import os
 import random
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +42,7 @@ from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
 from gateway.app import config, logs
 from gateway.app.daemon import Gateway, StopRequest
 from hil.sim.bluez import FakeBluez, WatchSim
-from hil.sim.broker import Mosquitto, MosquittoError
+from hil.sim.broker import Mosquitto, MosquittoError, free_port
 from hil.sim.camera import SimCamera
 from hil.sim.dbus import DBUS_DAEMON, PrivateSystemBus
 from hil.sim.platform import PlatformClient, Received
@@ -57,6 +65,7 @@ WATCH_TELLS: dict[int, str] = {
 ACK_AFTER_S = 3.0
 HEART_RATE_EVERY_S = 1.0
 BLEAK_CLOSE_TIMEOUT_S = 5.0
+WEB_DESK_START_TIMEOUT_S = 60.0
 IDLE_WAIT_S = 3600.0  # a helper waiting this long for the next frame or confirm just waits again
 
 
@@ -69,8 +78,11 @@ def _show(text: str) -> None:
 class PlatformDesk:
     """Prints what the platform receives and acknowledges alarms like an operator would."""
 
-    def __init__(self, broker: Mosquitto, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, broker: Mosquitto, loop: asyncio.AbstractEventLoop, ack_after_s: float = ACK_AFTER_S
+    ) -> None:
         self.loop = loop
+        self.ack_after_s = ack_after_s
         self.client = PlatformClient(
             broker,
             client_id="demo-platform-desk",
@@ -96,7 +108,7 @@ class PlatformDesk:
                 self.loop.call_soon_threadsafe(self._ack_later, body["gw"], event["id"])
 
     def _ack_later(self, gw: str, alarm_id: str) -> None:
-        self.loop.call_later(ACK_AFTER_S, self._ack, gw, alarm_id)
+        self.loop.call_later(self.ack_after_s, self._ack, gw, alarm_id)
 
     def _ack(self, gw: str, alarm_id: str) -> None:
         _show(f"platform → ack {alarm_id} (operator desk-1)")
@@ -257,7 +269,8 @@ async def _gateway(
         },
         source="demo",
     )
-    desk = await asyncio.to_thread(PlatformDesk, broker, loop)  # returns once subscribed
+    # returns once subscribed
+    desk = await asyncio.to_thread(PlatformDesk, broker, loop, args.ack_after)
     helpers = [
         loop.create_task(_senior(sim), name="demo.senior"),
         loop.create_task(_presses(sim, args.alarm_every), name="demo.presses"),
@@ -295,6 +308,60 @@ async def _close_bleak_bus() -> None:
             await instance._bus_watcher_task
 
 
+@contextlib.contextmanager
+def _web_desk(workdir: Path, broker: Mosquitto, port: int) -> Iterator[None]:
+    """PostgreSQL and the reference ingest with its desk, as child processes, for the demo."""
+    from hil.sim.postgres import Postgres, PostgresError  # noqa: PLC0415 - only with --web-desk
+
+    try:
+        database = Postgres(durable=False)
+        database.start()
+    except PostgresError as exc:
+        raise SystemExit(f"carebed demo: {exc}") from None
+    if port == 0 or not _port_free(port):
+        port = free_port()
+    log = (workdir / "ingest.log").open("ab")
+    ingest = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "platformkit.ingest", "--dsn", database.dsn),
+            *("--broker", f"{broker.host}:{broker.port}", "run", "--workers", "2"),
+            *("--http-port", str(port), "--gap-grace-s", "10"),
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # The workers' sessions must exist before the gateway's first events, or those would
+        # never reach them (and show as a gap).
+        deadline = time.monotonic() + WEB_DESK_START_TIMEOUT_S
+        subscribed = [f"ingest-{n} 1 $share/carebed-ingest/carebed/v1/+/up/cmdres" for n in (1, 2)]
+        while not all(line in broker.log_text() for line in subscribed):
+            if ingest.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"carebed demo: the ingest did not start: {workdir}/ingest.log")
+            time.sleep(0.1)
+        print(f"alarm desk: http://127.0.0.1:{port}/  (ingest log: {workdir / 'ingest.log'})")
+        yield
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        try:
+            ingest.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            ingest.kill()
+            ingest.wait()
+        log.close()
+        database.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.sim.demo", description=__doc__)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -303,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sos-every", type=float, default=30.0, help="seconds between SOS alerts from the watch"
     )
+    parser.add_argument(
+        "--ack-after", type=float, default=ACK_AFTER_S, help="seconds before the desk acks"
+    )
+    parser.add_argument(
+        "--web-desk", action="store_true", help="run the reference ingest and its alarm desk"
+    )
+    parser.add_argument("--web-port", type=int, default=8080, help="the alarm desk's port")
     args = parser.parse_args(argv)
     stop_request = StopRequest()
     logs.configure("info", "console")
@@ -325,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         except MosquittoError as exc:
             raise SystemExit(f"carebed demo: {exc}") from None
         try:
-            return asyncio.run(_run(workdir, state_dir, broker, args, stop_request))
+            with contextlib.ExitStack() as web:
+                if args.web_desk:
+                    web.enter_context(_web_desk(workdir, broker, args.web_port))
+                return asyncio.run(_run(workdir, state_dir, broker, args, stop_request))
         finally:
             broker.close()
 

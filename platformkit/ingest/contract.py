@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
+import jsonschema_rs
 
 TOPIC_PREFIX = "carebed/v1/"
 GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
@@ -91,8 +91,8 @@ def parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _validator(schema: dict[str, Any]) -> Any:
-    return jsonschema.Draft202012Validator(schema)
+def _validator(schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(schema)
 
 
 class ContractValidator:
@@ -100,7 +100,10 @@ class ContractValidator:
     say (the topic's gateway and class, one event per alarm message, the size).
 
     Each event is checked against the branch of its own kind (the schema's discriminator
-    mapping): jsonschema does not know ``discriminator`` and would try every branch.
+    mapping): JSON Schema does not know ``discriminator`` and would try every branch.
+    jsonschema-rs (compiled) checks an event in a few microseconds, the pure-Python
+    jsonschema in about half a millisecond: the difference between a worker that validates
+    and one that stores.
     """
 
     def __init__(self, schema: dict[str, Any]) -> None:
@@ -108,8 +111,10 @@ class ContractValidator:
         events = schema["events"]
         mapping = events["properties"]["events"]["items"]["discriminator"]["mapping"]
         defs = events["$defs"]
+        # Each kind's branch itself (its $ref followed once), with the definitions it refers to.
         self._by_kind = {
-            kind: _validator({"$ref": ref, "$defs": defs}) for kind, ref in mapping.items()
+            kind: _validator({**defs[ref.rsplit("/", 1)[-1]], "$defs": defs})
+            for kind, ref in mapping.items()
         }
         envelope = copy.deepcopy(events)
         envelope["properties"]["events"]["items"] = {"type": "object"}
@@ -193,8 +198,11 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return payload
 
 
-def _first_error(validator: Any, instance: Any, where: str = "") -> None:
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-    if error is not None:
-        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        raise ContractError(f"{where}{path}: {error.message}"[:500])
+def _first_error(
+    validator: jsonschema_rs.Draft202012Validator, instance: Any, where: str = ""
+) -> None:
+    if validator.is_valid(instance):  # the common case, without collecting errors
+        return
+    error = next(iter(validator.iter_errors(instance)))
+    path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.instance_path)
+    raise ContractError(f"{where}{path}: {error.message}"[:500])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ class DeskSettings:
     broker: BrokerAddress
     host: str = "127.0.0.1"
     port: int = 8080
-    client_id: str = "carebed-desk"
+    # Unique per desk process: two desks under one client id would keep disconnecting each other.
+    client_id: str = field(default_factory=lambda: f"carebed-desk-{os.getpid()}")
 
 
 class Desk:

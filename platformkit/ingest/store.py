@@ -56,6 +56,17 @@ class Counts:
     reacks: list[Reack] = field(default_factory=list)
     alarms_changed: bool = False
 
+    def plus(self, other: Counts) -> Counts:
+        return Counts(
+            stored=self.stored + other.stored,
+            duplicates=self.duplicates + other.duplicates,
+            resends=self.resends + other.resends,
+            conflicts=self.conflicts + other.conflicts,
+            rejected=self.rejected + other.rejected,
+            reacks=self.reacks + other.reacks,
+            alarms_changed=self.alarms_changed or other.alarms_changed,
+        )
+
 
 @dataclass(slots=True)
 class _PerGateway:

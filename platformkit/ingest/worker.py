@@ -120,24 +120,30 @@ class IngestWorker:
             await self._store(conn, link, batch)
 
     async def _store(self, conn: store.Conn, link: MqttLink, batch: list[Delivery]) -> None:
-        events: list[Event] = []
+        parsed: list[tuple[Delivery, list[Event]]] = []
         rejected: list[store.Rejected] = []
         for delivery in batch:
             gw = None
             try:
                 topic = parse_topic(delivery.topic)
                 gw = topic.gw
-                events += self.validator.events(topic, delivery.payload)
+                parsed.append((delivery, self.validator.events(topic, delivery.payload)))
             except ContractError as exc:
-                log.warning("message_rejected", topic=delivery.topic, error=str(exc))
-                rejected.append(store.Rejected(delivery.topic, gw, str(exc), delivery.payload))
-        while True:
-            try:
-                counts = await store.write_batch(conn, events, rejected)
-                break
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                log.warning("batch_retried", worker=self.settings.name, messages=len(batch))
-                await asyncio.sleep(RETRY_S)
+                rejected.append(self._rejected(delivery, gw, str(exc)))
+        try:
+            counts = await self._write(conn, [e for _, events in parsed for e in events], rejected)
+        except psycopg.DataError:
+            # Valid for the schema, not for PostgreSQL (a seq beyond bigint, a NUL character in
+            # a text): find the message(s) one by one, so that one cannot block the others.
+            counts = store.Counts()
+            for delivery, events in parsed:
+                try:
+                    one = await self._write(conn, events, [])
+                except psycopg.DataError as exc:
+                    gw = events[0].gw if events else None
+                    one = await self._write(conn, [], [self._rejected(delivery, gw, str(exc))])
+                counts = counts.plus(one)
+            counts = counts.plus(await self._write(conn, [], rejected))
         # Stored: only now does the broker learn that these messages were received.
         for delivery in batch:
             link.ack(delivery)
@@ -152,6 +158,21 @@ class IngestWorker:
             # The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
             await link.publish(f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by))
             log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
+
+    async def _write(
+        self, conn: store.Conn, events: list[Event], rejected: list[store.Rejected]
+    ) -> store.Counts:
+        while True:
+            try:
+                return await store.write_batch(conn, events, rejected)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                log.warning("batch_retried", worker=self.settings.name, events=len(events))
+                await asyncio.sleep(RETRY_S)
+
+    @staticmethod
+    def _rejected(delivery: Delivery, gw: str | None, error: str) -> store.Rejected:
+        log.warning("message_rejected", topic=delivery.topic, error=error)
+        return store.Rejected(delivery.topic, gw, error, delivery.payload)
 
     # -- presence and gaps: one worker at a time ------------------------------------------------
 
@@ -197,7 +218,8 @@ class IngestWorker:
                     status = self.validator.status(topic, delivery.payload)
                     await store.write_status(conn, status)
                     log.info("presence", gw=status.gw, state=status.state, reason=status.reason)
-            except ContractError as exc:
+            except (ContractError, psycopg.DataError) as exc:
+                # psycopg.DataError: valid for the schema, not for PostgreSQL (a NUL character)
                 log.warning("status_rejected", topic=delivery.topic, error=str(exc))
                 await store.write_batch(
                     conn, [], [store.Rejected(delivery.topic, None, str(exc), delivery.payload)]
