@@ -45,6 +45,10 @@ ACKED_IDS_LOGGED = 5  # an applied ack is logged once, with the first few alarm 
 SILENT_LINK_KEEPALIVES = 1.5  # no packet at all from the broker for this long: half-open
 STORE_RETRY_MIN_S = 0.1  # a failing store call is retried with back-off, the link stays up
 STORE_RETRY_CAP_S = 5.0
+# A refused SUBSCRIBE of the downlink (a broker under load, an ACL being changed) is sent again
+# on the same connection with back-off: without it no ack and no command would arrive.
+SUBSCRIBE_RETRY_MIN_S = 1.0
+SUBSCRIBE_RETRY_CAP_S = 60.0
 
 
 @dataclass(slots=True)
@@ -115,6 +119,8 @@ class MqttUplink:
         self._acking: set[str] = set()  # alarms told "acknowledged" whose ack is being applied
         self._store_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
         self._command_backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_CAP_S)
+        self._subscribe_backoff = Backoff(SUBSCRIBE_RETRY_MIN_S, SUBSCRIBE_RETRY_CAP_S)
+        self._resubscribe: asyncio.TimerHandle | None = None
         self._alarm_task: asyncio.Task[None] | None = None
         self._window = settings.max_inflight
         self._session_began: float | None = None
@@ -252,6 +258,7 @@ class MqttUplink:
         self._online = online
         self._publish_raw(Message(self.topics.status, online, retain=True))
         client.subscribe(self.topics.downlink)
+        self._subscribe_backoff.reset()
         self._downlink_closing = False
         self._downlink_ack_task = loop.create_task(self._ack_worker(), name="uplink.down_ack")
         self._downlink_task = loop.create_task(self._command_worker(), name="uplink.down_cmd")
@@ -299,6 +306,9 @@ class MqttUplink:
         self.connected.clear()
         self.outbox.claim_at_insert = False  # nobody publishes them now (release_all follows)
         client = self._client
+        if self._resubscribe is not None:
+            self._resubscribe.cancel()
+            self._resubscribe = None
         try:
             await self._stop_children()
             self._client = None
@@ -597,7 +607,25 @@ class MqttUplink:
 
     def on_subscribe_refused(self, reasons: list[str]) -> None:
         self.stats.subscribe_refused += 1
-        log.error("subscribe_refused", topic=self.topics.downlink, reasons=reasons)
+        if self._resubscribe is not None or self._client is None:
+            log.error("subscribe_refused", topic=self.topics.downlink, reasons=reasons)
+            return
+        delay = self._subscribe_backoff.next_delay()
+        log.error(
+            "subscribe_refused", topic=self.topics.downlink, reasons=reasons, retry_in_s=delay
+        )
+        self._resubscribe = asyncio.get_running_loop().call_later(
+            delay, self._subscribe_again, self._client
+        )
+
+    def _subscribe_again(self, client: MqttConnection) -> None:
+        self._resubscribe = None
+        if client is not self._client:
+            return
+        try:
+            client.subscribe(self.topics.downlink)
+        except UplinkTransientError as exc:
+            self._lose(f"subscribe failed: {exc}")
 
     def on_disconnected(self, reason: str) -> None:
         self._lose(f"disconnected: {reason}")
