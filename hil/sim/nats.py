@@ -13,12 +13,14 @@ node 0's).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,12 +39,13 @@ CLUSTER_NAME = "carebed"
 DEFAULT_SIZE = 3
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-FORM_TIMEOUT_S = 30.0
+FORM_TIMEOUT_S = 120.0  # a restarted node catches up its streams: seconds, minutes when busy
 PROBE_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 40
 # The first MQTT connection of an account creates its streams (R3 here): a few seconds.
 WARM_UP_TIMEOUT_S = 30.0
+ATTEMPT_S = 10.0  # one CONNECT's wait for its CONNACK
 
 
 class NatsError(Exception):
@@ -171,15 +174,16 @@ class NatsNode:
             raise NatsError(f"{self.name} /{endpoint}: not a JSON object")
         return document
 
-    def formed_with(self, peers: int) -> bool:
-        """Routed to ``peers`` other nodes, healthy, and a JetStream meta leader is known."""
+    def formed_with(self, peers: int, *, healthy: bool = True) -> bool:
+        """Routed to ``peers`` other nodes, a JetStream meta leader known, and (``healthy``)
+        ``/healthz`` ok: every stream and consumer of this node current."""
         try:
             routes = self.monitor("routez").get("num_routes", 0)
-            healthy = self.monitor("healthz").get("status") == "ok"
             meta = self.monitor("jsz").get("meta_cluster") or {}
+            health = not healthy or self.monitor("healthz").get("status") == "ok"
         except (OSError, ValueError, NatsError):
             return False
-        return routes >= peers and healthy and bool(meta.get("leader"))
+        return routes >= peers and bool(meta.get("leader")) and health
 
     def meta_leader(self) -> str | None:
         leader = (self.monitor("jsz").get("meta_cluster") or {}).get("leader")
@@ -330,20 +334,26 @@ class NatsCluster:
         self.nodes[index].kill()
 
     def restart_node(self, index: int) -> None:
-        """Start a stopped or killed node again (same ports, same store) and wait until the
-        cluster has formed with it."""
-        self.nodes[index].start()
-        self.wait_formed()
+        """Start a stopped or killed node again (same ports, same store) and wait until it is
+        routed to the others, a meta leader is known and it accepts MQTT clients.
 
-    def wait_formed(self, timeout: float = FORM_TIMEOUT_S) -> None:
-        """Until every running node is routed to all other running nodes, healthy, and knows a
-        JetStream meta leader; raises ``NatsError`` with the nodes' logs on timeout."""
+        Not until it is healthy: NATS 2.9.10 may keep reporting a consumer that was moved or
+        replaced while the node was down as "not current" for minutes (``/healthz`` 503)."""
+        node = self.nodes[index]
+        node.start()
+        self.wait_formed(healthy=False)
+        wait_mqtt_ready(node.host, node.port, WARM_UP_TIMEOUT_S, f"{node.name}: MQTT")
+
+    def wait_formed(self, timeout: float = FORM_TIMEOUT_S, *, healthy: bool = True) -> None:
+        """Until every running node is routed to all other running nodes, knows a JetStream
+        meta leader and (``healthy``) says it is healthy; raises ``NatsError`` with the nodes'
+        logs on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             up = [node for node in self.nodes if node.running]
             if not up:
                 raise NatsError("no node of the cluster is running")
-            if all(node.formed_with(len(up) - 1) for node in up):
+            if all(node.formed_with(len(up) - 1, healthy=healthy) for node in up):
                 return
             if time.monotonic() > deadline:
                 raise NatsError(
@@ -356,7 +366,7 @@ class NatsCluster:
         first connection creates the account's MQTT streams, which takes seconds in a cluster."""
         for node in self.nodes:
             if node.running:
-                _mqtt_handshake(node.host, node.port, timeout, f"{node.name}: MQTT warm-up")
+                wait_mqtt_ready(node.host, node.port, timeout, f"{node.name}: MQTT warm-up")
 
     def meta_leader(self) -> str | None:
         """The name of the JetStream meta leader, as a running node sees it."""
@@ -388,24 +398,43 @@ class NatsCluster:
         return f"<NatsCluster {self.nodes!r}>"
 
 
-def _mqtt_handshake(host: str, port: int, timeout: float, what: str) -> None:
-    """One MQTT 3.1.1 clean-session CONNECT/CONNACK, then DISCONNECT."""
+def wait_mqtt_ready(host: str, port: int, timeout: float, what: str) -> None:
+    """Until an MQTT 3.1.1 clean-session CONNECT gets a successful CONNACK (then DISCONNECT):
+    a broker may listen before it accepts MQTT clients. Raises ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = _mqtt_attempt(host, port, min(ATTEMPT_S, max(1.0, deadline - time.monotonic())))
+        if answer == "Success":
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: no MQTT connection accepted within {timeout} s ({answer})")
+        time.sleep(PROBE_INTERVAL_S * 4)
+
+
+def _mqtt_attempt(host: str, port: int, seconds: float) -> str:
+    """One CONNECT: the CONNACK's reason, or why there was none."""
+    answer: list[str] = []
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"rig-warm-up-{port}",
+        client_id=f"rig-ready-{port}",
         protocol=MQTTProtocolVersion.MQTTv311,
         clean_session=True,
+        reconnect_on_failure=False,
     )
-    client.connect_timeout = timeout
-    client.connect(host, port, keepalive=60)
-    deadline = time.monotonic() + timeout
+    client.on_connect = lambda _c, _u, _f, reason, _p: answer.append(str(reason))
+    client.on_disconnect = lambda _c, _u, _f, reason, _p: answer.append(f"closed: {reason}")
+    client.connect_timeout = seconds
     try:
-        while not client.is_connected():
+        client.connect(host, port, keepalive=60)
+        end = time.monotonic() + seconds
+        while not answer and time.monotonic() < end:
             client.loop(timeout=PROBE_INTERVAL_S)
-            if time.monotonic() > deadline:
-                raise NatsError(f"{what}: no CONNACK within {timeout} s")
+    except OSError as exc:
+        answer.append(repr(exc))
     finally:
-        client.disconnect()
+        with contextlib.suppress(OSError):
+            client.disconnect()
+    return answer[0] if answer else "no CONNACK"
 
 
 def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
@@ -416,3 +445,39 @@ def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STOP_TIMEOUT_S)
     stderr.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hil.sim.nats DIR``: run a cluster in DIR until SIGINT/SIGTERM, printing
+    each node's MQTT and NATS ports (for a bench or a demo)."""
+    parser = argparse.ArgumentParser(prog="python -m hil.sim.nats", description=main.__doc__)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--nodes", type=int, default=DEFAULT_SIZE)
+    args = parser.parse_args(argv)
+    stop = _stop_on_signals()
+    with NatsCluster(args.workdir, size=args.nodes) as cluster:
+        for node in cluster.nodes:
+            print(
+                json.dumps(
+                    {
+                        "node": node.name,
+                        "mqtt": f"{node.host}:{node.port}",
+                        "nats": f"{node.host}:{node.client_port}",
+                        "monitor": f"http://{node.host}:{node.http_port}/",
+                    }
+                ),
+                flush=True,
+            )
+        stop.wait()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

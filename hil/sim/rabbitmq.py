@@ -13,6 +13,7 @@ no username at all is let in as ``DEFAULT_USER``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -28,6 +30,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from hil.sim.broker import HOST, free_port
+from hil.sim.nats import wait_mqtt_ready
 from hil.sim.pki import Pki
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin switch to its user
@@ -361,12 +364,17 @@ class RabbitCluster:
         return any(node.running for node in self.nodes)
 
     def start(self) -> None:
-        """Boot every node at once (classic peer discovery joins them), then wait until each
-        runs and sees all of them."""
+        """Boot node 0, then the others at once (classic peer discovery joins them to it), and
+        wait until each runs, sees all of them and accepts MQTT clients.
+
+        Booted all at once, the nodes can each start the MQTT plugin's Raft cluster (client id
+        tracking) alone; one of them then refuses every MQTT client ("leader not known")."""
         try:
-            for node in self.nodes:
+            first, *others = self.nodes
+            first.start()
+            for node in others:
                 node.spawn()
-            for node in self.nodes:
+            for node in others:
                 node.wait_booted()
             self.wait_formed()
         except BaseException:
@@ -374,12 +382,17 @@ class RabbitCluster:
             raise
 
     def wait_formed(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Until every running node counts all running nodes as running members."""
+        """Until every running node counts all running nodes as running members, and each
+        accepts an MQTT client."""
         deadline = time.monotonic() + timeout
         while True:
             up = sorted(node.nodename for node in self.nodes if node.running)
             seen = {node.nodename: node.running_nodes() for node in self.nodes if node.running}
             if all(nodes == up for nodes in seen.values()):
+                for node in self.nodes:
+                    if node.running:
+                        left = max(1.0, deadline - time.monotonic())
+                        wait_mqtt_ready(node.host, node.port, left, f"{node.nodename} MQTT")
                 return
             if time.monotonic() > deadline:
                 raise RabbitError(
@@ -474,3 +487,35 @@ def _reap_epmd(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hil.sim.rabbitmq DIR``: run RabbitMQ node(s) in DIR until SIGINT/SIGTERM,
+    printing each node's MQTT and AMQP ports (for a bench or a demo)."""
+    parser = argparse.ArgumentParser(prog="python -m hil.sim.rabbitmq", description=main.__doc__)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--nodes", type=int, default=DEFAULT_SIZE)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with RabbitCluster(args.workdir, size=args.nodes) as cluster:
+        for node in cluster.nodes:
+            print(
+                json.dumps(
+                    {
+                        "node": node.nodename,
+                        "mqtt": f"{node.host}:{node.port}",
+                        "amqp": f"{node.host}:{node.amqp_port}",
+                        "user": DEFAULT_USER,
+                        "password": DEFAULT_PASSWORD,
+                    }
+                ),
+                flush=True,
+            )
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
