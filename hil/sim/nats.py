@@ -183,7 +183,8 @@ class NatsNode:
             health = not healthy or self.monitor("healthz").get("status") == "ok"
         except (OSError, ValueError, NatsError):
             return False
-        return routes >= peers and bool(meta.get("leader")) and health
+        leader = bool(meta.get("leader")) or not self.routes  # a node alone has no meta group
+        return routes >= peers and leader and health
 
     def meta_leader(self) -> str | None:
         leader = (self.monitor("jsz").get("meta_cluster") or {}).get("leader")
@@ -215,11 +216,18 @@ class NatsNode:
             f"log_file: {json.dumps(str(self.log_path))}",
             "logtime: true",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
-            "cluster {",
-            f"  name: {CLUSTER_NAME}",
-            f"  listen: {self.host}:{self.cluster_port}",
-            f"  routes: [{routes}]",
-            "}",
+            # One node alone runs without a cluster block: JetStream in cluster mode wants routes.
+            *(
+                [
+                    "cluster {",
+                    f"  name: {CLUSTER_NAME}",
+                    f"  listen: {self.host}:{self.cluster_port}",
+                    f"  routes: [{routes}]",
+                    "}",
+                ]
+                if self.routes
+                else []
+            ),
             "mqtt {",
             *mqtt_lines,
             "}",
