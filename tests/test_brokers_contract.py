@@ -1,10 +1,12 @@
 """The gateway's contract against each broker the platform may run.
 
 Mosquitto with MQTT 5 and with MQTT 3.1.1, a 3-node NATS cluster (JetStream, MQTT 3.1.1 only) and
-RabbitMQ with its MQTT plugin (3.1.1 only; a 3-node cluster, ``slow``): presence (retained status,
-the will on kill -9), alarms resent until acknowledged and the senior told, commands (also one
-queued while the gateway is away), and kill -9 of the daemon with nothing lost. On a cluster the
-gateway and the platform connect to different nodes. docs/SCALE.md ("Brokers") says what each
+RabbitMQ with its MQTT plugin (3.1.1 only; one node in make test, a 3-node cluster in make soak):
+presence (retained status, the will on kill -9), alarms resent until acknowledged and the senior
+told, commands (also one queued while the gateway is away, and one in flight at a crash), MQTT 5
+where it is spoken and the doctor's word where it is not, kill -9 of the daemon with nothing lost,
+and cluster nodes killed mid-run. On a cluster the gateway and the platform connect to different
+nodes. docs/SCALE.md ("Brokers") says what each
 broker lacks and how the gateway degrades; these tests hold it to that.
 
 Each broker is started once per module; each test has its own gateway id, state and platform
