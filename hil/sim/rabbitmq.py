@@ -38,7 +38,7 @@ NODE_HOST = "localhost"
 DEFAULT_SIZE = 3
 DEFAULT_USER = "platform"
 DEFAULT_PASSWORD = "platform-rig"  # noqa: S105 - a throwaway rig's, on 127.0.0.1
-START_TIMEOUT_S = 120.0  # an Erlang VM and its plugins, on a loaded machine
+START_TIMEOUT_S = 180.0  # an Erlang VM and its plugins, on a loaded machine
 STOP_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 60.0
 PROBE_INTERVAL_S = 0.1
@@ -169,12 +169,33 @@ class RabbitNode:
     def wait_booted(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the node runs its applications and its MQTT port accepts connections."""
         proc = self._require_running()
+        deadline = time.monotonic() + timeout
         try:
-            self.ctl("wait", str(self.pid_path), "--timeout", str(int(timeout)), timeout=timeout)
-            _wait_port(self.port, timeout, f"{self.nodename} MQTT", proc)
+            self._wait_pid_file(proc, deadline, timeout)
+            left = max(1.0, deadline - time.monotonic())
+            self.ctl("wait", str(self.pid_path), "--timeout", str(int(left)), timeout=left + 10)
+            _wait_port(
+                self.port, max(1.0, deadline - time.monotonic()), f"{self.nodename} MQTT", proc
+            )
         except BaseException:
             self.kill()
             raise
+
+    def _wait_pid_file(
+        self, proc: subprocess.Popen[bytes], deadline: float, timeout: float
+    ) -> None:
+        """The VM writes its pid file early in its boot: a node that dies before (a port taken
+        meanwhile) is reported at once, with its log, not after the CLI's timeout."""
+        while not self.pid_path.exists():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=PROBE_INTERVAL_S)
+                raise RabbitError(
+                    f"{self.nodename} exited with status {code} during boot\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RabbitError(
+                    f"{self.nodename} wrote no pid file within {timeout} s\n{self.log_tail()}"
+                )
 
     def start(self) -> None:
         self.spawn()
@@ -240,7 +261,9 @@ class RabbitNode:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise RabbitError(f"rabbitmqctl {' '.join(args)}: no answer in {timeout} s") from exc
+            raise RabbitError(
+                f"rabbitmqctl {' '.join(args)}: no answer in {timeout} s\n{self.log_tail()}"
+            ) from exc
         if done.returncode != 0:
             output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
             raise RabbitError(
