@@ -224,6 +224,11 @@ class PlatformClient:
             return {seq: set(ids) for seq, ids in self._seq_ids.get(gw, {}).items()}
 
     @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The topic filters this client subscribes to."""
+        return self._subscriptions
+
+    @property
     def messages(self) -> list[Received]:
         """A snapshot of every message received so far, in arrival order."""
         with self._cond:

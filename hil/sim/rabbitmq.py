@@ -13,6 +13,7 @@ no username at all is let in as ``DEFAULT_USER``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -28,6 +30,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from hil.sim.broker import HOST, free_port
+from hil.sim.nats import wait_mqtt_ready
 from hil.sim.pki import Pki
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin switch to its user
@@ -35,7 +38,7 @@ NODE_HOST = "localhost"
 DEFAULT_SIZE = 3
 DEFAULT_USER = "platform"
 DEFAULT_PASSWORD = "platform-rig"  # noqa: S105 - a throwaway rig's, on 127.0.0.1
-START_TIMEOUT_S = 120.0  # an Erlang VM and its plugins, on a loaded machine
+START_TIMEOUT_S = 180.0  # an Erlang VM and its plugins, on a loaded machine
 STOP_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 60.0
 PROBE_INTERVAL_S = 0.1
@@ -166,12 +169,33 @@ class RabbitNode:
     def wait_booted(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the node runs its applications and its MQTT port accepts connections."""
         proc = self._require_running()
+        deadline = time.monotonic() + timeout
         try:
-            self.ctl("wait", str(self.pid_path), "--timeout", str(int(timeout)), timeout=timeout)
-            _wait_port(self.port, timeout, f"{self.nodename} MQTT", proc)
+            self._wait_pid_file(proc, deadline, timeout)
+            left = max(1.0, deadline - time.monotonic())
+            self.ctl("wait", str(self.pid_path), "--timeout", str(int(left)), timeout=left + 10)
+            _wait_port(
+                self.port, max(1.0, deadline - time.monotonic()), f"{self.nodename} MQTT", proc
+            )
         except BaseException:
             self.kill()
             raise
+
+    def _wait_pid_file(
+        self, proc: subprocess.Popen[bytes], deadline: float, timeout: float
+    ) -> None:
+        """The VM writes its pid file early in its boot: a node that dies before (a port taken
+        meanwhile) is reported at once, with its log, not after the CLI's timeout."""
+        while not self.pid_path.exists():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=PROBE_INTERVAL_S)
+                raise RabbitError(
+                    f"{self.nodename} exited with status {code} during boot\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RabbitError(
+                    f"{self.nodename} wrote no pid file within {timeout} s\n{self.log_tail()}"
+                )
 
     def start(self) -> None:
         self.spawn()
@@ -237,7 +261,9 @@ class RabbitNode:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise RabbitError(f"rabbitmqctl {' '.join(args)}: no answer in {timeout} s") from exc
+            raise RabbitError(
+                f"rabbitmqctl {' '.join(args)}: no answer in {timeout} s\n{self.log_tail()}"
+            ) from exc
         if done.returncode != 0:
             output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
             raise RabbitError(
@@ -361,12 +387,17 @@ class RabbitCluster:
         return any(node.running for node in self.nodes)
 
     def start(self) -> None:
-        """Boot every node at once (classic peer discovery joins them), then wait until each
-        runs and sees all of them."""
+        """Boot node 0, then the others at once (classic peer discovery joins them to it), and
+        wait until each runs, sees all of them and accepts MQTT clients.
+
+        Booted all at once, the nodes can each start the MQTT plugin's Raft cluster (client id
+        tracking) alone; one of them then refuses every MQTT client ("leader not known")."""
         try:
-            for node in self.nodes:
+            first, *others = self.nodes
+            first.start()
+            for node in others:
                 node.spawn()
-            for node in self.nodes:
+            for node in others:
                 node.wait_booted()
             self.wait_formed()
         except BaseException:
@@ -374,12 +405,17 @@ class RabbitCluster:
             raise
 
     def wait_formed(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Until every running node counts all running nodes as running members."""
+        """Until every running node counts all running nodes as running members, and each
+        accepts an MQTT client."""
         deadline = time.monotonic() + timeout
         while True:
             up = sorted(node.nodename for node in self.nodes if node.running)
             seen = {node.nodename: node.running_nodes() for node in self.nodes if node.running}
             if all(nodes == up for nodes in seen.values()):
+                for node in self.nodes:
+                    if node.running:
+                        left = max(1.0, deadline - time.monotonic())
+                        wait_mqtt_ready(node.host, node.port, left, f"{node.nodename} MQTT")
                 return
             if time.monotonic() > deadline:
                 raise RabbitError(
@@ -474,3 +510,35 @@ def _reap_epmd(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hil.sim.rabbitmq DIR``: run RabbitMQ node(s) in DIR until SIGINT/SIGTERM,
+    printing each node's MQTT and AMQP ports (for a bench or a demo)."""
+    parser = argparse.ArgumentParser(prog="python -m hil.sim.rabbitmq", description=main.__doc__)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--nodes", type=int, default=DEFAULT_SIZE)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with RabbitCluster(args.workdir, size=args.nodes) as cluster:
+        for node in cluster.nodes:
+            print(
+                json.dumps(
+                    {
+                        "node": node.nodename,
+                        "mqtt": f"{node.host}:{node.port}",
+                        "amqp": f"{node.host}:{node.amqp_port}",
+                        "user": DEFAULT_USER,
+                        "password": DEFAULT_PASSWORD,
+                    }
+                ),
+                flush=True,
+            )
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
