@@ -16,6 +16,8 @@ only the wheels it can install, and dpkg refuses it on the wrong machine.
 from __future__ import annotations
 
 import argparse
+import email.utils
+import gzip
 import hashlib
 import os
 import re
@@ -51,7 +53,12 @@ STATIC_FILES: tuple[tuple[Path, str, int], ...] = (
     (REPO / "hil" / "rigs" / "gateway.toml", "usr/share/carebed/hil-rig.example.toml", 0o644),
     (REPO / "docs" / "HIL.md", "usr/share/doc/carebed/HIL.md", 0o644),
     (REPO / "docs" / "zh-CN" / "HIL.md", "usr/share/doc/carebed/zh-CN/HIL.md", 0o644),
+    (REPO / "docs" / "DOCTOR.md", "usr/share/doc/carebed/DOCTOR.md", 0o644),
+    (REPO / "docs" / "zh-CN" / "INSTALL.md", "usr/share/doc/carebed/zh-CN/INSTALL.md", 0o644),
+    (REPO / "docs" / "zh-CN" / "DOCTOR.md", "usr/share/doc/carebed/zh-CN/DOCTOR.md", 0o644),
+    (PACKAGING / "copyright", "usr/share/doc/carebed/copyright", 0o644),
 )
+CHANGELOG = "usr/share/doc/carebed/changelog.Debian.gz"  # made by the build, for its version
 MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 # What a carebed wheel is built from (pyproject's packages and their data).
 SOURCE_ITEMS = ("pyproject.toml", "README.md", "gateway", "drivers", "hil")
@@ -237,6 +244,7 @@ def build(arch: str, version: str, out: Path, cache: Path) -> Path:
             destination = stage / target
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(origin, destination)
+        (stage / CHANGELOG).write_bytes(_changelog(version, epoch))
         (stage / "usr/bin").mkdir(parents=True)
         (stage / "usr/bin/carebed").symlink_to(f"/{LIB}/venv/bin/carebed")
         size = _installed_size_kib(stage)
@@ -269,6 +277,19 @@ def build(arch: str, version: str, out: Path, cache: Path) -> Path:
         if result.returncode != 0:
             raise BuildError(f"dpkg-deb failed:\n{result.stderr}")
     return target
+
+
+def _changelog(version: str, epoch: int) -> bytes:
+    """The Debian changelog entry of this build, gzipped without a name or time of its own."""
+    maintainer = re.search(r"^Maintainer: (.+)$", (PACKAGING / "control.in").read_text(), re.M)
+    assert maintainer is not None
+    when = email.utils.formatdate(epoch, usegmt=False)
+    text = (
+        f"carebed ({version}) bookworm; urgency=medium\n\n"
+        f"  * Built from the carebed source tree at version {version}.\n\n"
+        f" -- {maintainer.group(1)}  {when}\n"
+    )
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
 
 
 def _normalise(stage: Path, epoch: int) -> None:

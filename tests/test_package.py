@@ -70,6 +70,11 @@ SHIPPED = {
     "/usr/share/doc/carebed/INSTALL-systemd.md",
     "/usr/share/doc/carebed/HIL.md",
     "/usr/share/doc/carebed/zh-CN/HIL.md",
+    "/usr/share/doc/carebed/DOCTOR.md",
+    "/usr/share/doc/carebed/zh-CN/INSTALL.md",
+    "/usr/share/doc/carebed/zh-CN/DOCTOR.md",
+    "/usr/share/doc/carebed/copyright",
+    "/usr/share/doc/carebed/changelog.Debian.gz",
 }
 
 

@@ -19,7 +19,7 @@ from hil.sim.broker import Mosquitto
 from hil.sim.platform import PlatformClient
 from tests.gateway_rig import kinds, running_gateway, wait_platform, wait_until
 
-DYNSEC_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+DYNSEC_PLUGIN = next(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"), Path("/nonexistent"))
 ADMIN = ("admin", "admin-password")
 GATEWAY_PASSWORD = "gateway-password"
 
