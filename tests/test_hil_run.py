@@ -210,8 +210,15 @@ def test_without_the_simulated_rig_a_simulated_part_is_refused_clearly(tmp_path:
         ROOT / "hil", tmp_path / "hil", ignore=shutil.ignore_patterns("sim", "__pycache__")
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "LANG": "C.UTF-8"}
+    # An editable install of the tree maps every module under hil/ (hil.sim too) whatever the
+    # path says: without its finder, as a gateway's venv has none.
+    without_editable_finder = (
+        "import runpy, sys; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]; "
+        "sys.argv[0] = 'hil'; runpy.run_module('hil', run_name='__main__', alter_sys=True)"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "hil", "run", "--rig", str(SIM_RIG)],
+        [sys.executable, "-c", without_editable_finder, "run", "--rig", str(SIM_RIG)],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert result.returncode == 78, result.stdout + result.stderr
