@@ -23,7 +23,7 @@ from hil.sim.postgres import Postgres
 from platformkit.ingest import gaps, migrations
 from platformkit.ingest.contract import ContractValidator
 from platformkit.ingest.mqtt import BrokerAddress
-from platformkit.ingest.worker import IngestWorker, WorkerSettings
+from platformkit.ingest.worker import IngestWorker, WorkerSettings, storable_text
 from platformkit.rig import IngestProcesses, eventually, query
 
 TIMEOUT_S = 45.0  # deadlines only: every wait ends on its condition
@@ -308,6 +308,71 @@ async def test_a_message_that_breaks_the_contract_is_kept_apart_and_counted(
     assert (await counters(dsn, "gw-b"))["rejected"] == 1
 
 
+async def test_each_poison_message_is_rejected_alone_and_its_batch_is_stored(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """Messages the schema's patterns and types let through but a worker could not store:
+    each is rejected alone, the good ones of the same backlog are stored, the worker goes on."""
+    async with running_worker(dsn, mosquitto, validator):
+        pass  # its persistent session now keeps what is published while it is stopped
+    bad_ts = "2026-13-45T10:00:00.000Z"  # matches the schema's pattern; no such month
+    poison = {
+        "time": [event(2, ts=bad_ts)],
+        "seq": [event(2**63)],
+        "attempt": [event(3, attempt=2**40)],
+        "NUL in id": [event(4, id="a\u0000b")],
+        "NUL in data": [
+            event(
+                5,
+                "device.online",
+                device="btn-00A1B2C3",
+                data={"reason": "a\u0000b", "last_seen": None},
+            )
+        ],
+        "surrogate in id": [event(6, id="a\ud800")],
+        "surrogate in device": [event(7, device="btn-\udc00")],
+        "NaN": [event(8, data={"heart_rate": float("nan")})],
+    }
+    with raw_publisher(mosquitto, "gw-a") as gw:
+        publish(gw, "gw-a", "telemetry", [event(1)])
+        for n, events in enumerate(poison.values()):
+            klass = events[0]["kind"].split(".")[0]
+            publish(gw, "gw-a", klass, events)
+            publish(gw, "gw-a", "telemetry", [event(10 + n)])
+    expected = [1, *range(10, 10 + len(poison))]
+    async with running_worker(dsn, mosquitto, validator) as worker:
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s == expected,
+            TIMEOUT_S,
+            "the good messages of the backlog",
+        )
+        await eventually(
+            lambda: query(dsn, "SELECT count(*) FROM rejected"),
+            lambda rows: rows[0][0] == len(poison),
+            TIMEOUT_S,
+            "each poison message rejected",
+        )
+        with raw_publisher(mosquitto, "gw-a") as gw:  # and the worker goes on
+            publish(gw, "gw-a", "telemetry", [event(200)])
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s[-1:] == [200],
+            TIMEOUT_S,
+            "a message after them",
+        )
+        assert worker.stats.rejected == len(poison)
+    errors = [row[0] for row in await query(dsn, "SELECT error FROM rejected ORDER BY n")]
+    assert all("\x00" not in error for error in errors)
+    assert sum(bad_ts in error for error in errors) == 1, errors
+    assert sum("bigint out of range" in error for error in errors) == 1, errors
+    assert sum("integer out of range" in error for error in errors) == 1, errors
+    assert sum("a NUL character" in error for error in errors) == 2, errors
+    assert sum("not Unicode text" in error for error in errors) == 2, errors
+    assert sum("NaN" in error for error in errors) == 1, errors
+    assert (await counters(dsn, "gw-a"))["rejected"] == len(poison)
+
+
 # ---------------------------------------------------------------------------------- seq gaps
 
 
@@ -422,6 +487,9 @@ async def test_presence_follows_the_retained_status_and_the_will(
         # One that PostgreSQL cannot store must not stop the others (it comes on every start).
         poison = {**online, "gw": "gw-c", "version": "0.1.0\u0000"}
         gw.publish("carebed/v1/gw-c/status", poison, retain=True)
+        # Nor one whose time matches the schema's pattern but is no date.
+        bad_since = {**online, "gw": "gw-d", "since": "2026-13-45T10:00:00.000Z"}
+        gw.publish("carebed/v1/gw-d/status", bad_since, retain=True)
     async with running_worker(dsn, mosquitto, validator):
         await eventually(
             lambda: query(dsn, "SELECT gw, state, version FROM presence"),
@@ -430,10 +498,10 @@ async def test_presence_follows_the_retained_status_and_the_will(
             "gw-a online from the retained status",
         )
         await eventually(
-            lambda: query(dsn, "SELECT topic FROM rejected"),
-            lambda rows: rows == [("carebed/v1/gw-c/status",)],
+            lambda: query(dsn, "SELECT topic FROM rejected ORDER BY topic"),
+            lambda rows: rows == [("carebed/v1/gw-c/status",), ("carebed/v1/gw-d/status",)],
             TIMEOUT_S,
-            "gw-c's status rejected",
+            "gw-c's and gw-d's status rejected",
         )
         # A gateway whose connection is lost: the broker publishes its will.
         will = json.dumps({"v": 1, "gw": "gw-b", "state": "offline", "reason": "lost"})
@@ -575,3 +643,11 @@ async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(
     ]
     counted = await query(dsn, "SELECT sum(events) FROM gateway")
     assert counted == [(total + 5,)]
+
+
+@given(text=st.text(st.characters(codec=None, categories=None)))
+def test_an_error_text_is_always_storable(text: str) -> None:
+    stored = storable_text(text)
+    assert "\x00" not in stored
+    stored.encode("utf-8")
+    assert storable_text(stored) == stored

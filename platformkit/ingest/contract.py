@@ -88,7 +88,12 @@ def event_class(kind: str) -> str:
 
 
 def parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    """A contract timestamp; ``ContractError`` for one that the schema's pattern lets through
+    but the calendar does not have (``2026-13-45T10:00:00.000Z``)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ContractError(f"not a time: {text!r} ({exc})") from exc
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:
@@ -190,12 +195,42 @@ class ContractValidator:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ContractError(f"not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ContractError(f"not a JSON object: {type(payload).__name__}")
+    # A NUL or a lone surrogate can only come as a \u escape (or, for a surrogate, as the
+    # bytes ED A0..BF that Python's JSON decoder lets through): look only when there is one.
+    if b"\\u" in raw or b"\xed" in raw:
+        _check_texts(payload, "")
     return payload
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _check_texts(value: Any, where: str) -> None:
+    """Refuse a text that neither PostgreSQL nor the schema validator can take: a NUL
+    character (PostgreSQL's text and jsonb have none) or a lone UTF-16 surrogate (not
+    Unicode text; it cannot be encoded in UTF-8)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ContractError(f"{where or 'the payload'}: a NUL character in a text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ContractError(
+                f"{where or 'the payload'}: not Unicode text ({exc.reason})"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(key, where)
+            _check_texts(item, f"{where}.{key.encode('utf-8', 'backslashreplace').decode()}")
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_texts(item, f"{where}[{n}]")
 
 
 def _first_error(
