@@ -373,6 +373,45 @@ async def test_each_poison_message_is_rejected_alone_and_its_batch_is_stored(
     assert (await counters(dsn, "gw-a"))["rejected"] == len(poison)
 
 
+async def test_the_greatest_seq_and_an_alarm_id_on_two_seqs_stop_no_worker(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """Storable, but each used to fail a later step: the gap check (seq + 1 beyond bigint) or
+    the alarm upsert (one alarm row hit twice in a statement)."""
+    async with running_worker(dsn, mosquitto, validator):
+        pass  # its persistent session now keeps what is published while it is stopped
+    top = 2**63 - 1
+    alarm = event(3, "alarm.button")
+    with raw_publisher(mosquitto, "gw-a") as gw:
+        publish(gw, "gw-a", "telemetry", [event(1)])
+        publish(gw, "gw-a", "telemetry", [event(top)])
+        publish(gw, "gw-a", "alarm", [alarm])
+        publish(gw, "gw-a", "alarm", [{**alarm, "seq": 4}])  # the same alarm id again
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.0) as worker:
+        await eventually(
+            lambda: _open_gaps(dsn),
+            lambda found: found == [("gw-a", 2, 2), ("gw-a", 5, top - 1)],
+            TIMEOUT_S,
+            "the gaps below the greatest seq",
+        )
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(2)])
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s == [1, 2, 3, 4, top],
+            TIMEOUT_S,
+            "every message stored",
+        )
+        await eventually(
+            lambda: _open_gaps(dsn),
+            lambda found: found == [("gw-a", 5, top - 1)],
+            TIMEOUT_S,
+            "the gap filled closed",
+        )
+        assert worker.is_presence_leader
+    assert await query(dsn, "SELECT seq FROM alarm") == [(3,)]
+
+
 # ---------------------------------------------------------------------------------- seq gaps
 
 

@@ -52,7 +52,7 @@ async def holes_above(conn: Conn, gw: str, low: int) -> list[Range]:
         " SELECT seq, lead(seq) OVER (ORDER BY seq) AS next FROM ("
         "  SELECT %s::bigint AS seq UNION ALL SELECT seq FROM event WHERE gw = %s AND seq > %s"
         " ) a"
-        ") b WHERE next > seq + 1 ORDER BY 1",
+        ") b WHERE next - seq > 1 ORDER BY 1",  # not seq + 1: the greatest seq has none
         (low, gw, low),
     )
     return [(int(row[0]), int(row[1])) for row in await cur.fetchall()]
