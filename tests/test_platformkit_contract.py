@@ -175,3 +175,35 @@ def test_a_time_the_calendar_lacks_and_non_json_numbers_are_contract_errors(
         validator.events(Topic("gw-a", "up", "alarm"), payload(id="a\u0000"))
     with pytest.raises(ContractError, match=r"\.events\[0\]\.device: not Unicode text"):
         validator.events(Topic("gw-a", "up", "alarm"), payload(device="btn-\udc00"))
+
+
+def test_unknown_fields_of_data_are_accepted_as_the_contract_says_and_kept(
+    validator: ContractValidator,
+) -> None:
+    """A newer gateway's addition to ``data`` (nested objects too) is stored, not rejected;
+    the envelope and the event's own fields are the contract's whole list."""
+    alarm = Topic("gw-a", "up", "alarm")
+    data = {**EVENT["data"], "pressure_hpa": 1013}  # type: ignore[dict-item]
+    (event,) = validator.events(alarm, payload(data=data))
+    assert event.data["pressure_hpa"] == 1013
+    result = {
+        "cmd_id": "c-1",
+        "ok": False,
+        "result": None,
+        "error": {"code": "busy", "message": "later", "retry_after_s": 5},
+    }
+    (event,) = validator.events(
+        Topic("gw-a", "up", "cmdres"), payload(kind="cmd.result", device=None, data=result)
+    )
+    assert event.data["error"]["retry_after_s"] == 5
+    with pytest.raises(ContractError, match="'mood' was unexpected"):
+        validator.events(alarm, payload(mood="calm"))
+    with pytest.raises(ContractError, match="'region' was unexpected"):
+        validator.events(
+            alarm, json.dumps({"v": 1, "gw": "gw-a", "region": "x", "events": [EVENT]}).encode()
+        )
+    # Known fields are checked as before.
+    with pytest.raises(ContractError, match="battery"):
+        validator.events(alarm, payload(data={**data, "battery": 101}))
+    # The gateway's own export is unchanged: it promises to send only what it lists.
+    assert validator.schema["events"]["$defs"]["ButtonAlarmData"]["additionalProperties"] is False

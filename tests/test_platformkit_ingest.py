@@ -184,6 +184,26 @@ async def test_events_are_stored_once_and_duplicates_are_counted(
     assert rows == [(first[0]["id"], first[0]["data"])]
 
 
+async def test_a_newer_gateway_s_extra_field_in_data_is_stored(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """The contract: unknown fields of ``data`` are ignored by consumers, not refused."""
+    async with running_worker(dsn, mosquitto, validator):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            vitals = event(1, data={"heart_rate": 61, "hrv_ms": 42.5})
+            alarm = event(2, "alarm.button")
+            alarm["data"] = {**alarm["data"], "press_ms": 900}
+            publish(gw, "gw-a", "telemetry", [vitals])
+            publish(gw, "gw-a", "alarm", [alarm])
+            await eventually(
+                lambda: stored_seqs(dsn, "gw-a"), lambda s: s == [1, 2], TIMEOUT_S, "both stored"
+            )
+    rows = await query(dsn, "SELECT data FROM event ORDER BY seq")
+    assert rows == [(vitals["data"],), (alarm["data"],)]
+    assert await query(dsn, "SELECT data->'press_ms' FROM alarm") == [(900,)]
+    assert await query(dsn, "SELECT count(*) FROM rejected") == [(0,)]
+
+
 async def test_an_alarm_sent_again_for_lack_of_ack_is_a_resend_not_a_new_alarm(
     dsn: str, mosquitto: Mosquitto, validator: ContractValidator
 ) -> None:

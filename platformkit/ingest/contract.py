@@ -96,6 +96,42 @@ def parse_ts(text: str) -> datetime:
         raise ContractError(f"not a time: {text!r} ({exc})") from exc
 
 
+def consumer_view(schema: dict[str, Any]) -> dict[str, Any]:
+    """The exported schema as a consumer must apply it: the gateway's export forbids fields it
+    does not know (``additionalProperties: false``, what the gateway itself promises to send),
+    but the contract says that unknown fields of an event's ``data`` must be ignored, so that a
+    newer gateway may add one. Every object within ``data`` (its nested objects too) is opened;
+    the envelope, the event's own fields and the status stay closed: the contract lists them
+    whole, and a change there is a new version ``v``."""
+    view = copy.deepcopy(schema)
+    defs: dict[str, Any] = view["events"]["$defs"]
+    opened: set[str] = set()
+
+    def open_objects(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                open_objects(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("additionalProperties") is False:
+            node["additionalProperties"] = True
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name not in opened:
+                opened.add(name)
+                open_objects(defs[name])
+        for key, value in node.items():
+            if key != "$ref":
+                open_objects(value)
+
+    for name, branch in defs.items():
+        if name.startswith("Event_") and "data" in branch.get("properties", {}):
+            open_objects(branch["properties"]["data"])
+    return view
+
+
 def _validator(schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:
     return jsonschema_rs.Draft202012Validator(schema)
 
@@ -113,7 +149,7 @@ class ContractValidator:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        events = schema["events"]
+        events = consumer_view(schema)["events"]
         mapping = events["properties"]["events"]["items"]["discriminator"]["mapping"]
         defs = events["$defs"]
         # Each kind's branch itself (its $ref followed once), with the definitions it refers to.
