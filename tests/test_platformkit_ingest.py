@@ -8,7 +8,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -500,6 +500,60 @@ async def test_a_hole_filled_in_time_is_never_reported(
     assert rows == [(2, None, "filled")]
 
 
+async def test_a_partly_filled_gap_keeps_its_detection_and_is_not_reported_again(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.3):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(1)])
+            publish(gw, "gw-a", "telemetry", [event(10)])
+            await eventually(
+                lambda: _open_gaps(dsn), lambda g: g == [("gw-a", 2, 9)], TIMEOUT_S, "2..9"
+            )
+            ((detected, reported),) = await query(dsn, "SELECT detected_at, reported_at FROM gap")
+            publish(gw, "gw-a", "telemetry", [event(5)])
+            await eventually(
+                lambda: _open_gaps(dsn, reported_only=False),
+                lambda g: g == [("gw-a", 2, 4), ("gw-a", 6, 9)],
+                TIMEOUT_S,
+                "the gap in two",
+            )
+    rows = await query(
+        dsn,
+        "SELECT first_seq, detected_at, reported_at, closed_by FROM gap"
+        " ORDER BY first_seq, closed_by NULLS LAST",
+    )
+    assert rows == [
+        (2, detected, reported, "changed"),
+        (2, detected, reported, None),
+        (6, detected, reported, None),
+    ]
+
+
+async def test_a_gap_older_than_the_forget_time_is_given_up_once(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.2, gap_forget_s=0.6):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(1), event(3)])
+            await eventually(
+                lambda: query(dsn, "SELECT first_seq, reported_at IS NOT NULL, closed_by FROM gap"),
+                lambda rows: rows == [(2, True, "lost")],
+                TIMEOUT_S,
+                "the gap reported, then given up",
+            )
+            assert await _open_gaps(dsn, reported_only=False) == []  # off the desk
+            assert (await counters(dsn, "gw-a"))["complete_to"] == 3
+            # Later events do not open it again (it is a lost range now).
+            publish(gw, "gw-a", "telemetry", [event(4), event(6)])
+            await eventually(
+                lambda: query(dsn, "SELECT first_seq, closed_by FROM gap ORDER BY first_seq"),
+                lambda rows: rows == [(2, "lost"), (5, "lost")],
+                TIMEOUT_S,
+                "the next gap given up too",
+            )
+
+
 async def _open_gaps(dsn: str, *, reported_only: bool = True) -> list[tuple[str, int, int]]:
     import psycopg
 
@@ -710,3 +764,79 @@ def test_an_error_text_is_always_storable(text: str) -> None:
     assert "\x00" not in stored
     stored.encode("utf-8")
     assert storable_text(stored) == stored
+
+
+# The gap logic on its own: a gateway's seqs 1..TOP, some arriving at each check.
+TOP = 40
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sets(st.integers(1, TOP), max_size=8), st.integers(0, 30)),
+        min_size=1,
+        max_size=8,
+    ),
+    dropped=st.lists(st.tuples(st.integers(1, TOP), st.integers(0, 4)), max_size=2),
+    grace_s=st.integers(0, 20),
+    forget_s=st.integers(1, 60),
+)
+def test_each_missing_seq_is_reported_at_most_once_and_given_up_once(
+    steps: list[tuple[set[int], int]],
+    dropped: list[tuple[int, int]],
+    grace_s: int,
+    forget_s: int,
+) -> None:
+    t0 = datetime(2026, 12, 7, tzinfo=UTC)
+    explained = [(a, min(a + n, TOP)) for a, n in dropped]
+    stored = {1, TOP}
+    open_gaps: dict[tuple[int, int], gaps.GapState] = {}
+    lost: list[tuple[int, int]] = []
+    first_seen: dict[int, datetime] = {}  # when each seq was first part of an open gap
+    reports: dict[int, int] = {}
+    complete_to = 0
+    now = t0
+    for arrived, dt in [*steps, (set(), forget_s + 1), (set(), 0)]:
+        now += timedelta(seconds=dt)
+        stored |= arrived
+        holes = gaps.subtract([(complete_to + 1, TOP)], [(s, s) for s in stored])
+        todo = gaps.plan(
+            open_gaps=open_gaps,
+            holes=holes,
+            explained=explained,
+            lost=lost,
+            max_seq=TOP,
+            now=now,
+            grace_s=grace_s,
+            forget_s=forget_s,
+        )
+        for gap, _ in todo.close:
+            del open_gaps[gap]
+        for gap, state in todo.insert:
+            assert gap not in open_gaps
+            open_gaps[gap] = state
+        for (first, last), detected in todo.report:
+            assert open_gaps[(first, last)].reported_at is None
+            open_gaps[(first, last)] = gaps.GapState(detected, now)
+            for seq in range(first, last + 1):
+                reports[seq] = reports.get(seq, 0) + 1
+        for gap in todo.give_up:
+            assert open_gaps.pop(gap).reported_at is not None  # reported before given up
+            lost.append(gap)
+        assert todo.complete_to >= complete_to
+        complete_to = todo.complete_to
+        for (first, last), state in open_gaps.items():
+            for seq in range(first, last + 1):
+                # A seq keeps the detected_at of the first gap it was part of.
+                assert first_seen.setdefault(seq, state.detected_at) == state.detected_at
+                assert seq not in stored
+            assert (now - state.detected_at).total_seconds() < forget_s
+        # Every seq up to complete_to is stored, explained or given up.
+        accounted = [*[(s, s) for s in stored], *explained, *lost]
+        assert gaps.subtract([(1, complete_to)], accounted) == [] or complete_to == 0
+    assert all(count == 1 for count in reports.values()), reports
+    # Once everything is older than forget_s: nothing is open, everything is accounted for.
+    assert open_gaps == {}
+    assert complete_to == TOP
+    lost_seqs = {s for a, b in lost for s in range(a, b + 1)}
+    explained_seqs = {s for a, b in explained for s in range(a, b + 1)}
+    assert set(range(1, TOP + 1)) - stored - explained_seqs <= lost_seqs <= set(reports)
