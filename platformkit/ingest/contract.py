@@ -263,7 +263,8 @@ def _check_texts(value: Any, where: str) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_texts(key, where)
-            _check_texts(item, f"{where}.{key.encode('utf-8', 'backslashreplace').decode()}")
+            name = key.encode("utf-8", "backslashreplace").decode()
+            _check_texts(item, f"{where}.{name}" if where else name)
     elif isinstance(value, list):
         for n, item in enumerate(value):
             _check_texts(item, f"{where}[{n}]")
