@@ -22,7 +22,7 @@ from hil.sim.platform import PlatformClient, raw_publisher
 from hil.sim.postgres import Postgres
 from platformkit.ingest import gaps, migrations
 from platformkit.ingest.contract import ContractValidator
-from platformkit.ingest.mqtt import BrokerAddress
+from platformkit.ingest.mqtt import BrokerAddress, Delivery
 from platformkit.ingest.worker import IngestWorker, WorkerSettings, storable_text
 from platformkit.rig import IngestProcesses, eventually, query
 
@@ -391,6 +391,49 @@ async def test_each_poison_message_is_rejected_alone_and_its_batch_is_stored(
     assert sum("not Unicode text" in error for error in errors) == 2, errors
     assert sum("NaN" in error for error in errors) == 1, errors
     assert (await counters(dsn, "gw-a"))["rejected"] == len(poison)
+
+
+class _AckLog:
+    """Stands for the broker link in one batch: which deliveries were acknowledged."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, delivery: Delivery) -> None:
+        self.acked.append(delivery.mid)
+
+    async def publish(self, topic: str, payload: object) -> None:
+        raise AssertionError(f"nothing to publish: {topic}")
+
+
+async def test_one_batch_with_poison_messages_stores_the_others_and_acknowledges_all(
+    dsn: str, validator: ContractValidator
+) -> None:
+    """The batch itself (one transaction first, then message by message): deterministic, where
+    the broker decides how a backlog is cut into batches."""
+    import psycopg
+
+    def delivery(mid: int, klass: str, events: list[dict[str, Any]]) -> Delivery:
+        raw = json.dumps({"v": 1, "gw": "gw-a", "events": events}).encode()
+        return Delivery(f"carebed/v1/gw-a/up/{klass}", raw, 1, False, mid, 1)
+
+    batch = [
+        delivery(1, "telemetry", [event(1), event(2)]),
+        delivery(2, "telemetry", [event(2**63)]),
+        delivery(3, "telemetry", [event(3, attempt=2**40)]),
+        delivery(4, "telemetry", [event(4, ts="2026-13-45T10:00:00.000Z")]),
+        delivery(5, "telemetry", [event(5, id="a\u0000")]),
+        delivery(6, "alarm", [event(6, "alarm.button")]),
+    ]
+    worker = IngestWorker(WorkerSettings(dsn=dsn, broker=BrokerAddress("127.0.0.1", 1)), validator)
+    link = _AckLog()
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrations.migrate(conn)
+        await worker._store(conn, link, batch)  # type: ignore[arg-type]
+    assert sorted(link.acked) == [1, 2, 3, 4, 5, 6]
+    assert await stored_seqs(dsn, "gw-a") == [1, 2, 6]
+    assert await query(dsn, "SELECT count(*) FROM rejected") == [(4,)]
+    assert (worker.stats.messages, worker.stats.stored, worker.stats.rejected) == (6, 3, 4)
 
 
 async def test_the_greatest_seq_and_an_alarm_id_on_two_seqs_stop_no_worker(
