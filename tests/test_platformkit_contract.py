@@ -207,3 +207,19 @@ def test_unknown_fields_of_data_are_accepted_as_the_contract_says_and_kept(
         validator.events(alarm, payload(data={**data, "battery": 101}))
     # The gateway's own export is unchanged: it promises to send only what it lists.
     assert validator.schema["events"]["$defs"]["ButtonAlarmData"]["additionalProperties"] is False
+
+
+@given(text=any_texts, ascii_only=st.booleans())
+def test_a_text_postgresql_cannot_store_is_refused_however_it_is_encoded(
+    validator: ContractValidator, text: str, ascii_only: bool
+) -> None:
+    """As a \\u escape or (for a surrogate) as raw UTF-8 bytes that Python's decoder lets
+    through: a NUL or a lone surrogate anywhere is refused, any other text is not."""
+    body = {"v": 1, "gw": "gw-a", "events": [{**EVENT, "id": f"x{text}"}]}
+    raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    storable = "\x00" not in text and not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    if storable:
+        validator.events(Topic("gw-a", "up", "alarm"), raw)
+    else:
+        with pytest.raises(ContractError, match=r"^events\[0\]\.id: "):
+            validator.events(Topic("gw-a", "up", "alarm"), raw)

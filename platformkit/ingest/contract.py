@@ -20,6 +20,9 @@ TOPIC_PREFIX = "carebed/v1/"
 GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 EVENT_CLASSES = frozenset(("alarm", "telemetry", "device", "gateway", "camera", "audit", "cmdres"))
 MAX_MESSAGE_BYTES = 256 * 1024
+# What a text PostgreSQL cannot store looks like in a JSON message: a NUL or a UTF-16
+# surrogate escape, or a surrogate encoded in UTF-8.
+_SUSPECT_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]")
 
 
 class ContractError(ValueError):
@@ -238,7 +241,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise ContractError(f"not a JSON object: {type(payload).__name__}")
     # A NUL or a lone surrogate can only come as a \u escape (or, for a surrogate, as the
     # bytes ED A0..BF that Python's JSON decoder lets through): look only when there is one.
-    if b"\\u" in raw or b"\xed" in raw:
+    if _SUSPECT_TEXT.search(raw) is not None:
         _check_texts(payload, "")
     return payload
 
