@@ -8,7 +8,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from hil.sim.platform import PlatformClient, raw_publisher
 from hil.sim.postgres import Postgres
 from platformkit.ingest import gaps, migrations
 from platformkit.ingest.contract import ContractValidator
-from platformkit.ingest.mqtt import BrokerAddress
-from platformkit.ingest.worker import IngestWorker, WorkerSettings
+from platformkit.ingest.mqtt import BrokerAddress, Delivery
+from platformkit.ingest.worker import IngestWorker, WorkerSettings, storable_text
 from platformkit.rig import IngestProcesses, eventually, query
 
 TIMEOUT_S = 45.0  # deadlines only: every wait ends on its condition
@@ -184,6 +184,26 @@ async def test_events_are_stored_once_and_duplicates_are_counted(
     assert rows == [(first[0]["id"], first[0]["data"])]
 
 
+async def test_a_newer_gateway_s_extra_field_in_data_is_stored(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """The contract: unknown fields of ``data`` are ignored by consumers, not refused."""
+    async with running_worker(dsn, mosquitto, validator):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            vitals = event(1, data={"heart_rate": 61, "hrv_ms": 42.5})
+            alarm = event(2, "alarm.button")
+            alarm["data"] = {**alarm["data"], "press_ms": 900}
+            publish(gw, "gw-a", "telemetry", [vitals])
+            publish(gw, "gw-a", "alarm", [alarm])
+            await eventually(
+                lambda: stored_seqs(dsn, "gw-a"), lambda s: s == [1, 2], TIMEOUT_S, "both stored"
+            )
+    rows = await query(dsn, "SELECT data FROM event ORDER BY seq")
+    assert rows == [(vitals["data"],), (alarm["data"],)]
+    assert await query(dsn, "SELECT data->'press_ms' FROM alarm") == [(900,)]
+    assert await query(dsn, "SELECT count(*) FROM rejected") == [(0,)]
+
+
 async def test_an_alarm_sent_again_for_lack_of_ack_is_a_resend_not_a_new_alarm(
     dsn: str, mosquitto: Mosquitto, validator: ContractValidator
 ) -> None:
@@ -301,11 +321,158 @@ async def test_a_message_that_breaks_the_contract_is_kept_apart_and_counted(
         "published on up/alarm",
         "'gw-a' published under 'gw-b'",
         "bigint out of range",
-        "\\u0000",
+        "events[0].data.reason: a NUL character",
     ):
         assert sum(expected in error for error in errors) == 1, (expected, errors)
     assert (await counters(dsn, "gw-a"))["rejected"] == 5
     assert (await counters(dsn, "gw-b"))["rejected"] == 1
+
+
+async def test_each_poison_message_is_rejected_alone_and_its_batch_is_stored(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """Messages the schema's patterns and types let through but a worker could not store:
+    each is rejected alone, the good ones of the same backlog are stored, the worker goes on."""
+    async with running_worker(dsn, mosquitto, validator):
+        pass  # its persistent session now keeps what is published while it is stopped
+    bad_ts = "2026-13-45T10:00:00.000Z"  # matches the schema's pattern; no such month
+    poison = {
+        "time": [event(2, ts=bad_ts)],
+        "seq": [event(2**63)],
+        "attempt": [event(3, attempt=2**40)],
+        "NUL in id": [event(4, id="a\u0000b")],
+        "NUL in data": [
+            event(
+                5,
+                "device.online",
+                device="btn-00A1B2C3",
+                data={"reason": "a\u0000b", "last_seen": None},
+            )
+        ],
+        "surrogate in id": [event(6, id="a\ud800")],
+        "surrogate in device": [event(7, device="btn-\udc00")],
+        "NaN": [event(8, data={"heart_rate": float("nan")})],
+    }
+    with raw_publisher(mosquitto, "gw-a") as gw:
+        publish(gw, "gw-a", "telemetry", [event(1)])
+        for n, events in enumerate(poison.values()):
+            klass = events[0]["kind"].split(".")[0]
+            publish(gw, "gw-a", klass, events)
+            publish(gw, "gw-a", "telemetry", [event(10 + n)])
+    expected = [1, *range(10, 10 + len(poison))]
+    async with running_worker(dsn, mosquitto, validator) as worker:
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s == expected,
+            TIMEOUT_S,
+            "the good messages of the backlog",
+        )
+        await eventually(
+            lambda: query(dsn, "SELECT count(*) FROM rejected"),
+            lambda rows: rows[0][0] == len(poison),
+            TIMEOUT_S,
+            "each poison message rejected",
+        )
+        with raw_publisher(mosquitto, "gw-a") as gw:  # and the worker goes on
+            publish(gw, "gw-a", "telemetry", [event(200)])
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s[-1:] == [200],
+            TIMEOUT_S,
+            "a message after them",
+        )
+        assert worker.stats.rejected == len(poison)
+    errors = [row[0] for row in await query(dsn, "SELECT error FROM rejected ORDER BY n")]
+    assert all("\x00" not in error for error in errors)
+    assert sum(bad_ts in error for error in errors) == 1, errors
+    assert sum("bigint out of range" in error for error in errors) == 1, errors
+    assert sum("integer out of range" in error for error in errors) == 1, errors
+    assert sum("a NUL character" in error for error in errors) == 2, errors
+    assert sum("not Unicode text" in error for error in errors) == 2, errors
+    assert sum("NaN" in error for error in errors) == 1, errors
+    assert (await counters(dsn, "gw-a"))["rejected"] == len(poison)
+
+
+class _AckLog:
+    """Stands for the broker link in one batch: which deliveries were acknowledged."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, delivery: Delivery) -> None:
+        self.acked.append(delivery.mid)
+
+    async def publish(self, topic: str, payload: object) -> None:
+        raise AssertionError(f"nothing to publish: {topic}")
+
+
+async def test_one_batch_with_poison_messages_stores_the_others_and_acknowledges_all(
+    dsn: str, validator: ContractValidator
+) -> None:
+    """The batch itself (one transaction first, then message by message): deterministic, where
+    the broker decides how a backlog is cut into batches."""
+    import psycopg
+
+    def delivery(mid: int, klass: str, events: list[dict[str, Any]]) -> Delivery:
+        raw = json.dumps({"v": 1, "gw": "gw-a", "events": events}).encode()
+        return Delivery(f"carebed/v1/gw-a/up/{klass}", raw, 1, False, mid, 1)
+
+    batch = [
+        delivery(1, "telemetry", [event(1), event(2)]),
+        delivery(2, "telemetry", [event(2**63)]),
+        delivery(3, "telemetry", [event(3, attempt=2**40)]),
+        delivery(4, "telemetry", [event(4, ts="2026-13-45T10:00:00.000Z")]),
+        delivery(5, "telemetry", [event(5, id="a\u0000")]),
+        delivery(6, "alarm", [event(6, "alarm.button")]),
+    ]
+    worker = IngestWorker(WorkerSettings(dsn=dsn, broker=BrokerAddress("127.0.0.1", 1)), validator)
+    link = _AckLog()
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrations.migrate(conn)
+        await worker._store(conn, link, batch)  # type: ignore[arg-type]
+    assert sorted(link.acked) == [1, 2, 3, 4, 5, 6]
+    assert await stored_seqs(dsn, "gw-a") == [1, 2, 6]
+    assert await query(dsn, "SELECT count(*) FROM rejected") == [(4,)]
+    assert (worker.stats.messages, worker.stats.stored, worker.stats.rejected) == (6, 3, 4)
+
+
+async def test_the_greatest_seq_and_an_alarm_id_on_two_seqs_stop_no_worker(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """Storable, but each used to fail a later step: the gap check (seq + 1 beyond bigint) or
+    the alarm upsert (one alarm row hit twice in a statement)."""
+    async with running_worker(dsn, mosquitto, validator):
+        pass  # its persistent session now keeps what is published while it is stopped
+    top = 2**63 - 1
+    alarm = event(3, "alarm.button")
+    with raw_publisher(mosquitto, "gw-a") as gw:
+        publish(gw, "gw-a", "telemetry", [event(1)])
+        publish(gw, "gw-a", "telemetry", [event(top)])
+        publish(gw, "gw-a", "alarm", [alarm])
+        publish(gw, "gw-a", "alarm", [{**alarm, "seq": 4}])  # the same alarm id again
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.0) as worker:
+        await eventually(
+            lambda: _open_gaps(dsn),
+            lambda found: found == [("gw-a", 2, 2), ("gw-a", 5, top - 1)],
+            TIMEOUT_S,
+            "the gaps below the greatest seq",
+        )
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(2)])
+        await eventually(
+            lambda: stored_seqs(dsn, "gw-a"),
+            lambda s: s == [1, 2, 3, 4, top],
+            TIMEOUT_S,
+            "every message stored",
+        )
+        await eventually(
+            lambda: _open_gaps(dsn),
+            lambda found: found == [("gw-a", 5, top - 1)],
+            TIMEOUT_S,
+            "the gap filled closed",
+        )
+        assert worker.is_presence_leader
+    assert await query(dsn, "SELECT seq FROM alarm") == [(3,)]
 
 
 # ---------------------------------------------------------------------------------- seq gaps
@@ -376,6 +543,60 @@ async def test_a_hole_filled_in_time_is_never_reported(
     assert rows == [(2, None, "filled")]
 
 
+async def test_a_partly_filled_gap_keeps_its_detection_and_is_not_reported_again(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.3):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(1)])
+            publish(gw, "gw-a", "telemetry", [event(10)])
+            await eventually(
+                lambda: _open_gaps(dsn), lambda g: g == [("gw-a", 2, 9)], TIMEOUT_S, "2..9"
+            )
+            ((detected, reported),) = await query(dsn, "SELECT detected_at, reported_at FROM gap")
+            publish(gw, "gw-a", "telemetry", [event(5)])
+            await eventually(
+                lambda: _open_gaps(dsn, reported_only=False),
+                lambda g: g == [("gw-a", 2, 4), ("gw-a", 6, 9)],
+                TIMEOUT_S,
+                "the gap in two",
+            )
+    rows = await query(
+        dsn,
+        "SELECT first_seq, detected_at, reported_at, closed_by FROM gap"
+        " ORDER BY first_seq, closed_by NULLS LAST",
+    )
+    assert rows == [
+        (2, detected, reported, "changed"),
+        (2, detected, reported, None),
+        (6, detected, reported, None),
+    ]
+
+
+async def test_a_gap_older_than_the_forget_time_is_given_up_once(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    async with running_worker(dsn, mosquitto, validator, gap_grace_s=0.2, gap_forget_s=0.6):
+        with raw_publisher(mosquitto, "gw-a") as gw:
+            publish(gw, "gw-a", "telemetry", [event(1), event(3)])
+            await eventually(
+                lambda: query(dsn, "SELECT first_seq, reported_at IS NOT NULL, closed_by FROM gap"),
+                lambda rows: rows == [(2, True, "lost")],
+                TIMEOUT_S,
+                "the gap reported, then given up",
+            )
+            assert await _open_gaps(dsn, reported_only=False) == []  # off the desk
+            assert (await counters(dsn, "gw-a"))["complete_to"] == 3
+            # Later events do not open it again (it is a lost range now).
+            publish(gw, "gw-a", "telemetry", [event(4), event(6)])
+            await eventually(
+                lambda: query(dsn, "SELECT first_seq, closed_by FROM gap ORDER BY first_seq"),
+                lambda rows: rows == [(2, "lost"), (5, "lost")],
+                TIMEOUT_S,
+                "the next gap given up too",
+            )
+
+
 async def _open_gaps(dsn: str, *, reported_only: bool = True) -> list[tuple[str, int, int]]:
     import psycopg
 
@@ -422,6 +643,9 @@ async def test_presence_follows_the_retained_status_and_the_will(
         # One that PostgreSQL cannot store must not stop the others (it comes on every start).
         poison = {**online, "gw": "gw-c", "version": "0.1.0\u0000"}
         gw.publish("carebed/v1/gw-c/status", poison, retain=True)
+        # Nor one whose time matches the schema's pattern but is no date.
+        bad_since = {**online, "gw": "gw-d", "since": "2026-13-45T10:00:00.000Z"}
+        gw.publish("carebed/v1/gw-d/status", bad_since, retain=True)
     async with running_worker(dsn, mosquitto, validator):
         await eventually(
             lambda: query(dsn, "SELECT gw, state, version FROM presence"),
@@ -430,10 +654,10 @@ async def test_presence_follows_the_retained_status_and_the_will(
             "gw-a online from the retained status",
         )
         await eventually(
-            lambda: query(dsn, "SELECT topic FROM rejected"),
-            lambda rows: rows == [("carebed/v1/gw-c/status",)],
+            lambda: query(dsn, "SELECT topic FROM rejected ORDER BY topic"),
+            lambda rows: rows == [("carebed/v1/gw-c/status",), ("carebed/v1/gw-d/status",)],
             TIMEOUT_S,
-            "gw-c's status rejected",
+            "gw-c's and gw-d's status rejected",
         )
         # A gateway whose connection is lost: the broker publishes its will.
         will = json.dumps({"v": 1, "gw": "gw-b", "state": "offline", "reason": "lost"})
@@ -575,3 +799,87 @@ async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(
     ]
     counted = await query(dsn, "SELECT sum(events) FROM gateway")
     assert counted == [(total + 5,)]
+
+
+@given(text=st.text(st.characters(codec=None, categories=None)))
+def test_an_error_text_is_always_storable(text: str) -> None:
+    stored = storable_text(text)
+    assert "\x00" not in stored
+    stored.encode("utf-8")
+    assert storable_text(stored) == stored
+
+
+# The gap logic on its own: a gateway's seqs 1..TOP, some arriving at each check.
+TOP = 40
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sets(st.integers(1, TOP), max_size=8), st.integers(0, 30)),
+        min_size=1,
+        max_size=8,
+    ),
+    dropped=st.lists(st.tuples(st.integers(1, TOP), st.integers(0, 4)), max_size=2),
+    grace_s=st.integers(0, 20),
+    forget_s=st.integers(1, 60),
+)
+def test_each_missing_seq_is_reported_at_most_once_and_given_up_once(
+    steps: list[tuple[set[int], int]],
+    dropped: list[tuple[int, int]],
+    grace_s: int,
+    forget_s: int,
+) -> None:
+    t0 = datetime(2026, 12, 7, tzinfo=UTC)
+    explained = [(a, min(a + n, TOP)) for a, n in dropped]
+    stored = {1, TOP}
+    open_gaps: dict[tuple[int, int], gaps.GapState] = {}
+    lost: list[tuple[int, int]] = []
+    first_seen: dict[int, datetime] = {}  # when each seq was first part of an open gap
+    reports: dict[int, int] = {}
+    complete_to = 0
+    now = t0
+    for arrived, dt in [*steps, (set(), forget_s + 1), (set(), 0)]:
+        now += timedelta(seconds=dt)
+        stored |= arrived
+        holes = gaps.subtract([(complete_to + 1, TOP)], [(s, s) for s in stored])
+        todo = gaps.plan(
+            open_gaps=open_gaps,
+            holes=holes,
+            explained=explained,
+            lost=lost,
+            max_seq=TOP,
+            now=now,
+            grace_s=grace_s,
+            forget_s=forget_s,
+        )
+        for gap, _ in todo.close:
+            del open_gaps[gap]
+        for gap, state in todo.insert:
+            assert gap not in open_gaps
+            open_gaps[gap] = state
+        for (first, last), detected in todo.report:
+            assert open_gaps[(first, last)].reported_at is None
+            open_gaps[(first, last)] = gaps.GapState(detected, now)
+            for seq in range(first, last + 1):
+                reports[seq] = reports.get(seq, 0) + 1
+        for gap in todo.give_up:
+            assert open_gaps.pop(gap).reported_at is not None  # reported before given up
+            lost.append(gap)
+        assert todo.complete_to >= complete_to
+        complete_to = todo.complete_to
+        for (first, last), state in open_gaps.items():
+            for seq in range(first, last + 1):
+                # A seq keeps the detected_at of the first gap it was part of.
+                assert first_seen.setdefault(seq, state.detected_at) == state.detected_at
+                assert seq not in stored
+            assert (now - state.detected_at).total_seconds() < forget_s
+        # Every seq up to complete_to is stored, explained or given up.
+        accounted = [*[(s, s) for s in stored], *explained, *lost]
+        assert gaps.subtract([(1, complete_to)], accounted) == [] or complete_to == 0
+    assert all(count == 1 for count in reports.values()), reports
+    # Once everything is older than forget_s: nothing is open, everything is accounted for.
+    assert open_gaps == {}
+    assert complete_to == TOP
+    lost_seqs = {s for a, b in lost for s in range(a, b + 1)}
+    explained_seqs = {s for a, b in explained for s in range(a, b + 1)}
+    assert set(range(1, TOP + 1)) - stored - explained_seqs <= lost_seqs <= set(reports)

@@ -110,6 +110,7 @@ def _desk(args: argparse.Namespace) -> Desk:
             broker=BrokerAddress.parse(args.broker),
             host=args.http_host,
             port=args.http_port,
+            allowed_origins=tuple(args.allow_origin),
         )
     )
 
@@ -202,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--http-host", default="127.0.0.1")
         sub.add_argument("--http-port", type=int, default=8080)
+        sub.add_argument(
+            "--allow-origin",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="the desk's address as the browser sees it, when a proxy in front of the desk"
+            " changes the Host header (e.g. https://desk.example.org); repeatable",
+        )
         if name == "run":
             sub.add_argument("--workers", type=int, default=2)
             sub.add_argument("--name-prefix", default="ingest")

@@ -20,6 +20,9 @@ TOPIC_PREFIX = "carebed/v1/"
 GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 EVENT_CLASSES = frozenset(("alarm", "telemetry", "device", "gateway", "camera", "audit", "cmdres"))
 MAX_MESSAGE_BYTES = 256 * 1024
+# What a text PostgreSQL cannot store looks like in a JSON message: a NUL or a UTF-16
+# surrogate escape, or a surrogate encoded in UTF-8.
+_SUSPECT_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]")
 
 
 class ContractError(ValueError):
@@ -88,7 +91,48 @@ def event_class(kind: str) -> str:
 
 
 def parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    """A contract timestamp; ``ContractError`` for one that the schema's pattern lets through
+    but the calendar does not have (``2026-13-45T10:00:00.000Z``)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ContractError(f"not a time: {text!r} ({exc})") from exc
+
+
+def consumer_view(schema: dict[str, Any]) -> dict[str, Any]:
+    """The exported schema as a consumer must apply it: the gateway's export forbids fields it
+    does not know (``additionalProperties: false``, what the gateway itself promises to send),
+    but the contract says that unknown fields of an event's ``data`` must be ignored, so that a
+    newer gateway may add one. Every object within ``data`` (its nested objects too) is opened;
+    the envelope, the event's own fields and the status stay closed: the contract lists them
+    whole, and a change there is a new version ``v``."""
+    view = copy.deepcopy(schema)
+    defs: dict[str, Any] = view["events"]["$defs"]
+    opened: set[str] = set()
+
+    def open_objects(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                open_objects(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("additionalProperties") is False:
+            node["additionalProperties"] = True
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name not in opened:
+                opened.add(name)
+                open_objects(defs[name])
+        for key, value in node.items():
+            if key != "$ref":
+                open_objects(value)
+
+    for name, branch in defs.items():
+        if name.startswith("Event_") and "data" in branch.get("properties", {}):
+            open_objects(branch["properties"]["data"])
+    return view
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:
@@ -108,7 +152,7 @@ class ContractValidator:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        events = schema["events"]
+        events = consumer_view(schema)["events"]
         mapping = events["properties"]["events"]["items"]["discriminator"]["mapping"]
         defs = events["$defs"]
         # Each kind's branch itself (its $ref followed once), with the definitions it refers to.
@@ -190,12 +234,43 @@ class ContractValidator:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ContractError(f"not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ContractError(f"not a JSON object: {type(payload).__name__}")
+    # A NUL or a lone surrogate can only come as a \u escape (or, for a surrogate, as the
+    # bytes ED A0..BF that Python's JSON decoder lets through): look only when there is one.
+    if _SUSPECT_TEXT.search(raw) is not None:
+        _check_texts(payload, "")
     return payload
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _check_texts(value: Any, where: str) -> None:
+    """Refuse a text that neither PostgreSQL nor the schema validator can take: a NUL
+    character (PostgreSQL's text and jsonb have none) or a lone UTF-16 surrogate (not
+    Unicode text; it cannot be encoded in UTF-8)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ContractError(f"{where or 'the payload'}: a NUL character in a text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ContractError(
+                f"{where or 'the payload'}: not Unicode text ({exc.reason})"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(key, where)
+            name = key.encode("utf-8", "backslashreplace").decode()
+            _check_texts(item, f"{where}.{name}" if where else name)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_texts(item, f"{where}[{n}]")
 
 
 def _first_error(

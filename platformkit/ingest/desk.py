@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import GATEWAY_ID
@@ -37,6 +39,8 @@ RECENT_ACKED_S = 600
 RECENT_COMMANDS = 30
 MAX_OPERATOR_CHARS = 128
 SSE_KEEPALIVE_S = 15.0
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,8 @@ class DeskSettings:
     port: int = 8080
     # Unique per desk process: two desks under one client id would keep disconnecting each other.
     client_id: str = field(default_factory=lambda: f"carebed-desk-{os.getpid()}")
+    # Origins (scheme://host[:port]) accepted besides the desk's own Host: a proxy's address.
+    allowed_origins: tuple[str, ...] = ()
 
 
 class Desk:
@@ -69,7 +75,7 @@ class Desk:
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         self._link = MqttLink(settings.broker, client_id=settings.client_id)
         self._link.start()
-        app = web.Application()
+        app = web.Application(middlewares=[same_origin_json(settings.allowed_origins)])
         app.add_routes(
             [
                 web.get("/", self._page),
@@ -262,6 +268,45 @@ class Desk:
     def _mqtt(self) -> MqttLink:
         assert self._link is not None
         return self._link
+
+
+def same_origin_json(allowed_origins: tuple[str, ...] = ()) -> Middleware:
+    """Refuse a state-changing request that another site's page could make in the operator's
+    browser: one whose ``Origin`` (sent by browsers with every POST) is neither the desk's own
+    host nor an allowed origin (403), and one whose body is not ``application/json`` (415: a
+    form or a text/plain body needs no CORS preflight, and the desk answers none)."""
+    allowed = {_origin_key(origin) for origin in allowed_origins}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in SAFE_METHODS:
+            origin = request.headers.get("Origin")
+            if origin is not None:
+                key = _origin_key(origin)
+                if key is None or (
+                    key[1] != _host_key(request.host, key[0]) and key not in allowed
+                ):
+                    log.warning("desk_cross_origin_refused", origin=origin, host=request.host)
+                    raise web.HTTPForbidden(text="cross-origin request refused")
+            if request.content_type != "application/json":
+                raise web.HTTPUnsupportedMediaType(text="the body must be application/json")
+        return await handler(request)
+
+    return middleware
+
+
+def _origin_key(origin: str) -> tuple[str, str] | None:
+    """(scheme, host[:port] without the scheme's default port) of an Origin, None for "null"
+    and anything else that is not an http(s) origin."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in DEFAULT_PORTS or not parts.netloc or parts.path not in ("", "/"):
+        return None
+    return parts.scheme, _host_key(parts.netloc, parts.scheme)
+
+
+def _host_key(host: str, scheme: str) -> str:
+    host = host.lower()
+    return host.removesuffix(f":{DEFAULT_PORTS[scheme]}")
 
 
 async def _with_keepalive(queue: asyncio.Queue[str]) -> AsyncIterator[str]:

@@ -4,16 +4,20 @@ Delivery is at least once and not in order across classes (an alarm overtakes a 
 backlog; several workers share the messages), so a hole is first only *open*: it is reported
 (logged once, shown on the desk) when it has lasted ``grace_s``, and closed when the missing
 events arrive or a ``gateway.dropped`` explains them. ``gateway.complete_to`` moves past every
-seq that is stored or explained, so each check reads only what is above it; a reported gap
-older than ``forget_s`` (the gateway gives an alarm up after 24 h) is left behind as lost.
+seq that is stored or explained, so each check reads only what is above it; a gap older than
+``forget_s`` (the gateway gives an alarm up after 24 h) is closed once as lost, and left behind.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import structlog
+
 from platformkit.ingest.store import DESK_CHANNEL, Conn
+
+log = structlog.get_logger("platformkit.ingest")
 
 Range = tuple[int, int]
 
@@ -52,7 +56,7 @@ async def holes_above(conn: Conn, gw: str, low: int) -> list[Range]:
         " SELECT seq, lead(seq) OVER (ORDER BY seq) AS next FROM ("
         "  SELECT %s::bigint AS seq UNION ALL SELECT seq FROM event WHERE gw = %s AND seq > %s"
         " ) a"
-        ") b WHERE next > seq + 1 ORDER BY 1",
+        ") b WHERE next - seq > 1 ORDER BY 1",  # not seq + 1: the greatest seq has none
         (low, gw, low),
     )
     return [(int(row[0]), int(row[1])) for row in await cur.fetchall()]
@@ -84,6 +88,73 @@ async def check(
     return reported
 
 
+@dataclass(frozen=True, slots=True)
+class GapState:
+    """An open gap as the table ``gap`` holds it."""
+
+    detected_at: datetime
+    reported_at: datetime | None
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one check changes for one gateway (``plan``), applied in this order."""
+
+    close: list[tuple[Range, str]] = field(default_factory=list)  # open gaps, and why
+    insert: list[tuple[Range, GapState]] = field(default_factory=list)
+    report: list[tuple[Range, datetime]] = field(default_factory=list)  # with detected_at
+    give_up: list[Range] = field(default_factory=list)  # closed as lost (reported first)
+    complete_to: int = 0
+
+
+def plan(
+    *,
+    open_gaps: dict[Range, GapState],
+    holes: list[Range],
+    explained: list[Range],
+    lost: list[Range],
+    max_seq: int,
+    now: datetime,
+    grace_s: float,
+    forget_s: float,
+) -> Plan:
+    """One gateway's check, as a pure function of what the tables hold above ``complete_to``.
+
+    An unexplained hole that is part of an open gap (the rest of it arrived) keeps that gap's
+    ``detected_at`` and ``reported_at``: it is not reported again, and its age goes on. A gap
+    older than ``forget_s`` is given up once (closed ``lost``, reported first if it was not):
+    ``complete_to`` moves past it and, as a lost range, it explains its seqs from then on.
+    """
+    out = Plan(complete_to=max_seq)
+    unexplained = subtract(holes, [*explained, *lost])
+    pieces = set(unexplained)
+    for first, last in sorted(set(open_gaps) - pieces):
+        arrived = subtract([(first, last)], holes)
+        missing = subtract([(first, last)], arrived)
+        closed_by = "filled" if not missing else "changed"
+        if missing and not subtract(missing, explained):
+            closed_by = "explained"
+        out.close.append(((first, last), closed_by))
+    for first, last in unexplained:
+        state = open_gaps.get((first, last))
+        if state is None:
+            parents = [s for (lo, hi), s in open_gaps.items() if lo <= last and hi >= first]
+            reported = [s.reported_at for s in parents if s.reported_at is not None]
+            state = GapState(
+                detected_at=min((s.detected_at for s in parents), default=now),
+                reported_at=min(reported, default=None),
+            )
+            out.insert.append(((first, last), state))
+        age_s = (now - state.detected_at).total_seconds()
+        if state.reported_at is None and age_s >= min(grace_s, forget_s):
+            out.report.append(((first, last), state.detected_at))
+        if age_s >= forget_s:
+            out.give_up.append((first, last))
+        elif out.complete_to == max_seq:
+            out.complete_to = first - 1
+    return out
+
+
 async def _check_gateway(
     conn: Conn,
     *,
@@ -101,51 +172,59 @@ async def _check_gateway(
             (gw, complete_to),
         )
         explained = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
-        unexplained = subtract(holes, explained)
         cur = await conn.execute(
-            "SELECT first_seq, last_seq, detected_at, reported_at FROM gap"
-            " WHERE gw = %s AND closed_at IS NULL AND first_seq > %s",
+            "SELECT first_seq, last_seq, detected_at, reported_at, closed_at IS NOT NULL"
+            " FROM gap WHERE gw = %s AND last_seq > %s"
+            " AND (closed_at IS NULL OR closed_by = 'lost')",
             (gw, complete_to),
         )
-        open_rows = {(int(r[0]), int(r[1])): (r[2], r[3]) for r in await cur.fetchall()}
-        # Open gaps that are no longer holes as they were: filled, explained, or changed shape.
-        for first, last in set(open_rows) - set(unexplained):
-            arrived = subtract([(first, last)], holes)
-            missing = subtract([(first, last)], arrived)
-            closed_by = "filled" if not missing else "changed"
-            if missing and not subtract(missing, explained):
-                closed_by = "explained"
+        open_rows: dict[Range, GapState] = {}
+        lost: list[Range] = []
+        for first, last, detected, reported, closed in await cur.fetchall():
+            if closed:
+                lost.append((int(first), int(last)))
+            else:
+                open_rows[(int(first), int(last))] = GapState(detected, reported)
+        todo = plan(
+            open_gaps=open_rows,
+            holes=holes,
+            explained=explained,
+            lost=lost,
+            max_seq=max_seq,
+            now=now,
+            grace_s=grace_s,
+            forget_s=forget_s,
+        )
+        for (first, last), closed_by in todo.close:
             await conn.execute(
                 "UPDATE gap SET closed_at = %s, closed_by = %s"
                 " WHERE gw = %s AND first_seq = %s AND last_seq = %s AND closed_at IS NULL",
                 (now, closed_by, gw, first, last),
             )
-        reported: list[Gap] = []
-        new_complete = max_seq
-        for first, last in unexplained:
-            detected, was_reported = open_rows.get((first, last), (None, None))
-            if detected is None:
-                await conn.execute(
-                    "INSERT INTO gap (gw, first_seq, last_seq, detected_at)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (gw, first, last, now),
-                )
-                detected = now
-            age_s = (now - detected).total_seconds()
-            if was_reported is None and age_s >= grace_s:
-                await conn.execute(
-                    "UPDATE gap SET reported_at = %s"
-                    " WHERE gw = %s AND first_seq = %s AND last_seq = %s AND closed_at IS NULL",
-                    (now, gw, first, last),
-                )
-                reported.append(Gap(gw, first, last, detected))
-            if age_s < forget_s and new_complete == max_seq:
-                new_complete = first - 1
+        for (first, last), state in todo.insert:
+            await conn.execute(
+                "INSERT INTO gap (gw, first_seq, last_seq, detected_at, reported_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (gw, first, last, state.detected_at, state.reported_at),
+            )
+        for (first, last), _ in todo.report:
+            await conn.execute(
+                "UPDATE gap SET reported_at = %s"
+                " WHERE gw = %s AND first_seq = %s AND last_seq = %s AND closed_at IS NULL",
+                (now, gw, first, last),
+            )
+        for first, last in todo.give_up:
+            await conn.execute(
+                "UPDATE gap SET closed_at = %s, closed_by = 'lost'"
+                " WHERE gw = %s AND first_seq = %s AND last_seq = %s AND closed_at IS NULL",
+                (now, gw, first, last),
+            )
+            log.warning("seq_gap_given_up", gw=gw, first_seq=first, last_seq=last)
         await conn.execute(
             "UPDATE gateway SET complete_to = greatest(complete_to, %s) WHERE gw = %s",
-            (new_complete, gw),
+            (todo.complete_to, gw),
         )
-    return reported
+    return [Gap(gw, first, last, detected) for (first, last), detected in todo.report]
 
 
 async def open_gaps(conn: Conn, *, reported_only: bool = True) -> list[Gap]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -217,9 +217,17 @@ async def _record_dropped(conn: Conn, dropped: list[Event]) -> None:
         )
 
 
-async def _upsert_alarms(conn: Conn, alarms: list[Event]) -> list[Reack]:
-    if not alarms:
+async def _upsert_alarms(conn: Conn, events: list[Event]) -> list[Reack]:
+    if not events:
         return []
+    # One row per alarm id: a gateway that published one id under two seqs breaks the
+    # contract, and one statement cannot update a row twice. The lowest seq is kept.
+    by_id: dict[tuple[str, str], Event] = {}
+    for event in sorted(events, key=lambda e: (e.gw, e.id, e.seq)):
+        first = by_id.setdefault((event.gw, event.id), event)
+        if event.attempt > first.attempt:
+            by_id[(event.gw, event.id)] = replace(first, attempt=event.attempt)
+    alarms = list(by_id.values())
     cur = await conn.execute(
         "INSERT INTO alarm AS a (gw, id, seq, kind, device, ts, data, attempt, cancelled_at)"
         " SELECT k.gw, k.id, k.seq, k.kind, k.device, k.ts, k.data, k.attempt,"

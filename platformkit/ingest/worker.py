@@ -171,6 +171,7 @@ class IngestWorker:
 
     @staticmethod
     def _rejected(delivery: Delivery, gw: str | None, error: str) -> store.Rejected:
+        error = storable_text(error)
         log.warning("message_rejected", topic=delivery.topic, error=error)
         return store.Rejected(delivery.topic, gw, error, delivery.payload)
 
@@ -220,9 +221,10 @@ class IngestWorker:
                     log.info("presence", gw=status.gw, state=status.state, reason=status.reason)
             except (ContractError, psycopg.DataError) as exc:
                 # psycopg.DataError: valid for the schema, not for PostgreSQL (a NUL character)
-                log.warning("status_rejected", topic=delivery.topic, error=str(exc))
+                error = storable_text(str(exc))
+                log.warning("status_rejected", topic=delivery.topic, error=error)
                 await store.write_batch(
-                    conn, [], [store.Rejected(delivery.topic, None, str(exc), delivery.payload)]
+                    conn, [], [store.Rejected(delivery.topic, None, error, delivery.payload)]
                 )
             link.ack(delivery)
 
@@ -248,6 +250,12 @@ def subscriptions(settings: WorkerSettings) -> list[str]:
         return [UP_TOPIC]
     shared = [f"$share/{settings.group}/carebed/v1/+/up/{klass}" for klass in SHARED_CLASSES]
     return [ALARM_TOPIC, *shared]
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: a NUL and a lone surrogate written as escapes (an
+    error message may quote what made the message fail)."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def ack_payload(ids: list[str], by: str) -> dict[str, object]:
