@@ -47,7 +47,7 @@ STORE_RETRY_MIN_S = 0.1  # a failing store call is retried with back-off, the li
 STORE_RETRY_CAP_S = 5.0
 # A refused SUBSCRIBE of the downlink (a broker under load, an ACL being changed) is sent again
 # on the same connection with back-off: without it no ack and no command would arrive.
-SUBSCRIBE_RETRY_MIN_S = 1.0
+SUBSCRIBE_RETRY_MIN_S = 5.0  # not sooner: a broker that refuses under load is not pressed harder
 SUBSCRIBE_RETRY_CAP_S = 60.0
 
 
