@@ -16,19 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.core.clock import format_ts
 from gateway.core.i18n import _
+from hil.mqtt import PahoClient, ack_body, command_body, new_client, session_properties
 
 CONNECT_TIMEOUT_S = 15.0
 PUBLISH_TIMEOUT_S = 10.0
@@ -75,7 +71,7 @@ def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSL
     return context
 
 
-class Desk:
+class Desk(PahoClient):
     """Everything one gateway sends, and the acknowledgements anyone sends it, in arrival order.
 
     Paho's thread receives; ``wait`` (asyncio) is woken on every message. ``mark()`` is the
@@ -96,33 +92,26 @@ class Desk:
         self.host, self.port = host, port
         self._loop = loop
         self._lock = threading.Lock()
+        super().__init__(self._lock)
         self._seen: list[Seen] = []
         self._changed = asyncio.Event()
         self._ready = threading.Event()
         self._refused: str | None = None
-        self._pubacks: dict[int, ReasonCode] = {}
         self.connected = False
         prefix = f"carebed/v1/{gateway_id}"
         self._subscriptions = [f"{prefix}/up/#", f"{prefix}/status", f"{prefix}/down/ack"]
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        self._use(
+            new_client(
+                client_id,
+                MQTTProtocolVersion.MQTTv5,
+                tls=tls,
+                reconnect_s=(RECONNECT_MIN_S, RECONNECT_MAX_S),
+            )
         )
-        if tls is not None:
-            self._client.tls_set_context(tls)
-        self._client.reconnect_delay_set(
-            min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
-            max_delay=RECONNECT_MAX_S,  # type: ignore[arg-type]
-        )
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_publish = self._on_publish
         self._client.on_connect_fail = self._on_connect_fail
 
     async def __aenter__(self) -> Self:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties = session_properties(SESSION_EXPIRY_S)
         # connect_async, then paho's thread connects: connect() before loop_start() would
         # leave one of paho's internal socket pairs open.
         self._client.connect_async(
@@ -145,17 +134,8 @@ class Desk:
             )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
     # -- what arrived ------------------------------------------------------------------------
 
@@ -217,8 +197,7 @@ class Desk:
                     topic=topic, seconds=PUBLISH_TIMEOUT_S
                 )
             )
-        with self._lock:
-            reason = self._pubacks.pop(info.mid, None)
+        reason = self._puback(info.mid)
         if reason is not None and reason.is_failure:  # MQTT 5: 0x87 when the ACL refuses it
             raise DeskError(
                 _("the broker refused {topic}: {reason} (check the technician's ACL entry)").format(
@@ -232,12 +211,11 @@ class Desk:
         """Send command ``name``; the same ``command_id`` again is a resend (the gateway answers
         it from its stored result, as the contract says)."""
         command_id = command_id or f"hil-{name}-{time.time_ns()}"
-        await self.publish("down/cmd", {"v": 1, "id": command_id, "name": name, "args": args or {}})
+        await self.publish("down/cmd", command_body(command_id, name, args))
         return command_id
 
     async def ack(self, alarm_ids: list[str], by: str) -> None:
-        body = {"v": 1, "ids": alarm_ids, "by": by, "ts": format_ts(datetime.now(UTC))}
-        await self.publish("down/ack", body)
+        await self.publish("down/ack", ack_body(alarm_ids, by))
 
     # -- paho's thread -----------------------------------------------------------------------
 
@@ -249,13 +227,8 @@ class Desk:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._wake)
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
+    def _connected(
+        self, client: mqtt.Client, flags: mqtt.ConnectFlags, reason_code: ReasonCode
     ) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
@@ -275,42 +248,17 @@ class Desk:
             )
             self._ready.set()
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
+    def _granted(self, reason_codes: list[ReasonCode]) -> None:
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
         if refused:
             self._refused = _("subscription refused: {codes}").format(codes=", ".join(refused))
         self._ready.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _disconnected(self) -> None:
         self.connected = False
         self._notify()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        with self._lock:
-            self._pubacks[mid] = reason_code
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _received(self, msg: mqtt.MQTTMessage) -> None:
         now = time.monotonic()
         try:
             payload = json.loads(msg.payload)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from drivers.button.codec import Pattern
 from drivers.watch.codec import WATCH_EPOCH, AlertConfirmStatus, CareEvent
 from gateway.core.i18n import N_, _
 from hil.desk import Seen
 from hil.runner import Context, Scenario, StepFailed
+
+if TYPE_CHECKING:
+    from hil.sim.receiver import SimReceiver as ReceiverSim
 
 FLOOD_ALARMS = 40
 RESEND_AFTER_S = 5.0
@@ -33,6 +38,26 @@ def _first(
 
 def _from(device: str) -> Callable[[Seen], bool]:
     return lambda s: s.device == device
+
+
+def _for(device: str, reason: str | None) -> Callable[[Seen], bool]:
+    """From ``device`` and, if ``reason`` is given, with that reason."""
+    return lambda s: s.device == device and (reason is None or s.data.get("reason") == reason)
+
+
+async def _expect_timed(
+    ctx: Context,
+    step_id: str,
+    title: str,
+    find: Callable[[], Seen | None],
+    *,
+    began: float,
+    latency: str,
+) -> Seen:
+    """``ctx.expect`` from ``began``, and the time it took as the latency ``latency``."""
+    seen = await ctx.expect(step_id, title, find, since=began)
+    ctx.latency(latency, seen.t_mono - began)
+    return seen
 
 
 def _indicated(
@@ -73,25 +98,106 @@ def _sim_receiver(ctx: Context) -> bool:
     return ctx.sim is not None and ctx.sim.receiver is not None
 
 
+def _on_receiver(
+    ctx: Context, do: Callable[[ReceiverSim], Awaitable[Any]]
+) -> Callable[[], Awaitable[None]] | None:
+    """The simulated receiver does ``do`` (None on a real rig: the technician does it)."""
+    sim = ctx.sim
+    if sim is None or sim.receiver is None:
+        return None
+    receiver = sim.receiver
+
+    async def action() -> None:
+        await do(receiver)
+
+    return action
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """An action (step ``act``) that turns a device to ``state``: the step of that name expects
+    its device.``state`` at the platform (with that ``reason``, if one is given)."""
+
+    act: str
+    instruction: str
+    action: Callable[[], Awaitable[Any]] | None
+    state: str
+    title: str
+    reason: str | None = None
+
+
+async def _device_turns(ctx: Context, device: str, *turns: _Turn) -> None:
+    for turn in turns:
+        since = ctx.desk.mark()
+        began = await ctx.act(turn.act, turn.instruction, turn.action)
+        await ctx.expect(
+            turn.state,
+            turn.title,
+            _first(ctx, since, f"device.{turn.state}", _for(device, turn.reason)),
+            since=began,
+        )
+
+
 async def _press(
     ctx: Context, step_id: str, button: int, *, long: bool = False
 ) -> tuple[float, Callable[[float], Awaitable[None]] | None]:
     """Press ``button``; returns when, and the wait for its INDICATE 0x01 (sim)."""
     told = _indicated(ctx, button, Pattern.RECEIVED)
-    sim = ctx.sim
-    action = None
-    if sim is not None and sim.receiver is not None:
-        receiver = sim.receiver
-
-        async def action() -> None:
-            await receiver.press(button, long=long)
-
+    action = _on_receiver(ctx, lambda r: r.press(button, long=long))
     if long:
         instruction = _("Hold the emergency button {button} down for 3 seconds now.")
     else:
         instruction = _("Press the emergency button {button} now (a short press).")
     began = await ctx.act(step_id, instruction.format(button=button_device(button)), action)
     return began, told
+
+
+@dataclass(frozen=True, slots=True)
+class _Pressed:
+    """A press and the alarm it raised at the platform."""
+
+    since: int
+    began: float
+    told: Callable[[float], Awaitable[None]] | None
+    alarm: Seen
+
+
+async def _press_to_alarm(
+    ctx: Context,
+    button: int,
+    title: str,
+    *,
+    long: bool = False,
+    step_ids: tuple[str, str] = ("press", "alarm"),
+    check: Callable[[Seen], bool] | None = None,
+) -> _Pressed:
+    """Press ``button`` (step ``step_ids[0]``) and expect its alarm.button at the platform
+    (step ``step_ids[1]``, titled ``title``)."""
+    since = ctx.desk.mark()
+    began, told = await _press(ctx, step_ids[0], button, long=long)
+    alarm = await ctx.expect(
+        step_ids[1],
+        title,
+        _first(ctx, since, "alarm.button", check or _from(button_device(button))),
+        since=began,
+    )
+    return _Pressed(since, began, told, alarm)
+
+
+async def _helped(ctx: Context, button: int, alarm: Seen, *, latency: str | None = None) -> None:
+    """The alarm is acknowledged and the receiver says "help is on the way"."""
+    helped = _indicated(ctx, button, Pattern.ACKNOWLEDGED)
+    acked = await ctx.acknowledge("ack", alarm)
+    await ctx.device(
+        "helped",
+        _("the receiver is told: help is on the way (INDICATE 0x02)"),
+        _("Did the receiver say that help is on the way?"),
+        helped,
+        since=acked,
+        failure=_("the receiver never got INDICATE 0x02 (help is on the way)"),
+    )
+    if latency is not None and helped is not None:
+        ctx.latency(latency, ctx.result.steps[-1].took_s or 0.0)
 
 
 async def _alarm_told_and_acknowledged(
@@ -113,18 +219,7 @@ async def _alarm_told_and_acknowledged(
     )
     if told is not None:
         ctx.latency("press_to_indicate_received", ctx.result.steps[-1].took_s or 0.0)
-    helped = _indicated(ctx, button, Pattern.ACKNOWLEDGED)
-    acked = await ctx.acknowledge("ack", alarm)
-    await ctx.device(
-        "helped",
-        _("the receiver is told: help is on the way (INDICATE 0x02)"),
-        _("Did the receiver say that help is on the way?"),
-        helped,
-        since=acked,
-        failure=_("the receiver never got INDICATE 0x02 (help is on the way)"),
-    )
-    if helped is not None:
-        ctx.latency("ack_to_indicate_helped", ctx.result.steps[-1].took_s or 0.0)
+    await _helped(ctx, button, alarm, latency="ack_to_indicate_helped")
 
 
 # -- the uplink --------------------------------------------------------------------------------
@@ -153,79 +248,56 @@ async def uplink(ctx: Context) -> None:
     ctx.latency("ping", ctx.result.steps[-1].took_s or 0.0)
     since, began = ctx.desk.mark(), time.monotonic()
     await ctx.desk.command("test_alarm")
-    alarm = await ctx.expect(
+    alarm = await _expect_timed(
+        ctx,
         "test_alarm",
         _("a test alarm reaches the platform"),
         _first(ctx, since, "alarm.button", lambda s: s.data.get("test") is True),
-        since=began,
+        began=began,
+        latency="test_alarm_to_platform",
     )
-    ctx.latency("test_alarm_to_platform", alarm.t_mono - began)
     await ctx.acknowledge("ack", alarm)
 
 
 # -- the button --------------------------------------------------------------------------------
 
 
+async def _pressed_told_and_acknowledged(ctx: Context, button: int, pressed: _Pressed) -> None:
+    ctx.latency("press_to_platform", pressed.alarm.t_mono - pressed.began)
+    await _alarm_told_and_acknowledged(ctx, button, pressed.alarm, pressed.began, pressed.told)
+
+
 async def button_press(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
     button = ctx.rig.receiver.button_ids()[0]
-    since = ctx.desk.mark()
-    began, told = await _press(ctx, "press", button)
-    alarm = await ctx.expect(
-        "alarm",
-        _("alarm.button at the platform"),
-        _first(ctx, since, "alarm.button", _from(button_device(button))),
-        since=began,
-    )
-    ctx.latency("press_to_platform", alarm.t_mono - began)
-    await _alarm_told_and_acknowledged(ctx, button, alarm, began, told)
+    pressed = await _press_to_alarm(ctx, button, _("alarm.button at the platform"))
+    await _pressed_told_and_acknowledged(ctx, button, pressed)
 
 
 async def button_long_press(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
     button = ctx.rig.receiver.button_ids()[0]
-    since = ctx.desk.mark()
-    began, told = await _press(ctx, "press", button, long=True)
-    alarm = await ctx.expect(
-        "alarm",
+    pressed = await _press_to_alarm(
+        ctx,
+        button,
         _("alarm.button with press long at the platform"),
-        _first(
-            ctx,
-            since,
-            "alarm.button",
-            lambda s: s.device == button_device(button) and s.data.get("press") == "long",
-        ),
-        since=began,
+        long=True,
+        check=lambda s: s.device == button_device(button) and s.data.get("press") == "long",
     )
-    ctx.latency("press_to_platform", alarm.t_mono - began)
-    await _alarm_told_and_acknowledged(ctx, button, alarm, began, told)
+    await _pressed_told_and_acknowledged(ctx, button, pressed)
 
 
 async def button_cancel(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
     button = ctx.rig.receiver.button_ids()[0]
     device = button_device(button)
-    since = ctx.desk.mark()
-    began, _told = await _press(ctx, "press", button)
-    alarm = await ctx.expect(
-        "alarm",
-        _("alarm.button at the platform"),
-        _first(ctx, since, "alarm.button", _from(device)),
-        since=began,
-    )
+    pressed = await _press_to_alarm(ctx, button, _("alarm.button at the platform"))
+    since, alarm = pressed.since, pressed.alarm
     accepted = _indicated(ctx, button, Pattern.CANCEL_ACCEPTED)
-    sim = ctx.sim
-    action = None
-    if sim is not None and sim.receiver is not None:
-        receiver = sim.receiver
-
-        async def action() -> None:
-            await receiver.cancel(button)
-
     began = await ctx.act(
         "cancel",
         _("Press the cancel key of the button {button} now.").format(button=device),
-        action,
+        _on_receiver(ctx, lambda r: r.cancel(button)),
     )
     await ctx.expect(
         "cancelled",
@@ -264,45 +336,29 @@ async def button_unpaired(ctx: Context) -> None:
 async def receiver_replug(ctx: Context) -> None:
     assert ctx.rig.receiver is not None
     receiver_device = f"rcv-{ctx.gateway_id}"
-    sim = ctx.sim
-    unplug = replug = None
-    if sim is not None and sim.receiver is not None:
-        receiver = sim.receiver
-
-        async def unplug() -> None:
-            await receiver.unplug()
-
-        async def replug() -> None:
-            await receiver.replug()
-
-    since = ctx.desk.mark()
-    began = await ctx.act(
-        "unplug", _("Unplug the receiver's USB cable from the gateway now."), unplug
-    )
-    await ctx.expect(
-        "offline",
-        _("device.offline for the receiver at the platform"),
-        _first(ctx, since, "device.offline", _from(receiver_device)),
-        since=began,
-    )
-    since = ctx.desk.mark()
-    began = await ctx.act("replug", _("Plug the receiver's USB cable back in now."), replug)
-    await ctx.expect(
-        "online",
-        _("device.online for the receiver at the platform"),
-        _first(ctx, since, "device.online", _from(receiver_device)),
-        since=began,
+    unplug = _on_receiver(ctx, lambda r: r.unplug())
+    replug = _on_receiver(ctx, lambda r: r.replug())
+    await _device_turns(
+        ctx,
+        receiver_device,
+        _Turn(
+            "unplug",
+            _("Unplug the receiver's USB cable from the gateway now."),
+            unplug,
+            "offline",
+            _("device.offline for the receiver at the platform"),
+        ),
+        _Turn(
+            "replug",
+            _("Plug the receiver's USB cable back in now."),
+            replug,
+            "online",
+            _("device.online for the receiver at the platform"),
+        ),
     )
     button = ctx.rig.receiver.button_ids()[0]
-    since = ctx.desk.mark()
-    began, _told = await _press(ctx, "press", button)
-    alarm = await ctx.expect(
-        "alarm",
-        _("a press after the replug reaches the platform"),
-        _first(ctx, since, "alarm.button", _from(button_device(button))),
-        since=began,
-    )
-    await ctx.acknowledge("ack", alarm)
+    pressed = await _press_to_alarm(ctx, button, _("a press after the replug reaches the platform"))
+    await ctx.acknowledge("ack", pressed.alarm)
 
 
 async def button_supervision(ctx: Context) -> None:
@@ -317,26 +373,20 @@ async def button_supervision(ctx: Context) -> None:
         await receiver.heartbeat(button)
 
     # Heard now (online, whatever it was before), then silent: offline after the window.
-    since = ctx.desk.mark()
-    began = await ctx.act("heard", "", heard)
-    await ctx.expect(
-        "offline",
-        _("device.offline (supervision_timeout) once the button is silent for the window"),
-        _first(
-            ctx,
-            since,
-            "device.offline",
-            lambda s: s.device == device and s.data.get("reason") == "supervision_timeout",
+    await _device_turns(
+        ctx,
+        device,
+        _Turn(
+            "heard",
+            "",
+            heard,
+            "offline",
+            _("device.offline (supervision_timeout) once the button is silent for the window"),
+            reason="supervision_timeout",
         ),
-        since=began,
-    )
-    since = ctx.desk.mark()
-    began = await ctx.act("heard_again", "", heard)
-    await ctx.expect(
-        "online",
-        _("device.online when the button is heard again"),
-        _first(ctx, since, "device.online", _from(device)),
-        since=began,
+        _Turn(
+            "heard_again", "", heard, "online", _("device.online when the button is heard again")
+        ),
     )
 
 
@@ -358,13 +408,14 @@ async def _watch_alarm(ctx: Context, event: CareEvent, kind: str, instruction: s
 
     since = ctx.desk.mark()
     began = await ctx.act("raise", instruction, action)
-    alarm = await ctx.expect(
+    alarm = await _expect_timed(
+        ctx,
         "alarm",
         _("{kind} at the platform").format(kind=kind),
         _first(ctx, since, kind, _from(device)),
-        since=began,
+        began=began,
+        latency="watch_to_platform",
     )
-    ctx.latency("watch_to_platform", alarm.t_mono - began)
     await ctx.device(
         "received",
         _("the watch is told: received (Alert Confirm 0x01)"),
@@ -406,21 +457,23 @@ async def watch_worn(ctx: Context) -> None:
     off = on = None
     if sim is not None and sim.watch is not None:
         off, on = sim.watch_take_off, sim.watch_put_on
-    since = ctx.desk.mark()
-    began = await ctx.act("off", _("Take the watch off the wrist now."), off)
-    await ctx.expect(
-        "not_worn",
-        _("device.not_worn at the platform"),
-        _first(ctx, since, "device.not_worn", _from(device)),
-        since=began,
-    )
-    since = ctx.desk.mark()
-    began = await ctx.act("on", _("Put the watch back on the wrist now."), on)
-    await ctx.expect(
-        "worn",
-        _("device.worn at the platform"),
-        _first(ctx, since, "device.worn", _from(device)),
-        since=began,
+    await _device_turns(
+        ctx,
+        device,
+        _Turn(
+            "off",
+            _("Take the watch off the wrist now."),
+            off,
+            "not_worn",
+            _("device.not_worn at the platform"),
+        ),
+        _Turn(
+            "on",
+            _("Put the watch back on the wrist now."),
+            on,
+            "worn",
+            _("device.worn at the platform"),
+        ),
     )
 
 
@@ -459,15 +512,10 @@ async def camera_call(ctx: Context) -> None:
     if ctx.sim is not None and ctx.sim.camera is not None:
         ctx.sim.camera.hang_up_all()  # the calls of earlier scenarios' alarms
     button = ctx.rig.receiver.button_ids()[0]
-    since = ctx.desk.mark()
-    began, _told = await _press(ctx, "press", button)
-    alarm = await ctx.expect(
-        "alarm",
-        _("alarm.button at the platform"),
-        _first(ctx, since, "alarm.button", _from(button_device(button))),
-        since=began,
-    )
-    call = await ctx.expect(
+    pressed = await _press_to_alarm(ctx, button, _("alarm.button at the platform"))
+    since, began, alarm = pressed.since, pressed.began, pressed.alarm
+    await _expect_timed(
+        ctx,
         "call",
         _("camera.call started for that alarm"),
         _first(
@@ -478,9 +526,9 @@ async def camera_call(ctx: Context) -> None:
                 s.data.get("state") == "started" and s.data.get("alarm_id") == alarm.event.get("id")
             ),
         ),
-        since=began,
+        began=began,
+        latency="press_to_call_started",
     )
-    ctx.latency("press_to_call_started", call.t_mono - began)
     await ctx.device(
         "heard",
         _("the call rings at the platform's desk"),
@@ -524,14 +572,8 @@ async def camera_privacy(ctx: Context) -> None:
 
     await ctx.act("shutter", _("Close the camera's privacy shutter now."), close)
     try:
-        since = ctx.desk.mark()
-        began, _told = await _press(ctx, "press", button)
-        alarm = await ctx.expect(
-            "alarm",
-            _("alarm.button at the platform"),
-            _first(ctx, since, "alarm.button", _from(button_device(button))),
-            since=began,
-        )
+        pressed = await _press_to_alarm(ctx, button, _("alarm.button at the platform"))
+        since, began, alarm = pressed.since, pressed.began, pressed.alarm
         await ctx.expect(
             "refused",
             _("camera.call failed: privacy_mode (the senior's privacy is respected)"),
@@ -584,23 +626,15 @@ async def uplink_cut(ctx: Context) -> None:
         )
         began = await ctx.act("restore", _("Plug the network cable back in now."), restore)
         restored = True
-        alarm = await ctx.expect(
+        alarm = await _expect_timed(
+            ctx,
             "delivered",
             _("the alarm raised during the cut reaches the platform"),
             _first(ctx, since, "alarm.button", _from(device)),
-            since=began,
+            began=began,
+            latency="restore_to_delivery",
         )
-        ctx.latency("restore_to_delivery", alarm.t_mono - began)
-        helped = _indicated(ctx, button, Pattern.ACKNOWLEDGED)
-        acked = await ctx.acknowledge("ack", alarm)
-        await ctx.device(
-            "helped",
-            _("the receiver is told: help is on the way (INDICATE 0x02)"),
-            _("Did the receiver say that help is on the way?"),
-            helped,
-            since=acked,
-            failure=_("the receiver never got INDICATE 0x02 (help is on the way)"),
-        )
+        await _helped(ctx, button, alarm)
     finally:
         if not restored and restore is not None:
             await restore()
@@ -723,17 +757,17 @@ async def weekly_button_test(ctx: Context) -> None:
     failures: list[str] = []
     for button in ctx.rig.receiver.button_ids():
         device = button_device(button)
-        since = ctx.desk.mark()
         try:
-            began, told = await _press(ctx, device, button)
-            alarm = await ctx.expect(
-                device,
+            pressed = await _press_to_alarm(
+                ctx,
+                button,
                 _("{button}: alarm at the platform").format(button=device),
-                _first(ctx, since, "alarm.button", _from(device)),
-                since=began,
+                step_ids=(device, device),
             )
-            ctx.latency(device, alarm.t_mono - began)
-            await _alarm_told_and_acknowledged(ctx, button, alarm, began, told)
+            ctx.latency(device, pressed.alarm.t_mono - pressed.began)
+            await _alarm_told_and_acknowledged(
+                ctx, button, pressed.alarm, pressed.began, pressed.told
+            )
         except StepFailed as failed:
             failures.append(f"{device}: {failed}")
     if failures:

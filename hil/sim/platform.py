@@ -13,17 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.core.clock import format_ts
+from hil.mqtt import PahoClient, ack_body, command_body, new_client, session_properties
 from hil.sim.pki import ClientCert, Pki, client_ssl_context
 
 PLATFORM_CN = "platform"
@@ -94,7 +90,7 @@ def is_uplink(topic: str) -> bool:
     )
 
 
-class PlatformClient:
+class PlatformClient(PahoClient):
     """A persistent-session MQTT consumer of `carebed/v1/+/up/#` and `carebed/v1/+/status`.
 
     Connects in the constructor and returns once subscribed. Paho's own thread handles traffic and
@@ -141,42 +137,29 @@ class PlatformClient:
         self._on_received = on_received
         self._subscriptions = tuple(subscriptions)
         self._cond = threading.Condition(threading.RLock())
+        super().__init__(self._cond)
         self._messages: list[Received] = []
         self._seq_ids: dict[str, dict[int, set[str]]] = {}
         self._complete: dict[str, int] = {}
-        self._pubacks: dict[int, ReasonCode] = {}
         self._subscribed = False
         self._refused: str | None = None
-        self._closed = False
 
         v5 = protocol == MQTTProtocolVersion.MQTTv5
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=protocol,
-            clean_session=None if v5 else False,
-        )
-        if tls is not None:
-            self._client.tls_set_context(tls)
-        elif broker.pki is not None:
+        if tls is None and broker.pki is not None:
             cert = broker.pki.client(PLATFORM_CN) if cert is None else cert
-            self._client.tls_set_context(client_ssl_context(broker.pki.ca_cert, cert))
-        self._client.max_inflight_messages_set(max_inflight)
-        # paho annotates the delays as int; it does arithmetic on them, floats work.
-        self._client.reconnect_delay_set(
-            min_delay=RECONNECT_MIN_DELAY_S,  # type: ignore[arg-type]
-            max_delay=RECONNECT_MAX_DELAY_S,  # type: ignore[arg-type]
+            tls = client_ssl_context(broker.pki.ca_cert, cert)
+        self._use(
+            new_client(
+                client_id,
+                protocol,
+                tls=tls,
+                reconnect_s=(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S),
+                clean_session=None if v5 else False,
+            )
         )
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_publish = self._on_publish
+        self._client.max_inflight_messages_set(max_inflight)
 
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = session_expiry_s
+        properties = session_properties(session_expiry_s) if v5 else None
         try:
             if v5:
                 self._client.connect(
@@ -286,8 +269,7 @@ class PlatformClient:
         info.wait_for_publish(timeout)
         if not info.is_published():
             raise PlatformError(f"no PUBACK for {topic} (mid {info.mid}) within {timeout} s")
-        with self._cond:
-            reason = self._pubacks.pop(info.mid, None)
+        reason = self._puback(info.mid)
         if reason is not None and reason.is_failure:
             raise PlatformError(f"broker refused publish to {topic}: {reason} ({reason.value:#x})")
 
@@ -296,34 +278,19 @@ class PlatformClient:
     ) -> str:
         """Send command `name` to gateway `gw`; returns its id (the `cmd.result` carries it)."""
         command_id = f"{self.client_id}-{name}-{time.time_ns()}"
-        body = {"v": 1, "id": command_id, "name": name, "args": args or {}}
-        self.publish(f"carebed/v1/{gw}/down/cmd", body, wait=wait)
+        self.publish(f"carebed/v1/{gw}/down/cmd", command_body(command_id, name, args), wait=wait)
         return command_id
 
     def ack(self, gw: str, alarm_ids: Sequence[str], by: str, *, wait: bool = True) -> None:
         """Acknowledge alarms of gateway `gw`, as the platform's alarm desk does."""
-        body = {"v": 1, "ids": list(alarm_ids), "by": by, "ts": format_ts(datetime.now(UTC))}
-        self.publish(f"carebed/v1/{gw}/down/ack", body, wait=wait)
+        self.publish(f"carebed/v1/{gw}/down/ack", ack_body(alarm_ids, by), wait=wait)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Disconnect (the session stays on the broker) and stop paho's thread. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __str__(self) -> str:
@@ -347,13 +314,8 @@ class PlatformClient:
 
     # -- paho callbacks (paho's thread; never raise) ------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
+    def _connected(
+        self, client: mqtt.Client, flags: mqtt.ConnectFlags, reason_code: ReasonCode
     ) -> None:
         with self._cond:
             if reason_code.is_failure:
@@ -370,28 +332,14 @@ class PlatformClient:
                     client.subscribe([(topic, 1) for topic in self._subscriptions])
             self._cond.notify_all()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _disconnected(self) -> None:
         with self._cond:
             if self.connected:
                 self.disconnects += 1
             self.connected = False
             self._cond.notify_all()
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
+    def _granted(self, reason_codes: list[ReasonCode]) -> None:
         with self._cond:
             refused = [
                 f"{topic}: {rc}"
@@ -405,18 +353,7 @@ class PlatformClient:
                 self._subscribed = True
             self._cond.notify_all()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        with self._cond:
-            self._pubacks[mid] = reason_code
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _received(self, msg: mqtt.MQTTMessage) -> None:
         t_mono = time.monotonic()
         problems: list[str] = []
         payload: dict[str, Any] | None = None

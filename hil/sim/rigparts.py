@@ -15,8 +15,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from drivers.button.codec import Indicate, Message
 from drivers.button.pairing import PairingStore
@@ -28,6 +26,7 @@ from hil.sim.broker import Mosquitto
 from hil.sim.camera import SimCamera
 from hil.sim.dbus import PrivateSystemBus
 from hil.sim.receiver import SimReceiver
+from hil.sim.service import SimService
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -69,7 +68,7 @@ class SimWearer:
             await asyncio.sleep(HEART_RATE_EVERY_S)
 
 
-class SimParts:
+class SimParts(SimService):
     """Every simulated part of ``rig``, started on entering ``async with`` (the gateway last,
     once its devices are there), stopped on leaving it."""
 
@@ -105,20 +104,14 @@ class SimParts:
         major, minor = self.receiver.fw
         return f"{major}.{minor}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         try:
             await self._start()
         except BaseException:
             await self._stack.aclose()
             raise
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self._stack.aclose()
 
     async def _start(self) -> None:
