@@ -18,22 +18,20 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.pki import Pki
+from hil.sim.process import ServerProcess, tcp_accepts
 
 CLUSTER_NAME = "carebed"
 DEFAULT_SIZE = 3
@@ -63,8 +61,6 @@ def nats_binary() -> str:
 class NatsNode:
     """One nats-server of the cluster; ``port`` is its MQTT listener."""
 
-    _reaper: weakref.finalize[[subprocess.Popen[bytes], IO[bytes]], NatsNode] | None
-
     def __init__(
         self,
         workdir: Path,
@@ -90,9 +86,7 @@ class NatsNode:
         self.log_path = workdir / "nats.log"
         self.stderr_path = workdir / "nats.stderr"
         self.store_dir = workdir / "jetstream"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._reaper = None
+        self._server: ServerProcess | None = None
 
     @property
     def pki(self) -> Pki | None:
@@ -108,51 +102,32 @@ class NatsNode:
             raise NatsError(f"{self.name} is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text(), encoding="utf-8")
-        stderr = self.stderr_path.open("ab")
+        self._server = ServerProcess(
+            self,
+            [nats_binary(), "-c", str(self.config_path)],
+            log_path=self.stderr_path,
+            cwd=self.workdir,
+            reap_timeout_s=STOP_TIMEOUT_S,
+        )
         try:
-            proc = subprocess.Popen(
-                [nats_binary(), "-c", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-            )
-        except BaseException:
-            stderr.close()
-            raise
-        self._proc, self._stderr = proc, stderr
-        self._reaper = weakref.finalize(self, _reap, proc, stderr)
-        try:
-            self._wait_until_listening(proc)
+            self._wait_until_listening(self._server)
         except BaseException:
             self.kill()
             raise
 
     def stop(self) -> None:
         """SIGTERM and wait: an orderly shutdown."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise NatsError(
-                    f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
-                    f"{self.log_tail()}"
-                ) from None
+        if self._server is not None and not self._server.stop(signal.SIGTERM, STOP_TIMEOUT_S):
+            self.kill()
+            raise NatsError(
+                f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n{self.log_tail()}"
+            )
         self._forget()
 
     def kill(self) -> None:
         """SIGKILL: a crash of this node."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
+        if self._server is not None:
+            self._server.kill(STOP_TIMEOUT_S)
         self._forget()
 
     def close(self) -> None:
@@ -163,11 +138,11 @@ class NatsNode:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._server is not None and self._server.running
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return None if self._server is None else self._server.pid
 
     # -- monitoring --------------------------------------------------------------------------
 
@@ -253,35 +228,30 @@ class NatsNode:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _wait_until_listening(self, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                self.monitor("varz")
-                with socket.create_connection((self.host, self.port), timeout=1.0):
-                    return
-            except (OSError, ValueError) as exc:
-                last_error: Exception = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NatsError(
-                    f"{self.name} did not listen within {START_TIMEOUT_S} s ({last_error!r}).\n"
-                    f"{self.log_tail()}"
-                )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=min(PROBE_INTERVAL_S, remaining))
-                raise NatsError(
-                    f"{self.name} exited with status {code} during start-up.\n{self.log_tail()}"
-                )
+    def _wait_until_listening(self, server: ServerProcess) -> None:
+        server.wait_ready(
+            self._listening,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=PROBE_INTERVAL_S,
+            errors=(OSError, ValueError),
+            timed_out=lambda last_error: NatsError(
+                f"{self.name} did not listen within {START_TIMEOUT_S} s ({last_error!r}).\n"
+                f"{self.log_tail()}"
+            ),
+            exited=lambda code: NatsError(
+                f"{self.name} exited with status {code} during start-up.\n{self.log_tail()}"
+            ),
+        )
+
+    def _listening(self) -> bool:
+        """Both the monitoring port and the MQTT listener answer."""
+        self.monitor("varz")
+        return tcp_accepts(self.host, self.port)
 
     def _forget(self) -> None:
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        self._proc = None
+        if self._server is not None:
+            self._server.detach()
+            self._server = None
 
 
 class NatsCluster:
@@ -466,16 +436,6 @@ def _mqtt_attempt(host: str, port: int, seconds: float) -> str:
         with contextlib.suppress(OSError):
             client.disconnect()
     return answer[0] if answer else "no CONNACK"
-
-
-def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
-    """Last-resort cleanup, run if a node is garbage-collected or at interpreter exit."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,12 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from hil.sim.broker import HOST, free_port
+from hil.sim.process import ServerProcess
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -95,8 +95,7 @@ class Postgres:
         self.socket_dir = self.workdir / "socket"
         self.log_path = self.workdir / "postgres.log"
         self._user = _service_user()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reaper: weakref.finalize[[subprocess.Popen[bytes]], Postgres] | None = None
+        self._server: ServerProcess | None = None
 
     # -- where to connect --------------------------------------------------------------------
 
@@ -128,34 +127,28 @@ class Postgres:
             self._initdb()
         # The postmaster is our child (not pg_ctl's daemon): we reap it, so a killed server
         # leaves no zombie whose pid would make the next start believe it still runs.
-        log = self.log_path.open("ab")
+        argv = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            self.host,
+            "-k",
+            str(self.socket_dir),
+        ]
+        # If this object is dropped while the server runs: SIGQUIT (immediate shutdown) first.
+        self._server = ServerProcess(
+            self,
+            _as_user(self._user, argv),
+            log_path=self.log_path,
+            cwd=self.workdir,
+            reap_timeout_s=KILL_TIMEOUT_S,
+            reap_signal=signal.SIGQUIT,
+        )
         try:
-            proc = subprocess.Popen(
-                _as_user(
-                    self._user,
-                    [
-                        str(self.bin_dir / "postgres"),
-                        "-D",
-                        str(self.data_dir),
-                        "-p",
-                        str(self.port),
-                        "-h",
-                        self.host,
-                        "-k",
-                        str(self.socket_dir),
-                    ],
-                ),
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        finally:
-            log.close()
-        self._proc = proc
-        self._reaper = weakref.finalize(self, _reap, proc)
-        try:
-            self._wait_until_ready(proc)
+            self._wait_until_ready(self._server)
             if fresh:
                 self._createdb()
         except BaseException:
@@ -165,30 +158,20 @@ class Postgres:
     def stop(self) -> None:
         """An orderly shutdown (SIGINT, PostgreSQL's "fast" mode: sessions are disconnected,
         what was committed is kept)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise PostgresError(
-                    f"postgres on port {self.port} ignored SIGINT for {STOP_TIMEOUT_S} s; "
-                    f"killed.\n{self.log_tail()}"
-                ) from None
+        if self._server is not None and not self._server.stop(signal.SIGINT, STOP_TIMEOUT_S):
+            self.kill()
+            raise PostgresError(
+                f"postgres on port {self.port} ignored SIGINT for {STOP_TIMEOUT_S} s; "
+                f"killed.\n{self.log_tail()}"
+            )
         self._forget()
 
     def kill(self) -> None:
         """SIGKILL to the postmaster: a crash; its backends exit when they notice. The next
         ``start`` recovers from the WAL."""
-        proc = self._proc
-        if proc is None:
+        if self._server is None:
             return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=KILL_TIMEOUT_S)
+        self._server.kill(KILL_TIMEOUT_S)
         # The backends leave with their postmaster (the next start refuses while they hold
         # its shared memory).
         deadline = time.monotonic() + KILL_TIMEOUT_S
@@ -229,11 +212,11 @@ class Postgres:
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return None if self._server is None else self._server.pid
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._server is not None and self._server.running
 
     def log_text(self) -> str:
         with contextlib.suppress(FileNotFoundError):
@@ -317,33 +300,32 @@ class Postgres:
         except subprocess.TimeoutExpired as exc:
             raise PostgresError(f"{argv[0]} did not finish in {timeout} s") from exc
 
-    def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_until_ready(self, server: ServerProcess) -> None:
         """Until ``postmaster.pid`` says "ready" (its 8th line, PostgreSQL 10 and later)."""
-        deadline = time.monotonic() + START_TIMEOUT_S
         pid_file = self.data_dir / "postmaster.pid"
-        while True:
-            with contextlib.suppress(OSError):
-                lines = pid_file.read_text().splitlines()
-                if len(lines) >= 8 and lines[0] == str(proc.pid) and lines[7].strip() == "ready":
-                    return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PostgresError(
-                    f"postgres was not ready on {self.host}:{self.port} within "
-                    f"{START_TIMEOUT_S} s.\n{self.log_tail()}"
-                )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=min(POLL_INTERVAL_S, remaining))
-                raise PostgresError(
-                    f"postgres exited with status {code} during start-up (port {self.port})."
-                    f"\n{self.log_tail()}"
-                )
+
+        def ready() -> bool:
+            lines = pid_file.read_text().splitlines()
+            return len(lines) >= 8 and lines[0] == str(server.pid) and lines[7].strip() == "ready"
+
+        server.wait_ready(
+            ready,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=POLL_INTERVAL_S,
+            timed_out=lambda _: PostgresError(
+                f"postgres was not ready on {self.host}:{self.port} within "
+                f"{START_TIMEOUT_S} s.\n{self.log_tail()}"
+            ),
+            exited=lambda code: PostgresError(
+                f"postgres exited with status {code} during start-up (port {self.port})."
+                f"\n{self.log_tail()}"
+            ),
+        )
 
     def _forget(self) -> None:
-        self._proc = None
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
+        if self._server is not None:
+            self._server.detach()
+            self._server = None
 
 
 def _as_user(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
@@ -377,15 +359,3 @@ def _backends_of(data_dir: Path) -> list[int]:
             if Path(os.readlink(entry / "cwd")) == data_dir and not _is_zombie(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """Last-resort cleanup if a ``Postgres`` is garbage-collected (or at exit) while running."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-        try:
-            proc.wait(timeout=KILL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=KILL_TIMEOUT_S)

@@ -1,0 +1,133 @@
+"""One server process of the rig: spawned with a log file, awaited with a deadline, stopped, reaped.
+
+The launchers of Mosquitto, NATS, RabbitMQ and PostgreSQL each own one ``ServerProcess`` per
+running server; it never outlives its launcher (a finalizer kills it if the launcher is dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+
+def tcp_accepts(host: str, port: int) -> bool:
+    """True once ``host:port`` accepts a TCP connection; ``OSError`` (why not) otherwise."""
+    with socket.create_connection((host, port), timeout=1.0):
+        return True
+
+
+class ServerProcess:
+    """A running child: ``argv`` spawned in ``cwd`` with stdout and stderr appended to ``log_path``.
+
+    If ``owner`` is garbage-collected (or at interpreter exit) while the child runs, the child gets
+    ``reap_signal`` (if any) and ``reap_timeout_s`` to exit, then SIGKILL; ``detach`` cancels that
+    once the owner has stopped it itself.
+    """
+
+    def __init__(
+        self,
+        owner: object,
+        argv: list[str],
+        *,
+        log_path: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        reap_timeout_s: float,
+        reap_signal: signal.Signals | None = None,
+    ) -> None:
+        # The child has its own copy of the descriptor: ours is closed at once.
+        with log_path.open("ab") as log:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        self._reaper = weakref.finalize(owner, _reap, self.proc, reap_timeout_s, reap_signal)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(
+        self,
+        probe: Callable[[], bool],
+        *,
+        timeout_s: float,
+        interval_s: float,
+        timed_out: Callable[[BaseException | None], Exception],
+        exited: Callable[[int], Exception],
+        errors: tuple[type[Exception], ...] = (OSError,),
+    ) -> None:
+        """Until ``probe()`` is true; one of ``errors`` from it counts as "not yet". Raises
+        ``timed_out(last error)`` after ``timeout_s``, ``exited(status)`` as soon as the child
+        exits (the pause between probes is a wait for it)."""
+        deadline = time.monotonic() + timeout_s
+        last_error: BaseException | None = None
+        while True:
+            try:
+                if probe():
+                    return
+            except errors as exc:
+                last_error = exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise timed_out(last_error)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout=min(interval_s, remaining))
+                raise exited(code)
+
+    def wake(self) -> None:
+        """SIGCONT: a stopped process keeps other signals pending until continued; harmless
+        otherwise."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, signum: signal.Signals, timeout_s: float) -> bool:
+        """Send ``signum`` and wait for the exit; False if the child was still running after
+        ``timeout_s`` (it still runs: the caller kills it and reports)."""
+        if not self.running:
+            return True
+        self.proc.send_signal(signum)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self, timeout_s: float) -> None:
+        """SIGKILL (also to a stopped child) and reap it."""
+        if self.running:
+            self.wake()
+            self.proc.kill()
+            self.proc.wait(timeout=timeout_s)
+
+    def detach(self) -> None:
+        """The owner is done with the child: no reaping at garbage collection any more."""
+        self._reaper.detach()
+
+
+def _reap(
+    proc: subprocess.Popen[bytes], timeout_s: float, reap_signal: signal.Signals | None
+) -> None:
+    """Last-resort cleanup of a child whose launcher was garbage-collected (or at exit)."""
+    if proc.poll() is not None:
+        return
+    if reap_signal is not None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(reap_signal)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout_s)
+            return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout_s)
