@@ -5,18 +5,15 @@ The one launcher of tests, bench, hil/ and the demo; tests also freeze, kill and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from hil.sim.pki import Pki
-from hil.sim.process import ServerProcess, tcp_accepts
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The ACL file we ship to installers; the TLS broker of the tests loads this very file.
@@ -57,13 +54,15 @@ def mosquitto_binary() -> str:
     return found
 
 
-class Mosquitto:
+class Mosquitto(RigServer):
     """One Mosquitto broker listening on 127.0.0.1 only, configured and logging in `workdir`.
 
     Plain TCP with anonymous access by default. With `pki`: TLS 1.2+, a client certificate is
     required and its CN becomes the username and the client id, as in the shipped
     `config/mosquitto/carebed-broker.conf`. With `acl`: the shipped `carebed.acl` is loaded.
     """
+
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -88,7 +87,7 @@ class Mosquitto:
         self.log_path = workdir / "mosquitto.log"
         # Mosquitto writes config errors to stderr before its log file is open.
         self.stderr_path = workdir / "mosquitto.stderr"
-        self._server: ServerProcess | None = None
+        self._server = None
         self._frozen = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -120,19 +119,18 @@ class Mosquitto:
             return
         if server.running:
             self._wake(server)
-        if not server.stop(signal.SIGTERM, STOP_TIMEOUT_S):
-            self.kill()
-            raise MosquittoError(
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: MosquittoError(
                 f"mosquitto on port {self.port} ignored SIGTERM for {STOP_TIMEOUT_S} s; "
                 f"killed.\n{self.log_tail()}"
-            )
-        self._forget()
+            ),
+        )
 
     def kill(self) -> None:
         """SIGKILL: a crash. Nothing is saved after the last autosave."""
-        if self._server is not None:
-            self._server.kill(STOP_TIMEOUT_S)
-        self._forget()
+        super().kill()
 
     def restart(self) -> None:
         """Stop (orderly, persistence saved) and start again on the same port."""
@@ -157,50 +155,18 @@ class Mosquitto:
         self._await_child_state(proc, os.WCONTINUED, os.CLD_CONTINUED)
         self._frozen = False
 
-    def close(self) -> None:
-        """Stop if running; never leaves a process behind, even a frozen or stubborn one."""
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- state and logs ----------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None and self._server.running
 
     @property
     def frozen(self) -> bool:
         return self._frozen
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._server is None else self._server.pid
-
     def log_text(self) -> str:
         """Everything the broker wrote: its log file, then anything it printed to stderr."""
-        parts = []
-        for path in (self.log_path, self.stderr_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_path, self.stderr_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- mosquitto log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), "mosquitto", self.log_path, lines)
 
     def config_text(self) -> str:
         """The configuration this broker runs with (rewritten at each start)."""
@@ -294,9 +260,7 @@ class Mosquitto:
             )
 
     def _forget(self) -> None:
-        if self._server is not None:
-            self._server.detach()
-            self._server = None
+        super()._forget()
         self._frozen = False
 
 

@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.pki import Pki
-from hil.sim.process import ServerProcess, tcp_accepts
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 CLUSTER_NAME = "carebed"
 DEFAULT_SIZE = 3
@@ -58,8 +58,10 @@ def nats_binary() -> str:
     return found
 
 
-class NatsNode:
+class NatsNode(RigServer):
     """One nats-server of the cluster; ``port`` is its MQTT listener."""
+
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -86,7 +88,7 @@ class NatsNode:
         self.log_path = workdir / "nats.log"
         self.stderr_path = workdir / "nats.stderr"
         self.store_dir = workdir / "jetstream"
-        self._server: ServerProcess | None = None
+        self._server = None
 
     @property
     def pki(self) -> Pki | None:
@@ -117,32 +119,13 @@ class NatsNode:
 
     def stop(self) -> None:
         """SIGTERM and wait: an orderly shutdown."""
-        if self._server is not None and not self._server.stop(signal.SIGTERM, STOP_TIMEOUT_S):
-            self.kill()
-            raise NatsError(
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: NatsError(
                 f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n{self.log_tail()}"
-            )
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash of this node."""
-        if self._server is not None:
-            self._server.kill(STOP_TIMEOUT_S)
-        self._forget()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None and self._server.running
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._server is None else self._server.pid
+            ),
+        )
 
     # -- monitoring --------------------------------------------------------------------------
 
@@ -179,15 +162,10 @@ class NatsNode:
     # -- logs and config ---------------------------------------------------------------------
 
     def log_text(self) -> str:
-        parts = []
-        for path in (self.log_path, self.stderr_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_path, self.stderr_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- {self.name} log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), self.name, self.log_path, lines)
 
     def config_text(self) -> str:
         routes = ", ".join(f"nats-route://{self.host}:{port}" for port in self.routes)
@@ -247,11 +225,6 @@ class NatsNode:
         """Both the monitoring port and the MQTT listener answer."""
         self.monitor("varz")
         return tcp_accepts(self.host, self.port)
-
-    def _forget(self) -> None:
-        if self._server is not None:
-            self._server.detach()
-            self._server = None
 
 
 class NatsCluster:

@@ -17,11 +17,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from hil.sim.broker import HOST, free_port
-from hil.sim.process import ServerProcess
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -65,7 +64,7 @@ def _service_user() -> pwd.struct_passwd | None:
     raise PostgresError(f"running as root and none of the users {SERVICE_USERS} exists")
 
 
-class Postgres:
+class Postgres(RigServer):
     """One PostgreSQL server listening on 127.0.0.1:``port`` and on a unix socket of its own.
 
     ``start`` creates the cluster on first use (``initdb``, trust authentication for local
@@ -74,6 +73,8 @@ class Postgres:
     postmaster); ``close`` stops and removes the directory. ``durable=False`` turns fsync off:
     for tests that never crash the server, where it saves time; never for a benchmark.
     """
+
+    _kill_timeout_s = KILL_TIMEOUT_S
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class Postgres:
         self.socket_dir = self.workdir / "socket"
         self.log_path = self.workdir / "postgres.log"
         self._user = _service_user()
-        self._server: ServerProcess | None = None
+        self._server = None
 
     # -- where to connect --------------------------------------------------------------------
 
@@ -158,13 +159,14 @@ class Postgres:
     def stop(self) -> None:
         """An orderly shutdown (SIGINT, PostgreSQL's "fast" mode: sessions are disconnected,
         what was committed is kept)."""
-        if self._server is not None and not self._server.stop(signal.SIGINT, STOP_TIMEOUT_S):
-            self.kill()
-            raise PostgresError(
+        self._stop_with(
+            signal.SIGINT,
+            STOP_TIMEOUT_S,
+            lambda: PostgresError(
                 f"postgres on port {self.port} ignored SIGINT for {STOP_TIMEOUT_S} s; "
                 f"killed.\n{self.log_tail()}"
-            )
-        self._forget()
+            ),
+        )
 
     def kill(self) -> None:
         """SIGKILL to the postmaster: a crash; its backends exit when they notice. The next
@@ -200,32 +202,13 @@ class Postgres:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- state and logs ----------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._server is None else self._server.pid
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None and self._server.running
-
     def log_text(self) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        return ""
+        return read_logs(self.log_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- postgres log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), "postgres", self.log_path, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -321,11 +304,6 @@ class Postgres:
                 f"\n{self.log_tail()}"
             ),
         )
-
-    def _forget(self) -> None:
-        if self._server is not None:
-            self._server.detach()
-            self._server = None
 
 
 def _as_user(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:

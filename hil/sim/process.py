@@ -1,7 +1,8 @@
 """One server process of the rig: spawned with a log file, awaited with a deadline, stopped, reaped.
 
-The launchers of Mosquitto, NATS, RabbitMQ and PostgreSQL each own one ``ServerProcess`` per
-running server; it never outlives its launcher (a finalizer kills it if the launcher is dropped).
+The launchers of Mosquitto, NATS, RabbitMQ and PostgreSQL are ``RigServer``s: each owns one
+``ServerProcess`` while its server runs, which never outlives it (a finalizer kills it if the
+launcher is dropped).
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+def read_logs(*paths: Path) -> str:
+    """The text of each log file that exists, one after the other."""
+    parts = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            parts.append(path.read_text(encoding="utf-8", errors="replace"))
+    return "".join(parts)
+
+
+def log_tail(text: str, name: str, where: Path, lines: int) -> str:
+    """The last ``lines`` lines of ``text`` under ``--- NAME log tail (WHERE) ---``."""
+    return f"--- {name} log tail ({where}) ---\n" + "\n".join(text.splitlines()[-lines:])
 
 
 def tcp_accepts(host: str, port: int) -> bool:
@@ -112,6 +129,70 @@ class ServerProcess:
     def detach(self) -> None:
         """The owner is done with the child: no reaping at garbage collection any more."""
         self._reaper.detach()
+
+
+class RigServer:
+    """Base of a launcher whose server is one child process (``_server`` while it runs).
+
+    Subclasses write ``start`` and ``stop`` (with ``_stop_with``); ``kill`` is a crash of the
+    server, ``close`` never leaves a process behind, and ``with`` starts and closes.
+    """
+
+    _server: ServerProcess | None
+    _kill_timeout_s: float
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.running
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._server is None else self._server.pid
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL: a crash of the server."""
+        if self._server is not None:
+            self._server.kill(self._kill_timeout_s)
+        self._forget()
+
+    def close(self) -> None:
+        """Stop if running; never leaves a process behind, even a frozen or stubborn one."""
+        try:
+            self.stop()
+        finally:
+            self.kill()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _stop_with(
+        self, signum: signal.Signals, timeout_s: float, ignored: Callable[[], Exception]
+    ) -> None:
+        """Send ``signum`` and wait; after ``timeout_s``, kill and raise ``ignored()``."""
+        if self._server is not None and not self._server.stop(signum, timeout_s):
+            self.kill()
+            raise ignored()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._server is not None:
+            self._server.detach()
+            self._server = None
 
 
 def _reap(

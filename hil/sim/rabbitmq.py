@@ -14,7 +14,6 @@ no username at all is let in as ``DEFAULT_USER``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -30,7 +29,7 @@ from typing import Self
 from hil.sim.broker import HOST, free_port
 from hil.sim.nats import wait_mqtt_ready
 from hil.sim.pki import Pki
-from hil.sim.process import ServerProcess, tcp_accepts
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin switch to its user
 NODE_HOST = "localhost"
@@ -105,8 +104,10 @@ class _Shared:
         return env
 
 
-class RabbitNode:
+class RabbitNode(RigServer):
     """One RabbitMQ node; ``port`` is its MQTT listener, ``amqp_port`` its AMQP 0-9-1 one."""
+
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(self, workdir: Path, name: str, shared: _Shared, peers: list[str]) -> None:
         self.workdir = workdir
@@ -123,7 +124,7 @@ class RabbitNode:
         self.stdout_path = workdir / "rabbitmq.stdout"
         self.pid_path = workdir / "rabbitmq.pid"
         self._shared = shared
-        self._server: ServerProcess | None = None
+        self._server = None
 
     @property
     def pki(self) -> Pki | None:
@@ -185,33 +186,14 @@ class RabbitNode:
 
     def stop(self) -> None:
         """SIGTERM: the VM stops the broker in order and exits."""
-        if self._server is not None and not self._server.stop(signal.SIGTERM, STOP_TIMEOUT_S):
-            self.kill()
-            raise RabbitError(
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: RabbitError(
                 f"{self.nodename} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
                 f"{self.log_tail()}"
-            )
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash of this node."""
-        if self._server is not None:
-            self._server.kill(STOP_TIMEOUT_S)
-        self._forget()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None and self._server.running
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._server is None else self._server.pid
+            ),
+        )
 
     # -- the CLI -----------------------------------------------------------------------------
 
@@ -293,15 +275,10 @@ class RabbitNode:
         return "\n".join(lines) + "\n"
 
     def log_text(self) -> str:
-        parts = []
-        for path in (self.log_dir / f"{self.nodename}.log", self.stdout_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_dir / f"{self.nodename}.log", self.stdout_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- {self.nodename} log tail ({self.log_dir}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), self.nodename, self.log_dir, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -314,11 +291,6 @@ class RabbitNode:
         if server is None or not server.running:
             raise RabbitError(f"{self.nodename} is not running.\n{self.log_tail()}")
         return server
-
-    def _forget(self) -> None:
-        if self._server is not None:
-            self._server.detach()
-            self._server = None
 
 
 class RabbitCluster:
