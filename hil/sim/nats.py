@@ -23,15 +23,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.pki import Pki
-from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
+from hil.sim.process import RigLauncher, RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 CLUSTER_NAME = "carebed"
 DEFAULT_SIZE = 3
@@ -227,7 +226,7 @@ class NatsNode(RigServer):
         return tcp_accepts(self.host, self.port)
 
 
-class NatsCluster:
+class NatsCluster(RigLauncher):
     """``size`` NATS nodes routed to each other on 127.0.0.1, JetStream and MQTT on each.
 
     ``host``/``port`` are node 0's MQTT listener, so that the cluster stands where a rig
@@ -295,10 +294,6 @@ class NatsCluster:
         for node in self.nodes:
             node.kill()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         for node in self.nodes:
             node.close()
@@ -352,18 +347,6 @@ class NatsCluster:
 
     def node_named(self, name: str) -> int:
         return [node.name for node in self.nodes].index(name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(node.log_tail(lines) for node in self.nodes)

@@ -181,10 +181,6 @@ class Postgres(RigServer):
             time.sleep(POLL_INTERVAL_S)
         self._forget()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         """Stop if running and remove the directory; never leaves a process behind."""
         try:

@@ -131,23 +131,10 @@ class ServerProcess:
         self._reaper.detach()
 
 
-class RigServer:
-    """Base of a launcher whose server is one child process (``_server`` while it runs).
-
-    Subclasses write ``start`` and ``stop`` (with ``_stop_with``); ``kill`` is a crash of the
-    server, ``close`` never leaves a process behind, and ``with`` starts and closes.
-    """
-
-    _server: ServerProcess | None
-    _kill_timeout_s: float
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None and self._server.running
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._server is None else self._server.pid
+class RigLauncher:
+    """Base of a launcher of the rig (one server or a cluster of them): ``start``, ``stop`` (an
+    orderly one) and ``kill`` (a crash) are the subclass's; ``close`` never leaves a process
+    behind, and ``with`` starts and closes."""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -156,10 +143,11 @@ class RigServer:
         raise NotImplementedError
 
     def kill(self) -> None:
-        """SIGKILL: a crash of the server."""
-        if self._server is not None:
-            self._server.kill(self._kill_timeout_s)
-        self._forget()
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def close(self) -> None:
         """Stop if running; never leaves a process behind, even a frozen or stubborn one."""
@@ -179,6 +167,28 @@ class RigServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RigServer(RigLauncher):
+    """Base of a launcher whose server is one child process (``_server`` while it runs);
+    subclasses stop it with ``_stop_with``."""
+
+    _server: ServerProcess | None
+    _kill_timeout_s: float
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.running
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._server is None else self._server.pid
+
+    def kill(self) -> None:
+        """SIGKILL: a crash of the server."""
+        if self._server is not None:
+            self._server.kill(self._kill_timeout_s)
+        self._forget()
 
     def _stop_with(
         self, signum: signal.Signals, timeout_s: float, ignored: Callable[[], Exception]

@@ -23,13 +23,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.nats import wait_mqtt_ready
 from hil.sim.pki import Pki
-from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
+from hil.sim.process import RigLauncher, RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin switch to its user
 NODE_HOST = "localhost"
@@ -293,7 +291,7 @@ class RabbitNode(RigServer):
         return server
 
 
-class RabbitCluster:
+class RabbitCluster(RigLauncher):
     """``size`` RabbitMQ nodes clustered by classic peer discovery, MQTT on each.
 
     ``host``/``port`` are node 0's MQTT listener, so that the cluster stands where a rig
@@ -375,16 +373,6 @@ class RabbitCluster:
             node.kill()
         self._shared.stop()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
     def kill_node(self, index: int) -> None:
         self.nodes[index].kill()
 
@@ -397,18 +385,6 @@ class RabbitCluster:
         node = next(node for node in self.nodes if node.running)
         node.ctl("add_user", name, password)
         node.ctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(node.log_tail(lines) for node in self.nodes)
