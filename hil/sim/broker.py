@@ -5,19 +5,15 @@ The one launcher of tests, bench, hil/ and the demo; tests also freeze, kill and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
-import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from hil.sim.pki import Pki
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The ACL file we ship to installers; the TLS broker of the tests loads this very file.
@@ -58,7 +54,7 @@ def mosquitto_binary() -> str:
     return found
 
 
-class Mosquitto:
+class Mosquitto(RigServer):
     """One Mosquitto broker listening on 127.0.0.1 only, configured and logging in `workdir`.
 
     Plain TCP with anonymous access by default. With `pki`: TLS 1.2+, a client certificate is
@@ -66,8 +62,7 @@ class Mosquitto:
     `config/mosquitto/carebed-broker.conf`. With `acl`: the shipped `carebed.acl` is loaded.
     """
 
-    # Kills the process if this object is garbage-collected (or at exit) while it runs.
-    _reaper: weakref.finalize[[subprocess.Popen[bytes], IO[bytes]], Mosquitto] | None
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -92,10 +87,8 @@ class Mosquitto:
         self.log_path = workdir / "mosquitto.log"
         # Mosquitto writes config errors to stderr before its log file is open.
         self.stderr_path = workdir / "mosquitto.stderr"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
+        self._server = None
         self._frozen = False
-        self._reaper = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -105,54 +98,39 @@ class Mosquitto:
             raise MosquittoError(f"mosquitto on port {self.port} is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text(), encoding="utf-8")
-        stderr = self.stderr_path.open("ab")
+        server = ServerProcess(
+            self,
+            [mosquitto_binary(), "-c", str(self.config_path)],
+            log_path=self.stderr_path,
+            cwd=self.workdir,
+            reap_timeout_s=SIGNAL_TIMEOUT_S,
+        )
+        self._server, self._frozen = server, False
         try:
-            proc = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-            )
-        except BaseException:
-            stderr.close()
-            raise
-        self._proc, self._stderr, self._frozen = proc, stderr, False
-        self._reaper = weakref.finalize(self, _reap, proc, stderr)
-        try:
-            self._wait_until_listening(proc)
+            self._wait_until_listening(server)
         except BaseException:
             self.kill()
             raise
 
     def stop(self) -> None:
         """SIGTERM and wait: Mosquitto saves its persistence file on the way out."""
-        proc = self._proc
-        if proc is None:
+        server = self._server
+        if server is None:
             return
-        if proc.poll() is None:
-            self._wake(proc)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise MosquittoError(
-                    f"mosquitto on port {self.port} ignored SIGTERM for {STOP_TIMEOUT_S} s; "
-                    f"killed.\n{self.log_tail()}"
-                ) from None
-        self._forget()
+        if server.running:
+            self._wake(server)
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: MosquittoError(
+                f"mosquitto on port {self.port} ignored SIGTERM for {STOP_TIMEOUT_S} s; "
+                f"killed.\n{self.log_tail()}"
+            ),
+        )
 
     def kill(self) -> None:
         """SIGKILL: a crash. Nothing is saved after the last autosave."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._wake(proc)
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        self._forget()
+        super().kill()
 
     def restart(self) -> None:
         """Stop (orderly, persistence saved) and start again on the same port."""
@@ -177,50 +155,18 @@ class Mosquitto:
         self._await_child_state(proc, os.WCONTINUED, os.CLD_CONTINUED)
         self._frozen = False
 
-    def close(self) -> None:
-        """Stop if running; never leaves a process behind, even a frozen or stubborn one."""
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- state and logs ----------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def frozen(self) -> bool:
         return self._frozen
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def log_text(self) -> str:
         """Everything the broker wrote: its log file, then anything it printed to stderr."""
-        parts = []
-        for path in (self.log_path, self.stderr_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_path, self.stderr_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- mosquitto log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), "mosquitto", self.log_path, lines)
 
     def config_text(self) -> str:
         """The configuration this broker runs with (rewritten at each start)."""
@@ -276,39 +222,31 @@ class Mosquitto:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _wait_until_listening(self, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1.0):
-                    return
-            except OSError as exc:
-                last_error = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise MosquittoError(
-                    f"mosquitto did not accept connections on {self.host}:{self.port} within "
-                    f"{START_TIMEOUT_S} s ({last_error!r}).\n{self.log_tail()}"
-                )
-            # Pause between probes by waiting for the process: an early exit ends the wait.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=min(PROBE_INTERVAL_S, remaining))
-                raise MosquittoError(
-                    f"mosquitto exited with status {code} during start-up "
-                    f"(port {self.port}).\n{self.log_tail()}"
-                )
+    def _wait_until_listening(self, server: ServerProcess) -> None:
+        server.wait_ready(
+            lambda: tcp_accepts(self.host, self.port),
+            timeout_s=START_TIMEOUT_S,
+            interval_s=PROBE_INTERVAL_S,
+            timed_out=lambda last_error: MosquittoError(
+                f"mosquitto did not accept connections on {self.host}:{self.port} within "
+                f"{START_TIMEOUT_S} s ({last_error!r}).\n{self.log_tail()}"
+            ),
+            exited=lambda code: MosquittoError(
+                f"mosquitto exited with status {code} during start-up "
+                f"(port {self.port}).\n{self.log_tail()}"
+            ),
+        )
 
     def _require_running(self) -> subprocess.Popen[bytes]:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
+        server = self._server
+        if server is None or not server.running:
             raise MosquittoError(f"mosquitto on port {self.port} is not running")
-        return proc
+        return server.proc
 
-    def _wake(self, proc: subprocess.Popen[bytes]) -> None:
-        # A stopped process keeps SIGTERM pending until continued; SIGCONT is harmless otherwise
-        # (and covers a SIGSTOP sent by someone else than `freeze`).
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
+    def _wake(self, server: ServerProcess) -> None:
+        # A stopped process keeps SIGTERM pending until continued (also after a SIGSTOP sent by
+        # someone else than `freeze`).
+        server.wake()
         self._frozen = False
 
     def _await_child_state(self, proc: subprocess.Popen[bytes], option: int, code: int) -> None:
@@ -322,25 +260,8 @@ class Mosquitto:
             )
 
     def _forget(self) -> None:
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        self._proc = None
+        super()._forget()
         self._frozen = False
-
-
-def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
-    """Last-resort cleanup, run if a `Mosquitto` is garbage-collected or at interpreter exit."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=SIGNAL_TIMEOUT_S)
-    stderr.close()
 
 
 def _conf_path(path: Path) -> str:

@@ -18,22 +18,19 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.pki import Pki
+from hil.sim.process import RigLauncher, RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 CLUSTER_NAME = "carebed"
 DEFAULT_SIZE = 3
@@ -60,10 +57,10 @@ def nats_binary() -> str:
     return found
 
 
-class NatsNode:
+class NatsNode(RigServer):
     """One nats-server of the cluster; ``port`` is its MQTT listener."""
 
-    _reaper: weakref.finalize[[subprocess.Popen[bytes], IO[bytes]], NatsNode] | None
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -90,9 +87,7 @@ class NatsNode:
         self.log_path = workdir / "nats.log"
         self.stderr_path = workdir / "nats.stderr"
         self.store_dir = workdir / "jetstream"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._reaper = None
+        self._server = None
 
     @property
     def pki(self) -> Pki | None:
@@ -108,66 +103,28 @@ class NatsNode:
             raise NatsError(f"{self.name} is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text(), encoding="utf-8")
-        stderr = self.stderr_path.open("ab")
+        self._server = ServerProcess(
+            self,
+            [nats_binary(), "-c", str(self.config_path)],
+            log_path=self.stderr_path,
+            cwd=self.workdir,
+            reap_timeout_s=STOP_TIMEOUT_S,
+        )
         try:
-            proc = subprocess.Popen(
-                [nats_binary(), "-c", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-            )
-        except BaseException:
-            stderr.close()
-            raise
-        self._proc, self._stderr = proc, stderr
-        self._reaper = weakref.finalize(self, _reap, proc, stderr)
-        try:
-            self._wait_until_listening(proc)
+            self._wait_until_listening(self._server)
         except BaseException:
             self.kill()
             raise
 
     def stop(self) -> None:
         """SIGTERM and wait: an orderly shutdown."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise NatsError(
-                    f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
-                    f"{self.log_tail()}"
-                ) from None
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash of this node."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        self._forget()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: NatsError(
+                f"{self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n{self.log_tail()}"
+            ),
+        )
 
     # -- monitoring --------------------------------------------------------------------------
 
@@ -204,15 +161,10 @@ class NatsNode:
     # -- logs and config ---------------------------------------------------------------------
 
     def log_text(self) -> str:
-        parts = []
-        for path in (self.log_path, self.stderr_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_path, self.stderr_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- {self.name} log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), self.name, self.log_path, lines)
 
     def config_text(self) -> str:
         routes = ", ".join(f"nats-route://{self.host}:{port}" for port in self.routes)
@@ -253,38 +205,28 @@ class NatsNode:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _wait_until_listening(self, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                self.monitor("varz")
-                with socket.create_connection((self.host, self.port), timeout=1.0):
-                    return
-            except (OSError, ValueError) as exc:
-                last_error: Exception = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NatsError(
-                    f"{self.name} did not listen within {START_TIMEOUT_S} s ({last_error!r}).\n"
-                    f"{self.log_tail()}"
-                )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=min(PROBE_INTERVAL_S, remaining))
-                raise NatsError(
-                    f"{self.name} exited with status {code} during start-up.\n{self.log_tail()}"
-                )
+    def _wait_until_listening(self, server: ServerProcess) -> None:
+        server.wait_ready(
+            self._listening,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=PROBE_INTERVAL_S,
+            errors=(OSError, ValueError),
+            timed_out=lambda last_error: NatsError(
+                f"{self.name} did not listen within {START_TIMEOUT_S} s ({last_error!r}).\n"
+                f"{self.log_tail()}"
+            ),
+            exited=lambda code: NatsError(
+                f"{self.name} exited with status {code} during start-up.\n{self.log_tail()}"
+            ),
+        )
 
-    def _forget(self) -> None:
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        self._proc = None
+    def _listening(self) -> bool:
+        """Both the monitoring port and the MQTT listener answer."""
+        self.monitor("varz")
+        return tcp_accepts(self.host, self.port)
 
 
-class NatsCluster:
+class NatsCluster(RigLauncher):
     """``size`` NATS nodes routed to each other on 127.0.0.1, JetStream and MQTT on each.
 
     ``host``/``port`` are node 0's MQTT listener, so that the cluster stands where a rig
@@ -352,10 +294,6 @@ class NatsCluster:
         for node in self.nodes:
             node.kill()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         for node in self.nodes:
             node.close()
@@ -410,18 +348,6 @@ class NatsCluster:
     def node_named(self, name: str) -> int:
         return [node.name for node in self.nodes].index(name)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(node.log_tail(lines) for node in self.nodes)
 
@@ -466,16 +392,6 @@ def _mqtt_attempt(host: str, port: int, seconds: float) -> str:
         with contextlib.suppress(OSError):
             client.disconnect()
     return answer[0] if answer else "no CONNACK"
-
-
-def _reap(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
-    """Last-resort cleanup, run if a node is garbage-collected or at interpreter exit."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,11 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from hil.sim.broker import HOST, free_port
+from hil.sim.process import RigServer, ServerProcess, log_tail, read_logs
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -65,7 +64,7 @@ def _service_user() -> pwd.struct_passwd | None:
     raise PostgresError(f"running as root and none of the users {SERVICE_USERS} exists")
 
 
-class Postgres:
+class Postgres(RigServer):
     """One PostgreSQL server listening on 127.0.0.1:``port`` and on a unix socket of its own.
 
     ``start`` creates the cluster on first use (``initdb``, trust authentication for local
@@ -74,6 +73,8 @@ class Postgres:
     postmaster); ``close`` stops and removes the directory. ``durable=False`` turns fsync off:
     for tests that never crash the server, where it saves time; never for a benchmark.
     """
+
+    _kill_timeout_s = KILL_TIMEOUT_S
 
     def __init__(
         self,
@@ -95,8 +96,7 @@ class Postgres:
         self.socket_dir = self.workdir / "socket"
         self.log_path = self.workdir / "postgres.log"
         self._user = _service_user()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reaper: weakref.finalize[[subprocess.Popen[bytes]], Postgres] | None = None
+        self._server = None
 
     # -- where to connect --------------------------------------------------------------------
 
@@ -128,34 +128,28 @@ class Postgres:
             self._initdb()
         # The postmaster is our child (not pg_ctl's daemon): we reap it, so a killed server
         # leaves no zombie whose pid would make the next start believe it still runs.
-        log = self.log_path.open("ab")
+        argv = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            self.host,
+            "-k",
+            str(self.socket_dir),
+        ]
+        # If this object is dropped while the server runs: SIGQUIT (immediate shutdown) first.
+        self._server = ServerProcess(
+            self,
+            _as_user(self._user, argv),
+            log_path=self.log_path,
+            cwd=self.workdir,
+            reap_timeout_s=KILL_TIMEOUT_S,
+            reap_signal=signal.SIGQUIT,
+        )
         try:
-            proc = subprocess.Popen(
-                _as_user(
-                    self._user,
-                    [
-                        str(self.bin_dir / "postgres"),
-                        "-D",
-                        str(self.data_dir),
-                        "-p",
-                        str(self.port),
-                        "-h",
-                        self.host,
-                        "-k",
-                        str(self.socket_dir),
-                    ],
-                ),
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        finally:
-            log.close()
-        self._proc = proc
-        self._reaper = weakref.finalize(self, _reap, proc)
-        try:
-            self._wait_until_ready(proc)
+            self._wait_until_ready(self._server)
             if fresh:
                 self._createdb()
         except BaseException:
@@ -165,40 +159,27 @@ class Postgres:
     def stop(self) -> None:
         """An orderly shutdown (SIGINT, PostgreSQL's "fast" mode: sessions are disconnected,
         what was committed is kept)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise PostgresError(
-                    f"postgres on port {self.port} ignored SIGINT for {STOP_TIMEOUT_S} s; "
-                    f"killed.\n{self.log_tail()}"
-                ) from None
-        self._forget()
+        self._stop_with(
+            signal.SIGINT,
+            STOP_TIMEOUT_S,
+            lambda: PostgresError(
+                f"postgres on port {self.port} ignored SIGINT for {STOP_TIMEOUT_S} s; "
+                f"killed.\n{self.log_tail()}"
+            ),
+        )
 
     def kill(self) -> None:
         """SIGKILL to the postmaster: a crash; its backends exit when they notice. The next
         ``start`` recovers from the WAL."""
-        proc = self._proc
-        if proc is None:
+        if self._server is None:
             return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=KILL_TIMEOUT_S)
+        self._server.kill(KILL_TIMEOUT_S)
         # The backends leave with their postmaster (the next start refuses while they hold
         # its shared memory).
         deadline = time.monotonic() + KILL_TIMEOUT_S
         while _backends_of(self.data_dir) and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_S)
         self._forget()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def close(self) -> None:
         """Stop if running and remove the directory; never leaves a process behind."""
@@ -217,32 +198,13 @@ class Postgres:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- state and logs ----------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def log_text(self) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        return ""
+        return read_logs(self.log_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- postgres log tail ({self.log_path}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), "postgres", self.log_path, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -317,33 +279,27 @@ class Postgres:
         except subprocess.TimeoutExpired as exc:
             raise PostgresError(f"{argv[0]} did not finish in {timeout} s") from exc
 
-    def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_until_ready(self, server: ServerProcess) -> None:
         """Until ``postmaster.pid`` says "ready" (its 8th line, PostgreSQL 10 and later)."""
-        deadline = time.monotonic() + START_TIMEOUT_S
         pid_file = self.data_dir / "postmaster.pid"
-        while True:
-            with contextlib.suppress(OSError):
-                lines = pid_file.read_text().splitlines()
-                if len(lines) >= 8 and lines[0] == str(proc.pid) and lines[7].strip() == "ready":
-                    return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PostgresError(
-                    f"postgres was not ready on {self.host}:{self.port} within "
-                    f"{START_TIMEOUT_S} s.\n{self.log_tail()}"
-                )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=min(POLL_INTERVAL_S, remaining))
-                raise PostgresError(
-                    f"postgres exited with status {code} during start-up (port {self.port})."
-                    f"\n{self.log_tail()}"
-                )
 
-    def _forget(self) -> None:
-        self._proc = None
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
+        def ready() -> bool:
+            lines = pid_file.read_text().splitlines()
+            return len(lines) >= 8 and lines[0] == str(server.pid) and lines[7].strip() == "ready"
+
+        server.wait_ready(
+            ready,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=POLL_INTERVAL_S,
+            timed_out=lambda _: PostgresError(
+                f"postgres was not ready on {self.host}:{self.port} within "
+                f"{START_TIMEOUT_S} s.\n{self.log_tail()}"
+            ),
+            exited=lambda code: PostgresError(
+                f"postgres exited with status {code} during start-up (port {self.port})."
+                f"\n{self.log_tail()}"
+            ),
+        )
 
 
 def _as_user(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
@@ -377,15 +333,3 @@ def _backends_of(data_dir: Path) -> list[int]:
             if Path(os.readlink(entry / "cwd")) == data_dir and not _is_zombie(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """Last-resort cleanup if a ``Postgres`` is garbage-collected (or at exit) while running."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-        try:
-            proc.wait(timeout=KILL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=KILL_TIMEOUT_S)

@@ -14,24 +14,20 @@ no username at all is let in as ``DEFAULT_USER``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from hil.sim.broker import HOST, free_port
 from hil.sim.nats import wait_mqtt_ready
 from hil.sim.pki import Pki
+from hil.sim.process import RigLauncher, RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin switch to its user
 NODE_HOST = "localhost"
@@ -65,11 +61,10 @@ class _Shared:
     def __init__(self, workdir: Path) -> None:
         self.home = workdir / "home"
         self.epmd_port = free_port()
-        self._epmd: subprocess.Popen[bytes] | None = None
-        self._reaper: weakref.finalize[[subprocess.Popen[bytes]], _Shared] | None = None
+        self._epmd: ServerProcess | None = None
 
     def start(self) -> None:
-        if self._epmd is not None and self._epmd.poll() is None:
+        if self._epmd is not None and self._epmd.running:
             return
         self.home.mkdir(parents=True, exist_ok=True)
         cookie = self.home / ".erlang.cookie"
@@ -79,22 +74,18 @@ class _Shared:
         epmd = shutil.which("epmd", path="/usr/bin:/usr/lib/erlang/bin:/usr/local/bin")
         if epmd is None:
             raise RabbitError("epmd not found (Debian: erlang-base)")
-        self._epmd = subprocess.Popen(
+        self._epmd = ServerProcess(
+            self,
             [epmd, "-port", str(self.epmd_port), "-address", HOST],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            log_path=Path(os.devnull),
+            reap_timeout_s=STOP_TIMEOUT_S,
         )
-        self._reaper = weakref.finalize(self, _reap_epmd, self._epmd)
         _wait_port(self.epmd_port, 10.0, "epmd", self._epmd)
 
     def stop(self) -> None:
-        if self._epmd is not None and self._epmd.poll() is None:
-            self._epmd.kill()
-            self._epmd.wait(timeout=STOP_TIMEOUT_S)
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
+        if self._epmd is not None:
+            self._epmd.kill(STOP_TIMEOUT_S)
+            self._epmd.detach()
         self._epmd = None
 
     def env(self) -> dict[str, str]:
@@ -111,10 +102,10 @@ class _Shared:
         return env
 
 
-class RabbitNode:
+class RabbitNode(RigServer):
     """One RabbitMQ node; ``port`` is its MQTT listener, ``amqp_port`` its AMQP 0-9-1 one."""
 
-    _reaper: weakref.finalize[[subprocess.Popen[bytes], IO[bytes]], RabbitNode] | None
+    _kill_timeout_s = STOP_TIMEOUT_S
 
     def __init__(self, workdir: Path, name: str, shared: _Shared, peers: list[str]) -> None:
         self.workdir = workdir
@@ -131,9 +122,7 @@ class RabbitNode:
         self.stdout_path = workdir / "rabbitmq.stdout"
         self.pid_path = workdir / "rabbitmq.pid"
         self._shared = shared
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout: IO[bytes] | None = None
-        self._reaper = None
+        self._server = None
 
     @property
     def pki(self) -> Pki | None:
@@ -150,52 +139,44 @@ class RabbitNode:
         self.config_path.write_text(self.config_text(), encoding="utf-8")
         self.plugins_path.write_text("[rabbitmq_mqtt].\n", encoding="utf-8")
         self.pid_path.unlink(missing_ok=True)
-        stdout = self.stdout_path.open("ab")
-        try:
-            proc = subprocess.Popen(
-                [rabbit_tool("rabbitmq-server")],
-                cwd=self.workdir,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stdout,
-            )
-        except BaseException:
-            stdout.close()
-            raise
-        self._proc, self._stdout = proc, stdout
-        self._reaper = weakref.finalize(self, _reap, proc, stdout)
+        self._server = ServerProcess(
+            self,
+            [rabbit_tool("rabbitmq-server")],
+            log_path=self.stdout_path,
+            cwd=self.workdir,
+            env=self.env(),
+            reap_timeout_s=STOP_TIMEOUT_S,
+        )
 
     def wait_booted(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the node runs its applications and its MQTT port accepts connections."""
-        proc = self._require_running()
+        server = self._require_running()
         deadline = time.monotonic() + timeout
         try:
-            self._wait_pid_file(proc, deadline, timeout)
+            self._wait_pid_file(server, timeout)
             left = max(1.0, deadline - time.monotonic())
             self.ctl("wait", str(self.pid_path), "--timeout", str(int(left)), timeout=left + 10)
             _wait_port(
-                self.port, max(1.0, deadline - time.monotonic()), f"{self.nodename} MQTT", proc
+                self.port, max(1.0, deadline - time.monotonic()), f"{self.nodename} MQTT", server
             )
         except BaseException:
             self.kill()
             raise
 
-    def _wait_pid_file(
-        self, proc: subprocess.Popen[bytes], deadline: float, timeout: float
-    ) -> None:
+    def _wait_pid_file(self, server: ServerProcess, timeout: float) -> None:
         """The VM writes its pid file early in its boot: a node that dies before (a port taken
         meanwhile) is reported at once, with its log, not after the CLI's timeout."""
-        while not self.pid_path.exists():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=PROBE_INTERVAL_S)
-                raise RabbitError(
-                    f"{self.nodename} exited with status {code} during boot\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RabbitError(
-                    f"{self.nodename} wrote no pid file within {timeout} s\n{self.log_tail()}"
-                )
+        server.wait_ready(
+            self.pid_path.exists,
+            timeout_s=timeout,
+            interval_s=PROBE_INTERVAL_S,
+            timed_out=lambda _: RabbitError(
+                f"{self.nodename} wrote no pid file within {timeout} s\n{self.log_tail()}"
+            ),
+            exited=lambda code: RabbitError(
+                f"{self.nodename} exited with status {code} during boot\n{self.log_tail()}"
+            ),
+        )
 
     def start(self) -> None:
         self.spawn()
@@ -203,44 +184,14 @@ class RabbitNode:
 
     def stop(self) -> None:
         """SIGTERM: the VM stops the broker in order and exits."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise RabbitError(
-                    f"{self.nodename} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
-                    f"{self.log_tail()}"
-                ) from None
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash of this node."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        self._forget()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        self._stop_with(
+            signal.SIGTERM,
+            STOP_TIMEOUT_S,
+            lambda: RabbitError(
+                f"{self.nodename} ignored SIGTERM for {STOP_TIMEOUT_S} s; killed.\n"
+                f"{self.log_tail()}"
+            ),
+        )
 
     # -- the CLI -----------------------------------------------------------------------------
 
@@ -322,15 +273,10 @@ class RabbitNode:
         return "\n".join(lines) + "\n"
 
     def log_text(self) -> str:
-        parts = []
-        for path in (self.log_dir / f"{self.nodename}.log", self.stdout_path):
-            with contextlib.suppress(FileNotFoundError):
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "".join(parts)
+        return read_logs(self.log_dir / f"{self.nodename}.log", self.stdout_path)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.log_text().splitlines()[-lines:]
-        return f"--- {self.nodename} log tail ({self.log_dir}) ---\n" + "\n".join(tail)
+        return log_tail(self.log_text(), self.nodename, self.log_dir, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -338,23 +284,14 @@ class RabbitNode:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _require_running(self) -> subprocess.Popen[bytes]:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
+    def _require_running(self) -> ServerProcess:
+        server = self._server
+        if server is None or not server.running:
             raise RabbitError(f"{self.nodename} is not running.\n{self.log_tail()}")
-        return proc
-
-    def _forget(self) -> None:
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
-        if self._stdout is not None:
-            self._stdout.close()
-            self._stdout = None
-        self._proc = None
+        return server
 
 
-class RabbitCluster:
+class RabbitCluster(RigLauncher):
     """``size`` RabbitMQ nodes clustered by classic peer discovery, MQTT on each.
 
     ``host``/``port`` are node 0's MQTT listener, so that the cluster stands where a rig
@@ -436,16 +373,6 @@ class RabbitCluster:
             node.kill()
         self._shared.stop()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-
     def kill_node(self, index: int) -> None:
         self.nodes[index].kill()
 
@@ -459,18 +386,6 @@ class RabbitCluster:
         node.ctl("add_user", name, password)
         node.ctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(node.log_tail(lines) for node in self.nodes)
 
@@ -478,38 +393,18 @@ class RabbitCluster:
         return f"<RabbitCluster {self.nodes!r}>"
 
 
-def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1.0):
-                return
-        except OSError as exc:
-            last_error = exc
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RabbitError(f"{what} did not listen on {port} within {timeout} s: {last_error!r}")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = proc.wait(timeout=min(PROBE_INTERVAL_S, remaining))
-            raise RabbitError(f"{what} exited with status {code} before listening on {port}")
-
-
-def _reap(proc: subprocess.Popen[bytes], stdout: IO[bytes]) -> None:
-    """Last-resort cleanup, run if a node is garbage-collected or at interpreter exit."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    stdout.close()
-
-
-def _reap_epmd(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
+def _wait_port(port: int, timeout: float, what: str, server: ServerProcess) -> None:
+    server.wait_ready(
+        lambda: tcp_accepts(HOST, port),
+        timeout_s=timeout,
+        interval_s=PROBE_INTERVAL_S,
+        timed_out=lambda last_error: RabbitError(
+            f"{what} did not listen on {port} within {timeout} s: {last_error!r}"
+        ),
+        exited=lambda code: RabbitError(
+            f"{what} exited with status {code} before listening on {port}"
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
