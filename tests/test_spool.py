@@ -600,6 +600,29 @@ def test_records_of_the_first_format_are_still_read_and_corrected(tmp_path: Path
     assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [8, 9]
 
 
+def test_records_of_the_second_format_are_still_read_and_name_no_database_top(
+    tmp_path: Path,
+) -> None:
+    # CBS2: the header of CBS3 without the database's top (8 bytes shorter), the same body.
+    batch = rows(1, 3)
+    current = encode_record(batch, watermark=3, db_top=99)
+    header = decode_header(current)
+    assert (header.magic, header.db_top) == (b"CBS3", 99)
+    fields = struct.unpack("<4sIQQQQII", current[: header.size - 4])
+    old = struct.pack("<4sIQQQII", b"CBS2", *fields[1:5], *fields[6:])
+    (tmp_path / "s").mkdir(mode=0o700)
+    (tmp_path / "s" / f"{1:020d}.seg").write_bytes(
+        old + struct.pack("<I", zlib.crc32(old)) + current[header.size :]
+    )
+    spool = Spool(tmp_path / "s")
+    found = spool.open()
+    assert (found.max_seq, found.watermark, found.db_top, found.damaged) == (3, 3, 0, [])
+    claimed, _ = spool.claim(10, now=0.0)
+    assert [e.seq for e in claimed] == [1, 2, 3]
+    spool.append(rows(4, 1), watermark=4)  # a record of the current format after it
+    assert [e.seq for e in spool.claim(10, now=0.0)[0]] == [4]
+
+
 def test_claims_hand_out_stretches_of_wire_json_in_seq_order(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s")
     batch = rows(1, 300)
