@@ -169,14 +169,8 @@ _KILLED_AFTER_A_SPOOLED_WINDOW = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("wal", ["kept", "lost"])
-def test_a_window_spooled_after_commits_the_wal_lost_does_not_hide_them(
-    tmp_path: Path, wal: str
-) -> None:
-    # The spool's record counted the alarm (in the -wal file only) as on disk. With the -wal
-    # file lost, its watermark must not hide the alarm's seq: the gap is reported. With it kept,
-    # nothing is.
-    path = tmp_path / "outbox.sqlite3"
+def killed_after_a_spooled_window(path: Path) -> int:
+    """Run ``_KILLED_AFTER_A_SPOOLED_WINDOW`` on ``path``; the seq of its alarm."""
     done = subprocess.run(
         [sys.executable, "-c", _KILLED_AFTER_A_SPOOLED_WINDOW, str(path)],
         cwd=REPO,
@@ -186,7 +180,24 @@ def test_a_window_spooled_after_commits_the_wal_lost_does_not_hide_them(
     )
     assert done.returncode == -9, done.stderr.decode(errors="replace")[-2000:]
     words = done.stdout.split()
-    alarm_seq = int(words[words.index(b"alarm-seq") + 1])
+    return int(words[words.index(b"alarm-seq") + 1])
+
+
+def abandon(store: SqliteStore) -> None:
+    """Leave the store as a killed process does: no clean close, nothing more written."""
+    store._require().close()
+    store._db = None
+
+
+@pytest.mark.parametrize("wal", ["kept", "lost"])
+def test_a_window_spooled_after_commits_the_wal_lost_does_not_hide_them(
+    tmp_path: Path, wal: str
+) -> None:
+    # The spool's record counted the alarm (in the -wal file only) as on disk. With the -wal
+    # file lost, its watermark must not hide the alarm's seq: the gap is reported. With it kept,
+    # nothing is.
+    path = tmp_path / "outbox.sqlite3"
+    alarm_seq = killed_after_a_spooled_window(path)
     if wal == "lost":
         remove_wal(path)
     for restart in range(2):  # a crash before the report is written: reported again
@@ -201,15 +212,13 @@ def test_a_window_spooled_after_commits_the_wal_lost_does_not_hide_them(
             assert alarm_seq not in lost, report.lost_ranges
             assert store.claim(10)[0].seq == alarm_seq  # the alarm first, from the database
         store.insert([alarm(factory)])  # an alarm stored before the report of the loss
-        store._require().close()  # killed again: no clean close
-        store._db = None
+        abandon(store)  # killed again: no clean close
     store, factory = make_store(path)
     report = store.open()
     # The daemon writes the report of the loss, then its watermark passes it.
     store.insert([store.dropped_event(1, report.lost_ranges, "store_rolled_back")])
     store.insert_hot(HotBatch(rows=[], watermark=store.last_handed_out, epoch=0))
-    store._require().close()  # killed once more
-    store._db = None
+    abandon(store)  # killed once more
     store, _ = make_store(path)
     # Written with the report, the loss is not found again: only the seqs reserved above it.
     assert all(first > alarm_seq + 1 for first, _ in store.open().lost_ranges)
@@ -266,7 +275,7 @@ def test_an_evictions_report_is_not_lost_with_the_wal(tmp_path: Path, by: str) -
     spool = Path(f"{path}.spool")
     assert len(list(spool.iterdir())) < 3, "the quota evicted nothing: no test"
     copy = _crashed_copy(path, tmp_path / "crashed")
-    store._require().close()
+    abandon(store)
     store, _ = make_store(copy, max_bytes=1_100_000)
     report = store.open()
     explained = {seq for first, last in report.lost_ranges for seq in range(first, last + 1)}
@@ -283,24 +292,14 @@ def test_a_second_crash_before_the_report_finds_the_lost_commits_again(tmp_path:
     # the report of the loss is written: the records' watermarks must not pass into the
     # database's, or a second crash would no longer find the lost alarm.
     path = tmp_path / "outbox.sqlite3"
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_AFTER_A_SPOOLED_WINDOW, str(path)],
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr.decode(errors="replace")[-2000:]
-    words = done.stdout.split()
-    alarm_seq = int(words[words.index(b"alarm-seq") + 1])
+    alarm_seq = killed_after_a_spooled_window(path)
     remove_wal(path)
     store, _ = make_store(path)
     store.open()
     delivered = store.claim(100)
     assert delivered
     store.ack([event.seq for event in delivered])
-    store._require().close()  # killed before the report is written
-    store._db = None
+    abandon(store)  # killed before the report is written
     store, _ = make_store(path)
     report = store.open()
     assert any(first <= alarm_seq <= last for first, last in report.lost_ranges), report.lost_ranges
