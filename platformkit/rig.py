@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import psycopg
+
+from hil.sim.process import ServerProcess
 
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.05
@@ -53,60 +54,47 @@ class IngestProcesses:
             str(presence_poll_s),
             *extra_args,
         )
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, ServerProcess] = {}
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
-        with (self.logdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "platformkit.ingest",
-                    "--dsn",
-                    self.dsn,
-                    "--broker",
-                    self.broker,
-                    "worker",
-                    "--name",
-                    name,
-                    *self.options,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.procs[name] = proc
-        return proc
+        argv = [sys.executable, "-m", "platformkit.ingest", "--dsn", self.dsn]
+        argv += ["--broker", self.broker, "worker", "--name", name, *self.options]
+        self.procs[name] = ServerProcess(
+            self,
+            argv,
+            log_path=self.logdir / f"{name}.log",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            reap_timeout_s=STOP_TIMEOUT_S,
+            reap_signal=signal.SIGTERM,
+        )
 
     def wait_logged(self, name: str, text: str, timeout_s: float = 30.0) -> None:
         """Until worker ``name`` has logged ``text`` (e.g. ``ingest_started``)."""
-        deadline = time.monotonic() + timeout_s
-        while text not in self.log(name):
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker {name} exited ({proc.returncode}):\n{self.tail(name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker {name} did not log {text!r}:\n{self.tail(name)}")
-            time.sleep(POLL_S)
+
+        def timed_out(_: BaseException | None) -> Exception:
+            return TimeoutError(f"worker {name} did not log {text!r}:\n{self.tail(name)}")
+
+        def exited(code: int) -> Exception:
+            return RuntimeError(f"worker {name} exited ({code}):\n{self.tail(name)}")
+
+        self.procs[name].wait_ready(
+            lambda: text in self.log(name),
+            timeout_s=timeout_s,
+            interval_s=POLL_S,
+            timed_out=timed_out,
+            exited=exited,
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL: the worker dies between any two instructions."""
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=STOP_TIMEOUT_S)
+        self.procs[name].kill(STOP_TIMEOUT_S)
 
     def stop(self, name: str) -> None:
         proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
+        if not proc.stop(signal.SIGTERM, STOP_TIMEOUT_S):
+            proc.kill(STOP_TIMEOUT_S)
+        proc.detach()
 
     def close(self) -> None:
         for name in list(self.procs):
