@@ -378,6 +378,7 @@ class Spool:
         self._live: dict[int, _Record] = {}  # records with events to deliver, in written order
         self._owner: dict[int, _Record] = {}  # the record read into memory of each seq
         self._finished: dict[int, _Segment] = {}  # every event acknowledged: to be deleted
+        self._doomed: list[_Segment] = []  # evicted by the transaction being attempted
         self._unreadable: list[_Record] = []  # found damaged by a claim, loss not yet reported
         self._corrections: dict[str, tuple[float, int]] = {}  # boot id -> (wall, mono ns)
         self._next_number = 1
@@ -526,7 +527,7 @@ class Spool:
         if self.directory.exists():
             self.directory.replace(target)
         self._segments, self._live, self._owner, self._finished = {}, {}, {}, {}
-        self._unreadable = []
+        self._doomed, self._unreadable = [], []
 
     # ----------------------------------------------------------------------------- writing
 
@@ -884,10 +885,11 @@ class Spool:
             else:
                 seqs += _unacknowledged(record, body)
         segment.doomed = True
+        self._doomed.append(segment)
         return sorted(seqs)
 
     def has_doomed(self) -> bool:
-        return any(segment.doomed for segment in self._segments.values())
+        return bool(self._doomed)
 
     def cap_watermarks(self, bound: int) -> None:
         """Hold the records' watermarks (in memory) at ``bound`` at most: the database they
@@ -896,12 +898,14 @@ class Spool:
             record.watermark = min(record.watermark, bound)
 
     def drop_doomed(self) -> None:
-        for segment in [s for s in self._segments.values() if s.doomed]:
+        doomed, self._doomed = self._doomed, []
+        for segment in doomed:
             self._finished.pop(segment.number, None)
             self._forget(segment)
 
     def spare_doomed(self) -> None:
-        for segment in self._segments.values():
+        doomed, self._doomed = self._doomed, []
+        for segment in doomed:
             segment.doomed = False
 
     # ----------------------------------------------------------------------------- figures
