@@ -24,6 +24,10 @@ FLEET_ALARM_INTERVAL_S = 120.0  # per home, mean: ~1 alarm per home and 2 minute
 FLEET_BACKOFF_CAP_S = 10.0  # so that a home cut for 20 s is back well before the stop
 FLEET_TIMEOUT_MARGIN_S = 600.0
 FLEET_INGEST_WORKERS = 2  # the reference ingest beside the desk: completeness in PostgreSQL
+# The broker's fault during the run (platformkit.fleet.brokers: Mosquitto stopped and started
+# again, a NATS cluster's node 1 SIGKILLed and restarted), a third into the steady part.
+FLEET_FAULT_SHARE = 1 / 3
+FLEET_FAULT_S = 10.0
 
 
 class FleetBenchError(Exception):
@@ -51,6 +55,8 @@ def run_fleet(
         *("--alarm-interval", str(FLEET_ALARM_INTERVAL_S)),
         *("--backoff-cap", str(FLEET_BACKOFF_CAP_S)),
         *("--ingest", str(ingest)),
+        *("--fault-at", f"{seconds * FLEET_FAULT_SHARE:g}"),
+        *("--fault-seconds", f"{FLEET_FAULT_S:g}"),
         *("--json", str(report_path)),
         *("--workdir", str(workdir / "run")),
     ]
@@ -109,6 +115,18 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         "cpu_percent_per_gateway": sum(m["cpu_percent"] for m in memory) / homes,
         "loop_lag_p99_ms": max(m["loop_lag"].get("p99_ms", math.nan) for m in memory),
         "postgres": _stored(report.get("postgres"), raised),
+        "fault": _fault(report.get("fault")),
+    }
+
+
+def _fault(fault: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not fault:
+        return None
+    began, ended = fault.get("began_mono"), fault.get("ended_mono")
+    return {
+        "what": fault["what"],
+        "seconds": ended - began if began is not None and ended is not None else math.nan,
+        "error": fault.get("error"),
     }
 
 
@@ -136,6 +154,13 @@ def summary_lines(fleet: dict[str, Any], verdicts: dict[str, str]) -> list[str]:
             f"stored {stored['stored_share']:.1%}, confirmed by the gateway "
             f"{stored['confirmed_share']:.1%} ({verdicts['confirmed']}), {stored['duplicates']} "
             "duplicates counted"
+        )
+    fault = fleet.get("fault")
+    if fault:
+        lines.insert(
+            0,
+            f"  during the run: {fault['what']}, {fault['seconds']:.1f} s"
+            + (f" (FAILED: {fault['error']})" if fault["error"] else ""),
         )
     return [
         f"fleet: {fleet['gateways']} gateways on {fleet['broker']} in {fleet['processes']} "
