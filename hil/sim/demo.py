@@ -324,7 +324,8 @@ def _web_desk(workdir: Path, broker: Mosquitto, port: int) -> Iterator[None]:
     ingest = subprocess.Popen(
         [
             *(sys.executable, "-m", "platformkit.ingest", "--dsn", database.dsn),
-            *("--broker", f"{broker.host}:{broker.port}", "run", "--workers", "2"),
+            *("--broker", f"{broker.host}:{broker.port}", "--plaintext"),
+            *("run", "--workers", "2"),
             *("--http-port", str(port), "--gap-grace-s", "10"),
         ],
         stdout=log,
@@ -335,7 +336,9 @@ def _web_desk(workdir: Path, broker: Mosquitto, port: int) -> Iterator[None]:
         # The workers' sessions must exist before the gateway's first events, or those would
         # never reach them (and show as a gap).
         deadline = time.monotonic() + WEB_DESK_START_TIMEOUT_S
-        subscribed = [f"ingest-{n} 1 $share/carebed-ingest/carebed/v1/+/up/cmdres" for n in (1, 2)]
+        subscribed = [
+            f"platform-ingest-{n} 1 $share/carebed-ingest/carebed/v1/+/up/cmdres" for n in (1, 2)
+        ]
         while not all(line in broker.log_text() for line in subscribed):
             if ingest.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"carebed demo: the ingest did not start: {workdir}/ingest.log")

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler, Middleware
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import GATEWAY_ID
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.mqtt import BrokerAddress, MqttLink
+from platformkit.ingest.mqtt import BrokerAddress, MqttLink, TlsFiles
 from platformkit.ingest.worker import ack_payload
 
 log = structlog.get_logger("platformkit.desk")
@@ -49,10 +49,13 @@ class DeskSettings:
     broker: BrokerAddress
     host: str = "127.0.0.1"
     port: int = 8080
-    # Unique per desk process: two desks under one client id would keep disconnecting each other.
+    # Unique per desk: two desks under one client id would keep disconnecting each other. Over
+    # TLS it is also the CN of the desk's certificate (the broker forces client id = CN).
     client_id: str = field(default_factory=lambda: f"carebed-desk-{os.getpid()}")
     # Origins (scheme://host[:port]) accepted besides the desk's own Host: a proxy's address.
     allowed_origins: tuple[str, ...] = ()
+    tls: TlsFiles | None = None  # None: plain TCP
+    connect_timeout_s: float = 30.0
 
 
 class Desk:
@@ -73,8 +76,15 @@ class Desk:
         self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         await migrate(self._conn)  # the desk may start before any worker
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        self._link = MqttLink(settings.broker, client_id=settings.client_id)
+        self._link = MqttLink(settings.broker, client_id=settings.client_id, tls=settings.tls)
         self._link.start()
+        try:
+            await self._link.wait_connected(settings.connect_timeout_s)
+        except BaseException:
+            self._link.close()
+            await listen.close()
+            await self._conn.close()
+            raise
         app = web.Application(middlewares=[same_origin_json(settings.allowed_origins)])
         app.add_routes(
             [
