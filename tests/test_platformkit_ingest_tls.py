@@ -20,6 +20,7 @@ from hil.sim.pki import Pki, make_pki
 from hil.sim.postgres import Postgres
 from platformkit.ingest.desk import Desk, DeskSettings
 from platformkit.ingest.mqtt import BrokerAddress, TlsFiles
+from platformkit.ingest.operators import add_operator
 from platformkit.rig import IngestProcesses, eventually, query, tls_args
 from tests.support.daemon import GatewayProcess, gateway_config
 from tests.test_broker_acl import NOT_AUTHORIZED, gateway
@@ -29,6 +30,7 @@ CLI_TIMEOUT_S = 60.0
 WORKERS = ("platform-ingest-1", "platform-ingest-2")
 PRESENCE = "platform-presence"
 DESK = "platform-desk"
+PASSWORD = "anna's long password"
 LAST_SHARED = "carebed/v1/+/up/cmdres"  # the last topic a worker subscribes to
 _databases = itertools.count(1)
 
@@ -67,7 +69,7 @@ def ingest_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @asynccontextmanager
-async def tls_desk(dsn: str, broker: Mosquitto, pki: Pki) -> AsyncIterator[str]:
+async def tls_desk(dsn: str, broker: Mosquitto, pki: Pki, operators: Path) -> AsyncIterator[str]:
     certs = pki.directory
     tls = TlsFiles(pki.ca_cert, str(certs / "client-{name}.crt"), str(certs / "client-{name}.key"))
     desk = Desk(
@@ -77,6 +79,7 @@ async def tls_desk(dsn: str, broker: Mosquitto, pki: Pki) -> AsyncIterator[str]:
             port=0,
             client_id=DESK,
             tls=tls,
+            operators=operators,
         )
     )
     task = asyncio.create_task(desk.run(), name="desk")
@@ -112,14 +115,17 @@ async def test_workers_with_their_own_certificates_store_and_the_desks_ack_reach
             TIMEOUT_S,
             "both workers' shared subscriptions",
         )
+        operators = tmp_path / "operators"
+        add_operator(operators, "anna", PASSWORD)
         daemon = GatewayProcess(gateway_config(tmp_path, broker), tmp_path / "gateway.log")
         daemon.start()
         try:
             await asyncio.to_thread(daemon.wait_started, 60.0)
             async with (
-                tls_desk(dsn, broker, ingest_pki) as base,
-                aiohttp.ClientSession() as http,
+                tls_desk(dsn, broker, ingest_pki, operators) as base,
+                aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
             ):
+                await post_json(http, f"{base}/login", {"name": "anna", "password": PASSWORD})
                 # Presence (the presence link) and the gateway's own events (the workers).
                 await eventually(
                     lambda: query(dsn, "SELECT state FROM presence WHERE gw = 'gw-a'"),
@@ -137,7 +143,7 @@ async def test_workers_with_their_own_certificates_store_and_the_desks_ack_reach
                 )
                 alarm_id = rows[0][0]
                 # The desk's acknowledgement (down/ack) reaches the gateway, which confirms it.
-                await post_json(http, f"{base}/api/alarms/gw-a/{alarm_id}/ack", {"by": "anna"})
+                await post_json(http, f"{base}/api/alarms/gw-a/{alarm_id}/ack", {})
                 await eventually(
                     lambda: query(
                         dsn,

@@ -6,6 +6,7 @@ worker  one worker (a member of the shared subscription)
 desk    the alarm desk's web server
 migrate bring the database's schema to this version
 gaps    the seq gaps open now
+operator add NAME   add a desk operator (or change their password), read from stdin or the tty
 
 Every link to the broker uses TLS with a client certificate of its own (--ca-file, --cert-file,
 --key-file; the certificate's CN is the link's name), or plain TCP with --plaintext only.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import signal
 import sys
@@ -37,6 +39,7 @@ from platformkit.ingest.mqtt import (
     TlsConfigError,
     TlsFiles,
 )
+from platformkit.ingest.operators import OperatorsError, add_operator, check_new, read_operators
 from platformkit.ingest.worker import CONNECT_TIMEOUT_S, IngestWorker, WorkerSettings
 
 if TYPE_CHECKING:
@@ -183,8 +186,45 @@ def _desk(args: argparse.Namespace) -> Desk:
             client_id=args.desk_name,
             tls=args.tls,
             connect_timeout_s=args.connect_timeout_s,
+            operators=args.operators,
+            secure_cookie=args.secure_cookie,
         )
     )
+
+
+def _check_login(args: argparse.Namespace) -> None:
+    """A desk needs its operators file, or --no-login said out loud."""
+    if args.operators is not None and args.no_login:
+        raise UsageError("--no-login contradicts --operators (fix: remove one)")
+    if args.operators is None and not args.no_login:
+        raise UsageError(
+            "missing --operators FILE: the desk's operators log in (fix: create it with"
+            f" `{PROG} operator add NAME --operators FILE`, or give --no-login for a desk"
+            " behind an access control of its own)"
+        )
+    if args.operators is not None:
+        try:
+            if not read_operators(args.operators):
+                raise UsageError(f"--operators: {args.operators} holds no operator")
+        except OperatorsError as exc:
+            raise UsageError(f"--operators: {exc}") from None
+
+
+def _operator_add(args: argparse.Namespace) -> int:
+    """Read the password (twice on a terminal, one line from a pipe) and store its hash."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return _failed(UsageError("the two passwords differ"), 2)
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        check_new(args.name, password)
+        new = add_operator(args.operators, args.name, password)
+    except (OperatorsError, OSError) as exc:
+        return _failed(exc, 2)
+    print(f"operator {args.name}: {'added' if new else 'password changed'} in {args.operators}")
+    return 0
 
 
 async def _run_all(args: argparse.Namespace) -> None:
@@ -271,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dsn", required=True, help="PostgreSQL connection string (libpq)")
+    parser.add_argument("--dsn", help="PostgreSQL connection string (libpq); all but operator")
     parser.add_argument(
         "--broker", help="HOST:PORT of the broker (127.0.0.1:8883; 1883 with --plaintext)"
     )
@@ -341,14 +381,43 @@ def main(argv: list[str] | None = None) -> int:
             default="platform-desk",
             help="the desk's client id and CN: one per desk process",
         )
+        sub.add_argument(
+            "--operators",
+            type=Path,
+            metavar="FILE",
+            help=f"who may log in (`{PROG} operator add NAME --operators FILE`)",
+        )
+        sub.add_argument(
+            "--no-login",
+            action="store_true",
+            help="no login: anyone who reaches the desk acts as 'desk' (behind an access control"
+            " of your own only)",
+        )
+        sub.add_argument(
+            "--secure-cookie",
+            action="store_true",
+            help="mark the session cookie Secure although the desk serves plain HTTP (an HTTPS"
+            " proxy in front of it); over HTTPS it always is",
+        )
         if name == "run":
             sub.add_argument("--workers", type=int, default=2)
             sub.add_argument("--name-prefix", default="platform-ingest")
             worker_options(sub)
+    operator = commands.add_parser("operator", help="the desk's operators")
+    operator_commands = operator.add_subparsers(dest="operator_command", required=True)
+    add = operator_commands.add_parser(
+        "add", help="add an operator or change their password (read from stdin or the tty)"
+    )
+    add.add_argument("name")
+    add.add_argument("--operators", type=Path, metavar="FILE", required=True)
     commands.add_parser("migrate", help="apply the schema migrations")
     commands.add_parser("gaps", help="list the open seq gaps")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    if args.command == "operator":
+        return _operator_add(args)
+    if args.dsn is None:
+        parser.error("the following arguments are required: --dsn")
 
     if args.command == "migrate":
         print(f"schema version {asyncio.run(_migrate(args.dsn))}")
@@ -361,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         args.broker = f"127.0.0.1:{1883 if args.plaintext else 8883}"
     try:
         args.tls = _tls(args)
+        if args.command in ("desk", "run"):
+            _check_login(args)
     except (UsageError, TlsConfigError) as exc:
         return _failed(exc, 2)
     if args.command == "worker":
