@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -29,7 +29,10 @@ T = TypeVar("T")
 class IngestProcesses:
     """Ingest workers as child processes (``python -m platformkit.ingest worker``), one per
     name, logging to ``logdir/NAME.log``; killed (SIGKILL) and started again under the same
-    name as a supervisor would."""
+    name as a supervisor would.
+
+    ``transport``: how they reach the broker, ``("--plaintext",)`` or the TLS options
+    (``tls_args``); there is no default, as there is none on the ingest's command line."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class IngestProcesses:
         broker: str,
         logdir: Path,
         *,
+        transport: Sequence[str],
         gap_grace_s: float = 1.0,
         gap_check_s: float = 0.2,
         presence_poll_s: float = 0.2,
@@ -45,6 +49,7 @@ class IngestProcesses:
         self.dsn = dsn
         self.broker = broker
         self.logdir = logdir
+        self.transport = tuple(transport)
         self.options = (
             "--gap-grace-s",
             str(gap_grace_s),
@@ -59,7 +64,7 @@ class IngestProcesses:
     def start(self, name: str) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "platformkit.ingest", "--dsn", self.dsn]
-        argv += ["--broker", self.broker, "worker", "--name", name, *self.options]
+        argv += ["--broker", self.broker, *self.transport, "worker", "--name", name, *self.options]
         self.procs[name] = ServerProcess(
             self,
             argv,
@@ -117,6 +122,16 @@ class IngestProcesses:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def tls_args(ca_file: Path, cert_dir: Path) -> tuple[str, ...]:
+    """The ingest's TLS options for certificates named ``cert_dir/client-NAME.crt`` and
+    ``.key`` (as ``hil.sim.pki`` writes them), one per link name."""
+    return (
+        *("--ca-file", str(ca_file)),
+        *("--cert-file", str(cert_dir / "client-{name}.crt")),
+        *("--key-file", str(cert_dir / "client-{name}.key")),
+    )
 
 
 async def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -718,7 +718,7 @@ async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(
     dsn: str, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     broker = f"{mosquitto.host}:{mosquitto.port}"
-    with IngestProcesses(dsn, broker, tmp_path / "ingest") as workers:
+    with IngestProcesses(dsn, broker, tmp_path / "ingest", transport=("--plaintext",)) as workers:
         for name in ("ingest-1", "ingest-2"):
             workers.start(name)
         for name in ("ingest-1", "ingest-2"):

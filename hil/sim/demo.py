@@ -10,8 +10,9 @@ What the senior hears from the receiver and feels or reads on the watch (its Ale
 statuses) is printed too, so the whole alarm chain goes by on the screen.
 
 With ``--web-desk`` the platform's reference ingest runs beside it (PostgreSQL in a temporary
-directory, ``python -m platformkit.ingest run``) and its alarm desk is served at the URL printed:
-alarms appear there live, can be acknowledged there (``--ack-after`` gives the operator time
+directory, ``python -m platformkit.ingest run``) and its alarm desk is served at the URL printed,
+with an operator ``demo`` whose password, made for the run, is printed beside it: alarms appear
+there live, can be acknowledged there (``--ack-after`` gives the operator time
 before the terminal desk does it), and commands can be sent to the gateway.
 """
 
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -66,6 +68,7 @@ ACK_AFTER_S = 3.0
 HEART_RATE_EVERY_S = 1.0
 BLEAK_CLOSE_TIMEOUT_S = 5.0
 WEB_DESK_START_TIMEOUT_S = 60.0
+DESK_OPERATOR = "demo"  # the alarm desk's operator; a password is made for each run
 IDLE_WAIT_S = 3600.0  # a helper waiting this long for the next frame or confirm just waits again
 
 
@@ -320,11 +323,28 @@ def _web_desk(workdir: Path, broker: Mosquitto, port: int) -> Iterator[None]:
         raise SystemExit(f"carebed demo: {exc}") from None
     if port == 0 or not _port_free(port):
         port = free_port()
+    # One operator with a password made for this run, printed with the desk's address.
+    operators, password = workdir / "desk-operators", secrets.token_urlsafe(9)
+    added = subprocess.run(
+        [
+            *(sys.executable, "-m", "platformkit.ingest", "operator", "add", DESK_OPERATOR),
+            *("--operators", str(operators)),
+        ],
+        input=f"{password}\n",
+        capture_output=True,
+        text=True,
+        timeout=WEB_DESK_START_TIMEOUT_S,
+        check=False,
+    )
+    if added.returncode != 0:
+        database.close()
+        raise SystemExit(f"carebed demo: no desk operator: {added.stderr.strip()}")
     log = (workdir / "ingest.log").open("ab")
     ingest = subprocess.Popen(
         [
             *(sys.executable, "-m", "platformkit.ingest", "--dsn", database.dsn),
-            *("--broker", f"{broker.host}:{broker.port}", "run", "--workers", "2"),
+            *("--broker", f"{broker.host}:{broker.port}", "--plaintext"),
+            *("run", "--workers", "2", "--operators", str(operators)),
             *("--http-port", str(port), "--gap-grace-s", "10"),
         ],
         stdout=log,
@@ -335,12 +355,15 @@ def _web_desk(workdir: Path, broker: Mosquitto, port: int) -> Iterator[None]:
         # The workers' sessions must exist before the gateway's first events, or those would
         # never reach them (and show as a gap).
         deadline = time.monotonic() + WEB_DESK_START_TIMEOUT_S
-        subscribed = [f"ingest-{n} 1 $share/carebed-ingest/carebed/v1/+/up/cmdres" for n in (1, 2)]
+        subscribed = [
+            f"platform-ingest-{n} 1 $share/carebed-ingest/carebed/v1/+/up/cmdres" for n in (1, 2)
+        ]
         while not all(line in broker.log_text() for line in subscribed):
             if ingest.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"carebed demo: the ingest did not start: {workdir}/ingest.log")
             time.sleep(0.1)
         print(f"alarm desk: http://127.0.0.1:{port}/  (ingest log: {workdir / 'ingest.log'})")
+        print(f"  log in as {DESK_OPERATOR}, password {password}")
         yield
     finally:
         ingest.send_signal(signal.SIGTERM)

@@ -55,6 +55,7 @@ class FleetIngest:
             self.postgres.dsn,
             broker,
             Path(self.postgres.workdir) / "ingest",
+            transport=("--plaintext",),  # the fleet's brokers are plain TCP
             gap_grace_s=GAP_GRACE_S,
             gap_check_s=1.0,
             presence_poll_s=1.0,

@@ -3,6 +3,10 @@
 The page (``static/desk.html``, no build step) follows ``/api/stream`` (server-sent events fed
 by PostgreSQL's LISTEN/NOTIFY) and reloads the part that changed. Acknowledging publishes the
 contract's ``down/ack`` and records the operator once the broker has it.
+
+Operators log in (``static/login.html``, ``POST /login``) against the operators file
+(``operators.py``) and get a session cookie; every ``/api`` route and the stream answer 401
+without a session, and what an operator does is recorded under the name they logged in with.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from aiohttp.typedefs import Handler, Middleware
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import GATEWAY_ID
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.mqtt import BrokerAddress, MqttLink
+from platformkit.ingest.mqtt import BrokerAddress, MqttLink, TlsFiles
+from platformkit.ingest.operators import Operators, OperatorsError
 from platformkit.ingest.worker import ack_payload
 
 log = structlog.get_logger("platformkit.desk")
@@ -41,6 +46,10 @@ MAX_OPERATOR_CHARS = 128
 SSE_KEEPALIVE_S = 15.0
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 DEFAULT_PORTS = {"http": 80, "https": 443}
+SESSION_COOKIE = "carebed_desk_session"
+NO_LOGIN_OPERATOR = "desk"  # the `by` of everything done on a desk run with --no-login
+MAX_LOGGED_NAME_CHARS = 64
+OPERATOR_KEY = web.RequestKey("operator", str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +58,18 @@ class DeskSettings:
     broker: BrokerAddress
     host: str = "127.0.0.1"
     port: int = 8080
-    # Unique per desk process: two desks under one client id would keep disconnecting each other.
+    # Unique per desk: two desks under one client id would keep disconnecting each other. Over
+    # TLS it is also the CN of the desk's certificate (the broker forces client id = CN).
     client_id: str = field(default_factory=lambda: f"carebed-desk-{os.getpid()}")
     # Origins (scheme://host[:port]) accepted besides the desk's own Host: a proxy's address.
     allowed_origins: tuple[str, ...] = ()
+    tls: TlsFiles | None = None  # None: plain TCP
+    connect_timeout_s: float = 30.0
+    # The operators file (``operators.py``); None: no login, everything done as "desk".
+    operators: Path | None = None
+    # The session cookie only over HTTPS; also when the desk itself is reached over plain HTTP
+    # behind a proxy that serves it over HTTPS (the desk cannot see that).
+    secure_cookie: bool = False
 
 
 class Desk:
@@ -67,18 +84,34 @@ class Desk:
         self._link: MqttLink | None = None
         # One connection for the requests: one request's transaction at a time on it.
         self._db_lock = asyncio.Lock()
+        self._operators = None if settings.operators is None else Operators(settings.operators)
 
     async def run(self) -> None:
         settings = self.settings
+        if self._operators is not None:
+            self._operators.load()  # OperatorsError before anything starts
         self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         await migrate(self._conn)  # the desk may start before any worker
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        self._link = MqttLink(settings.broker, client_id=settings.client_id)
+        self._link = MqttLink(settings.broker, client_id=settings.client_id, tls=settings.tls)
         self._link.start()
-        app = web.Application(middlewares=[same_origin_json(settings.allowed_origins)])
+        try:
+            await self._link.wait_connected(settings.connect_timeout_s)
+        except BaseException:
+            self._link.close()
+            await listen.close()
+            await self._conn.close()
+            raise
+        app = web.Application(
+            middlewares=[same_origin_json(settings.allowed_origins), self._require_session]
+        )
         app.add_routes(
             [
                 web.get("/", self._page),
+                web.get("/login", self._login_page),
+                web.post("/login", self._login),
+                web.post("/logout", self._logout),
+                web.get("/api/me", self._me),
                 web.get("/api/alarms", self._alarms),
                 web.post("/api/alarms/{gw}/{id}/ack", self._ack),
                 web.get("/api/gateways", self._gateways),
@@ -112,6 +145,81 @@ class Desk:
             for queue in list(self._listeners):
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(notify.payload)
+
+    # -- operators ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _require_session(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The operator of the request's session in ``request[OPERATOR_KEY]``; none: 401 for the
+        API, the login page for the desk's page."""
+        operators = self._operators
+        if operators is None:
+            request[OPERATOR_KEY] = NO_LOGIN_OPERATOR
+            return await handler(request)
+        if request.path in ("/login", "/logout"):
+            return await handler(request)
+        with contextlib.suppress(OperatorsError):  # said at the next login
+            operators.load()  # an operator removed from the file: their sessions end
+        operator = operators.session(request.cookies.get(SESSION_COOKIE))
+        if operator is None:
+            if request.path.startswith("/api/"):
+                raise web.HTTPUnauthorized(text="log in first")
+            raise web.HTTPSeeOther("/login")
+        request[OPERATOR_KEY] = operator
+        return await handler(request)
+
+    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "login.html")
+
+    async def _login(self, request: web.Request) -> web.Response:
+        operators = self._operators
+        if operators is None:
+            raise web.HTTPNotFound(text="this desk has no login")
+        body = await _body(request)
+        name, password = body.get("name"), body.get("password")
+        if not isinstance(name, str) or not isinstance(password, str):
+            raise web.HTTPBadRequest(text="name and password are needed")
+        logged_name = name[:MAX_LOGGED_NAME_CHARS]
+        if operators.locked(name):
+            log.warning("desk_login_refused", operator=logged_name, reason="too_many_failures")
+            raise web.HTTPTooManyRequests(text="too many failed logins: try again later")
+        try:
+            operators.load()
+        except OperatorsError as exc:
+            log.warning("desk_operators_unreadable", error=str(exc))
+            raise web.HTTPServiceUnavailable(text="the operators file cannot be read") from None
+        # Counted before the (slow) check, so that guesses sent in parallel count too; a login
+        # that succeeds clears the count.
+        failures = operators.failed(name)
+        if not await asyncio.to_thread(operators.check, name, password):
+            log.warning("desk_login_failed", operator=logged_name, failures=failures)
+            raise web.HTTPUnauthorized(text="wrong name or password")
+        token = operators.open_session(name)
+        log.info("desk_login", operator=name)
+        response = _json({"operator": name})
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.settings.secure_cookie or request.secure,
+        )
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        if self._operators is not None:
+            token = request.cookies.get(SESSION_COOKIE)
+            operator = self._operators.session(token)
+            self._operators.close_session(token)
+            if operator is not None:
+                log.info("desk_logout", operator=operator)
+        response = _json({"logged_out": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return _json({"operator": request[OPERATOR_KEY], "login": self._operators is not None})
 
     # -- the page and what it reads -----------------------------------------------------------
 
@@ -195,7 +303,8 @@ class Desk:
 
     async def _ack(self, request: web.Request) -> web.Response:
         gw, alarm_id = request.match_info["gw"], request.match_info["id"]
-        by = _operator(await _body(request))
+        await _body(request)
+        by = request[OPERATOR_KEY][:MAX_OPERATOR_CHARS]
         async with self._db() as db:
             cur = await db.execute(
                 "SELECT acked_by FROM alarm WHERE gw = %s AND id = %s", (gw, alarm_id)
@@ -215,7 +324,7 @@ class Desk:
         name = body.get("name")
         if GATEWAY_ID.match(gw) is None or name not in COMMANDS:
             raise web.HTTPBadRequest(text=f"commands from the desk: {', '.join(COMMANDS)}")
-        by = _operator(body)
+        by = request[OPERATOR_KEY][:MAX_OPERATOR_CHARS]
         command_id = f"desk-{uuid.uuid4()}"
         expires_at = datetime.now(UTC) + timedelta(seconds=COMMAND_TTL_S)
         async with self._db() as db:
@@ -328,12 +437,6 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="the body is not a JSON object")
     return body
-
-
-def _operator(body: dict[str, Any]) -> str:
-    """Who acts: the page's operator field (``by``), as the contract's ``by`` takes it."""
-    by = str(body.get("by") or "desk").strip()
-    return by[:MAX_OPERATOR_CHARS] or "desk"
 
 
 def _default(value: object) -> object:

@@ -9,6 +9,10 @@ that; the store keeps the first copy. One worker at a time, the one that holds t
 lock in PostgreSQL, also follows ``carebed/v1/+/status`` (not shared: it sees every gateway's
 retained status and will, in order), checks seq gaps, and acknowledges again an alarm that a
 gateway sent again after the desk had acknowledged it.
+
+Over TLS the worker's link presents the certificate of its ``name`` and reads the uplink only;
+the presence link presents the certificate of ``presence_name`` (one name for all workers: one
+of them at a time holds the lock), reads the statuses and sends those acknowledgements again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import structlog
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import ContractError, ContractValidator, Event, parse_topic
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink
+from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink, TlsFiles
 
 log = structlog.get_logger("platformkit.ingest")
 
@@ -53,6 +57,9 @@ class WorkerSettings:
     gap_check_s: float = 5.0
     presence_poll_s: float = 2.0
     session_expiry_s: int = 24 * 3600
+    tls: TlsFiles | None = None  # None: plain TCP
+    presence_name: str = "platform-presence"  # the presence link's client id (and CN)
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
 
 
 @dataclass(slots=True)
@@ -73,6 +80,7 @@ class IngestWorker:
         self.validator = validator
         self.stats = WorkerStats()
         self.is_presence_leader = False
+        self._presence_link: MqttLink | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -88,9 +96,11 @@ class IngestWorker:
                 persistent=True,
                 session_expiry_s=settings.session_expiry_s,
                 queue=queue,
+                tls=settings.tls,
             )
             link.start()
             try:
+                await link.wait_connected(settings.connect_timeout_s)
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._consume(conn, link, queue), name="ingest.consume")
                     tasks.create_task(self._presence_role(), name="ingest.presence")
@@ -154,9 +164,15 @@ class IngestWorker:
         stats.duplicates += counts.duplicates
         stats.resends += counts.resends
         stats.rejected += counts.rejected
-        for reack in counts.reacks if self.is_presence_leader else []:
+        presence = self._presence_link if self.is_presence_leader else None
+        for reack in counts.reacks:
+            if presence is None:
+                break
             # The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
-            await link.publish(f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by))
+            # Sent on the presence link: the worker's own identity may not write the downlink.
+            await presence.publish(
+                f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by)
+            )
             log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
 
     async def _write(
@@ -187,21 +203,26 @@ class IngestWorker:
                 if row is not None and row[0]:
                     break
                 await asyncio.sleep(settings.presence_poll_s)
-            self.is_presence_leader = True
             log.info("presence_role_taken", worker=settings.name)
             queue: asyncio.Queue[Delivery] = asyncio.Queue()
             link = MqttLink(
                 settings.broker,
-                client_id=f"{settings.name}-presence",
+                client_id=settings.presence_name,
                 subscriptions=[STATUS_TOPIC],
                 queue=queue,
+                tls=settings.tls,
             )
             link.start()
             try:
+                await link.wait_connected(settings.connect_timeout_s)
+                self._presence_link = link
+                self.is_presence_leader = True
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._presence(conn, link, queue), name="ingest.status")
                     tasks.create_task(self._gaps(), name="ingest.gaps")
             finally:
+                self.is_presence_leader = False
+                self._presence_link = None
                 link.close()
         finally:
             await conn.close()
