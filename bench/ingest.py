@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,7 @@ RESEND_SHARE = 0.25  # of the alarms: published again with attempt 2 (no ack in 
 SESSION_EXPIRY_S = 3600
 PUBLISH_INFLIGHT = 100  # the rig's Mosquitto announces Receive Maximum 100
 GAP_CHECK_S = 1.0  # the presence worker's gap check (shipped: 5 s), so the final one comes soon
+GAP_GRACE_S = 30.0  # as shipped: a drain's passing holes are not reported
 LAG_LIMIT_S = 1.0  # a step saturates the ingest when more than this much offered traffic waits
 PUBLISHER_SLACK = 0.9  # a step whose publisher reached less than this share of its rate is void
 SAMPLE_S = 0.25
@@ -594,7 +596,9 @@ class IngestBench:
     def _fresh(self, what: str) -> tuple[Path, str]:
         self._serial += 1
         name = f"{what}_{self._serial}"
-        return ensure_dir(self.workdir / name), self.pg.create_database(name)
+        folder = self.workdir / name
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier run's logs would be read as ours
+        return ensure_dir(folder), self.pg.create_database(name)
 
     @contextmanager
     def _rig(self, what: str) -> Iterator[tuple[Mosquitto, str, Path]]:
@@ -614,7 +618,7 @@ class IngestBench:
             dsn,
             f"{broker.host}:{broker.port}",
             folder / "ingest",
-            gap_grace_s=GAP_CHECK_S,
+            gap_grace_s=GAP_GRACE_S,
             gap_check_s=GAP_CHECK_S,
             presence_poll_s=1.0,
             extra_args=("--group", group, "--session-expiry-s", str(SESSION_EXPIRY_S)),
