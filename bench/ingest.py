@@ -64,7 +64,7 @@ EVENTS = 100_000
 QUICK_EVENTS = 10_000
 WORKERS = (1, 2, 4)
 STEP_WORKERS = 2
-STEP_RATES = (1000.0, 2000.0, 4000.0, 8000.0, 16000.0)
+STEP_RATES = (1000.0, 2000.0, 4000.0, 8000.0, 12000.0, 16000.0, 24000.0)
 QUICK_STEP_RATES = (1000.0, 4000.0)
 STEP_SECONDS = 8.0
 QUICK_STEP_SECONDS = 3.0
@@ -1096,7 +1096,7 @@ def summary_lines(figures: dict[str, Any], verdicts: dict[int, str]) -> list[str
         f"resent); PostgreSQL COPY of the same rows: {figures['copy_events_per_s']:.0f}/s "
         f"({figures['copy_postgres_us_per_event']:.1f} µs PostgreSQL CPU/event)",
         "  workers  events/s  ÷COPY  earlier   µs CPU/event: workers  PG  broker   cores: "
-        "workers / PG / broker / others of / machine   fsyncs/1k   exactly once",
+        "workers / PG / broker / others of / machine   fsyncs/1k (time)   exactly once",
     ]
     for d in figures["drains"]:
         earlier = d["earlier_events_per_s"]
@@ -1107,7 +1107,8 @@ def summary_lines(figures: dict[str, Any], verdicts: dict[int, str]) -> list[str
             f"{'+'.join(f'{c:.2f}' for c in d['worker_cores']):>14} / "
             f"{d['postgres_cores']:.2f} / {d['broker_cores']:.2f} / {d['other_cores']:.2f} of "
             f"{d['machine_cores']:.2f}   "
-            f"{d['wal_fsyncs_per_1k_events']:8.1f}   {verdicts[d['workers']]}"
+            f"{d['wal_fsyncs_per_1k_events']:8.1f} ({d['fsync_share']:4.0%})   "
+            f"{verdicts[d['workers']]}"
         )
         lines.append(
             f"           limit: {d['bottleneck']}; load average before: {d['loadavg_1m']:.1f}"
@@ -1121,7 +1122,10 @@ def summary_lines(figures: dict[str, Any], verdicts: dict[int, str]) -> list[str
                 f" lag {s['lag_s']:.2f} s (limit {LAG_LIMIT_S:g} s), "
                 f"{'SATURATED' if s['saturated'] else 'carried'}; alarm p50 "
                 f"{s['alarm_p50_ms']:.1f} / p99 {s['alarm_p99_ms']:.1f} ms over {s['alarms']}; "
-                f"{s['bottleneck']}"
+                f"cores: workers {'+'.join(f'{c:.2f}' for c in s['cpu']['worker_cores'])}, "
+                f"PG {s['cpu']['postgres_cores']:.2f}, broker {s['cpu']['broker_cores']:.2f}, "
+                f"publisher {s['cpu']['bench_cores']:.2f}, others {s['cpu']['other_cores']:.2f}"
+                + (f"; limit: {s['bottleneck']}" if s["saturated"] else "")
             )
         saturated_at = figures["saturated_at_per_s"]
         lines.append(
