@@ -1057,6 +1057,14 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                 "worker_us_per_event": cpu["worker_us_per_event"],
                 "postgres_us_per_event": cpu["postgres_us_per_event"],
                 "broker_us_per_event": cpu["broker_us_per_event"],
+                # What one CPU fully given to the ingest (workers, PostgreSQL, broker) stores:
+                # the figure that carries over to a machine of other load or size.
+                "events_per_cpu_s": 1e6
+                / (
+                    cpu["worker_us_per_event"]
+                    + cpu["postgres_us_per_event"]
+                    + cpu["broker_us_per_event"]
+                ),
                 "worker_cores": cpu["worker_cores"],
                 "postgres_cores": cpu["postgres_cores"],
                 "broker_cores": cpu["broker_cores"],
@@ -1095,15 +1103,16 @@ def summary_lines(figures: dict[str, Any], verdicts: dict[int, str]) -> list[str
         f"{opts['duplicate_share']:.0%} of messages twice, {opts['resend_share']:.0%} of alarms "
         f"resent); PostgreSQL COPY of the same rows: {figures['copy_events_per_s']:.0f}/s "
         f"({figures['copy_postgres_us_per_event']:.1f} µs PostgreSQL CPU/event)",
-        "  workers  events/s  ÷COPY  earlier   µs CPU/event: workers  PG  broker   cores: "
-        "workers / PG / broker / others of / machine   fsyncs/1k (time)   exactly once",
+        "  workers  events/s  ÷COPY  earlier   µs CPU/event: workers  PG  broker  per CPU-s   "
+        "cores: workers / PG / broker / others of / machine   fsyncs/1k (time)   exactly once",
     ]
     for d in figures["drains"]:
         earlier = d["earlier_events_per_s"]
         lines.append(
             f"  {d['workers']:7d}  {d['events_per_s']:8.0f}  {d['copy_ratio']:5.2f}  "
             f"{f'{earlier:.0f}' if earlier else '-':>7}   {d['worker_us_per_event']:20.1f} "
-            f"{d['postgres_us_per_event']:4.0f} {d['broker_us_per_event']:6.1f}   "
+            f"{d['postgres_us_per_event']:4.0f} {d['broker_us_per_event']:6.1f}  "
+            f"{d['events_per_cpu_s']:9.0f}   "
             f"{'+'.join(f'{c:.2f}' for c in d['worker_cores']):>14} / "
             f"{d['postgres_cores']:.2f} / {d['broker_cores']:.2f} / {d['other_cores']:.2f} of "
             f"{d['machine_cores']:.2f}   "
