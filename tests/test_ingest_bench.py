@@ -36,7 +36,7 @@ def test_ingest_part_reduced_stores_each_event_once(tmp_path: Path) -> None:
         [
             *("--parts", "ingest", "--quick", "--ingest-events", "3000"),
             *("--ingest-gateways", "10", "--ingest-workers", "1,2"),
-            *("--ingest-rates", "500,1500", "--ingest-step-s", "1.5"),
+            *("--ingest-rates", "500,1500", "--ingest-step-s", "1"),
         ]
     )
     started = time.monotonic()
