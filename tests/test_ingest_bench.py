@@ -4,10 +4,10 @@ generator's validity and seqs, the saturation and bottleneck decisions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,6 @@ from hypothesis import strategies as st
 from bench import ingest
 from bench.run import parse_args, summarise
 from platformkit.ingest.contract import ContractValidator, parse_topic
-
-RUN_BUDGET_S = 40.0
 
 
 @functools.cache
@@ -39,10 +37,12 @@ def test_ingest_part_reduced_stores_each_event_once(tmp_path: Path) -> None:
             *("--ingest-rates", "500,1500", "--ingest-step-s", "1"),
         ]
     )
-    started = time.monotonic()
-    report = ingest.run_ingest(args, tmp_path / "ingest")
-    elapsed = time.monotonic() - started
-    assert elapsed < RUN_BUDGET_S, f"the reduced part took {elapsed:.1f} s"
+    # About 15 s on a quiet machine, 35 s with both CPUs busy elsewhere; pytest's timeout
+    # bounds it (a wall-clock assertion would fail with the machine's load, not the code's).
+    # fsync off: the figures are not the point here, and the server's stop writes less.
+    options = dataclasses.replace(ingest.options_from(args), durable=False)
+    report = ingest.IngestBench(tmp_path / "ingest", options, print).run()
+    report["rerun"] = ingest.rerun_command(args)
 
     assert [run["workers"] for run in report["drains"]] == [1, 2]
     for run in report["drains"]:
