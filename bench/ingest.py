@@ -21,7 +21,8 @@ A Mosquitto and a PostgreSQL (fsync on) of the part's own. For each worker count
 
 CPU per event and shares of a core come from ``/proc``: the workers (each process), PostgreSQL
 (the postmaster, its live backends and its reaped children), Mosquitto, and the machine;
-PostgreSQL's WAL fsyncs from ``pg_stat_wal`` (with ``track_wal_io_timing``).
+PostgreSQL's WAL fsyncs from ``pg_stat_wal`` (with ``track_wal_io_timing``; backends report
+there at most once a second, so a short drain undercounts them).
 """
 
 from __future__ import annotations
