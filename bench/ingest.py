@@ -71,9 +71,8 @@ STEP_SECONDS = 8.0
 QUICK_STEP_SECONDS = 3.0
 EVENTS_PER_MESSAGE = 50  # telemetry events per message (a gateway sends up to 500)
 ALARM_SHARE = 0.01  # of the events: alarms, one per message
-DUPLICATE_SHARE = (
-    0.02  # of the telemetry messages: published a second time (a resend after a reconnect)
-)
+# Of the telemetry messages: published a second time (a resend after a reconnect).
+DUPLICATE_SHARE = 0.02
 RESEND_SHARE = 0.25  # of the alarms: published again with attempt 2 (no ack in time)
 SESSION_EXPIRY_S = 3600
 PUBLISH_INFLIGHT = 100  # the rig's Mosquitto announces Receive Maximum 100
