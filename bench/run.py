@@ -63,6 +63,7 @@ from typing import IO, Any
 
 import paho.mqtt
 
+from bench import ingest as ingest_part
 from bench.backlog import (
     LARGE_OUTBOX_MAX_BYTES,
     OUTBOX_NAME,
@@ -101,6 +102,7 @@ from hil.sim.broker import Mosquitto, mosquitto_binary
 PARTS = (
     *("drain", "alarms", "button", "disk", "diag", "watch", "flash", "million", "idle"),
     "fleet",
+    "ingest",
 )
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 # Targets, each printed beside its figure and checked by --strict (docs/PERFORMANCE.md).
@@ -292,6 +294,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="exit 1 when any printed target is missed, naming each",
     )
+    ingest_part.add_arguments(parser)
     if argv is None:  # `make bench BENCH_ARGS=--quick` passes options through the environment
         argv = [*sys.argv[1:], *shlex.split(os.environ.get("BENCH_ARGS", ""))]
     args = parser.parse_args(argv)
@@ -1413,6 +1416,13 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 at_least=True,
             )
         out["fleet"] = fleet
+    if runs.get("ingest"):
+        ingest = out["ingest"] = ingest_part.summarise(runs["ingest"][0])
+        for drain in ingest["drains"]:
+            name = f"ingest exactly once, {drain['workers']} worker(s)"
+            _target(targets, name, drain["anomalies"], 0, unit="")
+        if ingest["steps"]:
+            _target(targets, "ingest exactly once, steady", ingest["steady_anomalies"], 0, unit="")
     out["targets"] = targets
     return out
 
@@ -1554,6 +1564,14 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             verdicts["confirmed"] = _verdict(summary, "fleet alarms confirmed in PostgreSQL")
         for line in fleet_lines(fleet, verdicts):
             print(line)
+    ingest = summary.get("ingest")
+    if ingest:
+        ingest_verdicts = {
+            d["workers"]: _verdict(summary, f"ingest exactly once, {d['workers']} worker(s)")
+            for d in ingest["drains"]
+        }
+        for line in ingest_part.summary_lines(ingest, ingest_verdicts):
+            print(line)
     targets = summary["targets"]
     missed = [t["name"] for t in targets if not t["ok"]]
     print(
@@ -1619,6 +1637,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             bench.idle()
         if "fleet" in parts:
             bench.fleet()
+        if "ingest" in parts:
+            bench._record("ingest", ingest_part.run_ingest(args, workdir / "ingest"))
         if "diag" in parts:
             print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
             bench.alarms(draining=False, clock="cached")

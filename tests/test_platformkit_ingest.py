@@ -883,3 +883,29 @@ def test_each_missing_seq_is_reported_at_most_once_and_given_up_once(
     lost_seqs = {s for a, b in lost for s in range(a, b + 1)}
     explained_seqs = {s for a, b in explained for s in range(a, b + 1)}
     assert set(range(1, TOP + 1)) - stored - explained_seqs <= lost_seqs <= set(reports)
+
+
+@given(stored=st.sets(st.integers(1, TOP)), read_max_seq=st.integers(0, TOP))
+def test_complete_to_stops_before_the_first_hole_whatever_max_seq_was_read(
+    stored: set[int], read_max_seq: int
+) -> None:
+    """A check reads a gateway's max_seq before its holes, and workers store events in
+    between: the holes may lie above the max_seq it read (several workers draining a
+    backlog). complete_to must still stop before the first hole, or that gap is never looked
+    at again (left open, never reported, never closed)."""
+    highest = max(stored, default=0)
+    max_seq = min(read_max_seq, highest)  # read earlier: never above what is stored later
+    holes = gaps.subtract([(1, highest)], [(s, s) for s in stored])
+    todo = gaps.plan(
+        open_gaps={},
+        holes=holes,
+        explained=[],
+        lost=[],
+        max_seq=max_seq,
+        now=datetime(2026, 12, 7, tzinfo=UTC),
+        grace_s=30,
+        forget_s=3600,
+    )
+    assert todo.complete_to <= max_seq
+    assert gaps.subtract([(1, todo.complete_to)], [(s, s) for s in stored]) == []
+    assert {gap for gap, _ in todo.insert} == set(holes)

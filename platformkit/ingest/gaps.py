@@ -150,8 +150,10 @@ def plan(
             out.report.append(((first, last), state.detected_at))
         if age_s >= forget_s:
             out.give_up.append((first, last))
-        elif out.complete_to == max_seq:
-            out.complete_to = first - 1
+        else:
+            # Never past a hole still open. max_seq was read before the holes, and workers
+            # store meanwhile: the holes may lie above it, so it is no "not yet lowered" mark.
+            out.complete_to = min(out.complete_to, first - 1)
     return out
 
 
