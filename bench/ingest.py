@@ -619,6 +619,7 @@ class IngestBench:
             dsn,
             f"{broker.host}:{broker.port}",
             folder / "ingest",
+            transport=("--plaintext",),  # the bench's own broker on loopback
             gap_grace_s=GAP_GRACE_S,
             gap_check_s=GAP_CHECK_S,
             presence_poll_s=1.0,
