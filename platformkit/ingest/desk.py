@@ -53,6 +53,7 @@ class DeskSettings:
     client_id: str = field(default_factory=lambda: f"carebed-desk-{os.getpid()}")
     # Origins (scheme://host[:port]) accepted besides the desk's own Host: a proxy's address.
     allowed_origins: tuple[str, ...] = ()
+    mqtt_protocol: str = "5"  # "3.1.1": NATS 2.9, RabbitMQ before 3.13
 
 
 class Desk:
@@ -73,7 +74,9 @@ class Desk:
         self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         await migrate(self._conn)  # the desk may start before any worker
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        self._link = MqttLink(settings.broker, client_id=settings.client_id)
+        self._link = MqttLink(
+            settings.broker, client_id=settings.client_id, protocol=settings.mqtt_protocol
+        )
         self._link.start()
         app = web.Application(middlewares=[same_origin_json(settings.allowed_origins)])
         app.add_routes(

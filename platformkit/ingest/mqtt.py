@@ -74,6 +74,7 @@ class MqttLink:
         session_expiry_s: int = 3600,
         queue: asyncio.Queue[Delivery] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        protocol: str = "5",
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -85,10 +86,14 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._connection = 0
         self._lock = threading.Lock()
+        # "3.1.1" for a broker that speaks no MQTT 5 (NATS 2.9, RabbitMQ before 3.13): the
+        # session is then kept (or not) by the clean-session flag, without an expiry.
+        self._mqtt5 = protocol == "5"
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._mqtt5 else not persistent,
             manual_ack=True,
         )
         self._client.reconnect_delay_set(
@@ -101,6 +106,10 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background (and again after every loss)."""
+        if not self._mqtt5:
+            self._client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
+            self._client.loop_start()
+            return
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._session_expiry_s if self._persistent else 0
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
