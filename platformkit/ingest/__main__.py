@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument(
             "--ack-wait-s",
             type=float,
-            default=30.0,
-            help="NATS: when a message fetched and not acknowledged is delivered again",
+            default=10.0,
+            help="NATS: when a message fetched and not acknowledged is delivered again"
+            " (keep it below --gap-grace-s)",
         )
         sub.add_argument("--amqp", default="", metavar="URL", help="amqp://USER:PASS@HOST:PORT/")
         sub.add_argument("--amqp-queue-type", choices=("quorum", "classic"), default="quorum")

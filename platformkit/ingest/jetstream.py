@@ -75,7 +75,8 @@ class NatsDelivery:
 class JetStreamSettings:
     servers: tuple[str, ...]  # nats://HOST:PORT of one or more nodes
     replicas: int = 3
-    ack_wait_s: float = 30.0
+    # Below the gap grace (30 s): a killed worker's batch comes again before it counts as a gap.
+    ack_wait_s: float = 10.0
     max_ack_pending: int = 20_000
 
 

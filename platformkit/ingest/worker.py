@@ -59,7 +59,7 @@ class WorkerSettings:
     mqtt_protocol: str = "5"  # "3.1.1": NATS 2.9, RabbitMQ before 3.13
     nats_servers: tuple[str, ...] = ()  # nats://HOST:PORT
     nats_replicas: int = 3
-    ack_wait_s: float = 30.0  # NATS: when a fetched message not acknowledged comes again
+    ack_wait_s: float = 10.0  # NATS: when a fetched message not acknowledged comes again
     amqp_url: str = ""  # amqp://USER:PASSWORD@HOST:PORT/VHOST
     amqp_queue_type: str = "quorum"
 
