@@ -31,6 +31,7 @@ from platformkit.ingest.jetstream import subject_topic
 from platformkit.ingest.mqtt import BrokerAddress
 from platformkit.rig import IngestProcesses, eventually, query
 from tests.support.daemon import SIM_MARKER, GatewayProcess, last_seq, write_config
+from tests.support.reliability import SOAK
 
 TIMEOUT_S = 60.0  # deadlines only: every wait ends on its condition
 GATEWAY_PASSWORD = "gw-rig-secret"  # RabbitMQ wants one; a throwaway rig's
@@ -45,6 +46,7 @@ GAP_GRACE_S = 10.0
 NATS_MQTT_ACK_WAIT_S = 5.0
 STORED_AFTER_KILL = 300  # events stored by the other worker while the killed one is away
 WORKERS = ("ingest-1", "ingest-2")
+CLUSTER_TIMEOUT_S = 600  # a 3-node RabbitMQ boots in minutes on a busy machine
 _numbers = itertools.count(1)
 
 
@@ -75,8 +77,19 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(
     scope="module",
     params=[
-        pytest.param("nats", id="nats"),
+        pytest.param("nats", id="nats", marks=pytest.mark.timeout(120)),
         pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.timeout(240)),
+        pytest.param(
+            "rabbitmq-cluster",
+            id="rabbitmq-cluster",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.timeout(CLUSTER_TIMEOUT_S),
+                pytest.mark.skipif(
+                    not SOAK, reason="a 3-node RabbitMQ boots in minutes: make soak"
+                ),
+            ],
+        ),
     ],
 )
 def rig(
@@ -101,18 +114,21 @@ def rig(
                 "jetstream_consuming",
             )
     else:
-        # One node (a cluster of three boots in minutes here): a classic queue.
-        with RabbitCluster(workdir, size=1) as rabbit:
-            node = rabbit.nodes[0]
-            amqp = f"amqp://{DEFAULT_USER}:{DEFAULT_PASSWORD}@{node.host}:{node.amqp_port}/"
+        # One node in make test: a classic queue; the 3-node cluster (make soak): a quorum queue,
+        # the gateway on node 0 and the ingest on node 2.
+        size = 3 if name == "rabbitmq-cluster" else 1
+        with RabbitCluster(workdir, size=size) as rabbit:
+            first, last = rabbit.nodes[0], rabbit.nodes[-1]
+            amqp = f"amqp://{DEFAULT_USER}:{DEFAULT_PASSWORD}@{last.host}:{last.amqp_port}/"
+            queue_type = "quorum" if size >= 3 else "classic"
             yield BrokerRig(
                 "rabbit",
-                BrokerAddress(node.host, node.port),
-                BrokerAddress(node.host, node.port),
+                BrokerAddress(first.host, first.port),
+                BrokerAddress(last.host, last.port),
                 (
                     "--source=amqp",
                     f"--amqp={amqp}",
-                    "--amqp-queue-type=classic",
+                    f"--amqp-queue-type={queue_type}",
                     "--mqtt-protocol=3.1.1",
                 ),
                 "amqp_consuming",
@@ -171,7 +187,6 @@ async def ack_from_the_desk(port: int, gw: str, alarm_id: str) -> None:
             assert response.status == 200, await response.text()
 
 
-@pytest.mark.timeout(120)
 async def test_two_workers_store_every_event_once_through_kills_and_the_desk_acks(
     rig: BrokerRig, dsn: str, tmp_path: Path
 ) -> None:
