@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hil.sim.nats import NatsCluster
 from hil.sim.postgres import Postgres
@@ -290,3 +292,20 @@ def test_a_subject_and_a_routing_key_are_the_gateway_s_topic_again() -> None:
     assert routing_key_topic("carebed.v1.gw-a.up.alarm") == "carebed/v1/gw-a/up/alarm"
     # RabbitMQ's MQTT plugin writes a dot of a topic as a slash.
     assert routing_key_topic("carebed.v1.gw/x.up.alarm") == "carebed/v1/gw.x/up/alarm"
+
+
+LEVELS = st.lists(st.text(st.characters(exclude_characters="/+#\x00"), max_size=12), min_size=1)
+
+
+@given(LEVELS)
+def test_the_topic_the_mqtt_plugin_mapped_is_found_again(levels: list[str]) -> None:
+    """RabbitMQ: ``/`` → ``.`` between levels, ``.`` → ``/`` inside one; any topic back."""
+    topic = "/".join(levels)
+    routing_key = ".".join(level.replace(".", "/") for level in levels)
+    assert routing_key_topic(routing_key) == topic
+
+
+@given(st.lists(st.text(st.characters(exclude_characters="/.+#*>\x00 "), max_size=12), min_size=1))
+def test_the_topic_of_a_nats_subject_is_found_again(levels: list[str]) -> None:
+    """NATS 2.9: levels joined by dots (a topic with a dot is refused at the MQTT listener)."""
+    assert subject_topic(".".join(levels)) == "/".join(levels)
