@@ -56,7 +56,7 @@ from gateway.core.events import new_event_id
 from hil.sim.broker import Mosquitto
 from hil.sim.postgres import Postgres
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.worker import SHARED_CLASSES
+from platformkit.ingest.source import SHARED_CLASSES
 from platformkit.rig import IngestProcesses
 
 GATEWAYS = 50

@@ -399,8 +399,8 @@ class _AckLog:
     def __init__(self) -> None:
         self.acked: list[int] = []
 
-    def ack(self, delivery: Delivery) -> None:
-        self.acked.append(delivery.mid)
+    async def ack(self, batch: list[Delivery]) -> None:
+        self.acked.extend(delivery.mid for delivery in batch)
 
     async def publish(self, topic: str, payload: object) -> None:
         raise AssertionError(f"nothing to publish: {topic}")

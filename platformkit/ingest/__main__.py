@@ -137,7 +137,38 @@ def _worker_settings(args: argparse.Namespace, name: str) -> WorkerSettings:
         tls=args.tls,
         presence_name=args.presence_name,
         connect_timeout_s=args.connect_timeout_s,
+        mqtt_protocol=args.mqtt_protocol,
+        **_source_settings(args),
     )
+
+
+def _source_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The broker's competing consumer the workers share (``--source``)."""
+    return {
+        "source": args.source,
+        "nats_servers": tuple(args.nats),
+        "nats_replicas": args.nats_replicas,
+        "ack_wait_s": args.ack_wait_s,
+        "amqp_url": args.amqp,
+        "amqp_queue_type": args.amqp_queue_type,
+    }
+
+
+def _source_argv(args: argparse.Namespace) -> list[str]:
+    argv = [
+        "--mqtt-protocol",
+        args.mqtt_protocol,
+        "--source",
+        args.source,
+        "--nats-replicas",
+        str(args.nats_replicas),
+    ]
+    argv += ["--ack-wait-s", str(args.ack_wait_s), "--amqp-queue-type", args.amqp_queue_type]
+    for url in args.nats:
+        argv += ["--nats", url]
+    if args.amqp:
+        argv += ["--amqp", args.amqp]
+    return argv
 
 
 def _worker_argv(args: argparse.Namespace, name: str) -> list[str]:
@@ -170,7 +201,7 @@ def _worker_argv(args: argparse.Namespace, name: str) -> list[str]:
         argv += ["--schema", str(args.schema)]
     if args.no_share:
         argv.append("--no-share")
-    return argv
+    return argv + _source_argv(args)
 
 
 def _desk(args: argparse.Namespace) -> Desk:
@@ -188,6 +219,7 @@ def _desk(args: argparse.Namespace) -> Desk:
             connect_timeout_s=args.connect_timeout_s,
             operators=args.operators,
             secure_cookie=args.secure_cookie,
+            mqtt_protocol=args.mqtt_protocol,
         )
     )
 
@@ -358,14 +390,44 @@ def main(argv: list[str] | None = None) -> int:
             default=24 * 3600,
             help="how long the broker keeps a stopped worker's session and messages",
         )
+        sub.add_argument(
+            "--source",
+            choices=("mqtt", "nats", "amqp"),
+            default="mqtt",
+            help="the workers' competing consumer: MQTT shared subscriptions, a JetStream"
+            " durable consumer, a RabbitMQ queue (docs/PLATFORM.md)",
+        )
+        sub.add_argument(
+            "--nats", action="append", default=[], metavar="URL", help="nats://HOST:PORT"
+        )
+        sub.add_argument("--nats-replicas", type=int, default=3, help="the stream's replicas")
+        sub.add_argument(
+            "--ack-wait-s",
+            type=float,
+            default=10.0,
+            help="NATS: when a message fetched and not acknowledged is delivered again"
+            " (keep it below --gap-grace-s)",
+        )
+        sub.add_argument("--amqp", default="", metavar="URL", help="amqp://USER:PASS@HOST:PORT/")
+        sub.add_argument("--amqp-queue-type", choices=("quorum", "classic"), default="quorum")
+
+    def mqtt_protocol(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--mqtt-protocol",
+            choices=("5", "3.1.1"),
+            default="5",
+            help="3.1.1 for a broker without MQTT 5 (NATS 2.9, RabbitMQ before 3.13)",
+        )
 
     worker = commands.add_parser("worker", help="one worker")
     worker.add_argument(
         "--name", default="platform-ingest-1", help="MQTT client id, session and CN"
     )
     worker_options(worker)
+    mqtt_protocol(worker)
     for name, helptext in (("desk", "the desk's web server"), ("run", "workers and the desk")):
         sub = commands.add_parser(name, help=helptext)
+        mqtt_protocol(sub)
         sub.add_argument("--http-host", default="127.0.0.1")
         sub.add_argument("--http-port", type=int, default=8080)
         sub.add_argument(

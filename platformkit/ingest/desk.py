@@ -70,6 +70,7 @@ class DeskSettings:
     # The session cookie only over HTTPS; also when the desk itself is reached over plain HTTP
     # behind a proxy that serves it over HTTPS (the desk cannot see that).
     secure_cookie: bool = False
+    mqtt_protocol: str = "5"  # "3.1.1": NATS 2.9, RabbitMQ before 3.13
 
 
 class Desk:
@@ -93,7 +94,12 @@ class Desk:
         self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         await migrate(self._conn)  # the desk may start before any worker
         listen = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        self._link = MqttLink(settings.broker, client_id=settings.client_id, tls=settings.tls)
+        self._link = MqttLink(
+            settings.broker,
+            client_id=settings.client_id,
+            tls=settings.tls,
+            protocol=settings.mqtt_protocol,
+        )
         self._link.start()
         try:
             await self._link.wait_connected(settings.connect_timeout_s)

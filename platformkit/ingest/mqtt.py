@@ -218,6 +218,7 @@ class MqttLink:
         queue: asyncio.Queue[Delivery] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         tls: TlsFiles | None = None,
+        protocol: str = "5",
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -232,10 +233,14 @@ class MqttLink:
         self._tls = tls
         self._failure: str | None = None  # the last connection failure, once logged
         self._up = False  # paho's thread: a CONNACK came on the current connection
+        # "3.1.1" for a broker that speaks no MQTT 5 (NATS 2.9, RabbitMQ before 3.13): the
+        # session is then kept (or not) by the clean-session flag, without an expiry.
+        self._mqtt5 = protocol == "5"
         self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._mqtt5 else not persistent,
             manual_ack=True,
         )
         self._client.reconnect_delay_set(
@@ -252,6 +257,10 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background (and again after every loss)."""
+        if not self._mqtt5:
+            self._client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
+            self._client.loop_start()
+            return
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._session_expiry_s if self._persistent else 0
         properties.ReceiveMaximum = RECEIVE_MAXIMUM

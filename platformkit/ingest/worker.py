@@ -1,5 +1,9 @@
 """One ingest worker: a member of the shared subscription, writing batches to PostgreSQL.
 
+On MQTT (below); on NATS and RabbitMQ the worker consumes from the broker's own competing
+consumer instead (``platformkit.ingest.jetstream``, ``platformkit.ingest.amqp``): the same
+batches, the same store, an ack after the commit, presence over MQTT as here.
+
 Run as many as needed, each with its own ``name`` (its MQTT client id and persistent session:
 a worker that is killed and started again under the same name gets what was left
 unacknowledged). Every worker takes a share of each ``carebed/v1/+/up/CLASS`` but alarms, and
@@ -30,12 +34,10 @@ from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import ContractError, ContractValidator, Event, parse_topic
 from platformkit.ingest.migrations import migrate
 from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink, TlsFiles
+from platformkit.ingest.source import MqttUplink, Received, SourceSettings, UplinkSource
 
 log = structlog.get_logger("platformkit.ingest")
 
-UP_TOPIC = "carebed/v1/+/up/#"
-ALARM_TOPIC = "carebed/v1/+/up/alarm"
-SHARED_CLASSES = ("telemetry", "device", "gateway", "camera", "audit", "cmdres")
 STATUS_TOPIC = "carebed/v1/+/status"
 # pg_try_advisory_lock key of the presence role: "carebed ingest presence".
 PRESENCE_LOCK = 0x63617265_62656432
@@ -60,6 +62,13 @@ class WorkerSettings:
     tls: TlsFiles | None = None  # None: plain TCP
     presence_name: str = "platform-presence"  # the presence link's client id (and CN)
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    source: str = "mqtt"  # or "nats" (JetStream), "amqp" (RabbitMQ)
+    mqtt_protocol: str = "5"  # "3.1.1": NATS 2.9, RabbitMQ before 3.13
+    nats_servers: tuple[str, ...] = ()  # nats://HOST:PORT
+    nats_replicas: int = 3
+    ack_wait_s: float = 10.0  # NATS: when a fetched message not acknowledged comes again
+    amqp_url: str = ""  # amqp://USER:PASSWORD@HOST:PORT/VHOST
+    amqp_queue_type: str = "quorum"
 
 
 @dataclass(slots=True)
@@ -81,6 +90,7 @@ class IngestWorker:
         self.stats = WorkerStats()
         self.is_presence_leader = False
         self._presence_link: MqttLink | None = None
+        self.source = make_source(settings)
 
     async def run(self) -> None:
         settings = self.settings
@@ -88,31 +98,19 @@ class IngestWorker:
         try:
             version = await migrate(conn)
             log.info("ingest_started", worker=settings.name, schema_version=version)
-            queue: asyncio.Queue[Delivery] = asyncio.Queue()
-            link = MqttLink(
-                settings.broker,
-                client_id=settings.name,
-                subscriptions=subscriptions(settings),
-                persistent=True,
-                session_expiry_s=settings.session_expiry_s,
-                queue=queue,
-                tls=settings.tls,
-            )
-            link.start()
-            try:
-                await link.wait_connected(settings.connect_timeout_s)
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._consume(conn, link, queue), name="ingest.consume")
-                    tasks.create_task(self._presence_role(), name="ingest.presence")
-            finally:
-                link.close()
+            queue: asyncio.Queue[Received] = asyncio.Queue()
+            source = self.source
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(source.run(queue), name=f"ingest.{settings.source}")
+                tasks.create_task(self._consume(conn, source, queue), name="ingest.consume")
+                tasks.create_task(self._presence_role(), name="ingest.presence")
         finally:
             await conn.close()
 
     # -- events -------------------------------------------------------------------------------
 
     async def _consume(
-        self, conn: store.Conn, link: MqttLink, queue: asyncio.Queue[Delivery]
+        self, conn: store.Conn, link: UplinkSource, queue: asyncio.Queue[Received]
     ) -> None:
         while True:
             batch = [await queue.get()]
@@ -129,8 +127,8 @@ class IngestWorker:
                             batch.append(await queue.get())
             await self._store(conn, link, batch)
 
-    async def _store(self, conn: store.Conn, link: MqttLink, batch: list[Delivery]) -> None:
-        parsed: list[tuple[Delivery, list[Event]]] = []
+    async def _store(self, conn: store.Conn, link: UplinkSource, batch: list[Received]) -> None:
+        parsed: list[tuple[Received, list[Event]]] = []
         rejected: list[store.Rejected] = []
         for delivery in batch:
             gw = None
@@ -155,8 +153,7 @@ class IngestWorker:
                 counts = counts.plus(one)
             counts = counts.plus(await self._write(conn, [], rejected))
         # Stored: only now does the broker learn that these messages were received.
-        for delivery in batch:
-            link.ack(delivery)
+        await link.ack(batch)
         stats = self.stats
         stats.messages += len(batch)
         stats.batches += 1
@@ -186,7 +183,7 @@ class IngestWorker:
                 await asyncio.sleep(RETRY_S)
 
     @staticmethod
-    def _rejected(delivery: Delivery, gw: str | None, error: str) -> store.Rejected:
+    def _rejected(delivery: Received, gw: str | None, error: str) -> store.Rejected:
         error = storable_text(error)
         log.warning("message_rejected", topic=delivery.topic, error=error)
         return store.Rejected(delivery.topic, gw, error, delivery.payload)
@@ -211,6 +208,7 @@ class IngestWorker:
                 subscriptions=[STATUS_TOPIC],
                 queue=queue,
                 tls=settings.tls,
+                protocol=settings.mqtt_protocol,
             )
             link.start()
             try:
@@ -265,12 +263,47 @@ class IngestWorker:
             await conn.close()
 
 
-def subscriptions(settings: WorkerSettings) -> list[str]:
-    """Each class but alarms shared by the group; alarms to every worker."""
-    if not settings.shared:
-        return [UP_TOPIC]
-    shared = [f"$share/{settings.group}/carebed/v1/+/up/{klass}" for klass in SHARED_CLASSES]
-    return [ALARM_TOPIC, *shared]
+def source_settings(settings: WorkerSettings) -> SourceSettings:
+    return SourceSettings(
+        name=settings.name,
+        group=settings.group,
+        shared=settings.shared,
+        session_expiry_s=settings.session_expiry_s,
+        batch_max_messages=BATCH_MAX_MESSAGES,
+    )
+
+
+def make_source(settings: WorkerSettings) -> UplinkSource:
+    """The worker's source for ``settings.source``; the other brokers' clients are imported
+    only when asked for."""
+    common = source_settings(settings)
+    if settings.source == "mqtt":
+        return MqttUplink(
+            common,
+            settings.broker,
+            settings.mqtt_protocol,
+            tls=settings.tls,
+            connect_timeout_s=settings.connect_timeout_s,
+        )
+    if settings.source == "nats":
+        from platformkit.ingest.jetstream import (  # noqa: PLC0415
+            JetStreamSettings,
+            JetStreamUplink,
+        )
+
+        jetstream = JetStreamSettings(
+            servers=settings.nats_servers,
+            replicas=settings.nats_replicas,
+            ack_wait_s=settings.ack_wait_s,
+        )
+        return JetStreamUplink(common, jetstream)
+    if settings.source == "amqp":
+        from platformkit.ingest.amqp import AmqpSettings, AmqpUplink  # noqa: PLC0415
+
+        classic = settings.amqp_queue_type == "classic"
+        amqp = AmqpSettings(settings.amqp_url, "classic" if classic else "quorum")
+        return AmqpUplink(common, amqp)
+    raise ValueError(f"unknown source {settings.source!r} (mqtt, nats or amqp)")
 
 
 def storable_text(text: str) -> str:
