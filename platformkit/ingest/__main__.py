@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import sys
 import time
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 10.0
 PROG = "python -m platformkit.ingest"
+AMQP_URL_ENV = "CAREBED_INGEST_AMQP_URL"  # the RabbitMQ URL, password included
 TLS_OPTIONS = (("--ca-file", "ca_file"), ("--cert-file", "cert_file"), ("--key-file", "key_file"))
 
 
@@ -167,7 +169,8 @@ def _source_argv(args: argparse.Namespace) -> list[str]:
     for url in args.nats:
         argv += ["--nats", url]
     if args.amqp:
-        argv += ["--amqp", args.amqp]
+        # Its password stays out of the workers' command lines (ps): they read it from there.
+        os.environ[AMQP_URL_ENV] = args.amqp
     return argv
 
 
@@ -408,7 +411,13 @@ def main(argv: list[str] | None = None) -> int:
             help="NATS: when a message fetched and not acknowledged is delivered again"
             " (keep it below --gap-grace-s)",
         )
-        sub.add_argument("--amqp", default="", metavar="URL", help="amqp://USER:PASS@HOST:PORT/")
+        sub.add_argument(
+            "--amqp",
+            default=os.environ.get(AMQP_URL_ENV, ""),
+            metavar="URL",
+            help=f"amqp://USER:PASS@HOST:PORT/ (default: ${AMQP_URL_ENV}, which keeps the"
+            " password out of the process list)",
+        )
         sub.add_argument("--amqp-queue-type", choices=("quorum", "classic"), default="quorum")
 
     def mqtt_protocol(sub: argparse.ArgumentParser) -> None:
