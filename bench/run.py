@@ -28,7 +28,10 @@ once per bench, after the rounds:
 9. idle: CPU, RSS and start → online of an idle gateway with one watch and one button;
 10. fleet: ``--fleet-gateways`` simulated homes (500; quick 100), each a whole gateway, against
     a broker of their own with injected outages (``bench.fleet``, docs/FLEET.md): every alarm
-    delivered and acknowledged, no unexplained gap in any gateway's seqs.
+    delivered and acknowledged, no unexplained gap in any gateway's seqs;
+11. saturation: light gateways (one MQTT connection each, no SQLite) stepped up in connections
+    and events/s against Mosquitto and a 3-node NATS cluster until one of them, or the load
+    generator, gives out, and a NATS node killed during a step (``bench.saturation``).
 
 Every figure with a target is printed beside it; ``--strict`` exits 1 when any is missed.
 Every gateway, baseline publisher, producer, simulated receiver and watch central is a child
@@ -90,6 +93,11 @@ from bench.fleet import (
 )
 from bench.fleet import figures as fleet_figures
 from bench.fleet import summary_lines as fleet_lines
+from bench.saturation import KINDS as SATURATION_KINDS
+from bench.saturation import Options as SaturationOptions
+from bench.saturation import figures as saturation_figures
+from bench.saturation import run_saturation
+from bench.saturation import summary_lines as saturation_lines
 from bench.subscriber import EventCounter, Tally
 from bench.watch import QUICK_ALERTS, TARGET_RATIO_P50, WatchBench, summary_line
 from bench.watch import summarise as summarise_watch
@@ -101,6 +109,7 @@ from hil.sim.broker import Mosquitto, mosquitto_binary
 PARTS = (
     *("drain", "alarms", "button", "disk", "diag", "watch", "flash", "million", "idle"),
     "fleet",
+    "saturation",
 )
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 # Targets, each printed beside its figure and checked by --strict (docs/PERFORMANCE.md).
@@ -288,6 +297,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the broker kind the fleet starts (platformkit.fleet.brokers.KINDS)",
     )
     parser.add_argument(
+        "--saturation-brokers",
+        default=",".join(SATURATION_KINDS),
+        help="the broker kinds the saturation part steps up, comma-separated (default: "
+        f"{','.join(SATURATION_KINDS)})",
+    )
+    parser.add_argument(
+        "--saturation-connections",
+        help="its connection steps for every broker, comma-separated (default: Mosquitto "
+        "1000,2000,5000,10000, NATS 250,500,1000,2000,5000; quick 200,500 and 100,200)",
+    )
+    parser.add_argument(
+        "--saturation-seconds", type=float, help="seconds per step (default 20; quick 8)"
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 when any printed target is missed, naming each",
@@ -325,6 +348,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.flash_rates = [float(v) for v in str(args.flash_rates).split(",") if v]
     args.parts = [p for p in str(args.parts).split(",") if p]
+    args.saturation_brokers = [k for k in str(args.saturation_brokers).split(",") if k]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
@@ -938,6 +962,31 @@ class Bench:
         )
         self._record("fleet", report)
 
+    def saturation(self) -> None:
+        """Light gateways stepped up against each broker kind (``bench.saturation``)."""
+        options = SaturationOptions.for_bench(quick=self.args.quick)
+        if self.args.saturation_connections:
+            options.connections = tuple(
+                int(v) for v in str(self.args.saturation_connections).split(",") if v
+            )
+        if self.args.saturation_seconds:
+            options.step_s = self.args.saturation_seconds
+        self.say(
+            f"saturation: {', '.join(self.args.saturation_brokers)}, connections "
+            + "; ".join(
+                f"{kind} {'/'.join(str(n) for n in options.steps_of(kind))}"
+                for kind in self.args.saturation_brokers
+            )
+            + f", {options.step_s:g} s a step"
+        )
+        report = run_saturation(
+            workdir=ensure_dir(self.workdir / "saturation"),
+            kinds=self.args.saturation_brokers,
+            options=options,
+            say=self.say,
+        )
+        self._record("saturation", report)
+
     def idle(self) -> None:
         """The idle cost of a gateway with one watch and one button (``WatchBench.idle``)."""
         self._record("idle", self._watch_bench().idle(self.args.idle_seconds))
@@ -1413,6 +1462,38 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 at_least=True,
             )
         out["fleet"] = fleet
+    if runs.get("saturation"):
+        saturation = saturation_figures(runs["saturation"][-1])
+        for kind, figs in saturation.items():
+            ok = _target(
+                targets,
+                f"saturation {kind} alarms",
+                figs["alarms_ok_share"],
+                1.0,
+                unit="",
+                at_least=True,
+            )
+            ok &= _target(
+                targets, f"saturation {kind} gaps", figs["gap_seqs_below"], 0, unit=" seqs"
+            )
+            if figs["fault"]:
+                ok &= _target(
+                    targets,
+                    f"saturation {kind} fault alarms",
+                    figs["fault"]["alarms_ok_share"],
+                    1.0,
+                    unit="",
+                    at_least=True,
+                )
+                ok &= _target(
+                    targets,
+                    f"saturation {kind} fault gaps",
+                    figs["fault"]["gap_seqs"],
+                    0,
+                    unit=" seqs",
+                )
+            figs["meets_target"] = ok
+        out["saturation"] = saturation
     out["targets"] = targets
     return out
 
@@ -1554,6 +1635,18 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             verdicts["confirmed"] = _verdict(summary, "fleet alarms confirmed in PostgreSQL")
         for line in fleet_lines(fleet, verdicts):
             print(line)
+    saturation = summary.get("saturation")
+    if saturation:
+        names = [
+            f"{kind} {what}" for kind in saturation for what in ("alarms", "gaps", "fault alarms")
+        ] + [f"{kind} fault gaps" for kind in saturation]
+        verdicts = {
+            name: _verdict(summary, f"saturation {name}")
+            for name in names
+            if any(t["name"] == f"saturation {name}" for t in summary["targets"])
+        }
+        for line in saturation_lines(saturation, verdicts):
+            print(line)
     targets = summary["targets"]
     missed = [t["name"] for t in targets if not t["ok"]]
     print(
@@ -1619,6 +1712,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             bench.idle()
         if "fleet" in parts:
             bench.fleet()
+        if "saturation" in parts:
+            bench.saturation()
         if "diag" in parts:
             print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
             bench.alarms(draining=False, clock="cached")
