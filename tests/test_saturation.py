@@ -298,7 +298,13 @@ def test_light_gateways_speak_the_contract_and_every_alarm_is_acknowledged(
 
 def test_a_reduced_saturation_run_on_the_nats_cluster(tmp_path: Path) -> None:
     options = Options(
-        connections=(60,), step_s=3.0, rate_start=60.0, rate_steps=1, alarm_share=0.1, fault=False
+        connections=(60,),
+        step_s=3.0,
+        rate_start=60.0,
+        rate_steps=1,
+        alarm_share=0.1,
+        fault=False,
+        settle_max_s=0.0,
     )
     report = run_kind("nats", tmp_path, options, say=lambda _line: None)
     assert report["nodes"] == 3
