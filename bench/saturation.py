@@ -38,7 +38,9 @@ KINDS = ("mosquitto", "nats")
 CONNECTION_STEPS = {"mosquitto": (1000, 2000, 5000, 10000), "nats": (250, 500, 1000, 2000, 5000)}
 QUICK_CONNECTION_STEPS = {"mosquitto": (200, 500), "nats": (100, 200)}
 MEMORY_SHARE = 0.5  # of MemAvailable: the most a broker is let grow to in a connection step
-CONNECTS_PER_S = 500.0  # new connections a second while a step connects its gateways
+# New connections a second while a step connects its gateways (a NATS node refuses SUBSCRIBEs
+# in a faster storm: docs/SCALE.md).
+CONNECTS_PER_S = {"mosquitto": 500.0, "nats": 100.0}
 STEP_SECONDS = 20.0
 QUICK_STEP_SECONDS = 8.0
 RATE_START = 250.0  # events/s of the first rate step
@@ -161,6 +163,7 @@ def child_pids_listening(ports: Sequence[int]) -> dict[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ProcSample:
+    pid: int
     cpu_s: float
     rss_kib: int
     threads: int
@@ -179,7 +182,7 @@ def proc_sample(pid: int) -> ProcSample | None:
             rss = int(line.split()[1])
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
-    return ProcSample((int(stat[11]) + int(stat[12])) / CLK_TCK, rss, threads)
+    return ProcSample(pid, (int(stat[11]) + int(stat[12])) / CLK_TCK, rss, threads)
 
 
 def machine_busy_ticks() -> tuple[int, int]:
@@ -204,7 +207,7 @@ class Options:
     rate_start: float = RATE_START
     rate_steps: int = MAX_RATE_STEPS
     alarm_share: float = ALARM_SHARE
-    connects_per_s: float = CONNECTS_PER_S
+    connects_per_s: dict[str, float] = field(default_factory=lambda: dict(CONNECTS_PER_S))
     fault: bool = True  # on a cluster: a node killed during a step
     settle_max_s: float = SETTLE_MAX_S  # after connecting and after a fault
 
@@ -307,7 +310,7 @@ class Run:
             cores = sum(
                 (a.cpu_s - before[port].cpu_s) / SETTLE_WINDOW_S
                 for port, a in after.items()
-                if port in before
+                if port in before and before[port].pid == a.pid
             )
             if cores >= previous * SETTLE_FALL or cores < SETTLE_QUIET_CORES:
                 break
@@ -319,13 +322,14 @@ class Run:
         more = total - online
         started = time.monotonic()
         if more > 0:
-            timeout_s = more / self.options.connects_per_s + 120.0
+            per_s = self.options.connects_per_s.get(self.kind, 100.0)
+            timeout_s = more / per_s + 120.0
             for gen in self.gens:
                 gen.send(
                     {
                         "op": "connect",
                         "count": more,
-                        "per_s": self.options.connects_per_s,
+                        "per_s": per_s,
                         "timeout_s": timeout_s,
                     }
                 )
@@ -484,7 +488,9 @@ class Run:
         broker = {}
         for port, end in after["broker"].items():
             start = before["broker"].get(port)
-            cores = (end.cpu_s - start.cpu_s) / dt if start else math.nan  # restarted: not counted
+            # A node killed and started again within the step is a new process: not counted.
+            same = start is not None and start.pid == end.pid
+            cores = (end.cpu_s - start.cpu_s) / dt if start is not None and same else math.nan
             broker[str(port)] = {"cores": cores, "rss_kib": end.rss_kib, "threads": end.threads}
         broker_cpu_s = sum(v["cores"] for v in broker.values() if not math.isnan(v["cores"])) * dt
         broker_rss = sum(v["rss_kib"] for v in broker.values())
@@ -497,7 +503,10 @@ class Run:
             delivered_per_s=delivered / dt,
             alarm_p99_ms=percentile(latencies, 99),
             alarms_lost=lost,
-            broker_cores=max((v["cores"] for v in broker.values()), default=math.nan),
+            broker_cores=max(
+                (v["cores"] for v in broker.values() if not math.isnan(v["cores"])),
+                default=math.nan,
+            ),
             broker_threads=max((v["threads"] for v in broker.values()), default=1),
             generator_cores=max(gen_cores),
             desk_cores=(after["desk_cpu"] - before["desk_cpu"]) / dt,
@@ -527,7 +536,7 @@ class Run:
             "gap_seqs": gap_seqs,
             "duplicates": duplicates,
             "broker_nodes": broker,
-            "broker_cores": sum(v["cores"] for v in broker.values()),
+            "broker_cores": broker_cpu_s / dt,
             "broker_rss_kib": broker_rss,
             "broker_rss_kib_per_connection": (
                 (broker_rss - self.broker_base_rss_kib) / connections if connections else math.nan

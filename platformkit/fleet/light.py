@@ -56,6 +56,10 @@ RESEND_INTERVAL_S = 60.0  # then at most this often
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 3.0
+# A refused SUBSCRIBE is asked again on the same connection after 5 s, doubling up to 60 s, as
+# the daemon's uplink does (gateway/uplink/link.py); until it is granted the gateway sends nothing.
+SUBSCRIBE_RETRY_MIN_S = 5.0
+SUBSCRIBE_RETRY_CAP_S = 60.0
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive) for every client this often
 MAX_SELECT_S = 0.05
 MAX_PUBLISH_BURST = 2000  # per loop iteration, so that reads are never starved
@@ -166,6 +170,7 @@ class LightGateway:
     connects: int = 0
     reconnect_at: float | None = None
     pending: dict[str, PendingAlarm] = field(default_factory=dict)
+    refusals: int = 0  # SUBSCRIBEs refused in a row
     slot: int = -1  # its place in LightFleet._online
 
 
@@ -208,6 +213,7 @@ class LightFleet:
         self._order = itertools.count()  # ties in the heaps below
         self._resends: list[tuple[float, int, LightGateway, PendingAlarm]] = []
         self._reconnects: list[tuple[float, int, LightGateway]] = []
+        self._resubscribes: list[tuple[float, int, LightGateway]] = []
         # Counters, and what the controller has not collected yet.
         self.published = 0
         self.alarms_raised = 0
@@ -326,6 +332,7 @@ class LightFleet:
                     gw.client.loop_misc()
         self._connect_more(now, elapsed)
         self._reconnect_due(now)
+        self._resubscribe_due(now)
         self._resend_due(now)
         self._publish_offered(now, elapsed)
         return others
@@ -400,6 +407,12 @@ class LightFleet:
             _, _, gw = heapq.heappop(self._reconnects)
             if gw.reconnect_at is not None and not self._stopping:
                 self._connect(gw, now, first=False)
+
+    def _resubscribe_due(self, now: float) -> None:
+        while self._resubscribes and self._resubscribes[0][0] <= now:
+            _, _, gw = heapq.heappop(self._resubscribes)
+            if not gw.online and gw.client.socket() is not None and not self._stopping:
+                gw.client.subscribe(f"carebed/v1/{gw.gw}/down/#", qos=1)
 
     def _resend_due(self, now: float) -> None:
         """Alarms without an acknowledgement after the ack timeout: published again (same id
@@ -526,9 +539,12 @@ class LightFleet:
     ) -> None:
         if any(r.is_failure for r in reasons):
             self.subscribe_refused += 1
-            client.disconnect()  # end the session and subscribe again on the next one
-            self._schedule_reconnect(gw, time.monotonic())
+            gw.refusals += 1
+            delay = min(SUBSCRIBE_RETRY_CAP_S, SUBSCRIBE_RETRY_MIN_S * 2 ** (gw.refusals - 1))
+            due = time.monotonic() + delay * self.random.uniform(0.8, 1.2)
+            heapq.heappush(self._resubscribes, (due, next(self._order), gw))
             return
+        gw.refusals = 0
         ts = self._ts()
         status = {
             "v": 1,
