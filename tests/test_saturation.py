@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from bench.run import parse_args, print_summary, summarise
 from bench.saturation import (
     ALARM_P99_TARGET_MS,
     Options,
@@ -320,3 +321,48 @@ def test_a_reduced_saturation_run_on_the_nats_cluster(tmp_path: Path) -> None:
     figs = figures({"nats": report})["nats"]
     assert figs["alarms_ok_share"] == 1.0 and figs["gap_seqs_below"] == 0
     assert len(table({"nats": report})) == 2 + len(report["steps"])
+
+
+def _step(phase: str, *, limit: str | None = None, lost: int = 0, gaps: int = 0) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "connections": 1000,
+        "offered_per_s": 500.0,
+        "delivered_per_s": 500.0,
+        "alarms": 10,
+        "alarms_lost": lost,
+        "gap_seqs": gaps,
+        "complete": not gaps,
+        "drain_s": 1.0,
+        "limit": limit,
+    }
+
+
+def test_the_bench_checks_and_prints_the_saturation_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = {
+        "mosquitto": {
+            "nodes": 1,
+            "steps": [_step("connections"), _step("events", limit="machine")],
+        },
+        "nats": {
+            "nodes": 3,
+            "steps": [_step("connections"), _step("fault", lost=1, gaps=3)],
+        },
+    }
+    summary = summarise(parse_args(["--parts", "saturation"]), {"saturation": [report]})
+    verdicts = {t["name"]: t["ok"] for t in summary["targets"]}
+    assert verdicts == {
+        "saturation mosquitto alarms": True,
+        "saturation mosquitto gaps": True,
+        "saturation nats alarms": True,
+        "saturation nats gaps": True,
+        "saturation nats fault alarms": False,
+        "saturation nats fault gaps": False,
+    }
+    print_summary({"date": "today", "nproc": 2, "cpu_model": "cpu"}, summary)
+    out = capsys.readouterr().out
+    assert "saturated at 500 ev/s offered (500 delivered) on machine" in out
+    assert "nats node killed: alarms delivered and acknowledged 90.0% of 10" in out
+    assert 'make bench BENCH_ARGS="--parts saturation"' in out
