@@ -1,8 +1,8 @@
 """The bench's fleet part: ``python -m platformkit.fleet`` as a child, its figures and targets.
 
-The fleet starts its own broker (``--fleet-broker``: a kind of ``platformkit.fleet.brokers``),
-so that its hundreds of connections, wills and outages never touch the broker of the other
-parts. Its homes run in worker processes of their own (docs/FLEET.md).
+The fleet starts its own broker (each of ``--fleet-brokers``: kinds of
+``platformkit.fleet.brokers``), so that its hundreds of connections, wills and outages never
+touch the broker of the other parts. Its homes run in worker processes of their own (docs/FLEET.md).
 """
 
 from __future__ import annotations

@@ -27,8 +27,13 @@ once per bench, after the rounds:
    what an idle gateway beside it writes, divided by the event's JSON size;
 9. idle: CPU, RSS and start → online of an idle gateway with one watch and one button;
 10. fleet: ``--fleet-gateways`` simulated homes (500; quick 100), each a whole gateway, against
-    a broker of their own with injected outages (``bench.fleet``, docs/FLEET.md): every alarm
-    delivered and acknowledged, no unexplained gap in any gateway's seqs.
+    each of ``--fleet-brokers`` (Mosquitto, then a 3-node NATS cluster), a broker of their own
+    with injected outages and the broker's fault (a NATS node killed), with the reference ingest
+    (``bench.fleet``, docs/FLEET.md): every alarm delivered and acknowledged, no unexplained gap
+    in any gateway's seqs, at the desk and in PostgreSQL;
+11. saturation: light gateways (one MQTT connection each, no SQLite) stepped up in connections
+    and events/s against Mosquitto and a 3-node NATS cluster until one of them, or the load
+    generator, gives out, and a NATS node killed during a step (``bench.saturation``).
 
 Every figure with a target is printed beside it; ``--strict`` exits 1 when any is missed.
 Every gateway, baseline publisher, producer, simulated receiver and watch central is a child
@@ -91,6 +96,11 @@ from bench.fleet import (
 )
 from bench.fleet import figures as fleet_figures
 from bench.fleet import summary_lines as fleet_lines
+from bench.saturation import KINDS as SATURATION_KINDS
+from bench.saturation import Options as SaturationOptions
+from bench.saturation import figures as saturation_figures
+from bench.saturation import run_saturation
+from bench.saturation import summary_lines as saturation_lines
 from bench.subscriber import EventCounter, Tally
 from bench.watch import QUICK_ALERTS, TARGET_RATIO_P50, WatchBench, summary_line
 from bench.watch import summarise as summarise_watch
@@ -103,6 +113,7 @@ PARTS = (
     *("drain", "alarms", "button", "disk", "diag", "watch", "flash", "million", "idle"),
     "fleet",
     "ingest",
+    "saturation",
 )
 BACKLOG_PARTS = {"drain", "alarms", "button", "diag"}
 # Targets, each printed beside its figure and checked by --strict (docs/PERFORMANCE.md).
@@ -281,13 +292,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--fleet-ingest",
         type=int,
         default=FLEET_INGEST_WORKERS,
-        help="reference ingest workers (PostgreSQL) beside the fleet's desk; 0: none (a broker "
-        "without MQTT 5 shared subscriptions, e.g. nats, needs 0)",
+        help="reference ingest workers (PostgreSQL) beside the fleet's desk, on the brokers "
+        "with MQTT 5 shared subscriptions (Mosquitto); 0: none",
     )
     parser.add_argument(
-        "--fleet-broker",
-        default="mosquitto",
-        help="the broker kind the fleet starts (platformkit.fleet.brokers.KINDS)",
+        "--fleet-brokers",
+        default="mosquitto,nats",
+        help="the broker kinds the fleet runs against, one after the other, comma-separated "
+        "(platformkit.fleet.brokers.KINDS)",
+    )
+    parser.add_argument(
+        "--saturation-brokers",
+        default=",".join(SATURATION_KINDS),
+        help="the broker kinds the saturation part steps up, comma-separated (default: "
+        f"{','.join(SATURATION_KINDS)})",
+    )
+    parser.add_argument(
+        "--saturation-connections",
+        help="its connection steps for every broker, comma-separated (default: Mosquitto "
+        "1000,2000,5000,10000, NATS 250,500,1000,2000,5000; quick 200,500 and 100,200)",
+    )
+    parser.add_argument(
+        "--saturation-seconds", type=float, help="seconds per step (default 20; quick 8)"
     )
     parser.add_argument(
         "--strict",
@@ -328,6 +354,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.disk_rates = [float(v) for v in str(args.disk_rates).split(",") if v]
     args.flash_rates = [float(v) for v in str(args.flash_rates).split(",") if v]
     args.parts = [p for p in str(args.parts).split(",") if p]
+    args.saturation_brokers = [k for k in str(args.saturation_brokers).split(",") if k]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
@@ -925,21 +952,48 @@ class Bench:
         self._record("drain_large", run)
 
     def fleet(self) -> None:
-        """A fleet of whole gateways against a broker of its own (``bench.fleet``)."""
-        folder = ensure_dir(self.workdir / "fleet")
+        """A fleet of whole gateways against each broker kind, one after the other, each a
+        broker of its own (``bench.fleet``)."""
+        for kind in [k.strip() for k in self.args.fleet_brokers.split(",") if k.strip()]:
+            folder = ensure_dir(self.workdir / f"fleet-{kind}")
+            self.say(
+                f"fleet: {self.args.fleet_gateways} gateways on {kind}, "
+                f"{self.args.fleet_seconds:g} s steady (once per bench)"
+            )
+            report = run_fleet(
+                workdir=folder,
+                gateways=self.args.fleet_gateways,
+                seconds=self.args.fleet_seconds,
+                broker_kind=kind,
+                ingest=self.args.fleet_ingest,
+                log=folder / "fleet.log",
+            )
+            self._record("fleet", report)
+
+    def saturation(self) -> None:
+        """Light gateways stepped up against each broker kind (``bench.saturation``)."""
+        options = SaturationOptions.for_bench(quick=self.args.quick)
+        if self.args.saturation_connections:
+            options.connections = tuple(
+                int(v) for v in str(self.args.saturation_connections).split(",") if v
+            )
+        if self.args.saturation_seconds:
+            options.step_s = self.args.saturation_seconds
         self.say(
-            f"fleet: {self.args.fleet_gateways} gateways on {self.args.fleet_broker}, "
-            f"{self.args.fleet_seconds:g} s steady (once per bench)"
+            f"saturation: {', '.join(self.args.saturation_brokers)}, connections "
+            + "; ".join(
+                f"{kind} {'/'.join(str(n) for n in options.steps_of(kind))}"
+                for kind in self.args.saturation_brokers
+            )
+            + f", {options.step_s:g} s a step"
         )
-        report = run_fleet(
-            workdir=folder,
-            gateways=self.args.fleet_gateways,
-            seconds=self.args.fleet_seconds,
-            broker_kind=self.args.fleet_broker,
-            ingest=self.args.fleet_ingest,
-            log=folder / "fleet.log",
+        report = run_saturation(
+            workdir=ensure_dir(self.workdir / "saturation"),
+            kinds=self.args.saturation_brokers,
+            options=options,
+            say=self.say,
         )
-        self._record("fleet", report)
+        self._record("saturation", report)
 
     def idle(self) -> None:
         """The idle cost of a gateway with one watch and one button (``WatchBench.idle``)."""
@@ -1380,42 +1434,51 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             "before": IDLE_BEFORE,
         }
     if runs.get("fleet"):
-        fleet = fleet_figures(runs["fleet"][-1])
-        fleet["meets_target"] = all(
-            (
-                _target(
+        out["fleet"] = fleets = {}
+        for report in runs["fleet"]:
+            fleet = fleet_figures(report)
+            kind = fleet["broker"]
+            fleet["meets_target"] = all(
+                (
+                    _target(
+                        targets,
+                        f"fleet {kind} alarms delivered",
+                        fleet["delivered_share"],
+                        1.0,
+                        unit="",
+                        at_least=True,
+                    ),
+                    _target(
+                        targets,
+                        f"fleet {kind} alarms acknowledged",
+                        fleet["acknowledged_share"],
+                        1.0,
+                        unit="",
+                        at_least=True,
+                    ),
+                    _target(
+                        targets,
+                        f"fleet {kind} unexplained gaps",
+                        fleet["gap_seqs"],
+                        0,
+                        unit=" seqs",
+                    ),
+                )
+            )
+            stored = fleet["postgres"]
+            if stored:
+                fleet["meets_target"] &= _target(
+                    targets, f"fleet {kind} gaps in PostgreSQL", stored["gap_seqs"], 0, unit=" seqs"
+                )
+                fleet["meets_target"] &= _target(
                     targets,
-                    "fleet alarms delivered",
-                    fleet["delivered_share"],
+                    f"fleet {kind} alarms confirmed in PostgreSQL",
+                    stored["confirmed_share"],
                     1.0,
                     unit="",
                     at_least=True,
-                ),
-                _target(
-                    targets,
-                    "fleet alarms acknowledged",
-                    fleet["acknowledged_share"],
-                    1.0,
-                    unit="",
-                    at_least=True,
-                ),
-                _target(targets, "fleet unexplained gaps", fleet["gap_seqs"], 0, unit=" seqs"),
-            )
-        )
-        stored = fleet["postgres"]
-        if stored:
-            fleet["meets_target"] &= _target(
-                targets, "fleet gaps in PostgreSQL", stored["gap_seqs"], 0, unit=" seqs"
-            )
-            fleet["meets_target"] &= _target(
-                targets,
-                "fleet alarms confirmed in PostgreSQL",
-                stored["confirmed_share"],
-                1.0,
-                unit="",
-                at_least=True,
-            )
-        out["fleet"] = fleet
+                )
+            fleets[kind] = fleet
     if runs.get("ingest"):
         ingest = out["ingest"] = ingest_part.summarise(runs["ingest"][0])
         for drain in ingest["drains"]:
@@ -1423,6 +1486,38 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             _target(targets, name, drain["anomalies"], 0, unit="")
         if ingest["steps"]:
             _target(targets, "ingest exactly once, steady", ingest["steady_anomalies"], 0, unit="")
+    if runs.get("saturation"):
+        saturation = saturation_figures(runs["saturation"][-1])
+        for kind, figs in saturation.items():
+            ok = _target(
+                targets,
+                f"saturation {kind} alarms",
+                figs["alarms_ok_share"],
+                1.0,
+                unit="",
+                at_least=True,
+            )
+            ok &= _target(
+                targets, f"saturation {kind} gaps", figs["gap_seqs_below"], 0, unit=" seqs"
+            )
+            if figs["fault"]:
+                ok &= _target(
+                    targets,
+                    f"saturation {kind} fault alarms",
+                    figs["fault"]["alarms_ok_share"],
+                    1.0,
+                    unit="",
+                    at_least=True,
+                )
+                ok &= _target(
+                    targets,
+                    f"saturation {kind} fault gaps",
+                    figs["fault"]["gap_seqs"],
+                    0,
+                    unit=" seqs",
+                )
+            figs["meets_target"] = ok
+        out["saturation"] = saturation
     out["targets"] = targets
     return out
 
@@ -1552,16 +1647,17 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             f"{idle['start_to_online_s']:.2f} s (~{before['start_to_online_s']:g}; "
             f"Gateway.run → online {idle['run_to_online_s']:.2f} s): information, no target"
         )
-    fleet = summary.get("fleet")
-    if fleet:
+    for kind, fleet in (summary.get("fleet") or {}).items():
         verdicts = {
-            "delivered": _verdict(summary, "fleet alarms delivered"),
-            "acknowledged": _verdict(summary, "fleet alarms acknowledged"),
-            "gaps": _verdict(summary, "fleet unexplained gaps"),
+            "delivered": _verdict(summary, f"fleet {kind} alarms delivered"),
+            "acknowledged": _verdict(summary, f"fleet {kind} alarms acknowledged"),
+            "gaps": _verdict(summary, f"fleet {kind} unexplained gaps"),
         }
         if fleet.get("postgres"):
-            verdicts["stored_gaps"] = _verdict(summary, "fleet gaps in PostgreSQL")
-            verdicts["confirmed"] = _verdict(summary, "fleet alarms confirmed in PostgreSQL")
+            verdicts["stored_gaps"] = _verdict(summary, f"fleet {kind} gaps in PostgreSQL")
+            verdicts["confirmed"] = _verdict(
+                summary, f"fleet {kind} alarms confirmed in PostgreSQL"
+            )
         for line in fleet_lines(fleet, verdicts):
             print(line)
     ingest = summary.get("ingest")
@@ -1571,6 +1667,18 @@ def print_summary(info: dict[str, Any], summary: dict[str, Any]) -> None:
             for d in ingest["drains"]
         }
         for line in ingest_part.summary_lines(ingest, ingest_verdicts):
+            print(line)
+    saturation = summary.get("saturation")
+    if saturation:
+        names = [
+            f"{kind} {what}" for kind in saturation for what in ("alarms", "gaps", "fault alarms")
+        ] + [f"{kind} fault gaps" for kind in saturation]
+        verdicts = {
+            name: _verdict(summary, f"saturation {name}")
+            for name in names
+            if any(t["name"] == f"saturation {name}" for t in summary["targets"])
+        }
+        for line in saturation_lines(saturation, verdicts):
             print(line)
     targets = summary["targets"]
     missed = [t["name"] for t in targets if not t["ok"]]
@@ -1639,6 +1747,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             bench.fleet()
         if "ingest" in parts:
             bench._record("ingest", ingest_part.run_ingest(args, workdir / "ingest"))
+        if "saturation" in parts:
+            bench.saturation()
         if "diag" in parts:
             print("diagnostic: the same alarms with SystemClock.is_synced cached", flush=True)
             bench.alarms(draining=False, clock="cached")

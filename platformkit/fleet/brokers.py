@@ -42,6 +42,9 @@ class FleetBroker:
     # fault to inject); ``fault_name`` says which.
     fault: Callable[[float], None] | None = None
     fault_name: str = ""
+    # How the reference ingest consumes from it where MQTT 5 shared subscriptions are missing
+    # (``python -m platformkit.ingest worker`` options; docs/PLATFORM.md, "Other brokers").
+    ingest_args: tuple[str, ...] = ()
 
     def port_of(self, index: int) -> int:
         return self.ports[index % len(self.ports)] if self.ports else self.port
@@ -95,6 +98,12 @@ def _nats(workdir: Path) -> FleetBroker:
         ports=[node.port for node in cluster.nodes],
         fault=kill_node,
         fault_name=f"node {KILLED_NODE} of the cluster killed (SIGKILL) and started again",
+        ingest_args=(
+            "--source=nats",
+            *(f"--nats=nats://{node.host}:{node.client_port}" for node in cluster.nodes),
+            "--mqtt-protocol=3.1.1",
+            "--ack-wait-s=4",  # below the fleet ingest's gap grace (5 s)
+        ),
     )
 
 

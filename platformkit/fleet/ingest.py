@@ -47,7 +47,7 @@ def _migrate(dsn: str) -> None:
 class FleetIngest:
     """PostgreSQL and ``workers`` ingest processes on the fleet's broker."""
 
-    def __init__(self, broker: str, workers: int) -> None:
+    def __init__(self, broker: str, workers: int, extra_args: tuple[str, ...] = ()) -> None:
         # In a temporary directory of its own, which the server's user can enter.
         self.postgres = Postgres()
         self.postgres.start()
@@ -59,6 +59,7 @@ class FleetIngest:
             gap_grace_s=GAP_GRACE_S,
             gap_check_s=1.0,
             presence_poll_s=1.0,
+            extra_args=extra_args,  # a broker's own competing consumer (brokers.py)
         )
         try:
             _migrate(self.postgres.dsn)

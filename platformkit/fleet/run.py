@@ -199,11 +199,14 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
         if options.ingest > 0:
             from platformkit.fleet.ingest import FleetIngest  # noqa: PLC0415 - psycopg only here
 
-            if broker.protocol != "5" or not broker.shared_subscriptions:
-                # The reference ingest speaks MQTT 5 and shares the uplink with $share/.
-                raise FleetError(f"--ingest needs an MQTT 5 broker with $share, not {broker.kind}")
+            shares = broker.protocol == "5" and broker.shared_subscriptions
+            if not shares and not broker.ingest_args:
+                # The reference ingest shares the uplink with $share/ or the broker's own queue.
+                raise FleetError(f"--ingest: no competing consumer known on {broker.kind}")
 
-            ingest = FleetIngest(f"{broker.host}:{broker.port}", options.ingest)
+            ingest = FleetIngest(
+                f"{broker.host}:{broker.port}", options.ingest, extra_args=broker.ingest_args
+            )
         share = options.share if broker.shared_subscriptions else None
         desk = Desk(broker.host, broker.port, protocol=broker.protocol, share=share)
         ids = [f"{options.id_prefix}-{i:05d}" for i in range(options.gateways)]
