@@ -32,7 +32,7 @@ from typing import Any
 from bench.common import percentile
 from platformkit.fleet import brokers
 from platformkit.fleet.desk import Desk
-from platformkit.fleet.light import HOME_EVENTS_PER_MIN, LightProcess, nodelay
+from platformkit.fleet.light import HOME_EVENTS_PER_MIN, LightProcess
 
 KINDS = ("mosquitto", "nats")
 CONNECTION_STEPS = {"mosquitto": (1000, 2000, 5000, 10000), "nats": (250, 500, 1000, 2000, 5000)}
@@ -256,9 +256,6 @@ class Run:
             self.broker = broker
             self.desk = Desk(broker.host, broker.port, protocol=broker.protocol)
             stack.callback(self.desk.close)
-            # Without Nagle, as the light gateways: the ack round trip is the broker's, not a
-            # delayed ACK's (docs/FLEET.md, "Saturation").
-            nodelay(self.desk._client.socket())
             gen = LightProcess(
                 host=broker.host,
                 ports=broker.ports or [broker.port],

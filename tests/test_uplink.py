@@ -177,6 +177,9 @@ async def test_tls_gateway_with_its_own_certificate_delivers(
         await wait_platform(platform_tls, lambda p: len(kinds(p, "alarm.button")) == 1, "alarm")
         assert kinds(platform_tls, "alarm.button")[0]["id"] == alarm_id
         assert rig.gateway.uplink.stats.rejected_messages == 0
+        # An alarm is never held back behind unacknowledged segments (Nagle), over TLS too.
+        assert rig.gateway.uplink._client is not None
+        assert rig.gateway.uplink._client.no_delay()
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -185,6 +188,8 @@ async def test_both_protocol_versions_deliver_and_keep_the_session(
 ) -> None:
     async with running_gateway(tmp_path, mosquitto, mqtt={"protocol": protocol}) as rig:
         await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+        assert rig.gateway.uplink._client is not None
+        assert rig.gateway.uplink._client.no_delay()
         # The broker has its SUBSCRIBE once it has passed on an event the gateway published after
         # it on the same connection (``connected`` is set before the SUBACK).
         await wait_platform(platform, lambda p: len(kinds(p, "gateway.started")) == 1, "started")

@@ -118,6 +118,7 @@ class MqttConnection:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_log = self._on_log
+        client.on_socket_open = no_delay
         return client
 
     # --------------------------------------------------------------------------- event loop side
@@ -225,6 +226,13 @@ class MqttConnection:
         client._sock_close = close_when_read  # type: ignore[method-assign]
         client.disconnect()
 
+    def no_delay(self) -> bool:
+        """Whether the current connection's socket sends without Nagle's delay."""
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket):
+            return False
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
     def drop(self) -> None:
         """Close the connection without DISCONNECT, so that the broker publishes the will."""
         sock = self._client.socket()
@@ -319,3 +327,13 @@ class MqttConnection:
             self._post(self._refused, Downlink(self, topic, b"", msg.mid, msg.qos), size, why)
             return
         self._post(self._received, Downlink(self, topic, bytes(msg.payload), msg.mid, msg.qos))
+
+
+def no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on a new connection (paho's thread). paho leaves Nagle's algorithm on, so an
+    alarm written while an earlier segment (a telemetry batch) is not yet acknowledged by TCP
+    would wait for the broker's delayed ACK, tens of milliseconds; MQTT packets are written whole,
+    so nothing is gained by holding them back."""
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

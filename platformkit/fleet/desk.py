@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.core.clock import format_ts
 from platformkit.fleet.completeness import SeqLedger
+from platformkit.fleet.light import nodelay
 
 UPLINK = "carebed/v1/+/up/#"
 STATUS = "carebed/v1/+/status"
@@ -99,6 +100,9 @@ class Desk:
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
+        # Without Nagle, as the light gateways: an ack's round trip is the broker's, not a
+        # delayed ACK's (docs/FLEET.md, "Saturation").
+        self._client.on_socket_open = lambda client, userdata, sock: nodelay(sock)
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         options: dict[str, Any] = {}

@@ -32,6 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.uplink.client import no_delay
+
 KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages the broker may send us at once
@@ -243,6 +245,8 @@ class MqttLink:
             clean_session=None if self._mqtt5 else not persistent,
             manual_ack=True,
         )
+        # Without Nagle: an acknowledgement is not held behind a PUBACK not yet ACKed by TCP.
+        self._client.on_socket_open = no_delay
         self._client.reconnect_delay_set(
             min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
             max_delay=RECONNECT_MAX_S,  # type: ignore[arg-type]
