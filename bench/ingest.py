@@ -486,6 +486,8 @@ def verify(conn: psycopg.Connection[Any], traffic: Traffic, workers: int) -> dic
         "alarms_stored": int(_one(conn, "SELECT count(*) FROM alarm")),
         "alarms_sent": traffic.alarms,
         "open_gaps": int(_one(conn, "SELECT count(*) FROM gap WHERE closed_at IS NULL")),
+        # What the platform's disk holds per event: the event table with its indexes and TOAST.
+        "event_table_bytes": int(_one(conn, "SELECT pg_total_relation_size('event')")),
     }
 
 
@@ -1084,8 +1086,14 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         )
     steps = report["steps"]
     kept = [s for s in steps if not s["saturated"] and not s["publisher_short"]]
+    sized = [d["check"] for d in drains if d["check"].get("stored")]
     return {
         "drains": drains,
+        "stored_bytes_per_event": (
+            sized[0]["event_table_bytes"] / sized[0]["stored"]
+            if sized and "event_table_bytes" in sized[0]
+            else math.nan
+        ),
         "copy_events_per_s": copy_rate,
         "copy_postgres_us_per_event": report["copy"]["postgres_us_per_event"],
         "steps": steps,
@@ -1104,7 +1112,8 @@ def summary_lines(figures: dict[str, Any], verdicts: dict[int, str]) -> list[str
         f"(messages of {opts['events_per_message']}, {opts['alarm_share']:.0%} alarms, "
         f"{opts['duplicate_share']:.0%} of messages twice, {opts['resend_share']:.0%} of alarms "
         f"resent); PostgreSQL COPY of the same rows: {figures['copy_events_per_s']:.0f}/s "
-        f"({figures['copy_postgres_us_per_event']:.1f} µs PostgreSQL CPU/event)",
+        f"({figures['copy_postgres_us_per_event']:.1f} µs PostgreSQL CPU/event); stored: "
+        f"{figures['stored_bytes_per_event']:.0f} bytes per event (table, indexes, TOAST)",
         "  workers  events/s  ÷COPY  earlier   µs CPU/event: workers  PG  broker  per CPU-s   "
         "cores: workers / PG / broker / others of / machine   fsyncs/1k (time)   exactly once",
     ]

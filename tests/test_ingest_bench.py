@@ -68,6 +68,8 @@ def test_ingest_part_reduced_stores_each_event_once(tmp_path: Path) -> None:
         for key in ("events_per_s", "copy_ratio", "worker_us_per_event", "postgres_us_per_event"):
             assert math.isfinite(drain[key]) and drain[key] > 0, (key, drain)
         assert drain["anomalies"] == 0
+    # An event row with its indexes takes some hundreds of bytes, not nothing, not megabytes.
+    assert 100 < figures["stored_bytes_per_event"] < 10_000, figures["stored_bytes_per_event"]
     ingest_targets = [t for t in summary["targets"] if t["name"].startswith("ingest")]
     assert len(ingest_targets) == 3 and all(t["ok"] for t in ingest_targets), ingest_targets
     lines = ingest.summary_lines(figures, {1: "ok", 2: "ok"})
