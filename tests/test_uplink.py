@@ -169,6 +169,34 @@ async def test_puback_with_failure_reason_is_not_a_delivery(
     assert not platform_tls.events()
 
 
+async def test_a_publication_nobody_subscribed_to_is_kept_and_sent_again(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # Before the platform's consumer subscribes (as after a Mosquitto restart, which does not
+    # restore shared subscriptions), MQTT 5 PUBACKs with 0x10 "No matching subscribers": the
+    # broker handed the events to nobody, so they stay in the outbox and go again.
+    with capture_logs() as logs:
+        async with running_gateway(tmp_path, mosquitto) as rig:
+            alarm_id = await rig.gateway.alarms.raise_alarm("alarm.button", BUTTON, "btn-00000001")
+            await wait_until(lambda: rig.gateway.uplink.stats.unheard_messages >= 2, 20, "0x10")
+            stats = await rig.gateway.outbox.stats()
+            assert stats.queued.get("alarm") == 1
+            assert stats.queued.get("gateway") == 1  # gateway.started, heard by nobody either
+            with PlatformClient(mosquitto) as platform:
+                await wait_platform(
+                    platform,
+                    lambda p: kinds(p, "alarm.button") and kinds(p, "gateway.started"),
+                    "the events sent again once the platform subscribed",
+                )
+                assert kinds(platform, "alarm.button")[0]["id"] == alarm_id
+    unheard = [e for e in logs if e["event"] == "publish_unheard"]
+    assert unheard and {e["topic"] for e in unheard} >= {
+        "carebed/v1/gw-a/up/alarm",
+        "carebed/v1/gw-a/up/gateway",
+    }
+    assert not [e for e in logs if e["event"] == "publish_rejected"]
+
+
 async def test_tls_gateway_with_its_own_certificate_delivers(
     tmp_path: Path, mosquitto_tls: Mosquitto, platform_tls: PlatformClient
 ) -> None:

@@ -49,6 +49,10 @@ STORE_RETRY_CAP_S = 5.0
 # on the same connection with back-off: without it no ack and no command would arrive.
 SUBSCRIBE_RETRY_MIN_S = 5.0  # not sooner: a broker that refuses under load is not pressed harder
 SUBSCRIBE_RETRY_CAP_S = 60.0
+# A PUBACK "No matching subscribers" (MQTT 5 reason 0x10): sent again after this long, when
+# the platform's consumers have had time to subscribe again (a broker restart: about a second).
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNHEARD_RETRY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -62,6 +66,8 @@ class UplinkStats:
     published_messages: int = 0
     published_events: int = 0
     rejected_messages: int = 0
+    # PUBACK "No matching subscribers" (MQTT 5, 0x10): nobody received them; kept, sent again.
+    unheard_messages: int = 0
     connects: int = 0
     downlink_rejected: int = 0  # acks that are not acks, downlink on unknown topics
     downlink_oversized: int = 0  # refused unread for their size
@@ -641,6 +647,20 @@ class MqttUplink:
                     reason=str(reason),
                     code=reason.value,
                 )
+            return
+        if reason.value == NO_MATCHING_SUBSCRIBERS:
+            # The broker took it and handed it to nobody: the platform's consumers are not
+            # subscribed (Mosquitto 2.0 does not restore shared subscriptions after a restart,
+            # until each consumer subscribes again). Not a delivery: kept and sent again.
+            self.stats.unheard_messages += 1
+            log.warning(
+                "publish_unheard",
+                topic=flight.message.topic,
+                events=len(flight.message.seqs),
+                first_seq=flight.message.seqs[0],
+                retry_s=UNHEARD_RETRY_S,
+            )
+            self.outbox.release(flight.message.seqs, self.outbox.mono() + UNHEARD_RETRY_S)
             return
         if reason.is_failure:
             # paho counts this message as published; the broker did not take it.
