@@ -19,6 +19,7 @@ from typing import Any
 from hil.sim.broker import Mosquitto
 
 KILLED_NODE = 1  # of a cluster: not node 0, the desk's
+NATS_ACK_WAIT_S = 5.0
 
 
 class BrokerError(Exception):
@@ -79,7 +80,9 @@ def _nats(workdir: Path) -> FleetBroker:
         nats: Any = importlib.import_module("hil.sim.nats")
     except ImportError as exc:
         raise BrokerError("no NATS launcher in this checkout (hil/sim/nats.py)") from exc
-    cluster = nats.NatsCluster(workdir / "nats")
+    # The ack wait docs/SCALE.md recommends for gateways: an ack in flight when a node or a
+    # gateway's link goes is delivered again after 5 s, not NATS's default 30 s.
+    cluster = nats.NatsCluster(workdir / "nats", ack_wait_s=NATS_ACK_WAIT_S)
     cluster.start()
 
     def kill_node(down_s: float) -> None:
