@@ -437,6 +437,9 @@ async def test_through_the_running_daemon(
         assert state["daemon.socket"] == "pass"
         assert state["button.buttons"] == "pass"  # the daemon knows: heard since its start
         assert state["mqtt.publish"] == "pass"
+        # No platform subscribed in this test: the broker took the probe and handed it to nobody.
+        publish = next(c for c in sheet["checks"] if c["id"] == "mqtt.publish")
+        assert "nobody is subscribed to it" in publish["detail"], publish
         assert set(sheet["checks"][0]) == {"id", "status", "title", "detail", "fix"}
         assert home.watch.connections == 1  # the daemon's link, no second connection
         receiver = next(c for c in sheet["checks"] if c["id"] == "button.receiver")
@@ -499,6 +502,7 @@ async def test_the_doctor_leaves_the_gateways_session_as_it_found_it(
         checks = {check["id"]: check for check in json.loads(out)["checks"]}
         assert checks["mqtt.publish"]["status"] == "pass", out
         assert "carebed/v1/gw-a/up/audit" in checks["mqtt.publish"]["detail"]
+        assert "nobody is subscribed" not in checks["mqtt.publish"]["detail"]  # the platform is
         await wait_platform(
             platform,
             lambda p: any(e["data"].get("what") == "doctor" for e in kinds(p, "audit.command")),

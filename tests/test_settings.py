@@ -48,6 +48,9 @@ async def test_config_set_applies_persists_and_audits(
     }
     async with running_gateway(tmp_path, mosquitto) as rig:
         await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+        # The broker has the downlink SUBSCRIBE once it passed on an event the gateway published
+        # after it on the same connection (``connected`` is set at the CONNACK).
+        await wait_platform(platform, lambda p: kinds(p, "gateway.started"), "started")
         result = await _command(platform, "set-1", change)
         assert result["ok"], result
         assert sorted(result["result"]["changed"]) == [

@@ -846,7 +846,9 @@ async def test_the_audit_of_an_ack_is_stored_with_the_deletion_while_inserts_fai
             )
         ]
         db.close()
-        assert stored == [alarm_id], "the alarm left the store without its audit event"
+        # Unless it went out meanwhile (published from the store, then deleted after its
+        # PUBACK): then it reaches the platform below, and it can only have come from the store.
+        assert stored in ([alarm_id], []), stored
         await wait_platform(
             platform, lambda p: kinds(p, "audit.alarm_acknowledged"), "the audit event"
         )

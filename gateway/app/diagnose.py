@@ -78,11 +78,15 @@ class DaemonDiagnosis:
                 if self._sink is None or self._outbox is None:
                     return {"refused": await self._uplink.probe_publish()}
                 refused_before = self._uplink.stats.rejected_messages
+                unheard_before = self._uplink.stats.unheard_messages
                 await self._sink.emit("audit.command", dict(DOCTOR_AUDIT))
                 await self._outbox.flush()
                 while True:
                     if self._uplink.stats.rejected_messages > refused_before:
                         return {"refused": "refused by the broker (see the log)", "topic": topic}
+                    if self._uplink.stats.unheard_messages > unheard_before:
+                        # Taken, and matched by nobody: the platform is not subscribed (yet).
+                        return {"refused": None, "unheard": True, "topic": topic}
                     if not (await self._outbox.stats()).queued.get("audit"):
                         return {"refused": None, "topic": topic}
                     await asyncio.sleep(PROBE_POLL_S)

@@ -782,6 +782,18 @@ def mqtt_checks_daemon(reply: dict[str, Any], cfg: GatewayConfig) -> list[Check]
                 _("run carebed doctor again; if it persists see journalctl -u carebed -n 50"),
             )
         )
+    elif probe.get("unheard"):
+        checks.append(
+            passed(
+                "mqtt.publish",
+                publish_title,
+                _(
+                    "{topic} accepted (PUBACK), but nobody is subscribed to it: the platform "
+                    "is not receiving yet. The gateway keeps its events and sends them again "
+                    "until it is; ask the platform team whether their consumers are running"
+                ).format(topic=topic),
+            )
+        )
     else:
         checks.append(
             passed(
