@@ -134,8 +134,9 @@ class Desk:
             return
         with self.lock:
             self.connects += 1
-        if not flags.session_present:
-            client.subscribe(self._topics)
+        # On every connect, session present or not: Mosquitto 2.0 restores a persistent
+        # session's plain subscriptions after a restart but not its shared ones.
+        client.subscribe(self._topics)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any

@@ -208,6 +208,12 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
                 f"{broker.host}:{broker.port}", options.ingest, extra_args=broker.ingest_args
             )
         share = options.share if broker.shared_subscriptions else None
+        if share is None and ingest is not None and broker.shared_subscriptions:
+            # Beside the ingest, the desk subscribes as the platform does, with a shared
+            # subscription (a group of its own), not a plain one: a plain subscriber would
+            # make a gateway's publication "heard" while the ingest's shared subscriptions are
+            # gone after a Mosquitto restart, and hide that loss (docs/SCALE.md).
+            share = "fleet-desk"
         desk = Desk(broker.host, broker.port, protocol=broker.protocol, share=share)
         ids = [f"{options.id_prefix}-{i:05d}" for i in range(options.gateways)]
         home = HomeSettings(
