@@ -277,6 +277,41 @@ async def test_an_alarm_sent_again_after_its_ack_is_acknowledged_again_and_confi
             )
 
 
+async def test_a_confirmation_stored_before_its_alarm_confirms_it(
+    dsn: str, mosquitto: Mosquitto, validator: ContractValidator
+) -> None:
+    """A broker's consumer may deliver an alarm again after the gateway's audit event (NATS:
+    after its ack wait, behind later messages): the stored confirmation still applies."""
+    async with running_worker(dsn, mosquitto, validator):
+        with raw_publisher(mosquitto, "gw-c") as gw:
+            alarm = event(1, "alarm.button")
+            audit = event(
+                2,
+                "audit.alarm_acknowledged",
+                data={
+                    "who": "desk-2",
+                    "what": "alarm acknowledged",
+                    "why": None,
+                    "alarm_id": alarm["id"],
+                },
+            )
+            publish(gw, "gw-c", "audit", [audit])
+            await eventually(
+                lambda: stored_seqs(dsn, "gw-c"), lambda s: s == [2], TIMEOUT_S, "the audit"
+            )
+            publish(gw, "gw-c", "alarm", [alarm])
+            await eventually(
+                lambda: query(
+                    dsn,
+                    "SELECT acked_by, acked_at IS NOT NULL FROM alarm"
+                    " WHERE gw = 'gw-c' AND confirmed_at IS NOT NULL",
+                ),
+                lambda rows: rows == [("desk-2", True)],
+                TIMEOUT_S,
+                "the alarm confirmed",
+            )
+
+
 async def test_a_message_that_breaks_the_contract_is_kept_apart_and_counted(
     dsn: str, mosquitto: Mosquitto, validator: ContractValidator
 ) -> None:

@@ -6,7 +6,8 @@ ingest workers as processes (``--source nats`` / ``--source amqp``) and the desk
 process. The gateway and the ingest connect to different NATS nodes. Every event is stored
 once, an alarm acknowledged from the desk reaches the gateway (its ``audit.alarm_acknowledged``
 comes back), and each worker, killed with SIGKILL mid-stream while the other carries the stream
-alone, loses and doubles nothing.
+alone, loses and doubles nothing. On NATS, a node (the leader of ``$MQTT_msgs``, the stream the
+ingest reads, unless that is the gateway's node) is also killed mid-stream and started again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats as nats_client
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,6 +31,7 @@ from hil.sim.postgres import Postgres
 from hil.sim.rabbitmq import DEFAULT_PASSWORD, DEFAULT_USER, RabbitCluster
 from platformkit.ingest.amqp import routing_key_topic
 from platformkit.ingest.desk import Desk, DeskSettings
+from platformkit.ingest.jetstream import STREAM as NATS_STREAM
 from platformkit.ingest.jetstream import subject_topic
 from platformkit.ingest.mqtt import BrokerAddress
 from platformkit.rig import IngestProcesses, eventually, query
@@ -62,6 +65,7 @@ class BrokerRig:
     worker_args: tuple[str, ...]
     consuming: str  # what a worker logs once its source receives
     rabbit: RabbitCluster | None = None
+    nats: NatsCluster | None = None
 
     def new_gateway(self) -> str:
         gw = f"gw-{self.name}-{next(_numbers):03d}"
@@ -79,7 +83,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(
     scope="module",
     params=[
-        pytest.param("nats", id="nats", marks=pytest.mark.timeout(120)),
+        pytest.param("nats", id="nats", marks=pytest.mark.timeout(180)),
         pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.timeout(240)),
         pytest.param(
             "rabbitmq-cluster",
@@ -114,6 +118,7 @@ def rig(
                     "--mqtt-protocol=3.1.1",
                 ),
                 "jetstream_consuming",
+                nats=nats,
             )
     else:
         # One node in make test: a classic queue; the 3-node cluster (make soak): a quorum queue,
@@ -171,6 +176,40 @@ def gateway_config(workdir: Path, gw: str, rig: BrokerRig) -> Path:
 
 async def stored(dsn: str, gw: str) -> int:
     return int((await query(dsn, "SELECT count(*) FROM event WHERE gw = %s", (gw,)))[0][0])
+
+
+async def kill_a_nats_node_mid_stream(cluster: NatsCluster, dsn: str, gw: str) -> None:
+    """SIGKILL the leader of the stream the ingest reads, let the stream go on without it, and
+    start it again. A leader on the gateway's node 0 is first asked to step down, so that the
+    gateway keeps its connection and the kill tests the stream, not the gateway's reconnect."""
+    node = cluster.nodes[1]
+    gateway_node = cluster.nodes[0].name
+    nc = await nats_client.connect(f"nats://{node.host}:{node.client_port}")
+    try:
+        js = nc.jetstream(timeout=5)
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                info = await js.stream_info(NATS_STREAM)
+                leader = info.cluster.leader if info.cluster is not None else None
+                if leader is not None and leader != gateway_node:
+                    break
+                if leader == gateway_node:
+                    await nc.request(
+                        f"$JS.API.STREAM.LEADER.STEPDOWN.{NATS_STREAM}", b"", timeout=5
+                    )
+                await asyncio.sleep(0.2)  # polling the cluster's election: no event to wait on
+    finally:
+        await nc.close()
+    victim = cluster.node_named(leader)
+    cluster.kill_node(victim)
+    at_kill = await stored(dsn, gw)
+    await eventually(
+        lambda: stored(dsn, gw),
+        at_least(at_kill + STORED_AFTER_KILL),
+        TIMEOUT_S,
+        f"events stored with {leader}, the leader of {NATS_STREAM}, killed",
+    )
+    await asyncio.to_thread(cluster.restart_node, victim)
 
 
 async def logged(workers: IngestProcesses, name: str, text: str) -> int:
@@ -243,6 +282,9 @@ async def test_two_workers_store_every_event_once_through_kills_and_the_desk_ack
                 "the gateway online",
             )
 
+            if rig.nats is not None:
+                await kill_a_nats_node_mid_stream(rig.nats, dsn, gw)
+
             # kill -9 of each worker in turn mid-stream; its supervisor starts it again once the
             # other has stored a good part of the stream alone.
             for victim, other in (WORKERS, WORKERS[::-1]):
@@ -295,6 +337,8 @@ async def test_two_workers_store_every_event_once_through_kills_and_the_desk_ack
 
 def test_a_subject_and_a_routing_key_are_the_gateway_s_topic_again() -> None:
     assert subject_topic("carebed.v1.gw-a.up.telemetry") == "carebed/v1/gw-a/up/telemetry"
+    # What the ingest reads on NATS: the subject in the MQTT layer's own stream.
+    assert subject_topic("$MQTT.msgs.carebed.v1.gw-a.up.alarm") == "carebed/v1/gw-a/up/alarm"
     assert routing_key_topic("carebed.v1.gw-a.up.alarm") == "carebed/v1/gw-a/up/alarm"
     # RabbitMQ's MQTT plugin writes a dot of a topic as a slash.
     assert routing_key_topic("carebed.v1.gw/x.up.alarm") == "carebed/v1/gw.x/up/alarm"

@@ -403,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument(
             "--nats", action="append", default=[], metavar="URL", help="nats://HOST:PORT"
         )
-        sub.add_argument("--nats-replicas", type=int, default=3, help="the stream's replicas")
+        sub.add_argument(
+            "--nats-replicas",
+            type=int,
+            default=3,
+            help="the consumers' replicas (at most those of $MQTT_msgs)",
+        )
         sub.add_argument(
             "--ack-wait-s",
             type=float,

@@ -1,19 +1,21 @@
 """The ingest's source on NATS: JetStream durable pull consumers over the gateways' MQTT uplink.
 
 The gateways speak MQTT 3.1.1 to NATS's MQTT listener; ``carebed/v1/GW/up/CLASS`` is the
-subject ``carebed.v1.GW.up.CLASS``. NATS (2.9) keeps MQTT QoS 1 messages in a stream only for
-MQTT subscribers, so the ingest has a stream of its own on ``carebed.v1.*.up.>``, created (or
-brought to this configuration) by the first worker that starts. Its retention is *interest*:
-a message is kept until every consumer it matches has acknowledged it, and ``max_age`` at
-most (the worker's ``session_expiry_s``, as an MQTT session's).
+subject ``carebed.v1.GW.up.CLASS``. NATS (2.9) stores every QoS 1 publication of an MQTT client
+in its own stream ``$MQTT_msgs`` (subject ``$MQTT.msgs.carebed.v1.GW.up.CLASS``) before it sends
+the PUBACK, so the ingest consumes from that stream: what a gateway was acknowledged is what the
+ingest reads. The stream's retention is *interest*: a message is kept until every consumer it
+matches has acknowledged it (one with no consumer is not kept), so the ingest's durable consumers
+are what keeps the uplink. The stream is created by NATS on the account's first MQTT connection
+(the presence worker's, at the latest); a worker waits for it.
 
-- ``GROUP``: one durable pull consumer on all of ``carebed.v1.*.up.>``, shared by every worker
-  (each fetches a batch; explicit ack after the commit; what is not acknowledged within
+- ``GROUP``: one durable pull consumer on ``$MQTT.msgs.carebed.v1.*.up.>``, shared by every
+  worker (each fetches a batch; explicit ack after the commit; what is not acknowledged within
   ``ack_wait_s`` is delivered again, to whoever fetches next).
-- ``GROUP-NAME-alarm``: one durable pull consumer per worker on ``carebed.v1.*.up.alarm``, so
-  that every worker takes every alarm: a worker killed with an alarm in hand delays nothing
-  (the others have it), where the shared consumer alone would wait for ``ack_wait_s``. The
-  store keeps the first copy.
+- ``GROUP-NAME-alarm``: one durable pull consumer per worker on
+  ``$MQTT.msgs.carebed.v1.*.up.alarm``, so that every worker takes every alarm: a worker killed
+  with an alarm in hand delays nothing (the others have it), where the shared consumer alone
+  would wait for ``ack_wait_s``. The store keeps the first copy.
 
 The downlink (acknowledgements of alarms) is published over MQTT 3.1.1 at QoS 1: a QoS 1
 subscription in NATS receives a core NATS publication at QoS 0 only.
@@ -37,18 +39,16 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 
 from platformkit.ingest.source import Received, SourceSettings
 
 log = structlog.get_logger("platformkit.ingest")
 
-STREAM = "CAREBED_UP"
-UP_SUBJECT = "carebed.v1.*.up.>"
-ALARM_SUBJECT = "carebed.v1.*.up.alarm"
+STREAM = "$MQTT_msgs"  # NATS's own stream of MQTT QoS 1 messages
+MQTT_PREFIX = "$MQTT.msgs."
+UP_SUBJECT = MQTT_PREFIX + "carebed.v1.*.up.>"
+ALARM_SUBJECT = MQTT_PREFIX + "carebed.v1.*.up.alarm"
 FETCH_WAIT_S = 1.0  # one pull request's wait when nothing is there
 RECONNECT_WAIT_S = 0.5
 # A JetStream API request's wait. NATS 2.9 may leave a consumer's creation unanswered right
@@ -73,16 +73,17 @@ class NatsDelivery:
 @dataclass(frozen=True, slots=True)
 class JetStreamSettings:
     servers: tuple[str, ...]  # nats://HOST:PORT of one or more nodes
-    replicas: int = 3
+    replicas: int = 3  # the consumers' (at most the stream's)
     # Below the gap grace (30 s): a killed worker's batch comes again before it counts as a gap.
     ack_wait_s: float = 10.0
     max_ack_pending: int = 20_000
 
 
 def subject_topic(subject: str) -> str:
-    """``carebed.v1.GW.up.CLASS`` → ``carebed/v1/GW/up/CLASS`` (NATS 2.9 refuses MQTT topics
-    with a dot, so every dot of a subject from MQTT was a slash)."""
-    return subject.replace(".", "/")
+    """``$MQTT.msgs.carebed.v1.GW.up.CLASS`` (or ``carebed.v1.GW.up.CLASS``) →
+    ``carebed/v1/GW/up/CLASS`` (NATS 2.9 refuses MQTT topics with a dot, so every dot of a
+    subject from MQTT was a slash)."""
+    return subject.removeprefix(MQTT_PREFIX).replace(".", "/")
 
 
 class JetStreamUplink:
@@ -153,8 +154,9 @@ class JetStreamUplink:
             try:
                 await self._setup(js)
                 break
-            except (nats.errors.Error, TimeoutError) as exc:
-                # A cluster without a JetStream leader yet, or one of its nodes down.
+            except (nats.errors.Error, TimeoutError, JetStreamError) as exc:
+                # A cluster without a JetStream leader yet, one of its nodes down, or no MQTT
+                # connection to the account yet.
                 log.warning("jetstream_setup_retried", worker=self.settings.name, error=repr(exc))
                 await asyncio.sleep(RETRY_S)
         shared = await js.pull_subscribe_bind(durable=self.shared_consumer, stream=STREAM)
@@ -166,23 +168,14 @@ class JetStreamUplink:
             tasks.create_task(self._pull(alarms, queue, ALARM_BATCH))
 
     async def _setup(self, js: Any) -> None:
-        """The stream and both consumers, created or updated to this configuration."""
-        settings, jetstream = self.settings, self.jetstream
-        stream = StreamConfig(
-            name=STREAM,
-            subjects=[UP_SUBJECT],
-            retention=RetentionPolicy.INTEREST,
-            storage=StorageType.FILE,
-            num_replicas=jetstream.replicas,
-            max_age=float(settings.session_expiry_s),
-        )
+        """Both consumers on NATS's MQTT stream, created or updated to this configuration."""
+        jetstream = self.jetstream
         try:
-            await js.stream_info(STREAM)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(stream)
-            log.info("jetstream_stream_created", stream=STREAM, replicas=jetstream.replicas)
-        else:
-            await js.update_stream(stream)
+            info = await js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError as exc:
+            # Created by the account's first MQTT connection (the presence worker makes one).
+            raise JetStreamError(f"{STREAM} does not exist yet") from exc
+        replicas = min(jetstream.replicas, info.config.num_replicas or 1)
         for durable, subject in (
             (self.shared_consumer, UP_SUBJECT),
             (self.alarm_consumer, ALARM_SUBJECT),
@@ -196,7 +189,7 @@ class JetStreamUplink:
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=jetstream.ack_wait_s,
                     max_ack_pending=jetstream.max_ack_pending,
-                    num_replicas=jetstream.replicas,
+                    num_replicas=replicas,
                 ),
             )
 

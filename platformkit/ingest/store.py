@@ -113,6 +113,7 @@ async def write_batch(conn: Conn, events: list[Event], rejected: list[Rejected])
         alarms = [e for e in kept if e.klass == "alarm" and e.kind != "alarm.cancelled"]
         cancels = [e for e in kept if e.kind == "alarm.cancelled"]
         counts.reacks = await _upsert_alarms(conn, alarms)
+        await _confirm_from_stored_audits(conn, alarms)
         await _apply_cancels(conn, cancels)
         confirmed = [e for e in kept if e.kind == "audit.alarm_acknowledged"]
         await _apply_confirmations(conn, confirmed)
@@ -256,6 +257,22 @@ async def _upsert_alarms(conn: Conn, events: list[Event]) -> list[Reack]:
         for row in await cur.fetchall()
         if row[3] is not None
     ]
+
+
+async def _confirm_from_stored_audits(conn: Conn, alarms: list[Event]) -> None:
+    """An alarm stored after its gateway's confirmation (the alarm delivered again, behind the
+    audit event): the confirmation already stored applies to it, as an alarm.cancelled does."""
+    if not alarms:
+        return
+    await conn.execute(
+        "UPDATE alarm SET confirmed_at = c.received_at,"
+        " acked_at = coalesce(alarm.acked_at, c.received_at),"
+        " acked_by = coalesce(alarm.acked_by, c.data->>'who', 'unknown')"
+        " FROM unnest(%s::text[], %s::text[]) AS k(gw, id), event c"
+        " WHERE alarm.gw = k.gw AND alarm.id = k.id AND alarm.confirmed_at IS NULL"
+        "  AND c.gw = k.gw AND c.kind = 'audit.alarm_acknowledged' AND c.data->>'alarm_id' = k.id",
+        ([e.gw for e in alarms], [e.id for e in alarms]),
+    )
 
 
 async def _apply_cancels(conn: Conn, cancels: list[Event]) -> None:
