@@ -28,13 +28,13 @@ from bench.saturation import (
     run_kind,
     table,
 )
+from gateway.core.kinds import event_class
 from hil.sim.broker import Mosquitto
 from platformkit.fleet.desk import Desk
 from platformkit.fleet.light import (
     KIND_WEIGHTS,
     LightProcess,
     event_body,
-    event_class,
     gateway_id,
     message,
 )

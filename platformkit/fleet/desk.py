@@ -14,16 +14,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.core.clock import format_ts
+from hil.mqtt import ack_body, session_properties
 from platformkit.fleet.completeness import SeqLedger
 from platformkit.fleet.light import nodelay
 
@@ -107,9 +104,7 @@ class Desk:
         self._client.on_message = self._on_message
         options: dict[str, Any] = {}
         if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_S
-            options = {"clean_start": False, "properties": properties}
+            options = {"clean_start": False, "properties": session_properties(SESSION_EXPIRY_S)}
         try:
             self._client.connect(host, port, KEEPALIVE_S, **options)
         except OSError as exc:
@@ -204,8 +199,7 @@ class Desk:
         return acks
 
     def _ack(self, gw: str, alarm_id: str) -> None:
-        body = {"v": 1, "ids": [alarm_id], "by": OPERATOR, "ts": format_ts(datetime.now(UTC))}
-        payload = json.dumps(body, separators=(",", ":"))
+        payload = json.dumps(ack_body([alarm_id], OPERATOR), separators=(",", ":"))
         sent = time.monotonic()
         info = self._client.publish(f"carebed/v1/{gw}/down/ack", payload, qos=1)
         with self.lock:

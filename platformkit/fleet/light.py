@@ -41,12 +41,12 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.core.clock import format_ts
 from gateway.core.events import new_event_id
+from gateway.core.kinds import event_class
+from hil.mqtt import session_properties
 
 VERSION = "light-1"  # what a light gateway says it runs (status and gateway.started)
 KEEPALIVE_S = 60
@@ -138,10 +138,6 @@ def message(
         "attempt": attempt,
     }
     return json.dumps({"v": 1, "gw": gw, "events": [event]}, separators=(",", ":"))
-
-
-def event_class(kind: str) -> str:
-    return "cmdres" if kind == "cmd.result" else kind.split(".", 1)[0]
 
 
 @dataclass(slots=True)
@@ -385,9 +381,10 @@ class LightFleet:
             if first:
                 options: dict[str, Any] = {}
                 if self.v5:
-                    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                    properties.SessionExpiryInterval = SESSION_EXPIRY_S
-                    options = {"clean_start": False, "properties": properties}
+                    options = {
+                        "clean_start": False,
+                        "properties": session_properties(SESSION_EXPIRY_S),
+                    }
                 gw.client.connect(self.host, gw.port, KEEPALIVE_S, **options)
             else:
                 gw.client.reconnect()

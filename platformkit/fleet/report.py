@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-from platformkit.fleet.completeness import count
+from platformkit.fleet.completeness import count, subtract
 
 if TYPE_CHECKING:
     from platformkit.fleet.brokers import FleetBroker
@@ -56,7 +56,10 @@ def summarise(
         for home in homes:
             seen = gateways.get(home["gw"])
             last = home["last_seq"]
-            gaps = seen.ledger.gaps(last) if seen is not None else ([(1, last)] if last else [])
+            # What never arrived, once: the gaps are what no gateway.dropped explains of it.
+            never = [(1, last)] if last else []
+            missing = seen.ledger.missing(last) if seen is not None else never
+            gaps = subtract(missing, seen.ledger.dropped) if seen is not None else missing
             # Events the gateway still held when it closed (its drain at shutdown is bounded):
             # not lost, they go with its next start. Counted apart from the gaps.
             held = min(count(gaps), sum((home["left_queued"] or {}).values()))
@@ -66,7 +69,7 @@ def summarise(
                     "last_seq": last,
                     "received": len(seen.ledger.seen) if seen else 0,
                     "duplicates": seen.ledger.duplicates if seen else 0,
-                    "explained": seen.ledger.explained(last) if seen else 0,
+                    "explained": count(missing) - count(gaps) if seen else 0,
                     "gaps": gaps,
                     "gap_seqs": count(gaps) - held,
                     "held_by_gateway": held,

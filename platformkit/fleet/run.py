@@ -336,11 +336,12 @@ class _BrokerFault:
 def _settle(desk: Desk, homes: list[dict[str, Any]]) -> None:
     """Wait (bounded) until the desk holds every seq the homes handed out."""
     deadline = time.monotonic() + SETTLE_S
+    behind = homes  # a home caught up stays so (seqs only arrive): only the others are looked at
     while time.monotonic() < deadline:
         with desk.lock:
             behind = [
                 h
-                for h in homes
+                for h in behind
                 if h["gw"] not in desk.gateways
                 or len(desk.gateways[h["gw"]].ledger.gaps(h["last_seq"])) > 0
             ]
