@@ -77,10 +77,17 @@ def _requested(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+def _builtins() -> set[str]:
+    """carebed's own command words; an add-on never takes one of them."""
+    return {"run", "schema", "provision", *installer.COMMANDS, *COMMANDS}
+
+
 def _plugin(argv: list[str]) -> tuple[list[str], Plugin | None]:
     """The add-on commands' names, and the one asked for, loaded."""
-    entries = {entry.name: entry for entry in metadata.entry_points(group=PLUGIN_GROUP)}
     wanted = _requested(argv)
+    if wanted in _builtins():
+        return [], None  # the daemon and the installer's commands never scan the entry points
+    entries = {entry.name: entry for entry in metadata.entry_points(group=PLUGIN_GROUP)}
     if wanted not in entries:
         return sorted(entries), None
     try:
@@ -237,17 +244,7 @@ def main(argv: list[str] | None = None, *, sources: Mapping[str, EventSource] | 
     _use_catalog_for_argparse()
     add_ons, plugin = _plugin(sys.argv[1:] if argv is None else argv)
     args = _parser(add_ons, plugin).parse_args(argv)
-    if (
-        plugin is not None
-        and args.command not in COMMANDS
-        and args.command
-        not in (
-            "run",
-            "schema",
-            "provision",
-            *installer.COMMANDS,
-        )
-    ):
+    if plugin is not None and args.command not in _builtins():
         return plugin.main(args)
     if args.command == "schema":
         schemas = {"config": config_module.json_schema(), "uplink": uplink_json_schema()}
