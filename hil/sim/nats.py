@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--nodes", type=int, default=DEFAULT_SIZE)
     args = parser.parse_args(argv)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with NatsCluster(args.workdir, size=args.nodes) as cluster:
         for node in cluster.nodes:
             print(
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -20,12 +20,11 @@ import secrets
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 from hil.sim.broker import HOST, free_port
-from hil.sim.nats import wait_mqtt_ready
+from hil.sim.nats import stop_on_signals, wait_mqtt_ready
 from hil.sim.pki import Pki
 from hil.sim.process import RigLauncher, RigServer, ServerProcess, log_tail, read_logs, tcp_accepts
 
@@ -414,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--nodes", type=int, default=DEFAULT_SIZE)
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     with RabbitCluster(args.workdir, size=args.nodes) as cluster:
         for node in cluster.nodes:
             print(

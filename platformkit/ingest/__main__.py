@@ -40,7 +40,8 @@ from platformkit.ingest.mqtt import (
     TlsConfigError,
     TlsFiles,
 )
-from platformkit.ingest.operators import OperatorsError, add_operator, check_new, read_operators
+from platformkit.ingest.operators import OperatorsError, add_operator, read_operators
+from platformkit.ingest.source import SOURCES
 from platformkit.ingest.worker import CONNECT_TIMEOUT_S, IngestWorker, WorkerSettings
 
 if TYPE_CHECKING:
@@ -168,9 +169,6 @@ def _source_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--ack-wait-s", str(args.ack_wait_s), "--amqp-queue-type", args.amqp_queue_type]
     for url in args.nats:
         argv += ["--nats", url]
-    if args.amqp:
-        # Its password stays out of the workers' command lines (ps): they read it from there.
-        os.environ[AMQP_URL_ENV] = args.amqp
     return argv
 
 
@@ -254,7 +252,6 @@ def _operator_add(args: argparse.Namespace) -> int:
     else:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     try:
-        check_new(args.name, password)
         new = add_operator(args.operators, args.name, password)
     except (OperatorsError, OSError) as exc:
         return _failed(exc, 2)
@@ -265,6 +262,9 @@ def _operator_add(args: argparse.Namespace) -> int:
 async def _run_all(args: argparse.Namespace) -> None:
     """The workers as child processes (restarted when they die) and the desk in this one."""
     names = [f"{args.name_prefix}-{n}" for n in range(1, args.workers + 1)]
+    if args.amqp:
+        # Its password stays out of the workers' command lines (ps): they read it from there.
+        os.environ[AMQP_URL_ENV] = args.amqp
     children: dict[str, asyncio.subprocess.Process] = {}
 
     async def supervise() -> None:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sub.add_argument(
             "--source",
-            choices=("mqtt", "nats", "amqp"),
+            choices=SOURCES,
             default="mqtt",
             help="the workers' competing consumer: MQTT shared subscriptions, a JetStream"
             " durable consumer, a RabbitMQ queue (docs/PLATFORM.md)",

@@ -66,23 +66,15 @@ class AmqpUplink:
     def __init__(self, settings: SourceSettings, amqp: AmqpSettings) -> None:
         self.settings = settings
         self.amqp = amqp
-        self.ready = asyncio.Event()
 
     async def run(self, queue: asyncio.Queue[Received]) -> None:
-        try:
-            connection = await aio_pika.connect_robust(
-                self.amqp.url,
-                client_properties={"connection_name": self.settings.name},
-                timeout=CONNECT_TIMEOUT_S,
-            )
-            async with connection:
-                await self._consume(connection, queue)
-        finally:
-            self.ready.clear()
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            await self.ready.wait()
+        connection = await aio_pika.connect_robust(
+            self.amqp.url,
+            client_properties={"connection_name": self.settings.name},
+            timeout=CONNECT_TIMEOUT_S,
+        )
+        async with connection:
+            await self._consume(connection, queue)
 
     async def ack(self, batch: Sequence[Received]) -> None:
         for delivery in batch:
@@ -109,5 +101,4 @@ class AmqpUplink:
 
         await shared.consume(received, no_ack=False)
         log.info("amqp_consuming", worker=self.settings.name, queue=self.settings.group)
-        self.ready.set()
         await asyncio.Future()  # the channel's consumer does the work

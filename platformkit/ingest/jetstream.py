@@ -96,7 +96,6 @@ class JetStreamUplink:
     ) -> None:
         self.settings = settings
         self.jetstream = jetstream
-        self.ready = asyncio.Event()
         self._nc: NatsClient | None = None
         self._in_flight = 0  # fetched and not yet acknowledged (or dropped with a connection)
         self._room = asyncio.Event()
@@ -114,14 +113,9 @@ class JetStreamUplink:
         try:
             await self._consume(queue)
         finally:
-            self.ready.clear()
             if self._nc is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await self._nc.close()
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            await self.ready.wait()
 
     async def ack(self, batch: Sequence[Received]) -> None:
         acked = 0
@@ -162,7 +156,6 @@ class JetStreamUplink:
         shared = await js.pull_subscribe_bind(durable=self.shared_consumer, stream=STREAM)
         alarms = await js.pull_subscribe_bind(durable=self.alarm_consumer, stream=STREAM)
         log.info("jetstream_consuming", worker=self.settings.name, stream=STREAM)
-        self.ready.set()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._pull(shared, queue, self.settings.batch_max_messages))
             tasks.create_task(self._pull(alarms, queue, ALARM_BATCH))

@@ -40,9 +40,6 @@ class UplinkSource(Protocol):
         """Receive into ``queue`` until cancelled (connecting, and again after every loss);
         an error that a new process may cure (no broker at start) ends it."""
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Until the source receives (connected, its queues or consumers declared)."""
-
     async def ack(self, batch: Sequence[Received]) -> None:
         """``batch`` is stored: the broker may forget it. What cannot be acknowledged any more
         (its connection was lost meanwhile) is left to the broker, which sends it again."""
@@ -77,7 +74,6 @@ class MqttUplink:
         self.tls = tls
         self.connect_timeout_s = connect_timeout_s
         self._link: MqttLink | None = None
-        self._started_link = asyncio.Event()
 
     async def run(self, queue: asyncio.Queue[Received]) -> None:
         settings = self.settings
@@ -92,18 +88,12 @@ class MqttUplink:
             tls=self.tls,
         )
         self._link.start()
-        self._started_link.set()
         try:
             # A refused certificate or plain TCP to a TLS listener: MqttConnectError, the reason.
             await self._link.wait_connected(self.connect_timeout_s)
             await asyncio.Future()  # paho's thread does the work
         finally:
             self._link.close()
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            await self._started_link.wait()
-            await self._started().connected.wait()
 
     async def ack(self, batch: Sequence[Received]) -> None:
         link = self._started()
