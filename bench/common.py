@@ -142,6 +142,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
 def now_ns() -> int:
     """CLOCK_MONOTONIC: one clock for every process of this boot, so stamps compare across them."""
     return time.monotonic_ns()

@@ -51,7 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import ensure_dir, percentile
+from bench.common import ensure_dir, machine_busy_ticks, percentile
 from gateway.core.events import new_event_id
 from hil.sim.broker import Mosquitto
 from hil.sim.postgres import Postgres
@@ -307,9 +307,7 @@ def _children(pid: int) -> list[int]:
 
 def machine_busy_s() -> float:
     """CPU seconds the machine has spent not idle (all CPUs, since boot)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLK_TCK
+    return machine_busy_ticks()[0] / CLK_TCK
 
 
 @dataclass(frozen=True, slots=True)

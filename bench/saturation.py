@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile
+from bench.common import machine_busy_ticks, percentile
 from platformkit.fleet import brokers
 from platformkit.fleet.desk import Desk
 from platformkit.fleet.light import HOME_EVENTS_PER_MIN, LightProcess
@@ -183,14 +183,6 @@ def proc_sample(pid: int) -> ProcSample | None:
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
     return ProcSample(pid, (int(stat[11]) + int(stat[12])) / CLK_TCK, rss, threads)
-
-
-def machine_busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    total = sum(fields[:8])
-    return total - idle, total
 
 
 # ------------------------------------------------------------------------------ the run

@@ -159,14 +159,6 @@ class Desk(PahoClient):
         found = [s.event for s in self.seen() if s.topic.endswith("/status")]
         return found[-1] if found else None
 
-    def acked_ids(self, since: int = 0) -> set[str]:
-        return {
-            str(i)
-            for s in self.seen(since)
-            if s.topic.endswith("/down/ack")
-            for i in s.event.get("ids") or []
-        }
-
     async def wait(
         self,
         find: Callable[[], Seen | None],

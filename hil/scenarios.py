@@ -94,10 +94,6 @@ def _confirmed(
     return wait
 
 
-def _sim_receiver(ctx: Context) -> bool:
-    return ctx.sim is not None and ctx.sim.receiver is not None
-
-
 def _on_receiver(
     ctx: Context, do: Callable[[ReceiverSim], Awaitable[Any]]
 ) -> Callable[[], Awaitable[None]] | None:
