@@ -169,8 +169,10 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
 @pytest.mark.timeout(240)
 def test_a_fleet_beside_the_ingest_is_complete_in_postgresql(tmp_path: Path) -> None:
     """10 gateways, one of them cut for 5 s, with PostgreSQL and 2 ingest workers on a shared
-    subscription: PostgreSQL holds every seq of every gateway and every alarm, each confirmed
-    by the gateway's audit event after the desk's acknowledgement."""
+    subscription, and Mosquitto stopped and started once (it forgets shared subscriptions): the
+    desk sees the alarms in PostgreSQL as the platform's desk does, and PostgreSQL holds every
+    seq of every gateway and every alarm, each confirmed by the gateway's audit event after the
+    desk's acknowledgement."""
     options = FleetOptions(
         gateways=10,
         duration_s=20,
@@ -183,6 +185,8 @@ def test_a_fleet_beside_the_ingest_is_complete_in_postgresql(tmp_path: Path) -> 
         vitals_interval_s=5,
         reading_s=1,
         ingest=2,
+        fault_at_s=2,
+        fault_s=3,
     )
     report = run_fleet(options, tmp_path / "fleet")
     text = render(report)
@@ -202,4 +206,9 @@ def test_a_fleet_beside_the_ingest_is_complete_in_postgresql(tmp_path: Path) -> 
         - stored["held_by_gateways"]
     ), text
     assert stored["conflicts"] == stored["rejected"] == 0, text
+    assert report["desk_source"] == "postgres", text
+    assert report["fault"]["error"] is None, text
+    alarms = report["alarms"]
+    assert alarms["delivered"] == alarms["acknowledged"] == raised, text
+    assert report["completeness"]["gap_seqs"] == 0, text
     assert report["ok"], text

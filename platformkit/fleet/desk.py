@@ -1,9 +1,17 @@
-"""The operator beside the fleet: receives every gateway's events, acknowledges every alarm as
-soon as it arrives, and keeps each gateway's seq ledger.
+"""The operator beside the fleet: acknowledges every alarm as soon as it sees it, and keeps each
+gateway's seq ledger.
 
-A lean paho subscriber (one thread), not the rig's ``PlatformClient``, which keeps every message:
-a fleet sends hundreds of thousands. With ``share`` it subscribes as one member of an MQTT 5
-shared subscription (``$share/GROUP/…``), as the reference ingest's workers do.
+A lean paho client (one thread), not the rig's ``PlatformClient``, which keeps every message: a
+fleet sends hundreds of thousands. It sees the gateways' events in one of two ways:
+
+- **from the broker** (no ingest beside the fleet): it subscribes to every gateway's ``up/#``,
+  with ``share`` as one member of an MQTT 5 shared subscription (``$share/GROUP/…``);
+- **from PostgreSQL** (``uplink=False``, the reference ingest beside the fleet): it subscribes
+  to the statuses only and is told of each alarm the ingest stored (``alarm_stored``, fed by
+  ``platformkit.fleet.ingest.StoredAlarms``), as the platform's desk is. The ingest's workers are
+  then the uplink's only consumers: a second group of subscribers would make a gateway's
+  publication a success while the workers' shared subscriptions are gone after a Mosquitto
+  restart, and the ingest would never see it (docs/SCALE.md, "Findings").
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class Desk:
         protocol: str = "5",
         share: str | None = None,
         client_id: str = OPERATOR,
+        uplink: bool = True,
     ) -> None:
         self.lock = threading.Lock()
         self.gateways: dict[str, GatewaySeen] = {}
@@ -84,7 +93,9 @@ class Desk:
         self._refused: str | None = None
         v5 = protocol == "5"
         prefix = f"$share/{share}/" if share else ""
-        self._topics = [(prefix + UPLINK, 1), (prefix + STATUS, 1)]
+        self.source = "broker" if uplink else "postgres"
+        self._topics = [(prefix + UPLINK, 1)] if uplink else []
+        self._topics.append((prefix + STATUS, 1))
         # A persistent session (its own id per run): what arrives while the broker restarts is
         # kept for the desk, as for the ingest's workers.
         self._client = mqtt.Client(
@@ -197,6 +208,27 @@ class Desk:
                     alarm.max_attempt = max(alarm.max_attempt, attempt)
                 acks.append(alarm_id)  # every arrival: a resend means the last ack was lost
         return acks
+
+    def alarm_stored(self, gw: str, alarm_id: str, seq: int, attempt: int, now: float) -> None:
+        """The ingest stored an alarm (``uplink=False``): seen now, acknowledged at once."""
+        with self.lock:
+            if alarm_id in self.alarms:
+                return
+            self.alarms[alarm_id] = AlarmSeen(gw, seq, now, max_attempt=attempt)
+        self._ack(gw, alarm_id)
+
+    def adopt_stored(
+        self, ledgers: dict[str, SeqLedger], kinds: dict[str, int], span_s: float
+    ) -> None:
+        """The events as PostgreSQL holds them (``uplink=False``), for the report."""
+        with self.lock:
+            for gw, ledger in ledgers.items():
+                self.gateways.setdefault(gw, GatewaySeen()).ledger = ledger
+                self.gateways[gw].events = len(ledger.seen)
+            self.kinds = Counter(kinds)
+            self.events = sum(kinds.values())
+            self.first_event_mono = 0.0
+            self.last_event_mono = span_s
 
     def _ack(self, gw: str, alarm_id: str) -> None:
         payload = json.dumps(ack_body([alarm_id], OPERATOR), separators=(",", ":"))

@@ -3,15 +3,20 @@ PostgreSQL holds it (``--ingest K``).
 
 PostgreSQL runs from a data directory of the run's own (``hil.sim.postgres``), migrated by
 ``python -m platformkit.ingest migrate``; ``K`` ingest workers share the uplink as one MQTT 5
-shared subscription (``platformkit.rig.IngestProcesses``). The fleet's desk still acknowledges
-every alarm; the gateway's ``audit.alarm_acknowledged`` then confirms the alarm in PostgreSQL.
+shared subscription (``platformkit.rig.IngestProcesses``), or the broker's own competing
+consumer. The fleet's desk then sees what the platform's desk sees: the alarms PostgreSQL holds,
+followed through the ingest's LISTEN/NOTIFY channel (``StoredAlarms``), and acknowledges each one
+as an operator does (``down/ack``, then ``acked_by``/``acked_at``); the gateway's
+``audit.alarm_acknowledged`` then confirms it in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +24,17 @@ import psycopg
 
 from hil.sim.postgres import Postgres
 from platformkit.fleet.completeness import SeqLedger, count
+from platformkit.ingest.store import DESK_CHANNEL
 from platformkit.rig import IngestProcesses
 
 MIGRATE_TIMEOUT_S = 60.0
 WORKER_START_S = 60.0
 GAP_GRACE_S = 5.0  # the ingest reports a hole that lasted this long (shipped: 30 s)
 POLL_S = 0.5
+FOLLOW_WAIT_S = 0.5  # the alarm follower looks again without a NOTIFY (none is lost, but cheap)
+
+# (gw, alarm id, seq, attempt, monotonic time the desk saw it)
+AlarmHandler = Callable[[str, str, int, int, float], None]
 
 
 class FleetIngestError(Exception):
@@ -47,14 +57,16 @@ def _migrate(dsn: str) -> None:
 class FleetIngest:
     """PostgreSQL and ``workers`` ingest processes on the fleet's broker."""
 
-    def __init__(self, broker: str, workers: int, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, broker: str, workers: int, logdir: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         # In a temporary directory of its own, which the server's user can enter.
         self.postgres = Postgres()
         self.postgres.start()
         self.workers = IngestProcesses(
             self.postgres.dsn,
             broker,
-            Path(self.postgres.workdir) / "ingest",
+            logdir,  # the workers' logs stay with the fleet's run
             transport=("--plaintext",),  # the fleet's brokers are plain TCP
             gap_grace_s=GAP_GRACE_S,
             gap_check_s=1.0,
@@ -81,6 +93,20 @@ class FleetIngest:
         with psycopg.connect(self.postgres.dsn, autocommit=True) as conn:
             return conn.execute(sql).fetchall()
 
+    def follow_alarms(self, on_alarm: AlarmHandler, operator: str) -> StoredAlarms:
+        """The open alarms as the platform's desk sees them, each handed to ``on_alarm`` once."""
+        return StoredAlarms(self.postgres.dsn, on_alarm, operator)
+
+    def kinds_and_span(self) -> tuple[dict[str, int], float]:
+        """Events stored per kind, and the seconds between the first and the last stored."""
+        kinds = {
+            str(k): int(n) for k, n in self._query("SELECT kind, count(*) FROM event GROUP BY 1")
+        }
+        span = self._query(
+            "SELECT coalesce(extract(epoch FROM max(received_at) - min(received_at)), 0) FROM event"
+        )[0][0]
+        return kinds, float(span)
+
     def ledgers(self) -> dict[str, SeqLedger]:
         """Each gateway's stored seqs and the ranges its gateway.dropped events explain."""
         ledgers: dict[str, SeqLedger] = {}
@@ -100,9 +126,8 @@ class FleetIngest:
                 return ledgers
             time.sleep(POLL_S)
 
-    def figures(self, homes: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
-        """Completeness and alarms as PostgreSQL holds them, per gateway and in all."""
-        ledgers = self.settle(homes, timeout_s)
+    def figures(self, homes: list[dict[str, Any]], ledgers: dict[str, SeqLedger]) -> dict[str, Any]:
+        """Completeness (``ledgers``: settled) and alarms as PostgreSQL holds them."""
         per_gateway = []
         for home in homes:
             ledger = ledgers.get(home["gw"], SeqLedger())
@@ -138,3 +163,50 @@ class FleetIngest:
             "alarms_missing": sorted(raised - alarms.keys())[:20],
             "per_gateway": [g for g in per_gateway if g["gap_seqs"] or g["held"]],
         }
+
+
+class StoredAlarms:
+    """Follows the ``alarm`` table as the reference desk does (LISTEN on the ingest's channel,
+    then the open alarms); each new one goes to ``on_alarm``, which publishes the ack, and is
+    then recorded as acknowledged by ``operator``, as the desk's Acknowledge button does."""
+
+    def __init__(self, dsn: str, on_alarm: AlarmHandler, operator: str) -> None:
+        self._on_alarm = on_alarm
+        self._operator = operator
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._conn.execute(f"LISTEN {DESK_CHANNEL}")
+        self._thread = threading.Thread(target=self._run, name="fleet.alarms", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=FOLLOW_WAIT_S * 4 + 5.0)
+        self._conn.close()
+
+    def _run(self) -> None:
+        known: set[tuple[str, str]] = set()
+        try:
+            while not self._stop.is_set():
+                # A notification that arrived while the open alarms were read is kept by psycopg
+                # (no handler on the connection) and ends this wait at once.
+                for _ in self._conn.notifies(timeout=FOLLOW_WAIT_S, stop_after=1):
+                    pass
+                rows = self._conn.execute(
+                    "SELECT gw, id, seq, attempt FROM alarm WHERE acked_at IS NULL"
+                ).fetchall()
+                now = time.monotonic()
+                for gw, alarm_id, seq, attempt in rows:
+                    if (gw, alarm_id) in known:
+                        continue
+                    known.add((gw, alarm_id))
+                    self._on_alarm(gw, alarm_id, int(seq), int(attempt), now)
+                    self._conn.execute(
+                        "UPDATE alarm SET acked_by = %s, acked_at = now()"
+                        " WHERE gw = %s AND id = %s AND acked_at IS NULL",
+                        (self._operator, gw, alarm_id),
+                    )
+        except Exception as exc:  # noqa: BLE001 - reported with the figures
+            if not self._stop.is_set():
+                self.errors.append(f"alarm follower: {exc!r}")

@@ -208,6 +208,8 @@ def summarise(
         "postgres": stored,
         "fault": layout.get("fault"),
         "desk_connects": desk.connects,
+        # broker: the desk subscribed to the uplink; postgres: it read what the ingest stored
+        "desk_source": desk.source,
         "outages": {
             "planned": len(layout["outages"]),
             "done": sum(len(r["outages"]) for r in results),
@@ -259,7 +261,8 @@ def render(report: dict[str, Any]) -> str:
         f"staggered start, {report['connects']} connects in all; outages "
         f"{report['outages']['done']}/{report['outages']['planned']}, wills seen "
         f"{report['outages']['wills']}; SUBSCRIBE refused {report['subscribe_refused']} time(s)",
-        f"events at the desk: {report['events']} ({report['events_per_s']:.1f}/s)",
+        f"events at the desk (from {report['desk_source']}): {report['events']} "
+        f"({report['events_per_s']:.1f}/s)",
         f"alarms: {alarms['raised']} raised ({alarms['raised_link_down']} while the link was "
         f"down), {alarms['delivered']} delivered, {alarms['acknowledged']} acknowledged, "
         f"{alarms['resent_arrivals']} resends arrived",

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from platformkit.fleet import brokers
-from platformkit.fleet.desk import Desk
+from platformkit.fleet.desk import OPERATOR, Desk
 from platformkit.fleet.home import HomeSettings
 from platformkit.fleet.report import summarise
 from platformkit.fleet.traffic import TrafficSettings
 
 if TYPE_CHECKING:
-    from platformkit.fleet.ingest import FleetIngest
+    from platformkit.fleet.ingest import FleetIngest, StoredAlarms
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_S = 60.0  # a worker imports the gateway and says "ready"
@@ -195,6 +195,7 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
     workers: list[_Worker] = []
     desk: Desk | None = None
     ingest: FleetIngest | None = None
+    follower: StoredAlarms | None = None
     try:
         if options.ingest > 0:
             from platformkit.fleet.ingest import FleetIngest  # noqa: PLC0415 - psycopg only here
@@ -205,16 +206,19 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
                 raise FleetError(f"--ingest: no competing consumer known on {broker.kind}")
 
             ingest = FleetIngest(
-                f"{broker.host}:{broker.port}", options.ingest, extra_args=broker.ingest_args
+                f"{broker.host}:{broker.port}",
+                options.ingest,
+                workdir / "ingest",
+                extra_args=broker.ingest_args,
             )
         share = options.share if broker.shared_subscriptions else None
-        if share is None and ingest is not None and broker.shared_subscriptions:
-            # Beside the ingest, the desk subscribes as the platform does, with a shared
-            # subscription (a group of its own), not a plain one: a plain subscriber would
-            # make a gateway's publication "heard" while the ingest's shared subscriptions are
-            # gone after a Mosquitto restart, and hide that loss (docs/SCALE.md).
-            share = "fleet-desk"
-        desk = Desk(broker.host, broker.port, protocol=broker.protocol, share=share)
+        # Beside the ingest, the desk reads the alarms from PostgreSQL as the platform's desk
+        # does, and the ingest's workers are the uplink's only consumers (desk.py).
+        desk = Desk(
+            broker.host, broker.port, protocol=broker.protocol, share=share, uplink=ingest is None
+        )
+        if ingest is not None:
+            follower = ingest.follow_alarms(desk.alarm_stored, OPERATOR)
         ids = [f"{options.id_prefix}-{i:05d}" for i in range(options.gateways)]
         home = HomeSettings(
             host=broker.host,
@@ -274,8 +278,15 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
         if fault is not None:
             layout["fault"] = fault.result()
         homes = [h for r in results for h in r["homes"]]
-        _settle(desk, homes)
-        stored = ingest.figures(homes, SETTLE_S) if ingest is not None else None
+        stored = None
+        if ingest is None:
+            _settle(desk, homes)
+        else:
+            ledgers = ingest.settle(homes, SETTLE_S)
+            desk.adopt_stored(ledgers, *ingest.kinds_and_span())
+            stored = ingest.figures(homes, ledgers)
+            assert follower is not None
+            desk.errors.extend(follower.errors)
         return summarise(
             options,
             broker=broker,
@@ -287,6 +298,8 @@ def run_fleet(options: FleetOptions, workdir: Path) -> dict[str, Any]:
             stored=stored,
         )
     finally:
+        if follower is not None:
+            follower.close()
         if desk is not None:
             desk.close()
         for worker in workers:
