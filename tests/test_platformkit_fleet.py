@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from platformkit.fleet.completeness import SeqLedger, count, merge, ranges_of, subtract
 from platformkit.fleet.report import render
 from platformkit.fleet.run import FleetOptions, plan, run_fleet
+from platformkit.fleet.worker import ANSWER_WAIT_S
 
 # -------------------------------------------------------------------------- the checker
 
@@ -150,6 +151,7 @@ def test_a_reduced_fleet_with_outages_delivers_and_acknowledges_every_alarm(
     assert alarms["undelivered"] == [], text
     assert alarms["unacknowledged"] == [], text
     assert alarms["delivered"] == alarms["acknowledged"] == alarms["raised"], text
+    assert alarms["answer_wait_s"] < ANSWER_WAIT_S, text  # ended by the last ack, not the bound
     assert alarms["not_raised_by_fleet"] == [], text
     completeness = report["completeness"]
     assert completeness["gap_seqs"] == 0, text

@@ -39,6 +39,7 @@ class AlarmLog:
 
     states: dict[str, dict[str, float]] = field(default_factory=dict)
     undelivered: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set on every state told
 
     def alarm_state_changed(
         self, alarm_id: str, kind: str, device: str | None, state: AlarmState
@@ -46,6 +47,7 @@ class AlarmLog:
         if state is AlarmState.UNDELIVERED:
             self.undelivered += 1
         self.states.setdefault(alarm_id, {}).setdefault(state.value, time.monotonic())
+        self.changed.set()
 
 
 def home_config(
@@ -155,6 +157,22 @@ class Home:
         if self.gateway is None or self.traffic is None or not self.gateway.started.is_set():
             return None
         return await self.traffic.press(self.gateway.alarms)
+
+    def pause_alarms(self) -> None:
+        """No more presses; vitals, heartbeats and supervision go on."""
+        if self.traffic is not None:
+            self.traffic.alarms_paused = True
+
+    async def alarms_answered(self) -> None:
+        """Until every alarm raised here reached the gateway's "acknowledged" (the senior's
+        feedback)."""
+        log = self.alarm_log
+        while True:
+            log.changed.clear()
+            raised = self.traffic.alarms_raised if self.traffic is not None else []
+            if all("acknowledged" in log.states.get(a.alarm_id, {}) for a in raised):
+                return
+            await log.changed.wait()
 
     def result(self) -> dict[str, Any]:
         """What the home saw, for the report (JSON)."""

@@ -189,6 +189,9 @@ def summarise(
             "unacknowledged": unacknowledged,
             "not_raised_by_fleet": foreign,
             "resent_arrivals": sum(a.arrivals - 1 for a in alarms_seen.values()),
+            # After the stop, no new alarm, and the homes ran on until each was acknowledged
+            # (bounded: worker.ANSWER_WAIT_S); the longest of the workers' waits.
+            "answer_wait_s": max((r.get("answer_wait_s", 0.0) for r in results), default=0.0),
         },
         "alarm_latency_ms": _stats_ms(latency_up),
         "alarm_latency_link_down_ms": _stats_ms(latency_down),
@@ -265,7 +268,8 @@ def render(report: dict[str, Any]) -> str:
         f"({report['events_per_s']:.1f}/s)",
         f"alarms: {alarms['raised']} raised ({alarms['raised_link_down']} while the link was "
         f"down), {alarms['delivered']} delivered, {alarms['acknowledged']} acknowledged, "
-        f"{alarms['resent_arrivals']} resends arrived",
+        f"{alarms['resent_arrivals']} resends arrived; after the stop the homes ran on "
+        f"{alarms['answer_wait_s']:.1f} s until every alarm was acknowledged",
         f"alarm latency raise → desk (steady, link up, {lat['n']}): p50 {lat['p50']:.1f} ms, "
         f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms",
         f"  raised while the homes were starting ({start['n']}): p50 {start['p50']:.1f} ms, "

@@ -54,6 +54,7 @@ class HomeTraffic:
     alarms_raised: list[RaisedAlarm] = field(default_factory=list)
     events_emitted: int = 0
     link_down: bool = False  # an injected outage is on
+    alarms_paused: bool = False  # the run's end: no new press, the rest of the traffic goes on
     link_up: Callable[[], bool] = lambda: True  # the gateway's own view of its link
 
     @property
@@ -128,7 +129,8 @@ class HomeTraffic:
         rng = self.rng
         while True:
             await asyncio.sleep(rng.expovariate(1 / self.settings.alarm_interval_s))
-            await self.press(alarms)
+            if not self.alarms_paused:
+                await self.press(alarms)
 
     async def press(self, alarms: AlarmRaiser) -> str:
         """A press of the home's button: an ``alarm.button`` through the gateway's alarm path."""

@@ -26,6 +26,9 @@ from platformkit.fleet.traffic import TrafficSettings
 
 LAG_PROBE_S = 0.1
 STOP_GRACE_S = 30.0  # every home's orderly shutdown (the daemon's drain is 3 s) fits in this
+# At the stop no home raises another alarm, and the homes run on (bounded) until each alarm
+# raised so far was acknowledged: one pressed a moment before the stop is not cut short.
+ANSWER_WAIT_S = 30.0
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -165,9 +168,17 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             outage_log.append(cut.result())
         else:
             cut.cancel()
+    for home, _ in homes:
+        home.pause_alarms()
+    answer_wait = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ANSWER_WAIT_S):
+            await asyncio.gather(*(h.alarms_answered() for h, _ in homes))
+    answer_wait = time.monotonic() - answer_wait
     # The homes stop as they started, staggered: a city's gateways do not all stop at one instant.
+    stop_base = time.monotonic()
     for (_, at), stop in zip(homes, stops, strict=True):
-        await _sleep_until(spec["stop_mono"] + at - spec["first_start_mono"])
+        await _sleep_until(stop_base + at - spec["first_start_mono"])
         stop.set()
     _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
     for task in pending:
@@ -181,6 +192,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "event": "result",
         "homes": [h.result() for h, _ in homes],
         "not_stopped": len(pending),
+        "answer_wait_s": answer_wait,
         "outages": outage_log,
         "relay": relay.stats() if relay is not None else {},
         "baseline": baseline,
