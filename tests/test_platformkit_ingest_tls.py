@@ -23,7 +23,7 @@ from platformkit.ingest.mqtt import BrokerAddress, TlsFiles
 from platformkit.ingest.operators import add_operator
 from platformkit.rig import IngestProcesses, eventually, query, tls_args
 from tests.support.daemon import GatewayProcess, gateway_config
-from tests.test_broker_acl import NOT_AUTHORIZED, gateway
+from tests.test_broker_acl import NOT_AUTHORIZED, alarm, gateway
 
 TIMEOUT_S = 45.0  # deadlines only: every wait ends on its condition
 CLI_TIMEOUT_S = 60.0
@@ -69,7 +69,9 @@ def ingest_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @asynccontextmanager
-async def tls_desk(dsn: str, broker: Mosquitto, pki: Pki, operators: Path) -> AsyncIterator[str]:
+async def tls_desk(
+    dsn: str, broker: Mosquitto, pki: Pki, operators: Path, name: str = DESK
+) -> AsyncIterator[str]:
     certs = pki.directory
     tls = TlsFiles(pki.ca_cert, str(certs / "client-{name}.crt"), str(certs / "client-{name}.key"))
     desk = Desk(
@@ -77,7 +79,7 @@ async def tls_desk(dsn: str, broker: Mosquitto, pki: Pki, operators: Path) -> As
             dsn=dsn,
             broker=BrokerAddress(broker.host, broker.port),
             port=0,
-            client_id=DESK,
+            client_id=name,
             tls=tls,
             operators=operators,
         )
@@ -163,6 +165,90 @@ async def test_workers_with_their_own_certificates_store_and_the_desks_ack_reach
     for name in WORKERS:  # key material never reaches a log
         key_lines = ingest_pki.client(name).key.read_text().splitlines()
         assert key_lines[1] not in logs
+
+
+@pytest.mark.timeout(180)
+async def test_a_reacknowledgement_the_broker_refuses_is_logged_and_the_worker_goes_on(
+    dsn: str, broker: Mosquitto, ingest_pki: Pki, tmp_path: Path
+) -> None:
+    """The presence link runs as a CN that may not write the downlink (another worker's): the
+    re-acknowledgement of an alarm sent again after the desk acknowledged it gets PUBACK 0x87.
+    The worker logs and counts it and goes on storing; a later alarm is stored."""
+    transport = tls_args(ingest_pki.ca_cert, ingest_pki.directory)
+    address = f"{broker.host}:{broker.port}"
+    extra = ("--presence-name", WORKERS[1], "--no-share")
+    with IngestProcesses(
+        dsn, address, tmp_path / "ingest", transport=transport, extra_args=extra
+    ) as workers:
+        workers.start(WORKERS[0])
+        await asyncio.to_thread(workers.wait_logged, WORKERS[0], "presence_role_taken", 90.0)
+        await eventually(
+            lambda: asyncio.to_thread(broker.log_text),
+            lambda log: f"{WORKERS[0]} 1 carebed/v1/+/up/#" in log,
+            TIMEOUT_S,
+            "the worker's subscriptions",
+        )
+        gw_a = gateway(broker, ingest_pki, "gw-a")
+        try:
+            first = alarm("gw-a", "a-1")
+            assert gw_a.publish("carebed/v1/gw-a/up/alarm", first).value == 0
+            await eventually(
+                lambda: query(dsn, "SELECT id FROM alarm WHERE gw = 'gw-a'"),
+                lambda rows: rows == [("a-1",)],
+                TIMEOUT_S,
+                "the alarm stored",
+            )
+            await query(dsn, "UPDATE alarm SET acked_by = 'anna', acked_at = now()")
+            again = first.replace(b'"attempt": 1', b'"attempt": 2')
+            assert again != first
+            assert gw_a.publish("carebed/v1/gw-a/up/alarm", again).value == 0
+            await eventually(
+                lambda: asyncio.to_thread(workers.log, WORKERS[0]),
+                lambda log: "alarm_reack_failed" in log,
+                TIMEOUT_S,
+                "the refused re-acknowledgement logged",
+            )
+            later = alarm("gw-a", "a-2").replace(b'"seq": 1', b'"seq": 2')
+            assert gw_a.publish("carebed/v1/gw-a/up/alarm", later).value == 0
+            await eventually(
+                lambda: query(dsn, "SELECT id FROM alarm WHERE gw = 'gw-a' ORDER BY seq"),
+                lambda rows: rows == [("a-1",), ("a-2",)],
+                TIMEOUT_S,
+                "the later alarm stored by the same worker",
+            )
+        finally:
+            gw_a.close()
+        assert workers.procs[WORKERS[0]].running, workers.tail(WORKERS[0])
+        log = workers.log(WORKERS[0])
+    assert "Not authorized" in log
+    assert "alarm_reacknowledged" not in log
+
+
+@pytest.mark.timeout(120)
+async def test_an_acknowledgement_the_broker_refuses_is_a_503_and_not_recorded(
+    dsn: str, broker: Mosquitto, ingest_pki: Pki, tmp_path: Path
+) -> None:
+    """A desk whose certificate may not write the downlink (a worker's CN): the broker answers
+    its ack with PUBACK 0x87, the operator gets 503 with the reason, and the alarm stays open."""
+    migrated = ingest_cli("--dsn", dsn, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    await query(
+        dsn,
+        "INSERT INTO alarm (gw, id, seq, kind, ts, data, attempt)"
+        " VALUES ('gw-a', 'a-1', 1, 'alarm.button', now(), '{}', 1)",
+    )
+    operators = tmp_path / "operators"
+    add_operator(operators, "anna", PASSWORD)
+    async with (
+        tls_desk(dsn, broker, ingest_pki, operators, name=WORKERS[0]) as base,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        await post_json(http, f"{base}/login", {"name": "anna", "password": PASSWORD})
+        async with http.post(f"{base}/api/alarms/gw-a/a-1/ack", json={}) as response:
+            assert response.status == 503, await response.text()
+            assert "Not authorized" in await response.text()
+    rows = await query(dsn, "SELECT acked_by, acked_at FROM alarm WHERE id = 'a-1'")
+    assert rows == [(None, None)]
 
 
 def link_dir(tmp_path: Path, pki: Pki, files: dict[str, Path]) -> Path:

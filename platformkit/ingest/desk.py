@@ -31,7 +31,7 @@ from aiohttp.typedefs import Handler, Middleware
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import GATEWAY_ID
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.mqtt import BrokerAddress, MqttLink, TlsFiles
+from platformkit.ingest.mqtt import BrokerAddress, MqttLink, PublishError, TlsFiles
 from platformkit.ingest.operators import Operators, OperatorsError
 from platformkit.ingest.worker import ack_payload
 
@@ -318,7 +318,7 @@ class Desk:
             known = await cur.fetchone() is not None
         if not known:
             raise web.HTTPNotFound(text="no such alarm")
-        await self._mqtt.publish(f"carebed/v1/{gw}/down/ack", ack_payload([alarm_id], by))
+        await self._publish(f"carebed/v1/{gw}/down/ack", ack_payload([alarm_id], by))
         async with self._db() as db:
             first = await store.record_ack(db, gw, alarm_id, by)
         log.info("alarm_acknowledged", gw=gw, alarm_id=alarm_id, by=by, first=first)
@@ -343,7 +343,7 @@ class Desk:
                 by=by,
                 expires_at=expires_at,
             )
-        await self._mqtt.publish(
+        await self._publish(
             f"carebed/v1/{gw}/down/cmd",
             {
                 "v": 1,
@@ -378,6 +378,15 @@ class Desk:
         assert self._conn is not None
         async with self._db_lock:
             yield self._conn
+
+    async def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        """Publish for the operator; 503 with the broker's reason when it did not take it (the
+        acknowledgement is then not recorded: the operator presses again)."""
+        try:
+            await self._mqtt.publish(topic, payload)
+        except PublishError as exc:
+            log.warning("desk_publish_failed", topic=topic, error=str(exc))
+            raise web.HTTPServiceUnavailable(text=f"the broker did not take it: {exc}") from exc
 
     @property
     def _mqtt(self) -> MqttLink:

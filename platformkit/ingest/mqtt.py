@@ -51,9 +51,16 @@ class MqttError(Exception):
 
     MqttError
     ├── TlsConfigError     a TLS option names an unusable file: exit with the message, no retry
-    └── MqttConnectError   no connection within the deadline (refused certificate, plain TCP to
-                           a TLS listener, broker down): exit, the supervisor starts it again
+    ├── MqttConnectError   no connection within the deadline (refused certificate, plain TCP to
+    │                      a TLS listener, broker down): exit, the supervisor starts it again
+    └── PublishError       a publication the broker did not take (not connected, no PUBACK in
+                           time, a PUBACK with a failure code such as 0x87 Not authorized):
+                           the caller says so (the desk answers 503, a worker logs it) and goes on
     """
+
+
+class PublishError(MqttError):
+    """The broker did not take a publication (``MqttLink.publish``)."""
 
 
 class TlsConfigError(MqttError):
@@ -235,6 +242,8 @@ class MqttLink:
         self._tls = tls
         self._failure: str | None = None  # the last connection failure, once logged
         self._up = False  # paho's thread: a CONNACK came on the current connection
+        self._ever_up = False  # a CONNACK came once: a later close is the broker, not TLS
+        self._refused: dict[int, str] = {}  # mid -> the failure code of its PUBACK (paho's thread)
         # "3.1.1" for a broker that speaks no MQTT 5 (NATS 2.9, RabbitMQ before 3.13): the
         # session is then kept (or not) by the clean-session flag, without an expiry.
         self._mqtt5 = protocol == "5"
@@ -257,6 +266,7 @@ class MqttLink:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
         self._client.on_log = self._on_log
 
     def start(self) -> None:
@@ -296,7 +306,8 @@ class MqttLink:
         self._client.ack(delivery.mid, delivery.qos)
 
     async def publish(self, topic: str, payload: dict[str, Any] | bytes, qos: int = 1) -> None:
-        """Publish and return once the broker has it (PUBACK with a success code)."""
+        """Publish and return once the broker has it (PUBACK with a success code);
+        ``PublishError`` otherwise."""
         data = (
             payload
             if isinstance(payload, bytes)
@@ -304,10 +315,14 @@ class MqttLink:
         )
         info = self._client.publish(topic, data, qos=qos)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise MqttError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)
         if not info.is_published():
-            raise MqttError(f"no PUBACK for {topic} within {PUBLISH_TIMEOUT_S} s")
+            raise PublishError(f"no PUBACK for {topic} within {PUBLISH_TIMEOUT_S} s")
+        with self._lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise PublishError(f"the broker refused the publication to {topic}: {refused}")
 
     def close(self) -> None:
         self._client.disconnect()
@@ -329,6 +344,7 @@ class MqttLink:
         self._client.last_error = None
         self._failure = None
         self._up = True
+        self._ever_up = True
         with self._lock:
             self._connection += 1
         if self.subscriptions:
@@ -350,10 +366,23 @@ class MqttLink:
             detail = "the broker closed the connection before its CONNACK"
             if self._client.socket_error is not None:
                 detail += f" ({self._client.socket_error})"
-            if self._tls is None:
+            if self._tls is None and not self._ever_up:
                 detail += "; plain TCP: is this a TLS listener?"
             self._failed(detail)
         self._loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Called before paho marks the publication done: ``publish`` finds the code.
+        if reason_code.is_failure:
+            with self._lock:
+                self._refused[mid] = str(reason_code)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._failed(self._client.last_error or "connection failed")

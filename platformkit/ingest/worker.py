@@ -33,7 +33,7 @@ import structlog
 from platformkit.ingest import gaps, store
 from platformkit.ingest.contract import ContractError, ContractValidator, Event, parse_topic
 from platformkit.ingest.migrations import migrate
-from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink, TlsFiles
+from platformkit.ingest.mqtt import BrokerAddress, Delivery, MqttLink, PublishError, TlsFiles
 from platformkit.ingest.source import MqttUplink, Received, SourceSettings, UplinkSource
 
 log = structlog.get_logger("platformkit.ingest")
@@ -79,6 +79,8 @@ class WorkerStats:
     resends: int = 0
     rejected: int = 0
     batches: int = 0
+    reacks: int = 0
+    reacks_failed: int = 0
 
 
 class IngestWorker:
@@ -90,6 +92,7 @@ class IngestWorker:
         self.stats = WorkerStats()
         self.is_presence_leader = False
         self._presence_link: MqttLink | None = None
+        self._reacking: set[asyncio.Task[None]] = set()
         self.source = make_source(settings)
 
     async def run(self) -> None:
@@ -105,6 +108,8 @@ class IngestWorker:
                 tasks.create_task(self._consume(conn, source, queue), name="ingest.consume")
                 tasks.create_task(self._presence_role(), name="ingest.presence")
         finally:
+            for task in list(self._reacking):
+                task.cancel()
             await conn.close()
 
     # -- events -------------------------------------------------------------------------------
@@ -162,15 +167,30 @@ class IngestWorker:
         stats.resends += counts.resends
         stats.rejected += counts.rejected
         presence = self._presence_link if self.is_presence_leader else None
+        if presence is None:
+            return
         for reack in counts.reacks:
-            if presence is None:
-                break
-            # The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
-            # Sent on the presence link: the worker's own identity may not write the downlink.
+            # Beside the batches, not before the next one: its PUBACK may take a while (a
+            # broker node restarting) and the next batch may hold an alarm.
+            task = asyncio.create_task(self._reack(presence, reack), name="ingest.reack")
+            self._reacking.add(task)
+            task.add_done_callback(self._reacking.discard)
+
+    async def _reack(self, presence: MqttLink, reack: store.Reack) -> None:
+        """The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
+        Sent on the presence link (the worker's own identity may not write the downlink). Not
+        retried when the broker does not take it: the gateway sends the alarm again until an
+        ack reaches it, and each time it is acknowledged again."""
+        try:
             await presence.publish(
                 f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by)
             )
-            log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
+        except PublishError as exc:
+            self.stats.reacks_failed += 1
+            log.warning("alarm_reack_failed", gw=reack.gw, alarm_id=reack.id, error=str(exc))
+            return
+        self.stats.reacks += 1
+        log.info("alarm_reacknowledged", gw=reack.gw, alarm_id=reack.id)
 
     async def _write(
         self, conn: store.Conn, events: list[Event], rejected: list[store.Rejected]
