@@ -68,6 +68,7 @@ class NatsNode(RigServer):
         name: str,
         *,
         stream_replicas: int | None = None,
+        consumer_replicas: int | None = None,
         ack_wait_s: float | None = None,
     ) -> None:
         self.workdir = workdir
@@ -78,6 +79,11 @@ class NatsNode(RigServer):
         self.http_port = free_port()
         self.port = free_port()  # MQTT
         self.stream_replicas = stream_replicas
+        # The replicas of the JetStream consumer behind each MQTT QoS 1 subscription (server
+        # default: as many as the streams'). Each replicated consumer is a Raft group of its own,
+        # made when a session subscribes: hundreds of sessions subscribing at once make that
+        # the cluster's bottleneck (SUBSCRIBEs refused for "timeout", docs/SCALE.md).
+        self.consumer_replicas = consumer_replicas
         # How long an MQTT QoS 1 delivery waits for its PUBACK before it is sent again (server
         # default 30 s). NATS 2.9 sends unacknowledged messages again only then, also to a
         # session resumed after a crash.
@@ -171,6 +177,8 @@ class NatsNode(RigServer):
         mqtt_lines = [f"  listen: {self.host}:{self.port}"]
         if self.stream_replicas is not None:
             mqtt_lines.append(f"  stream_replicas: {self.stream_replicas}")
+        if self.consumer_replicas is not None:
+            mqtt_lines.append(f"  consumer_replicas: {self.consumer_replicas}")
         if self.ack_wait_s is not None:
             mqtt_lines.append(f'  ack_wait: "{int(self.ack_wait_s * 1000)}ms"')
         lines = [
@@ -239,6 +247,7 @@ class NatsCluster(RigLauncher):
         *,
         size: int = DEFAULT_SIZE,
         stream_replicas: int | None = None,
+        consumer_replicas: int | None = None,
         ack_wait_s: float | None = None,
     ) -> None:
         if size < 1:
@@ -249,6 +258,7 @@ class NatsCluster(RigLauncher):
                 workdir / f"n{i}",
                 f"{CLUSTER_NAME}-n{i}",
                 stream_replicas=stream_replicas,
+                consumer_replicas=consumer_replicas,
                 ack_wait_s=ack_wait_s,
             )
             for i in range(size)

@@ -20,6 +20,12 @@ from hil.sim.broker import Mosquitto
 
 KILLED_NODE = 1  # of a cluster: not node 0, the desk's
 NATS_ACK_WAIT_S = 5.0
+# One replica for the JetStream consumer behind each MQTT subscription, the streams keeping
+# three: with the server's default (consumers replicated as the streams are, a Raft group each)
+# 500 gateways subscribing at once, or again after a node's restart, had thousands of SUBSCRIBEs
+# refused for timeouts and acks that never reached their gateways; with one, none was refused.
+# The price: a consumer on a killed node delivers (its gateways' acks) once the node is back.
+NATS_CONSUMER_REPLICAS = 1
 
 
 class BrokerError(Exception):
@@ -82,7 +88,9 @@ def _nats(workdir: Path) -> FleetBroker:
         raise BrokerError("no NATS launcher in this checkout (hil/sim/nats.py)") from exc
     # The ack wait docs/SCALE.md recommends for gateways: an ack in flight when a node or a
     # gateway's link goes is delivered again after 5 s, not NATS's default 30 s.
-    cluster = nats.NatsCluster(workdir / "nats", ack_wait_s=NATS_ACK_WAIT_S)
+    cluster = nats.NatsCluster(
+        workdir / "nats", ack_wait_s=NATS_ACK_WAIT_S, consumer_replicas=NATS_CONSUMER_REPLICAS
+    )
     cluster.start()
 
     def kill_node(down_s: float) -> None:
