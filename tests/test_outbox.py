@@ -24,6 +24,7 @@ from gateway.app.config import OutboxSection
 from gateway.core.clock import ManualClock
 from gateway.core.errors import StoreCorruptError, StoreError, StoreVersionError
 from gateway.core.events import NewEvent, StoredEvent, WireRun
+from gateway.store import outbox as outbox_module
 from gateway.store.alarms import ALARM_KEY_KEPT_S, AlarmTiming, HeldAlarm
 from gateway.store.disk import DiskBudget
 from gateway.store.outbox import CLAIM_ROWS_PER_STEP, Outbox, _ClaimedAlarms
@@ -391,6 +392,30 @@ async def test_an_alarm_raised_again_under_its_key_is_stored_once_also_after_a_r
     assert [alarm.id for alarm in await outbox.held_alarms()] == [second]  # the other key's
     assert (await outbox.stats()).last_seq == 2
     await outbox.close()
+
+
+async def test_a_keyed_alarms_waiter_runs_before_the_store_claims_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a keyed alarm's COMMIT the store thread waits until the step of the loop that the
+    alarm's waiter resumes in has run (a watch's 0x01 goes out in it) before it claims the
+    alarm: its claim would compete with that step for the GIL. Here the step holds the loop
+    for 0.2 s; the claim comes only after it."""
+    monkeypatch.setattr(outbox_module, "LOOP_FIRST_MAX_S", 30.0)
+    rig = Rig(tmp_path / "o.sqlite3")
+    outbox = Outbox(rig.store)
+    outbox.claim_at_insert = True
+    await outbox.open()
+    alarm = rig.alarm()
+    assert await outbox.put(alarm, key="watch/C0:FF:EE:00:00:01/5/1/850000000") == alarm.id
+    # The rest of the waiter's step, holding the loop: the store thread must not claim meanwhile.
+    time.sleep(0.2)  # noqa: ASYNC251
+    claimed_during_the_step = [e.id for b in list(outbox._claimed) for e in b.events]
+    await wait_until(lambda: bool(outbox._claimed), 10.0, "the claim after the step")
+    events, _ = outbox.take_claimed_alarms()
+    await outbox.close()
+    assert claimed_during_the_step == []
+    assert [event.id for event in events] == [alarm.id]
 
 
 def _committed_elsewhere(path: Path, alarm_id: str, key: str) -> tuple[bool, bool]:
