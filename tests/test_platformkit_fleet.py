@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core.ports import AlarmState
 from platformkit.fleet.completeness import SeqLedger, count, merge, ranges_of, subtract
+from platformkit.fleet.home import Home, HomeSettings
 from platformkit.fleet.report import render
 from platformkit.fleet.run import FleetOptions, plan, run_fleet
+from platformkit.fleet.traffic import HomeTraffic, TrafficSettings
 from platformkit.fleet.worker import ANSWER_WAIT_S
 
 # -------------------------------------------------------------------------- the checker
@@ -110,6 +115,46 @@ def test_outages_fall_in_the_steady_part_and_end_before_the_stop() -> None:
     for outage in layout["outages"]:
         assert outage["at_mono"] >= layout["steady_from"]
         assert outage["at_mono"] + outage["seconds"] + options.backoff_cap_s < layout["stop_mono"]
+
+
+# -------------------------------------------------------------------------- the run's end
+
+
+class SlowStore:
+    """The gateway's alarm path as a home's traffic sees it, storing when told to."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def raise_alarm(
+        self, kind: str, data: dict[str, Any], device: str | None, *, key: str | None = None
+    ) -> str:
+        await self.release.wait()
+        return "alarm-1"
+
+
+async def test_the_run_end_waits_for_a_press_still_being_stored_and_its_acknowledgement() -> None:
+    home = Home(0, "fleet-00000", Path("/nonexistent"), HomeSettings("127.0.0.1", 1), seed=1)
+    traffic = HomeTraffic("fleet-00000", 0, TrafficSettings(), {}, random.Random(1))
+    traffic.press_ended = home.alarm_log.changed.set
+    home.traffic = traffic
+    store = SlowStore()
+    press = asyncio.create_task(traffic.press(store))
+    while not traffic.pressing:
+        await asyncio.sleep(0)
+    home.pause_alarms()
+    answered = asyncio.create_task(home.alarms_answered())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not answered.done()  # a press is being stored: its alarm is not answered yet
+    store.release.set()
+    assert await press == "alarm-1"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not answered.done()  # stored, not yet acknowledged
+    home.alarm_log.alarm_state_changed("alarm-1", "alarm.button", None, AlarmState.ACKNOWLEDGED)
+    await asyncio.wait_for(answered, 5.0)
+    assert traffic.alarms_paused
 
 
 # -------------------------------------------------------------------------- a reduced fleet

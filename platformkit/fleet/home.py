@@ -126,6 +126,7 @@ class Home:
             random.Random(self.seed),
         )
         traffic = self.traffic
+        traffic.press_ended = self.alarm_log.changed.set
 
         def source(sink: EventSink, alarms: AlarmRaiser) -> Factory:
             return lambda: traffic.run(sink, alarms)
@@ -164,13 +165,16 @@ class Home:
             self.traffic.alarms_paused = True
 
     async def alarms_answered(self) -> None:
-        """Until every alarm raised here reached the gateway's "acknowledged" (the senior's
-        feedback)."""
-        log = self.alarm_log
+        """Until no press is being stored and every alarm raised here reached the gateway's
+        "acknowledged" (the senior's feedback)."""
+        log, traffic = self.alarm_log, self.traffic
         while True:
             log.changed.clear()
-            raised = self.traffic.alarms_raised if self.traffic is not None else []
-            if all("acknowledged" in log.states.get(a.alarm_id, {}) for a in raised):
+            raised = traffic.alarms_raised if traffic is not None else []
+            pressing = traffic.pressing if traffic is not None else 0
+            if not pressing and all(
+                "acknowledged" in log.states.get(a.alarm_id, {}) for a in raised
+            ):
                 return
             await log.changed.wait()
 

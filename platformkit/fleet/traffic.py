@@ -55,6 +55,8 @@ class HomeTraffic:
     events_emitted: int = 0
     link_down: bool = False  # an injected outage is on
     alarms_paused: bool = False  # the run's end: no new press, the rest of the traffic goes on
+    pressing: int = 0  # presses whose alarm is being stored
+    press_ended: Callable[[], None] = lambda: None  # told when a press is stored (or failed)
     link_up: Callable[[], bool] = lambda: True  # the gateway's own view of its link
 
     @property
@@ -136,11 +138,16 @@ class HomeTraffic:
         """A press of the home's button: an ``alarm.button`` through the gateway's alarm path."""
         raised = time.monotonic()
         down = self.link_down or not self.link_up()
-        alarm_id = await alarms.raise_alarm(
-            "alarm.button",
-            {"press": self.rng.choice(("short", "long")), "battery": 80, "rssi": -60},
-            self.button,
-        )
-        self.alarms_raised.append(RaisedAlarm(alarm_id, raised, time.monotonic(), down))
-        self.events_emitted += 1
+        self.pressing += 1
+        try:
+            alarm_id = await alarms.raise_alarm(
+                "alarm.button",
+                {"press": self.rng.choice(("short", "long")), "battery": 80, "rssi": -60},
+                self.button,
+            )
+            self.alarms_raised.append(RaisedAlarm(alarm_id, raised, time.monotonic(), down))
+            self.events_emitted += 1
+        finally:
+            self.pressing -= 1
+            self.press_ended()
         return alarm_id
