@@ -209,13 +209,13 @@ class Desk:
                 acks.append(alarm_id)  # every arrival: a resend means the last ack was lost
         return acks
 
-    def alarm_stored(self, gw: str, alarm_id: str, seq: int, attempt: int, now: float) -> None:
-        """The ingest stored an alarm (``uplink=False``): seen now, acknowledged at once."""
+    def alarm_stored(self, gw: str, alarm_id: str, seq: int, attempt: int, now: float) -> bool:
+        """The ingest stored an alarm (``uplink=False``): seen now (the first time), and
+        acknowledged; False when paho did not take the ack (it is asked again)."""
         with self.lock:
-            if alarm_id in self.alarms:
-                return
-            self.alarms[alarm_id] = AlarmSeen(gw, seq, now, max_attempt=attempt)
-        self._ack(gw, alarm_id)
+            if alarm_id not in self.alarms:
+                self.alarms[alarm_id] = AlarmSeen(gw, seq, now, max_attempt=attempt)
+        return self._ack(gw, alarm_id)
 
     def adopt_stored(
         self, ledgers: dict[str, SeqLedger], kinds: dict[str, int], span_s: float
@@ -230,15 +230,18 @@ class Desk:
             self.first_event_mono = 0.0
             self.last_event_mono = span_s
 
-    def _ack(self, gw: str, alarm_id: str) -> None:
+    def _ack(self, gw: str, alarm_id: str) -> bool:
         payload = json.dumps(ack_body([alarm_id], OPERATOR), separators=(",", ":"))
         sent = time.monotonic()
         info = self._client.publish(f"carebed/v1/{gw}/down/ack", payload, qos=1)
         with self.lock:
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # Not connected (the broker restarting): paho keeps the QoS 1 message and sends it
+            # once connected again, so the ack is on its way all the same.
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self.ack_failures += 1
-                return
+                return False
             alarm = self.alarms[alarm_id]
             alarm.acks_sent += 1
             if alarm.ack_sent_mono is None:
                 alarm.ack_sent_mono = sent
+        return True

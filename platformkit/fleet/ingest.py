@@ -33,8 +33,8 @@ GAP_GRACE_S = 5.0  # the ingest reports a hole that lasted this long (shipped: 3
 POLL_S = 0.5
 FOLLOW_WAIT_S = 0.5  # the alarm follower looks again without a NOTIFY (none is lost, but cheap)
 
-# (gw, alarm id, seq, attempt, monotonic time the desk saw it)
-AlarmHandler = Callable[[str, str, int, int, float], None]
+# (gw, alarm id, seq, attempt, monotonic time the desk saw it) -> the ack was taken
+AlarmHandler = Callable[[str, str, int, int, float], bool]
 
 
 class FleetIngestError(Exception):
@@ -108,10 +108,13 @@ class FleetIngest:
         return kinds, float(span)
 
     def ledgers(self) -> dict[str, SeqLedger]:
-        """Each gateway's stored seqs and the ranges its gateway.dropped events explain."""
+        """Each gateway's stored seqs, the ranges its gateway.dropped events explain, and the
+        duplicates the ingest counted for it (each stored once: ``event`` has none)."""
         ledgers: dict[str, SeqLedger] = {}
         for gw, seq in self._query("SELECT gw, seq FROM event"):
             ledgers.setdefault(gw, SeqLedger()).add(int(seq))
+        for gw, duplicates in self._query("SELECT gw, duplicates FROM gateway"):
+            ledgers.setdefault(gw, SeqLedger()).duplicates = int(duplicates)
         for gw, first, last in self._query("SELECT gw, first_seq, last_seq FROM dropped_range"):
             ledgers.setdefault(gw, SeqLedger()).explain([(int(first), int(last))])
         return ledgers
@@ -147,6 +150,11 @@ class FleetIngest:
             for row in self._query("SELECT id, confirmed_at FROM alarm")
         }
         open_gaps = self._query("SELECT count(*) FROM gap WHERE closed_at IS NULL")[0][0]
+        # Acknowledged by the desk before the gateway confirmed it (when only the gateway's
+        # audit records the ack, both times are its transaction's).
+        desk_first = {
+            str(row[0]) for row in self._query("SELECT id FROM alarm WHERE acked_at < confirmed_at")
+        }
         return {
             "workers": len(self.workers.procs),
             "events_stored": int(counters[0]),
@@ -160,6 +168,7 @@ class FleetIngest:
             "open_gaps_in_ingest": int(open_gaps),
             "alarms_stored": len(raised & alarms.keys()),
             "alarms_confirmed": sum(1 for a in raised if alarms.get(a)),
+            "alarms_acked_before_confirmed": len(raised & desk_first),
             "alarms_missing": sorted(raised - alarms.keys())[:20],
             "per_gateway": [g for g in per_gateway if g["gap_seqs"] or g["held"]],
         }
@@ -176,9 +185,13 @@ class StoredAlarms:
         self._stop = threading.Event()
         self.errors: list[str] = []
         self._conn = psycopg.connect(dsn, autocommit=True)
-        self._conn.execute(f"LISTEN {DESK_CHANNEL}")
-        self._thread = threading.Thread(target=self._run, name="fleet.alarms", daemon=True)
-        self._thread.start()
+        try:
+            self._conn.execute(f"LISTEN {DESK_CHANNEL}")
+            self._thread = threading.Thread(target=self._run, name="fleet.alarms", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def close(self) -> None:
         self._stop.set()
@@ -200,8 +213,9 @@ class StoredAlarms:
                 for gw, alarm_id, seq, attempt in rows:
                     if (gw, alarm_id) in known:
                         continue
+                    if not self._on_alarm(gw, alarm_id, int(seq), int(attempt), now):
+                        continue  # the ack was not taken: asked again at the next look
                     known.add((gw, alarm_id))
-                    self._on_alarm(gw, alarm_id, int(seq), int(attempt), now)
                     self._conn.execute(
                         "UPDATE alarm SET acked_by = %s, acked_at = now()"
                         " WHERE gw = %s AND id = %s AND acked_at IS NULL",

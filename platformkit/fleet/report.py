@@ -188,7 +188,10 @@ def summarise(
             "undelivered": undelivered,
             "unacknowledged": unacknowledged,
             "not_raised_by_fleet": foreign,
-            "resent_arrivals": sum(a.arrivals - 1 for a in alarms_seen.values()),
+            # From PostgreSQL, the resends the ingest counted (the desk sees each alarm once).
+            "resent_arrivals": int(stored["resends"])
+            if stored is not None and desk.source == "postgres"
+            else sum(a.arrivals - 1 for a in alarms_seen.values()),
             # After the stop, no new alarm, and the homes ran on until each was acknowledged
             # (bounded: worker.ANSWER_WAIT_S); the longest of the workers' waits.
             "answer_wait_s": max((r.get("answer_wait_s", 0.0) for r in results), default=0.0),

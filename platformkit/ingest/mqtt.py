@@ -18,6 +18,7 @@ import asyncio
 import json
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from gateway.uplink.client import no_delay
 
 KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
+REFUSED_KEPT_S = 2 * PUBLISH_TIMEOUT_S  # a refusal nobody waits for any more is forgotten
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages the broker may send us at once
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 2.0
@@ -53,9 +55,11 @@ class MqttError(Exception):
     ├── TlsConfigError     a TLS option names an unusable file: exit with the message, no retry
     ├── MqttConnectError   no connection within the deadline (refused certificate, plain TCP to
     │                      a TLS listener, broker down): exit, the supervisor starts it again
-    └── PublishError       a publication the broker did not take (not connected, no PUBACK in
-                           time, a PUBACK with a failure code such as 0x87 Not authorized):
-                           the caller says so (the desk answers 503, a worker logs it) and goes on
+    └── PublishError       a publication the broker did not take: refused (a PUBACK with a
+                           failure code such as 0x87 Not authorized: never delivered), or not
+                           known to be taken (not connected, no PUBACK in time: paho keeps a QoS 1
+                           message and may still deliver it after a reconnect). The caller says so
+                           (the desk answers 503, a worker logs it) and goes on
     """
 
 
@@ -243,7 +247,9 @@ class MqttLink:
         self._failure: str | None = None  # the last connection failure, once logged
         self._up = False  # paho's thread: a CONNACK came on the current connection
         self._ever_up = False  # a CONNACK came once: a later close is the broker, not TLS
-        self._refused: dict[int, str] = {}  # mid -> the failure code of its PUBACK (paho's thread)
+        # mid -> the failure code of its PUBACK and when it came (paho's thread); one that came
+        # after ``publish`` gave up is dropped once stale, before paho reuses its mid.
+        self._refused: dict[int, tuple[str, float]] = {}
         # "3.1.1" for a broker that speaks no MQTT 5 (NATS 2.9, RabbitMQ before 3.13): the
         # session is then kept (or not) by the clean-session flag, without an expiry.
         self._mqtt5 = protocol == "5"
@@ -321,8 +327,9 @@ class MqttLink:
             raise PublishError(f"no PUBACK for {topic} within {PUBLISH_TIMEOUT_S} s")
         with self._lock:
             refused = self._refused.pop(info.mid, None)
-        if refused is not None:
-            raise PublishError(f"the broker refused the publication to {topic}: {refused}")
+        # (A refusal older than this publication is another's, of a mid paho has reused.)
+        if refused is not None and time.monotonic() - refused[1] <= PUBLISH_TIMEOUT_S:
+            raise PublishError(f"the broker refused the publication to {topic}: {refused[0]}")
 
     def close(self) -> None:
         self._client.disconnect()
@@ -381,8 +388,12 @@ class MqttLink:
     ) -> None:
         # Called before paho marks the publication done: ``publish`` finds the code.
         if reason_code.is_failure:
+            now = time.monotonic()
             with self._lock:
-                self._refused[mid] = str(reason_code)
+                stale = [m for m, (_, at) in self._refused.items() if now - at > REFUSED_KEPT_S]
+                for old in stale:
+                    del self._refused[old]
+                self._refused[mid] = (str(reason_code), now)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._failed(self._client.last_error or "connection failed")

@@ -44,6 +44,7 @@ PRESENCE_LOCK = 0x63617265_62656432
 BATCH_MAX_MESSAGES = 500
 BATCH_WAIT_S = 0.01  # after the first message, how long a batch waits for more
 RETRY_S = 0.5
+REACKS_AT_ONCE = 4
 CONNECT_TIMEOUT_S = 30.0
 
 
@@ -93,6 +94,8 @@ class IngestWorker:
         self.is_presence_leader = False
         self._presence_link: MqttLink | None = None
         self._reacking: set[asyncio.Task[None]] = set()
+        # Re-acknowledgements waiting for their PUBACK at once (each holds a thread for it).
+        self._reack_slots = asyncio.Semaphore(REACKS_AT_ONCE)
         self.source = make_source(settings)
 
     async def run(self) -> None:
@@ -110,6 +113,7 @@ class IngestWorker:
         finally:
             for task in list(self._reacking):
                 task.cancel()
+            await asyncio.gather(*self._reacking, return_exceptions=True)
             await conn.close()
 
     # -- events -------------------------------------------------------------------------------
@@ -179,12 +183,14 @@ class IngestWorker:
     async def _reack(self, presence: MqttLink, reack: store.Reack) -> None:
         """The gateway sent an alarm again after the desk acknowledged it: it missed the ack.
         Sent on the presence link (the worker's own identity may not write the downlink). Not
-        retried when the broker does not take it: the gateway sends the alarm again until an
-        ack reaches it, and each time it is acknowledged again."""
+        retried when the broker does not take it (one not known to be taken may still be
+        delivered): the gateway sends the alarm again until an ack reaches it, and each time it
+        is acknowledged again."""
         try:
-            await presence.publish(
-                f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by)
-            )
+            async with self._reack_slots:
+                await presence.publish(
+                    f"carebed/v1/{reack.gw}/down/ack", ack_payload([reack.id], reack.by)
+                )
         except PublishError as exc:
             self.stats.reacks_failed += 1
             log.warning("alarm_reack_failed", gw=reack.gw, alarm_id=reack.id, error=str(exc))
