@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hil.sim.broker import Mosquitto
 from hil.sim.pki import Pki, make_pki
 from hil.sim.platform import PLATFORM_CN, PlatformClient, Validator
+from hil.sim.postgres import Postgres
 from tests.support.schema import validate_uplink
 
 # Property tests share two CPUs with brokers and daemons: timing is no property of the code.
@@ -82,3 +83,14 @@ def _assert_no_contract_errors(client: PlatformClient) -> None:
     # Also checked at teardown so that no test lets a malformed uplink pass unnoticed. A test
     # that sends bad payloads on purpose clears `client.errors` after asserting on them.
     assert client.errors == [], "the platform received invalid uplink messages"
+
+
+# --- PostgreSQL for the platform's reference side ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One server for the session (initdb is the slow part), from a data directory of its own
+    on a free port; each test module makes databases of its own in it (``create_database``)."""
+    with Postgres(durable=False) as server:
+        yield server

@@ -14,7 +14,7 @@ import itertools
 import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,6 @@ _databases = itertools.count(1)
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/install-system-deps)"
 )
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with Postgres(durable=False) as server:
-        yield server
 
 
 @pytest.fixture

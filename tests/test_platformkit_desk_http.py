@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,6 @@ from platformkit.rig import query
 TIMEOUT_S = 45.0  # deadlines only
 PASSWORDS = {"anna": "anna's long password", "ben": "ben's long password"}
 _databases = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with Postgres(durable=False) as server:
-        yield server
 
 
 @pytest.fixture

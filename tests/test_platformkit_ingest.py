@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,13 +29,6 @@ from platformkit.rig import IngestProcesses, eventually, query
 TIMEOUT_S = 45.0  # deadlines only: every wait ends on its condition
 LAST_SHARED = "carebed/v1/+/up/cmdres"  # the last topic a worker subscribes to
 _databases = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """One server for the session (initdb is the slow part); each test has its own database."""
-    with Postgres(durable=False) as server:
-        yield server
 
 
 @pytest.fixture

@@ -74,12 +74,6 @@ class BrokerRig:
         return gw
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    with Postgres(durable=False) as server:
-        yield server
-
-
 @pytest.fixture(
     scope="module",
     params=[

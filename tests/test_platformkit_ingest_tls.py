@@ -47,12 +47,6 @@ def broker(tmp_path: Path, ingest_pki: Pki) -> Iterator[Mosquitto]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with Postgres(durable=False) as server:
-        yield server
-
-
 @pytest.fixture
 def dsn(postgres: Postgres) -> str:
     return postgres.create_database(f"ingest_tls_{next(_databases)}")
