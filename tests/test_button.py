@@ -228,7 +228,7 @@ async def test_pairing_by_platform_command_and_unpairing(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
 ) -> None:
     async with button_rig(tmp_path, mosquitto, paired=()) as (rig, sim):
-        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
         platform.publish(
             "carebed/v1/gw-a/down/cmd",
             {"v": 1, "id": "p-1", "name": "button.pair", "args": {"duration_s": 30}},
@@ -330,7 +330,7 @@ async def test_test_alarm_command_runs_the_chain_without_telling_a_button(
     tmp_path: Path, mosquitto: Mosquitto, platform: PlatformClient
 ) -> None:
     async with button_rig(tmp_path, mosquitto) as (rig, sim):
-        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
         platform.publish(
             "carebed/v1/gw-a/down/cmd", {"v": 1, "id": "t-1", "name": "test_alarm", "args": {}}
         )

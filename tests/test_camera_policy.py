@@ -126,7 +126,7 @@ async def test_remote_camera_call_is_forbidden_unless_enabled(
         SimCamera() as sim,
         running_gateway(tmp_path / "off", mosquitto, camera=camera(sim)) as rig,
     ):
-        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
         platform.publish("carebed/v1/gw-a/down/cmd", body)
         await wait_platform(platform, lambda p: len(kinds(p, "cmd.result")) == 1, "refused")
     assert kinds(platform, "cmd.result")[0]["data"]["error"]["code"] == "forbidden"
@@ -135,7 +135,7 @@ async def test_remote_camera_call_is_forbidden_unless_enabled(
         SimCamera() as sim,
         running_gateway(tmp_path / "on", mosquitto, camera=camera(sim, remote_access=True)) as rig,
     ):
-        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
         platform.publish("carebed/v1/gw-a/down/cmd", {**body, "id": "c-2"})
         await wait_platform(platform, lambda p: "requested" in call_states(p), "the call")
     assert kinds(platform, "cmd.result")[1]["data"]["ok"] is True

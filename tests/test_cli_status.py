@@ -7,12 +7,18 @@ import asyncio
 from pathlib import Path
 
 from drivers.button.pairing import PairingStore
+from gateway.app import diagnose
+from gateway.app.alarms import AlarmTracker
+from gateway.store.alarms import HeldAlarm
+from gateway.store.outbox import Outbox
+from gateway.store.sink import OutboxSink
 from hil.sim.broker import Mosquitto
 from hil.sim.camera import SimCamera
 from hil.sim.platform import PlatformClient
 from hil.sim.receiver import SimReceiver
 from tests.gateway_rig import kinds, running_gateway, wait_until
 from tests.test_doctor import carebed
+from tests.test_outbox import Rig
 
 BUTTON = 0x00A1B2C3
 
@@ -99,3 +105,31 @@ async def test_test_alarm_waits_for_the_platforms_acknowledgement(
         assert "TIMEOUT: the platform did not acknowledge alarm" in out
         assert "nobody acknowledged it" in out
         platform.errors.clear()
+
+
+async def test_test_alarm_acknowledged_before_its_puback_is_published_and_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The platform's ack can be applied before the broker's PUBACK is handled (the alarm is
+    then no longer held and its PUBACK tells nothing): the test alarm is published and
+    acknowledged all the same, not a timeout."""
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    outbox = Outbox(rig.store)
+    await outbox.open()
+    tracker = AlarmTracker(OutboxSink(outbox, rig.factory))
+    control = diagnose.TestAlarm("gw-a", tracker, rig.clock)
+    steps = control.control_test_alarm({"timeout_s": 5})
+    try:
+        stored = await anext(steps)
+        assert stored["event"] == "stored"
+        held = await outbox.held_alarms()
+        assert [alarm.id for alarm in held] == [stored["alarm_id"]]
+        tracker.acknowledged(held, "desk-1")  # before any PUBACK
+        published = await anext(steps)
+        acknowledged = await anext(steps)
+    finally:
+        await steps.aclose()
+        await outbox.close()
+    assert [published["event"], acknowledged["event"]] == ["published", "acknowledged"]
+    assert published["at"] == acknowledged["at"]
+    assert isinstance(held[0], HeldAlarm)

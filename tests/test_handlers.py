@@ -126,7 +126,7 @@ async def test_a_daemon_answers_bad_arguments_and_a_missing_receiver_on_both_pat
         ("b-4", "ping", {"verbose": True}),
     ]
     async with running_gateway(tmp_path, mosquitto, button=button) as rig:
-        await wait_until(rig.gateway.uplink.connected.is_set, 10, "the uplink")
+        await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
         for cmd_id, name, args in commands:
             platform.publish(
                 "carebed/v1/gw-a/down/cmd", {"v": 1, "id": cmd_id, "name": name, "args": args}

@@ -107,7 +107,7 @@ async def test_ack_for_an_unknown_alarm_is_ignored(
 ) -> None:
     with capture_logs() as logs:
         async with running_gateway(tmp_path, mosquitto) as rig:
-            await wait_until(rig.gateway.uplink.connected.is_set, 10, "connection")
+            await wait_until(rig.gateway.uplink.subscribed.is_set, 10, "the downlink's SUBSCRIBE")
             platform.publish("carebed/v1/gw-a/down/ack", {"v": 1, "ids": ["nope"], "by": "op"})
             platform.publish("carebed/v1/gw-a/down/ack", {"not": "an ack"})
             await wait_until(

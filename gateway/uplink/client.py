@@ -52,6 +52,9 @@ class ConnectionListener(Protocol):
     def on_refused(self, item: Downlink, size: int, why: str) -> None:
         """A message on an unknown topic, or too large: its payload was not read."""
 
+    def on_subscribed(self) -> None:
+        """The broker granted the downlink's SUBSCRIBE: what the platform publishes now comes."""
+
     def on_subscribe_refused(self, reasons: list[str]) -> None: ...
 
     def on_disconnected(self, reason: str) -> None: ...
@@ -279,6 +282,10 @@ class MqttConnection:
         if self._attached:
             self._listener.on_subscribe_refused(reasons)
 
+    def _subscribed(self) -> None:
+        if self._attached:
+            self._listener.on_subscribed()
+
     # --------------------------------------------------------------------------- paho thread
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
@@ -298,6 +305,8 @@ class MqttConnection:
         refused = [str(reason) for reason in reasons if reason.is_failure]
         if refused:
             self._post(self._subscribe_refused, refused)
+        else:
+            self._post(self._subscribed)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any

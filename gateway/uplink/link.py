@@ -106,6 +106,9 @@ class MqttUplink:
         self.wall = wall
         self.stats = UplinkStats()
         self.connected = asyncio.Event()
+        # The downlink's SUBSCRIBE granted on this connection (set after ``connected``, at the
+        # SUBACK): what the platform publishes from then on reaches the gateway.
+        self.subscribed = asyncio.Event()
         self._online: bytes | None = None  # the presence published at the last connect
         self.topics = Topics.of(gateway_id)
         self._read_limits = self.topics.read_limits()
@@ -310,6 +313,7 @@ class MqttUplink:
     async def _teardown(self) -> None:
         was_up = self.connected.is_set()
         self.connected.clear()
+        self.subscribed.clear()
         self.outbox.claim_at_insert = False  # nobody publishes them now (release_all follows)
         client = self._client
         if self._resubscribe is not None:
@@ -610,6 +614,9 @@ class MqttUplink:
         self._renew = True  # reconnect at once: a renewal is no failure
         self._lose("downlink was deferred: renew the session to receive it")
         return True
+
+    def on_subscribed(self) -> None:
+        self.subscribed.set()
 
     def on_subscribe_refused(self, reasons: list[str]) -> None:
         self.stats.subscribe_refused += 1
