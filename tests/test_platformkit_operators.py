@@ -28,11 +28,27 @@ FAST_N = 2**4  # the cost parameter, low for property tests only
 PASSWORD = "anna's long password"
 
 
-@given(st.text(max_size=64), st.text(max_size=64))
+@given(st.text(max_size=64).filter(lambda p: "\0" not in p), st.text(max_size=64))
 def test_a_password_matches_its_hash_and_no_other(password: str, other: str) -> None:
     stored = hash_password(password, n=FAST_N)
     assert check_password(password, stored)
     assert check_password(other, stored) == (other == password)
+
+
+def test_trailing_nul_characters_match_nothing_and_are_refused_in_a_password() -> None:
+    """scrypt pads a short key with zero bytes, so "pw" and "pw\0" hash alike: a password
+    with a NUL is refused when it is set and never matches when it is checked."""
+    stored = hash_password("", n=FAST_N)
+    assert not check_password("\0", stored)
+    assert not check_password("a long password\0", hash_password("a long password", n=FAST_N))
+    with pytest.raises(ValueError, match="NUL"):
+        hash_password("pw\0", n=FAST_N)
+
+
+def test_operator_add_refuses_a_password_with_a_nul(tmp_path: Path) -> None:
+    with pytest.raises(OperatorsError, match="NUL"):
+        add_operator(tmp_path / "operators", "anna", PASSWORD + "\0")
+    assert not (tmp_path / "operators").exists()
 
 
 @given(

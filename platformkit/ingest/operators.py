@@ -41,7 +41,10 @@ class OperatorsError(Exception):
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
-    """``scrypt$N$r$p$SALT$HASH`` of ``password`` with a new random salt."""
+    """``scrypt$N$r$p$SALT$HASH`` of ``password`` with a new random salt; ValueError for a
+    password with a NUL character (``_scrypt``)."""
+    if "\0" in password:
+        raise ValueError("a password cannot hold a NUL character")
     salt = secrets.token_bytes(SALT_BYTES)
     digest = _scrypt(password, salt, n, SCRYPT_R, SCRYPT_P)
     return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
@@ -60,7 +63,8 @@ def check_password(password: str, stored: str) -> bool:
         got = _scrypt(password, base64.b64decode(salt, validate=True), n, r, p)
     except ValueError:  # a malformed field; also scrypt's own refusal of its parameters
         return False
-    return hmac.compare_digest(got, expected)
+    # scrypt's HMAC pads a short key with zero bytes: "pw" and "pw\0" would both match.
+    return hmac.compare_digest(got, expected) and "\0" not in password
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -134,6 +138,8 @@ def check_new(name: str, password: str) -> None:
         raise OperatorsError(
             f"the password must have {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
         )
+    if "\0" in password:
+        raise OperatorsError("the password cannot hold a NUL character")
 
 
 @dataclass
